@@ -1,0 +1,51 @@
+//! The error type of this crate's library API.
+//!
+//! Rules used across p2pfs:
+//! - Each crate has one `thiserror` enum for its library API; `anyhow` is
+//!   used only in binaries' `main`.
+//! - Errors that cross the wire are the per-service enums in [`crate::rpc`]
+//!   (`DirError`, `PeerError`): serde enums whose variants are what a caller
+//!   must act on, plus `Internal(String)` carrying the server's Display text.
+//!   Transport failures stay in `tarpc::client::RpcError`.
+//! - An error is logged once, by the layer that replies to the user (the
+//!   FUSE adapter, an RPC handler, a CLI `main`), never on the way up.
+
+use crate::ids::ChunkId;
+
+/// Errors from the codec, key handling and transport helpers of `common`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stored bytes do not hash to the expected [`ChunkId`]: the chunk
+    /// was altered on disk or in transit.
+    #[error("chunk {expected} failed verification: stored bytes hash to {actual}")]
+    HashMismatch {
+        /// The id the caller asked for.
+        expected: ChunkId,
+        /// BLAKE3 of the bytes actually received.
+        actual: ChunkId,
+    },
+    /// The chunk does not start with a known magic and version.
+    #[error("unknown chunk format (bad magic or version {0})")]
+    UnknownFormat(u8),
+    /// The chunk is shorter than its header and tag.
+    #[error("chunk is truncated ({0} bytes)")]
+    Truncated(usize),
+    /// Authenticated decryption failed: wrong key or tampered bytes.
+    #[error("authenticated decryption failed (wrong volume key or tampered data)")]
+    Decrypt,
+    /// A plaintext is larger than the format allows.
+    #[error("plaintext too large: {len} bytes, limit {limit}")]
+    TooLarge {
+        /// Plaintext length in bytes.
+        len: usize,
+        /// Limit in bytes.
+        limit: usize,
+    },
+    /// A key or identity could not be parsed, wrapped or unwrapped.
+    #[error("key error: {0}")]
+    Key(String),
+    /// A socket or file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,23 @@
+//! The shared vocabulary of p2pfs.
+//!
+//! Everything two or more processes must agree on lives here and nowhere
+//! else: typed ids ([`ids`]), the sealed-chunk format ([`codec`]), sub-key
+//! derivation and name sealing ([`keys`]), the tarpc service traits with
+//! their wire types and error enums ([`rpc`]), the one framed TCP transport
+//! ([`transport`]) and shared limits and defaults ([`config`]).
+//!
+//! This crate has no I/O policy: it never decides where data goes or when to
+//! retry. The daemons and the client do.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod rpc;
+pub mod time;
+pub mod transport;
+
+pub use error::Error;
+pub use ids::{ChunkId, InodeId, PeerId, VolumeId};

@@ -1,0 +1,365 @@
+//! `DirService`: the directory service's RPC interface.
+//!
+//! Names and symlink targets travel sealed (see [`crate::keys`]): dirsvc
+//! compares and stores them as opaque byte strings. Sizes, modes, times,
+//! owners and the shape of the tree are visible to it.
+
+use super::PeerLoc;
+use crate::ids::{ChunkId, InodeId, PeerId, VolumeId};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The kind of an inode (the `S_IFMT` part of a mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix domain socket.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+/// Attributes of one inode, as `stat` reports them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: InodeId,
+    /// File type.
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub perm: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Size in bytes (for a symlink: the plaintext target length).
+    pub size: u64,
+    /// Number of directory entries naming this inode (dirs: 2 + subdirs).
+    pub nlink: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last attribute or content change.
+    pub ctime: Timestamp,
+    /// Creation time.
+    pub crtime: Timestamp,
+    /// Device number for device nodes, else 0.
+    pub rdev: u32,
+    /// Bytes of stored chunks (one replica) referenced by the layout, for
+    /// `st_blocks`; sparse files report only what is stored.
+    pub stored_bytes: u64,
+}
+
+/// Attributes to change in `setattr`; `None` leaves a field as it is. The
+/// client resolves `UTIME_NOW` to its own clock before sending.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits (`& 0o7777`).
+    pub perm: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size in bytes. Shrinking drops the blocks wholly past the new end;
+    /// the client rewrites a partial last block first (via `commit_layout`)
+    /// so bytes past the end read as zeros when the file grows again.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<Timestamp>,
+    /// New modification time.
+    pub mtime: Option<Timestamp>,
+}
+
+/// What to create in `create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewInode {
+    /// File type: `File`, `Fifo`, `Socket`, `CharDevice` or `BlockDevice`
+    /// (`Dir` and `Symlink` have their own calls).
+    pub kind: FileKind,
+    /// Permission bits, after the client applied the umask.
+    pub perm: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Device number for device nodes.
+    pub rdev: u32,
+}
+
+/// One directory entry in a `readdir` page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The sealed name.
+    pub name: Vec<u8>,
+    /// Inode the entry names.
+    pub ino: InodeId,
+    /// Its type.
+    pub kind: FileKind,
+    /// Resume point: pass it as `after` to get the entries that follow. Stable
+    /// across inserts and deletes of other entries (it is a per-directory
+    /// sequence number assigned when the entry was made).
+    pub cookie: u64,
+}
+
+/// One page of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadDirPage {
+    /// Entries in cookie order (`.` and `..` are not included).
+    pub entries: Vec<DirEntry>,
+    /// True if no entries follow the last one.
+    pub eof: bool,
+}
+
+/// Volume-wide settings, fixed at `init_volume`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Volume id.
+    pub id: VolumeId,
+    /// Block size B in bytes (power of two).
+    pub block_size: u32,
+    /// Replication factor R.
+    pub replicas: u32,
+    /// The age-wrapped volume secret (a binary age file).
+    pub wrapped_secret: Vec<u8>,
+}
+
+/// Filesystem-wide usage for `statfs`, from the live peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    /// Usable capacity in bytes: sum over live peers of their capacity,
+    /// divided by R.
+    pub total_bytes: u64,
+    /// Free bytes: sum over live peers of their free space, divided by R.
+    pub free_bytes: u64,
+    /// Number of inodes in use.
+    pub inodes: u64,
+    /// Number of live peers.
+    pub live_peers: u32,
+}
+
+/// A chunk that was stored and is now referenced from a layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChunk {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Stored (sealed) length in bytes.
+    pub len: u32,
+    /// Peers that acknowledged a durable put of it.
+    pub replicas: Vec<PeerId>,
+}
+
+/// A layout update: the new content of some blocks of one file, applied in
+/// one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitLayout {
+    /// The file's size in bytes after this commit. Blocks wholly past it are
+    /// dropped.
+    pub size: u64,
+    /// New modification time (ctime is set by dirsvc).
+    pub mtime: Timestamp,
+    /// `(block index, new content)`; `None` makes the block a hole.
+    pub blocks: Vec<(u64, Option<StoredChunk>)>,
+}
+
+/// Where one block of a file lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockLoc {
+    /// Block index (covers bytes `[index·B, (index+1)·B)`).
+    pub index: u64,
+    /// The chunk holding it.
+    pub chunk: ChunkId,
+    /// Stored length in bytes.
+    pub len: u32,
+    /// Replicas, live ones first, then most recently seen.
+    pub replicas: Vec<PeerLoc>,
+}
+
+/// A page of a file's layout. Blocks not listed are holes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutPage {
+    /// The file's attributes at the time of the read (size, mtime, …).
+    pub attr: Attr,
+    /// Non-hole blocks with index in the requested range, ascending.
+    pub blocks: Vec<BlockLoc>,
+    /// True if no non-hole block follows the last one listed.
+    pub eof: bool,
+}
+
+/// A peer's registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRegistration {
+    /// The peer's id.
+    pub id: PeerId,
+    /// `host:port` where it serves `PeerService`.
+    pub addr: String,
+    /// Usage at registration time.
+    pub usage: PeerUsage,
+}
+
+/// A peer's disk usage, sent on register and with every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerUsage {
+    /// Capacity in bytes the peer offers (configured, or its filesystem's).
+    pub capacity_bytes: u64,
+    /// Bytes still free for chunks.
+    pub free_bytes: u64,
+    /// Bytes used by stored chunks.
+    pub used_bytes: u64,
+    /// Number of stored chunks.
+    pub chunks: u64,
+}
+
+/// A peer as the admin query shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Where to reach it, and whether it is live.
+    pub loc: PeerLoc,
+    /// Last reported usage.
+    pub usage: PeerUsage,
+    /// When it last heartbeat.
+    pub last_heartbeat: Timestamp,
+}
+
+/// Errors of `DirService` calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirError {
+    /// No such inode or entry (ENOENT).
+    #[error("not found")]
+    NotFound,
+    /// The entry already exists (EEXIST).
+    #[error("already exists")]
+    Exists,
+    /// The directory is not empty (ENOTEMPTY).
+    #[error("directory not empty")]
+    NotEmpty,
+    /// A directory was required (ENOTDIR).
+    #[error("not a directory")]
+    NotDir,
+    /// A non-directory was required (EISDIR).
+    #[error("is a directory")]
+    IsDir,
+    /// An argument is malformed or not allowed (EINVAL), with the reason.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A name is longer than the limit (ENAMETOOLONG).
+    #[error("name too long")]
+    NameTooLong,
+    /// Too few live peers to place R replicas (ENOSPC at the client).
+    #[error("not enough live peers: need {needed}, have {live}")]
+    NoPeers {
+        /// Replicas asked for.
+        needed: u32,
+        /// Live peers known.
+        live: u32,
+    },
+    /// The volume has not been created yet (`fs-client init`).
+    #[error("volume not initialized")]
+    NotInitialized,
+    /// `init_volume` on a volume that exists.
+    #[error("volume already initialized")]
+    AlreadyInitialized,
+    /// Anything else (storage failure); the server's message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Flags for `rename`, as in `renameat2(2)`.
+pub mod rename_flags {
+    /// Fail with `Exists` if the target exists.
+    pub const NOREPLACE: u32 = 1;
+    /// Atomically exchange source and target (both must exist).
+    pub const EXCHANGE: u32 = 2;
+}
+
+/// The directory service. Called by fs-client (namespace and layouts) and by
+/// peerd (register, heartbeat). Every mutating call is one durable redb
+/// transaction: when it returns `Ok`, the change survives a crash.
+#[tarpc::service]
+pub trait DirService {
+    /// Protocol handshake: returns dirsvc's [`super::PROTOCOL_VERSION`].
+    async fn hello() -> u32;
+    /// Volume settings and wrapped secret. `NotInitialized` before init.
+    async fn volume_info() -> Result<VolumeInfo, DirError>;
+    /// Creates the volume: the root directory (owned by `uid`/`gid`, mode
+    /// 0755) and the settings. `AlreadyInitialized` if it exists; `Invalid`
+    /// for a bad block size or R = 0.
+    async fn init_volume(info: VolumeInfo, uid: u32, gid: u32) -> Result<VolumeInfo, DirError>;
+    /// Finds `name` (sealed) in directory `parent`.
+    async fn lookup(parent: InodeId, name: Vec<u8>) -> Result<Attr, DirError>;
+    /// Attributes of `ino`.
+    async fn getattr(ino: InodeId) -> Result<Attr, DirError>;
+    /// Changes attributes; sets ctime. Returns the new attributes.
+    async fn setattr(ino: InodeId, set: SetAttr) -> Result<Attr, DirError>;
+    /// Makes a directory. `Exists`, `NotDir`, `NotFound`.
+    async fn mkdir(
+        parent: InodeId,
+        name: Vec<u8>,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, DirError>;
+    /// Makes a regular file or special node.
+    async fn create(parent: InodeId, name: Vec<u8>, new: NewInode) -> Result<Attr, DirError>;
+    /// Removes a non-directory entry; frees the inode at nlink 0. `IsDir`.
+    async fn unlink(parent: InodeId, name: Vec<u8>) -> Result<(), DirError>;
+    /// Removes an empty directory. `NotEmpty`, `NotDir`.
+    async fn rmdir(parent: InodeId, name: Vec<u8>) -> Result<(), DirError>;
+    /// Moves an entry, replacing a target of a compatible kind atomically.
+    /// `flags` from [`rename_flags`]. The client re-seals the name for the
+    /// new parent.
+    async fn rename(
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        flags: u32,
+    ) -> Result<(), DirError>;
+    /// Lists entries with cookie greater than `after` (0 = from the start),
+    /// at most `limit` of them (capped by the server).
+    async fn readdir(dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, DirError>;
+    /// Makes a symlink whose sealed target is `target`; `size` is the
+    /// plaintext target length (what `lstat` shows).
+    async fn symlink(
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, DirError>;
+    /// The sealed target of a symlink. `Invalid` if not a symlink.
+    async fn readlink(ino: InodeId) -> Result<Vec<u8>, DirError>;
+    /// Adds a hard link to a non-directory. Returns its new attributes.
+    async fn link(ino: InodeId, new_parent: InodeId, new_name: Vec<u8>) -> Result<Attr, DirError>;
+    /// Capacity and usage over the live peers.
+    async fn statfs() -> Result<StatFs, DirError>;
+    /// Chooses replica sets for `count` new chunks of about `chunk_bytes`
+    /// each: R distinct live peers per chunk, most free space first
+    /// (counting space already promised by earlier placements). `NoPeers` if
+    /// fewer than R are live.
+    async fn placement(count: u32, chunk_bytes: u64) -> Result<Vec<Vec<PeerLoc>>, DirError>;
+    /// Applies a layout update to a regular file and returns its attributes.
+    /// Every listed replica must be a registered peer (`Invalid` otherwise).
+    async fn commit_layout(ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError>;
+    /// Non-hole blocks of `ino` with index in `[first, first + max)`.
+    async fn get_layout(ino: InodeId, first: u64, max: u32) -> Result<LayoutPage, DirError>;
+    /// Replicas of each chunk (same order; empty for unknown chunks).
+    async fn chunk_locations(chunks: Vec<ChunkId>) -> Result<Vec<Vec<PeerLoc>>, DirError>;
+    /// Registers (or re-registers, with a new address) a peer.
+    async fn register_peer(reg: PeerRegistration) -> Result<(), DirError>;
+    /// Records a heartbeat. `NotFound` if the peer must register first.
+    async fn heartbeat(id: PeerId, usage: PeerUsage) -> Result<(), DirError>;
+    /// All known peers with their state (admin query).
+    async fn list_peers() -> Result<Vec<PeerStatus>, DirError>;
+}

@@ -1,0 +1,53 @@
+//! `PeerService`: a storage peer's RPC interface.
+//!
+//! Peers store opaque sealed chunks named by their BLAKE3 hash; they never
+//! hold keys. Every put is verified before it is acknowledged and is durable
+//! (fsync of file and directory) when acknowledged.
+
+use crate::ids::ChunkId;
+use crate::rpc::dir::PeerUsage;
+use serde::{Deserialize, Serialize};
+
+/// Errors of `PeerService` calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer does not hold this chunk.
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    /// Bytes received (put) or read from disk (get) do not hash to the id.
+    /// On get the bad copy has been moved aside.
+    #[error("chunk {0} failed BLAKE3 verification")]
+    HashMismatch(ChunkId),
+    /// The peer's disk (or configured capacity) is full.
+    #[error("no space left on peer")]
+    NoSpace,
+    /// A malformed request (range past the end, oversize chunk).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Anything else (an I/O error); the peer's message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A chunk's bytes on the wire (serialized as one byte string).
+pub type Bytes = serde_bytes::ByteBuf;
+
+/// The storage peer service.
+#[tarpc::service]
+pub trait PeerService {
+    /// Stores `bytes` as chunk `id`: verified (BLAKE3) then written durably.
+    /// Storing a chunk the peer already has is a no-op success.
+    async fn put(id: ChunkId, bytes: Bytes) -> Result<(), PeerError>;
+    /// The whole chunk, verified against `id` before it is sent.
+    async fn get(id: ChunkId) -> Result<Bytes, PeerError>;
+    /// Bytes `[offset, offset + len)` of the chunk (clamped to its end); the
+    /// whole chunk is verified first.
+    async fn get_range(id: ChunkId, offset: u64, len: u32) -> Result<Bytes, PeerError>;
+    /// Which of `ids` the peer holds (same order).
+    async fn has(ids: Vec<ChunkId>) -> Result<Vec<bool>, PeerError>;
+    /// Deletes a chunk; deleting a missing chunk succeeds.
+    async fn delete(id: ChunkId) -> Result<(), PeerError>;
+    /// Current disk usage.
+    async fn usage() -> Result<PeerUsage, PeerError>;
+}
