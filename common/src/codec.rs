@@ -61,10 +61,7 @@ fn header() -> [u8; HEADER_LEN] {
 /// Errors: [`Error::TooLarge`] above [`MAX_PLAINTEXT`].
 pub fn seal(key: &SubKey, plaintext: &[u8]) -> Result<SealedChunk, Error> {
     let bytes = seal_bytes(key, plaintext, MAX_PLAINTEXT)?;
-    Ok(SealedChunk {
-        id: ChunkId::of(&bytes),
-        bytes,
-    })
+    Ok(SealedChunk { id: ChunkId::of(&bytes), bytes })
 }
 
 /// Checks that `bytes` hash to `expected`.
@@ -75,10 +72,7 @@ pub fn verify(expected: &ChunkId, bytes: &[u8]) -> Result<(), Error> {
     if &actual == expected {
         Ok(())
     } else {
-        Err(Error::HashMismatch {
-            expected: *expected,
-            actual,
-        })
+        Err(Error::HashMismatch { expected: *expected, actual })
     }
 }
 
@@ -97,10 +91,7 @@ pub fn open(key: &SubKey, expected: &ChunkId, bytes: &[u8]) -> Result<Vec<u8>, E
 /// Errors: [`Error::TooLarge`].
 pub fn seal_bytes(key: &SubKey, plaintext: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
     if plaintext.len() > limit {
-        return Err(Error::TooLarge {
-            len: plaintext.len(),
-            limit,
-        });
+        return Err(Error::TooLarge { len: plaintext.len(), limit });
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
@@ -111,15 +102,8 @@ pub fn seal_bytes(key: &SubKey, plaintext: &[u8], limit: usize) -> Result<Vec<u8
     out.extend_from_slice(plaintext);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let tag = cipher
-        .encrypt_in_place_detached(
-            XNonce::from_slice(&nonce),
-            &hdr,
-            &mut out[HEADER_LEN + NONCE_LEN..],
-        )
-        .map_err(|_| Error::TooLarge {
-            len: plaintext.len(),
-            limit,
-        })?;
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &hdr, &mut out[HEADER_LEN + NONCE_LEN..])
+        .map_err(|_| Error::TooLarge { len: plaintext.len(), limit })?;
     out.extend_from_slice(&tag);
     Ok(out)
 }
@@ -180,10 +164,7 @@ mod tests {
 
     #[test]
     fn refuses_plaintext_over_the_limit() {
-        assert!(matches!(
-            seal(&key(), &vec![0; MAX_PLAINTEXT + 1]),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(seal(&key(), &vec![0; MAX_PLAINTEXT + 1]), Err(Error::TooLarge { .. })));
     }
 
     #[test]
@@ -194,10 +175,7 @@ mod tests {
         for i in 0..s.bytes.len() {
             let mut bad = s.bytes.clone();
             bad[i] ^= 0x01;
-            assert!(
-                matches!(open(&k, &s.id, &bad), Err(Error::HashMismatch { .. })),
-                "byte {i}"
-            );
+            assert!(matches!(open(&k, &s.id, &bad), Err(Error::HashMismatch { .. })), "byte {i}");
             // Even with the hash check bypassed, authentication catches it.
             assert!(open_bytes(&k, &bad).is_err(), "byte {i}");
         }
@@ -208,10 +186,7 @@ mod tests {
         let s = seal(&key(), b"secret").unwrap();
         let other = VolumeSecret::from_bytes([8u8; 32]).chunk_key();
         assert!(matches!(open(&other, &s.id, &s.bytes), Err(Error::Decrypt)));
-        assert!(matches!(
-            open_bytes(&key(), &s.bytes[..10]),
-            Err(Error::Truncated(10))
-        ));
+        assert!(matches!(open_bytes(&key(), &s.bytes[..10]), Err(Error::Truncated(10))));
     }
 
     #[test]

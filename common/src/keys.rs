@@ -106,9 +106,7 @@ impl NameKey {
     pub fn seal(&self, parent: InodeId, name: &[u8]) -> Vec<u8> {
         let ad = parent.0.to_le_bytes();
         // AES-SIV encryption of an in-memory buffer cannot fail.
-        self.cipher()
-            .encrypt([&b"name"[..], &ad[..]], name)
-            .unwrap_or_default()
+        self.cipher().encrypt([&b"name"[..], &ad[..]], name).unwrap_or_default()
     }
 
     /// Opens a sealed name read from directory `parent`.
@@ -117,9 +115,7 @@ impl NameKey {
     /// this volume's key.
     pub fn open(&self, parent: InodeId, sealed: &[u8]) -> Result<Vec<u8>, Error> {
         let ad = parent.0.to_le_bytes();
-        self.cipher()
-            .decrypt([&b"name"[..], &ad[..]], sealed)
-            .map_err(|_| Error::Decrypt)
+        self.cipher().decrypt([&b"name"[..], &ad[..]], sealed).map_err(|_| Error::Decrypt)
     }
 }
 
@@ -131,10 +127,9 @@ pub fn wrap_secret(
     secret: &VolumeSecret,
     recipients: &[Box<dyn age::Recipient + Send>],
 ) -> Result<Vec<u8>, Error> {
-    let encryptor = age::Encryptor::with_recipients(
-        recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
-    )
-    .map_err(|e| Error::Key(e.to_string()))?;
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+            .map_err(|e| Error::Key(e.to_string()))?;
     let mut out = Vec::new();
     let mut w = encryptor.wrap_output(&mut out)?;
     std::io::Write::write_all(&mut w, &secret.0)?;
@@ -146,23 +141,16 @@ pub fn wrap_secret(
 ///
 /// Errors: [`Error::Key`] if no identity matches or the blob is not a
 /// 32-byte age-wrapped secret.
-pub fn unwrap_secret(
-    wrapped: &[u8],
-    identities: &[Box<dyn age::Identity>],
-) -> Result<VolumeSecret, Error> {
+pub fn unwrap_secret(wrapped: &[u8], identities: &[Box<dyn age::Identity>]) -> Result<VolumeSecret, Error> {
     let decryptor = age::Decryptor::new(wrapped).map_err(|e| Error::Key(e.to_string()))?;
     let mut r = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref()))
-        .map_err(|e| {
-            Error::Key(format!(
-                "cannot unwrap the volume secret with this identity: {e}"
-            ))
-        })?;
+        .map_err(|e| Error::Key(format!("cannot unwrap the volume secret with this identity: {e}")))?;
     let mut buf = Vec::new();
     std::io::Read::read_to_end(&mut r, &mut buf)?;
-    let bytes: [u8; 32] = buf.try_into().map_err(|b: Vec<u8>| {
-        Error::Key(format!("wrapped secret has {} bytes, not 32", b.len()))
-    })?;
+    let bytes: [u8; 32] = buf
+        .try_into()
+        .map_err(|b: Vec<u8>| Error::Key(format!("wrapped secret has {} bytes, not 32", b.len())))?;
     Ok(VolumeSecret(bytes))
 }
 

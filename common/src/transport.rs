@@ -30,9 +30,7 @@ where
     Out: Serialize,
 {
     let _ = stream.set_nodelay(true);
-    let framed = LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_framed(stream);
+    let framed = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(stream);
     tarpc::serde_transport::new(framed, Bincode::default())
 }
 

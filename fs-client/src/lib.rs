@@ -1,1 +1,21 @@
+//! p2pfs client: mounts a volume as a folder (FUSE) and offers the CLI
+//! operations around it (keygen, init, peers).
+//!
+//! Architecture: [`fs::Fs`] is the async core (namespace calls to dirsvc,
+//! block buffers, uploads to peers, verified reads, the block cache). It runs
+//! on a private multi-threaded tokio runtime. [`fuse::FuseAdapter`] maps
+//! fuser's callbacks, which arrive on several fuser worker threads, onto it.
+//! [`mount::run`] owns the session: it cleans a stale mount, mounts, waits
+//! for SIGINT/SIGTERM or an external unmount, then detaches the mount and
+//! flushes what is still buffered before it returns.
 
+pub mod cache;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod identity;
+pub mod mount;
+pub mod remote;
+pub mod volume;
+
+pub use error::{Error, Result};

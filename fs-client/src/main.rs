@@ -1,1 +1,146 @@
-fn main() {}
+//! `fs-client`: mount a p2pfs volume and manage keys and volumes.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fs_client::fs::FsConfig;
+use fs_client::mount::MountConfig;
+use fs_client::remote::DirClient;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "fs-client",
+    version,
+    about = "p2pfs client: mount an encrypted peer-to-peer volume as a folder"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a new age identity file (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write it; never overwritten.
+        #[arg(short, long, env = "P2PFS_IDENTITY_FILE")]
+        output: PathBuf,
+    },
+    /// Create the volume on a dirsvc, wrapped to this identity.
+    Init {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// age identity file.
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        identity: PathBuf,
+        /// Block size in bytes (power of two, 4 KiB to 4 MiB).
+        #[arg(long, default_value_t = common::config::DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+        /// Replication factor R.
+        #[arg(long, env = "P2PFS_REPLICAS", default_value_t = common::config::DEFAULT_REPLICAS)]
+        replicas: u32,
+        /// Succeed without change if the volume already exists.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Mount the volume at MOUNTPOINT; runs until unmounted or SIGINT/SIGTERM.
+    Mount {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// age identity file.
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        identity: PathBuf,
+        /// Decrypted block cache in MiB.
+        #[arg(long, default_value_t = 256)]
+        cache_mib: u64,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        /// Where to mount.
+        mountpoint: PathBuf,
+    },
+    /// List the peers dirsvc knows, with state and usage.
+    Peers {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Keygen { output } => {
+            let r = fs_client::identity::keygen(&output)?;
+            println!("{r}");
+            eprintln!("identity written to {} (keep it private; it unlocks your volumes)", output.display());
+        }
+        Cmd::Init { dirsvc, identity, block_size, replicas, if_missing } => {
+            let id = fs_client::identity::load(&identity)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = DirClient::connect(&dirsvc)
+                    .await
+                    .with_context(|| format!("cannot reach dirsvc at {dirsvc}"))?;
+                match fs_client::volume::init(&dir, &id, block_size, replicas).await {
+                    Ok(info) => {
+                        println!(
+                            "volume {} created: block size {} bytes, {} replicas",
+                            info.id.to_hex(),
+                            info.block_size,
+                            info.replicas
+                        );
+                        Ok(())
+                    }
+                    Err(fs_client::Error::Dir(common::rpc::dir::DirError::AlreadyInitialized))
+                        if if_missing =>
+                    {
+                        println!("volume already exists on {dirsvc}");
+                        Ok(())
+                    }
+                    Err(e) => bail!("init failed: {e}"),
+                }
+            })?;
+        }
+        Cmd::Mount { dirsvc, identity, cache_mib, threads, mountpoint } => {
+            let fs = FsConfig { cache_bytes: cache_mib << 20, ..FsConfig::default() };
+            fs_client::mount::run(MountConfig { dirsvc, identity, mountpoint, fuse_threads: threads, fs })?;
+        }
+        Cmd::Peers { dirsvc } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = DirClient::connect(&dirsvc)
+                    .await
+                    .with_context(|| format!("cannot reach dirsvc at {dirsvc}"))?;
+                let peers = dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+                println!(
+                    "{:<34} {:<22} {:<5} {:>12} {:>12} {:>8}",
+                    "PEER", "ADDRESS", "STATE", "USED", "CAPACITY", "CHUNKS"
+                );
+                for p in peers {
+                    println!(
+                        "{:<34} {:<22} {:<5} {:>12} {:>12} {:>8}",
+                        p.loc.id.to_hex(),
+                        p.loc.addr,
+                        if p.loc.live { "up" } else { "down" },
+                        p.usage.used_bytes,
+                        p.usage.capacity_bytes,
+                        p.usage.chunks
+                    );
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,89 @@
-fn main() {}
+//! The `peerd` binary: parses the command line, sets up logging and signal
+//! handling, and runs [`peerd::spawn`] until SIGINT or SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser;
+use peerd::PeerdConfig;
+use std::path::PathBuf;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+/// p2pfs storage peer: keeps verified encrypted chunks on local disk.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to serve PeerService on (`ip:port`; port 0 picks a free one).
+    #[arg(long, env = "P2PFS_PEERD_LISTEN")]
+    listen: String,
+    /// Data directory (chunks, peer id); created if missing.
+    #[arg(long, env = "P2PFS_PEERD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of dirsvc (`host:port`).
+    #[arg(long, env = "P2PFS_DIRSVC")]
+    dirsvc: String,
+    /// Address to register with dirsvc (default: the bound address).
+    #[arg(long, env = "P2PFS_PEERD_ADVERTISE")]
+    advertise: Option<String>,
+    /// Capacity offered, in bytes (default: the filesystem's size).
+    #[arg(long, env = "P2PFS_PEERD_CAPACITY")]
+    capacity: Option<u64>,
+    /// After binding, write the bound `ip:port` to this file (atomically).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(
+            version = env!("CARGO_PKG_VERSION"),
+            backtrace = %std::backtrace::Backtrace::force_capture(),
+            "panic: {info}"
+        );
+    }));
+
+    // Installed before anything is announced (the address file), so a
+    // signal sent as soon as the address is known already stops us cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let config = PeerdConfig {
+        listen: args.listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        dirsvc: args.dirsvc,
+        capacity_bytes: args.capacity,
+        ..PeerdConfig::default()
+    };
+    let handle = peerd::spawn(config).await.context("starting peerd")?;
+
+    if let Some(path) = &args.addr_file {
+        let addr = handle.addr.to_string();
+        let written = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || peerd::fsutil::write_atomic(&path, addr.as_bytes())
+        })
+        .await;
+        let result = match written {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        if let Err(e) = result {
+            handle.shutdown().await;
+            return Err(e.context(format!("writing address file {}", path.display())));
+        }
+    }
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    handle.shutdown().await;
+    Ok(())
+}

@@ -4,6 +4,10 @@
 //! compares and stores them as opaque byte strings. Sizes, modes, times,
 //! owners and the shape of the tree are visible to it.
 
+// tarpc generates client methods with one argument per RPC parameter plus the
+// context; symlink has seven.
+#![allow(clippy::too_many_arguments)]
+
 use super::PeerLoc;
 use crate::ids::{ChunkId, InodeId, PeerId, VolumeId};
 use crate::time::Timestamp;
@@ -302,13 +306,7 @@ pub trait DirService {
     /// Changes attributes; sets ctime. Returns the new attributes.
     async fn setattr(ino: InodeId, set: SetAttr) -> Result<Attr, DirError>;
     /// Makes a directory. `Exists`, `NotDir`, `NotFound`.
-    async fn mkdir(
-        parent: InodeId,
-        name: Vec<u8>,
-        perm: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Attr, DirError>;
+    async fn mkdir(parent: InodeId, name: Vec<u8>, perm: u32, uid: u32, gid: u32) -> Result<Attr, DirError>;
     /// Makes a regular file or special node.
     async fn create(parent: InodeId, name: Vec<u8>, new: NewInode) -> Result<Attr, DirError>;
     /// Removes a non-directory entry; frees the inode at nlink 0. `IsDir`.

@@ -1,0 +1,92 @@
+//! The error type of dirsvc's library API, and its mapping to `DirError`.
+//!
+//! Domain outcomes a caller must act on (no such entry, not empty, …) are
+//! carried as [`Error::Dir`] with the wire enum itself, so the RPC layer
+//! passes them through unchanged. Everything else (the database failed, a
+//! record does not decode, a blocking task died) becomes
+//! `DirError::Internal` with this error's Display text at the RPC boundary,
+//! which is also where it is logged.
+
+use common::rpc::dir::DirError;
+
+/// Errors of the dirsvc library (store, server, spawn).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A namespace or request error reported to the caller as is.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// The embedded database failed (I/O, corruption detected by redb, …).
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    /// A stored record does not decode: the database holds data this
+    /// version cannot read.
+    #[error("corrupt {what} record: {reason}")]
+    Corrupt {
+        /// Which kind of record.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database was written with a table layout this version does not
+    /// know.
+    #[error("database schema version {found} is not supported (this dirsvc reads {supported})")]
+    Schema {
+        /// Version found in the database.
+        found: u32,
+        /// Version this build reads and writes.
+        supported: u32,
+    },
+    /// A socket or file operation failed (bind, accept, address file).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A blocking database task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// An error of the embedded database engine. Opaque, so the engine can be
+/// replaced without changing this crate's API; its Display text says what
+/// failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DbError(redb::Error);
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Db(DbError(e.into()))
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<Error> for DirError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Dir(d) => d,
+            other => DirError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Task(e.to_string())
+    }
+}
+
+/// Shorthand for an `Invalid` domain error with a reason.
+pub(crate) fn invalid(reason: impl Into<String>) -> Error {
+    Error::Dir(DirError::Invalid(reason.into()))
+}

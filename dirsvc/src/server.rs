@@ -1,0 +1,364 @@
+//! The `DirService` RPC handlers: argument checks, the blocking hop to the
+//! store, the peer mirror, and the one place where errors are logged and
+//! turned into `DirError`s.
+
+use crate::error::{invalid, Error};
+use crate::peers::PeerTable;
+use crate::store::tables::PeerRecord;
+use crate::store::Store;
+use crate::DirsvcConfig;
+use common::rpc::dir::{
+    Attr, BlockLoc, CommitLayout, DirError, DirService, LayoutPage, NewInode, PeerRegistration, PeerStatus,
+    PeerUsage, ReadDirPage, SetAttr, StatFs, VolumeInfo,
+};
+use common::rpc::{PeerLoc, PROTOCOL_VERSION};
+use common::time::Timestamp;
+use common::{ChunkId, InodeId, PeerId};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tarpc::context::Context;
+use tracing::{debug, error, info, instrument};
+
+/// Most chunks one `placement` call may ask for.
+pub const MAX_PLACEMENT_COUNT: u32 = 4096;
+
+/// Most chunk ids one `chunk_locations` call may ask about.
+pub const MAX_LOCATION_QUERY: usize = 65536;
+
+/// Longest peer address accepted at registration, in bytes.
+pub const MAX_PEER_ADDR: usize = 256;
+
+/// The directory service: a cheap-to-clone handle implementing
+/// [`DirService`] over a [`Store`] and the in-memory peer mirror.
+#[derive(Clone)]
+pub struct DirServer {
+    store: Arc<Store>,
+    peers: Arc<Mutex<PeerTable>>,
+}
+
+impl DirServer {
+    /// A server over `store`, loading the peer registry from it. Blocking
+    /// (one read transaction).
+    ///
+    /// Errors: as [`Store::peers`].
+    pub fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
+        let stored = store.peers()?;
+        let peers = PeerTable::new(stored, config.peer_down_after, config.heartbeat_persist_every);
+        Ok(DirServer { store, peers: Arc::new(Mutex::new(peers)) })
+    }
+
+    /// The store this server writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        // Nothing in PeerTable can be left half-updated by a panic that
+        // matters more than stopping service, so take the data as is.
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the blocking pool with the store.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+}
+
+/// Turns a library result into the wire result, logging what the caller
+/// cannot act on (internal errors) once, here.
+fn reply<T>(op: &'static str, r: Result<T, Error>) -> Result<T, DirError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(Error::Dir(e)) => {
+            debug!(op, error = %e, "request refused");
+            Err(e)
+        }
+        Err(e) => {
+            error!(op, error = %e, "request failed");
+            Err(e.into())
+        }
+    }
+}
+
+impl DirService for DirServer {
+    async fn hello(self, _: Context) -> u32 {
+        PROTOCOL_VERSION
+    }
+
+    async fn volume_info(self, _: Context) -> Result<VolumeInfo, DirError> {
+        reply("volume_info", self.store.volume_info())
+    }
+
+    #[instrument(skip_all, fields(block_size = info.block_size, replicas = info.replicas))]
+    async fn init_volume(
+        self,
+        _: Context,
+        info: VolumeInfo,
+        uid: u32,
+        gid: u32,
+    ) -> Result<VolumeInfo, DirError> {
+        let r = self.blocking(move |s| s.init_volume(&info, uid, gid)).await;
+        if let Ok(v) = &r {
+            info!(volume = %v.id, "volume initialized");
+        }
+        reply("init_volume", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent))]
+    async fn lookup(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.lookup(parent, &name)).await;
+        reply("lookup", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn getattr(self, _: Context, ino: InodeId) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.getattr(ino)).await;
+        reply("getattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.setattr(ino, &set)).await;
+        reply("setattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent))]
+    async fn mkdir(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: Vec<u8>,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.mkdir(parent, &name, perm, uid, gid)).await;
+        reply("mkdir", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent, kind = ?new.kind))]
+    async fn create(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: Vec<u8>,
+        new: NewInode,
+    ) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.create(parent, &name, &new)).await;
+        reply("create", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent))]
+    async fn unlink(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        let r = self.blocking(move |s| s.unlink(parent, &name)).await;
+        reply("unlink", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent))]
+    async fn rmdir(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        let r = self.blocking(move |s| s.rmdir(parent, &name)).await;
+        reply("rmdir", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent, %new_parent, flags))]
+    async fn rename(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        flags: u32,
+    ) -> Result<(), DirError> {
+        let r = self.blocking(move |s| s.rename(parent, &name, new_parent, &new_name, flags)).await;
+        reply("rename", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%dir, after, limit))]
+    async fn readdir(
+        self,
+        _: Context,
+        dir: InodeId,
+        after: u64,
+        limit: u32,
+    ) -> Result<ReadDirPage, DirError> {
+        let r = self.blocking(move |s| s.readdir(dir, after, limit)).await;
+        reply("readdir", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%parent))]
+    async fn symlink(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.symlink(parent, &name, &target, size, uid, gid)).await;
+        reply("symlink", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn readlink(self, _: Context, ino: InodeId) -> Result<Vec<u8>, DirError> {
+        let r = self.blocking(move |s| s.readlink(ino)).await;
+        reply("readlink", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino, %new_parent))]
+    async fn link(
+        self,
+        _: Context,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+    ) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.link(ino, new_parent, &new_name)).await;
+        reply("link", r)
+    }
+
+    async fn statfs(self, _: Context) -> Result<StatFs, DirError> {
+        let r = async {
+            let vol = self.store.volume_info()?;
+            let inodes = self.blocking(|s| s.inode_count()).await?;
+            let (cap, free, live) = self.peers().live_totals();
+            let r = u64::from(vol.replicas.max(1));
+            Ok(StatFs { total_bytes: cap / r, free_bytes: free / r, inodes, live_peers: live })
+        }
+        .await;
+        reply("statfs", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(count, chunk_bytes))]
+    async fn placement(
+        self,
+        _: Context,
+        count: u32,
+        chunk_bytes: u64,
+    ) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        let r = (|| {
+            let vol = self.store.volume_info()?;
+            if count > MAX_PLACEMENT_COUNT {
+                return Err(invalid(format!(
+                    "placement of {count} chunks asked (at most {MAX_PLACEMENT_COUNT})"
+                )));
+            }
+            Ok(self.peers().place(vol.replicas, count, chunk_bytes)?)
+        })();
+        reply("placement", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino, size = commit.size, blocks = commit.blocks.len()))]
+    async fn commit_layout(self, _: Context, ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError> {
+        let r = self.blocking(move |s| s.commit_layout(ino, &commit)).await;
+        reply("commit_layout", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino, first, max))]
+    async fn get_layout(
+        self,
+        _: Context,
+        ino: InodeId,
+        first: u64,
+        max: u32,
+    ) -> Result<LayoutPage, DirError> {
+        let r = self.blocking(move |s| s.get_layout(ino, first, max)).await;
+        let r = r.map(|page| {
+            let peers = self.peers();
+            LayoutPage {
+                attr: page.attr,
+                blocks: page
+                    .blocks
+                    .into_iter()
+                    .map(|b| BlockLoc {
+                        index: b.index,
+                        chunk: b.chunk,
+                        len: b.len,
+                        replicas: peers.locs(&b.replicas),
+                    })
+                    .collect(),
+                eof: page.eof,
+            }
+        });
+        reply("get_layout", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(chunks = chunks.len()))]
+    async fn chunk_locations(self, _: Context, chunks: Vec<ChunkId>) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        let r = async {
+            if chunks.len() > MAX_LOCATION_QUERY {
+                return Err(invalid(format!("{} chunks asked (at most {MAX_LOCATION_QUERY})", chunks.len())));
+            }
+            let ids = self.blocking(move |s| s.chunk_replicas(&chunks)).await?;
+            let peers = self.peers();
+            Ok(ids.iter().map(|set| peers.locs(set)).collect())
+        }
+        .await;
+        reply("chunk_locations", r)
+    }
+
+    #[instrument(skip_all, fields(peer = %reg.id, addr = %reg.addr))]
+    async fn register_peer(self, _: Context, reg: PeerRegistration) -> Result<(), DirError> {
+        let r = async {
+            check_peer_addr(&reg.addr)?;
+            let rec = PeerRecord { addr: reg.addr, usage: reg.usage, last_heartbeat: Timestamp::now() };
+            let stored = rec.clone();
+            let id = reg.id;
+            self.blocking(move |s| s.put_peer(id, &stored)).await?;
+            self.peers().registered(id, rec);
+            info!("peer registered");
+            Ok(())
+        }
+        .await;
+        reply("register_peer", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(peer = %id))]
+    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<(), DirError> {
+        let r = async {
+            let due = self.peers().heartbeat(id, usage, Timestamp::now())?;
+            if let Some(rec) = due {
+                self.blocking(move |s| s.put_peer(id, &rec)).await?;
+            }
+            Ok(())
+        }
+        .await;
+        reply("heartbeat", r)
+    }
+
+    async fn list_peers(self, _: Context) -> Result<Vec<PeerStatus>, DirError> {
+        Ok(self.peers().list())
+    }
+}
+
+/// A peer address must look like `host:port`.
+fn check_peer_addr(addr: &str) -> Result<(), Error> {
+    let ok = addr.len() <= MAX_PEER_ADDR
+        && addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("peer address {addr:?} is not host:port")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_must_be_host_and_port() {
+        assert!(check_peer_addr("127.0.0.1:7701").is_ok());
+        assert!(check_peer_addr("[::1]:7701").is_ok());
+        assert!(check_peer_addr("peer-a.example:80").is_ok());
+        for bad in ["", "127.0.0.1", ":80", "h:99999", "h:x"] {
+            assert!(check_peer_addr(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_peer_addr(&format!("{}:1", "a".repeat(300))).is_err());
+    }
+}

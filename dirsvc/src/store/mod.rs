@@ -1,0 +1,1189 @@
+//! The durable state of dirsvc: namespace, layouts, chunk index and peer
+//! registry in one redb database, with POSIX semantics for each operation.
+//!
+//! [`Store`] is the only code that touches redb. Its methods are synchronous
+//! (call them from `spawn_blocking` or a dedicated thread) and take and
+//! return plain wire types, so another backend (e.g. etcd, see DESIGN
+//! "Growing past one machine") can replace it behind the same methods.
+//! Every mutating method runs exactly one redb write transaction, committed
+//! with redb's default `Durability::Immediate` before it returns `Ok`; an
+//! error aborts the transaction, so a failed call changes nothing.
+//!
+//! Table shapes and invariants are documented in [`tables`].
+
+pub mod tables;
+
+use crate::error::{invalid, Error};
+use common::config::{valid_block_size, NAME_MAX, SYMLINK_MAX};
+use common::rpc::dir::{
+    rename_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, ReadDirPage, SetAttr,
+    StoredChunk, VolumeInfo,
+};
+use common::time::Timestamp;
+use common::{ChunkId, InodeId, PeerId, VolumeId};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::OnceLock;
+use tables::{
+    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, VolumeRecord, CHUNKS,
+    CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR, KIND_FILE, KIND_SYMLINK, LAYOUTS, META,
+    META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME, PEERS, SCHEMA_VERSION, SYMLINKS,
+};
+use tracing::warn;
+
+/// Longest sealed name accepted, in bytes: a `NAME_MAX` plaintext plus the
+/// AES-SIV tag ([`common::keys::NAME_OVERHEAD`]). Longer → `NameTooLong`.
+pub const MAX_NAME_BYTES: usize = NAME_MAX + common::keys::NAME_OVERHEAD;
+
+/// Longest sealed symlink target accepted, in bytes: a `SYMLINK_MAX`
+/// plaintext plus the sealing overhead ([`common::codec::OVERHEAD`]).
+pub const MAX_TARGET_BYTES: usize = SYMLINK_MAX + common::codec::OVERHEAD;
+
+/// Most entries one `readdir` page returns.
+pub const MAX_READDIR_ENTRIES: u32 = 4096;
+
+/// Most blocks one `get_layout` page returns.
+pub const MAX_LAYOUT_BLOCKS: u32 = 4096;
+
+/// Bytes a stored chunk may exceed the block size by (the v1 codec adds 48;
+/// the slack leaves room for later formats). A longer chunk is `Invalid`.
+pub const MAX_CHUNK_OVERHEAD: u32 = 4096;
+
+/// Largest wrapped volume secret accepted by `init_volume`, in bytes.
+pub const MAX_WRAPPED_SECRET: usize = 64 << 10;
+
+/// Largest replication factor accepted by `init_volume`.
+pub const MAX_REPLICAS: u32 = 16;
+
+/// How many parent links an ancestor walk follows before declaring the tree
+/// corrupt (a cycle); far deeper than any real tree.
+const MAX_DEPTH: usize = 1 << 20;
+
+/// Layout rows removed per batch when a file is truncated or freed, to bound
+/// memory for huge files.
+const DROP_BATCH: usize = 1024;
+
+/// One non-hole block of a file, as [`Store::get_layout`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutBlock {
+    /// Block index.
+    pub index: u64,
+    /// The chunk holding the block.
+    pub chunk: ChunkId,
+    /// Stored length of the chunk in bytes.
+    pub len: u32,
+    /// Peers known to hold the chunk, in the order they were recorded.
+    pub replicas: Vec<PeerId>,
+}
+
+/// A page of a file's layout, as [`Store::get_layout`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutBlocks {
+    /// The file's attributes in the same read transaction.
+    pub attr: Attr,
+    /// Non-hole blocks in the requested range, ascending.
+    pub blocks: Vec<LayoutBlock>,
+    /// True if no non-hole block follows the last one listed.
+    pub eof: bool,
+}
+
+/// The dirsvc database. Cheap to share behind an `Arc`; all methods take
+/// `&self` (redb serialises writers and lets readers run concurrently).
+pub struct Store {
+    db: Database,
+    /// The volume settings, set once by `init_volume` (or at open).
+    volume: OnceLock<VolumeInfo>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("initialized", &self.volume.get().is_some()).finish_non_exhaustive()
+    }
+}
+
+/// A directory entry as stored in `dirents-v1`.
+#[derive(Clone, Copy, Debug)]
+struct Dirent {
+    ino: u64,
+    cookie: u64,
+    kind: u8,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it (and its tables) if it does
+    /// not exist.
+    ///
+    /// Errors: [`Error::Db`] if redb cannot open the file (including when
+    /// another `Store` in this process has it open), [`Error::Schema`] for an
+    /// unknown schema version, [`Error::Corrupt`] for an unreadable volume
+    /// record.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let volume = {
+            // Opening a table in a write transaction creates it, so readers
+            // never meet a missing table.
+            txn.open_table(INODES)?;
+            txn.open_table(DIRENTS)?;
+            txn.open_table(DIRCOOKIES)?;
+            txn.open_table(LAYOUTS)?;
+            txn.open_table(CHUNKS)?;
+            txn.open_table(CHUNKS_UNREFERENCED)?;
+            txn.open_table(SYMLINKS)?;
+            txn.open_table(PEERS)?;
+            let mut meta = txn.open_table(META)?;
+            let found = match meta.get(META_SCHEMA)? {
+                Some(g) => Some(decode_u32(g.value())?),
+                None => None,
+            };
+            match found {
+                None => {
+                    meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => return Err(Error::Schema { found: other, supported: SCHEMA_VERSION }),
+            }
+            let volume = match meta.get(META_VOLUME)? {
+                Some(g) => Some(VolumeRecord::from_bytes(g.value())?),
+                None => None,
+            };
+            volume
+        };
+        txn.commit()?;
+        let store = Store { db, volume: OnceLock::new() };
+        if let Some(v) = volume {
+            let _ = store.volume.set(volume_info(v));
+        }
+        Ok(store)
+    }
+
+    /// Runs `f` in one write transaction and commits it durably if `f`
+    /// returns `Ok`; aborts it otherwise.
+    fn write<T>(&self, f: impl FnOnce(&mut W<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut w = W::open(&txn)?;
+            f(&mut w)
+        };
+        match result {
+            Ok(v) => {
+                txn.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(abort) = txn.abort() {
+                    warn!(error = %abort, "aborting a failed transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The volume settings. Errors: `NotInitialized`.
+    pub fn volume_info(&self) -> Result<VolumeInfo, Error> {
+        self.vol().cloned()
+    }
+
+    /// The volume settings without a copy. Errors: `NotInitialized`.
+    fn vol(&self) -> Result<&VolumeInfo, Error> {
+        self.volume.get().ok_or(Error::Dir(DirError::NotInitialized))
+    }
+
+    /// Creates the volume: settings, counters and the root directory
+    /// (inode 1, mode `0755`, owned by `uid`/`gid`, nlink 2).
+    ///
+    /// Errors: `Invalid` for a block size that is not a power of two in
+    /// [4 KiB, 4 MiB], R = 0 or R > [`MAX_REPLICAS`], or a wrapped secret
+    /// over [`MAX_WRAPPED_SECRET`]; `AlreadyInitialized` if a volume exists.
+    pub fn init_volume(&self, info: &VolumeInfo, uid: u32, gid: u32) -> Result<VolumeInfo, Error> {
+        if !valid_block_size(info.block_size) {
+            return Err(invalid(format!(
+                "block size {} is not a power of two in [{}, {}]",
+                info.block_size,
+                common::config::MIN_BLOCK_SIZE,
+                common::config::MAX_BLOCK_SIZE
+            )));
+        }
+        if info.replicas == 0 || info.replicas > MAX_REPLICAS {
+            return Err(invalid(format!(
+                "replication factor {} is not in [1, {MAX_REPLICAS}]",
+                info.replicas
+            )));
+        }
+        if info.wrapped_secret.len() > MAX_WRAPPED_SECRET {
+            return Err(invalid("wrapped secret too large"));
+        }
+        let record = VolumeRecord {
+            id: info.id.0,
+            block_size: info.block_size,
+            replicas: info.replicas,
+            wrapped_secret: info.wrapped_secret.clone(),
+        };
+        self.write(|w| {
+            if w.meta.get(META_VOLUME)?.is_some() {
+                return Err(DirError::AlreadyInitialized.into());
+            }
+            w.meta.insert(META_VOLUME, record.to_bytes()?.as_slice())?;
+            w.meta.insert(META_NEXT_INODE, &(InodeId::ROOT.0 + 1).to_le_bytes()[..])?;
+            w.meta.insert(META_NEXT_COOKIE, &1u64.to_le_bytes()[..])?;
+            let mut root = new_record(KIND_DIR, 0o755, uid, gid, 0, InodeId::ROOT.0, w.now);
+            root.nlink = 2;
+            w.put_inode(InodeId::ROOT.0, &root)
+        })?;
+        let info = volume_info(record);
+        // Only one init can commit (the check above runs inside the write
+        // transaction), so this is the first and only set.
+        let _ = self.volume.set(info.clone());
+        Ok(info)
+    }
+
+    /// Finds `name` in directory `parent` and returns its attributes.
+    ///
+    /// Errors: `NotFound` (no parent or no entry), `NotDir`, `Invalid`
+    /// (empty name), `NameTooLong`, `NotInitialized`.
+    pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(name)?;
+        let txn = self.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        let dirents = txn.open_table(DIRENTS)?;
+        get_dir(&inodes, parent.0)?;
+        let e = get_entry(&dirents, parent.0, name)?.ok_or(DirError::NotFound)?;
+        to_attr(e.ino, &get_inode(&inodes, e.ino)?)
+    }
+
+    /// Attributes of `ino`. Errors: `NotFound`, `NotInitialized`.
+    pub fn getattr(&self, ino: InodeId) -> Result<Attr, Error> {
+        self.vol()?;
+        let txn = self.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        to_attr(ino.0, &get_inode(&inodes, ino.0)?)
+    }
+
+    /// Changes the given attributes. Any change sets ctime to now; a size
+    /// change also sets mtime to now unless `set.mtime` is given. Shrinking
+    /// drops the layout blocks with index ≥ ⌈size / B⌉ (their chunks lose a
+    /// reference).
+    ///
+    /// Errors: `NotFound`; for `size`, `IsDir` on a directory and `Invalid`
+    /// on anything but a regular file; `NotInitialized`.
+    pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<Attr, Error> {
+        let vol = self.vol()?;
+        self.write(|w| {
+            let mut rec = w.inode(ino.0)?;
+            let any = set.perm.is_some()
+                || set.uid.is_some()
+                || set.gid.is_some()
+                || set.size.is_some()
+                || set.atime.is_some()
+                || set.mtime.is_some();
+            if !any {
+                return to_attr(ino.0, &rec);
+            }
+            if let Some(size) = set.size {
+                match rec.kind {
+                    KIND_FILE => {}
+                    KIND_DIR => return Err(DirError::IsDir.into()),
+                    _ => return Err(invalid("size can only be set on a regular file")),
+                }
+                let freed = w.drop_blocks_from(ino.0, blocks_for(size, vol.block_size))?;
+                rec.stored_bytes = rec.stored_bytes.saturating_sub(freed);
+                rec.size = size;
+                rec.mtime = w.now;
+            }
+            if let Some(perm) = set.perm {
+                rec.perm = perm & 0o7777;
+            }
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+            }
+            if let Some(atime) = set.atime {
+                rec.atime = atime;
+            }
+            if let Some(mtime) = set.mtime {
+                rec.mtime = mtime;
+            }
+            rec.ctime = w.now;
+            w.put_inode(ino.0, &rec)?;
+            to_attr(ino.0, &rec)
+        })
+    }
+
+    /// Makes directory `name` in `parent` (nlink 2; the parent gains a
+    /// link; its mtime and ctime become now).
+    ///
+    /// Errors: `Exists`, `NotDir`, `NotFound`, `Invalid`, `NameTooLong`,
+    /// `NotInitialized`.
+    pub fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(name)?;
+        self.write(|w| {
+            let mut rec = new_record(KIND_DIR, perm, uid, gid, 0, parent.0, w.now);
+            rec.nlink = 2;
+            w.make_entry(parent.0, name, rec)
+        })
+    }
+
+    /// Makes a regular file or special node `name` in `parent` (nlink 1).
+    ///
+    /// Errors: `Invalid` for kind `Dir` or `Symlink`, then as
+    /// [`Store::mkdir`].
+    pub fn create(&self, parent: InodeId, name: &[u8], new: &NewInode) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(name)?;
+        let rdev = match new.kind {
+            FileKind::File | FileKind::Fifo | FileKind::Socket => 0,
+            FileKind::CharDevice | FileKind::BlockDevice => new.rdev,
+            FileKind::Dir | FileKind::Symlink => {
+                return Err(invalid("create makes files and special nodes only"))
+            }
+        };
+        let kind = kind_to_byte(new.kind);
+        self.write(|w| {
+            let rec = new_record(kind, new.perm, new.uid, new.gid, rdev, parent.0, w.now);
+            w.make_entry(parent.0, name, rec)
+        })
+    }
+
+    /// Makes symlink `name` in `parent` with sealed `target` and plaintext
+    /// target length `size` (mode `0777`).
+    ///
+    /// Errors: `Invalid` for an empty target, `NameTooLong` for a target
+    /// over [`MAX_TARGET_BYTES`] or `size` over `SYMLINK_MAX`, then as
+    /// [`Store::mkdir`].
+    pub fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(name)?;
+        if target.is_empty() {
+            return Err(invalid("empty symlink target"));
+        }
+        if target.len() > MAX_TARGET_BYTES || size > SYMLINK_MAX as u64 {
+            return Err(DirError::NameTooLong.into());
+        }
+        self.write(|w| {
+            let mut rec = new_record(KIND_SYMLINK, 0o777, uid, gid, 0, parent.0, w.now);
+            rec.size = size;
+            let attr = w.make_entry(parent.0, name, rec)?;
+            w.symlinks.insert(attr.ino.0, target)?;
+            Ok(attr)
+        })
+    }
+
+    /// The sealed target of symlink `ino`.
+    ///
+    /// Errors: `NotFound`, `Invalid` if `ino` is not a symlink,
+    /// `NotInitialized`.
+    pub fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Error> {
+        self.vol()?;
+        let txn = self.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        let rec = get_inode(&inodes, ino.0)?;
+        if rec.kind != KIND_SYMLINK {
+            return Err(invalid("not a symlink"));
+        }
+        let symlinks = txn.open_table(SYMLINKS)?;
+        let target = symlinks
+            .get(ino.0)?
+            .ok_or(Error::Corrupt { what: "symlink", reason: format!("symlink {ino} has no target") })?;
+        Ok(target.value().to_vec())
+    }
+
+    /// Adds entry `new_name` in `new_parent` for the non-directory `ino`
+    /// (nlink + 1, ctime now).
+    ///
+    /// Errors: `IsDir` if `ino` is a directory (hard links to directories
+    /// are not allowed; Linux reports `EPERM`), `Invalid` at `u32::MAX`
+    /// links, then as [`Store::mkdir`].
+    pub fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(new_name)?;
+        self.write(|w| {
+            let mut rec = w.inode(ino.0)?;
+            if rec.kind == KIND_DIR {
+                return Err(DirError::IsDir.into());
+            }
+            w.dir(new_parent.0)?;
+            if w.entry(new_parent.0, new_name)?.is_some() {
+                return Err(DirError::Exists.into());
+            }
+            rec.nlink = rec.nlink.checked_add(1).ok_or_else(|| invalid("too many links"))?;
+            rec.ctime = w.now;
+            w.put_inode(ino.0, &rec)?;
+            w.add_entry(new_parent.0, new_name, ino.0, rec.kind)?;
+            w.touch_dir(new_parent.0, 0)?;
+            to_attr(ino.0, &rec)
+        })
+    }
+
+    /// Removes the non-directory entry `name` from `parent`. The inode loses
+    /// a link (ctime now) and is freed at nlink 0: its record, layout rows
+    /// (each chunk loses a reference) and symlink target are deleted.
+    ///
+    /// Errors: `NotFound`, `NotDir` (parent), `IsDir` (the entry is a
+    /// directory), `Invalid`, `NameTooLong`, `NotInitialized`.
+    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Error> {
+        self.vol()?;
+        check_name(name)?;
+        self.write(|w| {
+            w.dir(parent.0)?;
+            let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
+            if e.kind == KIND_DIR {
+                return Err(DirError::IsDir.into());
+            }
+            w.remove_entry(parent.0, name, e.cookie)?;
+            w.drop_link(e.ino)?;
+            w.touch_dir(parent.0, 0)
+        })
+    }
+
+    /// Removes the empty directory entry `name` from `parent` (the parent
+    /// loses a link).
+    ///
+    /// Errors: `NotFound`, `NotDir` (parent, or the entry is not a
+    /// directory), `NotEmpty`, `Invalid`, `NameTooLong`, `NotInitialized`.
+    pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Error> {
+        self.vol()?;
+        check_name(name)?;
+        self.write(|w| {
+            w.dir(parent.0)?;
+            let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
+            if e.kind != KIND_DIR {
+                return Err(DirError::NotDir.into());
+            }
+            if !w.dir_is_empty(e.ino)? {
+                return Err(DirError::NotEmpty.into());
+            }
+            w.remove_entry(parent.0, name, e.cookie)?;
+            w.inodes.remove(e.ino)?;
+            w.touch_dir(parent.0, -1)
+        })
+    }
+
+    /// Moves entry `name` of `parent` to `new_name` in `new_parent`,
+    /// atomically, as `renameat2(2)`:
+    /// - an existing target of a compatible kind is replaced (a file by a
+    ///   non-directory, an empty directory by a directory) and loses its link;
+    /// - `NOREPLACE`: `Exists` if the target exists;
+    /// - `EXCHANGE`: both must exist; they swap (directories' parents and
+    ///   the parents' nlinks follow);
+    /// - source and target naming the same inode: success, nothing changes
+    ///   (except with `NOREPLACE`, which reports `Exists` as Linux does).
+    ///
+    /// The moved inodes' ctime and both parents' mtime and ctime become now.
+    /// The entry gets a fresh readdir cookie (exchange keeps both).
+    ///
+    /// Errors: `NotFound` (source, or exchange target), `NotDir`/`IsDir`
+    /// (kind mismatch), `NotEmpty` (target directory not empty, or target is
+    /// an ancestor of the source), `Invalid` (unknown flags, both flags,
+    /// moving a directory into its own subtree, moving the root), `Exists`,
+    /// `NameTooLong`, `NotInitialized`.
+    pub fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), Error> {
+        self.vol()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        let known = rename_flags::NOREPLACE | rename_flags::EXCHANGE;
+        if flags & !known != 0 {
+            return Err(invalid(format!("unknown rename flags {flags:#x}")));
+        }
+        if flags == known {
+            return Err(invalid("NOREPLACE and EXCHANGE together"));
+        }
+        self.write(|w| w.rename(parent.0, name, new_parent.0, new_name, flags))
+    }
+
+    /// Lists the entries of `dir` with cookie > `after`, ascending, at most
+    /// `limit` (clamped to [1, [`MAX_READDIR_ENTRIES`]]).
+    ///
+    /// Errors: `NotFound`, `NotDir`, `NotInitialized`.
+    pub fn readdir(&self, dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, Error> {
+        self.vol()?;
+        let limit = limit.clamp(1, MAX_READDIR_ENTRIES) as usize;
+        let txn = self.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        get_dir(&inodes, dir.0)?;
+        let dirents = txn.open_table(DIRENTS)?;
+        let cookies = txn.open_table(DIRCOOKIES)?;
+        let mut entries = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(ReadDirPage { entries, eof: true });
+        };
+        let mut eof = true;
+        for row in cookies.range((dir.0, start)..=(dir.0, u64::MAX))? {
+            let (k, v) = row?;
+            if entries.len() == limit {
+                eof = false;
+                break;
+            }
+            let (_, cookie) = k.value();
+            let name = v.value().to_vec();
+            let e = get_entry(&dirents, dir.0, &name)?.ok_or_else(|| Error::Corrupt {
+                what: "directory entry",
+                reason: format!("cookie {cookie} of directory {dir} names no entry"),
+            })?;
+            entries.push(DirEntry { name, ino: InodeId(e.ino), kind: kind_from_byte(e.kind)?, cookie });
+        }
+        Ok(ReadDirPage { entries, eof })
+    }
+
+    /// Applies a layout update to regular file `ino` in one transaction:
+    /// each listed block row is set (the new chunk gains a reference and
+    /// the committing replicas, the replaced one loses a reference) or
+    /// removed (`None`); then size, mtime (from the commit) and ctime (now)
+    /// are set and rows with index ≥ ⌈size / B⌉ are dropped.
+    ///
+    /// Errors: `NotFound`; `IsDir`; `Invalid` for a non-regular file, a
+    /// block listed twice, a chunk past the new size, a chunk with no
+    /// replicas, an unregistered replica, a stored length of 0 or over
+    /// B + [`MAX_CHUNK_OVERHEAD`], or a length that differs from the one
+    /// already recorded for the same chunk; `NotInitialized`.
+    pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
+        let vol = self.vol()?;
+        self.write(|w| w.commit_layout(ino.0, commit, vol.block_size))
+    }
+
+    /// The non-hole blocks of file `ino` with index in
+    /// `[first, first + max)` (at most [`MAX_LAYOUT_BLOCKS`] of them), with
+    /// the file's attributes, read in one transaction.
+    ///
+    /// Errors: `NotFound`, `IsDir`, `Invalid` for other non-regular files,
+    /// `NotInitialized`.
+    pub fn get_layout(&self, ino: InodeId, first: u64, max: u32) -> Result<LayoutBlocks, Error> {
+        self.vol()?;
+        let txn = self.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        let rec = get_inode(&inodes, ino.0)?;
+        match rec.kind {
+            KIND_FILE => {}
+            KIND_DIR => return Err(DirError::IsDir.into()),
+            _ => return Err(invalid("not a regular file")),
+        }
+        let layouts = txn.open_table(LAYOUTS)?;
+        let chunks = txn.open_table(CHUNKS)?;
+        let end = first.saturating_add(u64::from(max));
+        let cap = max.min(MAX_LAYOUT_BLOCKS) as usize;
+        let mut blocks = Vec::new();
+        let mut eof = true;
+        for row in layouts.range((ino.0, first)..=(ino.0, u64::MAX))? {
+            let (k, v) = row?;
+            let (_, index) = k.value();
+            if index >= end || blocks.len() == cap {
+                eof = false;
+                break;
+            }
+            let (id, len) = v.value();
+            let replicas = match chunks.get(id)? {
+                Some(g) => ChunkRecord::from_bytes(g.value())?.replicas,
+                None => {
+                    warn!(%ino, index, chunk = %ChunkId(id), "layout names an unknown chunk");
+                    Vec::new()
+                }
+            };
+            blocks.push(LayoutBlock { index, chunk: ChunkId(id), len, replicas });
+        }
+        Ok(LayoutBlocks { attr: to_attr(ino.0, &rec)?, blocks, eof })
+    }
+
+    /// The recorded replicas of each chunk, in the same order (empty for a
+    /// chunk the index does not know). Errors: `NotInitialized`.
+    pub fn chunk_replicas(&self, ids: &[ChunkId]) -> Result<Vec<Vec<PeerId>>, Error> {
+        self.vol()?;
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        ids.iter()
+            .map(|id| match chunks.get(id.0)? {
+                Some(g) => Ok(ChunkRecord::from_bytes(g.value())?.replicas),
+                None => Ok(Vec::new()),
+            })
+            .collect()
+    }
+
+    /// The chunk index record of `id`, if any (for GC and inspection).
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        match chunks.get(id.0)? {
+            Some(g) => Ok(Some(ChunkRecord::from_bytes(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Chunks whose reference count is 0, each with the Unix time (seconds)
+    /// at which it became unreferenced, in id order.
+    pub fn unreferenced_chunks(&self) -> Result<Vec<(ChunkId, i64)>, Error> {
+        let txn = self.db.begin_read()?;
+        let unref = txn.open_table(CHUNKS_UNREFERENCED)?;
+        unref
+            .iter()?
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((ChunkId(k.value()), v.value()))
+            })
+            .collect()
+    }
+
+    /// Number of inodes in use (for `statfs`).
+    pub fn inode_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(INODES)?.len()?)
+    }
+
+    /// Stores (inserts or replaces) peer `id`'s record.
+    pub fn put_peer(&self, id: PeerId, rec: &PeerRecord) -> Result<(), Error> {
+        let bytes = rec.to_bytes()?;
+        self.write(|w| {
+            w.peers.insert(id.0, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every registered peer with its stored record, in id order.
+    pub fn peers(&self) -> Result<Vec<(PeerId, PeerRecord)>, Error> {
+        let txn = self.db.begin_read()?;
+        let peers = txn.open_table(PEERS)?;
+        peers
+            .iter()?
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((PeerId(k.value()), PeerRecord::from_bytes(v.value())?))
+            })
+            .collect()
+    }
+}
+
+/// The tables of one write transaction, with the transaction's notion of
+/// "now" (one timestamp for every time a call sets).
+struct W<'t> {
+    inodes: Table<'t, u64, &'static [u8]>,
+    dirents: Table<'t, (u64, &'static [u8]), (u64, u64, u8)>,
+    cookies: Table<'t, (u64, u64), &'static [u8]>,
+    layouts: Table<'t, (u64, u64), ([u8; 32], u32)>,
+    chunks: Table<'t, [u8; 32], &'static [u8]>,
+    unref: Table<'t, [u8; 32], i64>,
+    symlinks: Table<'t, u64, &'static [u8]>,
+    peers: Table<'t, [u8; 16], &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    now: Timestamp,
+}
+
+impl<'t> W<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<W<'t>, Error> {
+        Ok(W {
+            inodes: txn.open_table(INODES)?,
+            dirents: txn.open_table(DIRENTS)?,
+            cookies: txn.open_table(DIRCOOKIES)?,
+            layouts: txn.open_table(LAYOUTS)?,
+            chunks: txn.open_table(CHUNKS)?,
+            unref: txn.open_table(CHUNKS_UNREFERENCED)?,
+            symlinks: txn.open_table(SYMLINKS)?,
+            peers: txn.open_table(PEERS)?,
+            meta: txn.open_table(META)?,
+            now: Timestamp::now(),
+        })
+    }
+
+    fn inode(&self, ino: u64) -> Result<InodeRecord, Error> {
+        get_inode(&self.inodes, ino)
+    }
+
+    fn dir(&self, ino: u64) -> Result<InodeRecord, Error> {
+        get_dir(&self.inodes, ino)
+    }
+
+    fn put_inode(&mut self, ino: u64, rec: &InodeRecord) -> Result<(), Error> {
+        self.inodes.insert(ino, rec.to_bytes()?.as_slice())?;
+        Ok(())
+    }
+
+    fn entry(&self, parent: u64, name: &[u8]) -> Result<Option<Dirent>, Error> {
+        get_entry(&self.dirents, parent, name)
+    }
+
+    /// Hands out the next value of a `meta-v1` counter.
+    fn next(&mut self, key: &'static str) -> Result<u64, Error> {
+        let current = match self.meta.get(key)? {
+            Some(g) => decode_u64(g.value())?,
+            None => return Err(Error::Corrupt { what: "meta", reason: format!("counter {key} missing") }),
+        };
+        let next = current
+            .checked_add(1)
+            .ok_or_else(|| Error::Corrupt { what: "meta", reason: format!("counter {key} exhausted") })?;
+        self.meta.insert(key, &next.to_le_bytes()[..])?;
+        Ok(current)
+    }
+
+    /// Adds entry `(parent, name)` with a fresh cookie.
+    fn add_entry(&mut self, parent: u64, name: &[u8], ino: u64, kind: u8) -> Result<(), Error> {
+        let cookie = self.next(META_NEXT_COOKIE)?;
+        self.dirents.insert((parent, name), (ino, cookie, kind))?;
+        self.cookies.insert((parent, cookie), name)?;
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, parent: u64, name: &[u8], cookie: u64) -> Result<(), Error> {
+        self.dirents.remove((parent, name))?;
+        self.cookies.remove((parent, cookie))?;
+        Ok(())
+    }
+
+    fn dir_is_empty(&self, dir: u64) -> Result<bool, Error> {
+        match self.cookies.range((dir, 0)..=(dir, u64::MAX))?.next() {
+            None => Ok(true),
+            Some(row) => {
+                row?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sets directory `dir`'s mtime and ctime to now and adds `delta` to its
+    /// nlink.
+    fn touch_dir(&mut self, dir: u64, delta: i32) -> Result<(), Error> {
+        let mut rec = self.inode(dir)?;
+        rec.nlink = rec.nlink.checked_add_signed(delta).ok_or_else(|| invalid("too many links"))?;
+        rec.mtime = self.now;
+        rec.ctime = self.now;
+        self.put_inode(dir, &rec)
+    }
+
+    /// Makes a new inode from `rec` and its entry `name` in directory
+    /// `parent`; a new directory adds a link to the parent.
+    fn make_entry(&mut self, parent: u64, name: &[u8], rec: InodeRecord) -> Result<Attr, Error> {
+        self.dir(parent)?;
+        if self.entry(parent, name)?.is_some() {
+            return Err(DirError::Exists.into());
+        }
+        let ino = self.next(META_NEXT_INODE)?;
+        self.put_inode(ino, &rec)?;
+        self.add_entry(parent, name, ino, rec.kind)?;
+        self.touch_dir(parent, if rec.kind == KIND_DIR { 1 } else { 0 })?;
+        to_attr(ino, &rec)
+    }
+
+    /// Removes one link of non-directory `ino`; frees it at nlink 0.
+    fn drop_link(&mut self, ino: u64) -> Result<(), Error> {
+        let mut rec = self.inode(ino)?;
+        rec.nlink = rec.nlink.saturating_sub(1);
+        if rec.nlink == 0 {
+            self.free_inode(ino, &rec)
+        } else {
+            rec.ctime = self.now;
+            self.put_inode(ino, &rec)
+        }
+    }
+
+    /// Deletes inode `ino` and everything hanging off it.
+    fn free_inode(&mut self, ino: u64, rec: &InodeRecord) -> Result<(), Error> {
+        self.inodes.remove(ino)?;
+        match rec.kind {
+            KIND_FILE => {
+                self.drop_blocks_from(ino, 0)?;
+            }
+            KIND_SYMLINK => {
+                self.symlinks.remove(ino)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Removes the layout rows of `ino` with index ≥ `from`, dropping a
+    /// reference to each chunk. Returns the stored bytes removed.
+    fn drop_blocks_from(&mut self, ino: u64, from: u64) -> Result<u64, Error> {
+        let mut freed = 0u64;
+        loop {
+            let batch: Vec<(u64, [u8; 32], u32)> = self
+                .layouts
+                .range((ino, from)..=(ino, u64::MAX))?
+                .take(DROP_BATCH)
+                .map(|row| {
+                    let (k, v) = row?;
+                    let (id, len) = v.value();
+                    Ok((k.value().1, id, len))
+                })
+                .collect::<Result<_, Error>>()?;
+            if batch.is_empty() {
+                return Ok(freed);
+            }
+            for (index, id, len) in batch {
+                self.layouts.remove((ino, index))?;
+                self.chunk_unref(id)?;
+                freed = freed.saturating_add(u64::from(len));
+            }
+        }
+    }
+
+    /// Records one more reference (`add_ref`) to chunk `c` or only its
+    /// replicas, creating the chunk record if needed.
+    fn chunk_ref(&mut self, c: &StoredChunk, add_ref: bool) -> Result<(), Error> {
+        let existing = match self.chunks.get(c.id.0)? {
+            Some(g) => Some(ChunkRecord::from_bytes(g.value())?),
+            None => None,
+        };
+        let mut rec = match existing {
+            Some(rec) => {
+                if rec.len != c.len {
+                    return Err(invalid(format!(
+                        "chunk {} is recorded with stored length {}, not {}",
+                        c.id, rec.len, c.len
+                    )));
+                }
+                rec
+            }
+            None => ChunkRecord { replicas: Vec::new(), refcount: 0, len: c.len },
+        };
+        for p in &c.replicas {
+            if !rec.replicas.contains(p) {
+                rec.replicas.push(*p);
+            }
+        }
+        if add_ref {
+            if rec.refcount == 0 {
+                self.unref.remove(c.id.0)?;
+            }
+            rec.refcount = rec.refcount.saturating_add(1);
+        }
+        self.chunks.insert(c.id.0, rec.to_bytes()?.as_slice())?;
+        Ok(())
+    }
+
+    /// Drops one reference to chunk `id`; at 0 the chunk is listed in
+    /// `chunks-unreferenced-v1` with the current time.
+    fn chunk_unref(&mut self, id: [u8; 32]) -> Result<(), Error> {
+        let existing = match self.chunks.get(id)? {
+            Some(g) => Some(ChunkRecord::from_bytes(g.value())?),
+            None => None,
+        };
+        let Some(mut rec) = existing else {
+            warn!(chunk = %ChunkId(id), "a layout row named a chunk the index does not know");
+            return Ok(());
+        };
+        if rec.refcount == 0 {
+            warn!(chunk = %ChunkId(id), "chunk refcount would go below zero");
+            return Ok(());
+        }
+        rec.refcount -= 1;
+        if rec.refcount == 0 {
+            self.unref.insert(id, self.now.secs)?;
+        }
+        self.chunks.insert(id, rec.to_bytes()?.as_slice())?;
+        Ok(())
+    }
+
+    /// Whether directory `anc` is `dir` or one of its ancestors.
+    fn is_ancestor_or_self(&self, anc: u64, dir: u64) -> Result<bool, Error> {
+        let mut cur = dir;
+        for _ in 0..MAX_DEPTH {
+            if cur == anc {
+                return Ok(true);
+            }
+            if cur == InodeId::ROOT.0 {
+                return Ok(false);
+            }
+            cur = self.inode(cur)?.parent;
+        }
+        Err(Error::Corrupt {
+            what: "inode",
+            reason: format!("the parent chain of directory {dir} does not reach the root"),
+        })
+    }
+
+    fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), Error> {
+        self.dir(parent)?;
+        self.dir(new_parent)?;
+        let src = self.entry(parent, name)?.ok_or(DirError::NotFound)?;
+        let dst = self.entry(new_parent, new_name)?;
+        if flags & rename_flags::NOREPLACE != 0 && dst.is_some() {
+            return Err(DirError::Exists.into());
+        }
+        if flags & rename_flags::EXCHANGE != 0 && dst.is_none() {
+            return Err(DirError::NotFound.into());
+        }
+        if dst.is_some_and(|d| d.ino == src.ino) {
+            // Two names of one inode (or the same name): POSIX says do
+            // nothing.
+            return Ok(());
+        }
+        if src.ino == InodeId::ROOT.0 || dst.is_some_and(|d| d.ino == InodeId::ROOT.0) {
+            return Err(invalid("cannot rename the root directory"));
+        }
+        let src_dir = src.kind == KIND_DIR;
+        if src_dir && self.is_ancestor_or_self(src.ino, new_parent)? {
+            return Err(invalid("cannot move a directory into its own subtree"));
+        }
+        if flags & rename_flags::EXCHANGE != 0 {
+            let Some(dst) = dst else {
+                return Err(DirError::NotFound.into());
+            };
+            return self.exchange(parent, name, src, new_parent, new_name, dst);
+        }
+        if let Some(d) = dst {
+            let dst_dir = d.kind == KIND_DIR;
+            if dst_dir && self.is_ancestor_or_self(d.ino, parent)? {
+                // The target contains the source, so it is not empty.
+                return Err(DirError::NotEmpty.into());
+            }
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(DirError::NotDir.into()),
+                (false, true) => return Err(DirError::IsDir.into()),
+                (true, true) if !self.dir_is_empty(d.ino)? => return Err(DirError::NotEmpty.into()),
+                _ => {}
+            }
+            self.remove_entry(new_parent, new_name, d.cookie)?;
+            if dst_dir {
+                self.inodes.remove(d.ino)?;
+                self.touch_dir(new_parent, -1)?;
+            } else {
+                self.drop_link(d.ino)?;
+            }
+        }
+        self.remove_entry(parent, name, src.cookie)?;
+        self.add_entry(new_parent, new_name, src.ino, src.kind)?;
+        let mut rec = self.inode(src.ino)?;
+        if src_dir && parent != new_parent {
+            rec.parent = new_parent;
+            self.touch_dir(parent, -1)?;
+            self.touch_dir(new_parent, 1)?;
+        }
+        rec.ctime = self.now;
+        self.put_inode(src.ino, &rec)?;
+        self.touch_dir(parent, 0)?;
+        self.touch_dir(new_parent, 0)
+    }
+
+    /// `RENAME_EXCHANGE`: the two names swap the inodes they name.
+    fn exchange(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        src: Dirent,
+        new_parent: u64,
+        new_name: &[u8],
+        dst: Dirent,
+    ) -> Result<(), Error> {
+        if dst.kind == KIND_DIR && self.is_ancestor_or_self(dst.ino, parent)? {
+            return Err(invalid("cannot move a directory into its own subtree"));
+        }
+        self.dirents.insert((parent, name), (dst.ino, src.cookie, dst.kind))?;
+        self.dirents.insert((new_parent, new_name), (src.ino, dst.cookie, src.kind))?;
+        for (ino, is_dir, from, to) in [
+            (src.ino, src.kind == KIND_DIR, parent, new_parent),
+            (dst.ino, dst.kind == KIND_DIR, new_parent, parent),
+        ] {
+            let mut rec = self.inode(ino)?;
+            if is_dir && from != to {
+                rec.parent = to;
+                self.touch_dir(from, -1)?;
+                self.touch_dir(to, 1)?;
+            }
+            rec.ctime = self.now;
+            self.put_inode(ino, &rec)?;
+        }
+        self.touch_dir(parent, 0)?;
+        self.touch_dir(new_parent, 0)
+    }
+
+    fn commit_layout(&mut self, ino: u64, commit: &CommitLayout, block_size: u32) -> Result<Attr, Error> {
+        let mut rec = self.inode(ino)?;
+        match rec.kind {
+            KIND_FILE => {}
+            KIND_DIR => return Err(DirError::IsDir.into()),
+            _ => return Err(invalid("layouts belong to regular files only")),
+        }
+        let nblocks = blocks_for(commit.size, block_size);
+        let max_len = u64::from(block_size) + u64::from(MAX_CHUNK_OVERHEAD);
+        let mut seen = HashSet::new();
+        for (index, block) in &commit.blocks {
+            if !seen.insert(*index) {
+                return Err(invalid(format!("block {index} listed twice")));
+            }
+            let Some(c) = block else { continue };
+            if *index >= nblocks {
+                return Err(invalid(format!(
+                    "block {index} lies past the end of a {}-byte file",
+                    commit.size
+                )));
+            }
+            if c.len == 0 || u64::from(c.len) > max_len {
+                return Err(invalid(format!(
+                    "chunk {} has stored length {} (allowed 1..={max_len})",
+                    c.id, c.len
+                )));
+            }
+            if c.replicas.is_empty() {
+                return Err(invalid(format!("chunk {} has no replicas", c.id)));
+            }
+            for p in &c.replicas {
+                if self.peers.get(p.0)?.is_none() {
+                    return Err(invalid(format!("replica peer {p} is not registered")));
+                }
+            }
+        }
+        let mut stored = rec.stored_bytes;
+        for (index, block) in &commit.blocks {
+            let old = self.layouts.get((ino, *index))?.map(|g| g.value());
+            match (block, old) {
+                (Some(c), Some((old_id, _))) if old_id == c.id.0 => {
+                    // Same chunk again (a retried commit): only new replicas.
+                    self.chunk_ref(c, false)?;
+                }
+                (Some(c), old) => {
+                    self.chunk_ref(c, true)?;
+                    self.layouts.insert((ino, *index), (c.id.0, c.len))?;
+                    if let Some((old_id, old_len)) = old {
+                        self.chunk_unref(old_id)?;
+                        stored = stored.saturating_sub(u64::from(old_len));
+                    }
+                    stored = stored.saturating_add(u64::from(c.len));
+                }
+                (None, Some((old_id, old_len))) => {
+                    self.layouts.remove((ino, *index))?;
+                    self.chunk_unref(old_id)?;
+                    stored = stored.saturating_sub(u64::from(old_len));
+                }
+                (None, None) => {}
+            }
+        }
+        stored = stored.saturating_sub(self.drop_blocks_from(ino, nblocks)?);
+        rec.stored_bytes = stored;
+        rec.size = commit.size;
+        rec.mtime = commit.mtime;
+        rec.ctime = self.now;
+        self.put_inode(ino, &rec)?;
+        to_attr(ino, &rec)
+    }
+}
+
+/// Number of blocks of size `block_size` that a `size`-byte file spans.
+fn blocks_for(size: u64, block_size: u32) -> u64 {
+    size.div_ceil(u64::from(block_size.max(1)))
+}
+
+fn check_name(name: &[u8]) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid("empty name"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(DirError::NameTooLong.into());
+    }
+    Ok(())
+}
+
+fn new_record(
+    kind: u8,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    parent: u64,
+    now: Timestamp,
+) -> InodeRecord {
+    InodeRecord {
+        kind,
+        perm: perm & 0o7777,
+        uid,
+        gid,
+        size: 0,
+        nlink: 1,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev,
+        parent,
+        stored_bytes: 0,
+    }
+}
+
+fn to_attr(ino: u64, r: &InodeRecord) -> Result<Attr, Error> {
+    Ok(Attr {
+        ino: InodeId(ino),
+        kind: kind_from_byte(r.kind)?,
+        perm: r.perm,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        nlink: r.nlink,
+        atime: r.atime,
+        mtime: r.mtime,
+        ctime: r.ctime,
+        crtime: r.crtime,
+        rdev: r.rdev,
+        stored_bytes: r.stored_bytes,
+    })
+}
+
+fn volume_info(v: VolumeRecord) -> VolumeInfo {
+    VolumeInfo {
+        id: VolumeId(v.id),
+        block_size: v.block_size,
+        replicas: v.replicas,
+        wrapped_secret: v.wrapped_secret,
+    }
+}
+
+fn get_inode(t: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<InodeRecord, Error> {
+    match t.get(ino)? {
+        Some(g) => InodeRecord::from_bytes(g.value()),
+        None => Err(DirError::NotFound.into()),
+    }
+}
+
+fn get_dir(t: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<InodeRecord, Error> {
+    let rec = get_inode(t, ino)?;
+    if rec.kind != KIND_DIR {
+        return Err(DirError::NotDir.into());
+    }
+    Ok(rec)
+}
+
+fn get_entry(
+    t: &impl ReadableTable<(u64, &'static [u8]), (u64, u64, u8)>,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<Dirent>, Error> {
+    Ok(t.get((parent, name))?.map(|g| {
+        let (ino, cookie, kind) = g.value();
+        Dirent { ino, cookie, kind }
+    }))
+}
+
+fn decode_u64(b: &[u8]) -> Result<u64, Error> {
+    let arr: [u8; 8] = b
+        .try_into()
+        .map_err(|_| Error::Corrupt { what: "meta", reason: format!("counter of {} bytes", b.len()) })?;
+    Ok(u64::from_le_bytes(arr))
+}
+
+fn decode_u32(b: &[u8]) -> Result<u32, Error> {
+    let arr: [u8; 4] = b.try_into().map_err(|_| Error::Corrupt {
+        what: "meta",
+        reason: format!("schema version of {} bytes", b.len()),
+    })?;
+    Ok(u32::from_le_bytes(arr))
+}

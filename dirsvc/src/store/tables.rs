@@ -1,0 +1,324 @@
+//! The redb tables of dirsvc: names, key/value shapes, record formats.
+//!
+//! Every table name ends in a version suffix (`-v1`); an incompatible change
+//! to a table's key or value shape gets a new name and a migration, never an
+//! in-place reinterpretation. Integers in keys are redb's fixed-width
+//! little-endian encodings, ordered numerically; tuples order element by
+//! element.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `inodes-v1` | `u64` inode number | inode record |
+//! | `dirents-v1` | `(u64 parent, &[u8] sealed name)` | `(u64 ino, u64 cookie, u8 kind)` |
+//! | `dircookies-v1` | `(u64 parent, u64 cookie)` | `&[u8]` sealed name |
+//! | `layouts-v1` | `(u64 ino, u64 block index)` | `([u8; 32] chunk id, u32 stored len)` |
+//! | `chunks-v1` | `[u8; 32]` chunk id | chunk record |
+//! | `chunks-unreferenced-v1` | `[u8; 32]` chunk id | `i64` Unix seconds when its refcount reached 0 |
+//! | `symlinks-v1` | `u64` inode number | `&[u8]` sealed target |
+//! | `peers-v1` | `[u8; 16]` peer id | peer record |
+//! | `meta-v1` | `&str` | `&[u8]` (see below) |
+//!
+//! Records are one format-version byte (currently 1 for every record)
+//! followed by the record's fields, in the order below, encoded with
+//! bincode 1 (fixed-width little-endian integers, `u64` length prefixes for
+//! byte strings, strings and lists; no trailing bytes). A record with an
+//! unknown version byte is refused as corrupt rather than misread.
+//! Timestamps are `(i64 secs, u32 nanos)` since the Unix epoch. Kinds are
+//! one byte: 1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char device,
+//! 7 block device (the same byte in `dirents-v1`).
+//!
+//! - inode record v1: `kind u8, perm u32 (mode & 0o7777), uid u32,
+//!   gid u32, size u64, nlink u32, atime, mtime, ctime, crtime (timestamps),
+//!   rdev u32, parent u64, stored_bytes u64`. `parent` is, for a directory,
+//!   the directory holding its entry (root: 1); for other kinds the
+//!   directory it was created in (informational). `stored_bytes` is the sum
+//!   of the file's layout rows' stored lengths (one replica).
+//! - chunk record v1: `replicas: list of [u8; 16] peer ids, refcount u64,
+//!   len u32` (stored length in bytes). `replicas` is the union of the
+//!   peers named by every commit that referenced the chunk.
+//! - peer record v1: `addr: string ("host:port"), usage: (capacity_bytes
+//!   u64, free_bytes u64, used_bytes u64, chunks u64), last_heartbeat
+//!   timestamp`.
+//!
+//! `meta-v1` keys:
+//! - `schema_version`: `u32` LE, the version of this whole layout (1).
+//! - `volume`: the volume record (version byte + bincode of
+//!   `VolumeInfo { id: [u8; 16], block_size: u32, replicas: u32,
+//!   wrapped_secret: bytes }`). Absent until `init_volume`.
+//! - `next_inode`: `u64` LE, the next inode number to hand out (root is 1;
+//!   numbers are never reused).
+//! - `next_cookie`: `u64` LE, the next directory cookie, shared by all
+//!   directories of the volume (starts at 1; never reused, so a cookie
+//!   stays a valid resume point while entries come and go).
+//!
+//! Invariants kept by every write transaction:
+//! - `dirents-v1` and `dircookies-v1` hold the same set of entries: a row
+//!   `(p, name) → (ino, c, k)` exists iff `(p, c) → name` does. An entry
+//!   gets a fresh cookie when it is created or renamed into place;
+//!   `RENAME_EXCHANGE` keeps both names' cookies and swaps what they name.
+//! - A directory's `parent` field names the directory holding its entry
+//!   (root: itself); `nlink` of a directory is 2 + its subdirectories.
+//! - `layouts-v1` rows of a file have index < ⌈size / block size⌉, and the
+//!   file's `stored_bytes` is the sum of its rows' stored lengths.
+//! - A chunk's `refcount` is the number of `layouts-v1` rows naming it. A
+//!   chunk at refcount 0 stays in `chunks-v1` and is listed in
+//!   `chunks-unreferenced-v1` (for garbage collection); it leaves that table
+//!   when a layout references it again.
+
+use crate::error::Error;
+use bincode::Options;
+use common::rpc::dir::{FileKind, PeerUsage};
+use common::time::Timestamp;
+use common::PeerId;
+use redb::TableDefinition;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Version of the whole table layout, stored under `meta-v1/schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Inode number → [`InodeRecord`] bytes.
+pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes-v1");
+/// `(parent, sealed name)` → `(ino, cookie, kind byte)`.
+pub(crate) const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8)> = TableDefinition::new("dirents-v1");
+/// `(parent, cookie)` → sealed name: the readdir order.
+pub(crate) const DIRCOOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dircookies-v1");
+/// `(ino, block index)` → `(chunk id, stored length in bytes)`.
+pub(crate) const LAYOUTS: TableDefinition<(u64, u64), ([u8; 32], u32)> = TableDefinition::new("layouts-v1");
+/// Chunk id → [`ChunkRecord`] bytes.
+pub(crate) const CHUNKS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunks-v1");
+/// Chunk id → Unix seconds at which its refcount dropped to 0.
+pub(crate) const CHUNKS_UNREFERENCED: TableDefinition<[u8; 32], i64> =
+    TableDefinition::new("chunks-unreferenced-v1");
+/// Inode number → sealed symlink target.
+pub(crate) const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks-v1");
+/// Peer id → [`PeerRecord`] bytes.
+pub(crate) const PEERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("peers-v1");
+/// Volume-wide settings and counters (keys listed in the module doc).
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
+
+/// `meta-v1` key of the schema version.
+pub(crate) const META_SCHEMA: &str = "schema_version";
+/// `meta-v1` key of the volume record.
+pub(crate) const META_VOLUME: &str = "volume";
+/// `meta-v1` key of the inode counter.
+pub(crate) const META_NEXT_INODE: &str = "next_inode";
+/// `meta-v1` key of the cookie counter.
+pub(crate) const META_NEXT_COOKIE: &str = "next_cookie";
+
+/// Largest encoded record accepted when decoding, in bytes: bounds the
+/// allocation a corrupt length prefix could ask for.
+const RECORD_LIMIT: u64 = 1 << 20;
+
+fn bincode_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+        .with_limit(RECORD_LIMIT)
+}
+
+/// A value stored as one version byte followed by its bincode encoding.
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    /// What the record is, for error messages.
+    const WHAT: &'static str;
+    /// The format version written in the first byte.
+    const VERSION: u8;
+
+    /// Encodes the record.
+    fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let mut out = vec![Self::VERSION];
+        bincode_options()
+            .serialize_into(&mut out, self)
+            .map_err(|e| Error::Corrupt { what: Self::WHAT, reason: format!("cannot encode: {e}") })?;
+        Ok(out)
+    }
+
+    /// Decodes a record written by [`Record::to_bytes`].
+    ///
+    /// Errors: [`Error::Corrupt`] for an empty value, an unknown version or
+    /// bytes that do not decode.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let (&version, body) =
+            bytes.split_first().ok_or(Error::Corrupt { what: Self::WHAT, reason: "empty record".into() })?;
+        if version != Self::VERSION {
+            return Err(Error::Corrupt {
+                what: Self::WHAT,
+                reason: format!("unknown record version {version}"),
+            });
+        }
+        bincode_options()
+            .deserialize(body)
+            .map_err(|e| Error::Corrupt { what: Self::WHAT, reason: e.to_string() })
+    }
+}
+
+/// One inode (`inodes-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InodeRecord {
+    /// Kind byte (see [`kind_to_byte`]).
+    pub kind: u8,
+    /// Permission bits (`& 0o7777`).
+    pub perm: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Size in bytes (symlinks: plaintext target length).
+    pub size: u64,
+    /// Hard link count (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last attribute change.
+    pub ctime: Timestamp,
+    /// Creation.
+    pub crtime: Timestamp,
+    /// Device number of device nodes, else 0.
+    pub rdev: u32,
+    /// Directories: the directory holding the entry (root: 1). Other kinds:
+    /// the directory the inode was created in (informational only).
+    pub parent: u64,
+    /// Sum of the stored lengths of the file's layout rows, in bytes.
+    pub stored_bytes: u64,
+}
+
+impl Record for InodeRecord {
+    const WHAT: &'static str = "inode";
+    const VERSION: u8 = 1;
+}
+
+/// One chunk of the chunk index (`chunks-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Peers that acknowledged a durable put of the chunk (union of every
+    /// commit that referenced it).
+    pub replicas: Vec<PeerId>,
+    /// Number of layout rows that reference the chunk.
+    pub refcount: u64,
+    /// Stored (sealed) length in bytes.
+    pub len: u32,
+}
+
+impl Record for ChunkRecord {
+    const WHAT: &'static str = "chunk";
+    const VERSION: u8 = 1;
+}
+
+/// One registered peer (`peers-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// `host:port` where the peer serves `PeerService`.
+    pub addr: String,
+    /// Last reported usage.
+    pub usage: PeerUsage,
+    /// Last registration or persisted heartbeat.
+    pub last_heartbeat: Timestamp,
+}
+
+impl Record for PeerRecord {
+    const WHAT: &'static str = "peer";
+    const VERSION: u8 = 1;
+}
+
+/// The volume record under `meta-v1/volume` (format version 1). Kept
+/// separate from the wire type `VolumeInfo` so the stored shape is fixed
+/// here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VolumeRecord {
+    /// Volume id bytes.
+    pub id: [u8; 16],
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Replication factor R.
+    pub replicas: u32,
+    /// The age-wrapped volume secret.
+    pub wrapped_secret: Vec<u8>,
+}
+
+impl Record for VolumeRecord {
+    const WHAT: &'static str = "volume";
+    const VERSION: u8 = 1;
+}
+
+/// The stored byte of a [`FileKind`].
+pub(crate) fn kind_to_byte(kind: FileKind) -> u8 {
+    match kind {
+        FileKind::File => 1,
+        FileKind::Dir => 2,
+        FileKind::Symlink => 3,
+        FileKind::Fifo => 4,
+        FileKind::Socket => 5,
+        FileKind::CharDevice => 6,
+        FileKind::BlockDevice => 7,
+    }
+}
+
+/// The [`FileKind`] of a stored kind byte.
+///
+/// Errors: [`Error::Corrupt`] for an unknown byte.
+pub(crate) fn kind_from_byte(b: u8) -> Result<FileKind, Error> {
+    Ok(match b {
+        1 => FileKind::File,
+        2 => FileKind::Dir,
+        3 => FileKind::Symlink,
+        4 => FileKind::Fifo,
+        5 => FileKind::Socket,
+        6 => FileKind::CharDevice,
+        7 => FileKind::BlockDevice,
+        _ => return Err(Error::Corrupt { what: "inode", reason: format!("unknown kind byte {b}") }),
+    })
+}
+
+/// Stored kind byte of a directory.
+pub(crate) const KIND_DIR: u8 = 2;
+/// Stored kind byte of a regular file.
+pub(crate) const KIND_FILE: u8 = 1;
+/// Stored kind byte of a symlink.
+pub(crate) const KIND_SYMLINK: u8 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_unknown_versions() {
+        let rec = ChunkRecord { replicas: vec![PeerId([3; 16])], refcount: 7, len: 99 };
+        let mut bytes = rec.to_bytes().unwrap();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(ChunkRecord::from_bytes(&bytes).unwrap(), rec);
+        bytes[0] = 2;
+        assert!(matches!(ChunkRecord::from_bytes(&bytes), Err(Error::Corrupt { .. })));
+        assert!(ChunkRecord::from_bytes(&[]).is_err());
+        assert!(ChunkRecord::from_bytes(&[1, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_without_allocating() {
+        // version 1, then a replicas length of 2^60.
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(ChunkRecord::from_bytes(&bytes), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_byte() {
+        for k in [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::CharDevice,
+            FileKind::BlockDevice,
+        ] {
+            assert_eq!(kind_from_byte(kind_to_byte(k)).unwrap(), k);
+        }
+        assert!(kind_from_byte(0).is_err());
+        assert_eq!(kind_to_byte(FileKind::Dir), KIND_DIR);
+        assert_eq!(kind_to_byte(FileKind::File), KIND_FILE);
+        assert_eq!(kind_to_byte(FileKind::Symlink), KIND_SYMLINK);
+    }
+}

@@ -1,0 +1,83 @@
+//! The `dirsvc` binary: starts on an ephemeral port, publishes its address
+//! through `--addr-file`, answers, and exits 0 on SIGTERM.
+
+use super::support::*;
+use common::rpc::PROTOCOL_VERSION;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the child if a test fails before it exits.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_file(path: &Path, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.is_empty() {
+                return s;
+            }
+        }
+        assert!(start.elapsed() < timeout, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
+    let dir = tmp();
+    let addr_file = dir.path().join("addr");
+    let log = std::fs::File::create(dir.path().join("dirsvc.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dirsvc"))
+        .args(["--listen", "127.0.0.1:0", "--peer-down-after-secs", "3"])
+        .arg("--db")
+        .arg(db_path(dir.path()))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let addr = wait_for_file(&addr_file, Duration::from_secs(20));
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let c = common::transport::dir_client(&addr).await.unwrap();
+            assert_eq!(c.hello(tarpc::context::current()).await.unwrap(), PROTOCOL_VERSION);
+            c.init_volume(tarpc::context::current(), volume(2), 0, 0).await.unwrap().unwrap();
+        })
+        .await
+        .unwrap();
+    });
+
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not
+    // reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let log = std::fs::read_to_string(dir.path().join("dirsvc.log")).unwrap();
+    assert!(log.contains("dirsvc listening"), "log: {log}");
+
+    // The volume it created is in the database it was given.
+    let s = dirsvc::Store::open(&db_path(dir.path())).unwrap();
+    assert_eq!(s.volume_info().unwrap(), volume(2));
+}

@@ -1,0 +1,93 @@
+//! The error type of fs-client and its mapping to errno at the FUSE boundary.
+
+use common::rpc::dir::DirError;
+use common::rpc::peer::PeerError;
+
+/// Errors of the client library. Each maps to one errno ([`Error::errno`]).
+/// Cloneable so that one failed fetch can be reported to every reader that
+/// waited on it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// dirsvc answered with a domain error.
+    #[error("directory service: {0}")]
+    Dir(#[from] DirError),
+    /// No replica of a chunk could be read and verified.
+    #[error("chunk {chunk} unavailable: {detail}")]
+    ChunkUnavailable {
+        /// Short id of the chunk.
+        chunk: String,
+        /// What each replica answered.
+        detail: String,
+    },
+    /// A block could not be stored on enough peers.
+    #[error("upload failed: {0}")]
+    Upload(String),
+    /// A peer answered with a domain error.
+    #[error("peer: {0}")]
+    Peer(#[from] PeerError),
+    /// A connection or RPC to dirsvc or a peer failed (after retries).
+    #[error("rpc to {addr} failed: {detail}")]
+    Rpc {
+        /// The address called.
+        addr: String,
+        /// tarpc's or the socket's message.
+        detail: String,
+    },
+    /// Sealing or opening data failed (wrong key, tampered data).
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// A name, target or argument is not acceptable.
+    #[error("{1}")]
+    Errno(i32, String),
+    /// A key or identity problem (CLI).
+    #[error("{0}")]
+    Key(String),
+    /// Local I/O (identity files, mount point).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<common::Error> for Error {
+    fn from(e: common::Error) -> Self {
+        Error::Crypto(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+impl Error {
+    /// The errno a FUSE reply carries for this error: ENOENT, EEXIST,
+    /// ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG, ENOSPC, or EIO for
+    /// anything that failed in transit or verification.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Dir(d) => match d {
+                DirError::NotFound => libc::ENOENT,
+                DirError::Exists => libc::EEXIST,
+                DirError::NotEmpty => libc::ENOTEMPTY,
+                DirError::NotDir => libc::ENOTDIR,
+                DirError::IsDir => libc::EISDIR,
+                DirError::Invalid(_) => libc::EINVAL,
+                DirError::NameTooLong => libc::ENAMETOOLONG,
+                DirError::NoPeers { .. } => libc::ENOSPC,
+                _ => libc::EIO,
+            },
+            Error::Peer(PeerError::NoSpace) => libc::ENOSPC,
+            Error::Errno(e, _) => *e,
+            _ => libc::EIO,
+        }
+    }
+
+    /// Whether this is an ordinary "no such entry" (logged at debug only).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Dir(DirError::NotFound))
+    }
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

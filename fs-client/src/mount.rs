@@ -1,0 +1,169 @@
+//! The mount session: stale-mount cleanup, mounting, waiting for a signal
+//! or an external unmount, and a clean detach that never hangs.
+
+use crate::error::{Error, Result};
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseAdapter;
+use crate::remote::DirClient;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What `fs-client mount` needs.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// dirsvc `host:port`.
+    pub dirsvc: String,
+    /// Path of the age identity file.
+    pub identity: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// FUSE worker threads (default 8).
+    pub fuse_threads: usize,
+    /// Tunables of the core.
+    pub fs: FsConfig,
+}
+
+/// Whether `path` is a mount point listed in /proc/self/mounts, with its
+/// filesystem type.
+fn mounted_type(path: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let want = path.to_string_lossy();
+    mounts.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        let (_src, target, fstype) = (f.next()?, f.next()?, f.next()?);
+        // /proc/mounts escapes spaces and friends as octal.
+        let target =
+            target.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
+        (target == want).then(|| fstype.to_string())
+    })
+}
+
+/// Detaches the mount at `path` (`umount2(MNT_DETACH)`): the name goes away
+/// at once and the kernel drops the connection when the last user leaves.
+pub fn detach(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Cleans up a stale p2pfs mount at `path` (a dead fs-client leaves one that
+/// answers ENOTCONN). Refuses a live mount.
+fn clean_stale(path: &Path) -> Result<()> {
+    let Some(fstype) = mounted_type(path) else { return Ok(()) };
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(mountpoint = %path.display(), "cleaning up a stale mount left by a dead client");
+            detach(path)
+                .map_err(|e| Error::Io(format!("cannot clean stale mount at {}: {e}", path.display())))
+        }
+        _ if fstype.starts_with("fuse") => Err(Error::Io(format!(
+            "{} is already mounted ({fstype}); unmount it first (`umount {}`)",
+            path.display(),
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Mounts the volume and serves it until SIGINT/SIGTERM or an external
+/// unmount; then detaches, flushes buffered data and returns.
+///
+/// Errors: connection, key and mount failures, each with a message that
+/// says what to do.
+pub fn run(config: MountConfig) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("p2pfs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start runtime: {e}")))?;
+    let id = crate::identity::load(&config.identity)?;
+    let fs = rt.block_on(async {
+        let dir = DirClient::connect(&config.dirsvc).await?;
+        let (info, secret) = crate::volume::open(&dir, &id).await?;
+        info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
+        Ok::<_, Error>(Fs::new(dir, &info, &secret, config.fs.clone()))
+    })?;
+    drop(id);
+
+    let mountpoint = std::path::absolute(&config.mountpoint)
+        .map_err(|e| Error::Io(format!("bad mount point {}: {e}", config.mountpoint.display())))?;
+    clean_stale(&mountpoint)?;
+    if !mountpoint.is_dir() {
+        return Err(Error::Io(format!("mount point {} is not a directory", mountpoint.display())));
+    }
+
+    let mut fc = fuser::Config::default();
+    fc.mount_options = vec![
+        fuser::MountOption::FSName("p2pfs".into()),
+        fuser::MountOption::Subtype("p2pfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        fc.acl = fuser::SessionACL::All;
+    }
+    fc.n_threads = Some(config.fuse_threads.max(1));
+    fc.clone_fd = true;
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let session = fuser::spawn_mount(adapter, &mountpoint, &fc)
+        .map_err(|e| Error::Io(format!("cannot mount at {}: {e}", mountpoint.display())))?;
+    info!(mountpoint = %mountpoint.display(), dirsvc = %config.dirsvc, "mounted");
+
+    let signalled = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return false;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => return true,
+                _ = term.recv() => return true,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if session.guard.is_finished() {
+                        return false;
+                    }
+                }
+            }
+        }
+    });
+    if signalled {
+        info!(mountpoint = %mountpoint.display(), "signal received; unmounting");
+        if let Err(e) = detach(&mountpoint) {
+            warn!(error = %e, "detach failed");
+        }
+    } else {
+        info!(mountpoint = %mountpoint.display(), "unmounted");
+    }
+    // The session thread ends once the kernel drops the connection; wait a
+    // bounded time so a process still holding a file open cannot hang us.
+    for _ in 0..50 {
+        if session.guard.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failed = rt.block_on(fs.flush_all());
+    if session.guard.is_finished() {
+        if let Err(e) = session.join() {
+            warn!(error = %e, "FUSE session ended with an error");
+        }
+    } else {
+        warn!("files still open at unmount; exiting anyway");
+        std::mem::forget(session);
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if failed > 0 {
+        return Err(Error::Upload(format!("{failed} file(s) had data that could not be stored")));
+    }
+    Ok(())
+}

@@ -1,0 +1,725 @@
+//! Chunk storage: the [`ChunkStore`] trait and [`FsChunkStore`], which keeps
+//! verified chunks as plain files on a local disk.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <data_dir>/
+//!   lock                  empty; held with flock(LOCK_EX) while a store is open
+//!   peer-id               32 hex digits + "\n": this peer's id (see crate::peer_id)
+//!   data/
+//!     00/ … ff/           256 shard directories, named by the first byte of the id
+//!       <64 hex digits>   one chunk: exactly its stored (sealed) bytes, no header
+//!       .tmp-<hex>.<pid>.<n>.<rand>   a put in progress (deleted at open)
+//!   corrupted/
+//!     <64 hex>.<unix secs>  a chunk file that failed verification, moved aside
+//! ```
+//!
+//! The file name is the chunk's [`ChunkId`] in lowercase hex; the file's
+//! content hashes (BLAKE3) to that name. Nothing else is stored: the file's
+//! length is the chunk's length. Chunks are at most [`MAX_CHUNK_BYTES`]
+//! (`codec::MAX_PLAINTEXT + codec::OVERHEAD`) long.
+//!
+//! # Durability protocol (put)
+//!
+//! 1. Refuse chunks over [`MAX_CHUNK_BYTES`]; hash the received bytes and
+//!    refuse them unless they hash to the id. Nothing is written for a
+//!    refused chunk.
+//! 2. If the final file already exists and verifies, fsync its shard
+//!    directory (a concurrent put of the same chunk may not have yet) and
+//!    succeed without rewriting. If it exists but does not verify, it is
+//!    moved to `corrupted/` and the put continues.
+//! 3. Reserve the space (or fail with `NoSpace`), write the bytes to a new
+//!    temp file in the shard directory (`O_CREAT|O_EXCL`, a unique name per
+//!    writer), `fsync` it.
+//! 4. `rename` the temp file to `<shard>/<hex id>`, then `fsync` the shard
+//!    directory. Only then is the put acknowledged.
+//!
+//! So after a crash (`kill -9` or power loss) every acknowledged chunk is
+//! present whole under its final name; a name never points at partial
+//! bytes. A crash mid-put leaves at most a temp file, which the next open
+//! deletes. The shard directories are created at open, followed by an
+//! `fsync` of `data/` and of the data directory; a shard directory that has
+//! vanished is re-created the same way before use. A guard deletes the temp
+//! file on every error path. Deletes unlink the file and `fsync` the shard
+//! directory.
+//!
+//! # Reads and corruption
+//!
+//! Every `get` and `get_range` reads the whole file and re-hashes it. A file
+//! that does not hash to its name is renamed to
+//! `corrupted/<hex id>.<unix seconds>` (so it is never served again), a
+//! `warn!` names the chunk, and the read fails with `HashMismatch`; the next
+//! read of that chunk is `NotFound` until someone puts it again.
+//!
+//! # Space accounting
+//!
+//! Used bytes and the chunk count are kept in memory, computed by walking
+//! `data/` at open. Capacity is the configured number of bytes, or the size
+//! of the filesystem (`statvfs`). Free space is
+//! `min(filesystem available, capacity − used) − space reserved by puts in
+//! progress`; a put larger than that, or one the disk refuses with ENOSPC or
+//! EDQUOT, fails with `NoSpace`.
+//!
+//! # Concurrency
+//!
+//! [`FsChunkStore`] is a cheap `Clone` handle. Its blocking file work runs on
+//! tokio's blocking pool (`spawn_blocking`), never on async worker threads.
+//! The namespace-changing steps (final rename, unlink, move to
+//! `corrupted/`) and the usage counters are serialized by one mutex; reads,
+//! hashing and writes of temp files run in parallel. Only one store may have
+//! a data directory open at a time (the `lock` file); a second open fails
+//! with [`Error::Locked`].
+
+use crate::error::{is_no_space, Error};
+use crate::fsutil::{fsync_dir, TempFile, TEMP_PREFIX};
+use common::codec::{MAX_PLAINTEXT, OVERHEAD};
+use common::rpc::dir::PeerUsage;
+use common::ChunkId;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// Largest chunk a store accepts, in bytes: the largest sealed chunk.
+pub const MAX_CHUNK_BYTES: u64 = (MAX_PLAINTEXT + OVERHEAD) as u64;
+
+/// Directory (inside the data directory) holding the shard directories.
+pub const DATA_SUBDIR: &str = "data";
+
+/// Directory (inside the data directory) where corrupt chunk files go.
+pub const CORRUPTED_SUBDIR: &str = "corrupted";
+
+/// Lock file (inside the data directory) held while a store is open.
+pub const LOCK_FILE: &str = "lock";
+
+/// A place that keeps chunks by id and verifies them.
+///
+/// The methods are async and their futures are `Send`, so a server can run
+/// them on any tokio worker; an implementation that touches a disk must do
+/// its blocking work off the async threads (as [`FsChunkStore`] does with
+/// `spawn_blocking`). The contract of each method is that of the matching
+/// `PeerService` RPC; errors map to `PeerError` with `From<Error>`.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Stores `bytes` as chunk `id`, durably once this returns `Ok`.
+    /// Storing a chunk that is already held (and verifies) succeeds without
+    /// rewriting it.
+    ///
+    /// Errors: [`Error::TooLarge`] over [`MAX_CHUNK_BYTES`];
+    /// [`Error::HashMismatch`] if `bytes` do not hash to `id` (nothing is
+    /// stored); [`Error::NoSpace`]; [`Error::Io`].
+    fn put(&self, id: ChunkId, bytes: Vec<u8>) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The whole chunk, verified against `id`.
+    ///
+    /// Errors: [`Error::NotFound`]; [`Error::HashMismatch`] if the stored
+    /// copy is corrupt (it is moved aside first); [`Error::Io`].
+    fn get(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+
+    /// Bytes `[offset, offset + len)` of the chunk, clamped to its end, after
+    /// verifying the whole chunk. `offset` equal to the length gives an empty
+    /// slice.
+    ///
+    /// Errors: as [`ChunkStore::get`], and [`Error::RangeOutOfBounds`] if
+    /// `offset` is past the end.
+    fn get_range(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+
+    /// Whether each of `ids` is held (same order). Does not verify contents.
+    ///
+    /// Errors: [`Error::Io`].
+    fn has(&self, ids: Vec<ChunkId>) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
+
+    /// Deletes a chunk durably; deleting a chunk that is not held succeeds.
+    ///
+    /// Errors: [`Error::Io`].
+    fn delete(&self, id: ChunkId) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Current capacity, free and used bytes and chunk count.
+    ///
+    /// Errors: [`Error::Io`] if the filesystem cannot be queried.
+    fn usage(&self) -> impl Future<Output = Result<PeerUsage, Error>> + Send;
+}
+
+/// Settings of a [`FsChunkStore`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Data directory (created if missing); see the module docs for its
+    /// layout.
+    pub data_dir: PathBuf,
+    /// Most bytes of chunks to hold; `None` means the size of the
+    /// filesystem holding `data_dir`.
+    pub capacity_bytes: Option<u64>,
+}
+
+/// A [`ChunkStore`] of plain files on a local disk, laid out and made
+/// durable as the module docs describe. Clones share one open store.
+#[derive(Clone)]
+pub struct FsChunkStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data: PathBuf,
+    corrupted: PathBuf,
+    capacity: Option<u64>,
+    acct: Mutex<Accounting>,
+    /// Held open for its flock; released when the last handle drops.
+    _lock: File,
+}
+
+/// In-memory usage counters, guarded by `Inner::acct`.
+#[derive(Debug, Default)]
+struct Accounting {
+    /// Sum of the lengths of stored chunk files, in bytes.
+    used: u64,
+    /// Number of stored chunk files.
+    chunks: u64,
+    /// Bytes promised to puts that are writing their temp files.
+    reserved: u64,
+}
+
+/// Size of the filesystem holding the data directory, in bytes.
+#[derive(Clone, Copy, Debug)]
+struct FsStats {
+    total: u64,
+    avail: u64,
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Task(e.to_string())),
+    }
+}
+
+impl FsChunkStore {
+    /// Opens (creating if needed) the store in `config.data_dir`: takes the
+    /// lock, creates missing directories, deletes temp files left by a
+    /// crash and counts the stored chunks.
+    ///
+    /// Errors: [`Error::Locked`] if another store has the directory open;
+    /// [`Error::Io`].
+    pub async fn open(config: StoreConfig) -> Result<FsChunkStore, Error> {
+        let inner = blocking(move || Inner::open(config)).await?;
+        Ok(FsChunkStore { inner: Arc::new(inner) })
+    }
+
+    /// Where chunk `id` lives (whether or not it is stored):
+    /// `<data_dir>/data/<first 2 hex digits>/<64 hex digits>`.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.inner.chunk_path(id)
+    }
+
+    /// The directory corrupt chunk files are moved to.
+    pub fn corrupted_dir(&self) -> &Path {
+        &self.inner.corrupted
+    }
+
+    /// Number of live handles to this open store (this one included). The
+    /// data directory stays locked until it drops to zero.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+}
+
+impl ChunkStore for FsChunkStore {
+    async fn put(&self, id: ChunkId, bytes: Vec<u8>) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.put(id, &bytes)).await
+    }
+
+    async fn get(&self, id: ChunkId) -> Result<Vec<u8>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.get(id)).await
+    }
+
+    async fn get_range(&self, id: ChunkId, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut bytes = inner.get(id)?;
+            let total = bytes.len() as u64;
+            if offset > total {
+                return Err(Error::RangeOutOfBounds { id, offset, len: total });
+            }
+            // Both bounds are ≤ total, which came from a usize.
+            let end = offset.saturating_add(u64::from(len)).min(total) as usize;
+            bytes.truncate(end);
+            bytes.drain(..offset as usize);
+            Ok(bytes)
+        })
+        .await
+    }
+
+    async fn has(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || ids.iter().map(|id| inner.has(id)).collect()).await
+    }
+
+    async fn delete(&self, id: ChunkId) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.delete(id)).await
+    }
+
+    async fn usage(&self) -> Result<PeerUsage, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.usage()).await
+    }
+}
+
+/// Space reserved for one put; given back on drop unless committed.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Turns the reservation into used space for a chunk that was just
+    /// renamed into place (`acct` is the held accounting lock).
+    fn commit(mut self, acct: &mut Accounting) {
+        acct.reserved = acct.reserved.saturating_sub(self.bytes);
+        acct.used = acct.used.saturating_add(self.bytes);
+        acct.chunks += 1;
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut acct = self.inner.lock_acct();
+            acct.reserved = acct.reserved.saturating_sub(self.bytes);
+        }
+    }
+}
+
+impl Inner {
+    fn open(config: StoreConfig) -> Result<Inner, Error> {
+        let root = config.data_dir;
+        fs::create_dir_all(&root).map_err(Error::io("create directory", &root))?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked(root)),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path)(e)),
+        }
+
+        let data = root.join(DATA_SUBDIR);
+        let corrupted = root.join(CORRUPTED_SUBDIR);
+        let mut created = create_dir_if_missing(&data)?;
+        created |= create_dir_if_missing(&corrupted)?;
+        if created {
+            fsync_dir(&root)?;
+        }
+        let mut shards_created = false;
+        for b in 0..=255u8 {
+            shards_created |= create_dir_if_missing(&data.join(hex::encode([b])))?;
+        }
+        if shards_created {
+            fsync_dir(&data)?;
+        }
+
+        let inner = Inner {
+            data,
+            corrupted,
+            capacity: config.capacity_bytes,
+            acct: Mutex::new(Accounting::default()),
+            _lock: lock,
+        };
+        let removed = remove_temp_files(&root)? + inner.scan()?;
+        let acct = inner.lock_acct();
+        info!(
+            data_dir = %root.display(),
+            chunks = acct.chunks,
+            used_bytes = acct.used,
+            temp_files_removed = removed,
+            "chunk store opened"
+        );
+        drop(acct);
+        Ok(inner)
+    }
+
+    /// Counts the chunks under `data/` and deletes leftover temp files;
+    /// returns how many temp files it deleted.
+    fn scan(&self) -> Result<usize, Error> {
+        let mut acct = Accounting::default();
+        let mut removed = 0;
+        for shard in fs::read_dir(&self.data).map_err(Error::io("list", &self.data))? {
+            let shard = shard.map_err(Error::io("list", &self.data))?;
+            let shard_path = shard.path();
+            if !shard_path.is_dir() {
+                warn!(path = %shard_path.display(), "unexpected file in data directory ignored");
+                continue;
+            }
+            let shard_name = shard.file_name();
+            removed += remove_temp_files(&shard_path)?;
+            for entry in fs::read_dir(&shard_path).map_err(Error::io("list", &shard_path))? {
+                let entry = entry.map_err(Error::io("list", &shard_path))?;
+                let name = entry.file_name();
+                let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+                let is_chunk = meta.is_file()
+                    && name
+                        .to_str()
+                        .and_then(|n| n.parse::<ChunkId>().ok().filter(|id| id.to_hex() == n))
+                        .is_some_and(|id| id.to_hex().as_bytes()[..2] == *shard_name.as_bytes());
+                if is_chunk {
+                    acct.used = acct.used.saturating_add(meta.len());
+                    acct.chunks += 1;
+                } else {
+                    warn!(path = %entry.path().display(), "unexpected file in shard directory ignored");
+                }
+            }
+        }
+        *self.lock_acct() = acct;
+        Ok(removed)
+    }
+
+    fn lock_acct(&self) -> MutexGuard<'_, Accounting> {
+        // The guarded section is plain arithmetic and syscalls that return
+        // errors; a poisoned lock still holds consistent counters.
+        self.acct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.data.join(&hex[..2]).join(hex)
+    }
+
+    fn fs_stats(&self) -> Result<FsStats, Error> {
+        statvfs(&self.data)
+    }
+
+    /// Free bytes for new chunks given the counters and filesystem stats.
+    fn available(&self, acct: &Accounting, fs: FsStats) -> u64 {
+        let capacity = self.capacity.unwrap_or(fs.total);
+        fs.avail.min(capacity.saturating_sub(acct.used)).saturating_sub(acct.reserved)
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, Error> {
+        let fs = self.fs_stats()?;
+        let mut acct = self.lock_acct();
+        if bytes > self.available(&acct, fs) {
+            return Err(Error::NoSpace { needed: bytes });
+        }
+        acct.reserved += bytes;
+        Ok(Reservation { inner: self, bytes })
+    }
+
+    fn usage(&self) -> Result<PeerUsage, Error> {
+        let fs = self.fs_stats()?;
+        let acct = self.lock_acct();
+        Ok(PeerUsage {
+            capacity_bytes: self.capacity.unwrap_or(fs.total),
+            free_bytes: self.available(&acct, fs),
+            used_bytes: acct.used,
+            chunks: acct.chunks,
+        })
+    }
+
+    fn has(&self, id: &ChunkId) -> Result<bool, Error> {
+        let path = self.chunk_path(id);
+        match fs::symlink_metadata(&path) {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", path)(e)),
+        }
+    }
+
+    fn put(&self, id: ChunkId, bytes: &[u8]) -> Result<(), Error> {
+        let len = bytes.len() as u64;
+        if len > MAX_CHUNK_BYTES {
+            return Err(Error::TooLarge { len, limit: MAX_CHUNK_BYTES });
+        }
+        let actual = ChunkId::of(bytes);
+        if actual != id {
+            return Err(Error::HashMismatch { expected: id, actual });
+        }
+        let path = self.chunk_path(&id);
+        let shard = shard_dir(&path);
+
+        match self.get(id) {
+            Ok(_) => {
+                // Already held. Its data was fsynced before its rename, but
+                // the put that renamed it may still be before its directory
+                // fsync: do it here too before acknowledging.
+                return fsync_dir(&shard);
+            }
+            // A corrupt copy has just been moved aside: write a good one.
+            Err(Error::NotFound(_)) | Err(Error::HashMismatch { .. }) => {}
+            Err(e) => return Err(e),
+        }
+
+        let reservation = self.reserve(len)?;
+        let no_space_or = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |e: io::Error| {
+                if is_no_space(&e) {
+                    Error::NoSpace { needed: len }
+                } else {
+                    Error::Io { op, path: p, source: e }
+                }
+            }
+        };
+        let stem = id.to_hex();
+        let (tmp, mut file) = match TempFile::create(&shard, &stem) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The shard directory vanished: re-create it durably.
+                fs::create_dir_all(&shard).map_err(Error::io("create directory", &shard))?;
+                fsync_dir(&self.data)?;
+                TempFile::create(&shard, &stem)
+            }
+            r => r,
+        }
+        .map_err(no_space_or("create", &shard))?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(no_space_or("write", tmp.path()))?;
+        drop(file);
+
+        {
+            let mut acct = self.lock_acct();
+            match fs::symlink_metadata(&path) {
+                // A concurrent put of the same (verified) bytes won the
+                // race; ours is dropped with its temp file.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::rename(tmp.path(), &path).map_err(Error::io("rename", tmp.path()))?;
+                    tmp.disarm();
+                    reservation.commit(&mut acct);
+                }
+                Err(e) => return Err(Error::io("stat", &path)(e)),
+            }
+        }
+        fsync_dir(&shard)?;
+        tracing::event!(
+            target: "p2pfs::_events::chunk_stored",
+            tracing::Level::DEBUG,
+            chunk = %id.to_hex(),
+            bytes = len
+        );
+        Ok(())
+    }
+
+    fn get(&self, id: ChunkId) -> Result<Vec<u8>, Error> {
+        let path = self.chunk_path(&id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(id)),
+            Err(e) => return Err(Error::io("open", path)(e)),
+        };
+        let meta = file.metadata().map_err(Error::io("stat", &path))?;
+        // Read at most one byte more than any chunk can have: a longer file
+        // is corrupt whatever its contents, and is not read into memory.
+        let mut bytes = Vec::with_capacity(meta.len().min(MAX_CHUNK_BYTES + 1) as usize);
+        file.take(MAX_CHUNK_BYTES + 1).read_to_end(&mut bytes).map_err(Error::io("read", &path))?;
+        let actual = ChunkId::of(&bytes);
+        if actual == id && bytes.len() as u64 <= MAX_CHUNK_BYTES {
+            return Ok(bytes);
+        }
+        self.quarantine(id, &path, &meta);
+        Err(Error::HashMismatch { expected: id, actual })
+    }
+
+    /// Moves the corrupt file at `path` (whose metadata when read was
+    /// `seen`) to `corrupted/`, unless it has been replaced or moved since.
+    /// Failures are logged: the caller reports the mismatch either way.
+    fn quarantine(&self, id: ChunkId, path: &Path, seen: &fs::Metadata) {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let dest = self.corrupted.join(format!("{}.{secs}", id.to_hex()));
+        {
+            let mut acct = self.lock_acct();
+            match fs::symlink_metadata(path) {
+                Ok(now) if now.dev() == seen.dev() && now.ino() == seen.ino() => {}
+                // Already moved by a concurrent reader, or replaced by a put.
+                _ => return,
+            }
+            if let Err(e) = fs::rename(path, &dest) {
+                tracing::error!(
+                    chunk = %id.to_hex(), path = %path.display(), error = %e,
+                    "chunk failed verification and cannot be moved aside"
+                );
+                return;
+            }
+            acct.used = acct.used.saturating_sub(seen.len());
+            acct.chunks = acct.chunks.saturating_sub(1);
+        }
+        for dir in [shard_dir(path), self.corrupted.clone()] {
+            if let Err(e) = fsync_dir(&dir) {
+                warn!(error = %e, "cannot fsync after moving a corrupt chunk");
+            }
+        }
+        warn!(
+            chunk = %id.to_hex(),
+            moved_to = %dest.display(),
+            "stored chunk failed BLAKE3 verification; moved aside"
+        );
+    }
+
+    fn delete(&self, id: ChunkId) -> Result<(), Error> {
+        let path = self.chunk_path(&id);
+        {
+            let mut acct = self.lock_acct();
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("stat", &path)(e)),
+            };
+            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+            acct.used = acct.used.saturating_sub(meta.len());
+            acct.chunks = acct.chunks.saturating_sub(1);
+        }
+        fsync_dir(&shard_dir(&path))
+    }
+}
+
+/// The shard directory of a chunk path.
+fn shard_dir(chunk_path: &Path) -> PathBuf {
+    chunk_path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Creates `dir` if it does not exist; returns whether it did.
+fn create_dir_if_missing(dir: &Path) -> Result<bool, Error> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("create directory", dir)(e)),
+    }
+}
+
+/// Deletes the temp files ([`TEMP_PREFIX`]) directly in `dir`, fsyncing it
+/// if any were found; returns how many. Only safe with the store lock held.
+fn remove_temp_files(dir: &Path) -> Result<usize, Error> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        if entry.file_name().as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(Error::io("remove", &p))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        fsync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Size and available space of the filesystem holding `path`, in bytes.
+// The statvfs field types are u64 on 64-bit Linux but narrower elsewhere;
+// `u64::from` keeps this portable.
+#[allow(clippy::useless_conversion)]
+fn statvfs(path: &Path) -> Result<FsStats, Error> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| Error::Io {
+        op: "statvfs",
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `st` points to
+    // writable memory of the right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Error::io("statvfs", path)(io::Error::last_os_error()));
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct (which was also
+    // zero-initialized, a valid bit pattern for it).
+    let st = unsafe { st.assume_init() };
+    let frsize = u64::from(st.f_frsize);
+    Ok(FsStats {
+        total: u64::from(st.f_blocks).saturating_mul(frsize),
+        avail: u64::from(st.f_bavail).saturating_mul(frsize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> StoreConfig {
+        StoreConfig { data_dir: dir.to_path_buf(), capacity_bytes: None }
+    }
+
+    #[tokio::test]
+    async fn chunk_files_live_under_their_shard_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsChunkStore::open(config(dir.path())).await.unwrap();
+        let bytes = b"layout".to_vec();
+        let id = ChunkId::of(&bytes);
+        store.put(id, bytes.clone()).await.unwrap();
+        let hex = id.to_hex();
+        let expected = dir.path().join("data").join(&hex[..2]).join(&hex);
+        assert_eq!(store.chunk_path(&id), expected);
+        assert_eq!(fs::read(&expected).unwrap(), bytes);
+        assert_eq!(fs::read_dir(dir.path().join("data")).unwrap().count(), 256);
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FsChunkStore::open(config(dir.path())).await.unwrap();
+        assert!(matches!(FsChunkStore::open(config(dir.path())).await, Err(Error::Locked(_))));
+        drop(first);
+        FsChunkStore::open(config(dir.path())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn capacity_limits_puts_and_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsChunkStore::open(StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            capacity_bytes: Some(1000),
+        })
+        .await
+        .unwrap();
+        let a = vec![1u8; 600];
+        let b = vec![2u8; 600];
+        store.put(ChunkId::of(&a), a).await.unwrap();
+        let u = store.usage().await.unwrap();
+        assert_eq!((u.capacity_bytes, u.used_bytes, u.chunks), (1000, 600, 1));
+        assert_eq!(u.free_bytes, 400);
+        let id_b = ChunkId::of(&b);
+        assert!(matches!(store.put(id_b, b).await, Err(Error::NoSpace { needed: 600 })));
+        assert!(!store.has(vec![id_b]).await.unwrap()[0]);
+        assert_eq!(store.usage().await.unwrap().used_bytes, 600);
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_of_one_chunk_count_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsChunkStore::open(config(dir.path())).await.unwrap();
+        let bytes = vec![9u8; 100_000];
+        let id = ChunkId::of(&bytes);
+        let puts: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, b) = (store.clone(), bytes.clone());
+                tokio::spawn(async move { s.put(id, b).await })
+            })
+            .collect();
+        for p in puts {
+            p.await.unwrap().unwrap();
+        }
+        let u = store.usage().await.unwrap();
+        assert_eq!((u.used_bytes, u.chunks), (100_000, 1));
+        let shard = store.chunk_path(&id).parent().unwrap().to_path_buf();
+        assert_eq!(fs::read_dir(shard).unwrap().count(), 1, "no temp files left");
+    }
+}

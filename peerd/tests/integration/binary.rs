@@ -1,0 +1,160 @@
+//! The real `peerd` binary: it keeps running while dirsvc is unreachable,
+//! `kill -9` loses no acknowledged chunk, and SIGTERM/SIGINT exit 0.
+
+use super::util::{chunk, closed_port, timeout};
+use common::config::CHUNK_DEADLINE;
+use common::rpc::peer::Bytes;
+use common::transport::{deadline, peer_client};
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// A peerd child process, SIGKILLed on drop if still running.
+struct Peerd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Peerd {
+    /// Starts `peerd` on `127.0.0.1:0`; its log goes to `<log_dir>/<name>.log`.
+    fn start(data_dir: &Path, addr_file: &Path, dirsvc: &str, log_dir: &Path, name: &str) -> Peerd {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
+            .args(["--listen", "127.0.0.1:0", "--dirsvc", dirsvc])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--addr-file")
+            .arg(addr_file)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Peerd { child, log: log_path }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    async fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..1000 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("peerd did not exit");
+    }
+}
+
+impl Drop for Peerd {
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for the address file to appear and parse, checking the child is
+/// still alive.
+async fn wait_addr(p: &mut Peerd, file: &Path) -> SocketAddr {
+    for _ in 0..2000 {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            return text.trim().parse().expect("address file holds ip:port");
+        }
+        if !p.running() {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            panic!("peerd exited early; log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("address file never appeared");
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_chunk() {
+    timeout(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let addr_file = tmp.path().join("addr");
+        let dirsvc = closed_port();
+
+        let mut p = Peerd::start(&data, &addr_file, &dirsvc, tmp.path(), "first");
+        let addr = wait_addr(&mut p, &addr_file).await;
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+        let client = peer_client(&addr.to_string()).await.unwrap();
+
+        // Several acknowledged puts, some in parallel, of varied sizes.
+        let chunks: Vec<_> = (0..24).map(|i| chunk(1 + (i * 47_111) % (1 << 20), i as u64)).collect();
+        let puts = chunks.iter().map(|(id, bytes)| {
+            let c = client.clone();
+            let (id, bytes) = (*id, bytes.clone());
+            async move { c.put(deadline(CHUNK_DEADLINE), id, Bytes::from(bytes)).await.unwrap().unwrap() }
+        });
+        futures::future::join_all(puts).await;
+
+        // dirsvc was never reachable, yet the peer is still up.
+        assert!(p.running(), "peerd must not exit while dirsvc is down");
+        p.signal(libc::SIGKILL);
+        let st = p.wait_exit().await;
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        drop(client);
+
+        std::fs::remove_file(&addr_file).unwrap();
+        let mut p = Peerd::start(&data, &addr_file, &dirsvc, tmp.path(), "second");
+        let addr = wait_addr(&mut p, &addr_file).await;
+        let client = peer_client(&addr.to_string()).await.unwrap();
+        for (id, bytes) in &chunks {
+            let back = client
+                .get(deadline(CHUNK_DEADLINE), *id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("chunk {id} lost: {e}"));
+            assert_eq!(common::ChunkId::of(&back), *id);
+            assert_eq!(&back.into_vec(), bytes);
+        }
+        let u = client.usage(deadline(CHUNK_DEADLINE)).await.unwrap().unwrap();
+        assert_eq!(u.chunks, chunks.len() as u64);
+
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait_exit().await.code(), Some(0), "SIGTERM exits 0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigint_exits_cleanly_and_keeps_the_peer_id() {
+    timeout(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let addr_file = tmp.path().join("addr");
+        let mut p = Peerd::start(&data, &addr_file, &closed_port(), tmp.path(), "first");
+        wait_addr(&mut p, &addr_file).await;
+        let id = std::fs::read_to_string(data.join("peer-id")).unwrap();
+        assert_eq!(id.trim().len(), 32);
+        p.signal(libc::SIGINT);
+        assert_eq!(p.wait_exit().await.code(), Some(0));
+        let log = std::fs::read_to_string(tmp.path().join("first.log")).unwrap();
+        assert!(log.contains(id.trim()), "start line names the peer id:\n{log}");
+
+        std::fs::remove_file(&addr_file).unwrap();
+        let mut p = Peerd::start(&data, &addr_file, &closed_port(), tmp.path(), "second");
+        wait_addr(&mut p, &addr_file).await;
+        assert_eq!(std::fs::read_to_string(data.join("peer-id")).unwrap(), id);
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait_exit().await.code(), Some(0));
+    })
+    .await;
+}
