@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn round_trips_at_interesting_sizes() {
         let k = key();
-        for len in [0, 1, B - 1, B, MAX_PLAINTEXT] {
+        for len in [0, 1, B - 1, B, B + 1, MAX_PLAINTEXT] {
             let p = pattern(len);
             let s = seal(&k, &p).unwrap();
             assert_eq!(s.bytes.len(), len + OVERHEAD);

@@ -32,7 +32,7 @@ use common::rpc::dir::{
 };
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
-use common::{ChunkId, InodeId};
+use common::InodeId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -926,12 +926,6 @@ impl Fs {
             }
         }
         Err(Error::ChunkUnavailable { chunk: loc.chunk.fmt_short(), detail: detail.join("; ") })
-    }
-
-    /// Marks `chunk` as known to this process (tests).
-    #[doc(hidden)]
-    pub fn cached(&self, chunk: &ChunkId) -> bool {
-        self.cache.get(chunk).is_some()
     }
 }
 

@@ -268,7 +268,9 @@ impl Filesystem for FuseAdapter {
         let r = self.rt.block_on(self.fs.link(InodeId(ino.0), InodeId(newparent.0), newname.as_bytes()));
         // link(2) on a directory is EPERM on Linux; dirsvc says IsDir.
         let r = r.map_err(|e| match e {
-            Error::Dir(common::rpc::dir::DirError::IsDir) => Error::Errno(libc::EPERM, "cannot link a directory".into()),
+            Error::Dir(common::rpc::dir::DirError::IsDir) => {
+                Error::Errno(libc::EPERM, "cannot link a directory".into())
+            }
             e => e,
         });
         self.reply_entry("link", r, reply);

@@ -58,6 +58,9 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        /// Blocks sealed and uploaded at once (bounds memory and peer load).
+        #[arg(long, default_value_t = FsConfig::default().uploads_in_flight)]
+        uploads_in_flight: usize,
         /// Where to mount.
         mountpoint: PathBuf,
     },
@@ -112,8 +115,8 @@ fn main() -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Mount { dirsvc, identity, cache_mib, threads, mountpoint } => {
-            let fs = FsConfig { cache_bytes: cache_mib << 20, ..FsConfig::default() };
+        Cmd::Mount { dirsvc, identity, cache_mib, threads, uploads_in_flight, mountpoint } => {
+            let fs = FsConfig { cache_bytes: cache_mib << 20, uploads_in_flight, ..FsConfig::default() };
             fs_client::mount::run(MountConfig { dirsvc, identity, mountpoint, fuse_threads: threads, fs })?;
         }
         Cmd::Peers { dirsvc } => {
@@ -132,7 +135,7 @@ fn main() -> anyhow::Result<()> {
                         "{:<34} {:<22} {:<5} {:>12} {:>12} {:>8}",
                         p.loc.id.to_hex(),
                         p.loc.addr,
-                        if p.loc.live { "up" } else { "down" },
+                        if p.loc.live { "live" } else { "down" },
                         p.usage.used_bytes,
                         p.usage.capacity_bytes,
                         p.usage.chunks

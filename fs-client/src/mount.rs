@@ -103,7 +103,9 @@ pub fn run(config: MountConfig) -> Result<()> {
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![
         fuser::MountOption::FSName("p2pfs".into()),
-        fuser::MountOption::Subtype("p2pfs".into()),
+        // fuser's direct mount(2) drops `Subtype`; passing the option through
+        // makes /proc/mounts show `fuse.p2pfs`.
+        fuser::MountOption::CUSTOM("subtype=p2pfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];

@@ -56,7 +56,7 @@ pub struct PeerdConfig {
     /// Data directory: chunks, the peer id and the lock file (layout in
     /// [`store`]). Created if missing. Default `peerd-data`.
     pub data_dir: PathBuf,
-    /// dirsvc's `host:port`. Default `127.0.0.1:7000`.
+    /// dirsvc's `host:port`. Default `127.0.0.1:7700`.
     pub dirsvc: String,
     /// Most bytes of chunks to keep; `None` means the size of the
     /// filesystem holding `data_dir`. Default `None`.
@@ -72,7 +72,7 @@ impl Default for PeerdConfig {
             listen: "127.0.0.1:0".to_string(),
             advertise: None,
             data_dir: PathBuf::from("peerd-data"),
-            dirsvc: "127.0.0.1:7000".to_string(),
+            dirsvc: "127.0.0.1:7700".to_string(),
             capacity_bytes: None,
             heartbeat_interval: common::config::HEARTBEAT_INTERVAL,
         }

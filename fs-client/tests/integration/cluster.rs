@@ -1,0 +1,728 @@
+//! A real p2pfs cluster for end-to-end tests: spawns the built `dirsvc`,
+//! `peerd` and `fs-client` binaries under one tempdir, and always cleans up
+//! (lazy unmount, then SIGKILL of exactly the processes it started).
+//!
+//! Layout of the tempdir: `logs/<name>.log` (stdout and stderr of each
+//! process, appended across restarts), `run/<name>.addr` (bound addresses),
+//! `dirsvc/` (the database), `peer-<i>/` (peer data dirs), `mnt/` (the
+//! mountpoint), `work/` (test files outside the mount).
+
+use super::tools::{output, run};
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Serializes the tests that run a cluster: each one moves hundreds of MiB
+/// through FUSE and the test machines have 2 cores.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+/// How long a daemon may take to write its address file, or a mount to
+/// appear in `/proc/mounts`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a process may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout for the short CLI commands (`keygen`, `init`, `peers`).
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines of each log printed when a test fails.
+const TAIL_LINES: usize = 40;
+
+/// Filesystem type of a p2pfs mount in `/proc/mounts` (the CLI contract).
+pub const FSTYPE: &str = "fuse.p2pfs";
+
+/// Paths of the three binaries under test.
+struct Bins {
+    dirsvc: PathBuf,
+    peerd: PathBuf,
+    fs_client: PathBuf,
+}
+
+/// The binaries under test, located once per test process.
+///
+/// `fs-client` is the one cargo built for this test. `dirsvc` and `peerd`
+/// sit next to it, but cargo only builds a package's binaries when that
+/// package's own integration tests need them, so this asks the cargo that
+/// runs the tests to build (or refresh) them first: the tests must never
+/// run stale daemons against a fresh client.
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let fs_client = PathBuf::from(env!("CARGO_BIN_EXE_fs-client"));
+        let dir = fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf();
+        build_sibling_binaries(&dir);
+        let bins = Bins { dirsvc: dir.join("dirsvc"), peerd: dir.join("peerd"), fs_client };
+        for b in [&bins.dirsvc, &bins.peerd] {
+            assert!(
+                b.is_file(),
+                "{} is missing: build the daemons with `cargo build --workspace` \
+                 (with --release for a release test run), or run the README's test \
+                 command `cargo test --workspace --release`",
+                b.display()
+            );
+        }
+        bins
+    })
+}
+
+/// Runs `cargo build` for the daemon binaries in the same profile and target
+/// directory as this test binary (`dir` is `<target>/<profile>`). Does
+/// nothing when not run under cargo or when the layout is not recognised;
+/// [`bins`] then reports any missing binary.
+fn build_sibling_binaries(dir: &Path) {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return;
+    };
+    let (Some(profile), Some(target_dir)) = (dir.file_name(), dir.parent()) else {
+        return;
+    };
+    if !target_dir.join("CACHEDIR.TAG").exists() {
+        return;
+    }
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--bins", "-p", "p2pfs-dirsvc", "-p", "p2pfs-peerd"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile.to_str() {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => return,
+    }
+    let out = output(&mut cmd, Duration::from_secs(1800));
+    assert!(
+        out.status.success(),
+        "building the daemon binaries failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails with a clear message unless this process can mount FUSE.
+fn check_environment() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "the end-to-end tests mount a real FUSE filesystem and must run as root \
+         (euid is {euid})"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "the end-to-end tests mount a real FUSE filesystem and need /dev/fuse, \
+         which is missing (load the fuse module or give the container the device)"
+    );
+}
+
+/// One process this harness started. Dropping it SIGKILLs and reaps the
+/// process if it still runs; it never signals any other process.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits in i32")
+    }
+
+    /// Whether the process still runs (reaps it if it exited).
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own
+        // unreaped child, so it cannot have been reused by another process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics with the log tail unless the process exits successfully
+    /// within [`STOP_TIMEOUT`] of SIGTERM.
+    fn terminate(mut self) {
+        if !self.running() {
+            let st = self.child.try_wait().ok().flatten();
+            panic!(
+                "{} had already exited ({st:?}) before SIGTERM\n{}",
+                self.name,
+                tail(&self.log, TAIL_LINES)
+            );
+        }
+        self.signal(libc::SIGTERM);
+        self.expect_clean_exit();
+    }
+
+    fn expect_clean_exit(&mut self) {
+        match self.wait_exit(STOP_TIMEOUT) {
+            Some(st) if st.success() => {}
+            Some(st) => panic!(
+                "{} exited with {st} after SIGTERM (expected a clean exit 0)\n{}",
+                self.name,
+                tail(&self.log, TAIL_LINES)
+            ),
+            None => panic!(
+                "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                self.name,
+                tail(&self.log, TAIL_LINES)
+            ),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal(libc::SIGKILL);
+            let _ = self.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Byte offsets into every log file, taken by [`TestCluster::log_marks`].
+pub struct LogMarks(BTreeMap<PathBuf, u64>);
+
+/// A dirsvc, N peers and (when mounted) one fs-client, all real processes.
+pub struct TestCluster {
+    root: PathBuf,
+    bins: &'static Bins,
+    identity: PathBuf,
+    dirsvc_addr: Option<SocketAddr>,
+    dirsvc: Option<Proc>,
+    peer_addrs: Vec<SocketAddr>,
+    peers: Vec<Option<Proc>>,
+    client: Option<Proc>,
+    // Dropped after `Drop::drop` has unmounted and killed everything; the
+    // tempdir goes before the lock so the next test starts on a clean disk.
+    _dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl TestCluster {
+    /// Starts dirsvc and `peers` peers on ephemeral loopback ports, waits
+    /// until dirsvc lists every peer as live, generates an identity and
+    /// initializes a volume with `replicas` replicas. Does not mount.
+    pub fn start(peers: usize, replicas: u32) -> TestCluster {
+        check_environment();
+        let serial = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+        let bins = bins();
+        let dir = tempfile::Builder::new().prefix("p2pfs-e2e-").tempdir().expect("create tempdir");
+        let root = fs::canonicalize(dir.path()).expect("canonicalize tempdir");
+        for sub in ["logs", "run", "dirsvc", "mnt", "work"] {
+            fs::create_dir_all(root.join(sub)).expect("create tempdir layout");
+        }
+        let mut c = TestCluster {
+            identity: root.join("identity.txt"),
+            root,
+            bins,
+            dirsvc_addr: None,
+            dirsvc: None,
+            peer_addrs: Vec::new(),
+            peers: Vec::new(),
+            client: None,
+            _dir: dir,
+            _serial: serial,
+        };
+        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        let (p, addr) = c.spawn_dirsvc(any_port);
+        c.dirsvc = Some(p);
+        c.dirsvc_addr = Some(addr);
+        for i in 0..peers {
+            fs::create_dir_all(c.peer_data_dir(i)).expect("create peer dir");
+            let (p, addr) = c.spawn_peer(i, any_port);
+            c.peers.push(Some(p));
+            c.peer_addrs.push(addr);
+        }
+        c.wait_peers_live(peers);
+
+        let out = c.cli(&["keygen".as_ref(), "-o".as_ref(), c.identity.as_os_str()]);
+        assert!(out.contains("age1"), "keygen should print the public recipient (age1…), printed: {out}");
+        let mode = fs::metadata(&c.identity).expect("keygen wrote the identity file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "identity file mode is {mode:o}");
+        let args: [OsString; 7] = [
+            "init".into(),
+            "--dirsvc".into(),
+            c.dirsvc_addr().to_string().into(),
+            "--replicas".into(),
+            replicas.to_string().into(),
+            "-i".into(),
+            c.identity.clone().into(),
+        ];
+        c.cli(&args);
+        c
+    }
+
+    /// The address dirsvc listens on.
+    pub fn dirsvc_addr(&self) -> SocketAddr {
+        self.dirsvc_addr.expect("dirsvc was started")
+    }
+
+    /// The mountpoint (`<tempdir>/mnt`, canonical).
+    pub fn mountpoint(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+
+    /// A directory outside the mount, on the same disk, for test files.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// The data directory of peer `i` (chunks live under `data/`).
+    pub fn peer_data_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("peer-{i}"))
+    }
+
+    /// The directory holding dirsvc's database.
+    pub fn dirsvc_db_dir(&self) -> PathBuf {
+        self.root.join("dirsvc")
+    }
+
+    /// Number of peers this cluster was started with.
+    pub fn peer_count(&self) -> usize {
+        self.peer_addrs.len()
+    }
+
+    /// The log files of every process started so far.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.root.join("logs"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Mounts the volume at [`Self::mountpoint`] with a new fs-client and
+    /// waits until `/proc/mounts` lists it as `fuse.p2pfs`.
+    pub fn mount(&mut self) {
+        assert!(self.client.is_none(), "already mounted");
+        let mnt = self.mountpoint();
+        let addr = self.dirsvc_addr().to_string();
+        let args: Vec<OsString> = vec![
+            "mount".into(),
+            "--dirsvc".into(),
+            addr.into(),
+            "-i".into(),
+            self.identity.clone().into(),
+            mnt.clone().into(),
+        ];
+        let mut p = self.spawn("fs-client", &self.bins.fs_client, &args);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()) {
+            if !p.running() {
+                panic!(
+                    "fs-client mount exited ({:?}) before the mount appeared\n{}",
+                    p.child.try_wait().ok().flatten(),
+                    tail(&p.log, TAIL_LINES)
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not appear in /proc/mounts as a p2pfs mount within \
+                     {READY_TIMEOUT:?} (found {:?})\n{}",
+                    mnt.display(),
+                    mount_entry(&mnt),
+                    tail(&p.log, TAIL_LINES)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.client = Some(p);
+    }
+
+    /// Unmounts by SIGTERM to fs-client and checks that it exits 0 and the
+    /// mount is gone. Falls back to a lazy unmount before failing.
+    pub fn unmount(&mut self) {
+        let Some(mut p) = self.client.take() else {
+            return;
+        };
+        let mnt = self.mountpoint();
+        p.signal(libc::SIGTERM);
+        let st = p.wait_exit(STOP_TIMEOUT);
+        let still = mount_entry(&mnt).is_some();
+        if still {
+            lazy_umount(&mnt);
+        }
+        match st {
+            Some(st) if st.success() => {}
+            Some(st) => {
+                panic!("fs-client exited with {st} on SIGTERM (expected 0)\n{}", tail(&p.log, TAIL_LINES))
+            }
+            None => panic!(
+                "fs-client did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                tail(&p.log, TAIL_LINES)
+            ),
+        }
+        assert!(!still, "fs-client exited 0 on SIGTERM but left {} mounted", mnt.display());
+    }
+
+    /// Unmounts, then stops every running peer and dirsvc with SIGTERM,
+    /// checking that each exits 0. Addresses are kept for
+    /// [`Self::restart_all`].
+    pub fn stop_all(&mut self) {
+        self.unmount();
+        let running: Vec<Proc> = self.peers.iter_mut().filter_map(Option::take).collect();
+        for p in &running {
+            p.signal(libc::SIGTERM);
+        }
+        for mut p in running {
+            p.expect_clean_exit();
+        }
+        if let Some(p) = self.dirsvc.take() {
+            p.terminate();
+        }
+    }
+
+    /// Stops everything ([`Self::stop_all`]), then starts dirsvc and every
+    /// peer (including killed ones) again on the addresses they had, with
+    /// the same database and data dirs, and waits until all peers are live.
+    /// Does not mount: call [`Self::mount`].
+    pub fn restart_all(&mut self) {
+        self.stop_all();
+        let (p, addr) = self.spawn_dirsvc(self.dirsvc_addr());
+        assert_eq!(addr, self.dirsvc_addr(), "dirsvc came back on another address");
+        self.dirsvc = Some(p);
+        for i in 0..self.peer_count() {
+            let old = self.peer_addrs[i];
+            let (p, addr) = self.spawn_peer(i, old);
+            assert_eq!(addr, old, "peer {i} came back on another address");
+            self.peers[i] = Some(p);
+        }
+        self.wait_peers_live(self.peer_count());
+    }
+
+    /// SIGKILLs peer `i` and reaps it; its data dir stays.
+    pub fn kill9_peer(&mut self, i: usize) {
+        let mut p = self.peers[i].take().expect("peer is running");
+        p.signal(libc::SIGKILL);
+        assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "peer {i} survived SIGKILL");
+    }
+
+    /// Current length of every log file, to read only what comes after.
+    pub fn log_marks(&self) -> LogMarks {
+        LogMarks(
+            self.log_files()
+                .into_iter()
+                .map(|p| {
+                    let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    (p, len)
+                })
+                .collect(),
+        )
+    }
+
+    /// Everything logged since `marks`, one `== name ==` header per file.
+    pub fn logs_since(&self, marks: &LogMarks) -> String {
+        let mut all = String::new();
+        for p in self.log_files() {
+            let from = marks.0.get(&p).copied().unwrap_or(0);
+            let mut buf = Vec::new();
+            if let Ok(mut f) = fs::File::open(&p) {
+                let _ = f.seek(SeekFrom::Start(from));
+                let _ = f.read_to_end(&mut buf);
+            }
+            all.push_str(&format!("== {} ==\n", p.display()));
+            all.push_str(&String::from_utf8_lossy(&buf));
+        }
+        all
+    }
+
+    /// A `fs-client` command with no `P2PFS_*` environment fallbacks.
+    pub fn fs_client(&self) -> Command {
+        let mut cmd = Command::new(&self.bins.fs_client);
+        hermetic(&mut cmd);
+        cmd
+    }
+
+    /// The identity file made by `keygen` at start.
+    pub fn identity_file(&self) -> PathBuf {
+        self.identity.clone()
+    }
+
+    /// Runs `fs-client` with `args`, expecting exit 0; returns its stdout.
+    fn cli<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        run(self.fs_client().args(args), CLI_TIMEOUT)
+    }
+
+    /// Starts a process with stdout and stderr appended to `logs/<name>.log`.
+    /// It gets SIGKILL if the test thread dies, so nothing outlives a crash.
+    fn spawn(&self, name: &str, bin: &Path, args: &[OsString]) -> Proc {
+        let log = self.root.join("logs").join(format!("{name}.log"));
+        let out = OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        let err = out.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(bin);
+        hermetic(&mut cmd);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: the closure only calls prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Proc { name: name.to_string(), child, log }
+    }
+
+    fn spawn_dirsvc(&self, listen: SocketAddr) -> (Proc, SocketAddr) {
+        let addr_file = self.root.join("run").join("dirsvc.addr");
+        remove_if_exists(&addr_file);
+        let args: Vec<OsString> = vec![
+            "--listen".into(),
+            listen.to_string().into(),
+            "--db".into(),
+            self.dirsvc_db_dir().join("dirsvc.redb").into(),
+            "--addr-file".into(),
+            addr_file.clone().into(),
+        ];
+        let mut p = self.spawn("dirsvc", &self.bins.dirsvc, &args);
+        let addr = wait_addr_file(&mut p, &addr_file);
+        (p, addr)
+    }
+
+    fn spawn_peer(&self, i: usize, listen: SocketAddr) -> (Proc, SocketAddr) {
+        let addr_file = self.root.join("run").join(format!("peer-{i}.addr"));
+        remove_if_exists(&addr_file);
+        let args: Vec<OsString> = vec![
+            "--listen".into(),
+            listen.to_string().into(),
+            "--data-dir".into(),
+            self.peer_data_dir(i).into(),
+            "--dirsvc".into(),
+            self.dirsvc_addr().to_string().into(),
+            "--addr-file".into(),
+            addr_file.clone().into(),
+        ];
+        let mut p = self.spawn(&format!("peerd-{i}"), &self.bins.peerd, &args);
+        let addr = wait_addr_file(&mut p, &addr_file);
+        (p, addr)
+    }
+
+    /// Polls `fs-client peers` until at least `n` peers are listed as live.
+    fn wait_peers_live(&self, n: usize) {
+        let addr = self.dirsvc_addr().to_string();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last;
+        loop {
+            let out = output(self.fs_client().args(["peers", "--dirsvc", &addr]), CLI_TIMEOUT);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && count_live(&stdout) >= n {
+                return;
+            }
+            last = format!(
+                "{}\nstdout:\n{stdout}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if Instant::now() >= deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "dirsvc did not list {n} live peers within {READY_TIMEOUT:?}; last \
+             `fs-client peers`: {last}"
+        );
+    }
+
+    fn all_tails(&self) -> String {
+        let mut s = String::new();
+        for p in self.log_files() {
+            s.push_str(&format!("---- last lines of {} ----\n", p.display()));
+            s.push_str(&tail(&p, TAIL_LINES));
+        }
+        s
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.all_tails());
+        }
+        // Detach the mount first: nothing after this may block on a dead or
+        // hung FUSE daemon, and the tempdir removal must not walk into it.
+        let mnt = self.mountpoint();
+        if mount_entry(&mnt).is_some() {
+            lazy_umount(&mnt);
+        }
+        // Dropping a Proc SIGKILLs it; these are exactly the processes we
+        // started.
+        self.client.take();
+        for p in &mut self.peers {
+            p.take();
+        }
+        self.dirsvc.take();
+    }
+}
+
+/// Counts lines of `fs-client peers` output that mark a peer as live (the
+/// word `live`, or `up`; ids are hex and cannot contain either).
+fn count_live(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .filter(|l| {
+            l.split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w.eq_ignore_ascii_case("live") || w.eq_ignore_ascii_case("up"))
+        })
+        .count()
+}
+
+/// Clears the p2pfs environment fallbacks so only explicit flags count, and
+/// asks for logs without colour codes so they read (and grep) as text.
+fn hermetic(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.as_bytes().starts_with(b"P2PFS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+}
+
+fn remove_if_exists(p: &Path) {
+    match fs::remove_file(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", p.display()),
+    }
+}
+
+/// Waits for a daemon's address file, failing early if the daemon exits.
+fn wait_addr_file(p: &mut Proc, file: &Path) -> SocketAddr {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(s) = fs::read_to_string(file) {
+            if let Ok(a) = s.trim().parse::<SocketAddr>() {
+                return a;
+            }
+        }
+        if !p.running() {
+            panic!(
+                "{} exited ({:?}) before writing {}\n{}",
+                p.name,
+                p.child.try_wait().ok().flatten(),
+                file.display(),
+                tail(&p.log, TAIL_LINES)
+            );
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{} did not write a valid address to {} within {READY_TIMEOUT:?}\n{}",
+                p.name,
+                file.display(),
+                tail(&p.log, TAIL_LINES)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of a log file (or a note that it cannot be read).
+pub fn tail(path: &Path, n: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+            s.push('\n');
+            s
+        }
+        Err(e) => format!("(cannot read {}: {e})\n", path.display()),
+    }
+}
+
+/// Decodes the octal escapes (`\040` for space, …) of `/proc/mounts`.
+fn unescape_mount_field(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// One line of `/proc/mounts`.
+#[derive(Debug)]
+pub struct MountEntry {
+    /// The mount source (`fsname`).
+    pub source: String,
+    /// The filesystem type, e.g. `fuse.p2pfs`.
+    pub fstype: String,
+}
+
+impl MountEntry {
+    /// Whether this is a p2pfs mount: type `fuse.p2pfs`, or plain `fuse`
+    /// with source `p2pfs` (fuser's own mount(2) path drops the subtype
+    /// unless it is also passed as a kernel option).
+    pub fn is_p2pfs(&self) -> bool {
+        self.fstype == FSTYPE || (self.fstype == "fuse" && self.source == "p2pfs")
+    }
+}
+
+/// What `/proc/mounts` lists at `mnt` (the last mount wins), or `None`.
+pub fn mount_entry(mnt: &Path) -> Option<MountEntry> {
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    let want = mnt.as_os_str().as_bytes();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (source, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            (unescape_mount_field(target) == want).then(|| MountEntry {
+                source: String::from_utf8_lossy(&unescape_mount_field(source)).into_owned(),
+                fstype: fstype.to_string(),
+            })
+        })
+        .next_back()
+}
+
+/// `umount2(MNT_DETACH)`: detaches the mount even if its daemon is dead.
+fn lazy_umount(mnt: &Path) {
+    let c = CString::new(mnt.as_os_str().as_bytes()).expect("path has no NUL");
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        eprintln!("lazy unmount of {} failed: {}", mnt.display(), std::io::Error::last_os_error());
+    }
+}

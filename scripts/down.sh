@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Stops what scripts/up.sh started: unmounts (SIGTERM to fs-client, then a
+# lazy unmount if the mount is still there), then stops the peers and dirsvc.
+# Processes are found only by their PID files in $P2PFS_STATE/pids (and
+# checked to run the expected binary), never by name. Harmless when nothing
+# runs.
+#
+# Usage: scripts/down.sh        (P2PFS_STATE as for up.sh [./.p2pfs])
+set -euo pipefail
+
+STATE=${P2PFS_STATE:-./.p2pfs}
+if [[ ! -d $STATE ]]; then
+    echo "nothing to stop: no state dir $STATE"
+    exit 0
+fi
+STATE=$(cd "$STATE" && pwd -P)
+PIDS=$STATE/pids
+
+# Whether PID is a running (not zombie) process.
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# The pid in pids/NAME.pid if it is a live process running binary BIN_NAME.
+live_pid() {
+    local name=$1 bin_name=$2 pid exe
+    [[ -f $PIDS/$name.pid ]] || return 1
+    pid=$(<"$PIDS/$name.pid")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    exe=${exe% (deleted)}
+    [[ ${exe##*/} == "$bin_name" ]] || return 1
+    alive "$pid" || return 1
+    echo "$pid"
+}
+
+# Stops the daemon of pids/NAME.pid: TERM, wait up to TIMEOUT s, then KILL.
+# Removes the PID file in every case.
+stop() {
+    local name=$1 bin_name=$2 timeout=$3 pid deadline
+    [[ -f $PIDS/$name.pid ]] || return 0
+    if pid=$(live_pid "$name" "$bin_name"); then
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + timeout))
+        while alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
+        if alive "$pid"; then
+            echo "$name (pid $pid) still runs after ${timeout} s: SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$((SECONDS + 5))
+            while alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
+        fi
+        echo "stopped $name (pid $pid)"
+    else
+        echo "$name was not running (stale PID file removed)"
+    fi
+    rm -f "$PIDS/$name.pid"
+}
+
+# The fstype mounted at $1 per /proc/mounts, or nothing (a plain `fuse` mount
+# whose source is p2pfs counts as fuse.p2pfs).
+mount_type() {
+    local s=$1
+    s=${s//\\/\\134}; s=${s// /\\040}; s=${s//$'\t'/\\011}; s=${s//$'\n'/\\012}
+    M="$s" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
+}
+
+# 1. The client first: on SIGTERM it flushes and unmounts.
+stop fs-client fs-client 60
+if [[ -f $STATE/mountpoint ]]; then
+    mnt=$(<"$STATE/mountpoint")
+    if [[ $(mount_type "$mnt") == fuse.p2pfs ]]; then
+        echo "$mnt is still mounted: lazy unmount"
+        umount -l "$mnt"
+    fi
+fi
+
+# 2. Peers (all of them, whatever P2PFS_PEERS was), then dirsvc.
+shopt -s nullglob
+for f in "$PIDS"/peerd-*.pid; do
+    name=${f##*/}
+    stop "${name%.pid}" peerd 30
+done
+stop dirsvc dirsvc 30
+echo "p2pfs is down (state kept in $STATE)"

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Brings up a local p2pfs cluster (dirsvc + N peers on loopback) and mounts
+# the volume at MOUNTPOINT. Idempotent: what already runs is left alone.
+#
+# Usage: scripts/up.sh MOUNTPOINT
+#
+# Environment (defaults in brackets):
+#   P2PFS_STATE     state dir: pids/, logs/, dirsvc/, peerd-N/, identity.txt [./.p2pfs]
+#   P2PFS_PORT      dirsvc port; peers use PORT+1..PORT+N [7700]
+#   P2PFS_PEERS     number of peers N [3]
+#   P2PFS_REPLICAS  replicas R for a new volume [2]
+#   CARGO_TARGET_DIR  where cargo puts binaries [<repo>/target]
+# Stop everything with scripts/down.sh (same P2PFS_STATE).
+set -euo pipefail
+
+die() { echo "up.sh: $*" >&2; exit 1; }
+
+[[ $# -eq 1 && $1 != -h && $1 != --help ]] || {
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PORT=${P2PFS_PORT:-7700}
+PEERS=${P2PFS_PEERS:-3}
+REPLICAS=${P2PFS_REPLICAS:-2}
+for v in PORT PEERS REPLICAS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "P2PFS_$v must be a number, got '${!v}'"
+done
+(( PEERS >= 1 )) || die "P2PFS_PEERS must be at least 1"
+(( PORT + PEERS <= 65535 )) || die "P2PFS_PORT + P2PFS_PEERS exceeds 65535"
+
+STATE=${P2PFS_STATE:-./.p2pfs}
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd -P)
+mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/dirsvc" "$STATE/run"
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET == /* ]] || TARGET=$PWD/$TARGET
+BIN=$TARGET/release
+DIRSVC_ADDR=127.0.0.1:$PORT
+IDENTITY=$STATE/identity.txt
+
+MNT=$(realpath -m -- "$1")
+
+# ---------------------------------------------------------------- build
+needs_build() {
+    local b
+    for b in dirsvc peerd fs-client; do
+        [[ -x $BIN/$b ]] || return 0
+        if [[ -n $(find "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" "$ROOT/common" "$ROOT/dirsvc" \
+                        "$ROOT/peerd" "$ROOT/fs-client" \
+                        \( -name '*.rs' -o -name Cargo.toml -o -name Cargo.lock \) \
+                        -newer "$BIN/$b" -print -quit 2>/dev/null) ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+if needs_build; then
+    echo "building release binaries into $BIN ..."
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --workspace)
+fi
+
+# ---------------------------------------------------------------- helpers
+# The pid in pids/NAME.pid if it is a live process running binary BIN_NAME.
+live_pid() {
+    local name=$1 bin_name=$2 pid exe state
+    [[ -f $STATE/pids/$name.pid ]] || return 1
+    pid=$(<"$STATE/pids/$name.pid")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    exe=${exe% (deleted)}
+    [[ ${exe##*/} == "$bin_name" ]] || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ $state != Z ]] || return 1
+    echo "$pid"
+}
+
+# Whether PID is a running (not zombie) process.
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# Prints the last lines of a log, for a failed start (backtrace frames left
+# out, so the error itself stays in view).
+show_log() {
+    echo "---- last lines of $1 (backtrace frames omitted) ----" >&2
+    awk '/^Stack backtrace:/ { skip = 1; next } skip && /^[[:space:]]/ { next } { skip = 0; print }' \
+        "$1" 2>/dev/null | tail -n 30 >&2 || true
+}
+
+# Starts BIN with ARGS in its own session, pid in pids/NAME.pid, output
+# appended to logs/NAME.log.
+start_daemon() {
+    local name=$1 bin=$2
+    shift 2
+    # No job control here, so the background job is not a group leader and
+    # setsid execs in place: $! is the daemon's own pid.
+    nohup setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/$name.pid"
+}
+
+# Sends TERM to a pid we started, waits up to 10 s, then KILL.
+stop_pid() {
+    local pid=$1 deadline=$((SECONDS + 10))
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Waits (bounded) for a freshly started daemon to write its address file.
+wait_addr() {
+    local name=$1 file=$2 deadline=$((SECONDS + 30)) pid
+    pid=$(<"$STATE/pids/$name.pid")
+    until [[ -s $file ]]; do
+        if ! alive "$pid"; then
+            show_log "$STATE/logs/$name.log"
+            die "$name (pid $pid) exited during start-up"
+        fi
+        if (( SECONDS >= deadline )); then
+            show_log "$STATE/logs/$name.log"
+            die "$name (pid $pid) did not become ready within 30 s"
+        fi
+        sleep 0.1
+    done
+}
+
+# The /proc/mounts form of a path (octal escapes for space, tab, newline, \).
+mounts_escape() {
+    local s=$1
+    s=${s//\\/\\134}; s=${s// /\\040}; s=${s//$'\t'/\\011}; s=${s//$'\n'/\\012}
+    printf '%s' "$s"
+}
+
+# The fstype mounted at MNT, or nothing. A plain `fuse` mount whose source is
+# p2pfs counts as fuse.p2pfs (fuser drops the subtype on its mount(2) path).
+mount_type() {
+    M="$(mounts_escape "$1")" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
+}
+
+# ---------------------------------------------------------------- dirsvc
+if pid=$(live_pid dirsvc dirsvc); then
+    echo "dirsvc already running (pid $pid)"
+else
+    rm -f "$STATE/run/dirsvc.addr"
+    start_daemon dirsvc "$BIN/dirsvc" \
+        --listen "$DIRSVC_ADDR" --db "$STATE/dirsvc/dirsvc.redb" \
+        --addr-file "$STATE/run/dirsvc.addr"
+    wait_addr dirsvc "$STATE/run/dirsvc.addr"
+fi
+
+# ---------------------------------------------------------------- peers
+for i in $(seq 1 "$PEERS"); do
+    name=peerd-$i
+    addr=127.0.0.1:$((PORT + i))
+    mkdir -p "$STATE/$name"
+    if pid=$(live_pid "$name" peerd); then
+        echo "$name already running (pid $pid)"
+        continue
+    fi
+    rm -f "$STATE/run/$name.addr"
+    start_daemon "$name" "$BIN/peerd" \
+        --listen "$addr" --data-dir "$STATE/$name" --dirsvc "$DIRSVC_ADDR" \
+        --addr-file "$STATE/run/$name.addr"
+    wait_addr "$name" "$STATE/run/$name.addr"
+done
+
+# Peers register on start; wait until dirsvc lists them all as live.
+deadline=$((SECONDS + 30))
+until (( $("$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" 2>/dev/null | grep -cwE "live|up" || true) >= PEERS )); do
+    if (( SECONDS >= deadline )); then
+        "$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" >&2 || true
+        show_log "$STATE/logs/dirsvc.log"
+        die "dirsvc does not list $PEERS live peers after 30 s"
+    fi
+    sleep 0.2
+done
+
+# ---------------------------------------------------------------- volume
+if [[ ! -e $IDENTITY ]]; then
+    "$BIN/fs-client" keygen -o "$IDENTITY" >/dev/null
+    echo "generated identity $IDENTITY"
+fi
+"$BIN/fs-client" init --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --replicas "$REPLICAS" --if-missing
+
+# ---------------------------------------------------------------- mount
+echo "$MNT" >"$STATE/mountpoint"
+client_pid=$(live_pid fs-client fs-client || true)
+mtype=$(mount_type "$MNT")
+if [[ $mtype == fuse.p2pfs ]] && timeout 10 stat -f -- "$MNT" >/dev/null 2>&1; then
+    echo "$MNT already mounted (fs-client pid ${client_pid:-not started by up.sh})"
+else
+    [[ -z $mtype || $mtype == fuse.p2pfs ]] || die "$MNT is already a $mtype mount"
+    # A client without a working mount is stuck; it is ours (checked by pid
+    # file and binary), so stop it.
+    [[ -z $client_pid ]] || stop_pid "$client_pid"
+    # A mount whose daemon is gone: detach it so the path is usable.
+    [[ -z $mtype ]] || umount -l "$MNT"
+    mkdir -p "$MNT"
+    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" "$MNT"
+    pid=$(<"$STATE/pids/fs-client.pid")
+    deadline=$((SECONDS + 30))
+    until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do
+        if ! alive "$pid"; then
+            show_log "$STATE/logs/fs-client.log"
+            die "fs-client (pid $pid) exited before $MNT was mounted"
+        fi
+        if (( SECONDS >= deadline )); then
+            show_log "$STATE/logs/fs-client.log"
+            die "$MNT did not appear as a fuse.p2pfs mount within 30 s"
+        fi
+        sleep 0.1
+    done
+fi
+
+# ---------------------------------------------------------------- summary
+echo
+echo "p2pfs is up (state in $STATE)"
+printf '  %-10s pid %-8s %s\n' dirsvc "$(live_pid dirsvc dirsvc || echo '?')" "$DIRSVC_ADDR"
+for i in $(seq 1 "$PEERS"); do
+    printf '  %-10s pid %-8s %s\n' "peerd-$i" "$(live_pid "peerd-$i" peerd || echo '?')" "127.0.0.1:$((PORT + i))"
+done
+printf '  %-10s pid %-8s %s\n' fs-client "$(live_pid fs-client fs-client || echo '?')" "$MNT"
+echo "  logs:     $STATE/logs/"
+echo "  identity: $IDENTITY"
+echo "  peers:    $BIN/fs-client peers --dirsvc $DIRSVC_ADDR"
+echo "Stop with: P2PFS_STATE=$STATE $ROOT/scripts/down.sh"
