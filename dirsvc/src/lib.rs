@@ -1,5 +1,6 @@
 //! dirsvc, the p2pfs directory service: namespace, file layouts, chunk
-//! index, peer registry and placement, served over tarpc.
+//! index, peer registry, placement, repair and garbage collection, served
+//! over tarpc.
 //!
 //! Architecture:
 //! - [`store::Store`] owns the redb database and is the only code that
@@ -8,24 +9,75 @@
 //! - [`server::DirServer`] implements `common::rpc::dir::DirService`. Every
 //!   handler runs its store call on tokio's blocking pool
 //!   (`spawn_blocking`), so no transaction is ever held across an `.await`
-//!   and async worker threads never block on disk. Liveness, usage and
-//!   placement promises of peers live in an in-memory mirror of the
-//!   `peers-v1` table (see `peers`), guarded by a mutex that is never held
-//!   across an `.await`.
-//! - [`spawn`] opens the store, binds the listener and serves every
-//!   connection with `common::serve_tarpc!` in a background task, returning
-//!   a [`DirsvcHandle`]. [`DirsvcHandle::shutdown`] stops accepting, closes
-//!   every connection, waits for in-flight requests and returns once the
-//!   database is closed; dropping the handle stops the service without
-//!   waiting.
+//!   and async worker threads never block on disk. Liveness, usage, labels,
+//!   drain flags and placement promises of peers live in an in-memory
+//!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
+//!   that is never held across an `.await`.
+//! - Two background workers, each a named task owned by [`DirsvcHandle`]
+//!   that stops when the handle's cancellation token fires:
+//!   - `repair` ([`repair`]): every [`DirsvcConfig::repair_interval`] it
+//!     surveys the chunk index ([`survey`]) and orders peer-to-peer copies
+//!     (`PeerService::fetch_from`) until every referenced chunk has R good
+//!     replicas, most endangered first, with bounded concurrency and
+//!     bandwidth. The work is derived from the index each round, so a
+//!     restart loses none of it.
+//!   - `gc` ([`gc`]): every [`DirsvcConfig::gc_interval`] it collects
+//!     chunks unreferenced for longer than [`DirsvcConfig::gc_grace`] and
+//!     orphans (stored on a peer, never committed), writes tombstones and
+//!     deletes the copies on the peers. The protocol and its race with
+//!     `commit_layout` (`ChunkGone`) are described in [`gc`].
+//! - [`spawn`] opens the store, binds the listener, serves every
+//!   connection with `common::serve_tarpc!` in a background task and starts
+//!   the workers, returning a [`DirsvcHandle`]. [`DirsvcHandle::shutdown`]
+//!   stops accepting, stops the workers, closes every connection, waits for
+//!   in-flight requests and returns once the database is closed; dropping
+//!   the handle stops the service without waiting.
+//!
+//! Peer states (what `list_peers` reports), from heartbeats and the drain
+//! flag:
+//!
+//! ```text
+//!        silent ≥ peer_suspect_after      silent ≥ peer_down_after
+//!   Up ─────────────────────────────▶ Suspect ─────────────────────▶ Down
+//!    ▲                                   │                             │
+//!    └───────────── heartbeat ───────────┴─────────── heartbeat ───────┘
+//!
+//!   any state ── drain_peer (persisted) ──▶ Draining
+//!   Draining ── a survey finds no referenced chunk needing it ──▶ Drained
+//!   Drained ── a chunk needs its copy again (e.g. a holder died) ──▶ Draining
+//! ```
+//!
+//! - `Up`: heartbeat within `peer_suspect_after` (default 6 s). Gets new
+//!   chunks; its replicas count.
+//! - `Suspect`: silent past `peer_suspect_after`, not yet
+//!   `peer_down_after` (default 10 s). No new chunks; its replicas still
+//!   count; readers try it after up peers.
+//! - `Down`: silent past `peer_down_after`. Its replicas do not count and
+//!   repair copies them elsewhere, but they stay in the index and count
+//!   again if it returns.
+//! - `Draining`: an operator called `drain_peer`. No new chunks; its
+//!   replicas do not count (repair copies them away) but it serves as a
+//!   copy source and for reads while it heartbeats.
+//! - `Drained`: draining, and the last survey found every referenced chunk
+//!   with a replica on it at R good replicas elsewhere: it can be stopped
+//!   for good.
+//!
+//! `PeerLoc::live` is true for any peer that heartbeat within
+//! `peer_down_after`, draining or not.
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod gc;
 pub mod placement;
+pub mod repair;
 pub mod server;
 pub mod store;
+pub mod survey;
 
 mod peers;
+mod pool;
+mod ratelimit;
+mod shared;
 
 pub use error::Error;
 pub use server::DirServer;
@@ -39,7 +91,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 /// Default listen address of dirsvc.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -49,6 +101,24 @@ pub const DEFAULT_DB_PATH: &str = "./dirsvc.redb";
 
 /// Default for [`DirsvcConfig::heartbeat_persist_every`].
 pub const DEFAULT_HEARTBEAT_PERSIST_EVERY: Duration = Duration::from_secs(5);
+
+/// Default for [`DirsvcConfig::peer_suspect_after`].
+pub const DEFAULT_PEER_SUSPECT_AFTER: Duration = Duration::from_secs(6);
+
+/// Default for [`DirsvcConfig::repair_interval`].
+pub const DEFAULT_REPAIR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default for [`DirsvcConfig::repair_concurrency`].
+pub const DEFAULT_REPAIR_CONCURRENCY: usize = 8;
+
+/// Default for [`DirsvcConfig::repair_bandwidth_bytes_per_sec`] (256 MiB/s).
+pub const DEFAULT_REPAIR_BANDWIDTH: u64 = 256 << 20;
+
+/// Default for [`DirsvcConfig::gc_interval`].
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default for [`DirsvcConfig::gc_grace`] (one hour).
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 
 /// How long [`DirsvcHandle::shutdown`] waits for in-flight requests to let
 /// go of the database.
@@ -63,12 +133,32 @@ pub struct DirsvcConfig {
     /// Path of the redb database file (created if missing).
     pub db_path: PathBuf,
     /// A peer whose last heartbeat (or registration) is older than this is
+    /// suspect: not chosen by placement, tried after up peers by readers,
+    /// still counted as a replica. Capped at `peer_down_after`.
+    pub peer_suspect_after: Duration,
+    /// A peer whose last heartbeat (or registration) is older than this is
     /// down: not chosen by placement, listed last among replicas, not
-    /// counted by `statfs`.
+    /// counted by `statfs`, its replicas not counted towards R.
     pub peer_down_after: Duration,
     /// Heartbeats update the in-memory registry at once but are written to
     /// the database at most this often per peer (registrations always are).
     pub heartbeat_persist_every: Duration,
+    /// Pause between repair rounds (a corruption report or a drain starts
+    /// one at once).
+    pub repair_interval: Duration,
+    /// Chunks copied at the same time by repair; 0 pauses repair copies
+    /// (the survey still runs, so `Drained` and the counts stay current).
+    pub repair_concurrency: usize,
+    /// Bytes per second repair copies at most (sum over all copies); 0 =
+    /// unlimited.
+    pub repair_bandwidth_bytes_per_sec: u64,
+    /// Pause between garbage-collection rounds.
+    pub gc_interval: Duration,
+    /// How long an unreferenced chunk, or an uncommitted one on a peer,
+    /// waits before it is deleted; tombstones live twice as long. Must
+    /// exceed the longest time a client may take between storing a chunk
+    /// and committing it.
+    pub gc_grace: Duration,
 }
 
 impl Default for DirsvcConfig {
@@ -76,33 +166,40 @@ impl Default for DirsvcConfig {
         DirsvcConfig {
             listen: DEFAULT_LISTEN.to_string(),
             db_path: PathBuf::from(DEFAULT_DB_PATH),
+            peer_suspect_after: DEFAULT_PEER_SUSPECT_AFTER,
             peer_down_after: common::config::PEER_DOWN_AFTER,
             heartbeat_persist_every: DEFAULT_HEARTBEAT_PERSIST_EVERY,
+            repair_interval: DEFAULT_REPAIR_INTERVAL,
+            repair_concurrency: DEFAULT_REPAIR_CONCURRENCY,
+            repair_bandwidth_bytes_per_sec: DEFAULT_REPAIR_BANDWIDTH,
+            gc_interval: DEFAULT_GC_INTERVAL,
+            gc_grace: DEFAULT_GC_GRACE,
         }
     }
 }
 
 /// A running dirsvc. Dropping it cancels the service (connections close,
-/// the accept loop stops) without waiting; [`DirsvcHandle::shutdown`]
-/// waits.
+/// the accept loop and the workers stop) without waiting;
+/// [`DirsvcHandle::shutdown`] waits.
 #[derive(Debug)]
 pub struct DirsvcHandle {
     /// The address the service is bound to.
     pub addr: SocketAddr,
     cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    /// The accept loop and the workers, by name.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     store: Weak<Store>,
 }
 
 impl DirsvcHandle {
-    /// Stops accepting, closes every connection and waits (at most
-    /// [`SHUTDOWN_GRACE`]) for in-flight requests to finish and the
-    /// database to close, so the same file can be opened again at once.
+    /// Stops accepting and the workers, closes every connection and waits
+    /// (at most [`SHUTDOWN_GRACE`]) for in-flight requests to finish and
+    /// the database to close, so the same file can be opened again at once.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
+        for (name, task) in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.await {
-                warn!(error = %e, "dirsvc accept loop ended abnormally");
+                warn!(task = name, error = %e, "dirsvc task ended abnormally");
             }
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -119,14 +216,15 @@ impl DirsvcHandle {
 impl Drop for DirsvcHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
+        for (_, task) in self.tasks.drain(..) {
             task.abort();
         }
     }
 }
 
-/// Opens the database, binds `config.listen` and serves `DirService` in a
-/// background task on the current tokio runtime.
+/// Opens the database, binds `config.listen`, serves `DirService` in a
+/// background task on the current tokio runtime and starts the repair and
+/// garbage-collection workers.
 ///
 /// Errors: [`Error::Db`], [`Error::Schema`], [`Error::Corrupt`] from
 /// opening the database; [`Error::Io`] if the address cannot be bound.
@@ -144,9 +242,13 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     let addr = listener.local_addr()?;
     let store = Arc::downgrade(server.store());
     let cancel = CancellationToken::new();
+    let shared = server.shared().clone();
     let token = cancel.clone();
-    let task = tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         common::serve_tarpc!(listener, server, token);
     });
-    Ok(DirsvcHandle { addr, cancel, task: Some(task), store })
+    let repair =
+        tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));
+    let gc = tokio::spawn(gc::run(shared, cancel.clone()).instrument(tracing::info_span!("gc")));
+    Ok(DirsvcHandle { addr, cancel, tasks: vec![("accept", accept), ("repair", repair), ("gc", gc)], store })
 }

@@ -3,7 +3,11 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use dirsvc::{DirsvcConfig, DEFAULT_DB_PATH, DEFAULT_LISTEN};
+use dirsvc::{
+    DirsvcConfig, DEFAULT_DB_PATH, DEFAULT_GC_GRACE, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN,
+    DEFAULT_PEER_SUSPECT_AFTER, DEFAULT_REPAIR_BANDWIDTH, DEFAULT_REPAIR_CONCURRENCY,
+    DEFAULT_REPAIR_INTERVAL,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,8 +28,32 @@ struct Args {
     #[arg(long)]
     addr_file: Option<PathBuf>,
     /// Seconds without a heartbeat after which a peer counts as down.
-    #[arg(long, default_value_t = common::config::PEER_DOWN_AFTER.as_secs())]
+    #[arg(long, default_value_t = common::config::PEER_DOWN_AFTER.as_secs(), conflicts_with = "peer_down_after_ms")]
     peer_down_after_secs: u64,
+    /// Milliseconds without a heartbeat after which a peer counts as down
+    /// (instead of --peer-down-after-secs).
+    #[arg(long)]
+    peer_down_after_ms: Option<u64>,
+    /// Milliseconds without a heartbeat after which a peer counts as
+    /// suspect (no new chunks; capped at the down timeout).
+    #[arg(long, default_value_t = DEFAULT_PEER_SUSPECT_AFTER.as_millis() as u64)]
+    peer_suspect_after_ms: u64,
+    /// Milliseconds between repair rounds.
+    #[arg(long, default_value_t = DEFAULT_REPAIR_INTERVAL.as_millis() as u64)]
+    repair_interval_ms: u64,
+    /// Chunks repaired at the same time (0 pauses repair).
+    #[arg(long, default_value_t = DEFAULT_REPAIR_CONCURRENCY)]
+    repair_concurrency: usize,
+    /// Bytes per second repair copies at most (0 = unlimited).
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = DEFAULT_REPAIR_BANDWIDTH)]
+    repair_bandwidth: u64,
+    /// Seconds between garbage-collection rounds.
+    #[arg(long, default_value_t = DEFAULT_GC_INTERVAL.as_secs())]
+    gc_interval_secs: u64,
+    /// Seconds an unreferenced or never-committed chunk is kept before it
+    /// is deleted from the peers.
+    #[arg(long, default_value_t = DEFAULT_GC_GRACE.as_secs())]
+    gc_grace_secs: u64,
 }
 
 /// Writes `contents` to `path` via a temporary file in the same directory
@@ -45,10 +73,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let peer_down_after = match args.peer_down_after_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_secs(args.peer_down_after_secs),
+    };
     let config = DirsvcConfig {
         listen: args.listen,
         db_path: args.db,
-        peer_down_after: Duration::from_secs(args.peer_down_after_secs),
+        peer_suspect_after: Duration::from_millis(args.peer_suspect_after_ms),
+        peer_down_after,
+        repair_interval: Duration::from_millis(args.repair_interval_ms),
+        repair_concurrency: args.repair_concurrency,
+        repair_bandwidth_bytes_per_sec: args.repair_bandwidth,
+        gc_interval: Duration::from_secs(args.gc_interval_secs),
+        gc_grace: Duration::from_secs(args.gc_grace_secs),
         ..DirsvcConfig::default()
     };
     let db_path = config.db_path.clone();

@@ -1,20 +1,27 @@
-//! The in-memory view of the peer registry: liveness, usage, promised bytes.
+//! The in-memory view of the peer registry: liveness, drain state, usage,
+//! labels, promised bytes and the last survey's per-peer figures.
 //!
 //! The durable registry is the `peers-v1` table; this mirror is loaded from
-//! it at start and updated after every registration. Heartbeats arrive
-//! every couple of seconds per peer, so they update the mirror at once and
-//! reach the database at most once per `persist_every` (see
+//! it at start and updated after every registration and drain. Heartbeats
+//! arrive every couple of seconds per peer, so they update the mirror at
+//! once and reach the database at most once per `persist_every` (see
 //! [`crate::DirsvcConfig::heartbeat_persist_every`]): after a restart a
 //! peer's last heartbeat may look up to that much older than it was, which
-//! only matters if it is close to `peer_down_after`, and the peer's next
-//! heartbeat corrects it.
+//! only matters if it is close to a timeout, and the peer's next heartbeat
+//! corrects it.
 //!
-//! Liveness compares wall-clock times (`Timestamp`), the same clock that
-//! is persisted, so it means the same thing before and after a restart.
+//! Liveness ([`Liveness`]) comes from the age of the last heartbeat alone:
+//! `Up` below `suspect_after`, `Suspect` below `down_after`, `Down` beyond.
+//! It compares wall-clock times (`Timestamp`), the same clock that is
+//! persisted, so it means the same thing before and after a restart. The
+//! admin-visible [`PeerState`] adds the drain flag: a draining peer shows
+//! `Draining` until a survey finds that no referenced chunk depends on it,
+//! then `Drained` — whatever its liveness, which `PeerLoc::live` still
+//! reports.
 
-use crate::placement::{self, Candidate};
+use crate::placement::{self, Candidate, Domain, Occupied};
 use crate::store::tables::PeerRecord;
-use common::rpc::dir::{DirError, PeerStatus, PeerUsage};
+use common::rpc::dir::{DirError, PeerState, PeerStatus, PeerUsage};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use common::PeerId;
@@ -22,58 +29,175 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+/// What heartbeats say about a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Liveness {
+    /// Heartbeat within `suspect_after`.
+    Up,
+    /// Heartbeat within `down_after` but not `suspect_after`.
+    Suspect,
+    /// Silent for `down_after` or longer.
+    Down,
+}
+
+/// What the last survey of the chunk index found about one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerSurvey {
+    /// Replicas the index records on the peer.
+    pub indexed: u64,
+    /// Whether some referenced chunk would have fewer than R good replicas
+    /// without this peer's copy.
+    pub needed: bool,
+}
+
 /// One peer in the mirror.
 #[derive(Debug)]
-struct PeerState {
+struct Entry {
     rec: PeerRecord,
-    /// Bytes promised by placements since the last heartbeat.
+    /// Bytes promised by placements and repairs since the last heartbeat.
     promised: u64,
-    /// When `rec` was last written to the database.
+    /// When `rec`'s heartbeat was last written to the database.
     persisted: Instant,
+    /// The last survey's figures; `None` until a survey ran after the peer
+    /// registered or started draining.
+    survey: Option<PeerSurvey>,
+}
+
+/// A peer as the background workers see it (a snapshot).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerInfo {
+    /// `host:port` of its `PeerService`.
+    pub addr: String,
+    /// Liveness at the snapshot.
+    pub liveness: Liveness,
+    /// Set by `drain_peer`.
+    pub draining: bool,
+    /// How long since its last heartbeat (zero if in the future).
+    pub silent_for: Duration,
+}
+
+impl PeerInfo {
+    /// Whether a replica on this peer counts towards R: up or suspect and
+    /// not draining.
+    pub(crate) fn is_good(&self) -> bool {
+        self.liveness != Liveness::Down && !self.draining
+    }
+
+    /// Whether the peer can serve as a copy source: up or suspect
+    /// (draining peers still serve reads).
+    pub(crate) fn is_reachable(&self) -> bool {
+        self.liveness != Liveness::Down
+    }
+}
+
+/// What a survey's outcome depends on: each peer's liveness and drain
+/// flag, in id order.
+pub(crate) type Fingerprint = Vec<(PeerId, Liveness, bool)>;
+
+/// A snapshot of every peer, for one worker round.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerView {
+    /// Every registered peer.
+    pub peers: HashMap<PeerId, PeerInfo>,
+}
+
+impl PeerView {
+    /// Whether a replica on `id` counts towards R (unknown peers do not).
+    pub(crate) fn is_good(&self, id: &PeerId) -> bool {
+        self.peers.get(id).is_some_and(PeerInfo::is_good)
+    }
+
+    /// What a survey's outcome depends on: each peer's liveness and drain
+    /// flag, in id order.
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
+        let mut v: Vec<_> = self.peers.iter().map(|(id, p)| (*id, p.liveness, p.draining)).collect();
+        v.sort();
+        v
+    }
 }
 
 /// The mirror of all registered peers.
 #[derive(Debug)]
 pub(crate) struct PeerTable {
-    peers: HashMap<PeerId, PeerState>,
+    peers: HashMap<PeerId, Entry>,
+    suspect_after: Duration,
     down_after: Duration,
     persist_every: Duration,
 }
 
 impl PeerTable {
-    /// A mirror of the stored peers.
+    /// A mirror of the stored peers. `suspect_after` is capped at
+    /// `down_after`.
     pub(crate) fn new(
         stored: Vec<(PeerId, PeerRecord)>,
+        suspect_after: Duration,
         down_after: Duration,
         persist_every: Duration,
     ) -> Self {
         let now = Instant::now();
         let peers = stored
             .into_iter()
-            .map(|(id, rec)| {
-                let st = PeerState { rec, promised: 0, persisted: now };
-                (id, st)
-            })
+            .map(|(id, rec)| (id, Entry { rec, promised: 0, persisted: now, survey: None }))
             .collect();
-        PeerTable { peers, down_after, persist_every }
+        PeerTable { peers, suspect_after: suspect_after.min(down_after), down_after, persist_every }
     }
 
-    fn is_live(&self, rec: &PeerRecord, now: SystemTime) -> bool {
-        match now.duration_since(SystemTime::from(rec.last_heartbeat)) {
-            Ok(age) => age < self.down_after,
-            // A heartbeat "in the future" (clock stepped back): still live.
-            Err(_) => true,
+    fn silent_for(rec: &PeerRecord, now: SystemTime) -> Duration {
+        // A heartbeat "in the future" (clock stepped back) counts as fresh.
+        now.duration_since(SystemTime::from(rec.last_heartbeat)).unwrap_or(Duration::ZERO)
+    }
+
+    fn liveness(&self, rec: &PeerRecord, now: SystemTime) -> Liveness {
+        let silent = Self::silent_for(rec, now);
+        if silent < self.suspect_after {
+            Liveness::Up
+        } else if silent < self.down_after {
+            Liveness::Suspect
+        } else {
+            Liveness::Down
         }
     }
 
-    /// Records a registration that was just stored.
-    pub(crate) fn registered(&mut self, id: PeerId, rec: PeerRecord) {
-        self.peers.insert(id, PeerState { rec, promised: 0, persisted: Instant::now() });
+    fn state(&self, e: &Entry, now: SystemTime) -> PeerState {
+        if e.rec.draining {
+            match e.survey {
+                Some(s) if !s.needed => PeerState::Drained,
+                _ => PeerState::Draining,
+            }
+        } else {
+            match self.liveness(&e.rec, now) {
+                Liveness::Up => PeerState::Up,
+                Liveness::Suspect => PeerState::Suspect,
+                Liveness::Down => PeerState::Down,
+            }
+        }
+    }
+
+    /// Records a registration that was just stored. The drain flag only
+    /// ever goes from false to true, so a registration racing a drain
+    /// cannot clear it here.
+    pub(crate) fn registered(&mut self, id: PeerId, mut rec: PeerRecord) {
+        let old = self.peers.remove(&id);
+        let survey = old.as_ref().and_then(|o| o.survey);
+        rec.draining |= old.is_some_and(|o| o.rec.draining);
+        self.peers.insert(id, Entry { rec, promised: 0, persisted: Instant::now(), survey });
+    }
+
+    /// Records that peer `id` now drains. Its survey figures are forgotten
+    /// until the next survey, so it shows `Draining` until then.
+    pub(crate) fn set_draining(&mut self, id: PeerId) {
+        if let Some(e) = self.peers.get_mut(&id) {
+            if !e.rec.draining {
+                e.rec.draining = true;
+                e.survey = None;
+            }
+        }
     }
 
     /// Records a heartbeat at `now`: new usage, promises cleared (the
-    /// report now counts what was stored). Returns the record to persist
-    /// when the last persisted one is older than `persist_every`.
+    /// report now counts what was stored). Returns whether the heartbeat is
+    /// due to be persisted (the last persisted one is older than
+    /// `persist_every`).
     ///
     /// Errors: `NotFound` for a peer that never registered.
     pub(crate) fn heartbeat(
@@ -81,25 +205,47 @@ impl PeerTable {
         id: PeerId,
         usage: PeerUsage,
         now: Timestamp,
-    ) -> Result<Option<PeerRecord>, DirError> {
-        let st = self.peers.get_mut(&id).ok_or(DirError::NotFound)?;
-        st.rec.usage = usage;
-        st.rec.last_heartbeat = now;
-        st.promised = 0;
-        if st.persisted.elapsed() >= self.persist_every {
-            st.persisted = Instant::now();
-            Ok(Some(st.rec.clone()))
+    ) -> Result<bool, DirError> {
+        let e = self.peers.get_mut(&id).ok_or(DirError::NotFound)?;
+        e.rec.usage = usage;
+        e.rec.last_heartbeat = now;
+        e.promised = 0;
+        if e.persisted.elapsed() >= self.persist_every {
+            e.persisted = Instant::now();
+            Ok(true)
         } else {
-            Ok(None)
+            Ok(false)
         }
     }
 
-    fn loc(&self, id: PeerId, st: &PeerState, now: SystemTime) -> PeerLoc {
-        PeerLoc { id, addr: st.rec.addr.clone(), live: self.is_live(&st.rec, now) }
+    fn loc(&self, id: PeerId, e: &Entry, now: SystemTime) -> PeerLoc {
+        PeerLoc { id, addr: e.rec.addr.clone(), live: self.liveness(&e.rec, now) != Liveness::Down }
+    }
+
+    /// Placement candidates: peers that are up and not draining, with free
+    /// space net of promises.
+    fn candidates(&self, now: SystemTime) -> Vec<Candidate> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| !e.rec.draining && self.liveness(&e.rec, now) == Liveness::Up)
+            .map(|(id, e)| Candidate {
+                id: *id,
+                free: e.rec.usage.free_bytes.saturating_sub(e.promised),
+                host: Domain::of(&e.rec.host, *id),
+                zone: Domain::of(&e.rec.zone, *id),
+            })
+            .collect()
+    }
+
+    fn promise(&mut self, id: PeerId, bytes: u64) {
+        if let Some(e) = self.peers.get_mut(&id) {
+            e.promised = e.promised.saturating_add(bytes);
+        }
     }
 
     /// Chooses replica sets for `count` chunks of `chunk_bytes` among the
-    /// live peers and adds the bytes to their promises.
+    /// peers that are up and not draining (policy: [`placement`]) and adds
+    /// the bytes to their promises.
     ///
     /// Errors: `NoPeers` (see [`placement::place`]).
     pub(crate) fn place(
@@ -109,22 +255,15 @@ impl PeerTable {
         chunk_bytes: u64,
     ) -> Result<Vec<Vec<PeerLoc>>, DirError> {
         let now = SystemTime::now();
-        let candidates: Vec<Candidate> = self
-            .peers
-            .iter()
-            .filter(|(_, st)| self.is_live(&st.rec, now))
-            .map(|(id, st)| Candidate { id: *id, free: st.rec.usage.free_bytes.saturating_sub(st.promised) })
-            .collect();
-        let sets = placement::place(&candidates, replicas, count, chunk_bytes)?;
+        let candidates = self.candidates(now);
+        let sets = placement::place(&candidates, replicas, count, chunk_bytes, &mut rand::thread_rng())?;
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
             let mut locs = Vec::with_capacity(set.len());
             for id in set {
-                if let Some(st) = self.peers.get_mut(&id) {
-                    st.promised = st.promised.saturating_add(chunk_bytes);
-                }
-                if let Some(st) = self.peers.get(&id) {
-                    locs.push(self.loc(id, st, now));
+                self.promise(id, chunk_bytes);
+                if let Some(e) = self.peers.get(&id) {
+                    locs.push(self.loc(id, e, now));
                 }
             }
             out.push(locs);
@@ -132,100 +271,214 @@ impl PeerTable {
         Ok(out)
     }
 
-    /// Where to reach each of `ids`: live peers first, then by most recent
-    /// heartbeat; ids that are not registered are left out.
-    pub(crate) fn locs(&self, ids: &[PeerId]) -> Vec<PeerLoc> {
+    /// Chooses the peer to receive a repair copy of `chunk_bytes`: a
+    /// placement candidate not in `exclude`, spread away from the hosts and
+    /// zones of `spread_from` (the chunk's good replicas). Charges the
+    /// bytes to it. `None` if no peer qualifies.
+    pub(crate) fn pick_repair_target(
+        &mut self,
+        exclude: &[PeerId],
+        spread_from: &[PeerId],
+        chunk_bytes: u64,
+    ) -> Option<PeerLoc> {
         let now = SystemTime::now();
-        let mut found: Vec<(PeerLoc, Timestamp)> = ids
-            .iter()
-            .filter_map(|id| {
-                let st = self.peers.get(id)?;
-                Some((self.loc(*id, st, now), st.rec.last_heartbeat))
-            })
-            .collect();
-        found.sort_by_key(|(loc, hb)| (!loc.live, Reverse(*hb)));
-        found.into_iter().map(|(loc, _)| loc).collect()
+        let candidates = self.candidates(now);
+        let mut occupied = Occupied::default();
+        for id in spread_from {
+            if let Some(e) = self.peers.get(id) {
+                occupied.add(&Domain::of(&e.rec.host, *id), &Domain::of(&e.rec.zone, *id));
+            }
+        }
+        let id =
+            placement::pick_target(&candidates, exclude, &occupied, chunk_bytes, &mut rand::thread_rng())?;
+        self.promise(id, chunk_bytes);
+        self.peers.get(&id).map(|e| self.loc(id, e, now))
     }
 
-    /// Sums over the live peers: (capacity bytes, free bytes, live count).
+    /// Where to reach each of `ids`: up peers first, then suspect, then
+    /// down, each by most recent heartbeat; unregistered ids are left out.
+    pub(crate) fn locs(&self, ids: &[PeerId]) -> Vec<PeerLoc> {
+        let now = SystemTime::now();
+        let mut found: Vec<(PeerLoc, Liveness, Timestamp)> = ids
+            .iter()
+            .filter_map(|id| {
+                let e = self.peers.get(id)?;
+                Some((self.loc(*id, e, now), self.liveness(&e.rec, now), e.rec.last_heartbeat))
+            })
+            .collect();
+        found.sort_by_key(|(_, l, hb)| (*l, Reverse(*hb)));
+        found.into_iter().map(|(loc, _, _)| loc).collect()
+    }
+
+    /// Sums over the peers that can take new data (not down, not
+    /// draining): (capacity bytes, free bytes, count).
     pub(crate) fn live_totals(&self) -> (u64, u64, u32) {
         let now = SystemTime::now();
-        self.peers.values().filter(|st| self.is_live(&st.rec, now)).fold(
+        self.peers.values().filter(|e| !e.rec.draining && self.liveness(&e.rec, now) != Liveness::Down).fold(
             (0u64, 0u64, 0u32),
-            |(cap, free, n), st| {
+            |(cap, free, n), e| {
                 (
-                    cap.saturating_add(st.rec.usage.capacity_bytes),
-                    free.saturating_add(st.rec.usage.free_bytes),
+                    cap.saturating_add(e.rec.usage.capacity_bytes),
+                    free.saturating_add(e.rec.usage.free_bytes),
                     n.saturating_add(1),
                 )
             },
         )
     }
 
-    /// Every peer with its state, in id order.
+    /// Every peer with its state, labels and last survey figures, in id
+    /// order.
     pub(crate) fn list(&self) -> Vec<PeerStatus> {
         let now = SystemTime::now();
         let mut out: Vec<PeerStatus> = self
             .peers
             .iter()
-            .map(|(id, st)| PeerStatus {
-                loc: self.loc(*id, st, now),
-                usage: st.rec.usage,
-                last_heartbeat: st.rec.last_heartbeat,
+            .map(|(id, e)| PeerStatus {
+                loc: self.loc(*id, e, now),
+                usage: e.rec.usage,
+                last_heartbeat: e.rec.last_heartbeat,
+                state: self.state(e, now),
+                labels: e.rec.labels(),
+                indexed_chunks: e.survey.map_or(0, |s| s.indexed),
             })
             .collect();
         out.sort_by_key(|s| s.loc.id);
         out
+    }
+
+    /// How many peers are in each state: up, suspect, down, draining,
+    /// drained.
+    pub(crate) fn state_counts(&self) -> [u32; 5] {
+        let now = SystemTime::now();
+        let mut n = [0u32; 5];
+        for e in self.peers.values() {
+            let i = match self.state(e, now) {
+                PeerState::Up => 0,
+                PeerState::Suspect => 1,
+                PeerState::Down => 2,
+                PeerState::Draining => 3,
+                PeerState::Drained => 4,
+            };
+            n[i] += 1;
+        }
+        n
+    }
+
+    /// A snapshot for a worker round.
+    pub(crate) fn view(&self) -> PeerView {
+        let now = SystemTime::now();
+        let peers = self
+            .peers
+            .iter()
+            .map(|(id, e)| {
+                let info = PeerInfo {
+                    addr: e.rec.addr.clone(),
+                    liveness: self.liveness(&e.rec, now),
+                    draining: e.rec.draining,
+                    silent_for: Self::silent_for(&e.rec, now),
+                };
+                (*id, info)
+            })
+            .collect();
+        PeerView { peers }
+    }
+
+    /// Stores a survey's per-peer figures. Only peers present in `view`
+    /// (the snapshot the survey classified with) are updated, so a peer
+    /// that started draining after the snapshot keeps showing `Draining`.
+    pub(crate) fn set_survey(&mut self, view: &PeerView, figures: &HashMap<PeerId, PeerSurvey>) {
+        for (id, e) in self.peers.iter_mut() {
+            let Some(seen) = view.peers.get(id) else { continue };
+            if seen.draining != e.rec.draining {
+                continue;
+            }
+            e.survey = Some(figures.get(id).copied().unwrap_or_default());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::rpc::dir::PeerLabels;
 
     fn rec(free: u64, age: Duration) -> PeerRecord {
-        PeerRecord {
-            addr: "127.0.0.1:1".into(),
-            usage: PeerUsage { capacity_bytes: 1000, free_bytes: free, used_bytes: 1000 - free, chunks: 0 },
-            last_heartbeat: Timestamp::from(SystemTime::now() - age),
-        }
+        PeerRecord::new(
+            "127.0.0.1:1".into(),
+            PeerUsage { capacity_bytes: 1000, free_bytes: free, used_bytes: 1000 - free, chunks: 0 },
+            Timestamp::from(SystemTime::now() - age),
+            PeerLabels::default(),
+        )
+    }
+
+    fn table(peers: Vec<(u8, PeerRecord)>) -> PeerTable {
+        PeerTable::new(
+            peers.into_iter().map(|(k, r)| (PeerId([k; 16]), r)).collect(),
+            Duration::from_secs(6),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        )
     }
 
     #[test]
-    fn silent_peers_are_down_and_excluded_from_placement_and_totals() {
-        let t = PeerTable::new(
-            vec![
-                (PeerId([1; 16]), rec(800, Duration::ZERO)),
-                (PeerId([2; 16]), rec(900, Duration::from_secs(60))),
-            ],
-            Duration::from_secs(10),
-            Duration::from_secs(5),
-        );
+    fn heartbeat_age_gives_up_suspect_and_down() {
+        let t = table(vec![
+            (1, rec(800, Duration::ZERO)),
+            (2, rec(900, Duration::from_secs(8))),
+            (3, rec(900, Duration::from_secs(60))),
+        ]);
+        let states: Vec<PeerState> = t.list().iter().map(|s| s.state).collect();
+        assert_eq!(states, vec![PeerState::Up, PeerState::Suspect, PeerState::Down]);
+        let live: Vec<bool> = t.list().iter().map(|s| s.loc.live).collect();
+        assert_eq!(live, vec![true, true, false]);
+        assert_eq!(t.state_counts(), [1, 1, 1, 0, 0]);
+        // Readers get up, then suspect, then down.
+        let locs = t.locs(&[PeerId([3; 16]), PeerId([2; 16]), PeerId([1; 16]), PeerId([9; 16])]);
+        let order: Vec<PeerId> = locs.iter().map(|l| l.id).collect();
+        assert_eq!(order, vec![PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16])]);
+        // Suspect peers are not placed on but still count for statfs.
         let mut t = t;
-        assert_eq!(t.live_totals(), (1000, 800, 1));
         assert_eq!(t.place(2, 1, 1), Err(DirError::NoPeers { needed: 2, live: 1 }));
-        let locs = t.locs(&[PeerId([2; 16]), PeerId([1; 16]), PeerId([9; 16])]);
-        assert_eq!(locs.len(), 2);
-        assert_eq!(locs[0].id, PeerId([1; 16]));
-        assert!(locs[0].live && !locs[1].live);
+        assert_eq!(t.live_totals(), (2000, 1700, 2));
+    }
+
+    #[test]
+    fn draining_peers_get_no_chunks_and_become_drained_after_a_survey() {
+        let mut t = table(vec![(1, rec(800, Duration::ZERO)), (2, rec(800, Duration::ZERO))]);
+        let d = PeerId([2; 16]);
+        t.set_draining(d);
+        assert_eq!(t.place(2, 1, 1), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(t.list()[1].state, PeerState::Draining);
+        let view = t.view();
+        t.set_survey(&view, &HashMap::from([(d, PeerSurvey { indexed: 4, needed: true })]));
+        assert_eq!((t.list()[1].state, t.list()[1].indexed_chunks), (PeerState::Draining, 4));
+        t.set_survey(&view, &HashMap::from([(d, PeerSurvey { indexed: 4, needed: false })]));
+        assert_eq!(t.list()[1].state, PeerState::Drained);
+        assert!(t.list()[1].loc.live, "a drained peer that heartbeats is still live");
+        // A re-registration keeps the drain flag.
+        t.registered(d, rec(800, Duration::ZERO));
+        assert_eq!(t.list()[1].state, PeerState::Drained);
+        assert_eq!(t.state_counts(), [1, 0, 0, 0, 1]);
+        // A survey taken before a drain does not mark the peer drained.
+        let mut t = table(vec![(1, rec(800, Duration::ZERO))]);
+        let before = t.view();
+        t.set_draining(PeerId([1; 16]));
+        t.set_survey(&before, &HashMap::new());
+        assert_eq!(t.list()[0].state, PeerState::Draining);
     }
 
     #[test]
     fn promises_spread_placements_until_the_next_heartbeat() {
-        let mut t = PeerTable::new(
-            vec![(PeerId([1; 16]), rec(1000, Duration::ZERO)), (PeerId([2; 16]), rec(1000, Duration::ZERO))],
-            Duration::from_secs(10),
-            Duration::from_secs(5),
-        );
-        let a = t.place(1, 1, 100).unwrap();
-        let b = t.place(1, 1, 100).unwrap();
+        let mut t = table(vec![(1, rec(1000, Duration::ZERO)), (2, rec(1000, Duration::ZERO))]);
+        // Each peer has room for one 600-byte chunk until it reports again.
+        let a = t.place(1, 1, 600).unwrap();
+        let b = t.place(1, 1, 600).unwrap();
         assert_ne!(a[0][0].id, b[0][0].id, "second call must avoid the promised peer");
-        // A heartbeat clears the promise of the peer that sent it.
+        assert!(matches!(t.place(1, 1, 600), Err(DirError::NoPeers { .. })));
         let first = a[0][0].id;
         let usage = rec(1000, Duration::ZERO).usage;
-        assert_eq!(t.heartbeat(first, usage, Timestamp::now()), Ok(None));
-        let c = t.place(1, 1, 100).unwrap();
-        assert_eq!(c[0][0].id, first);
+        assert_eq!(t.heartbeat(first, usage, Timestamp::now()), Ok(false));
+        assert_eq!(t.place(1, 1, 600).unwrap()[0][0].id, first);
         assert_eq!(t.heartbeat(PeerId([7; 16]), usage, Timestamp::now()), Err(DirError::NotFound));
     }
 }

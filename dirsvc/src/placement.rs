@@ -1,16 +1,50 @@
-//! Replica placement: which peers receive each new chunk.
+//! Replica placement: which peers receive each new chunk, and which peer
+//! receives a repair copy.
 //!
-//! Pure functions over a snapshot of candidate peers, so the policy can grow
-//! (host and zone spreading, weights) without touching the registry or the
-//! RPC layer. The current policy: for each chunk, the R distinct candidates
-//! with the most free space that can still take the chunk, where "free"
-//! already subtracts what earlier chunks of the same call (and earlier
-//! calls, via the registry's promised bytes) were sent.
+//! Pure functions over a snapshot of candidate peers (the registry decides
+//! who is a candidate: only peers that are up and not draining), so the
+//! policy is testable without sockets. The policy, per replica slot:
+//!
+//! 1. Failure domains first: among the candidates not chosen yet, prefer
+//!    those on a host *and* in a zone no replica of the chunk uses yet;
+//!    failing that, a new host in a used zone; failing that, any candidate.
+//!    An empty host or zone label means "unknown": the peer is then its own
+//!    host or zone, so unlabelled peers spread like distinct machines.
+//! 2. Within that tier, a weighted random choice by free space (free =
+//!    reported free bytes minus bytes promised to the peer since its last
+//!    report, minus what this call already charged it). Drawing without
+//!    replacement keeps the replicas on distinct peers. Over many chunks a
+//!    peer receives new data in proportion to its free space, so a new,
+//!    empty peer takes its share at once but not everything.
+//!
+//! Each choice charges the chunk's size to the chosen peers, so a single
+//! call also spreads.
 
 use common::rpc::dir::DirError;
 use common::PeerId;
+use rand::Rng;
 
-/// A live peer that may receive chunks.
+/// A failure domain (host or zone) of a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Domain {
+    /// A label the peer registered with.
+    Named(String),
+    /// No label: the peer is a domain of its own.
+    Own(PeerId),
+}
+
+impl Domain {
+    /// The domain named by `label`, or `peer`'s own one for an empty label.
+    pub fn of(label: &str, peer: PeerId) -> Domain {
+        if label.is_empty() {
+            Domain::Own(peer)
+        } else {
+            Domain::Named(label.to_string())
+        }
+    }
+}
+
+/// A peer that may receive chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// The peer.
@@ -18,13 +52,64 @@ pub struct Candidate {
     /// Free bytes: last reported free space minus bytes promised to it by
     /// placements since that report.
     pub free: u64,
+    /// Its host.
+    pub host: Domain,
+    /// Its zone.
+    pub zone: Domain,
+}
+
+/// The hosts and zones a chunk's replicas already occupy.
+#[derive(Clone, Debug, Default)]
+pub struct Occupied {
+    hosts: Vec<Domain>,
+    zones: Vec<Domain>,
+}
+
+impl Occupied {
+    /// Marks `host` and `zone` as used.
+    pub fn add(&mut self, host: &Domain, zone: &Domain) {
+        if !self.hosts.contains(host) {
+            self.hosts.push(host.clone());
+        }
+        if !self.zones.contains(zone) {
+            self.zones.push(zone.clone());
+        }
+    }
+
+    /// Tier of a candidate: 0 = new host and new zone, 1 = new host, 2 =
+    /// neither.
+    fn tier(&self, c: &Candidate) -> u8 {
+        match (self.hosts.contains(&c.host), self.zones.contains(&c.zone)) {
+            (false, false) => 0,
+            (false, true) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// Picks one index of `pool` (indices into `cands`) from the best failure-
+/// domain tier, weighted by free space. `None` if `pool` is empty.
+fn pick(cands: &[Candidate], pool: &[usize], occupied: &Occupied, rng: &mut impl Rng) -> Option<usize> {
+    let best = pool.iter().map(|&i| occupied.tier(&cands[i])).min()?;
+    let tier: Vec<usize> = pool.iter().copied().filter(|&i| occupied.tier(&cands[i]) == best).collect();
+    let total: u128 = tier.iter().map(|&i| u128::from(cands[i].free)).sum();
+    if total == 0 {
+        return Some(tier[rng.gen_range(0..tier.len())]);
+    }
+    let mut x = rng.gen_range(0..total);
+    for &i in &tier {
+        let w = u128::from(cands[i].free);
+        if x < w {
+            return Some(i);
+        }
+        x -= w;
+    }
+    tier.last().copied()
 }
 
 /// Chooses `replicas` distinct peers for each of `count` chunks of
-/// `chunk_bytes` bytes. Each choice takes the candidates with the most
-/// free space (ties broken by id) among those with at least `chunk_bytes`
-/// free, then charges them `chunk_bytes`, so consecutive chunks spread over
-/// the peers.
+/// `chunk_bytes` bytes (policy: module documentation). Only candidates
+/// with at least `chunk_bytes` free (after earlier charges) take part.
 ///
 /// Errors: `NoPeers { needed: replicas, live }` when fewer than `replicas`
 /// candidates can take a chunk, where `live` is how many could.
@@ -33,69 +118,160 @@ pub fn place(
     replicas: u32,
     count: u32,
     chunk_bytes: u64,
+    rng: &mut impl Rng,
 ) -> Result<Vec<Vec<PeerId>>, DirError> {
     let r = replicas as usize;
-    let mut free: Vec<Candidate> = candidates.to_vec();
+    let mut cands: Vec<Candidate> = candidates.to_vec();
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let mut eligible: Vec<usize> = (0..free.len()).filter(|&i| free[i].free >= chunk_bytes).collect();
-        if eligible.len() < r {
-            return Err(DirError::NoPeers { needed: replicas, live: eligible.len() as u32 });
+        let mut pool: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].free >= chunk_bytes).collect();
+        if pool.len() < r {
+            return Err(DirError::NoPeers { needed: replicas, live: pool.len() as u32 });
         }
-        eligible.sort_by(|&a, &b| free[b].free.cmp(&free[a].free).then(free[a].id.cmp(&free[b].id)));
-        let chosen: Vec<PeerId> = eligible[..r]
-            .iter()
-            .map(|&i| {
-                free[i].free -= chunk_bytes;
-                free[i].id
-            })
-            .collect();
+        let mut occupied = Occupied::default();
+        let mut chosen = Vec::with_capacity(r);
+        for _ in 0..r {
+            let Some(i) = pick(&cands, &pool, &occupied, rng) else { break };
+            pool.retain(|&j| j != i);
+            occupied.add(&cands[i].host, &cands[i].zone);
+            cands[i].free -= chunk_bytes;
+            chosen.push(cands[i].id);
+        }
         out.push(chosen);
     }
     Ok(out)
 }
 
+/// Chooses the peer to receive one repair copy of a chunk of `chunk_bytes`:
+/// a candidate with room that is not in `exclude` (peers that hold or are
+/// known to have failed the chunk), spread away from the domains in
+/// `occupied` (those of the chunk's good replicas), weighted by free space.
+/// `None` if no candidate qualifies.
+pub fn pick_target(
+    candidates: &[Candidate],
+    exclude: &[PeerId],
+    occupied: &Occupied,
+    chunk_bytes: u64,
+    rng: &mut impl Rng,
+) -> Option<PeerId> {
+    let pool: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].free >= chunk_bytes && !exclude.contains(&candidates[i].id))
+        .collect();
+    pick(candidates, &pool, occupied, rng).map(|i| candidates[i].id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
     use std::collections::HashMap;
 
     fn cand(n: u8, free: u64) -> Candidate {
-        Candidate { id: PeerId([n; 16]), free }
-    }
-
-    #[test]
-    fn each_chunk_gets_r_distinct_peers_with_most_free_space() {
-        let c = [cand(1, 100), cand(2, 500), cand(3, 300)];
-        let sets = place(&c, 2, 1, 10).unwrap();
-        assert_eq!(sets, vec![vec![PeerId([2; 16]), PeerId([3; 16])]]);
-    }
-
-    #[test]
-    fn consecutive_chunks_spread_evenly_over_equal_peers() {
-        let c: Vec<_> = (1..=4).map(|n| cand(n, 1000)).collect();
-        let sets = place(&c, 2, 8, 10).unwrap();
-        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
-        for s in &sets {
-            assert_eq!(s.len(), 2);
-            assert_ne!(s[0], s[1]);
-            for p in s {
-                *per_peer.entry(*p).or_default() += 1;
-            }
+        Candidate {
+            id: PeerId([n; 16]),
+            free,
+            host: Domain::Own(PeerId([n; 16])),
+            zone: Domain::Own(PeerId([n; 16])),
         }
-        assert_eq!(per_peer.len(), 4);
-        assert!(per_peer.values().all(|&n| n == 4), "{per_peer:?}");
+    }
+
+    fn labelled(n: u8, host: &str, zone: &str) -> Candidate {
+        let id = PeerId([n; 16]);
+        Candidate { id, free: 1 << 30, host: Domain::of(host, id), zone: Domain::of(zone, id) }
+    }
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn each_chunk_gets_r_distinct_peers() {
+        let c: Vec<_> = (1..=4).map(|n| cand(n, 1000)).collect();
+        let sets = place(&c, 3, 200, 1, &mut rng()).unwrap();
+        for s in &sets {
+            assert_eq!(s.len(), 3);
+            assert!(s[0] != s[1] && s[1] != s[2] && s[0] != s[2], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn choices_are_proportional_to_free_space() {
+        // One replica per chunk: a peer with 3× the free space gets about 3×
+        // the chunks. Small chunks, so the charges barely move the weights.
+        let c = [cand(1, 3 << 30), cand(2, 1 << 30)];
+        let sets = place(&c, 1, 4000, 1024, &mut rng()).unwrap();
+        let big = sets.iter().filter(|s| s[0] == PeerId([1; 16])).count() as f64;
+        let ratio = big / (4000.0 - big);
+        assert!((2.5..3.6).contains(&ratio), "ratio {ratio}");
+    }
+
+    #[test]
+    fn charges_move_later_chunks_to_other_peers() {
+        // Room for exactly two chunks each: four single-replica chunks must
+        // land two and two.
+        let c = [cand(1, 20), cand(2, 20)];
+        let sets = place(&c, 1, 4, 10, &mut rng()).unwrap();
+        let mut n: HashMap<PeerId, usize> = HashMap::new();
+        for s in &sets {
+            *n.entry(s[0]).or_default() += 1;
+        }
+        assert_eq!(n.values().copied().collect::<Vec<_>>(), vec![2, 2]);
+    }
+
+    #[test]
+    fn replicas_spread_over_hosts_then_zones() {
+        // Two peers on host a (zone z1), one on host b (z1), one on host c (z2):
+        // three replicas must take a, b and c.
+        let c =
+            [labelled(1, "a", "z1"), labelled(2, "a", "z1"), labelled(3, "b", "z1"), labelled(4, "c", "z2")];
+        for s in place(&c, 3, 300, 1, &mut rng()).unwrap() {
+            assert!(s.contains(&PeerId([3; 16])) && s.contains(&PeerId([4; 16])), "{s:?}");
+        }
+        // Three hosts, two zones, R = 2: the lone z2 peer is in every set.
+        let c = [labelled(1, "h1", "z1"), labelled(2, "h2", "z1"), labelled(3, "h3", "z2")];
+        for s in place(&c, 2, 300, 1, &mut rng()).unwrap() {
+            assert!(s.contains(&PeerId([3; 16])), "{s:?}");
+        }
+        // Unlabelled peers count as distinct hosts: two unlabelled peers beat
+        // a second peer on a labelled host.
+        let c = [labelled(1, "a", ""), labelled(2, "a", ""), labelled(3, "", ""), labelled(4, "", "")];
+        for s in place(&c, 3, 300, 1, &mut rng()).unwrap() {
+            assert!(s.contains(&PeerId([3; 16])) && s.contains(&PeerId([4; 16])), "{s:?}");
+        }
+        // When labels cannot be satisfied, placement still succeeds.
+        let c = [labelled(1, "a", "z"), labelled(2, "a", "z")];
+        assert_eq!(place(&c, 2, 1, 1, &mut rng()).unwrap()[0].len(), 2);
     }
 
     #[test]
     fn too_few_candidates_or_too_little_room_is_no_peers() {
         let c = [cand(1, 1000)];
-        assert_eq!(place(&c, 2, 1, 10), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(place(&c, 2, 1, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 1 }));
         let c = [cand(1, 1000), cand(2, 5)];
-        assert_eq!(place(&c, 2, 1, 10), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(place(&c, 2, 1, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 1 }));
         // Room runs out part-way through one call.
         let c = [cand(1, 25), cand(2, 25)];
-        assert_eq!(place(&c, 2, 3, 10), Err(DirError::NoPeers { needed: 2, live: 0 }));
-        assert_eq!(place(&c, 2, 0, 10), Ok(vec![]));
+        assert_eq!(place(&c, 2, 3, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 0 }));
+        assert_eq!(place(&c, 2, 0, 10, &mut rng()), Ok(vec![]));
+        // Zero free space everywhere and zero-byte chunks: still a choice.
+        let c = [cand(1, 0), cand(2, 0)];
+        assert_eq!(place(&c, 2, 1, 0, &mut rng()).unwrap()[0].len(), 2);
+    }
+
+    #[test]
+    fn repair_targets_avoid_holders_and_occupied_domains() {
+        let c =
+            [labelled(1, "a", "z1"), labelled(2, "a", "z1"), labelled(3, "b", "z2"), labelled(4, "c", "z1")];
+        let mut occ = Occupied::default();
+        occ.add(&c[0].host, &c[0].zone);
+        for _ in 0..100 {
+            // Holder 1 is on a/z1: the only new-host-new-zone peer is 3.
+            assert_eq!(pick_target(&c, &[c[0].id], &occ, 1, &mut rng()), Some(c[2].id));
+        }
+        // With 3 excluded, a new host in a used zone (4) beats the same host (2).
+        assert_eq!(pick_target(&c, &[c[0].id, c[2].id], &occ, 1, &mut rng()), Some(c[3].id));
+        assert_eq!(pick_target(&c, &[c[0].id, c[1].id, c[2].id, c[3].id], &occ, 1, &mut rng()), None);
+        assert_eq!(pick_target(&c, &[], &occ, 1 << 40, &mut rng()), None, "no room anywhere");
     }
 }

@@ -4,19 +4,21 @@
 
 use crate::error::{invalid, Error};
 use crate::peers::PeerTable;
-use crate::store::tables::PeerRecord;
+use crate::shared::Shared;
 use crate::store::Store;
+use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
-    Attr, BlockLoc, CommitLayout, DirError, DirService, LayoutPage, NewInode, PeerRegistration, PeerStatus,
-    PeerUsage, ReadDirPage, SetAttr, StatFs, VolumeInfo,
+    Attr, BlockLoc, ClusterStatus, CommitLayout, DirError, DirService, LayoutPage, NewInode,
+    PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SetAttr, StatFs, VolumeInfo,
 };
 use common::rpc::{PeerLoc, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use tarpc::context::Context;
-use tracing::{debug, error, info, instrument};
+use tracing::{debug, error, info, instrument, warn};
 
 /// Most chunks one `placement` call may ask for.
 pub const MAX_PLACEMENT_COUNT: u32 = 4096;
@@ -27,12 +29,17 @@ pub const MAX_LOCATION_QUERY: usize = 65536;
 /// Longest peer address accepted at registration, in bytes.
 pub const MAX_PEER_ADDR: usize = 256;
 
+/// Longest host or zone label accepted at registration, in bytes.
+pub const MAX_LABEL: usize = 256;
+
 /// The directory service: a cheap-to-clone handle implementing
-/// [`DirService`] over a [`Store`] and the in-memory peer mirror.
-#[derive(Clone)]
+/// [`DirService`] over a [`Store`], the in-memory peer mirror and the
+/// counters the background workers share.
+#[derive(Clone, Debug)]
 pub struct DirServer {
+    shared: Arc<Shared>,
+    /// Shortcut to `shared.store`.
     store: Arc<Store>,
-    peers: Arc<Mutex<PeerTable>>,
 }
 
 impl DirServer {
@@ -41,9 +48,8 @@ impl DirServer {
     ///
     /// Errors: as [`Store::peers`].
     pub fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
-        let stored = store.peers()?;
-        let peers = PeerTable::new(stored, config.peer_down_after, config.heartbeat_persist_every);
-        Ok(DirServer { store, peers: Arc::new(Mutex::new(peers)) })
+        let shared = Arc::new(Shared::new(store.clone(), config)?);
+        Ok(DirServer { shared, store })
     }
 
     /// The store this server writes to.
@@ -51,10 +57,13 @@ impl DirServer {
         &self.store
     }
 
+    /// The state the background workers share with the handlers.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn peers(&self) -> MutexGuard<'_, PeerTable> {
-        // Nothing in PeerTable can be left half-updated by a panic that
-        // matters more than stopping service, so take the data as is.
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.peers()
     }
 
     /// Runs `f` on the blocking pool with the store.
@@ -62,8 +71,7 @@ impl DirServer {
         &self,
         f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        self.shared.blocking(f).await
     }
 }
 
@@ -302,16 +310,20 @@ impl DirService for DirServer {
         reply("chunk_locations", r)
     }
 
-    #[instrument(skip_all, fields(peer = %reg.id, addr = %reg.addr))]
+    #[instrument(skip_all, fields(peer = %reg.id, addr = %reg.addr, host = %reg.labels.host, zone = %reg.labels.zone))]
     async fn register_peer(self, _: Context, reg: PeerRegistration) -> Result<(), DirError> {
         let r = async {
             check_peer_addr(&reg.addr)?;
-            let rec = PeerRecord { addr: reg.addr, usage: reg.usage, last_heartbeat: Timestamp::now() };
-            let stored = rec.clone();
+            if reg.labels.host.len() > MAX_LABEL || reg.labels.zone.len() > MAX_LABEL {
+                return Err(invalid(format!("host and zone labels are limited to {MAX_LABEL} bytes")));
+            }
             let id = reg.id;
-            self.blocking(move |s| s.put_peer(id, &stored)).await?;
+            let rec = self
+                .blocking(move |s| s.register_peer(id, &reg.addr, reg.usage, &reg.labels, Timestamp::now()))
+                .await?;
+            let draining = rec.draining;
             self.peers().registered(id, rec);
-            info!("peer registered");
+            info!(draining, "peer registered");
             Ok(())
         }
         .await;
@@ -321,9 +333,10 @@ impl DirService for DirServer {
     #[instrument(level = "debug", skip_all, fields(peer = %id))]
     async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<(), DirError> {
         let r = async {
-            let due = self.peers().heartbeat(id, usage, Timestamp::now())?;
-            if let Some(rec) = due {
-                self.blocking(move |s| s.put_peer(id, &rec)).await?;
+            let now = Timestamp::now();
+            let due = self.peers().heartbeat(id, usage, now)?;
+            if due {
+                self.blocking(move |s| s.heartbeat_peer(id, usage, now)).await?;
             }
             Ok(())
         }
@@ -333,6 +346,77 @@ impl DirService for DirServer {
 
     async fn list_peers(self, _: Context) -> Result<Vec<PeerStatus>, DirError> {
         Ok(self.peers().list())
+    }
+
+    #[instrument(skip_all, fields(%peer, chunks = chunks.len()))]
+    async fn report_corrupt(self, _: Context, peer: PeerId, chunks: Vec<ChunkId>) -> Result<(), DirError> {
+        let r = async {
+            if chunks.len() > MAX_LOCATION_QUERY {
+                return Err(invalid(format!(
+                    "{} chunks reported (at most {MAX_LOCATION_QUERY})",
+                    chunks.len()
+                )));
+            }
+            let removed = self.blocking(move |s| s.drop_replicas(peer, &chunks)).await?;
+            if removed > 0 {
+                warn!(removed, "corrupt replicas dropped from the index; repair will restore them");
+                self.shared.repair_kick.notify_one();
+            }
+            Ok(())
+        }
+        .await;
+        reply("report_corrupt", r)
+    }
+
+    #[instrument(skip_all, fields(peer = %id))]
+    async fn drain_peer(self, _: Context, id: PeerId) -> Result<(), DirError> {
+        let r = async {
+            let rec = self.blocking(move |s| s.set_draining(id)).await?;
+            self.peers().set_draining(id);
+            info!(addr = %rec.addr, "peer draining: no new chunks; its chunks are being copied elsewhere");
+            self.shared.repair_kick.notify_one();
+            Ok(())
+        }
+        .await;
+        reply("drain_peer", r)
+    }
+
+    /// Cost: one survey of the whole chunk index per call (see
+    /// [`crate::survey`]: about half a second per million chunks).
+    async fn cluster_status(self, _: Context) -> Result<ClusterStatus, DirError> {
+        let r = async {
+            let (view, counts) = {
+                let peers = self.peers();
+                (peers.view(), peers.state_counts())
+            };
+            let stats = &self.shared.stats;
+            let mut st = ClusterStatus {
+                repairs_in_flight: stats.repairs_in_flight.load(Ordering::Relaxed),
+                repaired_total: stats.repaired_total.load(Ordering::Relaxed),
+                repaired_bytes_total: stats.repaired_bytes_total.load(Ordering::Relaxed),
+                gc_deleted_total: stats.gc_deleted_total.load(Ordering::Relaxed),
+                peers_up: counts[0],
+                peers_suspect: counts[1],
+                peers_down: counts[2],
+                peers_draining: counts[3],
+                peers_drained: counts[4],
+                ..ClusterStatus::default()
+            };
+            if let Ok(vol) = self.store.volume_info() {
+                let snapshot = view.clone();
+                let (s, pending) = self
+                    .blocking(move |s| Ok((survey(s, &snapshot, vol.replicas, 0)?, s.unreferenced_count()?)))
+                    .await?;
+                self.peers().set_survey(&view, &s.peers);
+                st.chunks = s.chunks;
+                st.under_replicated = s.under_replicated;
+                st.lost = s.lost;
+                st.gc_pending = pending;
+            }
+            Ok(st)
+        }
+        .await;
+        reply("cluster_status", r)
     }
 }
 

@@ -28,7 +28,7 @@ use common::codec;
 use common::config::{NAME_MAX, SYMLINK_MAX};
 use common::keys::{NameKey, SubKey, VolumeSecret};
 use common::rpc::dir::{
-    Attr, BlockLoc, CommitLayout, FileKind, NewInode, SetAttr, StatFs, StoredChunk, VolumeInfo,
+    Attr, BlockLoc, CommitLayout, DirError, FileKind, NewInode, SetAttr, StatFs, StoredChunk, VolumeInfo,
 };
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
@@ -38,10 +38,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// Most blocks one `commit_layout` carries; larger flushes commit in batches.
 pub const COMMIT_BATCH: usize = 1024;
+
+/// How long a peer whose put failed is avoided by new uploads (5 s, about
+/// when dirsvc stops placing on a silent peer).
+pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Tunables of the client core.
 #[derive(Clone, Debug)]
@@ -56,8 +60,12 @@ pub struct FsConfig {
     /// (default 32).
     pub dirty_blocks_per_file: usize,
     /// Attempts to place and store one block before the write fails
-    /// (default 3).
+    /// (default 3, about 1.2 s of backoff in all).
     pub upload_attempts: u32,
+    /// Replicas a block needs before a write is acknowledged when fewer than
+    /// R peers can take it (degraded write); dirsvc's repair adds the rest.
+    /// `None` means a majority of R (`R/2 + 1`). Clamped to `1..=R`.
+    pub min_replicas: Option<u32>,
 }
 
 impl Default for FsConfig {
@@ -68,6 +76,7 @@ impl Default for FsConfig {
             readahead_blocks: 8,
             dirty_blocks_per_file: 32,
             upload_attempts: 3,
+            min_replicas: None,
         }
     }
 }
@@ -154,6 +163,7 @@ pub struct Fs {
     files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    peer_failures: Mutex<HashMap<common::PeerId, std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,6 +188,7 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            peer_failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -642,33 +653,40 @@ impl Fs {
             .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
         let len = sealed.bytes.len() as u64;
         let want = self.replicas as usize;
+        let min = self.min_replicas() as usize;
+        let mut failed: Vec<common::PeerId> = Vec::new();
         let mut stored: Vec<PeerLoc> = Vec::new();
         let mut errors = Vec::new();
         for attempt in 0..self.config.upload_attempts.max(1) {
-            if attempt > 0 {
+            // The second attempt goes at once (to other peers); later ones
+            // back off.
+            if attempt > 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             }
-            let placed = match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
-                Ok(mut p) if !p.is_empty() => p.swap_remove(0),
-                Ok(_) => {
-                    errors.push("placement returned no peers".to_string());
-                    continue;
-                }
+            let skip: Vec<common::PeerId> = stored
+                .iter()
+                .map(|p| p.id)
+                .chain(failed.iter().copied())
+                .chain(self.recently_failed())
+                .collect();
+            let targets = match self.place(len, &skip).await {
+                Ok(t) => t.into_iter().take(want - stored.len()).collect::<Vec<_>>(),
                 Err(e) => {
                     errors.push(e.to_string());
                     continue;
                 }
             };
-            let targets: Vec<PeerLoc> = placed
-                .into_iter()
-                .filter(|p| !stored.iter().any(|s| s.id == p.id))
-                .take(want - stored.len())
-                .collect();
+            if targets.is_empty() {
+                errors.push("no live peer can take the block".into());
+                continue;
+            }
             let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, sealed.bytes.clone()));
             for (p, r) in targets.iter().zip(futures::future::join_all(puts).await) {
                 match r {
                     Ok(()) => stored.push(p.clone()),
                     Err(e) => {
+                        failed.push(p.id);
+                        lock(&self.peer_failures).insert(p.id, std::time::Instant::now());
                         warn!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
                         errors.push(format!("{}: {e}", p.addr));
                     }
@@ -678,12 +696,15 @@ impl Fs {
                 break;
             }
         }
-        if stored.len() < want {
+        if stored.len() < min {
             return Err(Error::Upload(format!(
-                "block {idx} of inode {ino}: stored on {} of {want} peers ({})",
+                "block {idx} of inode {ino}: stored on {} of {want} peers, {min} needed ({})",
                 stored.len(),
                 errors.join("; ")
             )));
+        }
+        if stored.len() < want {
+            info!(ino = %ino, block = idx, stored = stored.len(), want, "block stored degraded; repair will add the missing replicas");
         }
         debug!(ino = %ino, block = idx, chunk = %sealed.id, "block stored");
         self.cache.insert(sealed.id, data);
@@ -695,6 +716,42 @@ impl Fs {
             },
             locs: stored,
         })
+    }
+
+    /// Peers whose put failed within [`PEER_FAILURE_MEMORY`]: skipped by
+    /// placement for other blocks too, so a dead peer costs one failed put,
+    /// not one per block, until dirsvc notices it is gone.
+    fn recently_failed(&self) -> Vec<common::PeerId> {
+        let mut f = lock(&self.peer_failures);
+        f.retain(|_, at| at.elapsed() < PEER_FAILURE_MEMORY);
+        f.keys().copied().collect()
+    }
+
+    /// Replicas needed to acknowledge a write (see [`FsConfig::min_replicas`]).
+    fn min_replicas(&self) -> u32 {
+        self.config.min_replicas.unwrap_or(self.replicas / 2 + 1).clamp(1, self.replicas.max(1))
+    }
+
+    /// Peers to store one more copy of a chunk on, excluding `skip` (peers
+    /// that hold it or just failed): dirsvc's placement, or, when that
+    /// cannot help (fewer than R peers up, or it names only skipped peers),
+    /// the up peers with the most free space.
+    async fn place(&self, len: u64, skip: &[common::PeerId]) -> Result<Vec<PeerLoc>> {
+        let fresh = |p: &PeerLoc| !skip.contains(&p.id);
+        match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
+            Ok(mut sets) if !sets.is_empty() => {
+                let placed: Vec<PeerLoc> = sets.swap_remove(0).into_iter().filter(|p| fresh(p)).collect();
+                if !placed.is_empty() {
+                    return Ok(placed);
+                }
+            }
+            Ok(_) | Err(Error::Dir(DirError::NoPeers { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        let mut peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+        peers.retain(|p| p.state == common::rpc::dir::PeerState::Up && fresh(&p.loc));
+        peers.sort_by_key(|p| std::cmp::Reverse(p.usage.free_bytes));
+        Ok(peers.into_iter().map(|p| p.loc).collect())
     }
 
     fn apply_upload(st: &mut FileState, idx: u64, r: Result<Uploaded>, data: Block) {
@@ -748,7 +805,7 @@ impl Fs {
     }
 
     /// Commits finished uploads, size and mtime to dirsvc, in batches.
-    async fn commit(&self, st: &mut FileState) -> Result<()> {
+    async fn commit(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
         if st.uncommitted.is_empty() && !st.meta_dirty {
             return Ok(());
         }
@@ -757,13 +814,24 @@ impl Fs {
             let batch: Vec<(u64, Option<StoredChunk>)> =
                 st.uncommitted.iter().take(COMMIT_BATCH).map(|(i, c)| (*i, c.clone())).collect();
             let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
-            let attr = self
+            let r = self
                 .dir
                 .call(|c, ctx| {
                     let cm = commit.clone();
                     async move { c.commit_layout(ctx, ino, cm).await }
                 })
-                .await?;
+                .await;
+            let attr = match r {
+                Ok(a) => a,
+                Err(Error::Dir(DirError::ChunkGone(gone))) => {
+                    // Garbage collection deleted a chunk this commit names (it
+                    // stayed uncommitted past the grace period). Store those
+                    // blocks again from the cache, or fail loudly.
+                    self.restore_gone(st, gone).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for (i, _) in &batch {
                 st.uncommitted.remove(i);
             }
@@ -774,6 +842,45 @@ impl Fs {
         }
         st.meta_dirty = false;
         Ok(())
+    }
+
+    /// Re-stores every uncommitted block that names the collected chunk
+    /// `gone`, from the plaintext in the block cache.
+    ///
+    /// Errors: `EIO` if the plaintext is no longer cached.
+    async fn restore_gone(self: &Arc<Self>, st: &mut FileState, gone: common::ChunkId) -> Result<()> {
+        let idxs: Vec<u64> = st
+            .uncommitted
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.id == gone))
+            .map(|(i, _)| *i)
+            .collect();
+        if idxs.is_empty() {
+            return Err(Error::Upload(format!(
+                "dirsvc says chunk {gone} is gone, but no pending block names it"
+            )));
+        }
+        for idx in idxs {
+            let Some(data) = self.cache.get(&gone) else {
+                error!(ino = %st.ino, block = idx, chunk = %gone, "an uncommitted block was garbage-collected and is no longer cached");
+                return Err(Error::Upload(format!(
+                    "block {idx} was garbage-collected before it was committed"
+                )));
+            };
+            warn!(ino = %st.ino, block = idx, chunk = %gone, "uncommitted block was garbage-collected; storing it again");
+            st.uncommitted.remove(&idx);
+            st.dirty.insert(idx, data);
+            self.start_upload(st, idx).await;
+        }
+        let uploading = std::mem::take(&mut st.uploading);
+        for (idx, (data, task)) in uploading {
+            let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
+            Self::apply_upload(st, idx, r, data);
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Sets the size of a regular file. Shrinking to a size inside a stored

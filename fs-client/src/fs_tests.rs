@@ -234,3 +234,25 @@ async fn a_write_with_no_live_peer_fails_with_an_error_instead_of_hanging() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() {
+    within(async {
+        let mut c = Cluster::start(3, 3, B as u32).await;
+        let fs = c.client().await;
+        c.peers[2].take().unwrap().shutdown().await;
+        // R = 3 with one peer gone: a majority (2) is enough to acknowledge.
+        let data = pattern(3 * B, 5);
+        let ino = write_file(&fs, b"degraded", &data, B).await;
+        assert_eq!(read_all(&c.client().await, ino).await, data);
+        // Asking for all three replicas makes the same write fail with EIO.
+        let dir = DirClient::connect(&c.addr).await.unwrap();
+        let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
+        let strict = Fs::new(dir, &info, &secret, FsConfig { min_replicas: Some(3), ..FsConfig::default() });
+        let (_, fh) = strict.create(InodeId::ROOT, b"strict", 0o644, 0, 0).await.unwrap();
+        strict.write(fh, 0, &data).await.unwrap_or(0);
+        assert_eq!(strict.flush(fh).await.unwrap_err().errno(), libc::EIO);
+        c.stop().await;
+    })
+    .await
+}

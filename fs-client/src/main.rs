@@ -61,6 +61,10 @@ enum Cmd {
         /// Blocks sealed and uploaded at once (bounds memory and peer load).
         #[arg(long, default_value_t = FsConfig::default().uploads_in_flight)]
         uploads_in_flight: usize,
+        /// Replicas a block needs before a write is acknowledged when fewer
+        /// than R peers are up (default: a majority of R).
+        #[arg(long)]
+        min_replicas: Option<u32>,
         /// Where to mount.
         mountpoint: PathBuf,
     },
@@ -69,6 +73,20 @@ enum Cmd {
         /// dirsvc address, host:port.
         #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
         dirsvc: String,
+    },
+    /// Cluster health: redundancy, repair and garbage collection, then the peers.
+    Status {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+    },
+    /// Drain a peer: copy its chunks elsewhere so it can leave with no loss.
+    Drain {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// The peer's id (32 hex digits, as `fs-client peers` shows).
+        peer: String,
     },
 }
 
@@ -115,35 +133,93 @@ fn main() -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Mount { dirsvc, identity, cache_mib, threads, uploads_in_flight, mountpoint } => {
-            let fs = FsConfig { cache_bytes: cache_mib << 20, uploads_in_flight, ..FsConfig::default() };
+        Cmd::Mount { dirsvc, identity, cache_mib, threads, uploads_in_flight, min_replicas, mountpoint } => {
+            let fs = FsConfig {
+                cache_bytes: cache_mib << 20,
+                uploads_in_flight,
+                min_replicas,
+                ..FsConfig::default()
+            };
             fs_client::mount::run(MountConfig { dirsvc, identity, mountpoint, fuse_threads: threads, fs })?;
         }
         Cmd::Peers { dirsvc } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let dir = DirClient::connect(&dirsvc)
-                    .await
-                    .with_context(|| format!("cannot reach dirsvc at {dirsvc}"))?;
-                let peers = dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
-                println!(
-                    "{:<34} {:<22} {:<5} {:>12} {:>12} {:>8}",
-                    "PEER", "ADDRESS", "STATE", "USED", "CAPACITY", "CHUNKS"
-                );
-                for p in peers {
-                    println!(
-                        "{:<34} {:<22} {:<5} {:>12} {:>12} {:>8}",
-                        p.loc.id.to_hex(),
-                        p.loc.addr,
-                        if p.loc.live { "live" } else { "down" },
-                        p.usage.used_bytes,
-                        p.usage.capacity_bytes,
-                        p.usage.chunks
-                    );
+                let dir = connect(&dirsvc).await?;
+                print_peers(&dir).await
+            })?;
+        }
+        Cmd::Status { dirsvc } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = connect(&dirsvc).await?;
+                let s = dir.call(|c, ctx| async move { c.cluster_status(ctx).await }).await?;
+                for (k, v) in [
+                    ("chunks", s.chunks),
+                    ("under_replicated", s.under_replicated),
+                    ("lost", s.lost),
+                    ("repairs_in_flight", u64::from(s.repairs_in_flight)),
+                    ("repaired_total", s.repaired_total),
+                    ("repaired_bytes_total", s.repaired_bytes_total),
+                    ("gc_pending", s.gc_pending),
+                    ("gc_deleted_total", s.gc_deleted_total),
+                    ("peers_up", u64::from(s.peers_up)),
+                    ("peers_suspect", u64::from(s.peers_suspect)),
+                    ("peers_down", u64::from(s.peers_down)),
+                    ("peers_draining", u64::from(s.peers_draining)),
+                    ("peers_drained", u64::from(s.peers_drained)),
+                ] {
+                    println!("{k}: {v}");
                 }
+                println!();
+                print_peers(&dir).await
+            })?;
+        }
+        Cmd::Drain { dirsvc, peer } => {
+            let id: common::PeerId = peer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad peer id {peer:?} (32 hex digits expected): {e}"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = connect(&dirsvc).await?;
+                dir.call(|c, ctx| async move { c.drain_peer(ctx, id).await }).await?;
+                println!("peer {} is draining; `fs-client status` shows when it is drained", id.to_hex());
                 Ok::<_, anyhow::Error>(())
             })?;
         }
+    }
+    Ok(())
+}
+
+async fn connect(dirsvc: &str) -> anyhow::Result<DirClient> {
+    DirClient::connect(dirsvc).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
+}
+
+async fn print_peers(dir: &DirClient) -> anyhow::Result<()> {
+    use common::rpc::dir::PeerState;
+    let peers = dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+    println!(
+        "{:<34} {:<22} {:<9} {:>14} {:>14} {:>9} {:<16}",
+        "PEER", "ADDRESS", "STATE", "USED", "CAPACITY", "CHUNKS", "HOST/ZONE"
+    );
+    for p in peers {
+        let state = match p.state {
+            PeerState::Up => "up",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+            PeerState::Draining => "draining",
+            PeerState::Drained => "drained",
+        };
+        println!(
+            "{:<34} {:<22} {:<9} {:>14} {:>14} {:>9} {:<16}",
+            p.loc.id.to_hex(),
+            p.loc.addr,
+            state,
+            p.usage.used_bytes,
+            p.usage.capacity_bytes,
+            p.usage.chunks,
+            format!("{}/{}", p.labels.host, p.labels.zone)
+        );
     }
     Ok(())
 }

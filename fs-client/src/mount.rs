@@ -86,7 +86,8 @@ pub fn run(config: MountConfig) -> Result<()> {
         .map_err(|e| Error::Io(format!("cannot start runtime: {e}")))?;
     let id = crate::identity::load(&config.identity)?;
     let fs = rt.block_on(async {
-        let dir = DirClient::connect(&config.dirsvc).await?;
+        let dir =
+            DirClient::connect(&config.dirsvc).await?.with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
         let (info, secret) = crate::volume::open(&dir, &id).await?;
         info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
         Ok::<_, Error>(Fs::new(dir, &info, &secret, config.fs.clone()))

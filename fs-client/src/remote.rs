@@ -21,21 +21,33 @@ use tarpc::client::RpcError;
 use tarpc::context::Context;
 use tracing::{debug, warn};
 
-/// Attempts per call when the transport fails.
-const ATTEMPTS: u32 = 4;
+/// How long a dirsvc call keeps retrying transport failures by default
+/// (a short window, for CLI commands).
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(3);
+
+/// The retry window of a mount: long enough to ride out a dirsvc restart.
+pub const MOUNT_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 fn transient(e: &RpcError) -> bool {
     matches!(e, RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_))
 }
 
+/// Exponential backoff from 100 ms, capped at 2 s.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100 << attempt.min(5))
+    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
 }
 
 /// A reconnecting client of dirsvc.
+///
+/// Transport failures (connection refused or lost) are retried with
+/// backoff until the retry window ends, so a dirsvc restart is a pause, not
+/// an error. A call that was sent but whose answer was lost is sent again:
+/// a mutation can then report `Exists` or `NotFound` for its own first
+/// attempt (documented in docs/OPERATIONS.md).
 pub struct DirClient {
     addr: String,
     client: tokio::sync::Mutex<Option<DirServiceClient>>,
+    retry_window: Duration,
 }
 
 impl DirClient {
@@ -44,7 +56,11 @@ impl DirClient {
     ///
     /// Errors: [`Error::Rpc`] if it cannot connect or speaks another version.
     pub async fn connect(addr: &str) -> Result<Self> {
-        let me = DirClient { addr: addr.to_string(), client: tokio::sync::Mutex::new(None) };
+        let me = DirClient {
+            addr: addr.to_string(),
+            client: tokio::sync::Mutex::new(None),
+            retry_window: DEFAULT_RETRY_WINDOW,
+        };
         let version = me.raw(|c, ctx| async move { c.hello(ctx).await.map(Ok) }).await?;
         if version != common::rpc::PROTOCOL_VERSION {
             return Err(Error::Rpc {
@@ -56,6 +72,12 @@ impl DirClient {
             });
         }
         Ok(me)
+    }
+
+    /// Sets how long calls keep retrying transport failures.
+    pub fn with_retry_window(mut self, window: Duration) -> Self {
+        self.retry_window = window;
+        self
     }
 
     /// The address this client talks to.
@@ -85,8 +107,12 @@ impl DirClient {
         Fut: Future<Output = Result<Result<T, DirError>, RpcError>>,
     {
         let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
+        let give_up = tokio::time::Instant::now() + self.retry_window;
+        for attempt in 0.. {
             if attempt > 0 {
+                if tokio::time::Instant::now() >= give_up {
+                    break;
+                }
                 tokio::time::sleep(backoff(attempt)).await;
             }
             let c = match self.client().await {
@@ -113,7 +139,7 @@ impl DirClient {
     /// failures. `f` gets a client and a context with the metadata deadline.
     ///
     /// Errors: [`Error::Dir`] for dirsvc's answer, [`Error::Rpc`] when the
-    /// transport failed [`ATTEMPTS`] times or the deadline passed.
+    /// transport kept failing for the retry window, or the deadline passed.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(DirServiceClient, Context) -> Fut,

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 /// Errors of the chunk store, the peer id file and the server.
 ///
 /// At the RPC boundary every value becomes a [`PeerError`] (see the `From`
-/// impl): `NotFound`, `HashMismatch` and `NoSpace` keep their meaning,
-/// request errors become `Invalid`, everything else `Internal` with this
-/// type's Display text.
+/// impl): `NotFound`, `HashMismatch`, `NoSpace` and `SourceFailed` keep
+/// their meaning, request errors become `Invalid`, everything else
+/// `Internal` with this type's Display text.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -86,6 +86,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `fetch_from`: the source peer could not be reached, did not have the
+    /// chunk, or sent bytes that do not verify. Nothing was stored.
+    #[error("source peer {addr}: {reason}")]
+    SourceFailed {
+        /// The source's `host:port` as given by the caller.
+        addr: String,
+        /// What went wrong, for the log and the caller.
+        reason: String,
+    },
     /// A blocking file task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),
@@ -110,6 +119,7 @@ impl From<Error> for PeerError {
             Error::NotFound(id) => PeerError::NotFound(id),
             Error::HashMismatch { expected, .. } => PeerError::HashMismatch(expected),
             Error::NoSpace { .. } => PeerError::NoSpace,
+            e @ Error::SourceFailed { .. } => PeerError::SourceFailed(e.to_string()),
             e @ (Error::TooLarge { .. } | Error::RangeOutOfBounds { .. }) => {
                 PeerError::Invalid(e.to_string())
             }

@@ -7,10 +7,13 @@
 //! capped at the heartbeat interval) and registers again on the new
 //! connection, since a restarted dirsvc may have lost nothing but must learn
 //! the address anyway. A heartbeat answered `NotFound` also leads to a new
-//! registration. The task ends only when its cancellation token fires.
+//! registration. A dirsvc that hangs is treated like one that is down: every
+//! call has a deadline, and a missed deadline means a new connection. The
+//! task ends only when its cancellation token fires.
 
+use crate::backoff::Backoff;
 use crate::store::ChunkStore;
-use common::rpc::dir::{DirError, DirServiceClient, PeerRegistration, PeerUsage};
+use common::rpc::dir::{DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerUsage};
 use common::transport::{deadline, dir_client};
 use common::PeerId;
 use std::time::Duration;
@@ -20,9 +23,6 @@ use tracing::{debug, info, warn};
 /// Deadline of one register or heartbeat call.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// First retry delay after a failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-
 /// What the heartbeat task needs to know.
 pub(crate) struct Heartbeat<S> {
     pub(crate) store: S,
@@ -31,31 +31,9 @@ pub(crate) struct Heartbeat<S> {
     pub(crate) advertise: String,
     /// dirsvc's `host:port`.
     pub(crate) dirsvc: String,
+    /// Failure-domain labels sent with every registration.
+    pub(crate) labels: PeerLabels,
     pub(crate) interval: Duration,
-}
-
-/// Exponential backoff between `MIN_BACKOFF` and a cap.
-struct Backoff {
-    next: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    fn new(cap: Duration) -> Self {
-        let cap = cap.max(MIN_BACKOFF);
-        Backoff { next: MIN_BACKOFF, cap }
-    }
-
-    fn reset(&mut self) {
-        self.next = MIN_BACKOFF;
-    }
-
-    /// The delay to wait now; doubles the following one.
-    fn step(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        d
-    }
 }
 
 impl<S: ChunkStore> Heartbeat<S> {
@@ -96,7 +74,12 @@ impl<S: ChunkStore> Heartbeat<S> {
         loop {
             let usage = self.current_usage().await;
             if !registered {
-                let reg = PeerRegistration { id: self.id, addr: self.advertise.clone(), usage };
+                let reg = PeerRegistration {
+                    id: self.id,
+                    addr: self.advertise.clone(),
+                    usage,
+                    labels: self.labels.clone(),
+                };
                 match client.register_peer(deadline(CALL_DEADLINE), reg).await {
                     Ok(Ok(())) => {
                         info!(dirsvc = %self.dirsvc, addr = %self.advertise, "registered with dirsvc");
@@ -147,19 +130,5 @@ impl<S: ChunkStore> Heartbeat<S> {
                 PeerUsage::default()
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(300));
-        let steps: Vec<_> = (0..5).map(|_| b.step().as_millis()).collect();
-        assert_eq!(steps, [50, 100, 200, 300, 300]);
-        b.reset();
-        assert_eq!(b.step().as_millis(), 50);
     }
 }

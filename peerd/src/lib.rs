@@ -1,41 +1,65 @@
 //! peerd, the p2pfs storage peer: keeps sealed chunks on a local disk,
-//! verifies each one's BLAKE3 on the way in and on every read, serves whole
-//! chunks or byte ranges over `PeerService`, and registers and heartbeats
-//! with dirsvc.
+//! verifies each one's BLAKE3 on the way in, on every read and by a
+//! background scrub, serves whole chunks or byte ranges over `PeerService`,
+//! copies chunks from other peers when dirsvc asks (`fetch_from`, for repair
+//! and drain), lists its chunks for garbage collection, and registers and
+//! heartbeats with dirsvc.
 //!
 //! # Architecture
 //!
 //! [`spawn`] opens the [`store::FsChunkStore`] (which owns the data
-//! directory and holds its lock), binds the listener and starts two tasks:
+//! directory and holds its lock), binds the listener and starts four named
+//! tasks:
 //!
-//! - the accept loop (`common::serve_tarpc!`): one task per connection, one
-//!   task per request, each calling the [`server::PeerServer`] handlers, which
-//!   call the store; the store runs its file work on tokio's blocking pool;
-//! - the heartbeat task (`heartbeat`): registers with dirsvc and heartbeats
-//!   forever, retrying with backoff while dirsvc is unreachable.
+//! - `serve`, the accept loop (`common::serve_tarpc!`): one task per
+//!   connection, one task per request, each calling the
+//!   [`server::PeerServer`] handlers, which call the store; the store runs
+//!   its file work on tokio's blocking pool. `fetch_from` pulls the chunk
+//!   from the source peer over a small pool of connections
+//!   ([`fetch::PeerPool`]) and stores it like a put (see [`fetch`]);
+//! - `heartbeat`: registers with dirsvc (address, usage, host/zone labels)
+//!   and heartbeats forever;
+//! - `corrupt-reporter` ([`report`]): tells dirsvc about every chunk found
+//!   corrupt (by a read, a put, `fetch_from` or scrub) until dirsvc
+//!   acknowledges it;
+//! - `scrub` ([`scrub`]): re-hashes every chunk at a bounded rate, one pass
+//!   then a pause, moving corrupt ones aside.
 //!
-//! Both stop on one cancellation token. [`PeerdHandle::shutdown`] fires it,
-//! waits for both tasks and for in-flight requests to release the store, so
-//! the data directory can be opened again as soon as it returns. Dropping
-//! the handle without `shutdown` also stops the tasks, without waiting.
+//! None of them depends on dirsvc being up: the two that talk to it retry
+//! with exponential backoff (capped at the heartbeat interval) and
+//! reconnect after any failure or missed deadline, forever; the server and
+//! scrub never talk to it. All four stop on one cancellation token.
+//! [`PeerdHandle::shutdown`] fires it, waits for the tasks and for in-flight
+//! requests to release the store, so the data directory can be opened again
+//! as soon as it returns. Dropping the handle without `shutdown` also stops
+//! the tasks, without waiting.
 //!
-//! Durability: a put is acknowledged only after its file and directory entry
-//! are fsynced (see [`store`]), so `kill -9` loses no acknowledged chunk.
+//! Durability: a put (and a `fetch_from`) is acknowledged only after its
+//! file and directory entry are fsynced (see [`store`]), so `kill -9` loses
+//! no acknowledged chunk.
 
+mod backoff;
 pub mod error;
+pub mod fetch;
 pub mod fsutil;
 mod heartbeat;
 pub mod peer_id;
+pub mod report;
+pub mod scrub;
 pub mod server;
 pub mod store;
 
 pub use error::Error;
-pub use store::{ChunkStore, FsChunkStore, StoreConfig};
+pub use report::CorruptQueue;
+pub use scrub::{PassSummary, ScrubStats, DEFAULT_SCRUB_BYTES_PER_SEC, DEFAULT_SCRUB_INTERVAL};
+pub use store::{ChunkStore, FsChunkStore, StoreConfig, Verified};
 
+use common::rpc::dir::PeerLabels;
 use common::rpc::peer::PeerService as _;
-use common::PeerId;
+use common::{ChunkId, PeerId};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,9 +85,23 @@ pub struct PeerdConfig {
     /// Most bytes of chunks to keep; `None` means the size of the
     /// filesystem holding `data_dir`. Default `None`.
     pub capacity_bytes: Option<u64>,
-    /// Time between heartbeats to dirsvc. Default
+    /// Time between heartbeats to dirsvc; also the longest retry delay of
+    /// the workers that talk to dirsvc. Default
     /// [`common::config::HEARTBEAT_INTERVAL`] (2 s).
     pub heartbeat_interval: Duration,
+    /// Scrub rate limit in bytes hashed per second; 0 disables scrub.
+    /// Default [`DEFAULT_SCRUB_BYTES_PER_SEC`] (64 MiB/s).
+    pub scrub_bytes_per_sec: u64,
+    /// Pause between the end of one scrub pass and the start of the next.
+    /// Default [`DEFAULT_SCRUB_INTERVAL`] (1 h).
+    pub scrub_interval: Duration,
+    /// The machine this peer runs on, sent to dirsvc so that placement puts
+    /// a chunk's replicas on distinct hosts. Empty (default): unknown, the
+    /// peer counts as its own host.
+    pub host_label: String,
+    /// The larger failure domain (rack, room, site) of this peer, sent to
+    /// dirsvc like `host_label`. Empty by default.
+    pub zone_label: String,
 }
 
 impl Default for PeerdConfig {
@@ -75,6 +113,10 @@ impl Default for PeerdConfig {
             dirsvc: "127.0.0.1:7700".to_string(),
             capacity_bytes: None,
             heartbeat_interval: common::config::HEARTBEAT_INTERVAL,
+            scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
+            scrub_interval: DEFAULT_SCRUB_INTERVAL,
+            host_label: String::new(),
+            zone_label: String::new(),
         }
     }
 }
@@ -89,8 +131,9 @@ pub struct PeerdHandle {
     /// The address registered with dirsvc.
     pub advertised: String,
     store: FsChunkStore,
-    serve: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
+    scrub_stats: Arc<Mutex<ScrubStats>>,
+    /// The named worker tasks, in shutdown order.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     cancel: DropGuard,
 }
 
@@ -99,11 +142,11 @@ pub struct PeerdHandle {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Starts a peer: opens the store in `config.data_dir`, loads or creates the
-/// peer id, binds `config.listen`, and spawns the server and the heartbeat
-/// task on the current tokio runtime. Logs one INFO line with the address,
-/// peer id and data directory.
+/// peer id, binds `config.listen`, and spawns the server and the workers
+/// (heartbeat, corrupt-reporter, scrub) on the current tokio runtime. Logs
+/// one INFO line with the address, peer id and data directory.
 ///
-/// dirsvc being down is not an error: the heartbeat task keeps retrying.
+/// dirsvc being down is not an error: the workers keep retrying.
 ///
 /// Errors: [`Error::Locked`] if another peer has the data directory;
 /// [`Error::BadPeerId`]; [`Error::Bind`]; [`Error::Io`].
@@ -133,26 +176,45 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         peer = %id.to_hex(),
         data_dir = %config.data_dir.display(),
         dirsvc = %config.dirsvc,
+        host_label = %config.host_label,
+        zone_label = %config.zone_label,
         "peerd started"
     );
 
     let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
     let serve = {
         let server = server::PeerServer::new(store.clone());
         let cancel = cancel.clone();
         tokio::spawn(async move { common::serve_tarpc!(listener, server, cancel) })
     };
-    let heartbeat = tokio::spawn(
-        heartbeat::Heartbeat {
-            store: store.clone(),
-            id,
-            advertise: advertised.clone(),
-            dirsvc: config.dirsvc.clone(),
-            interval: config.heartbeat_interval,
-        }
-        .run(cancel.clone()),
-    );
-    Ok(PeerdHandle { addr, id, advertised, store, serve, heartbeat, cancel: cancel.drop_guard() })
+    tasks.push(("serve", serve));
+    let heartbeat = heartbeat::Heartbeat {
+        store: store.clone(),
+        id,
+        advertise: advertised.clone(),
+        dirsvc: config.dirsvc.clone(),
+        labels: PeerLabels { host: config.host_label.clone(), zone: config.zone_label.clone() },
+        interval: config.heartbeat_interval,
+    };
+    tasks.push(("heartbeat", tokio::spawn(heartbeat.run(cancel.clone()))));
+    let reporter = report::Reporter {
+        queue: store.corrupt_queue().clone(),
+        peer: id,
+        dirsvc: config.dirsvc.clone(),
+        retry_cap: config.heartbeat_interval,
+    };
+    tasks.push(("corrupt-reporter", tokio::spawn(reporter.run(cancel.clone()))));
+    let scrub_stats = Arc::new(Mutex::new(ScrubStats::default()));
+    let scrub = scrub::Scrub {
+        store: store.clone(),
+        bytes_per_sec: config.scrub_bytes_per_sec,
+        interval: config.scrub_interval,
+        state_file: Some(config.data_dir.join(scrub::SCRUB_STATE_FILE)),
+        stats: scrub_stats.clone(),
+    };
+    tasks.push(("scrub", tokio::spawn(scrub.run(cancel.clone()))));
+    Ok(PeerdHandle { addr, id, advertised, store, scrub_stats, tasks, cancel: cancel.drop_guard() })
 }
 
 /// The address to advertise for a bound socket: itself, or loopback with
@@ -173,18 +235,28 @@ fn advertised_for(addr: SocketAddr) -> String {
 }
 
 impl PeerdHandle {
-    /// Stops accepting connections, closes open ones, stops the heartbeat,
-    /// and waits (up to 10 s) until in-flight requests have released the
-    /// store, so the data directory is unlocked when this returns (unless a
-    /// blocking file operation is stuck).
+    /// Scrub counters since this peer started (see [`scrub`]).
+    pub fn scrub_stats(&self) -> ScrubStats {
+        self.scrub_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Chunks found corrupt whose report dirsvc has not acknowledged yet,
+    /// ascending.
+    pub fn corrupt_reports_pending(&self) -> Vec<ChunkId> {
+        self.store.corrupt_queue().pending()
+    }
+
+    /// Stops accepting connections, closes open ones, stops the workers
+    /// (scrub saves its position), and waits (up to 10 s) until in-flight
+    /// requests have released the store, so the data directory is unlocked
+    /// when this returns (unless a blocking file operation is stuck).
     pub async fn shutdown(self) {
-        let PeerdHandle { store, serve, heartbeat, cancel, .. } = self;
+        let PeerdHandle { store, tasks, cancel, .. } = self;
         drop(cancel); // fires the token
-        if let Err(e) = serve.await {
-            warn!(error = %e, "server task ended abnormally");
-        }
-        if let Err(e) = heartbeat.await {
-            warn!(error = %e, "heartbeat task ended abnormally");
+        for (name, task) in tasks {
+            if let Err(e) = task.await {
+                warn!(task = name, error = %e, "task ended abnormally");
+            }
         }
         let waited = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while store.handle_count() > 1 {

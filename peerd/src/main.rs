@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use peerd::PeerdConfig;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +31,26 @@ struct Args {
     /// After binding, write the bound `ip:port` to this file (atomically).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Milliseconds between heartbeats to dirsvc (also the longest retry
+    /// delay while dirsvc is unreachable).
+    #[arg(long, env = "P2PFS_PEERD_HEARTBEAT_INTERVAL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_interval_ms: u64,
+    /// Scrub rate limit in bytes re-hashed per second; 0 turns scrub off.
+    #[arg(long, env = "P2PFS_PEERD_SCRUB_BYTES_PER_SEC", default_value_t = peerd::DEFAULT_SCRUB_BYTES_PER_SEC)]
+    scrub_bytes_per_sec: u64,
+    /// Seconds between the end of one scrub pass and the start of the next.
+    #[arg(long, env = "P2PFS_PEERD_SCRUB_INTERVAL_SECS",
+          default_value_t = peerd::DEFAULT_SCRUB_INTERVAL.as_secs())]
+    scrub_interval_secs: u64,
+    /// This peer's host label: placement puts a chunk's replicas on distinct
+    /// hosts (empty: unknown, the peer is its own host).
+    #[arg(long, env = "P2PFS_PEERD_HOST_LABEL", default_value = "")]
+    host_label: String,
+    /// This peer's zone label (rack, room, site): placement spreads replicas
+    /// over distinct zones (empty: unknown).
+    #[arg(long, env = "P2PFS_PEERD_ZONE_LABEL", default_value = "")]
+    zone_label: String,
 }
 
 #[tokio::main]
@@ -59,7 +80,11 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         dirsvc: args.dirsvc,
         capacity_bytes: args.capacity,
-        ..PeerdConfig::default()
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        scrub_bytes_per_sec: args.scrub_bytes_per_sec,
+        scrub_interval: Duration::from_secs(args.scrub_interval_secs),
+        host_label: args.host_label,
+        zone_label: args.zone_label,
     };
     let handle = peerd::spawn(config).await.context("starting peerd")?;
 

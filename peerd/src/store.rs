@@ -7,6 +7,7 @@
 //! <data_dir>/
 //!   lock                  empty; held with flock(LOCK_EX) while a store is open
 //!   peer-id               32 hex digits + "\n": this peer's id (see crate::peer_id)
+//!   scrub-state           scrub's position in its pass (see crate::scrub)
 //!   data/
 //!     00/ … ff/           256 shard directories, named by the first byte of the id
 //!       <64 hex digits>   one chunk: exactly its stored (sealed) bytes, no header
@@ -35,6 +36,10 @@
 //! 4. `rename` the temp file to `<shard>/<hex id>`, then `fsync` the shard
 //!    directory. Only then is the put acknowledged.
 //!
+//! `fetch_from` (see [`crate::fetch`]) stores the bytes it pulled from the
+//! source peer through this same `put`, so a copy made for repair or drain
+//! is verified and durable exactly like a client's upload.
+//!
 //! So after a crash (`kill -9` or power loss) every acknowledged chunk is
 //! present whole under its final name; a name never points at partial
 //! bytes. A crash mid-put leaves at most a temp file, which the next open
@@ -46,11 +51,28 @@
 //!
 //! # Reads and corruption
 //!
-//! Every `get` and `get_range` reads the whole file and re-hashes it. A file
-//! that does not hash to its name is renamed to
-//! `corrupted/<hex id>.<unix seconds>` (so it is never served again), a
-//! `warn!` names the chunk, and the read fails with `HashMismatch`; the next
-//! read of that chunk is `NotFound` until someone puts it again.
+//! Every `get` and `get_range` reads the whole file and re-hashes it;
+//! [`ChunkStore::verify`] (used by scrub and `fetch_from`) re-hashes it
+//! without keeping the bytes. A file that does not hash to its name is
+//! renamed to `corrupted/<hex id>.<unix seconds>` (so it is never served
+//! again), a `warn!` names the chunk, its id is pushed onto the store's
+//! [`CorruptQueue`] (the `corrupt-reporter` worker tells dirsvc, see
+//! [`crate::report`]), and the read fails with `HashMismatch`; the next read
+//! of that chunk is `NotFound` until someone puts it again. A put that
+//! stores a good copy again takes the id off the queue. At open, every
+//! chunk in `corrupted/` that is not held again is queued, so reports cut
+//! short by a crash are sent after the restart. Files in `corrupted/` are
+//! kept for inspection; an operator may delete them at any time.
+//!
+//! # Listing
+//!
+//! [`ChunkStore::list_chunks`] pages through the held chunks in ascending id
+//! order for dirsvc's garbage collection and for scrub. Since the shard is
+//! the id's first byte, ascending ids are the shards in order, each sorted:
+//! a page starting after id `a` reads the directory of `a`'s shard and the
+//! following ones until it has `limit` (at most [`LIST_CHUNKS_MAX`]) ids,
+//! and `stat`s only the ids it returns (for their mtime). It never opens a
+//! chunk file.
 //!
 //! # Space accounting
 //!
@@ -73,6 +95,7 @@
 
 use crate::error::{is_no_space, Error};
 use crate::fsutil::{fsync_dir, TempFile, TEMP_PREFIX};
+use crate::report::CorruptQueue;
 use common::codec::{MAX_PLAINTEXT, OVERHEAD};
 use common::rpc::dir::PeerUsage;
 use common::ChunkId;
@@ -98,6 +121,31 @@ pub const CORRUPTED_SUBDIR: &str = "corrupted";
 
 /// Lock file (inside the data directory) held while a store is open.
 pub const LOCK_FILE: &str = "lock";
+
+/// Most chunks one [`ChunkStore::list_chunks`] call returns.
+pub const LIST_CHUNKS_MAX: u32 = 10_000;
+
+/// Size of the read buffer [`ChunkStore::verify`] hashes through, in bytes.
+const VERIFY_BUF: usize = 256 << 10;
+
+/// What [`ChunkStore::verify`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// The stored file hashes to its id.
+    Intact {
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The stored file did not hash to its id (or was longer than any
+    /// chunk); it has been moved to `corrupted/` and queued for a report.
+    Corrupt {
+        /// Bytes read from it (at most [`MAX_CHUNK_BYTES`] + the read
+        /// buffer).
+        len: u64,
+        /// BLAKE3 of the bytes read.
+        actual: ChunkId,
+    },
+}
 
 /// A place that keeps chunks by id and verifies them.
 ///
@@ -149,6 +197,26 @@ pub trait ChunkStore: Send + Sync + 'static {
     ///
     /// Errors: [`Error::Io`] if the filesystem cannot be queried.
     fn usage(&self) -> impl Future<Output = Result<PeerUsage, Error>> + Send;
+
+    /// Re-hashes the stored chunk without returning its bytes. A corrupt
+    /// copy is handled exactly as a failed `get` handles it (moved aside,
+    /// queued for a report) and reported as [`Verified::Corrupt`].
+    ///
+    /// Errors: [`Error::NotFound`]; [`Error::Io`].
+    fn verify(&self, id: ChunkId) -> impl Future<Output = Result<Verified, Error>> + Send;
+
+    /// Up to `min(limit, LIST_CHUNKS_MAX)` held chunks with id greater than
+    /// `after` (from the lowest id if `None`), in ascending id order, each
+    /// with its file's modification time in Unix seconds (when it was
+    /// stored). A page shorter than the limit means no more chunks.
+    /// Contents are not read or verified.
+    ///
+    /// Errors: [`Error::Io`].
+    fn list_chunks(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(ChunkId, i64)>, Error>> + Send;
 }
 
 /// Settings of a [`FsChunkStore`].
@@ -174,6 +242,8 @@ struct Inner {
     corrupted: PathBuf,
     capacity: Option<u64>,
     acct: Mutex<Accounting>,
+    /// Chunks moved aside and not yet reported to dirsvc.
+    corrupt: CorruptQueue,
     /// Held open for its flock; released when the last handle drops.
     _lock: File,
 }
@@ -231,6 +301,12 @@ impl FsChunkStore {
         &self.inner.corrupted
     }
 
+    /// The queue of chunks found corrupt and not yet reported to dirsvc
+    /// (drained by the `corrupt-reporter` worker of a running peer).
+    pub fn corrupt_queue(&self) -> &CorruptQueue {
+        &self.inner.corrupt
+    }
+
     /// Number of live handles to this open store (this one included). The
     /// data directory stays locked until it drops to zero.
     pub fn handle_count(&self) -> usize {
@@ -279,6 +355,16 @@ impl ChunkStore for FsChunkStore {
     async fn usage(&self) -> Result<PeerUsage, Error> {
         let inner = self.inner.clone();
         blocking(move || inner.usage()).await
+    }
+
+    async fn verify(&self, id: ChunkId) -> Result<Verified, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.verify(id)).await
+    }
+
+    async fn list_chunks(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<(ChunkId, i64)>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.list_chunks(after, limit)).await
     }
 }
 
@@ -345,15 +431,18 @@ impl Inner {
             corrupted,
             capacity: config.capacity_bytes,
             acct: Mutex::new(Accounting::default()),
+            corrupt: CorruptQueue::new(),
             _lock: lock,
         };
         let removed = remove_temp_files(&root)? + inner.scan()?;
+        inner.queue_unreported_corrupt()?;
         let acct = inner.lock_acct();
         info!(
             data_dir = %root.display(),
             chunks = acct.chunks,
             used_bytes = acct.used,
             temp_files_removed = removed,
+            corrupt_to_report = inner.corrupt.len(),
             "chunk store opened"
         );
         drop(acct);
@@ -381,7 +470,7 @@ impl Inner {
                 let is_chunk = meta.is_file()
                     && name
                         .to_str()
-                        .and_then(|n| n.parse::<ChunkId>().ok().filter(|id| id.to_hex() == n))
+                        .and_then(parse_chunk_name)
                         .is_some_and(|id| id.to_hex().as_bytes()[..2] == *shard_name.as_bytes());
                 if is_chunk {
                     acct.used = acct.used.saturating_add(meta.len());
@@ -393,6 +482,22 @@ impl Inner {
         }
         *self.lock_acct() = acct;
         Ok(removed)
+    }
+
+    /// Queues for a report every chunk in `corrupted/` that is not held
+    /// again (its report may not have reached dirsvc before a restart).
+    fn queue_unreported_corrupt(&self) -> Result<(), Error> {
+        for entry in fs::read_dir(&self.corrupted).map_err(Error::io("list", &self.corrupted))? {
+            let entry = entry.map_err(Error::io("list", &self.corrupted))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.split('.').next()).and_then(parse_chunk_name) else {
+                continue;
+            };
+            if !self.has(&id)? {
+                self.corrupt.push(id);
+            }
+        }
+        Ok(())
     }
 
     fn lock_acct(&self) -> MutexGuard<'_, Accounting> {
@@ -505,6 +610,8 @@ impl Inner {
                     fs::rename(tmp.path(), &path).map_err(Error::io("rename", tmp.path()))?;
                     tmp.disarm();
                     reservation.commit(&mut acct);
+                    // Held and good again: an unsent report would be wrong.
+                    self.corrupt.cancel(&id);
                 }
                 Err(e) => return Err(Error::io("stat", &path)(e)),
             }
@@ -539,9 +646,87 @@ impl Inner {
         Err(Error::HashMismatch { expected: id, actual })
     }
 
+    /// Re-hashes the chunk file through a fixed buffer; see
+    /// [`ChunkStore::verify`].
+    fn verify(&self, id: ChunkId) -> Result<Verified, Error> {
+        let path = self.chunk_path(&id);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(id)),
+            Err(e) => return Err(Error::io("open", path)(e)),
+        };
+        let meta = file.metadata().map_err(Error::io("stat", &path))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; VERIFY_BUF];
+        let mut len = 0u64;
+        // Stops one buffer past the largest chunk: such a file is corrupt
+        // whatever it holds.
+        while len <= MAX_CHUNK_BYTES {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", &path)(e)),
+            };
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        let actual = ChunkId(*hasher.finalize().as_bytes());
+        if actual == id && len <= MAX_CHUNK_BYTES {
+            return Ok(Verified::Intact { len });
+        }
+        self.quarantine(id, &path, &meta);
+        Ok(Verified::Corrupt { len, actual })
+    }
+
+    /// See [`ChunkStore::list_chunks`].
+    fn list_chunks(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<(ChunkId, i64)>, Error> {
+        let limit = limit.min(LIST_CHUNKS_MAX) as usize;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        if limit == 0 {
+            return Ok(out);
+        }
+        let first_shard = after.map_or(0, |a| a.0[0]);
+        for shard in first_shard..=u8::MAX {
+            let dir = self.data.join(hex::encode([shard]));
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                // Vanished shard: it holds nothing (a put re-creates it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", &dir)(e)),
+            };
+            let mut ids = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(Error::io("list", &dir))?;
+                let name = entry.file_name();
+                if let Some(id) = name.to_str().and_then(parse_chunk_name) {
+                    if id.0[0] == shard && after.is_none_or(|a| id > a) {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids.sort_unstable();
+            for id in ids {
+                let path = dir.join(id.to_hex());
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_file() => out.push((id, m.mtime())),
+                    Ok(_) => {}
+                    // Deleted or moved aside since the directory was read.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("stat", path)(e)),
+                }
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves the corrupt file at `path` (whose metadata when read was
-    /// `seen`) to `corrupted/`, unless it has been replaced or moved since.
-    /// Failures are logged: the caller reports the mismatch either way.
+    /// `seen`) to `corrupted/` and queues its id for a report to dirsvc,
+    /// unless it has been replaced or moved since (whoever moved it queued
+    /// it). Failures are logged: the caller reports the mismatch either way.
     fn quarantine(&self, id: ChunkId, path: &Path, seen: &fs::Metadata) {
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let dest = self.corrupted.join(format!("{}.{secs}", id.to_hex()));
@@ -557,6 +742,8 @@ impl Inner {
                     chunk = %id.to_hex(), path = %path.display(), error = %e,
                     "chunk failed verification and cannot be moved aside"
                 );
+                // dirsvc must still learn that this replica is bad.
+                self.corrupt.push(id);
                 return;
             }
             acct.used = acct.used.saturating_sub(seen.len());
@@ -572,6 +759,7 @@ impl Inner {
             moved_to = %dest.display(),
             "stored chunk failed BLAKE3 verification; moved aside"
         );
+        self.corrupt.push(id);
     }
 
     fn delete(&self, id: ChunkId) -> Result<(), Error> {
@@ -589,6 +777,14 @@ impl Inner {
         }
         fsync_dir(&shard_dir(&path))
     }
+}
+
+/// The chunk id named by a chunk file name: exactly 64 lowercase hex digits.
+fn parse_chunk_name(name: &str) -> Option<ChunkId> {
+    if name.len() != 2 * ChunkId::LEN || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    name.parse().ok()
 }
 
 /// The shard directory of a chunk path.

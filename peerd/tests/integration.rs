@@ -4,8 +4,13 @@ mod integration {
     mod bad_frames;
     mod binary;
     mod corruption;
+    mod fake_dir;
+    mod fetch;
     mod heartbeat;
+    mod list;
+    mod reports;
     mod restart;
+    mod scrub;
     mod suite;
     mod util;
 }

@@ -208,6 +208,39 @@ pub struct PeerRegistration {
     pub addr: String,
     /// Usage at registration time.
     pub usage: PeerUsage,
+    /// Failure-domain labels; placement puts a chunk's replicas on distinct
+    /// hosts and zones where it can.
+    pub labels: PeerLabels,
+}
+
+/// Failure-domain labels of a peer. An empty string means "unknown": such a
+/// peer is its own host and zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerLabels {
+    /// The machine the peer runs on (peers sharing a disk or machine should
+    /// share a host label).
+    pub host: String,
+    /// A larger failure domain (rack, room, site).
+    pub zone: String,
+}
+
+/// A peer's state as dirsvc sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PeerState {
+    /// Heartbeat within the suspect timeout: gets new chunks, serves reads.
+    Up,
+    /// Heartbeat late (past the suspect timeout, not yet the down timeout):
+    /// no new chunks; still counted as a replica; readers try it last.
+    Suspect,
+    /// Silent past the down timeout: its replicas do not count; repair
+    /// copies its chunks elsewhere.
+    Down,
+    /// An operator asked it to leave: no new chunks; its chunks are being
+    /// copied elsewhere; it still serves reads.
+    Draining,
+    /// Drained: every chunk it held has R replicas elsewhere; it may be
+    /// stopped for good.
+    Drained,
 }
 
 /// A peer's disk usage, sent on register and with every heartbeat.
@@ -232,6 +265,44 @@ pub struct PeerStatus {
     pub usage: PeerUsage,
     /// When it last heartbeat.
     pub last_heartbeat: Timestamp,
+    /// Liveness and drain state.
+    pub state: PeerState,
+    /// Failure-domain labels.
+    pub labels: PeerLabels,
+    /// Replicas the chunk index records on this peer.
+    pub indexed_chunks: u64,
+}
+
+/// Cluster-wide health and background work (admin query).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Chunks in the index that layouts reference.
+    pub chunks: u64,
+    /// Referenced chunks with fewer than R replicas on up or suspect peers
+    /// (lost ones included).
+    pub under_replicated: u64,
+    /// Referenced chunks with no replica on an up or suspect peer.
+    pub lost: u64,
+    /// Peer-to-peer copies running now.
+    pub repairs_in_flight: u32,
+    /// Copies completed since dirsvc started.
+    pub repaired_total: u64,
+    /// Bytes copied by repair since dirsvc started.
+    pub repaired_bytes_total: u64,
+    /// Chunks waiting out the grace period before deletion.
+    pub gc_pending: u64,
+    /// Chunk replicas deleted by garbage collection since dirsvc started.
+    pub gc_deleted_total: u64,
+    /// Peers per state: up, suspect, down, draining, drained.
+    pub peers_up: u32,
+    /// See `peers_up`.
+    pub peers_suspect: u32,
+    /// See `peers_up`.
+    pub peers_down: u32,
+    /// See `peers_up`.
+    pub peers_draining: u32,
+    /// See `peers_up`.
+    pub peers_drained: u32,
 }
 
 /// Errors of `DirService` calls.
@@ -273,6 +344,11 @@ pub enum DirError {
     /// `init_volume` on a volume that exists.
     #[error("volume already initialized")]
     AlreadyInitialized,
+    /// A commit named a chunk that garbage collection has deleted (it was
+    /// unreferenced past the grace period). Retryable: store the block
+    /// again (a new chunk) and commit that.
+    #[error("chunk {0} was garbage-collected; store the block again")]
+    ChunkGone(ChunkId),
     /// Anything else (storage failure); the server's message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -360,4 +436,14 @@ pub trait DirService {
     async fn heartbeat(id: PeerId, usage: PeerUsage) -> Result<(), DirError>;
     /// All known peers with their state (admin query).
     async fn list_peers() -> Result<Vec<PeerStatus>, DirError>;
+    /// A peer reports chunks that failed verification (scrub or read) and
+    /// that it moved aside: dirsvc drops those replicas from the index, and
+    /// repair restores R.
+    async fn report_corrupt(peer: PeerId, chunks: Vec<ChunkId>) -> Result<(), DirError>;
+    /// Starts draining a peer (admin): no new chunks go to it, its chunks are
+    /// copied to other peers, then it is `Drained`. `NotFound` for an unknown
+    /// peer. Idempotent.
+    async fn drain_peer(id: PeerId) -> Result<(), DirError>;
+    /// Redundancy, repair and garbage-collection figures (admin query).
+    async fn cluster_status() -> Result<ClusterStatus, DirError>;
 }

@@ -22,6 +22,10 @@ pub enum PeerError {
     /// The peer's disk (or configured capacity) is full.
     #[error("no space left on peer")]
     NoSpace,
+    /// `fetch_from`: the source peer could not be reached or did not return
+    /// a chunk that verifies.
+    #[error("source peer failed: {0}")]
+    SourceFailed(String),
     /// A malformed request (range past the end, oversize chunk).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -50,4 +54,12 @@ pub trait PeerService {
     async fn delete(id: ChunkId) -> Result<(), PeerError>;
     /// Current disk usage.
     async fn usage() -> Result<PeerUsage, PeerError>;
+    /// Copies chunk `id` from the peer at `source` (`host:port`) to this peer
+    /// (repair and drain): fetched, verified, stored durably like a put.
+    /// Succeeds at once if this peer already holds a good copy.
+    async fn fetch_from(id: ChunkId, source: String) -> Result<(), PeerError>;
+    /// Inventory for garbage collection: up to `limit` held chunks with id
+    /// greater than `after` (all if `None`), ascending, each with its file's
+    /// modification time in Unix seconds (when it was stored).
+    async fn list_chunks(after: Option<ChunkId>, limit: u32) -> Result<Vec<(ChunkId, i64)>, PeerError>;
 }

@@ -10,25 +10,37 @@
 //! error aborts the transaction, so a failed call changes nothing.
 //!
 //! Table shapes and invariants are documented in [`tables`].
+//!
+//! Besides the namespace, the store keeps what the background workers need
+//! (see the crate documentation): the chunk index they survey
+//! ([`Store::for_each_chunk`]), the replica edits of repair and corruption
+//! reports ([`Store::add_replica`], [`Store::drop_replicas`]), and the
+//! garbage-collection steps ([`Store::collect_unreferenced`],
+//! [`Store::tombstone_orphans`], [`Store::ack_deletes`],
+//! [`Store::expire_tombstones`]), each one transaction that re-checks its
+//! precondition, so it serializes correctly with `commit_layout`.
 
 pub mod tables;
 
 use crate::error::{invalid, Error};
 use common::config::{valid_block_size, NAME_MAX, SYMLINK_MAX};
 use common::rpc::dir::{
-    rename_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, ReadDirPage, SetAttr,
-    StoredChunk, VolumeInfo,
+    rename_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, PeerLabels, PeerUsage,
+    ReadDirPage, SetAttr, StoredChunk, VolumeInfo,
 };
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use tables::{
-    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, VolumeRecord, CHUNKS,
-    CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR, KIND_FILE, KIND_SYMLINK, LAYOUTS, META,
-    META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME, PEERS, SCHEMA_VERSION, SYMLINKS,
+    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, TombstoneRecord,
+    VolumeRecord, CHUNKS, CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR, KIND_FILE,
+    KIND_SYMLINK, LAYOUTS, META, META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME,
+    OLDEST_SCHEMA_VERSION, PEERS, SCHEMA_VERSION, SYMLINKS, TOMBSTONES,
 };
 use tracing::warn;
 
@@ -64,6 +76,10 @@ const MAX_DEPTH: usize = 1 << 20;
 /// memory for huge files.
 const DROP_BATCH: usize = 1024;
 
+/// Chunks one garbage-collection write transaction handles at most, so a
+/// large collection does not hold the writer lock for long.
+pub const GC_BATCH: usize = 512;
+
 /// One non-hole block of a file, as [`Store::get_layout`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayoutBlock {
@@ -94,6 +110,9 @@ pub struct Store {
     db: Database,
     /// The volume settings, set once by `init_volume` (or at open).
     volume: OnceLock<VolumeInfo>,
+    /// Bumped after every committed transaction that changed `chunks-v1`
+    /// (see [`Store::chunk_generation`]).
+    chunk_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,10 +133,14 @@ impl Store {
     /// Opens the database at `path`, creating it (and its tables) if it does
     /// not exist.
     ///
+    /// A database of an older schema (from [`OLDEST_SCHEMA_VERSION`] on) is
+    /// migrated in the same transaction (see [`tables`]): a crash during
+    /// the migration leaves the old version intact.
+    ///
     /// Errors: [`Error::Db`] if redb cannot open the file (including when
     /// another `Store` in this process has it open), [`Error::Schema`] for an
     /// unknown schema version, [`Error::Corrupt`] for an unreadable volume
-    /// record.
+    /// or peer record.
     pub fn open(path: &Path) -> Result<Store, Error> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
@@ -131,7 +154,8 @@ impl Store {
             txn.open_table(CHUNKS)?;
             txn.open_table(CHUNKS_UNREFERENCED)?;
             txn.open_table(SYMLINKS)?;
-            txn.open_table(PEERS)?;
+            txn.open_table(TOMBSTONES)?;
+            let mut peers = txn.open_table(PEERS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_SCHEMA)? {
                 Some(g) => Some(decode_u32(g.value())?),
@@ -142,6 +166,26 @@ impl Store {
                     meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(old) if (OLDEST_SCHEMA_VERSION..SCHEMA_VERSION).contains(&old) => {
+                    // 1 → 2: peer records gain labels and the drain flag.
+                    let stored: Vec<([u8; 16], PeerRecord)> = peers
+                        .iter()?
+                        .map(|row| {
+                            let (k, v) = row?;
+                            Ok((k.value(), PeerRecord::from_bytes(v.value())?))
+                        })
+                        .collect::<Result<_, Error>>()?;
+                    for (id, rec) in &stored {
+                        peers.insert(*id, rec.to_bytes()?.as_slice())?;
+                    }
+                    meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
+                    tracing::info!(
+                        from = old,
+                        to = SCHEMA_VERSION,
+                        peers = stored.len(),
+                        "database migrated"
+                    );
+                }
                 Some(other) => return Err(Error::Schema { found: other, supported: SCHEMA_VERSION }),
             }
             let volume = match meta.get(META_VOLUME)? {
@@ -151,7 +195,7 @@ impl Store {
             volume
         };
         txn.commit()?;
-        let store = Store { db, volume: OnceLock::new() };
+        let store = Store { db, volume: OnceLock::new(), chunk_gen: AtomicU64::new(0) };
         if let Some(v) = volume {
             let _ = store.volume.set(volume_info(v));
         }
@@ -162,13 +206,17 @@ impl Store {
     /// returns `Ok`; aborts it otherwise.
     fn write<T>(&self, f: impl FnOnce(&mut W<'_>) -> Result<T, Error>) -> Result<T, Error> {
         let txn = self.db.begin_write()?;
-        let result = {
+        let (result, touched) = {
             let mut w = W::open(&txn)?;
-            f(&mut w)
+            let r = f(&mut w);
+            (r, w.chunks_touched)
         };
         match result {
             Ok(v) => {
                 txn.commit()?;
+                if touched {
+                    self.chunk_gen.fetch_add(1, Ordering::Release);
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -550,11 +598,17 @@ impl Store {
     /// removed (`None`); then size, mtime (from the commit) and ctime (now)
     /// are set and rows with index ≥ ⌈size / B⌉ are dropped.
     ///
+    /// A chunk that garbage collection has deleted (it has a tombstone) is
+    /// refused with `ChunkGone` and nothing changes: the tombstone and the
+    /// removal of the chunk record were one transaction, so either this
+    /// commit ran first (and the collector's re-check saw the reference) or
+    /// the collector did.
+    ///
     /// Errors: `NotFound`; `IsDir`; `Invalid` for a non-regular file, a
     /// block listed twice, a chunk past the new size, a chunk with no
     /// replicas, an unregistered replica, a stored length of 0 or over
     /// B + [`MAX_CHUNK_OVERHEAD`], or a length that differs from the one
-    /// already recorded for the same chunk; `NotInitialized`.
+    /// already recorded for the same chunk; `ChunkGone`; `NotInitialized`.
     pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
         let vol = self.vol()?;
         self.write(|w| w.commit_layout(ino.0, commit, vol.block_size))
@@ -667,6 +721,297 @@ impl Store {
             })
             .collect()
     }
+
+    /// Registers peer `id` (or re-registers it with a new address, usage
+    /// and labels), heartbeat `now`. A drain flag already stored is kept.
+    /// Returns the stored record.
+    pub fn register_peer(
+        &self,
+        id: PeerId,
+        addr: &str,
+        usage: PeerUsage,
+        labels: &PeerLabels,
+        now: Timestamp,
+    ) -> Result<PeerRecord, Error> {
+        self.write(|w| {
+            let mut rec = PeerRecord::new(addr.to_string(), usage, now, labels.clone());
+            rec.draining = w.peer_rec(id)?.is_some_and(|old| old.draining);
+            w.peers.insert(id.0, rec.to_bytes()?.as_slice())?;
+            Ok(rec)
+        })
+    }
+
+    /// Stores a heartbeat of peer `id`: its usage and time, leaving the
+    /// other fields (address, labels, drain flag) as stored. A peer that is
+    /// not stored is left alone. Returns whether it was stored.
+    pub fn heartbeat_peer(&self, id: PeerId, usage: PeerUsage, at: Timestamp) -> Result<bool, Error> {
+        self.write(|w| {
+            let Some(mut rec) = w.peer_rec(id)? else { return Ok(false) };
+            rec.usage = usage;
+            rec.last_heartbeat = at;
+            w.peers.insert(id.0, rec.to_bytes()?.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// Marks peer `id` as draining (idempotent) and returns its record.
+    ///
+    /// Errors: `NotFound` for a peer that never registered.
+    pub fn set_draining(&self, id: PeerId) -> Result<PeerRecord, Error> {
+        self.write(|w| {
+            let mut rec = w.peer_rec(id)?.ok_or(DirError::NotFound)?;
+            if !rec.draining {
+                rec.draining = true;
+                w.peers.insert(id.0, rec.to_bytes()?.as_slice())?;
+            }
+            Ok(rec)
+        })
+    }
+
+    /// Removes `peer` from the replica list of each of `ids` (a corruption
+    /// report) in one transaction; unknown chunks are skipped. Returns how
+    /// many replicas were removed.
+    pub fn drop_replicas(&self, peer: PeerId, ids: &[ChunkId]) -> Result<u64, Error> {
+        self.write(|w| {
+            let mut removed = 0u64;
+            for id in ids {
+                let Some(mut rec) = w.chunk_rec(id.0)? else { continue };
+                let before = rec.replicas.len();
+                rec.replicas.retain(|p| *p != peer);
+                if rec.replicas.len() != before {
+                    removed += 1;
+                    w.put_chunk(id.0, &rec)?;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Adds `peer` to chunk `id`'s replicas (a repair copy landed). Returns
+    /// false, changing nothing, if the chunk is no longer indexed (garbage
+    /// collection took it meanwhile; the copy is then an orphan).
+    pub fn add_replica(&self, id: ChunkId, peer: PeerId) -> Result<bool, Error> {
+        self.write(|w| {
+            let Some(mut rec) = w.chunk_rec(id.0)? else { return Ok(false) };
+            if !rec.replicas.contains(&peer) {
+                rec.replicas.push(peer);
+                w.put_chunk(id.0, &rec)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Calls `f` for every chunk of the index, in id order, inside one read
+    /// transaction (a consistent snapshot; writers are not blocked). Cost:
+    /// one B-tree walk plus one record decode per chunk.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(ChunkId, ChunkRecord)) -> Result<(), Error> {
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        for row in chunks.iter()? {
+            let (k, v) = row?;
+            f(ChunkId(k.value()), ChunkRecord::from_bytes(v.value())?);
+        }
+        Ok(())
+    }
+
+    /// A counter that changes after every committed transaction that
+    /// changed the chunk index (commits, truncations, unlinks, repairs,
+    /// corruption reports, collection). Equal values mean the index is
+    /// unchanged, so a survey of it would find the same thing. Not
+    /// persisted: it restarts at 0 with the process.
+    pub fn chunk_generation(&self) -> u64 {
+        self.chunk_gen.load(Ordering::Acquire)
+    }
+
+    /// Garbage collection of unreferenced chunks: up to `max` chunks that
+    /// became unreferenced at or before Unix second `cutoff_secs` leave the
+    /// index. One transaction (per [`GC_BATCH`]) re-checks each (still
+    /// refcount 0, still unreferenced since then), removes its chunk record
+    /// and unreferenced row, and writes its tombstone with every recorded
+    /// replica pending deletion. Returns the collected chunks with those
+    /// replicas; the caller then deletes the copies on the peers.
+    pub fn collect_unreferenced(
+        &self,
+        cutoff_secs: i64,
+        max: usize,
+    ) -> Result<Vec<(ChunkId, Vec<PeerId>)>, Error> {
+        let candidates: Vec<[u8; 32]> = {
+            let txn = self.db.begin_read()?;
+            let unref = txn.open_table(CHUNKS_UNREFERENCED)?;
+            let mut out = Vec::new();
+            for row in unref.iter()? {
+                let (k, v) = row?;
+                if v.value() <= cutoff_secs {
+                    out.push(k.value());
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        let mut collected = Vec::new();
+        for batch in candidates.chunks(GC_BATCH) {
+            let done = self.write(|w| {
+                let mut out = Vec::new();
+                for &id in batch {
+                    let Some(since) = w.unref.get(id)?.map(|g| g.value()) else { continue };
+                    if since > cutoff_secs {
+                        continue;
+                    }
+                    let Some(rec) = w.chunk_rec(id)? else {
+                        warn!(chunk = %ChunkId(id), "unreferenced row of a chunk the index does not know");
+                        w.unref.remove(id)?;
+                        continue;
+                    };
+                    if rec.refcount != 0 {
+                        warn!(chunk = %ChunkId(id), refcount = rec.refcount, "referenced chunk listed as unreferenced");
+                        continue;
+                    }
+                    w.remove_chunk(id)?;
+                    w.unref.remove(id)?;
+                    w.add_tombstone(id, &rec.replicas)?;
+                    out.push((ChunkId(id), rec.replicas));
+                }
+                Ok(out)
+            })?;
+            collected.extend(done);
+        }
+        Ok(collected)
+    }
+
+    /// For each of `ids`, whether the chunk index lacks it (one read
+    /// transaction).
+    pub fn missing_from_index(&self, ids: &[ChunkId]) -> Result<Vec<bool>, Error> {
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        ids.iter().map(|id| Ok(chunks.get(id.0)?.is_none())).collect()
+    }
+
+    /// Garbage collection of orphans found on `peer` (copies of chunks no
+    /// commit references): in one transaction, each of `ids` that is still
+    /// not in the chunk index gets a tombstone with `peer` pending deletion.
+    /// Returns the ids tombstoned; the others were committed meanwhile and
+    /// are left alone.
+    pub fn tombstone_orphans(&self, peer: PeerId, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
+        self.write(|w| {
+            let mut out = Vec::new();
+            for id in ids {
+                if w.chunks.get(id.0)?.is_some() {
+                    continue;
+                }
+                w.add_tombstone(id.0, &[peer])?;
+                out.push(*id);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Up to `max` tombstones with deletions still pending, with id greater
+    /// than `after` (all if `None`), in id order: the durable delete queue.
+    pub fn pending_deletes(
+        &self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<(ChunkId, TombstoneRecord)>, Error> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TOMBSTONES)?;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.0),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for row in t.range::<[u8; 32]>((lower, Bound::Unbounded))? {
+            let (k, v) = row?;
+            let rec = TombstoneRecord::from_bytes(v.value())?;
+            if !rec.pending.is_empty() {
+                out.push((ChunkId(k.value()), rec));
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes each `(chunk, peer)` from the chunk's pending deletes (the
+    /// peer acknowledged the delete, or will never be asked), in one
+    /// transaction. Tombstones themselves stay until
+    /// [`Store::expire_tombstones`].
+    pub fn ack_deletes(&self, acks: &[(ChunkId, PeerId)]) -> Result<(), Error> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut by_chunk: BTreeMap<[u8; 32], Vec<PeerId>> = BTreeMap::new();
+        for (c, p) in acks {
+            by_chunk.entry(c.0).or_default().push(*p);
+        }
+        self.write(|w| {
+            for (id, peers) in &by_chunk {
+                let Some(mut rec) = w.tombstone(*id)? else { continue };
+                rec.pending.retain(|p| !peers.contains(p));
+                w.tombstones.insert(*id, rec.to_bytes()?.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the tombstones with no pending deletes whose chunk left the
+    /// index at or before Unix second `cutoff_secs`. Returns how many.
+    pub fn expire_tombstones(&self, cutoff_secs: i64) -> Result<u64, Error> {
+        let expired: Vec<[u8; 32]> = {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(TOMBSTONES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let rec = TombstoneRecord::from_bytes(v.value())?;
+                if rec.pending.is_empty() && rec.deleted_at <= cutoff_secs {
+                    out.push(k.value());
+                }
+            }
+            out
+        };
+        let mut removed = 0u64;
+        for batch in expired.chunks(GC_BATCH) {
+            removed += self.write(|w| {
+                let mut n = 0u64;
+                for &id in batch {
+                    // Re-check: a later orphan find may have refreshed it.
+                    let Some(rec) = w.tombstone(id)? else { continue };
+                    if rec.pending.is_empty() && rec.deleted_at <= cutoff_secs {
+                        w.tombstones.remove(id)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })?;
+        }
+        Ok(removed)
+    }
+
+    /// The tombstone of chunk `id`, if garbage collection deleted it and the
+    /// tombstone has not expired.
+    pub fn tombstone(&self, id: &ChunkId) -> Result<Option<TombstoneRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TOMBSTONES)?;
+        match t.get(id.0)? {
+            Some(g) => Ok(Some(TombstoneRecord::from_bytes(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of tombstones (O(1)).
+    pub fn tombstone_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TOMBSTONES)?.len()?)
+    }
+
+    /// Number of chunks at reference count 0 waiting for collection (O(1)).
+    pub fn unreferenced_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(CHUNKS_UNREFERENCED)?.len()?)
+    }
 }
 
 /// The tables of one write transaction, with the transaction's notion of
@@ -680,8 +1025,11 @@ struct W<'t> {
     unref: Table<'t, [u8; 32], i64>,
     symlinks: Table<'t, u64, &'static [u8]>,
     peers: Table<'t, [u8; 16], &'static [u8]>,
+    tombstones: Table<'t, [u8; 32], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     now: Timestamp,
+    /// Whether `chunks` was written (bumps the store's chunk generation).
+    chunks_touched: bool,
 }
 
 impl<'t> W<'t> {
@@ -695,9 +1043,59 @@ impl<'t> W<'t> {
             unref: txn.open_table(CHUNKS_UNREFERENCED)?,
             symlinks: txn.open_table(SYMLINKS)?,
             peers: txn.open_table(PEERS)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
             meta: txn.open_table(META)?,
             now: Timestamp::now(),
+            chunks_touched: false,
         })
+    }
+
+    fn chunk_rec(&self, id: [u8; 32]) -> Result<Option<ChunkRecord>, Error> {
+        match self.chunks.get(id)? {
+            Some(g) => Ok(Some(ChunkRecord::from_bytes(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_chunk(&mut self, id: [u8; 32], rec: &ChunkRecord) -> Result<(), Error> {
+        self.chunks.insert(id, rec.to_bytes()?.as_slice())?;
+        self.chunks_touched = true;
+        Ok(())
+    }
+
+    fn remove_chunk(&mut self, id: [u8; 32]) -> Result<(), Error> {
+        self.chunks.remove(id)?;
+        self.chunks_touched = true;
+        Ok(())
+    }
+
+    fn peer_rec(&self, id: PeerId) -> Result<Option<PeerRecord>, Error> {
+        match self.peers.get(id.0)? {
+            Some(g) => Ok(Some(PeerRecord::from_bytes(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn tombstone(&self, id: [u8; 32]) -> Result<Option<TombstoneRecord>, Error> {
+        match self.tombstones.get(id)? {
+            Some(g) => Ok(Some(TombstoneRecord::from_bytes(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes (or refreshes) the tombstone of `id` with `peers` added to
+    /// its pending deletes; `deleted_at` becomes now, so a chunk found again
+    /// is protected for a full period from now.
+    fn add_tombstone(&mut self, id: [u8; 32], peers: &[PeerId]) -> Result<(), Error> {
+        let mut rec = self.tombstone(id)?.unwrap_or(TombstoneRecord { deleted_at: 0, pending: Vec::new() });
+        rec.deleted_at = rec.deleted_at.max(self.now.secs);
+        for p in peers {
+            if !rec.pending.contains(p) {
+                rec.pending.push(*p);
+            }
+        }
+        self.tombstones.insert(id, rec.to_bytes()?.as_slice())?;
+        Ok(())
     }
 
     fn inode(&self, ino: u64) -> Result<InodeRecord, Error> {
@@ -834,11 +1232,7 @@ impl<'t> W<'t> {
     /// Records one more reference (`add_ref`) to chunk `c` or only its
     /// replicas, creating the chunk record if needed.
     fn chunk_ref(&mut self, c: &StoredChunk, add_ref: bool) -> Result<(), Error> {
-        let existing = match self.chunks.get(c.id.0)? {
-            Some(g) => Some(ChunkRecord::from_bytes(g.value())?),
-            None => None,
-        };
-        let mut rec = match existing {
+        let mut rec = match self.chunk_rec(c.id.0)? {
             Some(rec) => {
                 if rec.len != c.len {
                     return Err(invalid(format!(
@@ -861,18 +1255,13 @@ impl<'t> W<'t> {
             }
             rec.refcount = rec.refcount.saturating_add(1);
         }
-        self.chunks.insert(c.id.0, rec.to_bytes()?.as_slice())?;
-        Ok(())
+        self.put_chunk(c.id.0, &rec)
     }
 
     /// Drops one reference to chunk `id`; at 0 the chunk is listed in
     /// `chunks-unreferenced-v1` with the current time.
     fn chunk_unref(&mut self, id: [u8; 32]) -> Result<(), Error> {
-        let existing = match self.chunks.get(id)? {
-            Some(g) => Some(ChunkRecord::from_bytes(g.value())?),
-            None => None,
-        };
-        let Some(mut rec) = existing else {
+        let Some(mut rec) = self.chunk_rec(id)? else {
             warn!(chunk = %ChunkId(id), "a layout row named a chunk the index does not know");
             return Ok(());
         };
@@ -884,8 +1273,7 @@ impl<'t> W<'t> {
         if rec.refcount == 0 {
             self.unref.insert(id, self.now.secs)?;
         }
-        self.chunks.insert(id, rec.to_bytes()?.as_slice())?;
-        Ok(())
+        self.put_chunk(id, &rec)
     }
 
     /// Whether directory `anc` is `dir` or one of its ancestors.
@@ -1038,6 +1426,9 @@ impl<'t> W<'t> {
             if c.replicas.is_empty() {
                 return Err(invalid(format!("chunk {} has no replicas", c.id)));
             }
+            if self.tombstones.get(c.id.0)?.is_some() {
+                return Err(DirError::ChunkGone(c.id).into());
+            }
             for p in &c.replicas {
                 if self.peers.get(p.0)?.is_none() {
                     return Err(invalid(format!("replica peer {p} is not registered")));
@@ -1186,4 +1577,76 @@ fn decode_u32(b: &[u8]) -> Result<u32, Error> {
         reason: format!("schema version of {} bytes", b.len()),
     })?;
     Ok(u32::from_le_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tables::PeerRecordV1;
+    use super::*;
+
+    /// Writes a database as schema 1 wrote it: schema version 1 and one
+    /// version-1 peer record (no tombstone table).
+    fn write_schema_1(path: &Path, schema: u32) -> PeerRecordV1 {
+        let v1 = PeerRecordV1 {
+            addr: "127.0.0.1:7701".into(),
+            usage: PeerUsage { capacity_bytes: 100, free_bytes: 60, used_bytes: 40, chunks: 4 },
+            last_heartbeat: Timestamp { secs: 1_700_000_000, nanos: 0 },
+        };
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_SCHEMA, &schema.to_le_bytes()[..]).unwrap();
+            let mut peers = txn.open_table(PEERS).unwrap();
+            peers.insert([7u8; 16], v1.to_bytes().unwrap().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        v1
+    }
+
+    fn stored_schema(path: &Path) -> u32 {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let v = meta.get(META_SCHEMA).unwrap().unwrap();
+        decode_u32(v.value()).unwrap()
+    }
+
+    #[test]
+    fn a_schema_1_database_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let v1 = write_schema_1(&path, 1);
+        {
+            let s = Store::open(&path).unwrap();
+            let peers = s.peers().unwrap();
+            let want = PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default());
+            assert_eq!(peers, vec![(PeerId([7; 16]), want)]);
+            assert_eq!(s.tombstone_count().unwrap(), 0, "the new table exists");
+        }
+        assert_eq!(stored_schema(&path), SCHEMA_VERSION);
+        // The raw record was rewritten as version 2.
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let peers = txn.open_table(PEERS).unwrap();
+            assert_eq!(peers.get([7u8; 16]).unwrap().unwrap().value()[0], 2);
+        }
+        // And it opens again as it is.
+        assert_eq!(Store::open(&path).unwrap().peers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.redb");
+        write_schema_1(&path, SCHEMA_VERSION + 1);
+        match Store::open(&path) {
+            Err(Error::Schema { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+        assert_eq!(stored_schema(&path), SCHEMA_VERSION + 1);
+    }
 }

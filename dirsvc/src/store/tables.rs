@@ -1,10 +1,14 @@
 //! The redb tables of dirsvc: names, key/value shapes, record formats.
 //!
 //! Every table name ends in a version suffix (`-v1`); an incompatible change
-//! to a table's key or value shape gets a new name and a migration, never an
-//! in-place reinterpretation. Integers in keys are redb's fixed-width
-//! little-endian encodings, ordered numerically; tuples order element by
-//! element.
+//! to a table's key or value *type* gets a new name and a migration, never an
+//! in-place reinterpretation. A record stored as bytes (below) evolves
+//! inside its table through its format-version byte instead: readers decode
+//! every older version (each record type's `from_older` is its migration),
+//! writers always write the newest, and [`SCHEMA_VERSION`] is bumped so an
+//! older dirsvc refuses the database rather than misread it. Integers in
+//! keys are redb's fixed-width little-endian encodings, ordered numerically;
+//! tuples order element by element.
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -16,13 +20,14 @@
 //! | `chunks-unreferenced-v1` | `[u8; 32]` chunk id | `i64` Unix seconds when its refcount reached 0 |
 //! | `symlinks-v1` | `u64` inode number | `&[u8]` sealed target |
 //! | `peers-v1` | `[u8; 16]` peer id | peer record |
+//! | `chunk-tombstones-v1` | `[u8; 32]` chunk id | tombstone record |
 //! | `meta-v1` | `&str` | `&[u8]` (see below) |
 //!
-//! Records are one format-version byte (currently 1 for every record)
-//! followed by the record's fields, in the order below, encoded with
-//! bincode 1 (fixed-width little-endian integers, `u64` length prefixes for
-//! byte strings, strings and lists; no trailing bytes). A record with an
-//! unknown version byte is refused as corrupt rather than misread.
+//! Records are one format-version byte followed by the record's fields, in
+//! the order below, encoded with bincode 1 (fixed-width little-endian
+//! integers, `u64` length prefixes for byte strings, strings and lists; one
+//! byte 0/1 for a bool; no trailing bytes). A record with an unknown version
+//! byte is refused as corrupt rather than misread.
 //! Timestamps are `(i64 secs, u32 nanos)` since the Unix epoch. Kinds are
 //! one byte: 1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char device,
 //! 7 block device (the same byte in `dirents-v1`).
@@ -36,12 +41,23 @@
 //! - chunk record v1: `replicas: list of [u8; 16] peer ids, refcount u64,
 //!   len u32` (stored length in bytes). `replicas` is the union of the
 //!   peers named by every commit that referenced the chunk.
-//! - peer record v1: `addr: string ("host:port"), usage: (capacity_bytes
-//!   u64, free_bytes u64, used_bytes u64, chunks u64), last_heartbeat
-//!   timestamp`.
+//! - peer record v2 (written since schema 2): `addr: string ("host:port"),
+//!   usage: (capacity_bytes u64, free_bytes u64, used_bytes u64, chunks
+//!   u64), last_heartbeat timestamp, host: string, zone: string, draining:
+//!   bool`. `host`/`zone` are the failure-domain labels the peer registered
+//!   with (empty = unknown); `draining` is set by `drain_peer` and never
+//!   cleared.
+//! - peer record v1 (schema 1, read only): `addr, usage, last_heartbeat` as
+//!   in v2. It migrates to v2 with empty labels and `draining = false`;
+//!   opening a schema-1 database rewrites every peer record as v2 in the
+//!   same transaction that sets the schema to 2.
+//! - tombstone record v1: `deleted_at i64` (Unix seconds when garbage
+//!   collection removed the chunk from the index), `pending: list of
+//!   [u8; 16] peer ids` (peers still to be told to delete their copy).
 //!
 //! `meta-v1` keys:
-//! - `schema_version`: `u32` LE, the version of this whole layout (1).
+//! - `schema_version`: `u32` LE, the version of this whole layout (2; 1
+//!   before tombstones and peer record v2, migrated at open).
 //! - `volume`: the volume record (version byte + bincode of
 //!   `VolumeInfo { id: [u8; 16], block_size: u32, replicas: u32,
 //!   wrapped_secret: bytes }`). Absent until `init_volume`.
@@ -64,10 +80,16 @@
 //!   chunk at refcount 0 stays in `chunks-v1` and is listed in
 //!   `chunks-unreferenced-v1` (for garbage collection); it leaves that table
 //!   when a layout references it again.
+//! - A chunk id is never both in `chunks-v1` and in `chunk-tombstones-v1`:
+//!   garbage collection removes the chunk record and writes the tombstone in
+//!   one transaction (after re-checking refcount 0, or for an orphan that
+//!   the id is not indexed), and `commit_layout` refuses a tombstoned id
+//!   with `ChunkGone`. A tombstone leaves when every pending delete was
+//!   acknowledged and it is older than twice the grace period.
 
 use crate::error::Error;
 use bincode::Options;
-use common::rpc::dir::{FileKind, PeerUsage};
+use common::rpc::dir::{FileKind, PeerLabels, PeerUsage};
 use common::time::Timestamp;
 use common::PeerId;
 use redb::TableDefinition;
@@ -75,7 +97,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the whole table layout, stored under `meta-v1/schema_version`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest schema version [`crate::Store::open`] migrates from.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Inode number → [`InodeRecord`] bytes.
 pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes-v1");
@@ -94,6 +119,8 @@ pub(crate) const CHUNKS_UNREFERENCED: TableDefinition<[u8; 32], i64> =
 pub(crate) const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks-v1");
 /// Peer id → [`PeerRecord`] bytes.
 pub(crate) const PEERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("peers-v1");
+/// Chunk id → [`TombstoneRecord`] bytes: chunks garbage collection deleted.
+pub(crate) const TOMBSTONES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunk-tombstones-v1");
 /// Volume-wide settings and counters (keys listed in the module doc).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 
@@ -134,7 +161,8 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
         Ok(out)
     }
 
-    /// Decodes a record written by [`Record::to_bytes`].
+    /// Decodes a record written by [`Record::to_bytes`] of this or (through
+    /// [`Record::from_older`]) an earlier version.
     ///
     /// Errors: [`Error::Corrupt`] for an empty value, an unknown version or
     /// bytes that do not decode.
@@ -142,15 +170,23 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
         let (&version, body) =
             bytes.split_first().ok_or(Error::Corrupt { what: Self::WHAT, reason: "empty record".into() })?;
         if version != Self::VERSION {
-            return Err(Error::Corrupt {
-                what: Self::WHAT,
-                reason: format!("unknown record version {version}"),
-            });
+            return Self::from_older(version, body);
         }
-        bincode_options()
-            .deserialize(body)
-            .map_err(|e| Error::Corrupt { what: Self::WHAT, reason: e.to_string() })
+        decode_body(Self::WHAT, body)
     }
+
+    /// Decodes the body of an older format `version` and migrates it to
+    /// this one. The default knows no older version.
+    ///
+    /// Errors: [`Error::Corrupt`] for an unknown version or a bad body.
+    fn from_older(version: u8, _body: &[u8]) -> Result<Self, Error> {
+        Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+    }
+}
+
+/// Decodes a record body (the bytes after the version byte).
+fn decode_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, Error> {
+    bincode_options().deserialize(body).map_err(|e| Error::Corrupt { what, reason: e.to_string() })
 }
 
 /// One inode (`inodes-v1` value, format version 1).
@@ -207,7 +243,7 @@ impl Record for ChunkRecord {
     const VERSION: u8 = 1;
 }
 
-/// One registered peer (`peers-v1` value, format version 1).
+/// One registered peer (`peers-v1` value, format version 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// `host:port` where the peer serves `PeerService`.
@@ -216,10 +252,75 @@ pub struct PeerRecord {
     pub usage: PeerUsage,
     /// Last registration or persisted heartbeat.
     pub last_heartbeat: Timestamp,
+    /// Host failure-domain label (empty = unknown: the peer is its own
+    /// host).
+    pub host: String,
+    /// Zone failure-domain label (empty = unknown: its own zone).
+    pub zone: String,
+    /// Set by `drain_peer`; never cleared.
+    pub draining: bool,
+}
+
+impl PeerRecord {
+    /// A peer that is not draining, with the given labels.
+    pub fn new(addr: String, usage: PeerUsage, last_heartbeat: Timestamp, labels: PeerLabels) -> Self {
+        PeerRecord { addr, usage, last_heartbeat, host: labels.host, zone: labels.zone, draining: false }
+    }
+
+    /// The failure-domain labels as the wire type.
+    pub fn labels(&self) -> PeerLabels {
+        PeerLabels { host: self.host.clone(), zone: self.zone.clone() }
+    }
 }
 
 impl Record for PeerRecord {
     const WHAT: &'static str = "peer";
+    const VERSION: u8 = 2;
+
+    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
+        match version {
+            1 => {
+                let v1: PeerRecordV1 = decode_body(Self::WHAT, body)?;
+                Ok(PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default()))
+            }
+            _ => {
+                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+            }
+        }
+    }
+}
+
+/// The peer record of schema 1 (format version 1): read for migration only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerRecordV1 {
+    /// `host:port`.
+    pub addr: String,
+    /// Last reported usage.
+    pub usage: PeerUsage,
+    /// Last registration or persisted heartbeat.
+    pub last_heartbeat: Timestamp,
+}
+
+/// Schema-1 databases are written in tests only (migration tests).
+#[cfg(test)]
+impl Record for PeerRecordV1 {
+    const WHAT: &'static str = "peer";
+    const VERSION: u8 = 1;
+}
+
+/// A chunk garbage collection deleted (`chunk-tombstones-v1` value, format
+/// version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneRecord {
+    /// Unix seconds at which the chunk left the index.
+    pub deleted_at: i64,
+    /// Peers that may still hold a copy and have not acknowledged its
+    /// deletion.
+    pub pending: Vec<PeerId>,
+}
+
+impl Record for TombstoneRecord {
+    const WHAT: &'static str = "tombstone";
     const VERSION: u8 = 1;
 }
 
@@ -293,6 +394,26 @@ mod tests {
         assert!(matches!(ChunkRecord::from_bytes(&bytes), Err(Error::Corrupt { .. })));
         assert!(ChunkRecord::from_bytes(&[]).is_err());
         assert!(ChunkRecord::from_bytes(&[1, 0xff]).is_err());
+    }
+
+    #[test]
+    fn version_1_peer_records_migrate_to_version_2() {
+        let v1 = PeerRecordV1 {
+            addr: "127.0.0.1:7701".into(),
+            usage: PeerUsage { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 },
+            last_heartbeat: Timestamp { secs: 1_700_000_000, nanos: 5 },
+        };
+        // Exactly what schema 1 wrote: version byte 1, then the three fields.
+        let mut bytes = vec![1u8];
+        bincode_options().serialize_into(&mut bytes, &v1).unwrap();
+        let rec = PeerRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(rec, PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default()));
+        let again = rec.to_bytes().unwrap();
+        assert_eq!(again[0], 2, "written as the newest version");
+        assert_eq!(PeerRecord::from_bytes(&again).unwrap(), rec);
+        let mut bad = again.clone();
+        bad[0] = 3;
+        assert!(matches!(PeerRecord::from_bytes(&bad), Err(Error::Corrupt { .. })));
     }
 
     #[test]

@@ -36,7 +36,9 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
     let addr_file = dir.path().join("addr");
     let log = std::fs::File::create(dir.path().join("dirsvc.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dirsvc"))
-        .args(["--listen", "127.0.0.1:0", "--peer-down-after-secs", "3"])
+        .args(["--listen", "127.0.0.1:0", "--peer-suspect-after-ms", "1500", "--peer-down-after-ms", "3000"])
+        .args(["--repair-interval-ms", "200", "--repair-concurrency", "2", "--repair-bandwidth", "1000000"])
+        .args(["--gc-interval-secs", "5", "--gc-grace-secs", "60"])
         .arg("--db")
         .arg(db_path(dir.path()))
         .arg("--addr-file")
@@ -80,4 +82,19 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
     // The volume it created is in the database it was given.
     let s = dirsvc::Store::open(&db_path(dir.path())).unwrap();
     assert_eq!(s.volume_info().unwrap(), volume(2));
+}
+
+#[test]
+fn conflicting_down_timeouts_are_a_usage_error() {
+    let dir = tmp();
+    let out = Command::new(env!("CARGO_BIN_EXE_dirsvc"))
+        .args(["--listen", "127.0.0.1:0", "--peer-down-after-secs", "3", "--peer-down-after-ms", "3000"])
+        .arg("--db")
+        .arg(db_path(dir.path()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{out:?}");
+    assert!(!db_path(dir.path()).exists(), "nothing was started");
 }

@@ -4,7 +4,8 @@
 
 use super::support::*;
 use common::rpc::dir::{
-    rename_flags, CommitLayout, DirError, DirServiceClient, PeerRegistration, PeerUsage, StoredChunk,
+    rename_flags, CommitLayout, DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerState,
+    PeerUsage, StoredChunk,
 };
 use common::rpc::PROTOCOL_VERSION;
 use common::time::Timestamp;
@@ -29,8 +30,10 @@ async fn start(dir: &Path, down_after: Duration) -> DirsvcHandle {
     dirsvc::spawn(DirsvcConfig {
         listen: "127.0.0.1:0".into(),
         db_path: db_path(dir),
+        peer_suspect_after: down_after,
         peer_down_after: down_after,
         heartbeat_persist_every: Duration::from_millis(100),
+        ..DirsvcConfig::default()
     })
     .await
     .unwrap()
@@ -48,7 +51,12 @@ async fn register(c: &DirServiceClient, k: u8, free: u64) -> PeerId {
     let id = PeerId([k; 16]);
     c.register_peer(
         context::current(),
-        PeerRegistration { id, addr: format!("127.0.0.1:{}", 9000 + u16::from(k)), usage: usage(free) },
+        PeerRegistration {
+            id,
+            addr: format!("127.0.0.1:{}", 9000 + u16::from(k)),
+            usage: usage(free),
+            labels: PeerLabels::default(),
+        },
     )
     .await
     .unwrap()
@@ -108,22 +116,21 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         }
         let sets = c.placement(ctx(), 8, 1 << 20).await.unwrap().unwrap();
         assert_eq!(sets.len(), 8);
-        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
         for set in &sets {
             assert_eq!(set.len(), 2);
             assert_ne!(set[0].id, set[1].id);
             assert!(set.iter().all(|p| p.live && p.addr.starts_with("127.0.0.1:")));
-            for p in set {
-                *per_peer.entry(p.id).or_default() += 1;
-            }
         }
-        assert_eq!(per_peer.len(), 4);
-        assert!(per_peer.values().all(|&k| k == 4), "{per_peer:?}");
-        // A peer with much more room gets every chunk until its advantage
-        // is used up.
+        // Over many chunks every peer gets some (the choice is random,
+        // weighted by free space; see the liveness tests for proportions).
+        let sets = c.placement(ctx(), 400, 1 << 10).await.unwrap().unwrap();
+        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+        for p in sets.iter().flatten() {
+            *per_peer.entry(p.id).or_default() += 1;
+        }
+        assert_eq!(per_peer.len(), 4, "{per_peer:?}");
+        assert!(per_peer.values().all(|&k| k > 100), "{per_peer:?}");
         c.heartbeat(ctx(), first, usage(2 * GIB)).await.unwrap().unwrap();
-        let sets = c.placement(ctx(), 3, 1 << 20).await.unwrap().unwrap();
-        assert!(sets.iter().all(|s| s.iter().any(|p| p.id == first)));
         // Chunks larger than any peer's free space cannot be placed.
         assert!(matches!(
             c.placement(ctx(), 1, 3 * GIB).await.unwrap(),
@@ -134,7 +141,27 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         assert!(matches!(
             c.register_peer(
                 ctx(),
-                PeerRegistration { id: PeerId([8; 16]), addr: "nonsense".into(), usage: usage(1) }
+                PeerRegistration {
+                    id: PeerId([8; 16]),
+                    addr: "nonsense".into(),
+                    usage: usage(1),
+                    labels: PeerLabels::default()
+                }
+            )
+            .await
+            .unwrap(),
+            Err(DirError::Invalid(_))
+        ));
+        let long = PeerLabels { host: "h".repeat(300), zone: String::new() };
+        assert!(matches!(
+            c.register_peer(
+                ctx(),
+                PeerRegistration {
+                    id: PeerId([8; 16]),
+                    addr: "127.0.0.1:1".into(),
+                    usage: usage(1),
+                    labels: long
+                }
             )
             .await
             .unwrap(),
@@ -142,7 +169,7 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         ));
         let peers = c.list_peers(ctx()).await.unwrap().unwrap();
         assert_eq!(peers.len(), 4);
-        assert!(peers.iter().all(|p| p.loc.live));
+        assert!(peers.iter().all(|p| p.loc.live && p.state == PeerState::Up));
         let st = c.statfs(ctx()).await.unwrap().unwrap();
         assert_eq!((st.live_peers, st.total_bytes, st.free_bytes), (4, 8 * GIB, 5 * GIB / 2));
         h.shutdown().await;

@@ -1,8 +1,7 @@
 //! Fixtures shared by the integration tests: temporary stores, names,
 //! peers and chunks.
 
-use common::rpc::dir::PeerUsage;
-use common::rpc::dir::{DirError, FileKind, NewInode, StoredChunk, VolumeInfo};
+use common::rpc::dir::{DirError, FileKind, NewInode, PeerLabels, PeerUsage, StoredChunk, VolumeInfo};
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
 use dirsvc::store::tables::PeerRecord;
@@ -74,15 +73,9 @@ pub fn mkdir(s: &Store, parent: InodeId, name: &str) -> InodeId {
 /// Registers peer number `k` directly in the store.
 pub fn peer(s: &Store, k: u8) -> PeerId {
     let id = PeerId([k; 16]);
-    s.put_peer(
-        id,
-        &PeerRecord {
-            addr: format!("127.0.0.1:{}", 9000 + u16::from(k)),
-            usage: PeerUsage::default(),
-            last_heartbeat: Timestamp::now(),
-        },
-    )
-    .unwrap();
+    let addr = format!("127.0.0.1:{}", 9000 + u16::from(k));
+    s.put_peer(id, &PeerRecord::new(addr, PeerUsage::default(), Timestamp::now(), PeerLabels::default()))
+        .unwrap();
     id
 }
 

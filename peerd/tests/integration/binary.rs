@@ -1,8 +1,11 @@
 //! The real `peerd` binary: it keeps running while dirsvc is unreachable,
-//! `kill -9` loses no acknowledged chunk, and SIGTERM/SIGINT exit 0.
+//! `kill -9` loses no acknowledged chunk, SIGTERM/SIGINT exit 0, and the
+//! command-line flags for labels, heartbeat and scrub take effect.
 
+use super::fake_dir::FakeDirServer;
 use super::util::{chunk, closed_port, timeout};
 use common::config::CHUNK_DEADLINE;
+use common::rpc::dir::PeerLabels;
 use common::rpc::peer::Bytes;
 use common::transport::{deadline, peer_client};
 use std::net::SocketAddr;
@@ -20,10 +23,23 @@ struct Peerd {
 impl Peerd {
     /// Starts `peerd` on `127.0.0.1:0`; its log goes to `<log_dir>/<name>.log`.
     fn start(data_dir: &Path, addr_file: &Path, dirsvc: &str, log_dir: &Path, name: &str) -> Peerd {
+        Self::start_with(data_dir, addr_file, dirsvc, log_dir, name, &[])
+    }
+
+    /// As [`Peerd::start`], with `extra` arguments.
+    fn start_with(
+        data_dir: &Path,
+        addr_file: &Path,
+        dirsvc: &str,
+        log_dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Peerd {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
             .args(["--listen", "127.0.0.1:0", "--dirsvc", dirsvc])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--addr-file")
@@ -155,6 +171,63 @@ async fn sigint_exits_cleanly_and_keeps_the_peer_id() {
         assert_eq!(std::fs::read_to_string(data.join("peer-id")).unwrap(), id);
         p.signal(libc::SIGTERM);
         assert_eq!(p.wait_exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flags_set_labels_heartbeat_interval_and_scrub() {
+    timeout(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
+        let flags = [
+            "--host-label",
+            "node-a",
+            "--zone-label",
+            "zone-1",
+            "--heartbeat-interval-ms",
+            "50",
+            "--scrub-bytes-per-sec",
+            "0",
+            "--scrub-interval-secs",
+            "5",
+        ];
+        let addr_file = tmp.path().join("addr");
+        let mut p = Peerd::start_with(
+            &tmp.path().join("data"),
+            &addr_file,
+            &dirsvc.addr,
+            tmp.path(),
+            "flags",
+            &flags,
+        );
+        wait_addr(&mut p, &addr_file).await;
+        dirsvc.wait_for("registration and a heartbeat", |c| !c.heartbeats.is_empty()).await;
+        assert_eq!(
+            dirsvc.registrations()[0].labels,
+            PeerLabels { host: "node-a".into(), zone: "zone-1".into() }
+        );
+        // 50 ms between heartbeats: well over 5 in a second (2 s default: 0 or 1).
+        let before = dirsvc.heartbeats().len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let beats = dirsvc.heartbeats().len() - before;
+        assert!(beats >= 5, "{beats} heartbeats in 1 s");
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait_exit().await.code(), Some(0));
+        let log = std::fs::read_to_string(&p.log).unwrap();
+        assert!(log.contains("scrub disabled"), "--scrub-bytes-per-sec 0 turns scrub off:\n{log}");
+        dirsvc.stop().await;
+
+        // A zero heartbeat interval is refused at the command line.
+        let mut bad = Peerd::start_with(
+            &tmp.path().join("data2"),
+            &tmp.path().join("addr2"),
+            &closed_port(),
+            tmp.path(),
+            "bad",
+            &["--heartbeat-interval-ms", "0"],
+        );
+        assert_eq!(bad.wait_exit().await.code(), Some(2), "clap usage error");
     })
     .await;
 }

@@ -1,7 +1,7 @@
 //! A chunk file altered on disk is detected on read, moved to `corrupted/`
 //! and never served again; a later put of the good bytes repairs it.
 
-use super::util::{chunk, closed_port, spawn_peer, timeout};
+use super::util::{chunk, closed_port, flip_byte, spawn_peer, timeout};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError};
 use common::transport::{deadline, peer_client};
@@ -11,12 +11,6 @@ use std::path::Path;
 
 async fn open(dir: &Path) -> FsChunkStore {
     FsChunkStore::open(StoreConfig { data_dir: dir.to_path_buf(), capacity_bytes: None }).await.unwrap()
-}
-
-fn flip_byte(path: &Path, at: usize) {
-    let mut b = fs::read(path).unwrap();
-    b[at] ^= 0x40;
-    fs::write(path, b).unwrap();
 }
 
 fn corrupted_files(store: &FsChunkStore) -> Vec<String> {
@@ -53,14 +47,17 @@ async fn flipped_byte_is_detected_moved_aside_then_not_found() {
         "the bad copy is kept as it was for inspection"
     );
 
+    assert_eq!(store.corrupt_queue().pending(), [id], "queued for a report to dirsvc");
     assert!(matches!(store.get(id).await, Err(Error::NotFound(_))));
     assert_eq!(store.has(vec![id]).await.unwrap(), [false]);
     let u = store.usage().await.unwrap();
     assert_eq!((u.chunks, u.used_bytes), (1, 100), "usage forgets the bad copy");
 
-    // A fresh put of the good bytes brings it back.
+    // A fresh put of the good bytes brings it back, and the report that
+    // was not sent yet is withdrawn: this replica is good again.
     store.put(id, bytes.clone()).await.unwrap();
     assert_eq!(store.get(id).await.unwrap(), bytes);
+    assert!(store.corrupt_queue().is_empty());
 }
 
 #[tokio::test]

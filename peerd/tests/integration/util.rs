@@ -1,9 +1,10 @@
-//! Shared helpers: test chunks, a peer on an ephemeral port, timeouts.
+//! Shared helpers: test chunks, chunk files written straight to disk, a peer
+//! on an ephemeral port, polling and timeouts.
 
 use common::ChunkId;
 use peerd::{PeerdConfig, PeerdHandle};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Upper bound for any one socket test.
@@ -35,16 +36,64 @@ pub fn closed_port() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// A peer on `127.0.0.1:0` over `data_dir`, heartbeating to `dirsvc` every
-/// 50 ms.
-pub async fn spawn_peer(data_dir: &Path, dirsvc: &str) -> PeerdHandle {
-    peerd::spawn(PeerdConfig {
+/// The configuration of a test peer: `127.0.0.1:0` over `data_dir`,
+/// heartbeating to `dirsvc` every 50 ms, scrub off (tests of scrub turn it
+/// on, so that no other test races a scrub pass).
+pub fn peer_config(data_dir: &Path, dirsvc: &str) -> PeerdConfig {
+    PeerdConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_path_buf(),
         dirsvc: dirsvc.to_string(),
         heartbeat_interval: Duration::from_millis(50),
+        scrub_bytes_per_sec: 0,
         ..PeerdConfig::default()
-    })
-    .await
-    .unwrap()
+    }
+}
+
+/// A peer with [`peer_config`].
+pub async fn spawn_peer(data_dir: &Path, dirsvc: &str) -> PeerdHandle {
+    peerd::spawn(peer_config(data_dir, dirsvc)).await.unwrap()
+}
+
+/// Where a store in `data_dir` keeps chunk `id`.
+pub fn chunk_file(data_dir: &Path, id: &ChunkId) -> PathBuf {
+    let hex = id.to_hex();
+    data_dir.join("data").join(&hex[..2]).join(hex)
+}
+
+/// Writes chunk files straight into `data_dir`'s layout, without a store
+/// and without fsync: a fast way to give a peer many chunks before it opens.
+pub fn write_chunk_files(data_dir: &Path, chunks: &[(ChunkId, Vec<u8>)]) {
+    for (id, bytes) in chunks {
+        let path = chunk_file(data_dir, id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Flips one bit pattern of the byte at `at` in the file at `path`.
+pub fn flip_byte(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x40;
+    std::fs::write(path, b).unwrap();
+}
+
+/// File names in `dir`, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+/// Polls `cond` every 10 ms for up to 20 s; panics naming `what` if it
+/// never holds.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

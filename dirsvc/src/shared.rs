@@ -1,0 +1,100 @@
+//! State shared by the RPC handlers and the background workers.
+
+use crate::error::Error;
+use crate::peers::PeerTable;
+use crate::pool::PeerPool;
+use crate::store::Store;
+use crate::DirsvcConfig;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// Counters since the process started (reported by `cluster_status`).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Peer-to-peer copies running now.
+    pub repairs_in_flight: AtomicU32,
+    /// Copies completed and recorded in the index.
+    pub repaired_total: AtomicU64,
+    /// Bytes of those copies.
+    pub repaired_bytes_total: AtomicU64,
+    /// Replica deletions acknowledged by peers.
+    pub gc_deleted_total: AtomicU64,
+}
+
+/// Counts one copy in flight for as long as it lives (also when the copy's
+/// future is dropped on shutdown).
+pub(crate) struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    /// Counts one more copy in flight.
+    pub(crate) fn start(n: &'a AtomicU32) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the handlers and workers share. The peer mutex is never held
+/// across an `.await`; the store is only used from blocking threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The database.
+    pub store: Arc<Store>,
+    /// The settings the service was started with.
+    pub config: DirsvcConfig,
+    /// The in-memory peer registry.
+    peers: Mutex<PeerTable>,
+    /// Counters since start.
+    pub stats: Stats,
+    /// Wakes the repair worker early (corruption report, drain).
+    pub repair_kick: Notify,
+    /// `PeerService` clients of the workers.
+    pub pool: PeerPool,
+}
+
+impl Shared {
+    /// Shared state over `store`, loading the peer registry from it.
+    /// Blocking (one read transaction).
+    ///
+    /// Errors: as [`Store::peers`].
+    pub(crate) fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
+        let stored = store.peers()?;
+        let peers = PeerTable::new(
+            stored,
+            config.peer_suspect_after,
+            config.peer_down_after,
+            config.heartbeat_persist_every,
+        );
+        Ok(Shared {
+            store,
+            config: config.clone(),
+            peers: Mutex::new(peers),
+            stats: Stats::default(),
+            repair_kick: Notify::new(),
+            pool: PeerPool::default(),
+        })
+    }
+
+    /// The peer registry. Never hold the guard across an `.await`.
+    pub(crate) fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        // Nothing in PeerTable can be left half-updated by a panic that
+        // matters more than stopping service, so take the data as is.
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the blocking pool with the store, so no redb
+    /// transaction lives on an async thread or across an `.await`.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+}

@@ -1,0 +1,216 @@
+//! A recording `DirService` test double on a real loopback socket: it keeps
+//! registrations, heartbeats and corrupt-chunk reports, can be told to
+//! forget the peer or refuse reports, and refuses every other call.
+
+use common::rpc::dir::*;
+use common::rpc::PeerLoc;
+use common::{ChunkId, InodeId, PeerId};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tarpc::context::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the double has been asked, and how it should answer.
+#[derive(Default)]
+pub struct Calls {
+    pub registrations: Vec<PeerRegistration>,
+    pub heartbeats: Vec<(PeerId, PeerUsage)>,
+    /// Every acknowledged `report_corrupt` call, in order.
+    pub reports: Vec<(PeerId, Vec<ChunkId>)>,
+    /// Answer the next heartbeats `NotFound` while true.
+    pub forget: bool,
+    /// Refuse `report_corrupt` (with `Internal`) while true.
+    pub refuse_reports: bool,
+}
+
+impl Calls {
+    /// Every chunk id reported so far, ascending, without duplicates.
+    pub fn reported(&self) -> Vec<ChunkId> {
+        let mut ids: Vec<ChunkId> = self.reports.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A DirService that records register, heartbeat and report_corrupt calls
+/// and refuses the rest.
+#[derive(Clone, Default)]
+pub struct FakeDir {
+    pub calls: Arc<Mutex<Calls>>,
+}
+
+/// A running [`FakeDir`] on a loopback port.
+pub struct FakeDirServer {
+    pub dir: FakeDir,
+    pub addr: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeDirServer {
+    pub async fn start(addr: &str) -> FakeDirServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let dir = FakeDir::default();
+        let stop = CancellationToken::new();
+        let task = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            tokio::spawn(async move { common::serve_tarpc!(listener, dir, stop) })
+        };
+        FakeDirServer { dir, addr, stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+
+    pub fn registrations(&self) -> Vec<PeerRegistration> {
+        self.dir.calls.lock().unwrap().registrations.clone()
+    }
+
+    pub fn heartbeats(&self) -> Vec<(PeerId, PeerUsage)> {
+        self.dir.calls.lock().unwrap().heartbeats.clone()
+    }
+
+    /// Every chunk id reported corrupt so far (see [`Calls::reported`]).
+    pub fn reported(&self) -> Vec<ChunkId> {
+        self.dir.calls.lock().unwrap().reported()
+    }
+
+    /// Polls `cond` every 10 ms until it holds.
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&Calls) -> bool) {
+        for _ in 0..1000 {
+            if cond(&self.dir.calls.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+fn unsupported<T>() -> Result<T, DirError> {
+    Err(DirError::Internal("not in the test double".into()))
+}
+
+impl DirService for FakeDir {
+    async fn hello(self, _: Context) -> u32 {
+        common::rpc::PROTOCOL_VERSION
+    }
+    async fn volume_info(self, _: Context) -> Result<VolumeInfo, DirError> {
+        unsupported()
+    }
+    async fn init_volume(self, _: Context, _: VolumeInfo, _: u32, _: u32) -> Result<VolumeInfo, DirError> {
+        unsupported()
+    }
+    async fn lookup(self, _: Context, _: InodeId, _: Vec<u8>) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn getattr(self, _: Context, _: InodeId) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn setattr(self, _: Context, _: InodeId, _: SetAttr) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn mkdir(
+        self,
+        _: Context,
+        _: InodeId,
+        _: Vec<u8>,
+        _: u32,
+        _: u32,
+        _: u32,
+    ) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn create(self, _: Context, _: InodeId, _: Vec<u8>, _: NewInode) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn unlink(self, _: Context, _: InodeId, _: Vec<u8>) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn rmdir(self, _: Context, _: InodeId, _: Vec<u8>) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn rename(
+        self,
+        _: Context,
+        _: InodeId,
+        _: Vec<u8>,
+        _: InodeId,
+        _: Vec<u8>,
+        _: u32,
+    ) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn readdir(self, _: Context, _: InodeId, _: u64, _: u32) -> Result<ReadDirPage, DirError> {
+        unsupported()
+    }
+    async fn symlink(
+        self,
+        _: Context,
+        _: InodeId,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: u64,
+        _: u32,
+        _: u32,
+    ) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn readlink(self, _: Context, _: InodeId) -> Result<Vec<u8>, DirError> {
+        unsupported()
+    }
+    async fn link(self, _: Context, _: InodeId, _: InodeId, _: Vec<u8>) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn statfs(self, _: Context) -> Result<StatFs, DirError> {
+        unsupported()
+    }
+    async fn placement(self, _: Context, _: u32, _: u64) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        unsupported()
+    }
+    async fn commit_layout(self, _: Context, _: InodeId, _: CommitLayout) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn get_layout(self, _: Context, _: InodeId, _: u64, _: u32) -> Result<LayoutPage, DirError> {
+        unsupported()
+    }
+    async fn chunk_locations(self, _: Context, _: Vec<ChunkId>) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        unsupported()
+    }
+    async fn register_peer(self, _: Context, reg: PeerRegistration) -> Result<(), DirError> {
+        let mut c = self.calls.lock().unwrap();
+        c.registrations.push(reg);
+        c.forget = false;
+        Ok(())
+    }
+    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<(), DirError> {
+        let mut c = self.calls.lock().unwrap();
+        if c.forget || !c.registrations.iter().any(|r| r.id == id) {
+            return Err(DirError::NotFound);
+        }
+        c.heartbeats.push((id, usage));
+        Ok(())
+    }
+    async fn list_peers(self, _: Context) -> Result<Vec<PeerStatus>, DirError> {
+        unsupported()
+    }
+    async fn report_corrupt(self, _: Context, peer: PeerId, chunks: Vec<ChunkId>) -> Result<(), DirError> {
+        let mut c = self.calls.lock().unwrap();
+        if c.refuse_reports {
+            return Err(DirError::Internal("refusing reports for the test".into()));
+        }
+        c.reports.push((peer, chunks));
+        Ok(())
+    }
+    async fn drain_peer(self, _: Context, _: PeerId) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn cluster_status(self, _: Context) -> Result<ClusterStatus, DirError> {
+        unsupported()
+    }
+}
