@@ -28,7 +28,7 @@ use common::codec;
 use common::config::{NAME_MAX, SYMLINK_MAX};
 use common::keys::{NameKey, SubKey, VolumeSecret};
 use common::rpc::dir::{
-    Attr, BlockLoc, CommitLayout, FileKind, NewInode, SetAttr, StatFs, StoredChunk, VolumeInfo,
+    Attr, BlockLoc, CommitLayout, DirError, FileKind, NewInode, SetAttr, StatFs, StoredChunk, VolumeInfo,
 };
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
@@ -644,6 +644,8 @@ impl Fs {
         let want = self.replicas as usize;
         let mut stored: Vec<PeerLoc> = Vec::new();
         let mut errors = Vec::new();
+        // Whether every failure so far says "no room" (then ENOSPC, not EIO).
+        let mut space_only = true;
         for attempt in 0..self.config.upload_attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
@@ -651,10 +653,12 @@ impl Fs {
             let placed = match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
                 Ok(mut p) if !p.is_empty() => p.swap_remove(0),
                 Ok(_) => {
+                    space_only = false;
                     errors.push("placement returned no peers".to_string());
                     continue;
                 }
                 Err(e) => {
+                    space_only &= matches!(e, Error::Dir(DirError::NoPeers { .. }));
                     errors.push(e.to_string());
                     continue;
                 }
@@ -669,6 +673,7 @@ impl Fs {
                 match r {
                     Ok(()) => stored.push(p.clone()),
                     Err(e) => {
+                        space_only &= matches!(e, Error::Peer(common::rpc::peer::PeerError::NoSpace));
                         warn!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
                         errors.push(format!("{}: {e}", p.addr));
                     }
@@ -679,6 +684,9 @@ impl Fs {
             }
         }
         if stored.len() < want {
+            if space_only && !errors.is_empty() {
+                return Err(Error::NoSpace(format!("block {idx} of inode {ino}: {}", errors.join("; "))));
+            }
             return Err(Error::Upload(format!(
                 "block {idx} of inode {ino}: stored on {} of {want} peers ({})",
                 stored.len(),
@@ -757,13 +765,26 @@ impl Fs {
             let batch: Vec<(u64, Option<StoredChunk>)> =
                 st.uncommitted.iter().take(COMMIT_BATCH).map(|(i, c)| (*i, c.clone())).collect();
             let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
-            let attr = self
+            let r = self
                 .dir
                 .call(|c, ctx| {
                     let cm = commit.clone();
                     async move { c.commit_layout(ctx, ino, cm).await }
                 })
-                .await?;
+                .await;
+            let attr = match r {
+                Ok(a) => a,
+                Err(Error::Dir(DirError::NotFound)) => {
+                    // The file was deleted (by this or another client): what
+                    // was buffered for it has nowhere to go. Its stored
+                    // chunks are orphans for garbage collection.
+                    debug!(ino = %ino, blocks = st.uncommitted.len(), "file deleted before its data was committed; dropping it");
+                    st.uncommitted.clear();
+                    st.meta_dirty = false;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             for (i, _) in &batch {
                 st.uncommitted.remove(i);
             }
