@@ -187,8 +187,14 @@ fi
 "$BIN/fs-client" init --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --replicas "$REPLICAS" --if-missing
 
 # ---------------------------------------------------------------- mount
-echo "$MNT" >"$STATE/mountpoint"
 client_pid=$(live_pid fs-client fs-client || true)
+if [[ -n $client_pid && -f $STATE/mountpoint ]]; then
+    old_mnt=$(<"$STATE/mountpoint")
+    if [[ $old_mnt != "$MNT" && $(mount_type "$old_mnt") == fuse.p2pfs ]]; then
+        die "this cluster is already mounted at $old_mnt (fs-client pid $client_pid); run scripts/down.sh first to mount it elsewhere"
+    fi
+fi
+echo "$MNT" >"$STATE/mountpoint"
 mtype=$(mount_type "$MNT")
 if [[ $mtype == fuse.p2pfs ]] && timeout 10 stat -f -- "$MNT" >/dev/null 2>&1; then
     echo "$MNT already mounted (fs-client pid ${client_pid:-not started by up.sh})"

@@ -23,6 +23,10 @@ pub enum Error {
     /// A block could not be stored on enough peers.
     #[error("upload failed: {0}")]
     Upload(String),
+    /// A block could not be stored because the peers are full (or there are
+    /// not enough live peers to place it).
+    #[error("no space: {0}")]
+    NoSpace(String),
     /// A peer answered with a domain error.
     #[error("peer: {0}")]
     Peer(#[from] PeerError),
@@ -77,7 +81,7 @@ impl Error {
                 DirError::NoPeers { .. } => libc::ENOSPC,
                 _ => libc::EIO,
             },
-            Error::Peer(PeerError::NoSpace) => libc::ENOSPC,
+            Error::Peer(PeerError::NoSpace) | Error::NoSpace(_) => libc::ENOSPC,
             Error::Errno(e, _) => *e,
             _ => libc::EIO,
         }
@@ -86,6 +90,19 @@ impl Error {
     /// Whether this is an ordinary "no such entry" (logged at debug only).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Dir(DirError::NotFound))
+    }
+
+    /// Whether this is the answer to a request the user got wrong (ENOENT,
+    /// EEXIST, ENOTEMPTY, …), as opposed to a failure of the system: those
+    /// are logged at debug, failures at warn.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Dir(d) => {
+                !matches!(d, DirError::Internal(_) | DirError::NoPeers { .. } | DirError::NotInitialized)
+            }
+            Error::Errno(e, _) => *e != libc::EIO,
+            _ => false,
+        }
     }
 }
 

@@ -657,6 +657,8 @@ impl Fs {
         let mut failed: Vec<common::PeerId> = Vec::new();
         let mut stored: Vec<PeerLoc> = Vec::new();
         let mut errors = Vec::new();
+        // Whether every failure so far says "no room" (then ENOSPC, not EIO).
+        let mut space_only = true;
         for attempt in 0..self.config.upload_attempts.max(1) {
             // The second attempt goes at once (to other peers); later ones
             // back off.
@@ -672,11 +674,13 @@ impl Fs {
             let targets = match self.place(len, &skip).await {
                 Ok(t) => t.into_iter().take(want - stored.len()).collect::<Vec<_>>(),
                 Err(e) => {
+                    space_only &= matches!(e, Error::Dir(DirError::NoPeers { .. }));
                     errors.push(e.to_string());
                     continue;
                 }
             };
             if targets.is_empty() {
+                space_only = false;
                 errors.push("no live peer can take the block".into());
                 continue;
             }
@@ -687,6 +691,7 @@ impl Fs {
                     Err(e) => {
                         failed.push(p.id);
                         lock(&self.peer_failures).insert(p.id, std::time::Instant::now());
+                        space_only &= matches!(e, Error::Peer(common::rpc::peer::PeerError::NoSpace));
                         warn!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
                         errors.push(format!("{}: {e}", p.addr));
                     }
@@ -697,6 +702,9 @@ impl Fs {
             }
         }
         if stored.len() < min {
+            if space_only && !errors.is_empty() {
+                return Err(Error::NoSpace(format!("block {idx} of inode {ino}: {}", errors.join("; "))));
+            }
             return Err(Error::Upload(format!(
                 "block {idx} of inode {ino}: stored on {} of {want} peers, {min} needed ({})",
                 stored.len(),
@@ -829,6 +837,15 @@ impl Fs {
                     // blocks again from the cache, or fail loudly.
                     self.restore_gone(st, gone).await?;
                     continue;
+                }
+                Err(Error::Dir(DirError::NotFound)) => {
+                    // The file was deleted (by this or another client): what
+                    // was buffered for it has nowhere to go. Its stored
+                    // chunks are orphans for garbage collection.
+                    debug!(ino = %ino, blocks = st.uncommitted.len(), "file deleted before its data was committed; dropping it");
+                    st.uncommitted.clear();
+                    st.meta_dirty = false;
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             };

@@ -22,8 +22,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
-/// How long the kernel may cache attributes and entries (1 s).
+/// How long the kernel may cache entries, and attributes of anything but a
+/// regular file (1 s).
 const TTL: Duration = Duration::from_secs(1);
+
+/// How long the kernel may cache a regular file's attributes: not at all, so
+/// every open (its permission check) fetches the size and mtime that another
+/// client may have committed — close-to-open consistency, which `O_APPEND`
+/// depends on. `stat` costs one RPC.
+fn attr_ttl(kind: FileKind) -> Duration {
+    if kind == FileKind::File {
+        Duration::ZERO
+    } else {
+        TTL
+    }
+}
 
 /// Directory entries fetched per `readdir` RPC.
 const READDIR_PAGE: u32 = 512;
@@ -43,8 +56,8 @@ impl FuseAdapter {
 }
 
 fn errno(op: &str, e: &Error) -> Errno {
-    if e.is_not_found() {
-        debug!(op, error = %e, "not found");
+    if e.is_user_error() {
+        debug!(op, error = %e, errno = e.errno(), "request refused");
     } else {
         warn!(op, error = %e, errno = e.errno(), "request failed");
     }
@@ -104,7 +117,9 @@ impl FuseAdapter {
 
     fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &to_attr(&a, self.blksize()), Generation(0)),
+            Ok(a) => {
+                reply.entry_with_ttls(&attr_ttl(a.kind), &TTL, &to_attr(&a, self.blksize()), Generation(0))
+            }
             Err(e) => reply.error(errno(op, &e)),
         }
     }
@@ -133,7 +148,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.rt.block_on(self.fs.getattr(InodeId(ino.0))) {
-            Ok(a) => reply.attr(&TTL, &to_attr(&a, self.blksize())),
+            Ok(a) => reply.attr(&attr_ttl(a.kind), &to_attr(&a, self.blksize())),
             Err(e) => reply.error(errno("getattr", &e)),
         }
     }
@@ -165,7 +180,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
         };
         match self.rt.block_on(self.fs.setattr(InodeId(ino.0), set)) {
-            Ok(a) => reply.attr(&TTL, &to_attr(&a, self.blksize())),
+            Ok(a) => reply.attr(&attr_ttl(a.kind), &to_attr(&a, self.blksize())),
             Err(e) => reply.error(errno("setattr", &e)),
         }
     }

@@ -50,6 +50,9 @@ impl std::fmt::Debug for IdentityFile {
 pub fn load(path: &Path) -> Result<IdentityFile> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::Io(format!("cannot read identity file {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::Key(format!("identity file {} is not a regular file", path.display())));
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::Key(format!(

@@ -85,21 +85,24 @@ pub fn run(config: MountConfig) -> Result<()> {
         .build()
         .map_err(|e| Error::Io(format!("cannot start runtime: {e}")))?;
     let id = crate::identity::load(&config.identity)?;
+    let mountpoint = std::path::absolute(&config.mountpoint)
+        .map_err(|e| Error::Io(format!("bad mount point {}: {e}", config.mountpoint.display())))?;
+    clean_stale(&mountpoint)?;
+    match std::fs::metadata(&mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::Io(format!("mount point {} is not a directory", mountpoint.display()))),
+        Err(e) => return Err(Error::Io(format!("mount point {}: {e}", mountpoint.display()))),
+    }
     let fs = rt.block_on(async {
-        let dir =
-            DirClient::connect(&config.dirsvc).await?.with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
+        let dir = DirClient::connect(&config.dirsvc)
+            .await
+            .map_err(|e| Error::Io(format!("cannot reach dirsvc at {}: {e}", config.dirsvc)))?
+            .with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
         let (info, secret) = crate::volume::open(&dir, &id).await?;
         info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
         Ok::<_, Error>(Fs::new(dir, &info, &secret, config.fs.clone()))
     })?;
     drop(id);
-
-    let mountpoint = std::path::absolute(&config.mountpoint)
-        .map_err(|e| Error::Io(format!("bad mount point {}: {e}", config.mountpoint.display())))?;
-    clean_stale(&mountpoint)?;
-    if !mountpoint.is_dir() {
-        return Err(Error::Io(format!("mount point {} is not a directory", mountpoint.display())));
-    }
 
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![

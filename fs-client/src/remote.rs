@@ -117,6 +117,10 @@ impl DirClient {
             }
             let c = match self.client().await {
                 Ok(c) => c,
+                Err(Error::Rpc { detail, .. }) => {
+                    last = detail;
+                    continue;
+                }
                 Err(e) => {
                     last = e.to_string();
                     continue;
