@@ -62,6 +62,10 @@ pub struct FsConfig {
     /// Attempts to place and store one block before the write fails
     /// (default 3, about 1.2 s of backoff in all).
     pub upload_attempts: u32,
+    /// Longest time an uploaded block of a file that stays open waits before
+    /// it is committed (default 1 s). Must stay well below dirsvc's
+    /// garbage-collection grace period.
+    pub commit_interval: std::time::Duration,
     /// Replicas a block needs before a write is acknowledged when fewer than
     /// R peers can take it (degraded write); dirsvc's repair adds the rest.
     /// `None` means a majority of R (`R/2 + 1`). Clamped to `1..=R`.
@@ -77,6 +81,7 @@ impl Default for FsConfig {
             dirty_blocks_per_file: 32,
             upload_attempts: 3,
             min_replicas: None,
+            commit_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -126,6 +131,8 @@ struct FileState {
     mtime: Timestamp,
     /// An upload failure not yet reported to the application.
     error: Option<Error>,
+    /// When `uncommitted` last went from empty to non-empty.
+    uncommitted_since: Option<std::time::Instant>,
 }
 
 impl FileState {
@@ -448,6 +455,7 @@ impl Fs {
                             meta_dirty: false,
                             mtime: attr.mtime,
                             error: None,
+                            uncommitted_since: None,
                         }),
                     })
                 })
@@ -770,6 +778,7 @@ impl Fs {
                     BlockLoc { index: idx, chunk: u.stored.id, len: u.stored.len, replicas: u.locs },
                 );
                 st.uncommitted.insert(idx, Some(u.stored));
+                st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
             }
             Err(e) => {
                 error!(ino = %st.ino, block = idx, error = %e, "block upload failed; it stays buffered");
@@ -858,7 +867,26 @@ impl Fs {
             }
         }
         st.meta_dirty = false;
+        st.uncommitted_since = None;
         Ok(())
+    }
+
+    /// Commits the finished uploads of every open file whose oldest
+    /// uncommitted block has waited [`FsConfig::commit_interval`]. Files busy
+    /// in another operation are skipped (that operation commits). A failed
+    /// commit is logged; the blocks stay pending for the next commit.
+    pub async fn commit_idle(self: &Arc<Self>) {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        for f in files {
+            let Ok(mut st) = f.state.try_lock() else { continue };
+            self.reap(&mut st);
+            let due = st.uncommitted_since.is_some_and(|t| t.elapsed() >= self.config.commit_interval);
+            if due {
+                if let Err(e) = self.commit(&mut st).await {
+                    warn!(ino = %st.ino, error = %e, "periodic commit failed; retried later");
+                }
+            }
+        }
     }
 
     /// Re-stores every uncommitted block that names the collected chunk
@@ -924,6 +952,7 @@ impl Fs {
                         meta_dirty: false,
                         mtime: attr.mtime,
                         error: None,
+                        uncommitted_since: None,
                     }),
                 });
                 temp.clone()

@@ -53,11 +53,26 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// `statfs(2)` of `path`.
+fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` a properly sized,
+    // writable statfs struct; both outlive the call.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Cleans up a stale p2pfs mount at `path` (a dead fs-client leaves one that
 /// answers ENOTCONN). Refuses a live mount.
 fn clean_stale(path: &Path) -> Result<()> {
     let Some(fstype) = mounted_type(path) else { return Ok(()) };
-    match std::fs::metadata(path) {
+    // statfs(2), not stat: the kernel may answer stat from cached attributes
+    // of a dead mount's root, while statfs always asks the daemon.
+    match statfs(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             warn!(mountpoint = %path.display(), "cleaning up a stale mount left by a dead client");
             detach(path)
@@ -122,6 +137,19 @@ pub fn run(config: MountConfig) -> Result<()> {
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
     let session = fuser::spawn_mount(adapter, &mountpoint, &fc)
         .map_err(|e| Error::Io(format!("cannot mount at {}: {e}", mountpoint.display())))?;
+    // Commits uploaded blocks of files that stay open, so garbage collection
+    // (which deletes chunks left uncommitted past its grace period) never
+    // sees them as orphans and a crash loses at most a few seconds of data.
+    let committer = {
+        let fs = fs.clone();
+        let every = config.fs.commit_interval;
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every / 2).await;
+                fs.commit_idle().await;
+            }
+        })
+    };
     info!(mountpoint = %mountpoint.display(), dirsvc = %config.dirsvc, "mounted");
 
     let signalled = rt.block_on(async {
@@ -158,6 +186,7 @@ pub fn run(config: MountConfig) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    committer.abort();
     let failed = rt.block_on(fs.flush_all());
     if session.guard.is_finished() {
         if let Err(e) = session.join() {

@@ -1,15 +1,22 @@
 //! End-to-end tests: the real `dirsvc`, `peerd` and `fs-client` binaries, a
-//! real FUSE mount and ordinary tools (`cp -a`, `diff -r`, `sha256sum`).
+//! real FUSE mount and ordinary tools (`cp -a`, `rsync -a`, `diff -r`,
+//! `sha256sum`), including failures injected on purpose: peers, dirsvc and
+//! fs-client killed with `kill -9`, peers removed for good, chunk files
+//! altered on disk (`chaos`, `kills`, `scrub_repair`, `gc`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. They take a
 //! global lock so that only one cluster moves data at a time.
 
 mod integration {
+    mod chaos;
     mod cli_contract;
     mod cluster;
     mod confidentiality;
     mod copy_tree;
+    mod gc;
+    mod kills;
     mod peer_faults;
+    mod scrub_repair;
     mod tools;
 }

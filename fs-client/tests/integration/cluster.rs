@@ -6,8 +6,14 @@
 //! process, appended across restarts), `run/<name>.addr` (bound addresses),
 //! `dirsvc/` (the database), `peer-<i>/` (peer data dirs), `mnt/` (the
 //! mountpoint), `work/` (test files outside the mount).
+//!
+//! Besides start/stop, the harness injects the failures the repair, scrub,
+//! GC and crash-safety tests need: kill -9 or SIGTERM of one peer and its
+//! restart on the same address and data dir, removal of a peer for good,
+//! kill -9 of dirsvc or fs-client and their restart. [`ClusterOpts`] passes
+//! extra flags to each daemon (short timeouts for tests: [`ClusterOpts::fast`]).
 
-use super::tools::{output, run};
+use super::tools::{dir_bytes, output, run, wait_until};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -211,6 +217,182 @@ impl Drop for Proc {
     }
 }
 
+/// Extra flags for dirsvc when a test wants failures handled within
+/// seconds: suspect after 1 s, down after 2 s, a repair pass every 200 ms,
+/// a GC pass every second with a 3 s grace period.
+pub const FAST_DIRSVC_ARGS: &[&str] = &[
+    "--peer-suspect-after-ms",
+    "1000",
+    "--peer-down-after-ms",
+    "2000",
+    "--repair-interval-ms",
+    "200",
+    "--gc-interval-secs",
+    "1",
+    "--gc-grace-secs",
+    "3",
+];
+
+/// Extra flags for each peer to go with [`FAST_DIRSVC_ARGS`]: a heartbeat
+/// every 300 ms.
+pub const FAST_PEER_ARGS: &[&str] = &["--heartbeat-interval-ms", "300"];
+
+/// The GC grace period [`FAST_DIRSVC_ARGS`] sets.
+pub const FAST_GC_GRACE: Duration = Duration::from_secs(3);
+
+/// How to start a [`TestCluster`]: its size and the extra command-line
+/// flags of each daemon.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOpts {
+    /// Number of peers.
+    pub peers: usize,
+    /// Replication factor R of the volume.
+    pub replicas: u32,
+    /// Appended to dirsvc's command line (every start).
+    pub dirsvc_args: Vec<String>,
+    /// `peer_args[i]` is appended to peer `i`'s command line (every start);
+    /// a missing entry means no extra flags.
+    pub peer_args: Vec<Vec<String>>,
+    /// Inserted into `fs-client mount` before the mountpoint.
+    pub mount_args: Vec<String>,
+}
+
+impl ClusterOpts {
+    /// `peers` peers, R = `replicas`, no extra flags (the daemons' defaults).
+    pub fn new(peers: usize, replicas: u32) -> ClusterOpts {
+        ClusterOpts { peers, replicas, ..ClusterOpts::default() }
+    }
+
+    /// Like [`Self::new`] with [`FAST_DIRSVC_ARGS`] and [`FAST_PEER_ARGS`].
+    pub fn fast(peers: usize, replicas: u32) -> ClusterOpts {
+        ClusterOpts::new(peers, replicas).dirsvc_args(FAST_DIRSVC_ARGS).all_peer_args(FAST_PEER_ARGS)
+    }
+
+    /// Appends `args` to dirsvc's flags.
+    pub fn dirsvc_args(mut self, args: &[&str]) -> ClusterOpts {
+        self.dirsvc_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Sets dirsvc flag `flag` to `value`, replacing an earlier value (clap
+    /// refuses a flag given twice).
+    pub fn dirsvc_flag(mut self, flag: &str, value: &str) -> ClusterOpts {
+        match self.dirsvc_args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.dirsvc_args.len() => self.dirsvc_args[i + 1] = value.to_string(),
+            _ => self.dirsvc_args.extend([flag.to_string(), value.to_string()]),
+        }
+        self
+    }
+
+    /// Appends `args` to the flags of every peer.
+    pub fn all_peer_args(mut self, args: &[&str]) -> ClusterOpts {
+        for i in 0..self.peers {
+            self = self.peer_args(i, args);
+        }
+        self
+    }
+
+    /// Appends `args` to the flags of peer `i`.
+    pub fn peer_args(mut self, i: usize, args: &[&str]) -> ClusterOpts {
+        if self.peer_args.len() <= i {
+            self.peer_args.resize(i + 1, Vec::new());
+        }
+        self.peer_args[i].extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Appends `args` to the flags of `fs-client mount`.
+    pub fn mount_args(mut self, args: &[&str]) -> ClusterOpts {
+        self.mount_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+}
+
+/// One row of the peers table of `fs-client status` (or `fs-client peers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRow {
+    /// The PEER column: the peer id in hex.
+    pub id: String,
+    /// The ADDRESS column.
+    pub addr: String,
+    /// The STATE column, lowercase: up, suspect, down, draining, drained.
+    pub state: String,
+}
+
+/// `fs-client status` parsed: the `key: value` fields of `ClusterStatus`
+/// and the peers table that follows the blank line.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Every `key: value` line before the blank line.
+    pub fields: BTreeMap<String, String>,
+    /// The peers table rows.
+    pub peers: Vec<PeerRow>,
+    /// The whole output, for failure messages.
+    pub raw: String,
+}
+
+impl Status {
+    /// Parses the output of `fs-client status`.
+    ///
+    /// # Errors
+    /// A description if a field line is not `key: value` or the table lacks
+    /// a PEER, ADDRESS or STATE column.
+    pub fn parse(out: &str) -> Result<Status, String> {
+        let mut fields = BTreeMap::new();
+        let mut lines = out.lines();
+        for line in lines.by_ref() {
+            if line.trim().is_empty() {
+                break;
+            }
+            let (k, v) =
+                line.split_once(':').ok_or_else(|| format!("not a `key: value` line: {line:?} in\n{out}"))?;
+            fields.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let mut peers = Vec::new();
+        let mut cols: Option<(usize, usize, usize)> = None;
+        for line in lines {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.is_empty() {
+                continue;
+            }
+            match cols {
+                None => {
+                    let at = |name: &str| words.iter().position(|w| w.eq_ignore_ascii_case(name));
+                    match (at("PEER"), at("ADDRESS"), at("STATE")) {
+                        (Some(p), Some(a), Some(s)) => cols = Some((p, a, s)),
+                        _ => {
+                            return Err(format!("peers table header lacks PEER, ADDRESS or STATE: {line:?}"))
+                        }
+                    }
+                }
+                Some((p, a, s)) => {
+                    let get = |i: usize| {
+                        words.get(i).map(|w| w.to_string()).ok_or_else(|| format!("short row {line:?}"))
+                    };
+                    peers.push(PeerRow { id: get(p)?, addr: get(a)?, state: get(s)?.to_lowercase() });
+                }
+            }
+        }
+        Ok(Status { fields, peers, raw: out.to_string() })
+    }
+
+    /// The numeric field `key`; panics, showing the whole output, if it is
+    /// missing or not a number (the CLI contract names every field).
+    pub fn get(&self, key: &str) -> u64 {
+        let v = self
+            .fields
+            .get(key)
+            .unwrap_or_else(|| panic!("`fs-client status` has no `{key}:` line:\n{}", self.raw));
+        v.parse().unwrap_or_else(|e| panic!("`{key}: {v}` is not a number ({e}):\n{}", self.raw))
+    }
+
+    /// Whether every referenced chunk is at R replicas on up or suspect
+    /// peers and none is lost.
+    pub fn fully_replicated(&self) -> bool {
+        self.get("under_replicated") == 0 && self.get("lost") == 0
+    }
+}
+
 /// Byte offsets into every log file, taken by [`TestCluster::log_marks`].
 pub struct LogMarks(BTreeMap<PathBuf, u64>);
 
@@ -219,10 +401,13 @@ pub struct TestCluster {
     root: PathBuf,
     bins: &'static Bins,
     identity: PathBuf,
+    opts: ClusterOpts,
     dirsvc_addr: Option<SocketAddr>,
     dirsvc: Option<Proc>,
     peer_addrs: Vec<SocketAddr>,
     peers: Vec<Option<Proc>>,
+    /// Peers removed for good ([`TestCluster::remove_peer`]): never restarted.
+    removed: Vec<bool>,
     client: Option<Proc>,
     // Dropped after `Drop::drop` has unmounted and killed everything; the
     // tempdir goes before the lock so the next test starts on a clean disk.
@@ -235,10 +420,25 @@ impl TestCluster {
     /// until dirsvc lists every peer as live, generates an identity and
     /// initializes a volume with `replicas` replicas. Does not mount.
     pub fn start(peers: usize, replicas: u32) -> TestCluster {
+        TestCluster::start_with(ClusterOpts::new(peers, replicas))
+    }
+
+    /// Like [`Self::start`], with the extra daemon and mount flags of `opts`.
+    pub fn start_with(opts: ClusterOpts) -> TestCluster {
+        let (peers, replicas) = (opts.peers, opts.replicas);
         check_environment();
         let serial = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
         let bins = bins();
-        let dir = tempfile::Builder::new().prefix("p2pfs-e2e-").tempdir().expect("create tempdir");
+        // P2PFS_E2E_KEEP=1 keeps the tempdir (logs, data) for a post-mortem.
+        let keep = std::env::var_os("P2PFS_E2E_KEEP").is_some_and(|v| v == "1");
+        let dir = tempfile::Builder::new()
+            .prefix("p2pfs-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("create tempdir");
+        if keep {
+            eprintln!("P2PFS_E2E_KEEP=1: keeping {}", dir.path().display());
+        }
         let root = fs::canonicalize(dir.path()).expect("canonicalize tempdir");
         for sub in ["logs", "run", "dirsvc", "mnt", "work"] {
             fs::create_dir_all(root.join(sub)).expect("create tempdir layout");
@@ -247,10 +447,12 @@ impl TestCluster {
             identity: root.join("identity.txt"),
             root,
             bins,
+            opts,
             dirsvc_addr: None,
             dirsvc: None,
             peer_addrs: Vec::new(),
             peers: Vec::new(),
+            removed: Vec::new(),
             client: None,
             _dir: dir,
             _serial: serial,
@@ -264,6 +466,7 @@ impl TestCluster {
             let (p, addr) = c.spawn_peer(i, any_port);
             c.peers.push(Some(p));
             c.peer_addrs.push(addr);
+            c.removed.push(false);
         }
         c.wait_peers_live(peers);
 
@@ -323,23 +526,23 @@ impl TestCluster {
         v
     }
 
-    /// Mounts the volume at [`Self::mountpoint`] with a new fs-client and
-    /// waits until `/proc/mounts` lists it as `fuse.p2pfs`.
+    /// Mounts the volume at [`Self::mountpoint`] with a new fs-client (with
+    /// the cluster's mount flags) and waits until `/proc/mounts` lists it as
+    /// `fuse.p2pfs` and answers `statfs` as a FUSE filesystem. A stale
+    /// mount left by a killed client (which fails every call with
+    /// `ENOTCONN`) does not count: the new client must replace it.
     pub fn mount(&mut self) {
         assert!(self.client.is_none(), "already mounted");
         let mnt = self.mountpoint();
         let addr = self.dirsvc_addr().to_string();
-        let args: Vec<OsString> = vec![
-            "mount".into(),
-            "--dirsvc".into(),
-            addr.into(),
-            "-i".into(),
-            self.identity.clone().into(),
-            mnt.clone().into(),
-        ];
+        let mut args: Vec<OsString> =
+            vec!["mount".into(), "--dirsvc".into(), addr.into(), "-i".into(), self.identity.clone().into()];
+        args.extend(self.opts.mount_args.iter().map(OsString::from));
+        args.push(mnt.clone().into());
         let mut p = self.spawn("fs-client", &self.bins.fs_client, &args);
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()) {
+        let fresh = |mnt: &Path| mount_entry(mnt).is_some_and(|m| m.is_p2pfs()) && is_live_fuse(mnt);
+        while !fresh(&mnt) {
             if !p.running() {
                 panic!(
                     "fs-client mount exited ({:?}) before the mount appeared\n{}",
@@ -349,7 +552,7 @@ impl TestCluster {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{} did not appear in /proc/mounts as a p2pfs mount within \
+                    "{} did not appear in /proc/mounts as a live p2pfs mount within \
                      {READY_TIMEOUT:?} (found {:?})\n{}",
                     mnt.display(),
                     mount_entry(&mnt),
@@ -359,6 +562,14 @@ impl TestCluster {
             thread::sleep(Duration::from_millis(20));
         }
         self.client = Some(p);
+    }
+
+    /// SIGKILLs fs-client and reaps it, leaving its mount behind as a dead
+    /// (`ENOTCONN`) mount, as a crash would. [`Self::mount`] may follow at once.
+    pub fn kill9_client(&mut self) {
+        let mut p = self.client.take().expect("fs-client is running");
+        p.signal(libc::SIGKILL);
+        assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "fs-client survived SIGKILL");
     }
 
     /// Unmounts by SIGTERM to fs-client and checks that it exits 0 and the
@@ -405,21 +616,18 @@ impl TestCluster {
     }
 
     /// Stops everything ([`Self::stop_all`]), then starts dirsvc and every
-    /// peer (including killed ones) again on the addresses they had, with
-    /// the same database and data dirs, and waits until all peers are live.
-    /// Does not mount: call [`Self::mount`].
+    /// peer not removed for good (including killed ones) again on the
+    /// addresses they had, with the same database and data dirs, and waits
+    /// until all of them are live. Does not mount: call [`Self::mount`].
     pub fn restart_all(&mut self) {
         self.stop_all();
-        let (p, addr) = self.spawn_dirsvc(self.dirsvc_addr());
-        assert_eq!(addr, self.dirsvc_addr(), "dirsvc came back on another address");
-        self.dirsvc = Some(p);
+        self.restart_dirsvc();
         for i in 0..self.peer_count() {
-            let old = self.peer_addrs[i];
-            let (p, addr) = self.spawn_peer(i, old);
-            assert_eq!(addr, old, "peer {i} came back on another address");
-            self.peers[i] = Some(p);
+            if !self.removed[i] {
+                self.start_peer_again(i);
+            }
         }
-        self.wait_peers_live(self.peer_count());
+        self.wait_peers_live(self.removed.iter().filter(|r| !**r).count());
     }
 
     /// SIGKILLs peer `i` and reaps it; its data dir stays.
@@ -427,6 +635,111 @@ impl TestCluster {
         let mut p = self.peers[i].take().expect("peer is running");
         p.signal(libc::SIGKILL);
         assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "peer {i} survived SIGKILL");
+    }
+
+    /// Stops peer `i` with SIGTERM and checks that it exits 0 (a clean
+    /// shutdown); its data dir stays.
+    pub fn term_peer(&mut self, i: usize) {
+        let p = self.peers[i].take().expect("peer is running");
+        p.terminate();
+    }
+
+    /// Starts the stopped or killed peer `i` again on its address with its
+    /// data dir and waits until dirsvc lists that address as up.
+    pub fn restart_peer(&mut self, i: usize) {
+        assert!(!self.removed[i], "peer {i} was removed for good");
+        self.start_peer_again(i);
+        let addr = self.peer_addrs[i].to_string();
+        let ok = wait_until(
+            || self.try_status().is_ok_and(|st| st.peers.iter().any(|p| p.addr == addr && p.state == "up")),
+            READY_TIMEOUT,
+        );
+        assert!(ok.is_some(), "dirsvc does not list restarted peer {i} ({addr}) as up\n{}", self.all_tails());
+    }
+
+    /// Removes peer `i` for good: SIGKILL if it runs, and never started
+    /// again (not even by [`Self::restart_all`]). Its data dir stays for
+    /// inspection but counts for nothing.
+    pub fn remove_peer(&mut self, i: usize) {
+        if self.peers[i].is_some() {
+            self.kill9_peer(i);
+        }
+        self.removed[i] = true;
+    }
+
+    /// Indices of the peers not removed for good.
+    pub fn remaining_peers(&self) -> Vec<usize> {
+        (0..self.peer_count()).filter(|&i| !self.removed[i]).collect()
+    }
+
+    /// SIGKILLs dirsvc and reaps it.
+    pub fn kill9_dirsvc(&mut self) {
+        let mut p = self.dirsvc.take().expect("dirsvc is running");
+        p.signal(libc::SIGKILL);
+        assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "dirsvc survived SIGKILL");
+    }
+
+    /// Starts dirsvc again on its address with its database (after
+    /// [`Self::kill9_dirsvc`] or a stop) and waits until it listens.
+    pub fn restart_dirsvc(&mut self) {
+        assert!(self.dirsvc.is_none(), "dirsvc is running");
+        let (p, addr) = self.spawn_dirsvc(self.dirsvc_addr());
+        assert_eq!(addr, self.dirsvc_addr(), "dirsvc came back on another address");
+        self.dirsvc = Some(p);
+    }
+
+    /// `fs-client status`, parsed; panics (with every log's tail) if the
+    /// command fails or its output does not parse.
+    pub fn status(&self) -> Status {
+        self.try_status().unwrap_or_else(|e| panic!("fs-client status failed: {e}\n{}", self.all_tails()))
+    }
+
+    /// Polls `fs-client status` until `pred` holds; returns how long that
+    /// took. Panics after `timeout` with `what` and the last status seen.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Status) -> bool,
+    ) -> Duration {
+        let mut last = String::from("(no status yet)");
+        let took = wait_until(
+            || match self.try_status() {
+                Ok(st) => {
+                    let ok = pred(&st);
+                    last = st.raw;
+                    ok
+                }
+                Err(e) => {
+                    last = e;
+                    false
+                }
+            },
+            timeout,
+        );
+        took.unwrap_or_else(|| panic!("{what}: not within {timeout:?}; last `fs-client status`:\n{last}"))
+    }
+
+    /// `fs-client status`, parsed, or why it failed (dirsvc down, bad output).
+    pub fn try_status(&self) -> Result<Status, String> {
+        let addr = self.dirsvc_addr().to_string();
+        let out = output(self.fs_client().args(["status", "--dirsvc", &addr]), CLI_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
+        }
+        Status::parse(&stdout)
+    }
+
+    /// Bytes in the files under peer `i`'s `data/` (chunks and any temp
+    /// files; the `du --apparent-size` of its chunk store).
+    pub fn peer_data_bytes(&self, i: usize) -> u64 {
+        dir_bytes(&self.peer_data_dir(i).join("data"))
+    }
+
+    /// [`Self::peer_data_bytes`] summed over every peer, removed ones too.
+    pub fn data_bytes(&self) -> u64 {
+        (0..self.peer_count()).map(|i| self.peer_data_bytes(i)).sum()
     }
 
     /// Current length of every log file, to read only what comes after.
@@ -498,7 +811,7 @@ impl TestCluster {
     fn spawn_dirsvc(&self, listen: SocketAddr) -> (Proc, SocketAddr) {
         let addr_file = self.root.join("run").join("dirsvc.addr");
         remove_if_exists(&addr_file);
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--listen".into(),
             listen.to_string().into(),
             "--db".into(),
@@ -506,6 +819,7 @@ impl TestCluster {
             "--addr-file".into(),
             addr_file.clone().into(),
         ];
+        args.extend(self.opts.dirsvc_args.iter().map(OsString::from));
         let mut p = self.spawn("dirsvc", &self.bins.dirsvc, &args);
         let addr = wait_addr_file(&mut p, &addr_file);
         (p, addr)
@@ -514,7 +828,7 @@ impl TestCluster {
     fn spawn_peer(&self, i: usize, listen: SocketAddr) -> (Proc, SocketAddr) {
         let addr_file = self.root.join("run").join(format!("peer-{i}.addr"));
         remove_if_exists(&addr_file);
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--listen".into(),
             listen.to_string().into(),
             "--data-dir".into(),
@@ -524,9 +838,21 @@ impl TestCluster {
             "--addr-file".into(),
             addr_file.clone().into(),
         ];
+        if let Some(extra) = self.opts.peer_args.get(i) {
+            args.extend(extra.iter().map(OsString::from));
+        }
         let mut p = self.spawn(&format!("peerd-{i}"), &self.bins.peerd, &args);
         let addr = wait_addr_file(&mut p, &addr_file);
         (p, addr)
+    }
+
+    /// Spawns stopped peer `i` on its old address.
+    fn start_peer_again(&mut self, i: usize) {
+        assert!(self.peers[i].is_none(), "peer {i} is running");
+        let old = self.peer_addrs[i];
+        let (p, addr) = self.spawn_peer(i, old);
+        assert_eq!(addr, old, "peer {i} came back on another address");
+        self.peers[i] = Some(p);
     }
 
     /// Polls `fs-client peers` until at least `n` peers are listed as live.
@@ -715,6 +1041,24 @@ pub fn mount_entry(mnt: &Path) -> Option<MountEntry> {
             })
         })
         .next_back()
+}
+
+/// `f_type` that `statfs` reports for a FUSE filesystem.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether `statfs(mnt)` succeeds and reports a FUSE filesystem: true for a
+/// live FUSE mount, false for a dead one (`ENOTCONN`) or a plain directory.
+fn is_live_fuse(mnt: &Path) -> bool {
+    let c = CString::new(mnt.as_os_str().as_bytes()).expect("path has no NUL");
+    // SAFETY: statfs is plain old data; all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer
+    // for the duration of the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    let f_type = i64::from(st.f_type);
+    rc == 0 && f_type == FUSE_SUPER_MAGIC
 }
 
 /// `umount2(MNT_DETACH)`: detaches the mount even if its daemon is dead.
