@@ -14,6 +14,7 @@ mod integration {
     mod cluster;
     mod confidentiality;
     mod copy_tree;
+    mod drain;
     mod gc;
     mod kills;
     mod peer_faults;
