@@ -1,10 +1,8 @@
 //! Reads through the mount when a peer dies or a stored replica rots.
 
 use super::cluster::TestCluster;
-use super::tools::{assert_files, assert_replicated, boundary_files, write_files};
+use super::tools::{assert_files, assert_replicated, boundary_files, flip_middle_byte, write_files};
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
 
 #[test]
 fn reads_survive_kill_9_of_one_peer() {
@@ -82,23 +80,4 @@ fn a_flipped_byte_in_one_replica_is_detected_and_read_from_another() {
         flipped.iter().map(|id| &id[..10]).collect::<Vec<_>>()
     );
     c.stop_all();
-}
-
-/// XORs the byte in the middle of `path` with 0xff, in place.
-fn flip_middle_byte(path: &std::path::Path) {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let len = f.metadata().expect("stat chunk").len();
-    assert!(len > 0, "empty chunk file {}", path.display());
-    let at = len / 2;
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(at)).expect("seek");
-    f.read_exact(&mut b).expect("read byte");
-    b[0] ^= 0xff;
-    f.seek(SeekFrom::Start(at)).expect("seek");
-    f.write_all(&b).expect("write byte");
-    f.sync_all().expect("sync chunk");
 }
