@@ -186,6 +186,10 @@ impl PeerPool {
         for attempt in 0..2 {
             let c = match self.client(&peer.addr).await {
                 Ok(c) => c,
+                Err(Error::Rpc { detail, .. }) => {
+                    last = detail;
+                    break;
+                }
                 Err(e) => {
                     last = e.to_string();
                     break;
