@@ -274,7 +274,7 @@ async fn cluster_status_counts_chunks_redundancy_and_peers() {
 /// release): the cost of `cluster_status` (one survey of the index) and of
 /// a repair survey on a 1M-chunk index.
 #[tokio::test]
-#[ignore]
+#[ignore = "measurement, not a check"]
 async fn measure_cluster_status_on_a_million_chunks() {
     use super::support::*;
     use common::rpc::dir::CommitLayout;
