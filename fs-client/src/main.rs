@@ -100,6 +100,14 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Mount { .. }) {
+        // Report commands end quietly when their reader goes away
+        // (`fs-client status | head -1`). Not for `mount`: its sockets must
+        // see EPIPE as an error, not a fatal signal.
+        // SAFETY: restoring the default disposition of SIGPIPE before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.cmd {
         Cmd::Keygen { output } => {
             let r = fs_client::identity::keygen(&output)?;
