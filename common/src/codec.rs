@@ -90,19 +90,31 @@ pub fn open(key: &SubKey, expected: &ChunkId, bytes: &[u8]) -> Result<Vec<u8>, E
 ///
 /// Errors: [`Error::TooLarge`].
 pub fn seal_bytes(key: &SubKey, plaintext: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    seal_bytes_ad(key, plaintext, limit, &[])
+}
+
+/// Like [`seal_bytes`], with extra associated data `ad` authenticated after
+/// the header (not stored): opening needs the same `ad`. Binds, e.g., an
+/// extended-attribute value to its inode and name.
+///
+/// Errors: [`Error::TooLarge`].
+pub fn seal_bytes_ad(key: &SubKey, plaintext: &[u8], limit: usize, ad: &[u8]) -> Result<Vec<u8>, Error> {
     if plaintext.len() > limit {
         return Err(Error::TooLarge { len: plaintext.len(), limit });
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
     let hdr = header();
+    let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
+    aad.extend_from_slice(&hdr);
+    aad.extend_from_slice(ad);
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.extend_from_slice(&hdr);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &hdr, &mut out[HEADER_LEN + NONCE_LEN..])
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN + NONCE_LEN..])
         .map_err(|_| Error::TooLarge { len: plaintext.len(), limit })?;
     out.extend_from_slice(&tag);
     Ok(out)
@@ -114,6 +126,13 @@ pub fn seal_bytes(key: &SubKey, plaintext: &[u8], limit: usize) -> Result<Vec<u8
 /// [`Error::UnknownFormat`] for a bad magic or version, [`Error::Decrypt`]
 /// for a wrong key or any altered byte.
 pub fn open_bytes(key: &SubKey, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    open_bytes_ad(key, bytes, &[])
+}
+
+/// Decrypts bytes made by [`seal_bytes_ad`] with the same key and `ad`.
+///
+/// Errors: as [`open_bytes`]; a different `ad` is [`Error::Decrypt`].
+pub fn open_bytes_ad(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Vec<u8>, Error> {
     if bytes.len() < OVERHEAD {
         return Err(Error::Truncated(bytes.len()));
     }
@@ -123,14 +142,15 @@ pub fn open_bytes(key: &SubKey, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     if bytes[4] != VERSION || bytes[5..HEADER_LEN] != [0, 0, 0] {
         return Err(Error::UnknownFormat(bytes[4]));
     }
+    let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
+    aad.extend_from_slice(&bytes[..HEADER_LEN]);
+    aad.extend_from_slice(ad);
     let nonce = XNonce::from_slice(&bytes[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
     let body_end = bytes.len() - TAG_LEN;
     let mut plain = bytes[HEADER_LEN + NONCE_LEN..body_end].to_vec();
     let tag = Tag::from_slice(&bytes[body_end..]);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
-    cipher
-        .decrypt_in_place_detached(nonce, &bytes[..HEADER_LEN], &mut plain, tag)
-        .map_err(|_| Error::Decrypt)?;
+    cipher.decrypt_in_place_detached(nonce, &aad, &mut plain, tag).map_err(|_| Error::Decrypt)?;
     Ok(plain)
 }
 
@@ -187,6 +207,15 @@ mod tests {
         let other = VolumeSecret::from_bytes([8u8; 32]).chunk_key();
         assert!(matches!(open(&other, &s.id, &s.bytes), Err(Error::Decrypt)));
         assert!(matches!(open_bytes(&key(), &s.bytes[..10]), Err(Error::Truncated(10))));
+    }
+
+    #[test]
+    fn bytes_sealed_with_associated_data_open_only_with_the_same_data() {
+        let k = key();
+        let sealed = seal_bytes_ad(&k, b"value", 64, b"ino 7 name a").unwrap();
+        assert_eq!(open_bytes_ad(&k, &sealed, b"ino 7 name a").unwrap(), b"value");
+        assert!(matches!(open_bytes_ad(&k, &sealed, b"ino 8 name a"), Err(Error::Decrypt)));
+        assert!(matches!(open_bytes(&k, &sealed), Err(Error::Decrypt)));
     }
 
     #[test]

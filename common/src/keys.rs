@@ -20,6 +20,7 @@ use std::fmt;
 const CHUNK_CONTEXT: &str = "p2pfs 2026-11-30 chunk key v1";
 const NAME_CONTEXT: &str = "p2pfs 2026-11-30 name key v1";
 const SYMLINK_CONTEXT: &str = "p2pfs 2026-11-30 symlink target key v1";
+const XATTR_VALUE_CONTEXT: &str = "p2pfs 2026-12-01 xattr value key v1";
 
 /// Bytes AES-SIV adds to a sealed name (the 16-byte synthetic IV).
 pub const NAME_OVERHEAD: usize = 16;
@@ -55,6 +56,13 @@ impl VolumeSecret {
     /// The key that seals symlink targets (same format as chunks).
     pub fn symlink_key(&self) -> SubKey {
         SubKey(blake3::derive_key(SYMLINK_CONTEXT, &self.0))
+    }
+
+    /// The key that seals extended-attribute values (sealed with the inode
+    /// and the sealed name as associated data, see
+    /// [`crate::codec::seal_bytes_ad`]).
+    pub fn xattr_value_key(&self) -> SubKey {
+        SubKey(blake3::derive_key(XATTR_VALUE_CONTEXT, &self.0))
     }
 
     /// The AES-SIV key (512 bits, from BLAKE3's extendable output) that seals
@@ -119,6 +127,26 @@ impl NameKey {
     }
 }
 
+impl NameKey {
+    /// Seals an extended-attribute name of inode `ino`. Deterministic (so
+    /// dirsvc can find it by its sealed form); domain-separated from
+    /// directory entry names by the associated data `("xattr", ino)`.
+    pub fn seal_xattr(&self, ino: InodeId, name: &[u8]) -> Vec<u8> {
+        let ad = ino.0.to_le_bytes();
+        // AES-SIV encryption of an in-memory buffer cannot fail.
+        self.cipher().encrypt([&b"xattr"[..], &ad[..]], name).unwrap_or_default()
+    }
+
+    /// Opens an extended-attribute name sealed by [`Self::seal_xattr`].
+    ///
+    /// Errors: [`Error::Decrypt`] if it was not sealed for this inode with
+    /// this volume's key.
+    pub fn open_xattr(&self, ino: InodeId, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let ad = ino.0.to_le_bytes();
+        self.cipher().decrypt([&b"xattr"[..], &ad[..]], sealed).map_err(|_| Error::Decrypt)
+    }
+}
+
 /// Wraps `secret` with age to every recipient; the result is a standard age
 /// file (binary), which `age -d -i IDENTITY` also opens.
 ///
@@ -163,6 +191,17 @@ mod tests {
         let s = VolumeSecret::from_bytes([1; 32]);
         assert_ne!(s.chunk_key().as_bytes(), s.symlink_key().as_bytes());
         assert_ne!(&s.name_key().0[..32], s.chunk_key().as_bytes());
+    }
+
+    #[test]
+    fn xattr_names_are_separate_from_entry_names() {
+        let k = VolumeSecret::from_bytes([3; 32]).name_key();
+        let x = k.seal_xattr(InodeId(5), b"user.a");
+        assert_eq!(x, k.seal_xattr(InodeId(5), b"user.a"));
+        assert_ne!(x, k.seal(InodeId(5), b"user.a"));
+        assert_eq!(k.open_xattr(InodeId(5), &x).unwrap(), b"user.a");
+        assert!(k.open_xattr(InodeId(6), &x).is_err());
+        assert!(k.open(InodeId(5), &x).is_err());
     }
 
     #[test]

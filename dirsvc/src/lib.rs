@@ -13,7 +13,13 @@
 //!   drain flags and placement promises of peers live in an in-memory
 //!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
 //!   that is never held across an `.await`.
-//! - Two background workers, each a named task owned by [`DirsvcHandle`]
+//! - Client sessions ([`sessions`]): leases, open-file marks that keep
+//!   unlinked files alive as orphans, POSIX and flock locks ([`locks`]),
+//!   and the reclaim grace period after a start; all in memory except
+//!   the list of live sessions and the orphans, which are durable. The
+//!   change feed ([`changes`]) keeps the recent mutations for clients'
+//!   cache invalidation (`poll_changes`).
+//! - Three background workers, each a named task owned by [`DirsvcHandle`]
 //!   that stops when the handle's cancellation token fires:
 //!   - `repair` ([`repair`]): every [`DirsvcConfig::repair_interval`] it
 //!     surveys the chunk index ([`survey`]) and orders peer-to-peer copies
@@ -26,6 +32,8 @@
 //!     orphans (stored on a peer, never committed), writes tombstones and
 //!     deletes the copies on the peers. The protocol and its race with
 //!     `commit_layout` (`ChunkGone`) are described in [`gc`].
+//!   - `sessions` ([`sessions`]): every quarter lease it ends the
+//!     sessions whose lease ran out; it ends the grace period.
 //! - [`spawn`] opens the store, binds the listener, serves every
 //!   connection with `common::serve_tarpc!` in a background task and starts
 //!   the workers, returning a [`DirsvcHandle`]. [`DirsvcHandle::shutdown`]
@@ -66,11 +74,14 @@
 //! `peer_down_after`, draining or not.
 #![warn(missing_docs)]
 
+pub mod changes;
 pub mod error;
 pub mod gc;
+pub mod locks;
 pub mod placement;
 pub mod repair;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod survey;
 
@@ -120,6 +131,9 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
 /// Default for [`DirsvcConfig::gc_grace`] (one hour).
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 
+/// Default for [`DirsvcConfig::session_lease`].
+pub const DEFAULT_SESSION_LEASE: Duration = Duration::from_secs(15);
+
 /// How long [`DirsvcHandle::shutdown`] waits for in-flight requests to let
 /// go of the database.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -159,6 +173,27 @@ pub struct DirsvcConfig {
     /// exceed the longest time a client may take between storing a chunk
     /// and committing it.
     pub gc_grace: Duration,
+    /// A client session ends (its locks are released, its unlinked open
+    /// files freed) when it has not renewed for this long. Clients renew
+    /// at a third of it.
+    pub session_lease: Duration,
+    /// How long after a start dirsvc waits for the sessions that were
+    /// alive before it to reclaim their opens and locks (new locks are
+    /// refused with `Grace` meanwhile). `None` = one `session_lease`;
+    /// zero = no grace period. Ends early once every such session is back;
+    /// there is none if no session was alive.
+    pub grace_period: Option<Duration>,
+    /// Changes kept in memory for `poll_changes`; a client further behind
+    /// is told to drop its caches.
+    pub change_feed_capacity: usize,
+}
+
+impl DirsvcConfig {
+    /// The grace period in effect ([`DirsvcConfig::grace_period`], or the
+    /// lease).
+    pub fn grace(&self) -> Duration {
+        self.grace_period.unwrap_or(self.session_lease)
+    }
 }
 
 impl Default for DirsvcConfig {
@@ -174,6 +209,9 @@ impl Default for DirsvcConfig {
             repair_bandwidth_bytes_per_sec: DEFAULT_REPAIR_BANDWIDTH,
             gc_interval: DEFAULT_GC_INTERVAL,
             gc_grace: DEFAULT_GC_GRACE,
+            session_lease: DEFAULT_SESSION_LEASE,
+            grace_period: None,
+            change_feed_capacity: changes::DEFAULT_CAPACITY,
         }
     }
 }
@@ -223,8 +261,8 @@ impl Drop for DirsvcHandle {
 }
 
 /// Opens the database, binds `config.listen`, serves `DirService` in a
-/// background task on the current tokio runtime and starts the repair and
-/// garbage-collection workers.
+/// background task on the current tokio runtime and starts the repair,
+/// garbage-collection and sessions workers.
 ///
 /// Errors: [`Error::Db`], [`Error::Schema`], [`Error::Corrupt`] from
 /// opening the database; [`Error::Io`] if the address cannot be bound.
@@ -249,6 +287,13 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     });
     let repair =
         tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));
-    let gc = tokio::spawn(gc::run(shared, cancel.clone()).instrument(tracing::info_span!("gc")));
-    Ok(DirsvcHandle { addr, cancel, tasks: vec![("accept", accept), ("repair", repair), ("gc", gc)], store })
+    let gc = tokio::spawn(gc::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("gc")));
+    let sessions =
+        tokio::spawn(sessions::run(shared, cancel.clone()).instrument(tracing::info_span!("sessions")));
+    Ok(DirsvcHandle {
+        addr,
+        cancel,
+        tasks: vec![("accept", accept), ("repair", repair), ("gc", gc), ("sessions", sessions)],
+        store,
+    })
 }

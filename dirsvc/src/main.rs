@@ -6,7 +6,7 @@ use clap::Parser;
 use dirsvc::{
     DirsvcConfig, DEFAULT_DB_PATH, DEFAULT_GC_GRACE, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN,
     DEFAULT_PEER_SUSPECT_AFTER, DEFAULT_REPAIR_BANDWIDTH, DEFAULT_REPAIR_CONCURRENCY,
-    DEFAULT_REPAIR_INTERVAL,
+    DEFAULT_REPAIR_INTERVAL, DEFAULT_SESSION_LEASE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +54,18 @@ struct Args {
     /// is deleted from the peers.
     #[arg(long, default_value_t = DEFAULT_GC_GRACE.as_secs())]
     gc_grace_secs: u64,
+    /// Milliseconds a client session lives without a renewal; then its
+    /// locks are released and its unlinked open files freed.
+    #[arg(long, default_value_t = DEFAULT_SESSION_LEASE.as_millis() as u64)]
+    session_lease_ms: u64,
+    /// Milliseconds after a start during which clients reclaim their
+    /// sessions, opens and locks (new locks wait); default: the session
+    /// lease; 0 = none. Skipped when no session was alive.
+    #[arg(long)]
+    grace_ms: Option<u64>,
+    /// Changes kept in memory for clients' cache invalidation.
+    #[arg(long, default_value_t = dirsvc::changes::DEFAULT_CAPACITY)]
+    change_feed_capacity: usize,
 }
 
 /// Writes `contents` to `path` via a temporary file in the same directory
@@ -88,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
         repair_bandwidth_bytes_per_sec: args.repair_bandwidth,
         gc_interval: Duration::from_secs(args.gc_interval_secs),
         gc_grace: Duration::from_secs(args.gc_grace_secs),
+        session_lease: Duration::from_millis(args.session_lease_ms.max(1)),
+        grace_period: args.grace_ms.map(Duration::from_millis),
+        change_feed_capacity: args.change_feed_capacity,
         ..DirsvcConfig::default()
     };
     let db_path = config.db_path.clone();

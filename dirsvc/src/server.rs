@@ -9,14 +9,16 @@ use crate::store::Store;
 use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
-    Attr, BlockLoc, ClusterStatus, CommitLayout, DirError, DirService, LayoutPage, NewInode,
-    PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SetAttr, StatFs, VolumeInfo,
+    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, LayoutPage, Lock,
+    LockConflict, LockFlavor, NewInode, PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SessionGrant,
+    SessionId, SessionOpen, SetAttr, StatFs, VolumeInfo,
 };
 use common::rpc::{PeerLoc, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
 use tarpc::context::Context;
 use tracing::{debug, error, info, instrument, warn};
 
@@ -31,6 +33,19 @@ pub const MAX_PEER_ADDR: usize = 256;
 
 /// Longest host or zone label accepted at registration, in bytes.
 pub const MAX_LABEL: usize = 256;
+
+/// A waiting call (`set_lock`, `poll_changes`) answers at least this long
+/// before the caller's deadline, so its answer (`WouldBlock`, or no
+/// changes) arrives instead of a deadline error.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+
+/// How long a call may wait: `wait_ms`, cut to end [`DEADLINE_MARGIN`]
+/// before the caller's deadline (the cap of each call applies after).
+fn wait_within(ctx: &Context, wait_ms: u32) -> Duration {
+    let left =
+        ctx.deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(DEADLINE_MARGIN);
+    Duration::from_millis(u64::from(wait_ms)).min(left)
+}
 
 /// The directory service: a cheap-to-clone handle implementing
 /// [`DirService`] over a [`Store`], the in-memory peer mirror and the
@@ -73,6 +88,28 @@ impl DirServer {
     ) -> Result<T, Error> {
         self.shared.blocking(f).await
     }
+
+    /// Runs `f` on the blocking pool with the shared state (store,
+    /// sessions, change feed). Mutations record their changes inside `f`,
+    /// right after the commit, so a cancelled request loses none.
+    async fn with_shared<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared)).await?
+    }
+}
+
+/// The changes of a new entry `(parent, name)` naming `ino` (create, mkdir,
+/// symlink, link): the entry and inode, and the parent's attributes.
+fn entry_changes(parent: InodeId, name: &[u8], ino: InodeId) -> [Change; 2] {
+    [Change { ino, entry: Some((parent, name.to_vec())) }, Change { ino: parent, entry: None }]
+}
+
+/// The change of the attributes or content of `ino`.
+fn ino_change(ino: InodeId) -> [Change; 1] {
+    [Change { ino, entry: None }]
 }
 
 /// Turns a library result into the wire result, logging what the caller
@@ -129,7 +166,13 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.setattr(ino, &set)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.setattr(ino, &set)?;
+                sh.changes.record(ino_change(ino));
+                Ok(attr)
+            })
+            .await;
         reply("setattr", r)
     }
 
@@ -143,7 +186,13 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.mkdir(parent, &name, perm, uid, gid)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.mkdir(parent, &name, perm, uid, gid)?;
+                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                Ok(attr)
+            })
+            .await;
         reply("mkdir", r)
     }
 
@@ -155,19 +204,46 @@ impl DirService for DirServer {
         name: Vec<u8>,
         new: NewInode,
     ) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.create(parent, &name, &new)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.create(parent, &name, &new)?;
+                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                Ok(attr)
+            })
+            .await;
         reply("create", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn unlink(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
-        let r = self.blocking(move |s| s.unlink(parent, &name)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let removed = sh.sessions.with_keep(|keep| sh.store.unlink_keeping(parent, &name, keep))?;
+                if removed.orphaned {
+                    debug!(ino = %removed.ino, "unlinked while open: kept as an orphan");
+                }
+                sh.changes.record([
+                    Change { ino: removed.ino, entry: Some((parent, name)) },
+                    Change { ino: parent, entry: None },
+                ]);
+                Ok(())
+            })
+            .await;
         reply("unlink", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn rmdir(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
-        let r = self.blocking(move |s| s.rmdir(parent, &name)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let ino = sh.store.rmdir(parent, &name)?;
+                sh.changes.record([
+                    Change { ino, entry: Some((parent, name)) },
+                    Change { ino: parent, entry: None },
+                ]);
+                Ok(())
+            })
+            .await;
         reply("rmdir", r)
     }
 
@@ -181,7 +257,26 @@ impl DirService for DirServer {
         new_name: Vec<u8>,
         flags: u32,
     ) -> Result<(), DirError> {
-        let r = self.blocking(move |s| s.rename(parent, &name, new_parent, &new_name, flags)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let renamed = sh.sessions.with_keep(|keep| {
+                    sh.store.rename_keeping(parent, &name, new_parent, &new_name, flags, keep)
+                })?;
+                let mut changes = vec![
+                    Change { ino: renamed.moved, entry: Some((parent, name)) },
+                    Change { ino: renamed.moved, entry: Some((new_parent, new_name)) },
+                    Change { ino: parent, entry: None },
+                ];
+                if new_parent != parent {
+                    changes.push(Change { ino: new_parent, entry: None });
+                }
+                if let Some(replaced) = renamed.replaced {
+                    changes.push(Change { ino: replaced, entry: None });
+                }
+                sh.changes.record(changes);
+                Ok(())
+            })
+            .await;
         reply("rename", r)
     }
 
@@ -208,7 +303,13 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.symlink(parent, &name, &target, size, uid, gid)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.symlink(parent, &name, &target, size, uid, gid)?;
+                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                Ok(attr)
+            })
+            .await;
         reply("symlink", r)
     }
 
@@ -226,7 +327,13 @@ impl DirService for DirServer {
         new_parent: InodeId,
         new_name: Vec<u8>,
     ) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.link(ino, new_parent, &new_name)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.link(ino, new_parent, &new_name)?;
+                sh.changes.record(entry_changes(new_parent, &new_name, ino));
+                Ok(attr)
+            })
+            .await;
         reply("link", r)
     }
 
@@ -263,7 +370,13 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino, size = commit.size, blocks = commit.blocks.len()))]
     async fn commit_layout(self, _: Context, ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError> {
-        let r = self.blocking(move |s| s.commit_layout(ino, &commit)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.commit_layout(ino, &commit)?;
+                sh.changes.record(ino_change(ino));
+                Ok(attr)
+            })
+            .await;
         reply("commit_layout", r)
     }
 
@@ -417,6 +530,136 @@ impl DirService for DirServer {
         }
         .await;
         reply("cluster_status", r)
+    }
+
+    #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]
+    async fn open_session(self, _: Context, open: SessionOpen) -> Result<SessionGrant, DirError> {
+        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open)).await;
+        reply("open_session", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session))]
+    async fn renew_session(self, _: Context, session: SessionId) -> Result<(), DirError> {
+        reply("renew_session", self.shared.sessions.renew(session))
+    }
+
+    #[instrument(skip_all, fields(%session))]
+    async fn close_session(self, _: Context, session: SessionId) -> Result<(), DirError> {
+        let r = self.with_shared(move |sh| sh.sessions.end(&sh.store, &[session], "closed")).await;
+        reply("close_session", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %ino))]
+    async fn open_file(self, _: Context, session: SessionId, ino: InodeId) -> Result<Attr, DirError> {
+        let r = self.with_shared(move |sh| sh.sessions.open_file(&sh.store, session, ino)).await;
+        reply("open_file", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %ino))]
+    async fn release_file(self, _: Context, session: SessionId, ino: InodeId) -> Result<(), DirError> {
+        let r = self.with_shared(move |sh| sh.sessions.release_file(&sh.store, session, ino)).await;
+        reply("release_file", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, ino = %lock.ino, owner = lock.owner, kind = ?lock.kind, flavor = ?lock.flavor, start = lock.start, end = lock.end, wait_ms))]
+    async fn set_lock(
+        self,
+        ctx: Context,
+        session: SessionId,
+        lock: Lock,
+        wait_ms: u32,
+    ) -> Result<(), DirError> {
+        let r = async {
+            self.shared.sessions.check(session)?;
+            let ino = lock.ino;
+            self.blocking(move |s| s.getattr(ino)).await?;
+            self.shared.sessions.set_lock(session, lock, wait_within(&ctx, wait_ms)).await
+        }
+        .await;
+        reply("set_lock", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %ino, owner, ?flavor, start, end))]
+    async fn unlock(
+        self,
+        _: Context,
+        session: SessionId,
+        ino: InodeId,
+        owner: u64,
+        flavor: LockFlavor,
+        start: u64,
+        end: u64,
+    ) -> Result<(), DirError> {
+        reply("unlock", self.shared.sessions.unlock(session, ino, owner, flavor, start, end))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, ino = %lock.ino))]
+    async fn get_lock(
+        self,
+        _: Context,
+        session: SessionId,
+        lock: Lock,
+    ) -> Result<Option<LockConflict>, DirError> {
+        reply("get_lock", self.shared.sessions.get_lock(session, lock))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn getxattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Vec<u8>, DirError> {
+        let r = self.blocking(move |s| s.getxattr(ino, &name)).await;
+        reply("getxattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn listxattr(self, _: Context, ino: InodeId) -> Result<Vec<Vec<u8>>, DirError> {
+        let r = self.blocking(move |s| s.listxattr(ino)).await;
+        reply("listxattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino, value = value.len(), flags))]
+    async fn setxattr(
+        self,
+        _: Context,
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    ) -> Result<Attr, DirError> {
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.setxattr(ino, &name, &value, flags)?;
+                sh.changes.record(ino_change(ino));
+                Ok(attr)
+            })
+            .await;
+        reply("setxattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%ino))]
+    async fn removexattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
+        let r = self
+            .with_shared(move |sh| {
+                let attr = sh.store.removexattr(ino, &name)?;
+                sh.changes.record(ino_change(ino));
+                Ok(attr)
+            })
+            .await;
+        reply("removexattr", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, after, wait_ms))]
+    async fn poll_changes(
+        self,
+        ctx: Context,
+        session: SessionId,
+        after: u64,
+        wait_ms: u32,
+    ) -> Result<ChangeBatch, DirError> {
+        let r = async {
+            self.shared.sessions.check(session)?;
+            Ok(self.shared.changes.poll(after, wait_within(&ctx, wait_ms)).await)
+        }
+        .await;
+        reply("poll_changes", r)
     }
 }
 

@@ -1,8 +1,10 @@
 //! State shared by the RPC handlers and the background workers.
 
+use crate::changes::ChangeFeed;
 use crate::error::Error;
 use crate::peers::PeerTable;
 use crate::pool::PeerPool;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::DirsvcConfig;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -56,13 +58,18 @@ pub(crate) struct Shared {
     pub repair_kick: Notify,
     /// `PeerService` clients of the workers.
     pub pool: PeerPool,
+    /// Client sessions, open marks, locks, grace period.
+    pub sessions: Sessions,
+    /// The change feed clients poll.
+    pub changes: ChangeFeed,
 }
 
 impl Shared {
-    /// Shared state over `store`, loading the peer registry from it.
-    /// Blocking (one read transaction).
+    /// Shared state over `store`, loading the peer registry and the
+    /// recorded sessions from it (which starts the grace period, or frees
+    /// leftover orphans if there is none). Blocking.
     ///
-    /// Errors: as [`Store::peers`].
+    /// Errors: as [`Store::peers`] and [`Sessions::new`].
     pub(crate) fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
         let stored = store.peers()?;
         let peers = PeerTable::new(
@@ -71,6 +78,7 @@ impl Shared {
             config.peer_down_after,
             config.heartbeat_persist_every,
         );
+        let sessions = Sessions::new(&store, config.session_lease, config.grace())?;
         Ok(Shared {
             store,
             config: config.clone(),
@@ -78,6 +86,8 @@ impl Shared {
             stats: Stats::default(),
             repair_kick: Notify::new(),
             pool: PeerPool::default(),
+            sessions,
+            changes: ChangeFeed::new(config.change_feed_capacity),
         })
     }
 

@@ -66,7 +66,8 @@ impl From<std::io::Error> for Error {
 
 impl Error {
     /// The errno a FUSE reply carries for this error: ENOENT, EEXIST,
-    /// ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG, ENOSPC, or EIO for
+    /// ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG, ENOSPC, ENODATA
+    /// (no such xattr), E2BIG, EAGAIN (lock held), or EIO for
     /// anything that failed in transit or verification.
     pub fn errno(&self) -> i32 {
         match self {
@@ -78,7 +79,10 @@ impl Error {
                 DirError::IsDir => libc::EISDIR,
                 DirError::Invalid(_) => libc::EINVAL,
                 DirError::NameTooLong => libc::ENAMETOOLONG,
-                DirError::NoPeers { .. } => libc::ENOSPC,
+                DirError::NoPeers { .. } | DirError::NoSpace => libc::ENOSPC,
+                DirError::NoAttr => libc::ENODATA,
+                DirError::TooBig => libc::E2BIG,
+                DirError::WouldBlock | DirError::Grace => libc::EAGAIN,
                 _ => libc::EIO,
             },
             Error::Peer(PeerError::NoSpace) | Error::NoSpace(_) => libc::ENOSPC,
@@ -97,9 +101,14 @@ impl Error {
     /// are logged at debug, failures at warn.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Dir(d) => {
-                !matches!(d, DirError::Internal(_) | DirError::NoPeers { .. } | DirError::NotInitialized)
-            }
+            Error::Dir(d) => !matches!(
+                d,
+                DirError::Internal(_)
+                    | DirError::NoPeers { .. }
+                    | DirError::NotInitialized
+                    | DirError::NoSession
+                    | DirError::ChunkGone(_)
+            ),
             Error::Errno(e, _) => *e != libc::EIO,
             _ => false,
         }

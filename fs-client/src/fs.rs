@@ -70,6 +70,9 @@ pub struct FsConfig {
     /// R peers can take it (degraded write); dirsvc's repair adds the rest.
     /// `None` means a majority of R (`R/2 + 1`). Clamped to `1..=R`.
     pub min_replicas: Option<u32>,
+    /// How this client names itself to dirsvc (logs, lock holders); default
+    /// `fs-client pid=<pid>`.
+    pub session_label: String,
 }
 
 impl Default for FsConfig {
@@ -82,6 +85,7 @@ impl Default for FsConfig {
             upload_attempts: 3,
             min_replicas: None,
             commit_interval: std::time::Duration::from_secs(1),
+            session_label: format!("fs-client pid={}", std::process::id()),
         }
     }
 }
@@ -144,6 +148,24 @@ impl FileState {
     }
 }
 
+impl FileState {
+    /// Plaintext bytes in non-hole blocks, counting buffered ones: what
+    /// `st_blocks` reports while the file has unflushed changes.
+    fn stored_estimate(&self) -> u64 {
+        let overhead = codec::OVERHEAD as u64;
+        let mut total = 0u64;
+        for (idx, loc) in &self.layout {
+            if !self.dirty.contains_key(idx) && !self.uploading.contains_key(idx) {
+                total += u64::from(loc.len).saturating_sub(overhead);
+            }
+        }
+        for d in self.dirty.values().chain(self.uploading.values().map(|(d, _)| d)) {
+            total += d.len() as u64;
+        }
+        total
+    }
+}
+
 struct OpenFile {
     opens: AtomicUsize,
     state: tokio::sync::Mutex<FileState>,
@@ -162,6 +184,7 @@ pub struct Fs {
     chunk_key: SubKey,
     name_key: NameKey,
     symlink_key: SubKey,
+    xattr_key: SubKey,
     block_size: u64,
     replicas: u32,
     config: FsConfig,
@@ -171,7 +194,14 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     peer_failures: Mutex<HashMap<common::PeerId, std::time::Instant>>,
+    session: session::SessionState,
+    /// Drops the kernel's cached attributes and pages of an inode (set by
+    /// the mount; tests without FUSE have none).
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
+
+/// A callback that drops the kernel's caches of an inode.
+pub type Invalidator = Box<dyn Fn(InodeId) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -187,16 +217,63 @@ impl Fs {
             chunk_key: secret.chunk_key(),
             name_key: secret.name_key(),
             symlink_key: secret.symlink_key(),
+            xattr_key: secret.xattr_value_key(),
             block_size,
             replicas: volume.replicas,
             cache: BlockCache::new(config.cache_bytes, block_size),
             uploads: Arc::new(Semaphore::new(config.uploads_in_flight.max(1))),
-            config,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             peer_failures: Mutex::new(HashMap::new()),
+            session: session::SessionState::new(config.session_label.clone()),
+            invalidator: std::sync::OnceLock::new(),
+            config,
         })
+    }
+
+    /// Sets the callback that drops the kernel's caches of an inode (the
+    /// mount passes fuser's notifier). Only the first call takes effect.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    /// Reloads size and layout of `ino` if this client has it open with no
+    /// unflushed changes, and drops the kernel's caches of it: what another
+    /// client committed before releasing a lock becomes visible to this
+    /// one once it holds the lock (as NFS revalidates on lock).
+    ///
+    /// Errors: dirsvc and transport errors.
+    pub(crate) async fn revalidate(&self, ino: InodeId) -> Result<()> {
+        let file = lock(&self.files).get(&ino).cloned();
+        if let Some(f) = file {
+            let mut st = f.state.lock().await;
+            if !st.has_local_changes() {
+                let (attr, layout) = self.load_layout(ino).await?;
+                st.size = attr.size;
+                st.mtime = attr.mtime;
+                st.layout = layout;
+            }
+        }
+        if let Some(inval) = self.invalidator.get() {
+            inval(ino);
+        }
+        Ok(())
+    }
+
+    /// Uploads and commits what this client buffers for `ino`, if anything
+    /// (before a lock on it is released).
+    ///
+    /// Errors: upload and dirsvc errors.
+    pub(crate) async fn flush_ino(self: &Arc<Self>, ino: InodeId) -> Result<()> {
+        let file = lock(&self.files).get(&ino).cloned();
+        match file {
+            Some(f) => {
+                let mut st = f.state.lock().await;
+                self.flush_locked(&mut st).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// The volume's block size in bytes.
@@ -240,6 +317,9 @@ impl Fs {
             if st.has_local_changes() {
                 attr.size = st.size;
                 attr.mtime = st.mtime;
+                // A write changes ctime too; dirsvc sets it at commit.
+                attr.ctime = attr.ctime.max(st.mtime);
+                attr.stored_bytes = st.stored_estimate();
             }
         }
         attr
@@ -305,6 +385,7 @@ impl Fs {
     ) -> Result<(Attr, u64)> {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
         let attr = self.mknod(parent, name, new).await?;
+        self.mark_open(attr.ino).await?;
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
     }
@@ -474,10 +555,18 @@ impl Fs {
     /// unless this process holds unflushed changes to the file; `truncate`
     /// empties it (`O_TRUNC`). Returns the handle.
     pub async fn open(self: &Arc<Self>, ino: InodeId, truncate: bool) -> Result<u64> {
-        let (attr, layout) = self.load_layout(ino).await?;
-        if attr.kind != FileKind::File {
-            return Err(Error::Errno(libc::EINVAL, "not a regular file".into()));
-        }
+        self.mark_open(ino).await?;
+        let (attr, layout) = match self.load_layout(ino).await {
+            Ok(l) if l.0.kind == FileKind::File => l,
+            Ok(_) => {
+                self.unmark_open(ino).await;
+                return Err(Error::Errno(libc::EINVAL, "not a regular file".into()));
+            }
+            Err(e) => {
+                self.unmark_open(ino).await;
+                return Err(e);
+            }
+        };
         let (fh, f, existed) = self.open_loaded(&attr, layout.clone());
         if existed {
             let mut st = f.state.lock().await;
@@ -534,6 +623,7 @@ impl Fs {
             }
             r
         };
+        self.unmark_open(h.ino).await;
         if let Err(e) = &r {
             error!(ino = %h.ino, error = %e, "close: data of this file could not be stored; it stays buffered and is retried on the next flush");
         }
@@ -564,7 +654,25 @@ impl Fs {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let mut st = f.state.lock().await;
-        self.reap(&mut st);
+        self.write_locked(&mut st, offset, data).await
+    }
+
+    /// Writes `data` at the end of the file behind `fh` (`O_APPEND`), as this
+    /// client knows the end: the size at open, after its own writes, and
+    /// after every lock this client is granted (so appends from several
+    /// mounts under a lock land one after another). Returns bytes written.
+    ///
+    /// Errors: as [`Fs::write`].
+    pub async fn append(self: &Arc<Self>, fh: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        let f = self.file(h.ino)?;
+        let mut st = f.state.lock().await;
+        let end = st.size;
+        self.write_locked(&mut st, end, data).await
+    }
+
+    async fn write_locked(self: &Arc<Self>, st: &mut FileState, offset: u64, data: &[u8]) -> Result<u32> {
+        self.reap(st);
         if let Some(e) = st.error.take() {
             return Err(e);
         }
@@ -584,7 +692,7 @@ impl Fs {
                 None => match st.uploading.remove(&idx) {
                     Some((d, _superseded)) => d,
                     None if covers_all => Arc::new(Vec::new()),
-                    None => match Self::source(&st, idx) {
+                    None => match Self::source(st, idx) {
                         Source::Remote(loc) => self.fetch_block(&loc).await?,
                         Source::Local(d) => d,
                         Source::Hole => Arc::new(Vec::new()),
@@ -600,7 +708,7 @@ impl Fs {
             st.dirty.insert(idx, block);
             pos += take as u64;
             if full {
-                self.start_upload(&mut st, idx).await;
+                self.start_upload(st, idx).await;
             }
         }
         if end > st.size {
@@ -610,10 +718,10 @@ impl Fs {
         st.meta_dirty = true;
         while st.dirty.len() > self.config.dirty_blocks_per_file {
             let Some(&idx) = st.dirty.keys().next() else { break };
-            self.start_upload(&mut st, idx).await;
+            self.start_upload(st, idx).await;
         }
         if st.uncommitted.len() >= COMMIT_BATCH {
-            self.commit(&mut st).await?;
+            self.commit(st).await?;
         }
         Ok(data.len() as u32)
     }
@@ -635,6 +743,13 @@ impl Fs {
     /// slot first (this is the write path's backpressure).
     async fn start_upload(self: &Arc<Self>, st: &mut FileState, idx: u64) {
         let Some(data) = st.dirty.remove(&idx) else { return };
+        if extents::all_zero(&data) {
+            // A block of zeros is a hole: nothing to store.
+            st.layout.remove(&idx);
+            st.uncommitted.insert(idx, None);
+            st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+            return;
+        }
         let permit = match self.uploads.clone().acquire_owned().await {
             Ok(p) => p,
             Err(_) => return,
@@ -930,8 +1045,21 @@ impl Fs {
 
     /// Sets the size of a regular file. Shrinking to a size inside a stored
     /// block rewrites that block trimmed, in the same commit as the size.
+    ///
+    /// A file this client has open is truncated in its buffers and the new
+    /// size committed with the next flush, like a write (close-to-open for
+    /// other mounts); any other file is truncated at dirsvc before this
+    /// returns.
+    ///
+    /// Errors: `EINVAL` for a non-regular file; read, upload, dirsvc errors.
     pub async fn truncate(self: &Arc<Self>, ino: InodeId, size: u64) -> Result<()> {
         let file = lock(&self.files).get(&ino).cloned();
+        if let Some(f) = &file {
+            if f.opens.load(Ordering::SeqCst) > 0 {
+                let mut st = f.state.lock().await;
+                return self.truncate_open(&mut st, size).await;
+            }
+        }
         let temp;
         let f = match file {
             Some(f) => f,
@@ -977,6 +1105,59 @@ impl Fs {
         st.mtime = Timestamp::now();
         st.meta_dirty = true;
         self.flush_locked(&mut st).await
+    }
+
+    /// Truncates an open file in its buffers: blocks past the new end
+    /// become holes (committed as such, so a later grow reads zeros), a
+    /// block cut in the middle is trimmed into a dirty block.
+    async fn truncate_open(self: &Arc<Self>, st: &mut FileState, size: u64) -> Result<()> {
+        self.reap(st);
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let b = self.block_size;
+        if size < st.size {
+            let keep = size.div_ceil(b);
+            let old_blocks = st.size.div_ceil(b);
+            if !size.is_multiple_of(b) {
+                let idx = size / b;
+                let cut = (size % b) as usize;
+                let block = match Self::source(st, idx) {
+                    Source::Hole => None,
+                    Source::Local(d) => Some(d),
+                    Source::Remote(loc) => Some(self.fetch_block(&loc).await?),
+                };
+                if let Some(block) = block {
+                    if block.len() > cut {
+                        st.uploading.remove(&idx);
+                        st.dirty.insert(idx, Arc::new(block[..cut].to_vec()));
+                    }
+                }
+            }
+            let gone: Vec<u64> = st
+                .layout
+                .range(keep..)
+                .map(|(i, _)| *i)
+                .chain(st.dirty.range(keep..).map(|(i, _)| *i))
+                .chain(st.uploading.range(keep..).map(|(i, _)| *i))
+                .chain(st.uncommitted.range(keep..).map(|(i, _)| *i))
+                .filter(|i| *i < old_blocks.max(keep))
+                .collect();
+            for idx in gone {
+                st.layout.remove(&idx);
+                st.dirty.remove(&idx);
+                st.uploading.remove(&idx);
+                st.uncommitted.insert(idx, None);
+            }
+            // Blocks wholly past the new size are dropped by dirsvc with the
+            // size; those listed above also cover a grow before the commit.
+            st.uncommitted.retain(|i, c| *i < keep || c.is_none());
+            st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+        }
+        st.size = size;
+        st.mtime = Timestamp::now();
+        st.meta_dirty = true;
+        Ok(())
     }
 
     // ----- read path ---------------------------------------------------------------
@@ -1081,6 +1262,18 @@ impl Fs {
         Err(Error::ChunkUnavailable { chunk: loc.chunk.fmt_short(), detail: detail.join("; ") })
     }
 }
+
+pub use extents::Seek;
+pub use locks::{LockRequest, LockType};
+
+#[path = "extents.rs"]
+mod extents;
+#[path = "locks.rs"]
+mod locks;
+#[path = "session.rs"]
+mod session;
+#[path = "xattr.rs"]
+mod xattr;
 
 #[cfg(test)]
 #[path = "fs_tests.rs"]

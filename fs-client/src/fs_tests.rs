@@ -256,3 +256,195 @@ async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() 
     })
     .await
 }
+
+/// Chunk files stored on all peers of `c`.
+fn stored_chunk_files(c: &Cluster) -> usize {
+    fn walk(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| {
+                        let t = e.file_type().unwrap();
+                        if t.is_dir() {
+                            walk(&e.path())
+                        } else {
+                            usize::from(e.file_name().len() == 64)
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(c._dir.path())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close() {
+    within(async {
+        let c = Cluster::start(2, 2, B as u32).await;
+        let a = c.client().await;
+        let b = c.client().await;
+        let data = pattern(3 * B + 7, 4);
+        let ino = write_file(&a, b"doomed", &data, B).await;
+        let fh = b.open(ino, false).await.unwrap();
+        // Another client removes the only name.
+        a.unlink(InodeId::ROOT, b"doomed").await.unwrap();
+        assert!(a.lookup(InodeId::ROOT, b"doomed").await.unwrap_err().is_not_found());
+        assert_eq!(b.getattr(ino).await.unwrap().nlink, 0);
+        assert_eq!(b.read(fh, 0, (4 * B) as u32).await.unwrap(), data);
+        b.write(fh, 0, b"still here").await.unwrap();
+        b.flush(fh).await.unwrap();
+        assert_eq!(&b.read(fh, 0, 10).await.unwrap(), b"still here");
+        b.release(fh).await.unwrap();
+        // After the last close the inode is gone.
+        assert!(a.getattr(ino).await.unwrap_err().is_not_found());
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_open_file_keeps_its_old_data_for_the_open_handle() {
+    within(async {
+        let c = Cluster::start(2, 2, B as u32).await;
+        let fs = c.client().await;
+        let old = pattern(2 * B, 1);
+        let new = pattern(B + 3, 2);
+        let target = write_file(&fs, b"config", &old, B).await;
+        let fh = fs.open(target, false).await.unwrap();
+        write_file(&fs, b"config.tmp", &new, B).await;
+        fs.rename(InodeId::ROOT, b"config.tmp", InodeId::ROOT, b"config", 0).await.unwrap();
+        assert_eq!(fs.read(fh, 0, (3 * B) as u32).await.unwrap(), old);
+        let now = fs.lookup(InodeId::ROOT, b"config").await.unwrap();
+        assert_eq!(read_all(&fs, now.ino).await, new);
+        fs.release(fh).await.unwrap();
+        assert!(fs.getattr(target).await.unwrap_err().is_not_found());
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_attributes_round_trip_sealed_with_posix_errors() {
+    within(async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let fs = c.client().await;
+        let ino = write_file(&fs, b"f", b"x", B).await;
+        let value = b"secret-xattr-value-marker".to_vec();
+        fs.setxattr(ino, b"user.note", &value, 0).await.unwrap();
+        fs.setxattr(ino, b"trusted.t", b"t", 0).await.unwrap();
+        assert_eq!(fs.getxattr(ino, b"user.note").await.unwrap(), value);
+        assert_eq!(fs.listxattr(ino, 0).await.unwrap(), b"trusted.t\0user.note\0");
+        assert_eq!(fs.listxattr(ino, 1000).await.unwrap(), b"user.note\0");
+        let e = |r: Result<Attr>| r.unwrap_err().errno();
+        assert_eq!(e(fs.setxattr(ino, b"user.note", b"v", libc::XATTR_CREATE).await), libc::EEXIST);
+        assert_eq!(e(fs.setxattr(ino, b"user.none", b"v", libc::XATTR_REPLACE).await), libc::ENODATA);
+        assert_eq!(e(fs.setxattr(ino, b"user.big", &vec![1; (64 << 10) + 1], 0).await), libc::E2BIG);
+        assert_eq!(e(fs.setxattr(ino, b"system.posix_acl_access", b"v", 0).await), libc::EOPNOTSUPP);
+        // A 64 KiB value is allowed.
+        fs.setxattr(ino, b"user.big", &vec![7; 64 << 10], 0).await.unwrap();
+        assert_eq!(fs.getxattr(ino, b"user.big").await.unwrap().len(), 64 << 10);
+        fs.removexattr(ino, b"user.note").await.unwrap();
+        assert_eq!(fs.getxattr(ino, b"user.note").await.unwrap_err().errno(), libc::ENODATA);
+        assert_eq!(e(fs.removexattr(ino, b"user.note").await), libc::ENODATA);
+        // dirsvc holds neither the name nor the value in plaintext.
+        let raw = DirClient::connect(&c.addr).await.unwrap();
+        let names = raw.call(|cl, ctx| async move { cl.listxattr(ctx, ino).await }).await.unwrap();
+        assert_eq!(names.len(), 2);
+        assert!(names.iter().all(|n| !n.windows(5).any(|w| w == b"user." || w == b"trust")));
+        // Another client reads them.
+        assert_eq!(c.client().await.getxattr(ino, b"trusted.t").await.unwrap(), b"t");
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_conflict_across_clients_and_go_with_the_session() {
+    within(async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let a = c.client().await;
+        let b = c.client().await;
+        let ino = write_file(&a, b"db", b"x", B).await;
+        let req = move |owner, start, end, typ| LockRequest { ino, owner, start, end, typ, pid: 42 };
+        a.setlk(req(1, 0, 99, LockType::Write), false).await.unwrap();
+        // Another client: blocked on the overlap, free elsewhere.
+        let e = b.setlk(req(1, 50, 60, LockType::Read), false).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EAGAIN);
+        b.setlk(req(1, 100, 199, LockType::Write), false).await.unwrap();
+        let (s, end, t, _) = b.getlk(req(7, 0, 10, LockType::Read)).await.unwrap().unwrap();
+        assert_eq!((s, end, t), (0, 99, libc::F_WRLCK));
+        // A blocking request is granted when the holder unlocks.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.setlk(req(1, 0, 10, LockType::Write), true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished());
+        a.unlock_owner(ino, 1).await.unwrap();
+        waiter.await.unwrap().unwrap();
+        // Closing a session releases its locks at once.
+        b.close_session().await;
+        a.setlk(req(1, 0, u64::MAX, LockType::Write), false).await.unwrap();
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punched_and_zero_blocks_are_holes_and_copies_share_chunks() {
+    within(async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let fs = c.client().await;
+        let mut model = pattern(8 * B, 6);
+        let ino = write_file(&fs, b"src", &model, B).await;
+        let before = stored_chunk_files(&c);
+        assert_eq!(before, 8);
+
+        // Punch blocks 2..4 whole and half of block 5.
+        let fh = fs.open(ino, false).await.unwrap();
+        fs.fallocate(
+            fh,
+            (2 * B) as u64,
+            (3 * B + B / 2) as u64,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        )
+        .await
+        .unwrap();
+        model[2 * B..5 * B + B / 2].fill(0);
+        assert_eq!(fs.getattr(ino).await.unwrap().size, (8 * B) as u64);
+        assert_eq!(fs.seek_data(fh, (2 * B) as u64, Seek::Data).await.unwrap(), (5 * B) as u64);
+        assert_eq!(fs.seek_data(fh, 0, Seek::Hole).await.unwrap(), (2 * B) as u64);
+        // Allocation past the end grows the file with zeros.
+        fs.fallocate(fh, (8 * B) as u64, B as u64, 0).await.unwrap();
+        model.resize(9 * B, 0);
+        // A block written as zeros is not stored either.
+        fs.write(fh, 0, &vec![0; B]).await.unwrap();
+        model[..B].fill(0);
+        fs.release(fh).await.unwrap();
+        assert_eq!(read_all(&c.client().await, ino).await, model);
+        let attr = fs.getattr(ino).await.unwrap();
+        assert!(attr.stored_bytes <= (5 * B + 5 * 48) as u64, "stored {}", attr.stored_bytes);
+
+        // A block-aligned copy shares chunks: nothing new is stored.
+        let stored = stored_chunk_files(&c);
+        let (dst, out) = fs.create(InodeId::ROOT, b"dst", 0o644, 0, 0).await.unwrap();
+        let src = fs.open(ino, false).await.unwrap();
+        let n = fs.copy_range(src, 0, out, 0, 100 * B as u64).await.unwrap();
+        assert_eq!(n, model.len() as u64);
+        // An unaligned copy goes through the data path.
+        let n = fs.copy_range(src, (B + 10) as u64, out, (9 * B) as u64, 100).await.unwrap();
+        assert_eq!(n, 100);
+        fs.release(src).await.unwrap();
+        fs.release(out).await.unwrap();
+        let mut want = model.clone();
+        want.extend_from_slice(&model[B + 10..B + 110]);
+        assert_eq!(read_all(&c.client().await, dst.ino).await, want);
+        assert_eq!(stored_chunk_files(&c), stored + 1, "only the unaligned tail block is new");
+        // Deleting the source keeps the copy intact.
+        fs.unlink(InodeId::ROOT, b"src").await.unwrap();
+        assert_eq!(read_all(&c.client().await, dst.ino).await, want);
+        c.stop().await;
+    })
+    .await
+}

@@ -6,14 +6,15 @@
 //! only here: ENOENT is logged at debug, everything else at warn.
 
 use crate::error::Error;
-use crate::fs::Fs;
+use crate::fs::{Fs, LockRequest, LockType, Seek};
 use common::rpc::dir::{rename_flags, Attr, FileKind, NewInode, SetAttr};
 use common::time::Timestamp;
 use common::InodeId;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -77,17 +78,12 @@ fn file_type(kind: FileKind) -> FileType {
 }
 
 fn to_attr(a: &Attr, blksize: u32) -> FileAttr {
-    // st_blocks counts 512-byte units of stored data; files with unflushed
-    // data report their size.
-    let stored = if a.stored_bytes == 0 && a.kind == FileKind::File {
-        a.size
-    } else {
-        a.stored_bytes.min(a.size.max(a.stored_bytes))
-    };
+    // st_blocks counts 512-byte units of stored data (one replica), so
+    // holes show as sparse to du, cp and tar.
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
-        blocks: stored.div_ceil(512),
+        blocks: a.stored_bytes.div_ceil(512),
         atime: SystemTime::from(a.atime),
         mtime: SystemTime::from(a.mtime),
         ctime: SystemTime::from(a.ctime),
@@ -107,6 +103,29 @@ fn time(t: TimeOrNow) -> Timestamp {
     match t {
         TimeOrNow::Now => Timestamp::now(),
         TimeOrNow::SpecificTime(s) => Timestamp::from(s),
+    }
+}
+
+/// FUSE open flags for a file opened with `flags`: `O_APPEND` handles
+/// bypass the page cache (direct I/O), because their writes land where the
+/// client, not the kernel, knows the end of the file is.
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_APPEND != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// Replies to getxattr/listxattr: the size when asked for it (`size` 0), the
+/// bytes when they fit, else `ERANGE`.
+fn reply_xattr(v: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(&v);
     }
 }
 
@@ -138,6 +157,13 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        // Locks are held at dirsvc so they hold across mounts; without these
+        // capabilities the kernel would keep them local to this machine.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            warn!(?missing, "the kernel lacks lock capabilities; locks stay local to this mount");
+        }
         Ok(())
     }
 
@@ -294,7 +320,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0 && flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         match self.rt.block_on(self.fs.open(InodeId(ino.0), truncate)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno("open", &e)),
         }
     }
@@ -324,41 +350,59 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
+        let r = if flags.0 & libc::O_APPEND != 0 {
+            // The kernel's idea of the end may be stale (another mount
+            // appended); the client's is revalidated on every lock.
+            self.rt.block_on(self.fs.append(fh.0, data))
+        } else {
+            self.rt.block_on(self.fs.write(fh.0, offset, data))
+        };
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        Self::reply_empty("flush", self.rt.block_on(self.fs.flush(fh.0)), reply);
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let r = self.rt.block_on(async {
+            let r = self.fs.flush(fh.0).await;
+            // POSIX: any close of the file by a process drops that process's
+            // locks on it; the kernel names the process as `lock_owner`.
+            let u = self.fs.unlock_owner(InodeId(ino.0), lock_owner.0).await;
+            r.and(u)
+        });
+        Self::reply_empty("flush", r, reply);
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty("release", self.rt.block_on(self.fs.release(fh.0)), reply);
+        let r = self.rt.block_on(async {
+            // flock locks go with the last close of their open file
+            // description (the kernel then names it as `lock_owner`).
+            let u = match lock_owner {
+                Some(o) => self.fs.unlock_owner(InodeId(ino.0), o.0).await,
+                None => Ok(()),
+            };
+            self.fs.release(fh.0).await.and(u)
+        });
+        Self::reply_empty("release", r, reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // fdatasync does the same: size and layout are the metadata that
+        // matter, and they are committed with the data.
         Self::reply_empty("fsync", self.rt.block_on(self.fs.flush(fh.0)), reply);
     }
 
@@ -418,35 +462,149 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    // Extended attributes arrive with issue "Behave like a local disk"; until
-    // then the volume has none and refuses to store any, quietly.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.rt.block_on(self.fs.getxattr(InodeId(ino.0), name.as_bytes())) {
+            Ok(v) => reply_xattr(v, size, reply),
+            Err(e) => reply.error(errno("getxattr", &e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.rt.block_on(self.fs.listxattr(InodeId(ino.0), req.uid())) {
+            Ok(v) => reply_xattr(v, size, reply),
+            Err(e) => reply.error(errno("listxattr", &e)),
         }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        let r = self.rt.block_on(self.fs.setxattr(InodeId(ino.0), name.as_bytes(), value, flags));
+        Self::reply_empty("setxattr", r.map(drop), reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.rt.block_on(self.fs.removexattr(InodeId(ino.0), name.as_bytes()));
+        Self::reply_empty("removexattr", r.map(drop), reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let r = self.rt.block_on(async {
+            let typ = LockType::from_raw(typ)?;
+            self.fs
+                .getlk(LockRequest { ino: InodeId(ino.0), owner: lock_owner.0, start, end, typ, pid })
+                .await
+        });
+        match r {
+            Ok(Some((s, e, t, p))) => reply.locked(s, e, t, p),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(errno("getlk", &e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        // A blocking request may wait for a long time: it waits on the
+        // runtime, not on one of the FUSE worker threads.
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            let r = async {
+                let typ = LockType::from_raw(typ)?;
+                let req = LockRequest { ino: InodeId(ino.0), owner: lock_owner.0, start, end, typ, pid };
+                fs.setlk(req, sleep).await
+            }
+            .await;
+            Self::reply_empty("setlk", r, reply);
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(
+            "fallocate",
+            self.rt.block_on(self.fs.fallocate(fh.0, offset, length, mode)),
+            reply,
+        );
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The kernel caps one request's length; the reply counts bytes as u32.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        match self.rt.block_on(self.fs.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno("copy_file_range", &e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let what = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            // SEEK_SET/CUR/END never reach the filesystem.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        match self.rt.block_on(self.fs.seek_data(fh.0, offset, what)) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno("lseek", &e)),
+        }
     }
 
     fn create(
@@ -456,7 +614,7 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
@@ -470,7 +628,7 @@ impl Filesystem for FuseAdapter {
                 &to_attr(&a, self.blksize()),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                open_flags(flags),
             ),
             Err(e) => reply.error(errno("create", &e)),
         }

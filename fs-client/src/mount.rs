@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What `fs-client mount` needs.
 #[derive(Clone, Debug)]
@@ -92,6 +92,55 @@ fn clean_stale(path: &Path) -> Result<()> {
 ///
 /// Errors: connection, key and mount failures, each with a message that
 /// says what to do.
+/// This machine's host name, for the session label (`?` if unknown).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// How long one change-feed poll waits at dirsvc, in milliseconds.
+const CHANGE_POLL_MS: u32 = 5_000;
+
+/// Follows dirsvc's change feed and drops what the kernel caches about each
+/// changed inode and entry, so changes made through other mounts show at
+/// once rather than when a cache TTL runs out. Runs until aborted.
+async fn watch_changes(fs: std::sync::Arc<Fs>, notifier: fuser::Notifier) {
+    let mut last = 0u64;
+    loop {
+        match fs.poll_changes(last, CHANGE_POLL_MS).await {
+            Ok((changes, next, overflow)) => {
+                if overflow {
+                    debug!(after = last, "change feed overflowed or dirsvc restarted; caches expire by TTL");
+                }
+                last = next;
+                if changes.is_empty() {
+                    continue;
+                }
+                let n = notifier.clone();
+                // Notifications write to /dev/fuse and may wait on the
+                // kernel: keep them off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for c in changes {
+                        // ENOENT: the kernel does not cache it; nothing to do.
+                        let _ = n.inval_inode(fuser::INodeNo(c.ino.0), 0, 0);
+                        if let Some((parent, name)) = c.entry {
+                            use std::os::unix::ffi::OsStrExt;
+                            let _ =
+                                n.inval_entry(fuser::INodeNo(parent.0), std::ffi::OsStr::from_bytes(&name));
+                        }
+                    }
+                })
+                .await;
+            }
+            Err(e) => {
+                debug!(error = %e, "change feed poll failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 pub fn run(config: MountConfig) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -115,7 +164,12 @@ pub fn run(config: MountConfig) -> Result<()> {
             .with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
         let (info, secret) = crate::volume::open(&dir, &id).await?;
         info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
-        Ok::<_, Error>(Fs::new(dir, &info, &secret, config.fs.clone()))
+        let mut fs_config = config.fs.clone();
+        fs_config.session_label =
+            format!("{} pid={} {}", hostname(), std::process::id(), mountpoint.display());
+        let fs = Fs::new(dir, &info, &secret, fs_config);
+        fs.session_id().await?;
+        Ok::<_, Error>(fs)
     })?;
     drop(id);
 
@@ -150,6 +204,16 @@ pub fn run(config: MountConfig) -> Result<()> {
             }
         })
     };
+    let keeper = {
+        let fs = fs.clone();
+        rt.spawn(async move { fs.keep_session().await })
+    };
+    let watcher = rt.spawn(watch_changes(fs.clone(), session.notifier()));
+    let notifier = session.notifier();
+    fs.set_invalidator(Box::new(move |ino| {
+        // ENOENT: the kernel does not cache the inode.
+        let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);
+    }));
     info!(mountpoint = %mountpoint.display(), dirsvc = %config.dirsvc, "mounted");
 
     let signalled = rt.block_on(async {
@@ -187,7 +251,10 @@ pub fn run(config: MountConfig) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     committer.abort();
+    watcher.abort();
     let failed = rt.block_on(fs.flush_all());
+    keeper.abort();
+    rt.block_on(fs.close_session());
     if session.guard.is_finished() {
         if let Err(e) = session.join() {
             warn!(error = %e, "FUSE session ended with an error");

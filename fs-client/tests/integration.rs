@@ -18,6 +18,9 @@ mod integration {
     mod gc;
     mod kills;
     mod peer_faults;
+    mod posix_suites;
     mod scrub_repair;
     mod tools;
+    mod two_mounts;
+    mod workloads;
 }

@@ -305,6 +305,143 @@ pub struct ClusterStatus {
     pub peers_drained: u32,
 }
 
+/// A client session: one mounted fs-client, known to dirsvc while it renews
+/// its lease. Sessions own open-file marks (which keep unlinked files alive)
+/// and locks; both go when the session closes or its lease runs out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What a client sends to open (or reclaim) a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpen {
+    /// Who this is, for logs and the admin view (e.g. `host pid=123 /mnt`).
+    pub label: String,
+    /// The id this client had before, when it lost its session (dirsvc
+    /// restarted or the lease ran out). With it come the opens and locks the
+    /// client still holds; dirsvc grants what it can (all of it during the
+    /// grace period after its start) and names the rest in the grant.
+    pub reclaim: Option<SessionId>,
+    /// Inodes the client holds open (reclaim only).
+    pub open_inodes: Vec<InodeId>,
+    /// Locks the client holds (reclaim only).
+    pub locks: Vec<Lock>,
+}
+
+/// dirsvc's answer to `open_session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    /// The session id to pass to session calls (a reclaim keeps the old id).
+    pub id: SessionId,
+    /// Lease length in milliseconds: the session ends if no `renew_session`
+    /// arrives for this long. Clients renew at a third of it.
+    pub lease_ms: u64,
+    /// Reclaimed inodes that no longer exist (freed while the client was
+    /// away); their handles are stale.
+    pub lost_inodes: Vec<InodeId>,
+    /// Reclaimed locks that another session took meanwhile; the client no
+    /// longer holds them.
+    pub lost_locks: Vec<Lock>,
+}
+
+/// Whether a lock is shared or exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockKind {
+    /// Shared (`F_RDLCK`, `LOCK_SH`): compatible with other shared locks.
+    Read,
+    /// Exclusive (`F_WRLCK`, `LOCK_EX`): conflicts with every other lock.
+    Write,
+}
+
+/// Which lock family; the two never conflict with each other (as on Linux).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockFlavor {
+    /// POSIX record locks (`fcntl F_SETLK`, `lockf`): byte ranges; a new lock
+    /// by the same owner replaces, splits or merges its overlapping ranges.
+    Posix,
+    /// BSD `flock(2)` locks: always the whole file (`start` 0, `end`
+    /// `u64::MAX`); owned per open file description.
+    Flock,
+}
+
+/// A lock held or requested on a byte range of one inode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lock {
+    /// The locked inode.
+    pub ino: InodeId,
+    /// Owner within the session (FUSE's `lock_owner`): locks of the same
+    /// session and owner never conflict with each other.
+    pub owner: u64,
+    /// POSIX or flock.
+    pub flavor: LockFlavor,
+    /// Shared or exclusive.
+    pub kind: LockKind,
+    /// First byte, inclusive.
+    pub start: u64,
+    /// Last byte, inclusive; `u64::MAX` means "to the end of the file, however
+    /// it grows".
+    pub end: u64,
+    /// Process id of the holder on its client (reported by `F_GETLK`).
+    pub pid: u32,
+}
+
+/// A lock that blocks a request (`get_lock`'s answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockConflict {
+    /// The conflicting lock as its holder took it.
+    pub lock: Lock,
+    /// Whether it is held by the asking session (then `pid` is local).
+    pub same_session: bool,
+}
+
+/// One change dirsvc saw, for clients' kernel-cache invalidation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The inode whose attributes or content changed (its cached attributes
+    /// and pages must go).
+    pub ino: InodeId,
+    /// A directory entry that appeared, disappeared or now names another
+    /// inode: `(parent, sealed name)`.
+    pub entry: Option<(InodeId, Vec<u8>)>,
+}
+
+/// A page of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    /// Changes after the requested sequence number, oldest first.
+    pub changes: Vec<Change>,
+    /// The sequence number of the last change returned (pass it as `after`
+    /// next time); unchanged if `changes` is empty.
+    pub last: u64,
+    /// True if changes after `after` were dropped from dirsvc's bounded
+    /// memory (or dirsvc restarted): the client must treat every cached
+    /// entry as suspect.
+    pub overflow: bool,
+}
+
+/// Flags for `setxattr`, as in `setxattr(2)`.
+pub mod xattr_flags {
+    /// Fail with `Exists` if the attribute exists (`XATTR_CREATE`).
+    pub const CREATE: u32 = 1;
+    /// Fail with `NoAttr` if the attribute does not exist (`XATTR_REPLACE`).
+    pub const REPLACE: u32 = 2;
+}
+
+/// Largest sealed extended-attribute name dirsvc stores, in bytes (a
+/// 255-byte plaintext name plus sealing overhead fits).
+pub const XATTR_SEALED_NAME_MAX: usize = 512;
+/// Largest sealed extended-attribute value dirsvc stores, in bytes (a 64 KiB
+/// plaintext value, Linux's `XATTR_SIZE_MAX`, plus sealing overhead fits).
+pub const XATTR_SEALED_VALUE_MAX: usize = (64 << 10) + 128;
+/// Largest total of sealed names and values one inode may carry, in bytes
+/// (`NoSpace` past it).
+pub const XATTR_INODE_MAX: usize = 4 << 20;
+
 /// Errors of `DirService` calls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
@@ -344,6 +481,29 @@ pub enum DirError {
     /// `init_volume` on a volume that exists.
     #[error("volume already initialized")]
     AlreadyInitialized,
+    /// No such extended attribute (ENODATA).
+    #[error("no such attribute")]
+    NoAttr,
+    /// An extended attribute's name or value is over the limit (E2BIG /
+    /// ERANGE at the client).
+    #[error("attribute too big")]
+    TooBig,
+    /// The inode's extended attributes would exceed
+    /// [`XATTR_INODE_MAX`] (ENOSPC).
+    #[error("no space for attributes")]
+    NoSpace,
+    /// A lock conflicts with another session's or owner's lock and was not
+    /// granted within the wait (EAGAIN; the client retries for `F_SETLKW`).
+    #[error("lock held by another owner")]
+    WouldBlock,
+    /// dirsvc just started and is waiting for clients to reclaim their locks
+    /// and opens; retry after a short pause (never surfaced to applications).
+    #[error("in grace period after restart; retry")]
+    Grace,
+    /// The session is unknown (expired, closed, or dirsvc restarted): open a
+    /// new one, reclaiming what the client holds.
+    #[error("no such session")]
+    NoSession,
     /// A commit named a chunk that garbage collection has deleted (it was
     /// unreferenced past the grace period). Retryable: store the block
     /// again (a new chunk) and commit that.
@@ -385,11 +545,14 @@ pub trait DirService {
     async fn mkdir(parent: InodeId, name: Vec<u8>, perm: u32, uid: u32, gid: u32) -> Result<Attr, DirError>;
     /// Makes a regular file or special node.
     async fn create(parent: InodeId, name: Vec<u8>, new: NewInode) -> Result<Attr, DirError>;
-    /// Removes a non-directory entry; frees the inode at nlink 0. `IsDir`.
+    /// Removes a non-directory entry. At nlink 0 the inode is freed, unless
+    /// a session holds it open (`open_file`): then it lives on as an orphan
+    /// until the last `release_file` or the end of those sessions. `IsDir`.
     async fn unlink(parent: InodeId, name: Vec<u8>) -> Result<(), DirError>;
     /// Removes an empty directory. `NotEmpty`, `NotDir`.
     async fn rmdir(parent: InodeId, name: Vec<u8>) -> Result<(), DirError>;
-    /// Moves an entry, replacing a target of a compatible kind atomically.
+    /// Moves an entry, replacing a target of a compatible kind atomically (a
+    /// replaced file is unlinked as by `unlink`, orphaned if open).
     /// `flags` from [`rename_flags`]. The client re-seals the name for the
     /// new parent.
     async fn rename(
@@ -446,4 +609,58 @@ pub trait DirService {
     async fn drain_peer(id: PeerId) -> Result<(), DirError>;
     /// Redundancy, repair and garbage-collection figures (admin query).
     async fn cluster_status() -> Result<ClusterStatus, DirError>;
+
+    /// Opens a client session (or reclaims one, see [`SessionOpen`]).
+    async fn open_session(open: SessionOpen) -> Result<SessionGrant, DirError>;
+    /// Extends the session's lease by `lease_ms` from now. `NoSession` if it
+    /// already ended.
+    async fn renew_session(session: SessionId) -> Result<(), DirError>;
+    /// Ends a session: releases its locks and open marks (freeing unlinked
+    /// files no one else holds open). Idempotent.
+    async fn close_session(session: SessionId) -> Result<(), DirError>;
+    /// Marks `ino` open by `session` (counted once per session however often
+    /// it is called) and returns its attributes. While marked, unlinking its
+    /// last name keeps the inode (nlink 0) readable and writable by inode
+    /// number. `NotFound`, `NoSession`.
+    async fn open_file(session: SessionId, ino: InodeId) -> Result<Attr, DirError>;
+    /// Drops the session's open mark on `ino`; an unlinked inode that no
+    /// session holds open is then freed (its chunks go to garbage
+    /// collection). Idempotent.
+    async fn release_file(session: SessionId, ino: InodeId) -> Result<(), DirError>;
+    /// Takes a lock, waiting up to `wait_ms` milliseconds (capped at 10,000)
+    /// for conflicting locks to go. `WouldBlock` if still blocked, `Grace`
+    /// during the reclaim period, `NoSession`, `NotFound`. A POSIX lock
+    /// replaces the same owner's overlapping ranges (upgrade, downgrade,
+    /// split, merge); an flock replaces the owner's flock.
+    async fn set_lock(session: SessionId, lock: Lock, wait_ms: u32) -> Result<(), DirError>;
+    /// Releases the owner's locks of `flavor` on `ino` within
+    /// `[start, end]` (splitting ranges that extend past it). Idempotent.
+    async fn unlock(
+        session: SessionId,
+        ino: InodeId,
+        owner: u64,
+        flavor: LockFlavor,
+        start: u64,
+        end: u64,
+    ) -> Result<(), DirError>;
+    /// The first lock that would block `lock` (for `F_GETLK`), or `None`.
+    async fn get_lock(session: SessionId, lock: Lock) -> Result<Option<LockConflict>, DirError>;
+    /// The sealed value of extended attribute `name` (sealed) of `ino`.
+    /// `NoAttr`, `NotFound`.
+    async fn getxattr(ino: InodeId, name: Vec<u8>) -> Result<Vec<u8>, DirError>;
+    /// Sealed names of all extended attributes of `ino`, in no fixed order.
+    async fn listxattr(ino: InodeId) -> Result<Vec<Vec<u8>>, DirError>;
+    /// Sets an extended attribute (sealed name and value); sets ctime.
+    /// `flags` from [`xattr_flags`]: `Exists` / `NoAttr` as they ask;
+    /// `TooBig` past [`XATTR_SEALED_NAME_MAX`] / [`XATTR_SEALED_VALUE_MAX`];
+    /// `NoSpace` past [`XATTR_INODE_MAX`]. Returns the new attributes.
+    async fn setxattr(ino: InodeId, name: Vec<u8>, value: Vec<u8>, flags: u32) -> Result<Attr, DirError>;
+    /// Removes an extended attribute; sets ctime. `NoAttr`.
+    async fn removexattr(ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError>;
+    /// Changes after sequence number `after` (0 on the first call: returns
+    /// no changes and the current `last`), waiting up to `wait_ms`
+    /// milliseconds (capped at 10,000) for one to happen. Every namespace
+    /// and attribute mutation and every layout commit is recorded, whoever
+    /// made it.
+    async fn poll_changes(session: SessionId, after: u64, wait_ms: u32) -> Result<ChangeBatch, DirError>;
 }

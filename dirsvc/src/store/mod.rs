@@ -11,6 +11,16 @@
 //!
 //! Table shapes and invariants are documented in [`tables`].
 //!
+//! Orphans: unlink and rename take a [`Keep`] predicate, asked inside the
+//! transaction when a non-directory loses its last link; "keep" leaves the
+//! inode (nlink 0) with its layout and extended attributes and lists it in
+//! `orphans-v1` ([`Store::unlink_keeping`], [`Store::rename_keeping`]);
+//! [`Store::free_orphans`] and [`Store::end_sessions`] free it later. The
+//! caller (the sessions module) serializes those decisions with open marks.
+//! Extended attributes ([`Store::setxattr`] and friends) are opaque sealed
+//! bytes per inode; the live client sessions are listed in `sessions-v1`
+//! ([`Store::put_session`], [`Store::sessions`]).
+//!
 //! Besides the namespace, the store keeps what the background workers need
 //! (see the crate documentation): the chunk index they survey
 //! ([`Store::for_each_chunk`]), the replica edits of repair and corruption
@@ -25,8 +35,9 @@ pub mod tables;
 use crate::error::{invalid, Error};
 use common::config::{valid_block_size, NAME_MAX, SYMLINK_MAX};
 use common::rpc::dir::{
-    rename_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, PeerLabels, PeerUsage,
-    ReadDirPage, SetAttr, StoredChunk, VolumeInfo,
+    rename_flags, xattr_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, PeerLabels,
+    PeerUsage, ReadDirPage, SessionId, SetAttr, StoredChunk, VolumeInfo, XATTR_INODE_MAX,
+    XATTR_SEALED_NAME_MAX, XATTR_SEALED_VALUE_MAX,
 };
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
@@ -37,10 +48,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use tables::{
-    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, TombstoneRecord,
-    VolumeRecord, CHUNKS, CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR, KIND_FILE,
-    KIND_SYMLINK, LAYOUTS, META, META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME,
-    OLDEST_SCHEMA_VERSION, PEERS, SCHEMA_VERSION, SYMLINKS, TOMBSTONES,
+    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, SessionRecord,
+    TombstoneRecord, VolumeRecord, CHUNKS, CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR,
+    KIND_FILE, KIND_SYMLINK, LAYOUTS, META, META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME,
+    OLDEST_SCHEMA_VERSION, ORPHANS, PEERS, SCHEMA_VERSION, SESSIONS, SYMLINKS, TOMBSTONES, XATTRS,
 };
 use tracing::warn;
 
@@ -104,6 +115,34 @@ pub struct LayoutBlocks {
     pub eof: bool,
 }
 
+/// Asked inside an unlink or rename transaction when a non-directory
+/// loses its last link: true keeps it as an orphan (someone holds it
+/// open), false frees it.
+pub type Keep<'a> = &'a dyn Fn(InodeId) -> bool;
+
+/// What [`Store::unlink_keeping`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// The inode the entry named.
+    pub ino: InodeId,
+    /// Whether it lost its last link and was kept as an orphan.
+    pub orphaned: bool,
+}
+
+/// What [`Store::rename_keeping`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// The inode the source entry named (now under the new name).
+    pub moved: InodeId,
+    /// The inode the target entry named before (replaced, or for
+    /// `EXCHANGE` moved to the source name); `None` if there was none or
+    /// source and target already named the same inode.
+    pub replaced: Option<InodeId>,
+    /// Whether the replaced inode lost its last link and was kept as an
+    /// orphan.
+    pub orphaned: bool,
+}
+
 /// The dirsvc database. Cheap to share behind an `Arc`; all methods take
 /// `&self` (redb serialises writers and lets readers run concurrently).
 pub struct Store {
@@ -155,6 +194,9 @@ impl Store {
             txn.open_table(CHUNKS_UNREFERENCED)?;
             txn.open_table(SYMLINKS)?;
             txn.open_table(TOMBSTONES)?;
+            txn.open_table(ORPHANS)?;
+            txn.open_table(XATTRS)?;
+            txn.open_table(SESSIONS)?;
             let mut peers = txn.open_table(PEERS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_SCHEMA)? {
@@ -167,22 +209,29 @@ impl Store {
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(old) if (OLDEST_SCHEMA_VERSION..SCHEMA_VERSION).contains(&old) => {
-                    // 1 → 2: peer records gain labels and the drain flag.
-                    let stored: Vec<([u8; 16], PeerRecord)> = peers
-                        .iter()?
-                        .map(|row| {
-                            let (k, v) = row?;
-                            Ok((k.value(), PeerRecord::from_bytes(v.value())?))
-                        })
-                        .collect::<Result<_, Error>>()?;
-                    for (id, rec) in &stored {
-                        peers.insert(*id, rec.to_bytes()?.as_slice())?;
+                    let mut rewritten = 0;
+                    if old < 2 {
+                        // 1 → 2: peer records gain labels and the drain flag
+                        // (tombstones: the table was created above).
+                        let stored: Vec<([u8; 16], PeerRecord)> = peers
+                            .iter()?
+                            .map(|row| {
+                                let (k, v) = row?;
+                                Ok((k.value(), PeerRecord::from_bytes(v.value())?))
+                            })
+                            .collect::<Result<_, Error>>()?;
+                        for (id, rec) in &stored {
+                            peers.insert(*id, rec.to_bytes()?.as_slice())?;
+                        }
+                        rewritten = stored.len();
                     }
+                    // 2 → 3: new tables only (orphans, xattrs, sessions),
+                    // created empty above.
                     meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
                     tracing::info!(
                         from = old,
                         to = SCHEMA_VERSION,
-                        peers = stored.len(),
+                        peers_rewritten = rewritten,
                         "database migrated"
                     );
                 }
@@ -452,8 +501,9 @@ impl Store {
     /// (nlink + 1, ctime now).
     ///
     /// Errors: `IsDir` if `ino` is a directory (hard links to directories
-    /// are not allowed; Linux reports `EPERM`), `Invalid` at `u32::MAX`
-    /// links, then as [`Store::mkdir`].
+    /// are not allowed; Linux reports `EPERM`), `NotFound` if `ino` is an
+    /// orphan (nlink 0), `Invalid` at `u32::MAX` links, then as
+    /// [`Store::mkdir`].
     pub fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr, Error> {
         self.vol()?;
         check_name(new_name)?;
@@ -461,6 +511,11 @@ impl Store {
             let mut rec = w.inode(ino.0)?;
             if rec.kind == KIND_DIR {
                 return Err(DirError::IsDir.into());
+            }
+            if rec.nlink == 0 {
+                // An orphan (unlinked, still open): Linux refuses to give
+                // it a name again (ENOENT) unless it was O_TMPFILE.
+                return Err(DirError::NotFound.into());
             }
             w.dir(new_parent.0)?;
             if w.entry(new_parent.0, new_name)?.is_some() {
@@ -475,13 +530,23 @@ impl Store {
         })
     }
 
+    /// Removes the non-directory entry `name` from `parent`, freeing the
+    /// inode at nlink 0 (as [`Store::unlink_keeping`] with nothing held
+    /// open).
+    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<Removed, Error> {
+        self.unlink_keeping(parent, name, &|_| false)
+    }
+
     /// Removes the non-directory entry `name` from `parent`. The inode loses
-    /// a link (ctime now) and is freed at nlink 0: its record, layout rows
-    /// (each chunk loses a reference) and symlink target are deleted.
+    /// a link (ctime now). At nlink 0, if `keep(ino)` (asked inside the
+    /// transaction: the inode is held open) it becomes an orphan (listed in
+    /// `orphans-v1`, see [`tables`]); otherwise it is freed: its record,
+    /// layout rows (each chunk loses a reference), symlink target and
+    /// extended attributes are deleted.
     ///
     /// Errors: `NotFound`, `NotDir` (parent), `IsDir` (the entry is a
     /// directory), `Invalid`, `NameTooLong`, `NotInitialized`.
-    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Error> {
+    pub fn unlink_keeping(&self, parent: InodeId, name: &[u8], keep: Keep<'_>) -> Result<Removed, Error> {
         self.vol()?;
         check_name(name)?;
         self.write(|w| {
@@ -491,17 +556,19 @@ impl Store {
                 return Err(DirError::IsDir.into());
             }
             w.remove_entry(parent.0, name, e.cookie)?;
-            w.drop_link(e.ino)?;
-            w.touch_dir(parent.0, 0)
+            let orphaned = w.drop_link(e.ino, keep)?;
+            w.touch_dir(parent.0, 0)?;
+            Ok(Removed { ino: InodeId(e.ino), orphaned })
         })
     }
 
     /// Removes the empty directory entry `name` from `parent` (the parent
-    /// loses a link).
+    /// loses a link) and frees the directory with its extended attributes.
+    /// Returns the removed directory's inode.
     ///
     /// Errors: `NotFound`, `NotDir` (parent, or the entry is not a
     /// directory), `NotEmpty`, `Invalid`, `NameTooLong`, `NotInitialized`.
-    pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Error> {
+    pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<InodeId, Error> {
         self.vol()?;
         check_name(name)?;
         self.write(|w| {
@@ -514,8 +581,10 @@ impl Store {
                 return Err(DirError::NotEmpty.into());
             }
             w.remove_entry(parent.0, name, e.cookie)?;
-            w.inodes.remove(e.ino)?;
-            w.touch_dir(parent.0, -1)
+            let rec = w.inode(e.ino)?;
+            w.free_inode(e.ino, &rec)?;
+            w.touch_dir(parent.0, -1)?;
+            Ok(InodeId(e.ino))
         })
     }
 
@@ -544,7 +613,22 @@ impl Store {
         new_parent: InodeId,
         new_name: &[u8],
         flags: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<Renamed, Error> {
+        self.rename_keeping(parent, name, new_parent, new_name, flags, &|_| false)
+    }
+
+    /// [`Store::rename`], where a replaced non-directory that loses its last
+    /// link is kept as an orphan if `keep(ino)` (as in
+    /// [`Store::unlink_keeping`]). A replaced directory is always freed.
+    pub fn rename_keeping(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+        keep: Keep<'_>,
+    ) -> Result<Renamed, Error> {
         self.vol()?;
         check_name(name)?;
         check_name(new_name)?;
@@ -555,7 +639,7 @@ impl Store {
         if flags == known {
             return Err(invalid("NOREPLACE and EXCHANGE together"));
         }
-        self.write(|w| w.rename(parent.0, name, new_parent.0, new_name, flags))
+        self.write(|w| w.rename(parent.0, name, new_parent.0, new_name, flags, keep))
     }
 
     /// Lists the entries of `dir` with cookie > `after`, ascending, at most
@@ -698,6 +782,185 @@ impl Store {
     pub fn inode_count(&self) -> Result<u64, Error> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(INODES)?.len()?)
+    }
+
+    /// The sealed value of extended attribute `name` of `ino` (any kind,
+    /// orphans included).
+    ///
+    /// Errors: `NotFound` (no such inode), `NoAttr`, `Invalid` (empty
+    /// name), `TooBig` (name over [`XATTR_SEALED_NAME_MAX`]),
+    /// `NotInitialized`.
+    pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, Error> {
+        self.vol()?;
+        check_xattr_name(name)?;
+        let txn = self.db.begin_read()?;
+        get_inode(&txn.open_table(INODES)?, ino.0)?;
+        let xattrs = txn.open_table(XATTRS)?;
+        let value = xattrs.get((ino.0, name))?.ok_or(DirError::NoAttr)?;
+        Ok(value.value().to_vec())
+    }
+
+    /// The sealed names of every extended attribute of `ino`, in stored
+    /// (byte) order.
+    ///
+    /// Errors: `NotFound`, `NotInitialized`.
+    pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, Error> {
+        self.vol()?;
+        let txn = self.db.begin_read()?;
+        get_inode(&txn.open_table(INODES)?, ino.0)?;
+        let xattrs = txn.open_table(XATTRS)?;
+        let empty: &[u8] = &[];
+        xattrs
+            .range((ino.0, empty)..(ino.0.saturating_add(1), empty))?
+            .map(|row| Ok(row?.0.value().1.to_vec()))
+            .collect()
+    }
+
+    /// Sets extended attribute `name` of `ino` to `value` (both sealed,
+    /// opaque), as `setxattr(2)` with `flags` from
+    /// [`common::rpc::dir::xattr_flags`]; ctime becomes now. Returns the
+    /// new attributes.
+    ///
+    /// Errors: `NotFound`; `Exists` (`CREATE` and present); `NoAttr`
+    /// (`REPLACE` and absent); `Invalid` (empty name, unknown flags);
+    /// `TooBig` (name over [`XATTR_SEALED_NAME_MAX`] or value over
+    /// [`XATTR_SEALED_VALUE_MAX`]); `NoSpace` (the inode's names and values
+    /// would total more than [`XATTR_INODE_MAX`] bytes); `NotInitialized`.
+    pub fn setxattr(&self, ino: InodeId, name: &[u8], value: &[u8], flags: u32) -> Result<Attr, Error> {
+        self.vol()?;
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SEALED_VALUE_MAX {
+            return Err(DirError::TooBig.into());
+        }
+        let known = xattr_flags::CREATE | xattr_flags::REPLACE;
+        if flags & !known != 0 {
+            return Err(invalid(format!("unknown setxattr flags {flags:#x}")));
+        }
+        self.write(|w| {
+            let mut rec = w.inode(ino.0)?;
+            let old = w.xattrs.get((ino.0, name))?.map(|g| g.value().len());
+            if flags & xattr_flags::CREATE != 0 && old.is_some() {
+                return Err(DirError::Exists.into());
+            }
+            if flags & xattr_flags::REPLACE != 0 && old.is_none() {
+                return Err(DirError::NoAttr.into());
+            }
+            let others = w.xattr_bytes(ino.0)? - old.map_or(0, |len| name.len() + len);
+            if others + name.len() + value.len() > XATTR_INODE_MAX {
+                return Err(DirError::NoSpace.into());
+            }
+            w.xattrs.insert((ino.0, name), value)?;
+            rec.ctime = w.now;
+            w.put_inode(ino.0, &rec)?;
+            to_attr(ino.0, &rec)
+        })
+    }
+
+    /// Removes extended attribute `name` of `ino`; ctime becomes now.
+    /// Returns the new attributes.
+    ///
+    /// Errors: `NotFound`, `NoAttr`, `Invalid` (empty name), `TooBig`,
+    /// `NotInitialized`.
+    pub fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<Attr, Error> {
+        self.vol()?;
+        check_xattr_name(name)?;
+        self.write(|w| {
+            let mut rec = w.inode(ino.0)?;
+            if w.xattrs.remove((ino.0, name))?.is_none() {
+                return Err(DirError::NoAttr.into());
+            }
+            rec.ctime = w.now;
+            w.put_inode(ino.0, &rec)?;
+            to_attr(ino.0, &rec)
+        })
+    }
+
+    /// The orphans (inodes at nlink 0 kept because they were open), in
+    /// inode order.
+    pub fn orphans(&self) -> Result<Vec<InodeId>, Error> {
+        let txn = self.db.begin_read()?;
+        let orphans = txn.open_table(ORPHANS)?;
+        orphans.iter()?.map(|row| Ok(InodeId(row?.0.value()))).collect()
+    }
+
+    /// Frees each of `inos` that is an orphan and not `keep(ino)`, as
+    /// unlink would have (chunks lose their references, extended
+    /// attributes go). One read transaction to filter, then one write
+    /// transaction if anything is to be freed. Returns the inodes freed.
+    pub fn free_orphans(&self, inos: &[InodeId], keep: Keep<'_>) -> Result<Vec<InodeId>, Error> {
+        self.end_sessions(&[], inos, keep)
+    }
+
+    /// Ends sessions `ids` (removes their `sessions-v1` rows) and frees the
+    /// orphans among `inos` that are not `keep(ino)`, in one write
+    /// transaction (none if there is nothing to do). Returns the inodes
+    /// freed.
+    pub fn end_sessions(
+        &self,
+        ids: &[SessionId],
+        inos: &[InodeId],
+        keep: Keep<'_>,
+    ) -> Result<Vec<InodeId>, Error> {
+        let candidates: Vec<InodeId> = {
+            let txn = self.db.begin_read()?;
+            let orphans = txn.open_table(ORPHANS)?;
+            let mut out = Vec::new();
+            for ino in inos {
+                if orphans.get(ino.0)?.is_some() && !keep(*ino) {
+                    out.push(*ino);
+                }
+            }
+            out
+        };
+        if candidates.is_empty() && ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|w| {
+            for id in ids {
+                w.sessions.remove(id.0)?;
+            }
+            let mut freed = Vec::new();
+            for ino in candidates {
+                // Re-check inside the transaction: still an orphan.
+                if w.orphans.get(ino.0)?.is_none() || keep(ino) {
+                    continue;
+                }
+                let rec = match w.inode(ino.0) {
+                    Ok(rec) => rec,
+                    Err(Error::Dir(DirError::NotFound)) => {
+                        warn!(%ino, "orphan row of an inode that does not exist; dropped");
+                        w.orphans.remove(ino.0)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                w.free_inode(ino.0, &rec)?;
+                freed.push(ino);
+            }
+            Ok(freed)
+        })
+    }
+
+    /// Records session `id` as alive (inserts or replaces its row).
+    pub fn put_session(&self, id: SessionId, rec: &SessionRecord) -> Result<(), Error> {
+        let bytes = rec.to_bytes()?;
+        self.write(|w| {
+            w.sessions.insert(id.0, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The sessions recorded as alive, in id order: after a start, the
+    /// clients that may come back to reclaim.
+    pub fn sessions(&self) -> Result<Vec<(SessionId, SessionRecord)>, Error> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SESSIONS)?;
+        t.iter()?
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((SessionId(k.value()), SessionRecord::from_bytes(v.value())?))
+            })
+            .collect()
     }
 
     /// Stores (inserts or replaces) peer `id`'s record.
@@ -1026,6 +1289,9 @@ struct W<'t> {
     symlinks: Table<'t, u64, &'static [u8]>,
     peers: Table<'t, [u8; 16], &'static [u8]>,
     tombstones: Table<'t, [u8; 32], &'static [u8]>,
+    orphans: Table<'t, u64, i64>,
+    xattrs: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    sessions: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     now: Timestamp,
     /// Whether `chunks` was written (bumps the store's chunk generation).
@@ -1044,6 +1310,9 @@ impl<'t> W<'t> {
             symlinks: txn.open_table(SYMLINKS)?,
             peers: txn.open_table(PEERS)?,
             tombstones: txn.open_table(TOMBSTONES)?,
+            orphans: txn.open_table(ORPHANS)?,
+            xattrs: txn.open_table(XATTRS)?,
+            sessions: txn.open_table(SESSIONS)?,
             meta: txn.open_table(META)?,
             now: Timestamp::now(),
             chunks_touched: false,
@@ -1100,6 +1369,18 @@ impl<'t> W<'t> {
 
     fn inode(&self, ino: u64) -> Result<InodeRecord, Error> {
         get_inode(&self.inodes, ino)
+    }
+
+    /// Total bytes of the sealed names and values of `ino`'s extended
+    /// attributes.
+    fn xattr_bytes(&self, ino: u64) -> Result<usize, Error> {
+        let empty: &[u8] = &[];
+        let mut total = 0usize;
+        for row in self.xattrs.range((ino, empty)..(ino.saturating_add(1), empty))? {
+            let (k, v) = row?;
+            total = total.saturating_add(k.value().1.len()).saturating_add(v.value().len());
+        }
+        Ok(total)
     }
 
     fn dir(&self, ino: u64) -> Result<InodeRecord, Error> {
@@ -1176,19 +1457,29 @@ impl<'t> W<'t> {
         to_attr(ino, &rec)
     }
 
-    /// Removes one link of non-directory `ino`; frees it at nlink 0.
-    fn drop_link(&mut self, ino: u64) -> Result<(), Error> {
+    /// Removes one link of non-directory `ino`. At nlink 0 it is freed,
+    /// unless `keep(ino)` says it is held open: then it becomes an orphan
+    /// (nlink 0, listed in `orphans-v1`, everything else kept). Returns
+    /// whether it became an orphan.
+    fn drop_link(&mut self, ino: u64, keep: Keep<'_>) -> Result<bool, Error> {
         let mut rec = self.inode(ino)?;
         rec.nlink = rec.nlink.saturating_sub(1);
-        if rec.nlink == 0 {
-            self.free_inode(ino, &rec)
-        } else {
-            rec.ctime = self.now;
-            self.put_inode(ino, &rec)
+        if rec.nlink == 0 && !keep(InodeId(ino)) {
+            self.free_inode(ino, &rec)?;
+            return Ok(false);
         }
+        rec.ctime = self.now;
+        self.put_inode(ino, &rec)?;
+        if rec.nlink == 0 {
+            self.orphans.insert(ino, self.now.secs)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
-    /// Deletes inode `ino` and everything hanging off it.
+    /// Deletes inode `ino` and everything hanging off it: layout rows (each
+    /// chunk loses a reference), symlink target, extended attributes and
+    /// orphan row.
     fn free_inode(&mut self, ino: u64, rec: &InodeRecord) -> Result<(), Error> {
         self.inodes.remove(ino)?;
         match rec.kind {
@@ -1200,6 +1491,9 @@ impl<'t> W<'t> {
             }
             _ => {}
         }
+        let empty: &[u8] = &[];
+        self.xattrs.retain_in((ino, empty)..(ino.saturating_add(1), empty), |_, _| false)?;
+        self.orphans.remove(ino)?;
         Ok(())
     }
 
@@ -1301,7 +1595,8 @@ impl<'t> W<'t> {
         new_parent: u64,
         new_name: &[u8],
         flags: u32,
-    ) -> Result<(), Error> {
+        keep: Keep<'_>,
+    ) -> Result<Renamed, Error> {
         self.dir(parent)?;
         self.dir(new_parent)?;
         let src = self.entry(parent, name)?.ok_or(DirError::NotFound)?;
@@ -1315,7 +1610,7 @@ impl<'t> W<'t> {
         if dst.is_some_and(|d| d.ino == src.ino) {
             // Two names of one inode (or the same name): POSIX says do
             // nothing.
-            return Ok(());
+            return Ok(Renamed { moved: InodeId(src.ino), replaced: None, orphaned: false });
         }
         if src.ino == InodeId::ROOT.0 || dst.is_some_and(|d| d.ino == InodeId::ROOT.0) {
             return Err(invalid("cannot rename the root directory"));
@@ -1328,8 +1623,14 @@ impl<'t> W<'t> {
             let Some(dst) = dst else {
                 return Err(DirError::NotFound.into());
             };
-            return self.exchange(parent, name, src, new_parent, new_name, dst);
+            self.exchange(parent, name, src, new_parent, new_name, dst)?;
+            return Ok(Renamed {
+                moved: InodeId(src.ino),
+                replaced: Some(InodeId(dst.ino)),
+                orphaned: false,
+            });
         }
+        let mut orphaned = false;
         if let Some(d) = dst {
             let dst_dir = d.kind == KIND_DIR;
             if dst_dir && self.is_ancestor_or_self(d.ino, parent)? {
@@ -1344,10 +1645,11 @@ impl<'t> W<'t> {
             }
             self.remove_entry(new_parent, new_name, d.cookie)?;
             if dst_dir {
-                self.inodes.remove(d.ino)?;
+                let rec = self.inode(d.ino)?;
+                self.free_inode(d.ino, &rec)?;
                 self.touch_dir(new_parent, -1)?;
             } else {
-                self.drop_link(d.ino)?;
+                orphaned = self.drop_link(d.ino, keep)?;
             }
         }
         self.remove_entry(parent, name, src.cookie)?;
@@ -1361,7 +1663,8 @@ impl<'t> W<'t> {
         rec.ctime = self.now;
         self.put_inode(src.ino, &rec)?;
         self.touch_dir(parent, 0)?;
-        self.touch_dir(new_parent, 0)
+        self.touch_dir(new_parent, 0)?;
+        Ok(Renamed { moved: InodeId(src.ino), replaced: dst.map(|d| InodeId(d.ino)), orphaned })
     }
 
     /// `RENAME_EXCHANGE`: the two names swap the inodes they name.
@@ -1424,7 +1727,13 @@ impl<'t> W<'t> {
                 )));
             }
             if c.replicas.is_empty() {
-                return Err(invalid(format!("chunk {} has no replicas", c.id)));
+                // A reference to a chunk the index already holds (a shared
+                // block, as copy_file_range makes) keeps its replica list;
+                // an unknown chunk with no replicas would be data loss.
+                let known = self.chunk_rec(c.id.0)?.is_some_and(|r| !r.replicas.is_empty());
+                if !known {
+                    return Err(invalid(format!("chunk {} has no replicas", c.id)));
+                }
             }
             if self.tombstones.get(c.id.0)?.is_some() {
                 return Err(DirError::ChunkGone(c.id).into());
@@ -1473,6 +1782,18 @@ impl<'t> W<'t> {
 /// Number of blocks of size `block_size` that a `size`-byte file spans.
 fn blocks_for(size: u64, block_size: u32) -> u64 {
     size.div_ceil(u64::from(block_size.max(1)))
+}
+
+/// An extended attribute name must be non-empty and at most
+/// [`XATTR_SEALED_NAME_MAX`] bytes.
+fn check_xattr_name(name: &[u8]) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid("empty attribute name"));
+    }
+    if name.len() > XATTR_SEALED_NAME_MAX {
+        return Err(DirError::TooBig.into());
+    }
+    Ok(())
 }
 
 fn check_name(name: &[u8]) -> Result<(), Error> {
@@ -1634,6 +1955,55 @@ mod tests {
         }
         // And it opens again as it is.
         assert_eq!(Store::open(&path).unwrap().peers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_schema_2_database_gains_the_new_tables_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.redb");
+        // What schema 2 wrote: the v2 tables with a volume, a file and a
+        // peer; no orphans, xattrs or sessions tables.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA, &2u32.to_le_bytes()[..]).unwrap();
+                let vol =
+                    VolumeRecord { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
+                meta.insert(META_VOLUME, vol.to_bytes().unwrap().as_slice()).unwrap();
+                meta.insert(META_NEXT_INODE, &3u64.to_le_bytes()[..]).unwrap();
+                meta.insert(META_NEXT_COOKIE, &2u64.to_le_bytes()[..]).unwrap();
+                let now = Timestamp::now();
+                let mut root = new_record(KIND_DIR, 0o755, 0, 0, 0, 1, now);
+                root.nlink = 2;
+                let mut inodes = txn.open_table(INODES).unwrap();
+                inodes.insert(1, root.to_bytes().unwrap().as_slice()).unwrap();
+                inodes
+                    .insert(2, new_record(KIND_FILE, 0o644, 0, 0, 0, 1, now).to_bytes().unwrap().as_slice())
+                    .unwrap();
+                txn.open_table(DIRENTS).unwrap().insert((1, &b"f"[..]), (2, 1, KIND_FILE)).unwrap();
+                txn.open_table(DIRCOOKIES).unwrap().insert((1, 1), &b"f"[..]).unwrap();
+                let peer =
+                    PeerRecord::new("127.0.0.1:1".into(), PeerUsage::default(), now, PeerLabels::default());
+                txn.open_table(PEERS)
+                    .unwrap()
+                    .insert([4u8; 16], peer.to_bytes().unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.lookup(InodeId::ROOT, b"f").unwrap().ino, InodeId(2));
+            assert_eq!(s.peers().unwrap().len(), 1);
+            assert!(s.orphans().unwrap().is_empty());
+            assert!(s.sessions().unwrap().is_empty());
+            s.setxattr(InodeId(2), b"k", b"v", 0).unwrap();
+        }
+        assert_eq!(stored_schema(&path), 3);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.getxattr(InodeId(2), b"k").unwrap(), b"v");
     }
 
     #[test]

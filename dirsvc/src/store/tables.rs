@@ -21,6 +21,9 @@
 //! | `symlinks-v1` | `u64` inode number | `&[u8]` sealed target |
 //! | `peers-v1` | `[u8; 16]` peer id | peer record |
 //! | `chunk-tombstones-v1` | `[u8; 32]` chunk id | tombstone record |
+//! | `orphans-v1` | `u64` inode number | `i64` Unix seconds when its last link went |
+//! | `xattrs-v1` | `(u64 ino, &[u8] sealed name)` | `&[u8]` sealed value |
+//! | `sessions-v1` | `u64` session id | session record |
 //! | `meta-v1` | `&str` | `&[u8]` (see below) |
 //!
 //! Records are one format-version byte followed by the record's fields, in
@@ -54,10 +57,17 @@
 //! - tombstone record v1: `deleted_at i64` (Unix seconds when garbage
 //!   collection removed the chunk from the index), `pending: list of
 //!   [u8; 16] peer ids` (peers still to be told to delete their copy).
+//! - session record v1: `label: string` (what the client called itself),
+//!   `opened: timestamp`. A row exists while the session is alive (from
+//!   `open_session` to `close_session` or lease expiry), so after a
+//!   restart dirsvc knows which clients may come back to reclaim opens and
+//!   locks; the opens and locks themselves are held in memory only (the
+//!   clients re-send them).
 //!
 //! `meta-v1` keys:
-//! - `schema_version`: `u32` LE, the version of this whole layout (2; 1
-//!   before tombstones and peer record v2, migrated at open).
+//! - `schema_version`: `u32` LE, the version of this whole layout (3; 2
+//!   before orphans, extended attributes and sessions; 1 before
+//!   tombstones and peer record v2; both migrated at open).
 //! - `volume`: the volume record (version byte + bincode of
 //!   `VolumeInfo { id: [u8; 16], block_size: u32, replicas: u32,
 //!   wrapped_secret: bytes }`). Absent until `init_volume`.
@@ -86,6 +96,15 @@
 //!   the id is not indexed), and `commit_layout` refuses a tombstoned id
 //!   with `ChunkGone`. A tombstone leaves when every pending delete was
 //!   acknowledged and it is older than twice the grace period.
+//! - An inode has nlink 0 iff it is listed in `orphans-v1`: a non-directory
+//!   whose last name went while a session held it open (or during the
+//!   reclaim grace period after a start). It keeps its record, layout rows,
+//!   symlink target and extended attributes, and no directory entry names
+//!   it. Freeing it (the last open mark went) removes all of those and the
+//!   orphan row in one transaction.
+//! - `xattrs-v1` rows exist only for inodes in `inodes-v1`; the sealed names
+//!   and values of one inode total at most
+//!   `common::rpc::dir::XATTR_INODE_MAX` bytes.
 
 use crate::error::Error;
 use bincode::Options;
@@ -97,7 +116,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the whole table layout, stored under `meta-v1/schema_version`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest schema version [`crate::Store::open`] migrates from.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -121,6 +140,12 @@ pub(crate) const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("s
 pub(crate) const PEERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("peers-v1");
 /// Chunk id → [`TombstoneRecord`] bytes: chunks garbage collection deleted.
 pub(crate) const TOMBSTONES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunk-tombstones-v1");
+/// Inode number → Unix seconds at which it lost its last link while open.
+pub(crate) const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orphans-v1");
+/// `(ino, sealed name)` → sealed value of an extended attribute.
+pub(crate) const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs-v1");
+/// Session id → [`SessionRecord`] bytes: the sessions alive.
+pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions-v1");
 /// Volume-wide settings and counters (keys listed in the module doc).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 
@@ -321,6 +346,20 @@ pub struct TombstoneRecord {
 
 impl Record for TombstoneRecord {
     const WHAT: &'static str = "tombstone";
+    const VERSION: u8 = 1;
+}
+
+/// A live client session (`sessions-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// What the client called itself (`SessionOpen::label`).
+    pub label: String,
+    /// When the session was opened (or last reclaimed).
+    pub opened: Timestamp,
+}
+
+impl Record for SessionRecord {
+    const WHAT: &'static str = "session";
     const VERSION: u8 = 1;
 }
 

@@ -39,6 +39,7 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
         .args(["--listen", "127.0.0.1:0", "--peer-suspect-after-ms", "1500", "--peer-down-after-ms", "3000"])
         .args(["--repair-interval-ms", "200", "--repair-concurrency", "2", "--repair-bandwidth", "1000000"])
         .args(["--gc-interval-secs", "5", "--gc-grace-secs", "60"])
+        .args(["--session-lease-ms", "2500", "--grace-ms", "0", "--change-feed-capacity", "1000"])
         .arg("--db")
         .arg(db_path(dir.path()))
         .arg("--addr-file")
@@ -58,6 +59,9 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
             let c = common::transport::dir_client(&addr).await.unwrap();
             assert_eq!(c.hello(tarpc::context::current()).await.unwrap(), PROTOCOL_VERSION);
             c.init_volume(tarpc::context::current(), volume(2), 0, 0).await.unwrap().unwrap();
+            let open = common::rpc::dir::SessionOpen { label: "binary-test".into(), ..Default::default() };
+            let grant = c.open_session(tarpc::context::current(), open).await.unwrap().unwrap();
+            assert_eq!(grant.lease_ms, 2500, "--session-lease-ms is applied");
         })
         .await
         .unwrap();
@@ -78,6 +82,7 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     let log = std::fs::read_to_string(dir.path().join("dirsvc.log")).unwrap();
     assert!(log.contains("dirsvc listening"), "log: {log}");
+    assert!(log.contains("session opened") && log.contains("binary-test"), "log: {log}");
 
     // The volume it created is in the database it was given.
     let s = dirsvc::Store::open(&db_path(dir.path())).unwrap();

@@ -323,6 +323,7 @@ pub fn fast_config(dir: &std::path::Path) -> DirsvcConfig {
         repair_bandwidth_bytes_per_sec: 0,
         gc_interval: Duration::from_millis(200),
         gc_grace: Duration::from_secs(3600),
+        ..DirsvcConfig::default()
     }
 }
 

@@ -407,11 +407,15 @@ fn creating_and_removing_entries_updates_the_parent_times() {
         Box::new(move |s| {
             s.link(s.lookup(d, &n("f")).unwrap().ino, d, &n("g")).unwrap();
         }),
-        Box::new(move |s| s.unlink(d, &n("g")).unwrap()),
+        Box::new(move |s| {
+            s.unlink(d, &n("g")).unwrap();
+        }),
         Box::new(move |s| {
             mkdir(s, d, "sub");
         }),
-        Box::new(move |s| s.rmdir(d, &n("sub")).unwrap()),
+        Box::new(move |s| {
+            s.rmdir(d, &n("sub")).unwrap();
+        }),
         Box::new(move |s| {
             s.symlink(d, &n("l"), b"t", 1, 0, 0).unwrap();
         }),

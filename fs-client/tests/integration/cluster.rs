@@ -5,7 +5,9 @@
 //! Layout of the tempdir: `logs/<name>.log` (stdout and stderr of each
 //! process, appended across restarts), `run/<name>.addr` (bound addresses),
 //! `dirsvc/` (the database), `peer-<i>/` (peer data dirs), `mnt/` (the
-//! mountpoint), `work/` (test files outside the mount).
+//! mountpoint), `mnt2/` (the mountpoint of an optional second fs-client of
+//! the same volume, for the two-mount tests), `work/` (test files outside
+//! the mount).
 //!
 //! Besides start/stop, the harness injects the failures the repair, scrub,
 //! GC and crash-safety tests need: kill -9 or SIGTERM of one peer and its
@@ -396,7 +398,8 @@ impl Status {
 /// Byte offsets into every log file, taken by [`TestCluster::log_marks`].
 pub struct LogMarks(BTreeMap<PathBuf, u64>);
 
-/// A dirsvc, N peers and (when mounted) one fs-client, all real processes.
+/// A dirsvc, N peers and (when mounted) one or two fs-clients of the same
+/// volume, all real processes.
 pub struct TestCluster {
     root: PathBuf,
     bins: &'static Bins,
@@ -409,6 +412,10 @@ pub struct TestCluster {
     /// Peers removed for good ([`TestCluster::remove_peer`]): never restarted.
     removed: Vec<bool>,
     client: Option<Proc>,
+    /// The second fs-client ([`TestCluster::mount_second`]), at `mnt2/`.
+    client2: Option<Proc>,
+    /// When this cluster got the serial lock (see [`TestCluster::elapsed`]).
+    started: Instant,
     // Dropped after `Drop::drop` has unmounted and killed everything; the
     // tempdir goes before the lock so the next test starts on a clean disk.
     _dir: tempfile::TempDir,
@@ -428,6 +435,7 @@ impl TestCluster {
         let (peers, replicas) = (opts.peers, opts.replicas);
         check_environment();
         let serial = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
         let bins = bins();
         // P2PFS_E2E_KEEP=1 keeps the tempdir (logs, data) for a post-mortem.
         let keep = std::env::var_os("P2PFS_E2E_KEEP").is_some_and(|v| v == "1");
@@ -440,7 +448,7 @@ impl TestCluster {
             eprintln!("P2PFS_E2E_KEEP=1: keeping {}", dir.path().display());
         }
         let root = fs::canonicalize(dir.path()).expect("canonicalize tempdir");
-        for sub in ["logs", "run", "dirsvc", "mnt", "work"] {
+        for sub in ["logs", "run", "dirsvc", "mnt", "mnt2", "work"] {
             fs::create_dir_all(root.join(sub)).expect("create tempdir layout");
         }
         let mut c = TestCluster {
@@ -454,6 +462,8 @@ impl TestCluster {
             peers: Vec::new(),
             removed: Vec::new(),
             client: None,
+            client2: None,
+            started,
             _dir: dir,
             _serial: serial,
         };
@@ -487,6 +497,12 @@ impl TestCluster {
         c
     }
 
+    /// Time since this cluster began starting, not counting the wait for
+    /// other tests' clusters: what a test costs the suite.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The address dirsvc listens on.
     pub fn dirsvc_addr(&self) -> SocketAddr {
         self.dirsvc_addr.expect("dirsvc was started")
@@ -495,6 +511,12 @@ impl TestCluster {
     /// The mountpoint (`<tempdir>/mnt`, canonical).
     pub fn mountpoint(&self) -> PathBuf {
         self.root.join("mnt")
+    }
+
+    /// The mountpoint of the second fs-client (`<tempdir>/mnt2`, canonical;
+    /// see [`Self::mount_second`]).
+    pub fn second_mountpoint(&self) -> PathBuf {
+        self.root.join("mnt2")
     }
 
     /// A directory outside the mount, on the same disk, for test files.
@@ -533,20 +555,36 @@ impl TestCluster {
     /// `ENOTCONN`) does not count: the new client must replace it.
     pub fn mount(&mut self) {
         assert!(self.client.is_none(), "already mounted");
-        let mnt = self.mountpoint();
+        self.client = Some(self.spawn_mount("fs-client", &self.mountpoint()));
+    }
+
+    /// Mounts the same volume a second time, at [`Self::second_mountpoint`],
+    /// with another fs-client process (same identity, same mount flags, its
+    /// own cache), as a second machine would; waits for the mount like
+    /// [`Self::mount`]. Its log is `logs/fs-client-2.log`. Independent of
+    /// the first mount: either may be mounted, unmounted or killed alone.
+    pub fn mount_second(&mut self) {
+        assert!(self.client2.is_none(), "the second mount is already mounted");
+        self.client2 = Some(self.spawn_mount("fs-client-2", &self.second_mountpoint()));
+    }
+
+    /// Starts `fs-client mount` at `mnt` (log `logs/<name>.log`) and waits
+    /// until it is a live p2pfs mount; panics with the log tail otherwise.
+    fn spawn_mount(&self, name: &str, mnt: &Path) -> Proc {
         let addr = self.dirsvc_addr().to_string();
         let mut args: Vec<OsString> =
             vec!["mount".into(), "--dirsvc".into(), addr.into(), "-i".into(), self.identity.clone().into()];
         args.extend(self.opts.mount_args.iter().map(OsString::from));
-        args.push(mnt.clone().into());
-        let mut p = self.spawn("fs-client", &self.bins.fs_client, &args);
+        args.push(mnt.into());
+        let mut p = self.spawn(name, &self.bins.fs_client, &args);
         let deadline = Instant::now() + READY_TIMEOUT;
         let fresh = |mnt: &Path| mount_entry(mnt).is_some_and(|m| m.is_p2pfs()) && is_live_fuse(mnt);
-        while !fresh(&mnt) {
+        while !fresh(mnt) {
             if !p.running() {
                 panic!(
-                    "fs-client mount exited ({:?}) before the mount appeared\n{}",
+                    "{name} mount exited ({:?}) before the mount at {} appeared\n{}",
                     p.child.try_wait().ok().flatten(),
+                    mnt.display(),
                     tail(&p.log, TAIL_LINES)
                 );
             }
@@ -555,13 +593,13 @@ impl TestCluster {
                     "{} did not appear in /proc/mounts as a live p2pfs mount within \
                      {READY_TIMEOUT:?} (found {:?})\n{}",
                     mnt.display(),
-                    mount_entry(&mnt),
+                    mount_entry(mnt),
                     tail(&p.log, TAIL_LINES)
                 );
             }
             thread::sleep(Duration::from_millis(20));
         }
-        self.client = Some(p);
+        p
     }
 
     /// SIGKILLs fs-client and reaps it, leaving its mount behind as a dead
@@ -572,36 +610,35 @@ impl TestCluster {
         assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "fs-client survived SIGKILL");
     }
 
+    /// Like [`Self::kill9_client`] for the second fs-client: its mount at
+    /// [`Self::second_mountpoint`] stays behind, dead; the first is untouched.
+    pub fn kill9_second_client(&mut self) {
+        let mut p = self.client2.take().expect("the second fs-client is running");
+        p.signal(libc::SIGKILL);
+        assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "the second fs-client survived SIGKILL");
+    }
+
     /// Unmounts by SIGTERM to fs-client and checks that it exits 0 and the
     /// mount is gone. Falls back to a lazy unmount before failing.
     pub fn unmount(&mut self) {
-        let Some(mut p) = self.client.take() else {
-            return;
-        };
-        let mnt = self.mountpoint();
-        p.signal(libc::SIGTERM);
-        let st = p.wait_exit(STOP_TIMEOUT);
-        let still = mount_entry(&mnt).is_some();
-        if still {
-            lazy_umount(&mnt);
+        if let Some(p) = self.client.take() {
+            stop_mount(p, &self.mountpoint());
         }
-        match st {
-            Some(st) if st.success() => {}
-            Some(st) => {
-                panic!("fs-client exited with {st} on SIGTERM (expected 0)\n{}", tail(&p.log, TAIL_LINES))
-            }
-            None => panic!(
-                "fs-client did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
-                tail(&p.log, TAIL_LINES)
-            ),
-        }
-        assert!(!still, "fs-client exited 0 on SIGTERM but left {} mounted", mnt.display());
     }
 
-    /// Unmounts, then stops every running peer and dirsvc with SIGTERM,
-    /// checking that each exits 0. Addresses are kept for
+    /// Like [`Self::unmount`] for the second fs-client (nothing if it is
+    /// not mounted); the first mount is untouched.
+    pub fn unmount_second(&mut self) {
+        if let Some(p) = self.client2.take() {
+            stop_mount(p, &self.second_mountpoint());
+        }
+    }
+
+    /// Unmounts (both mounts), then stops every running peer and dirsvc
+    /// with SIGTERM, checking that each exits 0. Addresses are kept for
     /// [`Self::restart_all`].
     pub fn stop_all(&mut self) {
+        self.unmount_second();
         self.unmount();
         let running: Vec<Proc> = self.peers.iter_mut().filter_map(Option::take).collect();
         for p in &running {
@@ -897,20 +934,50 @@ impl Drop for TestCluster {
         if thread::panicking() {
             eprintln!("{}", self.all_tails());
         }
-        // Detach the mount first: nothing after this may block on a dead or
-        // hung FUSE daemon, and the tempdir removal must not walk into it.
-        let mnt = self.mountpoint();
-        if mount_entry(&mnt).is_some() {
-            lazy_umount(&mnt);
+        // Detach the mounts first: nothing after this may block on a dead or
+        // hung FUSE daemon, and the tempdir removal must not walk into them.
+        // A dead mount may lie under a live one (a client killed, then a
+        // new one mounted over it if it could not clean up): detach each
+        // layer, a bounded number of times.
+        for mnt in [self.mountpoint(), self.second_mountpoint()] {
+            for _ in 0..8 {
+                if mount_entry(&mnt).is_none() {
+                    break;
+                }
+                lazy_umount(&mnt);
+            }
         }
         // Dropping a Proc SIGKILLs it; these are exactly the processes we
         // started.
         self.client.take();
+        self.client2.take();
         for p in &mut self.peers {
             p.take();
         }
         self.dirsvc.take();
     }
+}
+
+/// Stops the fs-client `p` mounted at `mnt`: SIGTERM, then checks that it
+/// exits 0 and the mount is gone. Falls back to a lazy unmount before
+/// failing, so a failed check never leaves a mount behind.
+fn stop_mount(mut p: Proc, mnt: &Path) {
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(STOP_TIMEOUT);
+    let still = mount_entry(mnt).is_some();
+    if still {
+        lazy_umount(mnt);
+    }
+    match st {
+        Some(st) if st.success() => {}
+        Some(st) => {
+            panic!("{} exited with {st} on SIGTERM (expected 0)\n{}", p.name, tail(&p.log, TAIL_LINES))
+        }
+        None => {
+            panic!("{} did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}", p.name, tail(&p.log, TAIL_LINES))
+        }
+    }
+    assert!(!still, "{} exited 0 on SIGTERM but left {} mounted", p.name, mnt.display());
 }
 
 /// Counts lines of `fs-client peers` output that mark a peer as live (the

@@ -213,4 +213,59 @@ impl DirService for FakeDir {
     async fn cluster_status(self, _: Context) -> Result<ClusterStatus, DirError> {
         unsupported()
     }
+    async fn open_session(self, _: Context, _: SessionOpen) -> Result<SessionGrant, DirError> {
+        unsupported()
+    }
+    async fn renew_session(self, _: Context, _: SessionId) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn close_session(self, _: Context, _: SessionId) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn open_file(self, _: Context, _: SessionId, _: InodeId) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn release_file(self, _: Context, _: SessionId, _: InodeId) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn set_lock(self, _: Context, _: SessionId, _: Lock, _: u32) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn unlock(
+        self,
+        _: Context,
+        _: SessionId,
+        _: InodeId,
+        _: u64,
+        _: LockFlavor,
+        _: u64,
+        _: u64,
+    ) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn get_lock(self, _: Context, _: SessionId, _: Lock) -> Result<Option<LockConflict>, DirError> {
+        unsupported()
+    }
+    async fn getxattr(self, _: Context, _: InodeId, _: Vec<u8>) -> Result<Vec<u8>, DirError> {
+        unsupported()
+    }
+    async fn listxattr(self, _: Context, _: InodeId) -> Result<Vec<Vec<u8>>, DirError> {
+        unsupported()
+    }
+    async fn setxattr(
+        self,
+        _: Context,
+        _: InodeId,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: u32,
+    ) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn removexattr(self, _: Context, _: InodeId, _: Vec<u8>) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn poll_changes(self, _: Context, _: SessionId, _: u64, _: u32) -> Result<ChangeBatch, DirError> {
+        unsupported()
+    }
 }

@@ -1,0 +1,170 @@
+//! The change feed over TCP: what each mutation records and in which
+//! order, waiting for a change, overflow of the bounded log, and numbers
+//! from an earlier run.
+
+use super::support::*;
+use super::svc::*;
+use common::rpc::dir::{xattr_flags, Change, ChangeBatch, CommitLayout, DirError, SetAttr};
+use common::time::Timestamp;
+use common::InodeId;
+use std::time::{Duration, Instant};
+use tarpc::context;
+
+fn ctx() -> context::Context {
+    context::current()
+}
+
+fn entry(ino: InodeId, parent: InodeId, name: &str) -> Change {
+    Change { ino, entry: Some((parent, n(name))) }
+}
+
+fn attr(ino: InodeId) -> Change {
+    Change { ino, entry: None }
+}
+
+#[tokio::test]
+async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
+    within(async {
+        let svc = Svc::start(|_| {}).await;
+        let c = &svc.c;
+        let s = svc.session("watcher").await;
+        let t = Instant::now();
+        let start = ok(c.poll_changes(ctx(), s, 0, 5000).await);
+        assert!(t.elapsed() < Duration::from_secs(1), "the first poll never waits");
+        assert!(start.changes.is_empty() && !start.overflow);
+
+        let mut want = Vec::new();
+        let d = ok(c.mkdir(ctx(), ROOT, n("d"), 0o755, 0, 0).await).ino;
+        want.extend([entry(d, ROOT, "d"), attr(ROOT)]);
+        let f = ok(c.create(ctx(), d, n("f"), file()).await).ino;
+        want.extend([entry(f, d, "f"), attr(d)]);
+        assert_eq!(refused(c.create(ctx(), d, n("f"), file()).await), DirError::Exists);
+        ok(c.setattr(ctx(), f, SetAttr { perm: Some(0o600), ..Default::default() }).await);
+        want.push(attr(f));
+        let commit = CommitLayout { size: 0, mtime: Timestamp::now(), blocks: vec![] };
+        ok(c.commit_layout(ctx(), f, commit).await);
+        want.push(attr(f));
+        ok(c.setxattr(ctx(), f, n("k"), n("v"), xattr_flags::CREATE).await);
+        want.push(attr(f));
+        ok(c.removexattr(ctx(), f, n("k")).await);
+        want.push(attr(f));
+        ok(c.link(ctx(), f, ROOT, n("hard")).await);
+        want.extend([entry(f, ROOT, "hard"), attr(ROOT)]);
+        let l = ok(c.symlink(ctx(), ROOT, n("l"), n("target"), 6, 0, 0).await).ino;
+        want.extend([entry(l, ROOT, "l"), attr(ROOT)]);
+        ok(c.rename(ctx(), d, n("f"), ROOT, n("f2"), 0).await);
+        want.extend([entry(f, d, "f"), entry(f, ROOT, "f2"), attr(d), attr(ROOT)]);
+        let x = ok(c.create(ctx(), ROOT, n("x"), file()).await).ino;
+        want.extend([entry(x, ROOT, "x"), attr(ROOT)]);
+        ok(c.rename(ctx(), ROOT, n("x"), ROOT, n("f2"), 0).await);
+        want.extend([entry(x, ROOT, "x"), entry(x, ROOT, "f2"), attr(ROOT), attr(f)]);
+        ok(c.unlink(ctx(), ROOT, n("hard")).await);
+        want.extend([entry(f, ROOT, "hard"), attr(ROOT)]);
+        ok(c.rmdir(ctx(), ROOT, n("d")).await);
+        want.extend([entry(d, ROOT, "d"), attr(ROOT)]);
+        assert_eq!(refused(c.rmdir(ctx(), ROOT, n("d")).await), DirError::NotFound);
+
+        let got = ok(c.poll_changes(ctx(), s, start.last, 0).await);
+        assert!(!got.overflow);
+        assert_eq!(got.changes, want);
+        assert_eq!(got.last, start.last + want.len() as u64);
+        // Resuming from any point gives the rest.
+        let tail = ok(c.poll_changes(ctx(), s, start.last + 5, 0).await);
+        assert_eq!(tail.changes, want[5..].to_vec());
+        let none = ok(c.poll_changes(ctx(), s, got.last, 0).await);
+        assert_eq!(none, ChangeBatch { changes: vec![], last: got.last, overflow: false });
+        svc.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_poll_waits_for_a_change_made_by_another_client() {
+    within(async {
+        let svc = Svc::start(|_| {}).await;
+        let s = svc.session("watcher").await;
+        let last = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
+        let t = Instant::now();
+        let idle = ok(svc.c.poll_changes(ctx(), s, last, 200).await);
+        let waited = t.elapsed();
+        assert!(idle.changes.is_empty() && !idle.overflow && idle.last == last);
+        assert!(waited >= Duration::from_millis(190) && waited < Duration::from_secs(3), "{waited:?}");
+
+        // A wait longer than the call's deadline is cut short so the
+        // answer beats the deadline.
+        let mut short = ctx();
+        short.deadline = Instant::now() + Duration::from_secs(1);
+        let t = Instant::now();
+        let cut = ok(svc.c.poll_changes(short, s, last, 10_000).await);
+        assert!(cut.changes.is_empty() && !cut.overflow);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        let poller = {
+            let c = svc.c.clone();
+            tokio::spawn(async move {
+                let b = c.poll_changes(ctx(), s, last, 5000).await;
+                (b, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let other = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let made = Instant::now();
+        let f = ok(other.create(ctx(), ROOT, n("new"), file()).await).ino;
+        let (b, woke) = poller.await.unwrap();
+        let b = ok(b);
+        let latency = woke - made;
+        eprintln!("poll_changes returned {latency:?} after the create was sent");
+        assert!(latency < Duration::from_millis(500), "{latency:?}");
+        assert_eq!(b.changes[0], entry(f, ROOT, "new"));
+        svc.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reader_that_fell_behind_the_bounded_log_is_told_to_drop_its_caches() {
+    within(async {
+        let svc = Svc::start(|c| c.change_feed_capacity = 8).await;
+        let s = svc.session("slow").await;
+        let last = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
+        for i in 0..3 {
+            ok(svc.c.create(ctx(), ROOT, n(&format!("a{i}")), file()).await);
+        }
+        let fine = ok(svc.c.poll_changes(ctx(), s, last, 0).await);
+        assert_eq!((fine.changes.len(), fine.overflow), (6, false));
+        for i in 0..10 {
+            ok(svc.c.create(ctx(), ROOT, n(&format!("b{i}")), file()).await);
+        }
+        let lost = ok(svc.c.poll_changes(ctx(), s, fine.last, 2000).await);
+        assert!(lost.overflow, "20 changes since, 8 kept");
+        assert!(lost.changes.is_empty());
+        assert_eq!(lost.last, fine.last + 20);
+        // From the point it was handed, the reader is back in step.
+        ok(svc.c.create(ctx(), ROOT, n("c"), file()).await);
+        let next = ok(svc.c.poll_changes(ctx(), s, lost.last, 0).await);
+        assert_eq!((next.changes.len(), next.overflow), (2, false));
+        svc.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sequence_numbers_of_an_earlier_run_report_overflow_after_a_restart() {
+    within(async {
+        let mut svc = Svc::start(|_| {}).await;
+        let s = svc.session("watcher").await;
+        ok(svc.c.create(ctx(), ROOT, n("before"), file()).await);
+        let old = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
+        ok(svc.c.close_session(ctx(), s).await);
+        svc.restart(|_| {}).await;
+        let s = svc.session("watcher").await;
+        let b = ok(svc.c.poll_changes(ctx(), s, old, 1000).await);
+        assert!(b.overflow, "a number from the previous run");
+        assert!(b.changes.is_empty());
+        assert!(b.last > old, "this run's numbers start above the last run's");
+        let fresh = ok(svc.c.poll_changes(ctx(), s, 0, 0).await);
+        assert_eq!(fresh.last, b.last);
+        svc.shutdown().await;
+    })
+    .await;
+}

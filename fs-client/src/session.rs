@@ -1,0 +1,246 @@
+//! The client's session with dirsvc: its lease, the open marks that keep
+//! unlinked files alive while this client has them open, the locks it
+//! holds, and reclaiming all of that when dirsvc forgets the session (a
+//! dirsvc restart, or a lease that ran out while the network was down).
+//!
+//! The session is opened lazily by the first call that needs it and kept
+//! alive by [`Fs::keep_session`]. Every session-bound call goes through
+//! [`Fs::with_session`], which reopens the session with a reclaim of what
+//! this client holds and retries once when dirsvc answers `NoSession`.
+
+use super::{lock, Fs};
+use crate::error::{Error, Result};
+use common::rpc::dir::{DirError, Lock, SessionGrant, SessionId, SessionOpen};
+use common::InodeId;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Lease assumed until dirsvc grants one (15 s, dirsvc's default), in ms.
+const DEFAULT_LEASE_MS: u64 = 15_000;
+
+/// Session state of one [`Fs`].
+pub(crate) struct SessionState {
+    /// Label sent to dirsvc (`host pid=… mountpoint`).
+    label: String,
+    /// The current session, once opened.
+    id: tokio::sync::Mutex<Option<SessionId>>,
+    /// The lease dirsvc granted, in milliseconds.
+    lease_ms: AtomicU64,
+    /// Handles open per inode in this client; an inode is marked open at
+    /// dirsvc while its count is above zero. The async mutex serializes mark
+    /// and unmark RPCs of one client so they reach dirsvc in order.
+    marks: tokio::sync::Mutex<HashMap<InodeId, usize>>,
+    /// Locks granted to this client, as dirsvc holds them (POSIX range
+    /// semantics applied locally too), for reclaim.
+    pub(crate) locks: std::sync::Mutex<Vec<Lock>>,
+}
+
+impl SessionState {
+    /// A state with no session yet; `label` identifies this client in
+    /// dirsvc's logs.
+    pub(crate) fn new(label: String) -> Self {
+        SessionState {
+            label,
+            id: tokio::sync::Mutex::new(None),
+            lease_ms: AtomicU64::new(DEFAULT_LEASE_MS),
+            marks: tokio::sync::Mutex::new(HashMap::new()),
+            locks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Fs {
+    /// The current session id, opening a session first if there is none.
+    ///
+    /// Errors: transport errors from dirsvc.
+    pub(crate) async fn session_id(&self) -> Result<SessionId> {
+        let mut id = self.session.id.lock().await;
+        if let Some(s) = *id {
+            return Ok(s);
+        }
+        let grant = self.open_session(None).await?;
+        *id = Some(grant.id);
+        Ok(grant.id)
+    }
+
+    /// Opens a session at dirsvc; with `reclaim`, re-registers every open
+    /// mark and lock this client holds under the old id.
+    async fn open_session(&self, reclaim: Option<SessionId>) -> Result<SessionGrant> {
+        let (open_inodes, locks) = match reclaim {
+            Some(_) => {
+                let marks: Vec<InodeId> = self.session.marks.lock().await.keys().copied().collect();
+                (marks, lock(&self.session.locks).clone())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let open = SessionOpen { label: self.session.label.clone(), reclaim, open_inodes, locks };
+        let grant = self
+            .dir
+            .call(|c, ctx| {
+                let o = open.clone();
+                async move { c.open_session(ctx, o).await }
+            })
+            .await?;
+        self.session.lease_ms.store(grant.lease_ms.max(300), Ordering::Relaxed);
+        match reclaim {
+            None => info!(session = %grant.id, lease_ms = grant.lease_ms, "session opened"),
+            Some(old) => info!(
+                session = %grant.id, old = %old, inodes = open.open_inodes.len(), locks = open.locks.len(),
+                "session reclaimed"
+            ),
+        }
+        for ino in &grant.lost_inodes {
+            error!(ino = %ino, "an open file was deleted while dirsvc did not know this client; its handles are stale");
+        }
+        if !grant.lost_locks.is_empty() {
+            let mut held = lock(&self.session.locks);
+            for l in &grant.lost_locks {
+                error!(ino = %l.ino, start = l.start, end = l.end, pid = l.pid, "a lock was taken by another client while dirsvc did not know this client; it is no longer held");
+                held.retain(|h| h != l);
+            }
+        }
+        Ok(grant)
+    }
+
+    /// Replaces the session `stale` (dirsvc said `NoSession`) by a reclaimed
+    /// one, unless another task already did.
+    async fn reopen_session(&self, stale: SessionId) -> Result<SessionId> {
+        let mut id = self.session.id.lock().await;
+        if let Some(s) = *id {
+            if s != stale {
+                return Ok(s);
+            }
+        }
+        warn!(session = %stale, "dirsvc no longer knows this client's session; reclaiming opens and locks");
+        let grant = self.open_session(Some(stale)).await?;
+        *id = Some(grant.id);
+        Ok(grant.id)
+    }
+
+    /// Runs `f` with the session id; if dirsvc says the session is gone,
+    /// reclaims it and runs `f` once more.
+    pub(crate) async fn with_session<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(SessionId) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let id = self.session_id().await?;
+        match f(id).await {
+            Err(Error::Dir(DirError::NoSession)) => {
+                let id = self.reopen_session(id).await?;
+                f(id).await
+            }
+            r => r,
+        }
+    }
+
+    /// Keeps the session alive: renews the lease every third of it, and
+    /// reclaims the session if dirsvc lost it. Runs until the task is
+    /// dropped.
+    pub async fn keep_session(&self) {
+        loop {
+            let lease = self.session.lease_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(lease / 3)).await;
+            let r = self
+                .with_session(|s| async move {
+                    self.dir.call(|c, ctx| async move { c.renew_session(ctx, s).await }).await
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "session lease renewal failed; retrying");
+            }
+        }
+    }
+
+    /// Ends the session at dirsvc (on unmount): its locks and open marks go
+    /// at once instead of at lease expiry.
+    pub async fn close_session(&self) {
+        let id = self.session.id.lock().await.take();
+        if let Some(s) = id {
+            match self.dir.call(|c, ctx| async move { c.close_session(ctx, s).await }).await {
+                Ok(()) => info!(session = %s, "session closed"),
+                Err(e) => {
+                    warn!(session = %s, error = %e, "closing the session failed; it ends at lease expiry")
+                }
+            }
+        }
+    }
+
+    /// Counts a new handle on `ino`; the first one marks the inode open at
+    /// dirsvc (so an unlink of its last name keeps it) and returns its
+    /// attributes.
+    ///
+    /// Errors: `ENOENT` if the inode is gone.
+    pub(crate) async fn mark_open(&self, ino: InodeId) -> Result<()> {
+        let mut marks = self.session.marks.lock().await;
+        if !marks.contains_key(&ino) {
+            self.with_session(|s| async move {
+                self.dir.call(|c, ctx| async move { c.open_file(ctx, s, ino).await }).await
+            })
+            .await?;
+        }
+        *marks.entry(ino).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Drops a handle on `ino`; the last one unmarks it at dirsvc, which
+    /// frees the inode if it was unlinked meanwhile and no other client holds
+    /// it open. Failures are logged: the mark then ends with the session.
+    pub(crate) async fn unmark_open(&self, ino: InodeId) {
+        let mut marks = self.session.marks.lock().await;
+        let Some(n) = marks.get_mut(&ino) else { return };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        marks.remove(&ino);
+        let r = self
+            .with_session(|s| async move {
+                self.dir.call(|c, ctx| async move { c.release_file(ctx, s, ino).await }).await
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(ino = %ino, error = %e, "could not release the open mark; it ends with the session");
+        } else {
+            debug!(ino = %ino, "open mark released");
+        }
+    }
+}
+
+/// What a change seen by dirsvc asks of the kernel's caches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalidation {
+    /// An inode whose attributes and cached pages are stale.
+    pub ino: InodeId,
+    /// A directory entry `(parent, plaintext name)` that is stale.
+    pub entry: Option<(InodeId, Vec<u8>)>,
+}
+
+impl Fs {
+    /// The changes dirsvc recorded after sequence number `after` (0: none,
+    /// just the current number), waiting up to `wait_ms` for one. Returns
+    /// the invalidations, the last sequence number, and whether some changes
+    /// were lost (dirsvc restarted or this client fell too far behind).
+    ///
+    /// Errors: transport errors.
+    pub async fn poll_changes(&self, after: u64, wait_ms: u32) -> Result<(Vec<Invalidation>, u64, bool)> {
+        let batch = self
+            .with_session(|s| async move {
+                self.dir.call(|c, ctx| async move { c.poll_changes(ctx, s, after, wait_ms).await }).await
+            })
+            .await?;
+        let out = batch
+            .changes
+            .into_iter()
+            .map(|c| Invalidation {
+                ino: c.ino,
+                // A name that does not open is not ours to invalidate.
+                entry: c.entry.and_then(|(p, n)| self.name_key.open(p, &n).ok().map(|n| (p, n))),
+            })
+            .collect();
+        Ok((out, batch.last, batch.overflow))
+    }
+}
