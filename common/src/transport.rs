@@ -74,10 +74,15 @@ pub fn deadline(timeout: Duration) -> tarpc::context::Context {
 ///
 /// `$listener`: a `tokio::net::TcpListener`; `$server`: a `Clone` value whose
 /// `.serve()` gives the tarpc `Serve` impl; `$shutdown`: a
-/// `tokio_util::sync::CancellationToken`.
+/// `tokio_util::sync::CancellationToken`; optional `$per_connection`: a
+/// function from `&server` to the value that serves one new connection
+/// (default: a clone), for services that keep per-connection state.
 #[macro_export]
 macro_rules! serve_tarpc {
-    ($listener:expr, $server:expr, $shutdown:expr) => {{
+    ($listener:expr, $server:expr, $shutdown:expr) => {
+        $crate::serve_tarpc!($listener, $server, $shutdown, ::std::clone::Clone::clone)
+    };
+    ($listener:expr, $server:expr, $shutdown:expr, $per_connection:expr) => {{
         use ::futures::StreamExt as _;
         use ::tarpc::server::Channel as _;
         let listener: ::tokio::net::TcpListener = $listener;
@@ -96,7 +101,7 @@ macro_rules! serve_tarpc {
                     continue;
                 }
             };
-            let server = server.clone();
+            let server = ($per_connection)(&server);
             let shutdown = shutdown.clone();
             ::tokio::spawn(async move {
                 let transport = $crate::transport::framed(stream);

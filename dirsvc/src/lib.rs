@@ -283,7 +283,7 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     let shared = server.shared().clone();
     let token = cancel.clone();
     let accept = tokio::spawn(async move {
-        common::serve_tarpc!(listener, server, token);
+        common::serve_tarpc!(listener, server, token, |s: &DirServer| s.for_connection());
     });
     let repair =
         tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));

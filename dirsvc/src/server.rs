@@ -55,6 +55,12 @@ pub struct DirServer {
     shared: Arc<Shared>,
     /// Shortcut to `shared.store`.
     store: Arc<Store>,
+    /// The session last named on this connection (by `open_session`,
+    /// `renew_session`, `open_file` or `poll_changes`): the origin of the
+    /// changes this connection's mutations record, so that session's own
+    /// change-feed polls skip them. One per connection
+    /// ([`DirServer::for_connection`]).
+    connection: Arc<std::sync::Mutex<Option<SessionId>>>,
 }
 
 impl DirServer {
@@ -64,7 +70,23 @@ impl DirServer {
     /// Errors: as [`Store::peers`].
     pub fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
         let shared = Arc::new(Shared::new(store.clone(), config)?);
-        Ok(DirServer { shared, store })
+        Ok(DirServer { shared, store, connection: Arc::default() })
+    }
+
+    /// A handle for one new connection: the same service, with its own
+    /// record of which session speaks on it.
+    pub fn for_connection(&self) -> Self {
+        DirServer { connection: Arc::default(), ..self.clone() }
+    }
+
+    /// Notes that `session` speaks on this connection.
+    fn bind(&self, session: SessionId) {
+        *self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session);
+    }
+
+    /// The session speaking on this connection, if it named one.
+    fn origin(&self) -> Option<SessionId> {
+        *self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The store this server writes to.
@@ -166,10 +188,11 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.setattr(ino, &set)?;
-                sh.changes.record(ino_change(ino));
+                sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
             .await;
@@ -186,10 +209,11 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.mkdir(parent, &name, perm, uid, gid)?;
-                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
                 Ok(attr)
             })
             .await;
@@ -204,10 +228,11 @@ impl DirService for DirServer {
         name: Vec<u8>,
         new: NewInode,
     ) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.create(parent, &name, &new)?;
-                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
                 Ok(attr)
             })
             .await;
@@ -216,16 +241,20 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn unlink(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let removed = sh.sessions.with_keep(|keep| sh.store.unlink_keeping(parent, &name, keep))?;
                 if removed.orphaned {
                     debug!(ino = %removed.ino, "unlinked while open: kept as an orphan");
                 }
-                sh.changes.record([
-                    Change { ino: removed.ino, entry: Some((parent, name)) },
-                    Change { ino: parent, entry: None },
-                ]);
+                sh.changes.record_from(
+                    origin,
+                    [
+                        Change { ino: removed.ino, entry: Some((parent, name)) },
+                        Change { ino: parent, entry: None },
+                    ],
+                );
                 Ok(())
             })
             .await;
@@ -234,13 +263,14 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn rmdir(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let ino = sh.store.rmdir(parent, &name)?;
-                sh.changes.record([
-                    Change { ino, entry: Some((parent, name)) },
-                    Change { ino: parent, entry: None },
-                ]);
+                sh.changes.record_from(
+                    origin,
+                    [Change { ino, entry: Some((parent, name)) }, Change { ino: parent, entry: None }],
+                );
                 Ok(())
             })
             .await;
@@ -257,6 +287,7 @@ impl DirService for DirServer {
         new_name: Vec<u8>,
         flags: u32,
     ) -> Result<(), DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let renamed = sh.sessions.with_keep(|keep| {
@@ -273,7 +304,7 @@ impl DirService for DirServer {
                 if let Some(replaced) = renamed.replaced {
                     changes.push(Change { ino: replaced, entry: None });
                 }
-                sh.changes.record(changes);
+                sh.changes.record_from(origin, changes);
                 Ok(())
             })
             .await;
@@ -303,10 +334,11 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.symlink(parent, &name, &target, size, uid, gid)?;
-                sh.changes.record(entry_changes(parent, &name, attr.ino));
+                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
                 Ok(attr)
             })
             .await;
@@ -327,10 +359,11 @@ impl DirService for DirServer {
         new_parent: InodeId,
         new_name: Vec<u8>,
     ) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.link(ino, new_parent, &new_name)?;
-                sh.changes.record(entry_changes(new_parent, &new_name, ino));
+                sh.changes.record_from(origin, entry_changes(new_parent, &new_name, ino));
                 Ok(attr)
             })
             .await;
@@ -370,10 +403,11 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino, size = commit.size, blocks = commit.blocks.len()))]
     async fn commit_layout(self, _: Context, ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.commit_layout(ino, &commit)?;
-                sh.changes.record(ino_change(ino));
+                sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
             .await;
@@ -535,11 +569,15 @@ impl DirService for DirServer {
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]
     async fn open_session(self, _: Context, open: SessionOpen) -> Result<SessionGrant, DirError> {
         let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open)).await;
+        if let Ok(grant) = &r {
+            self.bind(grant.id);
+        }
         reply("open_session", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%session))]
     async fn renew_session(self, _: Context, session: SessionId) -> Result<(), DirError> {
+        self.bind(session);
         reply("renew_session", self.shared.sessions.renew(session))
     }
 
@@ -551,6 +589,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%session, %ino))]
     async fn open_file(self, _: Context, session: SessionId, ino: InodeId) -> Result<Attr, DirError> {
+        self.bind(session);
         let r = self.with_shared(move |sh| sh.sessions.open_file(&sh.store, session, ino)).await;
         reply("open_file", r)
     }
@@ -624,10 +663,11 @@ impl DirService for DirServer {
         value: Vec<u8>,
         flags: u32,
     ) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.setxattr(ino, &name, &value, flags)?;
-                sh.changes.record(ino_change(ino));
+                sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
             .await;
@@ -636,10 +676,11 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn removexattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
+        let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
                 let attr = sh.store.removexattr(ino, &name)?;
-                sh.changes.record(ino_change(ino));
+                sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
             .await;
@@ -656,7 +697,8 @@ impl DirService for DirServer {
     ) -> Result<ChangeBatch, DirError> {
         let r = async {
             self.shared.sessions.check(session)?;
-            Ok(self.shared.changes.poll(after, wait_within(&ctx, wait_ms)).await)
+            self.bind(session);
+            Ok(self.shared.changes.poll(after, Some(session), wait_within(&ctx, wait_ms)).await)
         }
         .await;
         reply("poll_changes", r)

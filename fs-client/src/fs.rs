@@ -507,10 +507,15 @@ impl Fs {
             for b in page.blocks {
                 layout.insert(b.index, b);
             }
-            match last {
-                Some(l) if !page.eof => first = l + 1,
-                _ => return Ok((page.attr, layout)),
+            if page.eof {
+                return Ok((page.attr, layout));
             }
+            // A page covers block indexes [first, first + 4096): an empty one
+            // that is not the end means a long hole; skip past it.
+            first = match last {
+                Some(l) => l + 1,
+                None => first + 4096,
+            };
         }
     }
 

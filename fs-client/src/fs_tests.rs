@@ -448,3 +448,24 @@ async fn punched_and_zero_blocks_are_holes_and_copies_share_chunks() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_after_a_hole_longer_than_a_layout_page_is_read_back() {
+    within(async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let fs = c.client().await;
+        let (f, fh) = fs.create(InodeId::ROOT, b"sparse", 0o644, 0, 0).await.unwrap();
+        fs.write(fh, 0, b"head").await.unwrap();
+        // Block 9,000: past two 4,096-block layout pages of holes.
+        let far = 9_000 * B as u64 + 3;
+        fs.write(fh, far, b"tail").await.unwrap();
+        fs.release(fh).await.unwrap();
+        let other = c.client().await;
+        let fh = other.open(f.ino, false).await.unwrap();
+        assert_eq!(other.read(fh, far, 4).await.unwrap(), b"tail");
+        assert_eq!(other.read(fh, 0, 4).await.unwrap(), b"head");
+        other.release(fh).await.unwrap();
+        c.stop().await;
+    })
+    .await
+}

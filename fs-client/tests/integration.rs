@@ -2,7 +2,10 @@
 //! real FUSE mount and ordinary tools (`cp -a`, `rsync -a`, `diff -r`,
 //! `sha256sum`), including failures injected on purpose: peers, dirsvc and
 //! fs-client killed with `kill -9`, peers removed for good, chunk files
-//! altered on disk (`chaos`, `kills`, `scrub_repair`, `gc`).
+//! altered on disk (`chaos`, `kills`, `scrub_repair`, `gc`); POSIX
+//! behaviour: pjdfstest and fsx (`posix_suites`), edge cases
+//! (`posix_edges`), git, rsync, tar, sqlite and editor saves
+//! (`workloads`), and two mounts of one volume (`two_mounts`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. They take a
@@ -18,6 +21,7 @@ mod integration {
     mod gc;
     mod kills;
     mod peer_faults;
+    mod posix_edges;
     mod posix_suites;
     mod scrub_repair;
     mod tools;

@@ -660,7 +660,10 @@ pub trait DirService {
     /// Changes after sequence number `after` (0 on the first call: returns
     /// no changes and the current `last`), waiting up to `wait_ms`
     /// milliseconds (capped at 10,000) for one to happen. Every namespace
-    /// and attribute mutation and every layout commit is recorded, whoever
-    /// made it.
+    /// and attribute mutation and every layout commit is recorded, except
+    /// that a session is not shown the changes made on the connection it
+    /// speaks on (the one where it last called `open_session`,
+    /// `renew_session`, `open_file` or `poll_changes`): its kernel already
+    /// knows them.
     async fn poll_changes(session: SessionId, after: u64, wait_ms: u32) -> Result<ChangeBatch, DirError>;
 }

@@ -26,10 +26,13 @@ fn attr(ino: InodeId) -> Change {
 async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
     within(async {
         let svc = Svc::start(|_| {}).await;
-        let c = &svc.c;
+        // The watcher's session speaks on `svc.c`; the mutations come from
+        // another connection (its own would not be in its feed).
         let s = svc.session("watcher").await;
+        let mutator = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let c = &mutator;
         let t = Instant::now();
-        let start = ok(c.poll_changes(ctx(), s, 0, 5000).await);
+        let start = ok(svc.c.poll_changes(ctx(), s, 0, 5000).await);
         assert!(t.elapsed() < Duration::from_secs(1), "the first poll never waits");
         assert!(start.changes.is_empty() && !start.overflow);
 
@@ -64,14 +67,14 @@ async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
         want.extend([entry(d, ROOT, "d"), attr(ROOT)]);
         assert_eq!(refused(c.rmdir(ctx(), ROOT, n("d")).await), DirError::NotFound);
 
-        let got = ok(c.poll_changes(ctx(), s, start.last, 0).await);
+        let got = ok(svc.c.poll_changes(ctx(), s, start.last, 0).await);
         assert!(!got.overflow);
         assert_eq!(got.changes, want);
         assert_eq!(got.last, start.last + want.len() as u64);
         // Resuming from any point gives the rest.
-        let tail = ok(c.poll_changes(ctx(), s, start.last + 5, 0).await);
+        let tail = ok(svc.c.poll_changes(ctx(), s, start.last + 5, 0).await);
         assert_eq!(tail.changes, want[5..].to_vec());
-        let none = ok(c.poll_changes(ctx(), s, got.last, 0).await);
+        let none = ok(svc.c.poll_changes(ctx(), s, got.last, 0).await);
         assert_eq!(none, ChangeBatch { changes: vec![], last: got.last, overflow: false });
         svc.shutdown().await;
     })
@@ -126,21 +129,22 @@ async fn a_reader_that_fell_behind_the_bounded_log_is_told_to_drop_its_caches() 
     within(async {
         let svc = Svc::start(|c| c.change_feed_capacity = 8).await;
         let s = svc.session("slow").await;
+        let m = common::transport::dir_client(&svc.config_addr()).await.unwrap();
         let last = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
         for i in 0..3 {
-            ok(svc.c.create(ctx(), ROOT, n(&format!("a{i}")), file()).await);
+            ok(m.create(ctx(), ROOT, n(&format!("a{i}")), file()).await);
         }
         let fine = ok(svc.c.poll_changes(ctx(), s, last, 0).await);
         assert_eq!((fine.changes.len(), fine.overflow), (6, false));
         for i in 0..10 {
-            ok(svc.c.create(ctx(), ROOT, n(&format!("b{i}")), file()).await);
+            ok(m.create(ctx(), ROOT, n(&format!("b{i}")), file()).await);
         }
         let lost = ok(svc.c.poll_changes(ctx(), s, fine.last, 2000).await);
         assert!(lost.overflow, "20 changes since, 8 kept");
         assert!(lost.changes.is_empty());
         assert_eq!(lost.last, fine.last + 20);
         // From the point it was handed, the reader is back in step.
-        ok(svc.c.create(ctx(), ROOT, n("c"), file()).await);
+        ok(m.create(ctx(), ROOT, n("c"), file()).await);
         let next = ok(svc.c.poll_changes(ctx(), s, lost.last, 0).await);
         assert_eq!((next.changes.len(), next.overflow), (2, false));
         svc.shutdown().await;
@@ -164,6 +168,25 @@ async fn sequence_numbers_of_an_earlier_run_report_overflow_after_a_restart() {
         assert!(b.last > old, "this run's numbers start above the last run's");
         let fresh = ok(svc.c.poll_changes(ctx(), s, 0, 0).await);
         assert_eq!(fresh.last, b.last);
+        svc.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sessions_own_mutations_are_left_out_of_its_feed() {
+    within(async {
+        let svc = Svc::start(|_| {}).await;
+        // `svc.c` carries the session, so its mutations are its own.
+        let s = svc.session("self").await;
+        let start = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
+        let own = ok(svc.c.create(ctx(), ROOT, n("mine"), file()).await).ino;
+        let other = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let theirs = ok(other.create(ctx(), ROOT, n("theirs"), file()).await).ino;
+        let got = ok(svc.c.poll_changes(ctx(), s, start, 0).await);
+        assert_eq!(got.changes, vec![entry(theirs, ROOT, "theirs"), attr(ROOT)]);
+        assert_eq!(got.last, start + 4, "the own changes are passed over, not re-read");
+        assert!(own != theirs);
         svc.shutdown().await;
     })
     .await;

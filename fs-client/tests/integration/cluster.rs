@@ -257,6 +257,9 @@ pub struct ClusterOpts {
     pub peer_args: Vec<Vec<String>>,
     /// Inserted into `fs-client mount` before the mountpoint.
     pub mount_args: Vec<String>,
+    /// Where dirsvc keeps its database instead of `<tempdir>/dirsvc` (e.g.
+    /// a tmpfs directory, for a test about listing rather than durability).
+    pub dirsvc_db_dir: Option<PathBuf>,
 }
 
 impl ClusterOpts {
@@ -531,7 +534,7 @@ impl TestCluster {
 
     /// The directory holding dirsvc's database.
     pub fn dirsvc_db_dir(&self) -> PathBuf {
-        self.root.join("dirsvc")
+        self.opts.dirsvc_db_dir.clone().unwrap_or_else(|| self.root.join("dirsvc"))
     }
 
     /// Number of peers this cluster was started with.
