@@ -62,7 +62,7 @@ fn fsx_ops_per_seed() -> u64 {
 const FSX_SEEDS: [u64; 3] = [1, 2, 3];
 
 /// fsx operations of each of the two processes of the two-mount run.
-const TWO_MOUNT_OPS: u64 = 10_000;
+const TWO_MOUNT_OPS: u64 = 5_000;
 
 /// The seeds of the two-mount run (one per mount).
 const TWO_MOUNT_SEEDS: [u64; 2] = [11, 12];
