@@ -201,7 +201,13 @@ pub struct Fs {
 }
 
 /// A callback that drops the kernel's caches of an inode.
-pub type Invalidator = Box<dyn Fn(InodeId) + Send + Sync>;
+pub type Invalidator = Arc<dyn Fn(InodeId) + Send + Sync>;
+
+/// Longest wait for the kernel to drop an inode's caches on a lock grant.
+/// Dropping pages may need dirty mmapped pages written back through this
+/// same mount; the wait runs off the async workers and is bounded, so a
+/// stuck invalidation can delay a lock but never stall the mount.
+const INVALIDATE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -246,19 +252,43 @@ impl Fs {
     /// Errors: dirsvc and transport errors.
     pub(crate) async fn revalidate(&self, ino: InodeId) -> Result<()> {
         let file = lock(&self.files).get(&ino).cloned();
-        if let Some(f) = file {
+        let Some(f) = file else { return Ok(()) };
+        let changed = {
             let mut st = f.state.lock().await;
-            if !st.has_local_changes() {
-                let (attr, layout) = self.load_layout(ino).await?;
-                st.size = attr.size;
-                st.mtime = attr.mtime;
-                st.layout = layout;
+            self.refresh_clean(&mut st).await?
+        };
+        // Only a change made elsewhere needs the kernel's pages dropped; a
+        // file only this mount wrote (or mapped) keeps its cache.
+        if changed {
+            if let Some(inval) = self.invalidator.get().cloned() {
+                let task = tokio::task::spawn_blocking(move || inval(ino));
+                if tokio::time::timeout(INVALIDATE_WAIT, task).await.is_err() {
+                    warn!(ino = %ino, "the kernel did not drop its cached pages in time; reads may be stale until the next open");
+                }
             }
         }
-        if let Some(inval) = self.invalidator.get() {
-            inval(ino);
-        }
         Ok(())
+    }
+
+    /// Reloads size, mtime and layout of a file with no unflushed changes
+    /// from dirsvc; returns whether another client changed it.
+    ///
+    /// Errors: dirsvc and transport errors.
+    async fn refresh_clean(&self, st: &mut FileState) -> Result<bool> {
+        if st.has_local_changes() {
+            return Ok(false);
+        }
+        let (attr, layout) = self.load_layout(st.ino).await?;
+        let same = attr.size == st.size
+            && attr.mtime == st.mtime
+            && layout.len() == st.layout.len()
+            && layout.iter().zip(&st.layout).all(|((i, a), (j, b))| i == j && a.chunk == b.chunk);
+        if !same {
+            st.size = attr.size;
+            st.mtime = attr.mtime;
+            st.layout = layout;
+        }
+        Ok(!same)
     }
 
     /// Uploads and commits what this client buffers for `ino`, if anything
@@ -1117,6 +1147,9 @@ impl Fs {
     /// block cut in the middle is trimmed into a dirty block.
     async fn truncate_open(self: &Arc<Self>, st: &mut FileState, size: u64) -> Result<()> {
         self.reap(st);
+        // Another mount may have changed the file since it was opened here;
+        // `stat` already shows that, so growing must start from it too.
+        self.refresh_clean(st).await?;
         if let Some(e) = st.error.take() {
             return Err(e);
         }

@@ -94,7 +94,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error")),
+                // fuser::reply logs ERROR for every reply to a request the
+                // kernel already dropped (its process was interrupted): normal.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error,fuser::reply=off")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -210,7 +210,7 @@ pub fn run(config: MountConfig) -> Result<()> {
     };
     let watcher = rt.spawn(watch_changes(fs.clone(), session.notifier()));
     let notifier = session.notifier();
-    fs.set_invalidator(Box::new(move |ino| {
+    fs.set_invalidator(std::sync::Arc::new(move |ino| {
         // ENOENT: the kernel does not cache the inode.
         let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);
     }));

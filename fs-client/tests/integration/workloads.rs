@@ -890,3 +890,56 @@ fn editor_save_by_rename_keeps_the_mode_and_an_already_open_fd_reads_the_old_con
     drop((old_fd, old_fd2));
     report("editor save", &c);
 }
+
+/// Two processes each committing this many WAL transactions.
+const WAL_COMMITS: usize = 150;
+
+/// A WAL writer: read-increment-write of one counter and a log row per
+/// transaction, under sqlite's own locks (fcntl on the database and the
+/// mmapped `-shm` index).
+const WAL_WRITER: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+for i in range(int(sys.argv[3])):
+    c.execute("BEGIN IMMEDIATE")
+    (v,) = c.execute("select v from t where k=1").fetchone()
+    c.execute("update t set v=? where k=1", (v + 1,))
+    c.execute("insert into log values (?,?,?)", (sys.argv[2], i, v))
+    c.execute("COMMIT")
+"#;
+
+#[test]
+fn sqlite_wal_with_two_writers_on_one_mount_commits_every_transaction_without_hanging() {
+    let c = mounted();
+    let db = c.mountpoint().join("wal.sqlite");
+    run(
+        Command::new("sqlite3").arg(&db).arg(
+            "pragma journal_mode=wal; create table t(k primary key, v); \
+             insert into t values(1,0); create table log(tag,i,v);",
+        ),
+        TOOL_TIMEOUT,
+    );
+    // Each lock grant revalidates the file; dropping the pages of a dirty
+    // mmapped -shm file once deadlocked the mount here.
+    let writers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|tag| {
+            let log = c.work_dir().join(format!("wal-writer-{tag}.log"));
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", WAL_WRITER]).arg(&db).arg(tag).arg(WAL_COMMITS.to_string());
+            super::tools::Background::spawn(&mut cmd, &log)
+        })
+        .collect();
+    for w in writers {
+        w.expect_success(TOOL_TIMEOUT);
+    }
+    let out = run(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("select v from t; select count(*) from log; pragma integrity_check;"),
+        TOOL_TIMEOUT,
+    );
+    let n = 2 * WAL_COMMITS;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec![n.to_string(), n.to_string(), "ok".into()]);
+    report("sqlite WAL, two writers on one mount", &c);
+}
