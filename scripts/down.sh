@@ -16,25 +16,8 @@ fi
 STATE=$(cd "$STATE" && pwd -P)
 PIDS=$STATE/pids
 
-# Whether PID is a running (not zombie) process.
-alive() {
-    local state
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-# The pid in pids/NAME.pid if it is a live process running binary BIN_NAME.
-live_pid() {
-    local name=$1 bin_name=$2 pid exe
-    [[ -f $PIDS/$name.pid ]] || return 1
-    pid=$(<"$PIDS/$name.pid")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    exe=${exe% (deleted)}
-    [[ ${exe##*/} == "$bin_name" ]] || return 1
-    alive "$pid" || return 1
-    echo "$pid"
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Stops the daemon of pids/NAME.pid: TERM, wait up to TIMEOUT s, then KILL.
 # Removes the PID file in every case.

@@ -63,26 +63,9 @@ if needs_build; then
 fi
 
 # ---------------------------------------------------------------- helpers
-# The pid in pids/NAME.pid if it is a live process running binary BIN_NAME.
-live_pid() {
-    local name=$1 bin_name=$2 pid exe state
-    [[ -f $STATE/pids/$name.pid ]] || return 1
-    pid=$(<"$STATE/pids/$name.pid")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    exe=${exe% (deleted)}
-    [[ ${exe##*/} == "$bin_name" ]] || return 1
-    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $state != Z ]] || return 1
-    echo "$pid"
-}
-
-# Whether PID is a running (not zombie) process.
-alive() {
-    local state
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
+PIDS=$STATE/pids
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Prints the last lines of a log, for a failed start (backtrace frames left
 # out, so the error itself stays in view).
