@@ -22,12 +22,33 @@
 use crate::placement::{self, Candidate, Domain, Occupied};
 use crate::store::tables::PeerRecord;
 use common::rpc::dir::{DirError, PeerState, PeerStatus, PeerUsage};
+#[cfg(test)]
+use common::rpc::dir::StorageFs;
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use common::PeerId;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
+
+/// The disk a peer stores on: its reported filesystem, or the peer itself
+/// when it did not report one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DiskKey {
+    /// A filesystem (`StorageFs::id`).
+    Fs([u8; 16]),
+    /// A peer whose filesystem is unknown.
+    Peer(PeerId),
+}
+
+impl DiskKey {
+    fn of(id: PeerId, usage: &PeerUsage) -> DiskKey {
+        match usage.fs {
+            Some(f) => DiskKey::Fs(f.id),
+            None => DiskKey::Peer(id),
+        }
+    }
+}
 
 /// What heartbeats say about a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,18 +244,41 @@ impl PeerTable {
     }
 
     /// Placement candidates: peers that are up and not draining, with free
-    /// space net of promises.
-    fn candidates(&self, now: SystemTime) -> Vec<Candidate> {
-        self.peers
-            .iter()
-            .filter(|(_, e)| !e.rec.draining && self.liveness(&e.rec, now) == Liveness::Up)
-            .map(|(id, e)| Candidate {
+    /// space net of promises; and the bytes each of their disks has left
+    /// (the filesystem's available bytes as its most recently heard peer
+    /// reported them, net of every promise to a peer on it), indexed by
+    /// [`Candidate::disk`]. A peer that did not report its filesystem is a
+    /// disk of its own.
+    fn candidates(&self, now: SystemTime) -> (Vec<Candidate>, Vec<u64>) {
+        let mut disk_index: HashMap<DiskKey, usize> = HashMap::new();
+        // (available bytes, when reported, promised bytes) per disk.
+        let mut disks: Vec<(u64, Timestamp, u64)> = Vec::new();
+        let mut cands = Vec::new();
+        for (id, e) in &self.peers {
+            if e.rec.draining || self.liveness(&e.rec, now) != Liveness::Up {
+                continue;
+            }
+            let key = DiskKey::of(*id, &e.rec.usage);
+            let avail = e.rec.usage.fs.map_or(u64::MAX, |f| f.avail_bytes);
+            let disk = *disk_index.entry(key).or_insert_with(|| {
+                disks.push((avail, e.rec.last_heartbeat, 0));
+                disks.len() - 1
+            });
+            let d = &mut disks[disk];
+            if e.rec.last_heartbeat > d.1 {
+                (d.0, d.1) = (avail, e.rec.last_heartbeat);
+            }
+            d.2 = d.2.saturating_add(e.promised);
+            cands.push(Candidate {
                 id: *id,
                 free: e.rec.usage.free_bytes.saturating_sub(e.promised),
                 host: Domain::of(&e.rec.host, *id),
                 zone: Domain::of(&e.rec.zone, *id),
-            })
-            .collect()
+                disk,
+            });
+        }
+        let left = disks.into_iter().map(|(avail, _, promised)| avail.saturating_sub(promised)).collect();
+        (cands, left)
     }
 
     fn promise(&mut self, id: PeerId, bytes: u64) {
@@ -255,8 +299,9 @@ impl PeerTable {
         chunk_bytes: u64,
     ) -> Result<Vec<Vec<PeerLoc>>, DirError> {
         let now = SystemTime::now();
-        let candidates = self.candidates(now);
-        let sets = placement::place(&candidates, replicas, count, chunk_bytes, &mut rand::thread_rng())?;
+        let (candidates, disks) = self.candidates(now);
+        let sets =
+            placement::place(&candidates, &disks, replicas, count, chunk_bytes, &mut rand::thread_rng())?;
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
             let mut locs = Vec::with_capacity(set.len());
@@ -282,15 +327,21 @@ impl PeerTable {
         chunk_bytes: u64,
     ) -> Option<PeerLoc> {
         let now = SystemTime::now();
-        let candidates = self.candidates(now);
+        let (candidates, disks) = self.candidates(now);
         let mut occupied = Occupied::default();
         for id in spread_from {
             if let Some(e) = self.peers.get(id) {
                 occupied.add(&Domain::of(&e.rec.host, *id), &Domain::of(&e.rec.zone, *id));
             }
         }
-        let id =
-            placement::pick_target(&candidates, exclude, &occupied, chunk_bytes, &mut rand::thread_rng())?;
+        let id = placement::pick_target(
+            &candidates,
+            &disks,
+            exclude,
+            &occupied,
+            chunk_bytes,
+            &mut rand::thread_rng(),
+        )?;
         self.promise(id, chunk_bytes);
         self.peers.get(&id).map(|e| self.loc(id, e, now))
     }
@@ -310,20 +361,36 @@ impl PeerTable {
         found.into_iter().map(|(loc, _, _)| loc).collect()
     }
 
-    /// Sums over the peers that can take new data (not down, not
-    /// draining): (capacity bytes, free bytes, count).
+    /// Capacity over the peers that can take new data (not down, not
+    /// draining), each disk counted once: (used bytes, free bytes, peer
+    /// count). Per disk, used is what its peers store and free is what they
+    /// report free, capped by the filesystem's available bytes (as its most
+    /// recently heard peer reported them), so three peers on one disk count
+    /// its free space once and space that other programs use counts as
+    /// neither.
     pub(crate) fn live_totals(&self) -> (u64, u64, u32) {
         let now = SystemTime::now();
-        self.peers.values().filter(|e| !e.rec.draining && self.liveness(&e.rec, now) != Liveness::Down).fold(
-            (0u64, 0u64, 0u32),
-            |(cap, free, n), e| {
-                (
-                    cap.saturating_add(e.rec.usage.capacity_bytes),
-                    free.saturating_add(e.rec.usage.free_bytes),
-                    n.saturating_add(1),
-                )
-            },
-        )
+        // Per disk: (used, summed free, filesystem available, when reported).
+        let mut disks: HashMap<DiskKey, (u64, u64, u64, Timestamp)> = HashMap::new();
+        let mut n = 0u32;
+        for (id, e) in &self.peers {
+            if e.rec.draining || self.liveness(&e.rec, now) == Liveness::Down {
+                continue;
+            }
+            n = n.saturating_add(1);
+            let u = &e.rec.usage;
+            let avail = u.fs.map_or(u64::MAX, |f| f.avail_bytes);
+            let d = disks.entry(DiskKey::of(*id, u)).or_insert((0, 0, avail, e.rec.last_heartbeat));
+            d.0 = d.0.saturating_add(u.used_bytes);
+            d.1 = d.1.saturating_add(u.free_bytes);
+            if e.rec.last_heartbeat > d.3 {
+                (d.2, d.3) = (avail, e.rec.last_heartbeat);
+            }
+        }
+        let (used, free) = disks.values().fold((0u64, 0u64), |(used, free), (u, f, avail, _)| {
+            (used.saturating_add(*u), free.saturating_add((*f).min(*avail)))
+        });
+        (used, free, n)
     }
 
     /// Every peer with its state, labels and last survey figures, in id
@@ -405,7 +472,7 @@ mod tests {
     fn rec(free: u64, age: Duration) -> PeerRecord {
         PeerRecord::new(
             "127.0.0.1:1".into(),
-            PeerUsage { capacity_bytes: 1000, free_bytes: free, used_bytes: 1000 - free, chunks: 0 },
+            PeerUsage { capacity_bytes: 1000, free_bytes: free, used_bytes: 1000 - free, chunks: 0, fs: None },
             Timestamp::from(SystemTime::now() - age),
             PeerLabels::default(),
         )
@@ -439,7 +506,7 @@ mod tests {
         // Suspect peers are not placed on but still count for statfs.
         let mut t = t;
         assert_eq!(t.place(2, 1, 1), Err(DirError::NoPeers { needed: 2, live: 1 }));
-        assert_eq!(t.live_totals(), (2000, 1700, 2));
+        assert_eq!(t.live_totals(), (300, 1700, 2));
     }
 
     #[test]
@@ -468,13 +535,47 @@ mod tests {
     }
 
     #[test]
+    fn peers_on_one_disk_count_it_once() {
+        let on_disk = |d: u8, used: u64, free: u64, avail: u64| {
+            let mut r = rec(free, Duration::ZERO);
+            r.usage.used_bytes = used;
+            r.usage.fs = Some(StorageFs { id: [d; 16], total_bytes: 10_000, avail_bytes: avail });
+            r
+        };
+        // Three peers on disk 1 (each sees the disk's 900 free bytes), one on
+        // disk 2 and one that does not say.
+        let t = table(vec![
+            (1, on_disk(1, 10, 900, 900)),
+            (2, on_disk(1, 20, 900, 900)),
+            (3, on_disk(1, 30, 900, 900)),
+            (4, on_disk(2, 5, 400, 700)),
+            (5, rec(100, Duration::ZERO)),
+        ]);
+        let (used, free, n) = t.live_totals();
+        assert_eq!((used, free, n), (10 + 20 + 30 + 5 + 900, 900 + 400 + 100, 5));
+        // Placement charges the shared disk: four 200-byte chunks fit on
+        // disk 1 (900 bytes left), a fifth does not, although each of its
+        // three peers still has 500 bytes or more of its own.
+        let mut t = table(vec![
+            (1, on_disk(1, 0, 900, 900)),
+            (2, on_disk(1, 0, 900, 900)),
+            (3, on_disk(1, 0, 900, 900)),
+        ]);
+        for _ in 0..4 {
+            t.place(1, 1, 200).unwrap();
+        }
+        assert_eq!(t.place(1, 1, 200), Err(DirError::PeersFull { needed: 1, with_room: 0, live: 3 }));
+        assert_eq!(t.live_totals(), (0, 900, 3), "promises do not change what statfs reports");
+    }
+
+    #[test]
     fn promises_spread_placements_until_the_next_heartbeat() {
         let mut t = table(vec![(1, rec(1000, Duration::ZERO)), (2, rec(1000, Duration::ZERO))]);
         // Each peer has room for one 600-byte chunk until it reports again.
         let a = t.place(1, 1, 600).unwrap();
         let b = t.place(1, 1, 600).unwrap();
         assert_ne!(a[0][0].id, b[0][0].id, "second call must avoid the promised peer");
-        assert!(matches!(t.place(1, 1, 600), Err(DirError::NoPeers { .. })));
+        assert!(matches!(t.place(1, 1, 600), Err(DirError::PeersFull { .. })));
         let first = a[0][0].id;
         let usage = rec(1000, Duration::ZERO).usage;
         assert_eq!(t.heartbeat(first, usage, Timestamp::now()), Ok(false));

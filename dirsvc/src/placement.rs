@@ -12,13 +12,16 @@
 //!    host or zone, so unlabelled peers spread like distinct machines.
 //! 2. Within that tier, a weighted random choice by free space (free =
 //!    reported free bytes minus bytes promised to the peer since its last
-//!    report, minus what this call already charged it). Drawing without
-//!    replacement keeps the replicas on distinct peers. Over many chunks a
-//!    peer receives new data in proportion to its free space, so a new,
-//!    empty peer takes its share at once but not everything.
+//!    report, minus what this call already charged it, and never more than
+//!    what its disk has left). Drawing without replacement keeps the
+//!    replicas on distinct peers. Over many chunks a peer receives new data
+//!    in proportion to its free space, so a new, empty peer takes its share
+//!    at once but not everything.
 //!
-//! Each choice charges the chunk's size to the chosen peers, so a single
-//! call also spreads.
+//! Each choice charges the chunk's size to the chosen peer and to its disk
+//! (the filesystem it stores on, which other peers may share), so a single
+//! call also spreads, and peers sharing one disk never promise its space
+//! twice.
 
 use common::rpc::dir::DirError;
 use common::PeerId;
@@ -56,6 +59,17 @@ pub struct Candidate {
     pub host: Domain,
     /// Its zone.
     pub zone: Domain,
+    /// Index of its disk in the `disks` slice passed along with the
+    /// candidates: peers sharing a filesystem share an index.
+    pub disk: usize,
+}
+
+impl Candidate {
+    /// Bytes the candidate can take now: its own free space, capped by
+    /// what its disk has left (a disk missing from `disks` caps nothing).
+    fn room(&self, disks: &[u64]) -> u64 {
+        self.free.min(disks.get(self.disk).copied().unwrap_or(u64::MAX))
+    }
 }
 
 /// The hosts and zones a chunk's replicas already occupy.
@@ -88,17 +102,23 @@ impl Occupied {
 }
 
 /// Picks one index of `pool` (indices into `cands`) from the best failure-
-/// domain tier, weighted by free space. `None` if `pool` is empty.
-fn pick(cands: &[Candidate], pool: &[usize], occupied: &Occupied, rng: &mut impl Rng) -> Option<usize> {
+/// domain tier, weighted by room. `None` if `pool` is empty.
+fn pick(
+    cands: &[Candidate],
+    disks: &[u64],
+    pool: &[usize],
+    occupied: &Occupied,
+    rng: &mut impl Rng,
+) -> Option<usize> {
     let best = pool.iter().map(|&i| occupied.tier(&cands[i])).min()?;
     let tier: Vec<usize> = pool.iter().copied().filter(|&i| occupied.tier(&cands[i]) == best).collect();
-    let total: u128 = tier.iter().map(|&i| u128::from(cands[i].free)).sum();
+    let total: u128 = tier.iter().map(|&i| u128::from(cands[i].room(disks))).sum();
     if total == 0 {
         return Some(tier[rng.gen_range(0..tier.len())]);
     }
     let mut x = rng.gen_range(0..total);
     for &i in &tier {
-        let w = u128::from(cands[i].free);
+        let w = u128::from(cands[i].room(disks));
         if x < w {
             return Some(i);
         }
@@ -108,33 +128,47 @@ fn pick(cands: &[Candidate], pool: &[usize], occupied: &Occupied, rng: &mut impl
 }
 
 /// Chooses `replicas` distinct peers for each of `count` chunks of
-/// `chunk_bytes` bytes (policy: module documentation). Only candidates
-/// with at least `chunk_bytes` free (after earlier charges) take part.
+/// `chunk_bytes` bytes (policy: module documentation). `disks` holds the
+/// bytes each disk has left (indexed by [`Candidate::disk`]). Only
+/// candidates with room for a chunk (after earlier charges, on the peer and
+/// on its disk) take part.
 ///
-/// Errors: `NoPeers { needed: replicas, live }` when fewer than `replicas`
-/// candidates can take a chunk, where `live` is how many could.
+/// Errors: `NoPeers { needed: replicas, live }` when there are fewer than
+/// `replicas` candidates at all; `PeersFull { needed, with_room, live }`
+/// when there are enough, but fewer than `replicas` of them have room.
 pub fn place(
     candidates: &[Candidate],
+    disks: &[u64],
     replicas: u32,
     count: u32,
     chunk_bytes: u64,
     rng: &mut impl Rng,
 ) -> Result<Vec<Vec<PeerId>>, DirError> {
     let r = replicas as usize;
+    let live = candidates.len() as u32;
+    if candidates.len() < r {
+        return Err(DirError::NoPeers { needed: replicas, live });
+    }
     let mut cands: Vec<Candidate> = candidates.to_vec();
+    let mut disks: Vec<u64> = disks.to_vec();
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let mut pool: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].free >= chunk_bytes).collect();
-        if pool.len() < r {
-            return Err(DirError::NoPeers { needed: replicas, live: pool.len() as u32 });
-        }
-        let mut occupied = Occupied::default();
         let mut chosen = Vec::with_capacity(r);
+        let mut occupied = Occupied::default();
         for _ in 0..r {
-            let Some(i) = pick(&cands, &pool, &occupied, rng) else { break };
-            pool.retain(|&j| j != i);
+            // Recomputed per replica: a replica charged to a disk may leave
+            // no room for a second peer on the same disk.
+            let pool: Vec<usize> = (0..cands.len())
+                .filter(|&i| cands[i].room(&disks) >= chunk_bytes && !chosen.contains(&cands[i].id))
+                .collect();
+            let Some(i) = pick(&cands, &disks, &pool, &occupied, rng) else {
+                return Err(DirError::PeersFull { needed: replicas, with_room: chosen.len() as u32, live });
+            };
             occupied.add(&cands[i].host, &cands[i].zone);
-            cands[i].free -= chunk_bytes;
+            cands[i].free = cands[i].free.saturating_sub(chunk_bytes);
+            if let Some(d) = disks.get_mut(cands[i].disk) {
+                *d = d.saturating_sub(chunk_bytes);
+            }
             chosen.push(cands[i].id);
         }
         out.push(chosen);
@@ -149,15 +183,16 @@ pub fn place(
 /// `None` if no candidate qualifies.
 pub fn pick_target(
     candidates: &[Candidate],
+    disks: &[u64],
     exclude: &[PeerId],
     occupied: &Occupied,
     chunk_bytes: u64,
     rng: &mut impl Rng,
 ) -> Option<PeerId> {
     let pool: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].free >= chunk_bytes && !exclude.contains(&candidates[i].id))
+        .filter(|&i| candidates[i].room(disks) >= chunk_bytes && !exclude.contains(&candidates[i].id))
         .collect();
-    pick(candidates, &pool, occupied, rng).map(|i| candidates[i].id)
+    pick(candidates, disks, &pool, occupied, rng).map(|i| candidates[i].id)
 }
 
 #[cfg(test)]
@@ -167,18 +202,21 @@ mod tests {
     use rand::SeedableRng;
     use std::collections::HashMap;
 
+    /// A candidate on a disk of its own (index `n`, left out of the disk
+    /// slices the tests pass, so it caps nothing).
     fn cand(n: u8, free: u64) -> Candidate {
         Candidate {
             id: PeerId([n; 16]),
             free,
             host: Domain::Own(PeerId([n; 16])),
             zone: Domain::Own(PeerId([n; 16])),
+            disk: usize::from(n) + 1000,
         }
     }
 
     fn labelled(n: u8, host: &str, zone: &str) -> Candidate {
         let id = PeerId([n; 16]);
-        Candidate { id, free: 1 << 30, host: Domain::of(host, id), zone: Domain::of(zone, id) }
+        Candidate { id, free: 1 << 30, host: Domain::of(host, id), zone: Domain::of(zone, id), disk: 1000 }
     }
 
     fn rng() -> StdRng {
@@ -188,7 +226,7 @@ mod tests {
     #[test]
     fn each_chunk_gets_r_distinct_peers() {
         let c: Vec<_> = (1..=4).map(|n| cand(n, 1000)).collect();
-        let sets = place(&c, 3, 200, 1, &mut rng()).unwrap();
+        let sets = place(&c, &[], 3, 200, 1, &mut rng()).unwrap();
         for s in &sets {
             assert_eq!(s.len(), 3);
             assert!(s[0] != s[1] && s[1] != s[2] && s[0] != s[2], "{s:?}");
@@ -200,7 +238,7 @@ mod tests {
         // One replica per chunk: a peer with 3× the free space gets about 3×
         // the chunks. Small chunks, so the charges barely move the weights.
         let c = [cand(1, 3 << 30), cand(2, 1 << 30)];
-        let sets = place(&c, 1, 4000, 1024, &mut rng()).unwrap();
+        let sets = place(&c, &[], 1, 4000, 1024, &mut rng()).unwrap();
         let big = sets.iter().filter(|s| s[0] == PeerId([1; 16])).count() as f64;
         let ratio = big / (4000.0 - big);
         assert!((2.5..3.6).contains(&ratio), "ratio {ratio}");
@@ -211,7 +249,7 @@ mod tests {
         // Room for exactly two chunks each: four single-replica chunks must
         // land two and two.
         let c = [cand(1, 20), cand(2, 20)];
-        let sets = place(&c, 1, 4, 10, &mut rng()).unwrap();
+        let sets = place(&c, &[], 1, 4, 10, &mut rng()).unwrap();
         let mut n: HashMap<PeerId, usize> = HashMap::new();
         for s in &sets {
             *n.entry(s[0]).or_default() += 1;
@@ -225,38 +263,68 @@ mod tests {
         // three replicas must take a, b and c.
         let c =
             [labelled(1, "a", "z1"), labelled(2, "a", "z1"), labelled(3, "b", "z1"), labelled(4, "c", "z2")];
-        for s in place(&c, 3, 300, 1, &mut rng()).unwrap() {
+        for s in place(&c, &[], 3, 300, 1, &mut rng()).unwrap() {
             assert!(s.contains(&PeerId([3; 16])) && s.contains(&PeerId([4; 16])), "{s:?}");
         }
         // Three hosts, two zones, R = 2: the lone z2 peer is in every set.
         let c = [labelled(1, "h1", "z1"), labelled(2, "h2", "z1"), labelled(3, "h3", "z2")];
-        for s in place(&c, 2, 300, 1, &mut rng()).unwrap() {
+        for s in place(&c, &[], 2, 300, 1, &mut rng()).unwrap() {
             assert!(s.contains(&PeerId([3; 16])), "{s:?}");
         }
         // Unlabelled peers count as distinct hosts: two unlabelled peers beat
         // a second peer on a labelled host.
         let c = [labelled(1, "a", ""), labelled(2, "a", ""), labelled(3, "", ""), labelled(4, "", "")];
-        for s in place(&c, 3, 300, 1, &mut rng()).unwrap() {
+        for s in place(&c, &[], 3, 300, 1, &mut rng()).unwrap() {
             assert!(s.contains(&PeerId([3; 16])) && s.contains(&PeerId([4; 16])), "{s:?}");
         }
         // When labels cannot be satisfied, placement still succeeds.
         let c = [labelled(1, "a", "z"), labelled(2, "a", "z")];
-        assert_eq!(place(&c, 2, 1, 1, &mut rng()).unwrap()[0].len(), 2);
+        assert_eq!(place(&c, &[], 2, 1, 1, &mut rng()).unwrap()[0].len(), 2);
     }
 
     #[test]
-    fn too_few_candidates_or_too_little_room_is_no_peers() {
+    fn too_few_candidates_is_no_peers_and_too_little_room_is_peers_full() {
         let c = [cand(1, 1000)];
-        assert_eq!(place(&c, 2, 1, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(place(&c, &[], 2, 1, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 1 }));
         let c = [cand(1, 1000), cand(2, 5)];
-        assert_eq!(place(&c, 2, 1, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(
+            place(&c, &[], 2, 1, 10, &mut rng()),
+            Err(DirError::PeersFull { needed: 2, with_room: 1, live: 2 })
+        );
         // Room runs out part-way through one call.
         let c = [cand(1, 25), cand(2, 25)];
-        assert_eq!(place(&c, 2, 3, 10, &mut rng()), Err(DirError::NoPeers { needed: 2, live: 0 }));
-        assert_eq!(place(&c, 2, 0, 10, &mut rng()), Ok(vec![]));
+        assert_eq!(
+            place(&c, &[], 2, 3, 10, &mut rng()),
+            Err(DirError::PeersFull { needed: 2, with_room: 0, live: 2 })
+        );
+        assert_eq!(place(&c, &[], 2, 0, 10, &mut rng()), Ok(vec![]));
         // Zero free space everywhere and zero-byte chunks: still a choice.
         let c = [cand(1, 0), cand(2, 0)];
-        assert_eq!(place(&c, 2, 1, 0, &mut rng()).unwrap()[0].len(), 2);
+        assert_eq!(place(&c, &[], 2, 1, 0, &mut rng()).unwrap()[0].len(), 2);
+    }
+
+    #[test]
+    fn peers_sharing_a_disk_never_promise_its_space_twice() {
+        // Three peers that each report 30 bytes free, all on one disk with 30
+        // bytes left: one 20-byte chunk at R = 1 fits, a second does not.
+        let mut c: Vec<_> = (1..=3).map(|n| cand(n, 30)).collect();
+        for x in &mut c {
+            x.disk = 0;
+        }
+        assert_eq!(place(&c, &[30], 1, 1, 20, &mut rng()).unwrap().len(), 1);
+        assert_eq!(
+            place(&c, &[30], 1, 2, 20, &mut rng()),
+            Err(DirError::PeersFull { needed: 1, with_room: 0, live: 3 })
+        );
+        // R = 2 on that disk: the second replica finds no room left.
+        assert_eq!(
+            place(&c, &[30], 2, 1, 20, &mut rng()),
+            Err(DirError::PeersFull { needed: 2, with_room: 1, live: 3 })
+        );
+        // Repair targets are capped by the disk too.
+        let occ = Occupied::default();
+        assert_eq!(pick_target(&c, &[10], &[], &occ, 20, &mut rng()), None);
+        assert!(pick_target(&c, &[20], &[], &occ, 20, &mut rng()).is_some());
     }
 
     #[test]
@@ -267,11 +335,11 @@ mod tests {
         occ.add(&c[0].host, &c[0].zone);
         for _ in 0..100 {
             // Holder 1 is on a/z1: the only new-host-new-zone peer is 3.
-            assert_eq!(pick_target(&c, &[c[0].id], &occ, 1, &mut rng()), Some(c[2].id));
+            assert_eq!(pick_target(&c, &[], &[c[0].id], &occ, 1, &mut rng()), Some(c[2].id));
         }
         // With 3 excluded, a new host in a used zone (4) beats the same host (2).
-        assert_eq!(pick_target(&c, &[c[0].id, c[2].id], &occ, 1, &mut rng()), Some(c[3].id));
-        assert_eq!(pick_target(&c, &[c[0].id, c[1].id, c[2].id, c[3].id], &occ, 1, &mut rng()), None);
-        assert_eq!(pick_target(&c, &[], &occ, 1 << 40, &mut rng()), None, "no room anywhere");
+        assert_eq!(pick_target(&c, &[], &[c[0].id, c[2].id], &occ, 1, &mut rng()), Some(c[3].id));
+        assert_eq!(pick_target(&c, &[], &[c[0].id, c[1].id, c[2].id, c[3].id], &occ, 1, &mut rng()), None);
+        assert_eq!(pick_target(&c, &[], &[], &occ, 1 << 40, &mut rng()), None, "no room anywhere");
     }
 }

@@ -286,7 +286,7 @@ impl DirService for DirServer {
         new_parent: InodeId,
         new_name: Vec<u8>,
         flags: u32,
-    ) -> Result<(), DirError> {
+    ) -> Result<InodeId, DirError> {
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -305,7 +305,7 @@ impl DirService for DirServer {
                     changes.push(Change { ino: replaced, entry: None });
                 }
                 sh.changes.record_from(origin, changes);
-                Ok(())
+                Ok(renamed.moved)
             })
             .await;
         reply("rename", r)
@@ -374,9 +374,14 @@ impl DirService for DirServer {
         let r = async {
             let vol = self.store.volume_info()?;
             let inodes = self.blocking(|s| s.inode_count()).await?;
-            let (cap, free, live) = self.peers().live_totals();
+            let (used, free, live) = self.peers().live_totals();
             let r = u64::from(vol.replicas.max(1));
-            Ok(StatFs { total_bytes: cap / r, free_bytes: free / r, inodes, live_peers: live })
+            Ok(StatFs {
+                total_bytes: used.saturating_add(free) / r,
+                free_bytes: free / r,
+                inodes,
+                live_peers: live,
+            })
         }
         .await;
         reply("statfs", r)

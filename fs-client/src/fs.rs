@@ -458,7 +458,8 @@ impl Fs {
                 let (f, t) = (from.clone(), to.clone());
                 async move { c.rename(ctx, parent, f, new_parent, t, flags).await }
             })
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Adds a hard link.

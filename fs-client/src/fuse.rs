@@ -204,6 +204,7 @@ impl Filesystem for FuseAdapter {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
+            kill_suid_sgid: false,
         };
         match self.rt.block_on(self.fs.setattr(InodeId(ino.0), set)) {
             Ok(a) => reply.attr(&attr_ttl(a.kind), &to_attr(&a, self.blksize())),

@@ -97,7 +97,7 @@ use crate::error::{is_no_space, Error};
 use crate::fsutil::{fsync_dir, TempFile, TEMP_PREFIX};
 use crate::report::CorruptQueue;
 use common::codec::{MAX_PLAINTEXT, OVERHEAD};
-use common::rpc::dir::PeerUsage;
+use common::rpc::dir::{PeerUsage, StorageFs};
 use common::ChunkId;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -241,6 +241,8 @@ struct Inner {
     data: PathBuf,
     corrupted: PathBuf,
     capacity: Option<u64>,
+    /// Identity of the filesystem `data` lives on (see [`storage_fs_id`]).
+    fs_id: [u8; 16],
     acct: Mutex<Accounting>,
     /// Chunks moved aside and not yet reported to dirsvc.
     corrupt: CorruptQueue,
@@ -426,10 +428,12 @@ impl Inner {
             fsync_dir(&data)?;
         }
 
+        let fs_id = storage_fs_id(&data)?;
         let inner = Inner {
             data,
             corrupted,
             capacity: config.capacity_bytes,
+            fs_id,
             acct: Mutex::new(Accounting::default()),
             corrupt: CorruptQueue::new(),
             _lock: lock,
@@ -539,6 +543,7 @@ impl Inner {
             free_bytes: self.available(&acct, fs),
             used_bytes: acct.used,
             chunks: acct.chunks,
+            fs: Some(StorageFs { id: self.fs_id, total_bytes: fs.total, avail_bytes: fs.avail }),
         })
     }
 
@@ -820,6 +825,33 @@ fn remove_temp_files(dir: &Path) -> Result<usize, Error> {
 }
 
 /// Size and available space of the filesystem holding `path`, in bytes.
+/// Where this machine's identity is read from, first found first: the
+/// systemd machine id, the D-Bus one, then the kernel's boot id (which
+/// changes at every boot, but so may device numbers).
+const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"];
+
+/// The identity of the filesystem holding `dir`, as reported to dirsvc in
+/// `StorageFs::id`: the first 16 bytes of BLAKE3 (in derive-key mode) over
+/// the machine id and the device number (`st_dev`) of `dir`. Peers on one
+/// filesystem of one machine get the same id, whatever their network
+/// namespace; different machines or filesystems get different ones.
+///
+/// Errors: [`Error::Io`] if `dir` cannot be `stat`ed.
+fn storage_fs_id(dir: &Path) -> Result<[u8; 16], Error> {
+    let dev = fs::metadata(dir).map_err(Error::io("stat", dir))?.dev();
+    let machine = MACHINE_ID_FILES
+        .iter()
+        .find_map(|f| fs::read_to_string(f).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .unwrap_or_default();
+    let mut h = blake3::Hasher::new_derive_key("p2pfs 2026-12-06 peer storage filesystem id v1");
+    h.update(machine.as_bytes());
+    h.update(&[0]);
+    h.update(&dev.to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Ok(id)
+}
+
 // The statvfs field types are u64 on 64-bit Linux but narrower elsewhere;
 // `u64::from` keeps this portable.
 #[allow(clippy::useless_conversion)]
@@ -896,6 +928,21 @@ mod tests {
         assert!(matches!(store.put(id_b, b).await, Err(Error::NoSpace { needed: 600 })));
         assert!(!store.has(vec![id_b]).await.unwrap()[0]);
         assert_eq!(store.usage().await.unwrap().used_bytes, 600);
+    }
+
+    #[tokio::test]
+    async fn stores_on_one_filesystem_report_the_same_filesystem_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FsChunkStore::open(config(&dir.path().join("a"))).await.unwrap();
+        let b = FsChunkStore::open(config(&dir.path().join("b"))).await.unwrap();
+        let (ua, ub) = (a.usage().await.unwrap(), b.usage().await.unwrap());
+        let (fa, fb) = (ua.fs.expect("fs reported"), ub.fs.expect("fs reported"));
+        assert_eq!(fa.id, fb.id);
+        assert!(fa.total_bytes > 0 && fa.avail_bytes <= fa.total_bytes);
+        // /dev/shm is another filesystem (tmpfs) on every Linux machine.
+        let other = tempfile::tempdir_in("/dev/shm").unwrap();
+        let c = FsChunkStore::open(config(other.path())).await.unwrap();
+        assert_ne!(c.usage().await.unwrap().fs.unwrap().id, fa.id);
     }
 
     #[tokio::test]

@@ -82,6 +82,11 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     /// New modification time.
     pub mtime: Option<Timestamp>,
+    /// Clears setuid, and setgid when the group-execute bit is set, on the
+    /// mode as dirsvc holds it (applied after `perm`), and sets ctime: what
+    /// a write by a caller without `CAP_FSETID` does on Linux
+    /// (`should_remove_suid`). A no-op on a mode without those bits.
+    pub kill_suid_sgid: bool,
 }
 
 /// What to create in `create`.
@@ -135,15 +140,22 @@ pub struct VolumeInfo {
     pub replicas: u32,
     /// The age-wrapped volume secret (a binary age file).
     pub wrapped_secret: Vec<u8>,
+    /// The age recipients (`age1…` public keys) the secret is wrapped to,
+    /// so a client holding the wrong key is told which key it needs. Public
+    /// information; empty for volumes created before protocol 4.
+    pub recipients: Vec<String>,
 }
 
 /// Filesystem-wide usage for `statfs`, from the live peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatFs {
-    /// Usable capacity in bytes: sum over live peers of their capacity,
-    /// divided by R.
+    /// Usable capacity in bytes, net of replication: over the filesystems
+    /// of the live peers that take new data, each counted once, the bytes
+    /// p2pfs stores there plus the bytes still free there, divided by R.
     pub total_bytes: u64,
-    /// Free bytes: sum over live peers of their free space, divided by R.
+    /// Free bytes, net of replication: over the same filesystems, each
+    /// counted once, what is free (capped by the peers' capacities),
+    /// divided by R.
     pub free_bytes: u64,
     /// Number of inodes in use.
     pub inodes: u64,
@@ -254,6 +266,24 @@ pub struct PeerUsage {
     pub used_bytes: u64,
     /// Number of stored chunks.
     pub chunks: u64,
+    /// The filesystem the chunks live on, so that dirsvc counts a disk
+    /// shared by several peers once (`statfs`, placement headroom). `None`
+    /// if the peer cannot tell: it then counts as a disk of its own.
+    pub fs: Option<StorageFs>,
+}
+
+/// The filesystem a peer stores its chunks on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StorageFs {
+    /// Equal for peers on the same filesystem of the same machine, distinct
+    /// otherwise: the first 16 bytes of BLAKE3 over the machine id and the
+    /// device id (`st_dev`) of the data directory.
+    pub id: [u8; 16],
+    /// The filesystem's size in bytes (`f_blocks × f_frsize`).
+    pub total_bytes: u64,
+    /// Bytes an unprivileged writer may still use on it
+    /// (`f_bavail × f_frsize`).
+    pub avail_bytes: u64,
 }
 
 /// A peer as the admin query shows it.
@@ -467,11 +497,23 @@ pub enum DirError {
     /// A name is longer than the limit (ENAMETOOLONG).
     #[error("name too long")]
     NameTooLong,
-    /// Too few live peers to place R replicas (ENOSPC at the client).
+    /// Too few live peers to place R replicas (EIO at the client when no
+    /// peer at all can be reached).
     #[error("not enough live peers: need {needed}, have {live}")]
     NoPeers {
         /// Replicas asked for.
         needed: u32,
+        /// Live peers known.
+        live: u32,
+    },
+    /// Enough peers are live, but too few have room for the chunk (ENOSPC at
+    /// the client).
+    #[error("not enough room: {needed} peers with room needed, {with_room} of {live} live peers have it")]
+    PeersFull {
+        /// Replicas asked for.
+        needed: u32,
+        /// Live peers with room for the chunk.
+        with_room: u32,
         /// Live peers known.
         live: u32,
     },
@@ -554,14 +596,14 @@ pub trait DirService {
     /// Moves an entry, replacing a target of a compatible kind atomically (a
     /// replaced file is unlinked as by `unlink`, orphaned if open).
     /// `flags` from [`rename_flags`]. The client re-seals the name for the
-    /// new parent.
+    /// new parent. Returns the inode that now has the new name.
     async fn rename(
         parent: InodeId,
         name: Vec<u8>,
         new_parent: InodeId,
         new_name: Vec<u8>,
         flags: u32,
-    ) -> Result<(), DirError>;
+    ) -> Result<InodeId, DirError>;
     /// Lists entries with cookie greater than `after` (0 = from the start),
     /// at most `limit` of them (capped by the server).
     async fn readdir(dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, DirError>;
@@ -583,8 +625,9 @@ pub trait DirService {
     async fn statfs() -> Result<StatFs, DirError>;
     /// Chooses replica sets for `count` new chunks of about `chunk_bytes`
     /// each: R distinct live peers per chunk, most free space first
-    /// (counting space already promised by earlier placements). `NoPeers` if
-    /// fewer than R are live.
+    /// (counting space already promised by earlier placements, per
+    /// filesystem). `NoPeers` if fewer than R are live, `PeersFull` if
+    /// enough are live but fewer than R have room.
     async fn placement(count: u32, chunk_bytes: u64) -> Result<Vec<Vec<PeerLoc>>, DirError>;
     /// Applies a layout update to a regular file and returns its attributes.
     /// Every listed replica must be a registered peer (`Invalid` otherwise).

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the RPC protocol; bumped on any incompatible change to the
 /// types in this module. Exchanged by `DirService::hello`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A peer as handed to clients: where to reach it and whether dirsvc
 /// currently believes it is alive.

@@ -76,6 +76,13 @@ pub const MAX_CHUNK_OVERHEAD: u32 = 4096;
 /// Largest wrapped volume secret accepted by `init_volume`, in bytes.
 pub const MAX_WRAPPED_SECRET: usize = 64 << 10;
 
+/// Most recipients a volume record lists.
+pub const MAX_RECIPIENTS: usize = 256;
+
+/// Longest recipient string accepted, in bytes (an X25519 `age1…` key is
+/// 62; plugin and SSH recipients are longer).
+pub const MAX_RECIPIENT_LEN: usize = 1024;
+
 /// Largest replication factor accepted by `init_volume`.
 pub const MAX_REPLICAS: u32 = 16;
 
@@ -311,11 +318,19 @@ impl Store {
         if info.wrapped_secret.len() > MAX_WRAPPED_SECRET {
             return Err(invalid("wrapped secret too large"));
         }
+        if info.recipients.len() > MAX_RECIPIENTS
+            || info.recipients.iter().any(|r| r.is_empty() || r.len() > MAX_RECIPIENT_LEN)
+        {
+            return Err(invalid(format!(
+                "at most {MAX_RECIPIENTS} recipients of 1 to {MAX_RECIPIENT_LEN} bytes each"
+            )));
+        }
         let record = VolumeRecord {
             id: info.id.0,
             block_size: info.block_size,
             replicas: info.replicas,
             wrapped_secret: info.wrapped_secret.clone(),
+            recipients: info.recipients.clone(),
         };
         self.write(|w| {
             if w.meta.get(META_VOLUME)?.is_some() {
@@ -361,7 +376,9 @@ impl Store {
     /// Changes the given attributes. Any change sets ctime to now; a size
     /// change also sets mtime to now unless `set.mtime` is given. Shrinking
     /// drops the layout blocks with index ≥ ⌈size / B⌉ (their chunks lose a
-    /// reference).
+    /// reference). `kill_suid_sgid` clears setuid (and setgid with
+    /// group-execute) from the stored mode after `perm` is applied; on a
+    /// mode without those bits it changes nothing, ctime included.
     ///
     /// Errors: `NotFound`; for `size`, `IsDir` on a directory and `Invalid`
     /// on anything but a regular file; `NotInitialized`.
@@ -369,12 +386,14 @@ impl Store {
         let vol = self.vol()?;
         self.write(|w| {
             let mut rec = w.inode(ino.0)?;
+            let kill = set.kill_suid_sgid && kill_bits(rec.perm) != 0;
             let any = set.perm.is_some()
                 || set.uid.is_some()
                 || set.gid.is_some()
                 || set.size.is_some()
                 || set.atime.is_some()
-                || set.mtime.is_some();
+                || set.mtime.is_some()
+                || kill;
             if !any {
                 return to_attr(ino.0, &rec);
             }
@@ -403,6 +422,9 @@ impl Store {
             }
             if let Some(mtime) = set.mtime {
                 rec.mtime = mtime;
+            }
+            if set.kill_suid_sgid {
+                rec.perm &= !kill_bits(rec.perm);
             }
             rec.ctime = w.now;
             w.put_inode(ino.0, &rec)?;
@@ -1779,6 +1801,17 @@ impl<'t> W<'t> {
     }
 }
 
+/// The bits a write by a caller without `CAP_FSETID` clears from `perm`:
+/// setuid, and setgid if the group-execute bit is set (without it, setgid
+/// marks mandatory locking and stays), as Linux's `should_remove_suid`.
+fn kill_bits(perm: u32) -> u32 {
+    let mut bits = perm & 0o4000;
+    if perm & 0o2010 == 0o2010 {
+        bits |= 0o2000;
+    }
+    bits
+}
+
 /// Number of blocks of size `block_size` that a `size`-byte file spans.
 fn blocks_for(size: u64, block_size: u32) -> u64 {
     size.div_ceil(u64::from(block_size.max(1)))
@@ -1856,6 +1889,7 @@ fn volume_info(v: VolumeRecord) -> VolumeInfo {
         block_size: v.block_size,
         replicas: v.replicas,
         wrapped_secret: v.wrapped_secret,
+        recipients: v.recipients,
     }
 }
 
@@ -1910,7 +1944,7 @@ mod tests {
     fn write_schema_1(path: &Path, schema: u32) -> PeerRecordV1 {
         let v1 = PeerRecordV1 {
             addr: "127.0.0.1:7701".into(),
-            usage: PeerUsage { capacity_bytes: 100, free_bytes: 60, used_bytes: 40, chunks: 4 },
+            usage: tables::UsageV1 { capacity_bytes: 100, free_bytes: 60, used_bytes: 40, chunks: 4 },
             last_heartbeat: Timestamp { secs: 1_700_000_000, nanos: 0 },
         };
         let db = Database::create(path).unwrap();
@@ -1941,17 +1975,17 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             let peers = s.peers().unwrap();
-            let want = PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default());
+            let want = PeerRecord::new(v1.addr, v1.usage.into(), v1.last_heartbeat, PeerLabels::default());
             assert_eq!(peers, vec![(PeerId([7; 16]), want)]);
             assert_eq!(s.tombstone_count().unwrap(), 0, "the new table exists");
         }
         assert_eq!(stored_schema(&path), SCHEMA_VERSION);
-        // The raw record was rewritten as version 2.
+        // The raw record was rewritten in the newest version.
         {
             let db = Database::open(&path).unwrap();
             let txn = db.begin_read().unwrap();
             let peers = txn.open_table(PEERS).unwrap();
-            assert_eq!(peers.get([7u8; 16]).unwrap().unwrap().value()[0], 2);
+            assert_eq!(peers.get([7u8; 16]).unwrap().unwrap().value()[0], 3);
         }
         // And it opens again as it is.
         assert_eq!(Store::open(&path).unwrap().peers().unwrap().len(), 1);
@@ -1970,7 +2004,7 @@ mod tests {
                 let mut meta = txn.open_table(META).unwrap();
                 meta.insert(META_SCHEMA, &2u32.to_le_bytes()[..]).unwrap();
                 let vol =
-                    VolumeRecord { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
+                    tables::VolumeRecordV1 { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
                 meta.insert(META_VOLUME, vol.to_bytes().unwrap().as_slice()).unwrap();
                 meta.insert(META_NEXT_INODE, &3u64.to_le_bytes()[..]).unwrap();
                 meta.insert(META_NEXT_COOKIE, &2u64.to_le_bytes()[..]).unwrap();
@@ -2001,9 +2035,11 @@ mod tests {
             assert!(s.sessions().unwrap().is_empty());
             s.setxattr(InodeId(2), b"k", b"v", 0).unwrap();
         }
-        assert_eq!(stored_schema(&path), 3);
+        assert_eq!(stored_schema(&path), SCHEMA_VERSION);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.getxattr(InodeId(2), b"k").unwrap(), b"v");
+        let vol = s.volume_info().unwrap();
+        assert_eq!((vol.block_size, vol.replicas, vol.recipients.len()), (4096, 2, 0));
     }
 
     #[test]

@@ -44,16 +44,21 @@
 //! - chunk record v1: `replicas: list of [u8; 16] peer ids, refcount u64,
 //!   len u32` (stored length in bytes). `replicas` is the union of the
 //!   peers named by every commit that referenced the chunk.
-//! - peer record v2 (written since schema 2): `addr: string ("host:port"),
+//! - peer record v3 (written since schema 4): `addr: string ("host:port"),
 //!   usage: (capacity_bytes u64, free_bytes u64, used_bytes u64, chunks
-//!   u64), last_heartbeat timestamp, host: string, zone: string, draining:
-//!   bool`. `host`/`zone` are the failure-domain labels the peer registered
-//!   with (empty = unknown); `draining` is set by `drain_peer` and never
-//!   cleared.
+//!   u64, fs: option of (id [u8; 16], total_bytes u64, avail_bytes u64)),
+//!   last_heartbeat timestamp, host: string, zone: string, draining: bool`.
+//!   `host`/`zone` are the failure-domain labels the peer registered with
+//!   (empty = unknown); `draining` is set by `drain_peer` and never
+//!   cleared; `fs` identifies the filesystem the peer stores on (an option
+//!   is one byte 0/1, then the value).
+//! - peer record v2 (schemas 2 and 3, read only): as v3 without `fs`. It
+//!   migrates to v3 with `fs` unknown when read; the next heartbeat that
+//!   is persisted rewrites it.
 //! - peer record v1 (schema 1, read only): `addr, usage, last_heartbeat` as
-//!   in v2. It migrates to v2 with empty labels and `draining = false`;
-//!   opening a schema-1 database rewrites every peer record as v2 in the
-//!   same transaction that sets the schema to 2.
+//!   in v2. It migrates with empty labels and `draining = false`; opening a
+//!   schema-1 database rewrites every peer record in the same transaction
+//!   that sets the schema.
 //! - tombstone record v1: `deleted_at i64` (Unix seconds when garbage
 //!   collection removed the chunk from the index), `pending: list of
 //!   [u8; 16] peer ids` (peers still to be told to delete their copy).
@@ -65,12 +70,16 @@
 //!   clients re-send them).
 //!
 //! `meta-v1` keys:
-//! - `schema_version`: `u32` LE, the version of this whole layout (3; 2
-//!   before orphans, extended attributes and sessions; 1 before
-//!   tombstones and peer record v2; both migrated at open).
-//! - `volume`: the volume record (version byte + bincode of
-//!   `VolumeInfo { id: [u8; 16], block_size: u32, replicas: u32,
-//!   wrapped_secret: bytes }`). Absent until `init_volume`.
+//! - `schema_version`: `u32` LE, the version of this whole layout (4; 3
+//!   before peer record v3 and volume record v2, which older versions
+//!   cannot read; 2 before orphans, extended attributes and sessions; 1
+//!   before tombstones and peer record v2; all migrated at open or when
+//!   read).
+//! - `volume`: the volume record, version 2: `id [u8; 16], block_size u32,
+//!   replicas u32, wrapped_secret: bytes, recipients: list of strings`
+//!   (the `age1…` public keys the secret is wrapped to). Version 1 (read
+//!   only) has no `recipients` and migrates with an empty list. Absent
+//!   until `init_volume`.
 //! - `next_inode`: `u64` LE, the next inode number to hand out (root is 1;
 //!   numbers are never reused).
 //! - `next_cookie`: `u64` LE, the next directory cookie, shared by all
@@ -116,7 +125,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the whole table layout, stored under `meta-v1/schema_version`.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest schema version [`crate::Store::open`] migrates from.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -268,7 +277,7 @@ impl Record for ChunkRecord {
     const VERSION: u8 = 1;
 }
 
-/// One registered peer (`peers-v1` value, format version 2).
+/// One registered peer (`peers-v1` value, format version 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// `host:port` where the peer serves `PeerService`.
@@ -300,17 +309,54 @@ impl PeerRecord {
 
 impl Record for PeerRecord {
     const WHAT: &'static str = "peer";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
     fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
         match version {
             1 => {
                 let v1: PeerRecordV1 = decode_body(Self::WHAT, body)?;
-                Ok(PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default()))
+                Ok(PeerRecord::new(v1.addr, v1.usage.into(), v1.last_heartbeat, PeerLabels::default()))
+            }
+            2 => {
+                let v2: PeerRecordV2 = decode_body(Self::WHAT, body)?;
+                Ok(PeerRecord {
+                    addr: v2.addr,
+                    usage: v2.usage.into(),
+                    last_heartbeat: v2.last_heartbeat,
+                    host: v2.host,
+                    zone: v2.zone,
+                    draining: v2.draining,
+                })
             }
             _ => {
                 Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
             }
+        }
+    }
+}
+
+/// A peer's usage as peer records v1 and v2 stored it (before the
+/// filesystem identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UsageV1 {
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// Stored chunks.
+    pub chunks: u64,
+}
+
+impl From<UsageV1> for PeerUsage {
+    fn from(u: UsageV1) -> Self {
+        PeerUsage {
+            capacity_bytes: u.capacity_bytes,
+            free_bytes: u.free_bytes,
+            used_bytes: u.used_bytes,
+            chunks: u.chunks,
+            fs: None,
         }
     }
 }
@@ -321,7 +367,7 @@ pub(crate) struct PeerRecordV1 {
     /// `host:port`.
     pub addr: String,
     /// Last reported usage.
-    pub usage: PeerUsage,
+    pub usage: UsageV1,
     /// Last registration or persisted heartbeat.
     pub last_heartbeat: Timestamp,
 }
@@ -331,6 +377,31 @@ pub(crate) struct PeerRecordV1 {
 impl Record for PeerRecordV1 {
     const WHAT: &'static str = "peer";
     const VERSION: u8 = 1;
+}
+
+/// The peer record of schemas 2 and 3 (format version 2): read for
+/// migration only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerRecordV2 {
+    /// `host:port`.
+    pub addr: String,
+    /// Last reported usage.
+    pub usage: UsageV1,
+    /// Last registration or persisted heartbeat.
+    pub last_heartbeat: Timestamp,
+    /// Host label.
+    pub host: String,
+    /// Zone label.
+    pub zone: String,
+    /// Drain flag.
+    pub draining: bool,
+}
+
+/// Schema-3 databases are written in tests only (migration tests).
+#[cfg(test)]
+impl Record for PeerRecordV2 {
+    const WHAT: &'static str = "peer";
+    const VERSION: u8 = 2;
 }
 
 /// A chunk garbage collection deleted (`chunk-tombstones-v1` value, format
@@ -363,7 +434,7 @@ impl Record for SessionRecord {
     const VERSION: u8 = 1;
 }
 
-/// The volume record under `meta-v1/volume` (format version 1). Kept
+/// The volume record under `meta-v1/volume` (format version 2). Kept
 /// separate from the wire type `VolumeInfo` so the stored shape is fixed
 /// here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,9 +447,50 @@ pub(crate) struct VolumeRecord {
     pub replicas: u32,
     /// The age-wrapped volume secret.
     pub wrapped_secret: Vec<u8>,
+    /// The age recipients the secret is wrapped to (public keys).
+    pub recipients: Vec<String>,
 }
 
 impl Record for VolumeRecord {
+    const WHAT: &'static str = "volume";
+    const VERSION: u8 = 2;
+
+    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
+        match version {
+            1 => {
+                let v1: VolumeRecordV1 = decode_body(Self::WHAT, body)?;
+                Ok(VolumeRecord {
+                    id: v1.id,
+                    block_size: v1.block_size,
+                    replicas: v1.replicas,
+                    wrapped_secret: v1.wrapped_secret,
+                    recipients: Vec::new(),
+                })
+            }
+            _ => {
+                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+            }
+        }
+    }
+}
+
+/// The volume record of schemas 1 to 3 (format version 1): read for
+/// migration only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VolumeRecordV1 {
+    /// Volume id bytes.
+    pub id: [u8; 16],
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Replication factor R.
+    pub replicas: u32,
+    /// The age-wrapped volume secret.
+    pub wrapped_secret: Vec<u8>,
+}
+
+/// Older databases are written in tests only (migration tests).
+#[cfg(test)]
+impl Record for VolumeRecordV1 {
     const WHAT: &'static str = "volume";
     const VERSION: u8 = 1;
 }
@@ -436,23 +548,42 @@ mod tests {
     }
 
     #[test]
-    fn version_1_peer_records_migrate_to_version_2() {
+    fn version_1_peer_records_migrate_to_the_newest_version() {
         let v1 = PeerRecordV1 {
             addr: "127.0.0.1:7701".into(),
-            usage: PeerUsage { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 },
+            usage: UsageV1 { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 },
             last_heartbeat: Timestamp { secs: 1_700_000_000, nanos: 5 },
         };
         // Exactly what schema 1 wrote: version byte 1, then the three fields.
         let mut bytes = vec![1u8];
         bincode_options().serialize_into(&mut bytes, &v1).unwrap();
         let rec = PeerRecord::from_bytes(&bytes).unwrap();
-        assert_eq!(rec, PeerRecord::new(v1.addr, v1.usage, v1.last_heartbeat, PeerLabels::default()));
+        assert_eq!(rec, PeerRecord::new(v1.addr, v1.usage.into(), v1.last_heartbeat, PeerLabels::default()));
         let again = rec.to_bytes().unwrap();
-        assert_eq!(again[0], 2, "written as the newest version");
+        assert_eq!(again[0], 3, "written as the newest version");
         assert_eq!(PeerRecord::from_bytes(&again).unwrap(), rec);
         let mut bad = again.clone();
-        bad[0] = 3;
+        bad[0] = 4;
         assert!(matches!(PeerRecord::from_bytes(&bad), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn version_2_peer_and_version_1_volume_records_migrate() {
+        let v2 = PeerRecordV2 {
+            addr: "127.0.0.1:7702".into(),
+            usage: UsageV1 { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 },
+            last_heartbeat: Timestamp { secs: 1_700_000_000, nanos: 5 },
+            host: "h".into(),
+            zone: "z".into(),
+            draining: true,
+        };
+        let rec = PeerRecord::from_bytes(&v2.to_bytes().unwrap()).unwrap();
+        assert_eq!((rec.usage.used_bytes, rec.usage.fs, rec.draining), (3, None, true));
+        assert_eq!((rec.host.as_str(), rec.zone.as_str()), ("h", "z"));
+        let v1 = VolumeRecordV1 { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
+        let vol = VolumeRecord::from_bytes(&v1.to_bytes().unwrap()).unwrap();
+        assert_eq!((vol.id, vol.replicas, vol.wrapped_secret), ([1; 16], 2, vec![9]));
+        assert!(vol.recipients.is_empty());
     }
 
     #[test]

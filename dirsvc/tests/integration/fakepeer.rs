@@ -80,6 +80,7 @@ impl Inner {
             free_bytes: self.capacity.saturating_sub(used),
             used_bytes: used,
             chunks: chunks.len() as u64,
+            fs: None,
         }
     }
 }

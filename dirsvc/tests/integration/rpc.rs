@@ -44,7 +44,7 @@ async fn client(h: &DirsvcHandle) -> DirServiceClient {
 }
 
 fn usage(free: u64) -> PeerUsage {
-    PeerUsage { capacity_bytes: 4 * GIB, free_bytes: free, used_bytes: 4 * GIB - free, chunks: 0 }
+    PeerUsage { capacity_bytes: 4 * GIB, free_bytes: free, used_bytes: 4 * GIB - free, chunks: 0, fs: None }
 }
 
 async fn register(c: &DirServiceClient, k: u8, free: u64) -> PeerId {

@@ -38,6 +38,7 @@ pub fn volume(replicas: u32) -> VolumeInfo {
         block_size: B,
         replicas,
         wrapped_secret: b"age-wrapped-secret".to_vec(),
+        recipients: vec!["age1testrecipient".into()],
     }
 }
 

@@ -143,7 +143,7 @@ impl DirService for FakeDir {
         _: InodeId,
         _: Vec<u8>,
         _: u32,
-    ) -> Result<(), DirError> {
+    ) -> Result<InodeId, DirError> {
         unsupported()
     }
     async fn readdir(self, _: Context, _: InodeId, _: u64, _: u32) -> Result<ReadDirPage, DirError> {
