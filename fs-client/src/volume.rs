@@ -16,7 +16,13 @@ use common::VolumeId;
 pub async fn init(dir: &DirClient, id: &IdentityFile, block_size: u32, replicas: u32) -> Result<VolumeInfo> {
     let secret = VolumeSecret::generate();
     let wrapped = wrap_secret(&secret, &id.recipients)?;
-    let info = VolumeInfo { id: VolumeId::random(), block_size, replicas, wrapped_secret: wrapped, recipients: vec![] };
+    let info = VolumeInfo {
+        id: VolumeId::random(),
+        block_size,
+        replicas,
+        wrapped_secret: wrapped,
+        recipients: vec![],
+    };
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     dir.call(|c, ctx| {

@@ -200,7 +200,13 @@ impl Fs {
 
     /// Releases `owner`'s locks on `[start, end]` of `ino` (`end` in
     /// dirsvc's convention).
-    async fn unlock_range(self: &Arc<Self>, ino: InodeId, owner: u64, start: u64, end: u64) -> Result<()> {
+    pub(super) async fn unlock_range(
+        self: &Arc<Self>,
+        ino: InodeId,
+        owner: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
         let flavor = LockFlavor::Posix;
         let holds = lock(&self.session.locks).iter().any(|l| l.ino == ino && l.owner == owner);
         if !holds {
@@ -270,12 +276,12 @@ impl Fs {
 mod tests {
     use super::*;
 
-    fn l(owner: u64, kind: LockKind, start: u64, end: u64) -> Lock {
+    pub(super) fn l(owner: u64, kind: LockKind, start: u64, end: u64) -> Lock {
         Lock { ino: InodeId(9), owner, flavor: LockFlavor::Posix, kind, start, end, pid: 1 }
     }
 
     #[test]
-    fn unlocking_the_middle_of_a_range_splits_it() {
+    pub(super) fn unlocking_the_middle_of_a_range_splits_it() {
         let mut held = vec![l(1, LockKind::Write, 0, 99)];
         carve(&mut held, InodeId(9), 1, LockFlavor::Posix, 10, 19);
         held.sort_by_key(|l| l.start);
@@ -283,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_kind_replaces_the_overlap_and_same_kinds_merge() {
+    pub(super) fn a_new_kind_replaces_the_overlap_and_same_kinds_merge() {
         let mut held = vec![l(1, LockKind::Read, 0, 9)];
         record(&mut held, l(1, LockKind::Read, 10, 19));
         assert_eq!(held, vec![l(1, LockKind::Read, 0, 19)]);
@@ -296,20 +302,20 @@ mod tests {
     }
 
     #[test]
-    fn other_owners_are_untouched() {
+    pub(super) fn other_owners_are_untouched() {
         let mut held = vec![l(1, LockKind::Read, 0, 9), l(2, LockKind::Read, 0, 9)];
         carve(&mut held, InodeId(9), 1, LockFlavor::Posix, 0, u64::MAX);
         assert_eq!(held, vec![l(2, LockKind::Read, 0, 9)]);
     }
 
     #[test]
-    fn to_end_of_file_is_u64_max_on_the_wire() {
+    pub(super) fn to_end_of_file_is_u64_max_on_the_wire() {
         assert_eq!(wire_end(OFFSET_MAX), u64::MAX);
         assert_eq!(wire_end(41), 41);
     }
 
     #[test]
-    fn a_process_that_is_gone_counts_as_interrupted() {
+    pub(super) fn a_process_that_is_gone_counts_as_interrupted() {
         assert!(signal_pending(u32::MAX - 1));
         assert!(!signal_pending(std::process::id()));
     }

@@ -81,7 +81,7 @@ impl Fs {
     }
 
     /// Makes bytes `[start, end)` (within the file's size) read as zeros.
-    async fn zero_range(self: &Arc<Self>, st: &mut FileState, start: u64, end: u64) -> Result<()> {
+    pub(super) async fn zero_range(self: &Arc<Self>, st: &mut FileState, start: u64, end: u64) -> Result<()> {
         let b = self.block_size;
         for idx in start / b..end.div_ceil(b) {
             let bs = idx * b;
@@ -187,7 +187,7 @@ impl Fs {
     /// `copy_file_range` piece of `piece` bytes, if that is exact: a whole
     /// block, or a partial last piece with nothing of the destination after
     /// `dst_end`. Returns whether it did.
-    fn share_block(
+    pub(super) fn share_block(
         &self,
         st: &mut FileState,
         idx: u64,
@@ -269,7 +269,7 @@ mod tests {
     use super::all_zero;
 
     #[test]
-    fn zero_detection_sees_a_single_set_byte_anywhere() {
+    pub(super) fn zero_detection_sees_a_single_set_byte_anywhere() {
         let mut v = vec![0u8; 4096 + 3];
         assert!(all_zero(&v));
         for i in [0, 63, 64, 4095, 4098] {

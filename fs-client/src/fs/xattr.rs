@@ -47,7 +47,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 
 impl Fs {
     /// Associated data binding a sealed value to its inode and sealed name.
-    fn xattr_ad(ino: InodeId, sealed_name: &[u8]) -> Vec<u8> {
+    pub(super) fn xattr_ad(ino: InodeId, sealed_name: &[u8]) -> Vec<u8> {
         let mut ad = Vec::with_capacity(8 + sealed_name.len());
         ad.extend_from_slice(&ino.0.to_le_bytes());
         ad.extend_from_slice(sealed_name);
@@ -151,7 +151,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_outside_the_stored_namespaces_are_not_supported() {
+    pub(super) fn names_outside_the_stored_namespaces_are_not_supported() {
         assert!(check_name(b"user.a").is_ok());
         assert!(check_name(b"trusted.overlay.opaque").is_ok());
         assert!(check_name(b"security.capability").is_ok());
@@ -161,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_name_over_255_bytes_is_erange() {
+    pub(super) fn a_name_over_255_bytes_is_erange() {
         let mut n = b"user.".to_vec();
         n.resize(256, b'x');
         assert_eq!(check_name(&n).unwrap_err().errno(), libc::ERANGE);

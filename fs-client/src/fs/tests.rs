@@ -4,6 +4,7 @@
 use super::*;
 use crate::identity;
 use crate::volume;
+use common::rpc::dir::Attr;
 use std::time::Duration;
 
 struct Cluster {

@@ -68,7 +68,7 @@ impl Fs {
 
     /// Opens a session at dirsvc; with `reclaim`, re-registers every open
     /// mark and lock this client holds under the old id.
-    async fn open_session(&self, reclaim: Option<SessionId>) -> Result<SessionGrant> {
+    pub(super) async fn open_session(&self, reclaim: Option<SessionId>) -> Result<SessionGrant> {
         let (open_inodes, locks) = match reclaim {
             Some(_) => {
                 let marks: Vec<InodeId> = self.session.marks.lock().await.keys().copied().collect();
@@ -107,7 +107,7 @@ impl Fs {
 
     /// Replaces the session `stale` (dirsvc said `NoSession`) by a reclaimed
     /// one, unless another task already did.
-    async fn reopen_session(&self, stale: SessionId) -> Result<SessionId> {
+    pub(super) async fn reopen_session(&self, stale: SessionId) -> Result<SessionId> {
         let mut id = self.session.id.lock().await;
         if let Some(s) = *id {
             if s != stale {

@@ -1,0 +1,346 @@
+//! The filesystem core: namespace calls, the write path and the read path,
+//! with no FUSE types (the adapter in [`crate::fuse`] converts).
+//!
+//! Write path: writes land in per-file block buffers (shared by every handle
+//! of the inode in this process, so a read through one handle sees a write
+//! through another). A block that a write completes, or any dirty block on
+//! flush/fsync/release, is sealed ([`common::codec`]), placed by dirsvc and
+//! put on R peers in parallel, bounded by a semaphore of in-flight uploads.
+//! Finished uploads are committed to dirsvc in one `commit_layout` on flush
+//! (and every [`COMMIT_BATCH`] blocks for very large files). `fsync` and
+//! `flush` return only after that commit, and return the upload error if any
+//! upload failed (the data stays dirty and is retried on the next flush).
+//!
+//! Read path: the layout is fetched when a file is opened and nothing is
+//! pending locally (close-to-open). Each needed block comes from the local
+//! buffer, the block cache, or the first replica that returns bytes that
+//! verify against the chunk id and decrypt; a failing replica is logged and
+//! the next is tried. Sequential reads prefetch the next blocks.
+//!
+//! Invariant kept by every path: a stored block's plaintext is never longer
+//! than the file's size allows (`size - index·B`), so bytes past the end of a
+//!
+//! Layout of this module, one concern per file:
+//! - `mod.rs`: [`Fs`], its settings and the per-file state types;
+//! - `namespace.rs`: lookups, attributes and the namespace calls;
+//! - `open.rs`: open, flush, release, close-to-open reloads;
+//! - `write.rs`: the write path's block buffers and layout commits;
+//! - `upload.rs`: sealing a block and storing it on R peers;
+//! - `truncate.rs`: size changes;
+//! - `read.rs`: the read path (verified fetches, cache, read-ahead);
+//! - `extents.rs`: fallocate, copy_file_range, SEEK_DATA/SEEK_HOLE;
+//! - `locks.rs`, `session.rs`, `xattr.rs`: locks, the dirsvc session and
+//!   extended attributes.
+
+use crate::cache::{Block, BlockCache};
+use crate::error::{Error, Result};
+use crate::remote::{DirClient, PeerPool};
+use common::codec;
+use common::config::NAME_MAX;
+use common::keys::{NameKey, SubKey, VolumeSecret};
+use common::rpc::dir::{BlockLoc, FileKind, StoredChunk, VolumeInfo};
+use common::rpc::PeerLoc;
+use common::time::Timestamp;
+use common::InodeId;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+/// Most blocks one `commit_layout` carries; larger flushes commit in batches.
+pub const COMMIT_BATCH: usize = 1024;
+
+/// How long a peer whose put failed is avoided by new uploads (5 s, about
+/// when dirsvc stops placing on a silent peer).
+pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tunables of the client core.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Byte budget of the decrypted block cache (default 256 MiB).
+    pub cache_bytes: u64,
+    /// Blocks being sealed and uploaded at once, over all files (default 8).
+    pub uploads_in_flight: usize,
+    /// Blocks prefetched ahead of a sequential reader (default 8).
+    pub readahead_blocks: u64,
+    /// Dirty blocks one file may buffer before the oldest are uploaded
+    /// (default 32).
+    pub dirty_blocks_per_file: usize,
+    /// Attempts to place and store one block before the write fails
+    /// (default 3, about 1.2 s of backoff in all).
+    pub upload_attempts: u32,
+    /// Longest time an uploaded block of a file that stays open waits before
+    /// it is committed (default 1 s). Must stay well below dirsvc's
+    /// garbage-collection grace period.
+    pub commit_interval: std::time::Duration,
+    /// Replicas a block needs before a write is acknowledged when fewer than
+    /// R peers can take it (degraded write); dirsvc's repair adds the rest.
+    /// `None` means a majority of R (`R/2 + 1`). Clamped to `1..=R`.
+    pub min_replicas: Option<u32>,
+    /// How this client names itself to dirsvc (logs, lock holders); default
+    /// `fs-client pid=<pid>`.
+    pub session_label: String,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            cache_bytes: 256 << 20,
+            uploads_in_flight: 8,
+            readahead_blocks: 8,
+            dirty_blocks_per_file: 32,
+            upload_attempts: 3,
+            min_replicas: None,
+            commit_interval: std::time::Duration::from_secs(1),
+            session_label: format!("fs-client pid={}", std::process::id()),
+        }
+    }
+}
+
+/// A directory entry with its plaintext name.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Plaintext name bytes.
+    pub name: Vec<u8>,
+    /// Inode it names.
+    pub ino: InodeId,
+    /// Type.
+    pub kind: FileKind,
+    /// Resume cookie (see `DirService::readdir`).
+    pub cookie: u64,
+}
+
+/// Result of a finished upload.
+#[derive(Clone)]
+struct Uploaded {
+    stored: StoredChunk,
+    locs: Vec<PeerLoc>,
+}
+
+/// Where a block's current content comes from.
+enum Source {
+    Hole,
+    Local(Block),
+    Remote(BlockLoc),
+}
+
+/// Local state of one open regular file.
+struct FileState {
+    ino: InodeId,
+    /// Size in bytes as this client sees it.
+    size: u64,
+    /// Blocks stored on peers (committed, or uploaded and awaiting commit).
+    layout: BTreeMap<u64, BlockLoc>,
+    /// Blocks written but not yet handed to an upload.
+    dirty: BTreeMap<u64, Block>,
+    /// Uploads in flight: the content being uploaded and the task.
+    uploading: BTreeMap<u64, (Block, JoinHandle<Result<Uploaded>>)>,
+    /// Finished uploads (and holes) not yet committed to dirsvc.
+    uncommitted: BTreeMap<u64, Option<StoredChunk>>,
+    /// Size or mtime changed locally and must be committed.
+    meta_dirty: bool,
+    mtime: Timestamp,
+    /// An upload failure not yet reported to the application.
+    error: Option<Error>,
+    /// When `uncommitted` last went from empty to non-empty.
+    uncommitted_since: Option<std::time::Instant>,
+}
+
+impl FileState {
+    fn has_local_changes(&self) -> bool {
+        self.meta_dirty
+            || !self.dirty.is_empty()
+            || !self.uploading.is_empty()
+            || !self.uncommitted.is_empty()
+    }
+}
+
+impl FileState {
+    /// Plaintext bytes in non-hole blocks, counting buffered ones: what
+    /// `st_blocks` reports while the file has unflushed changes.
+    fn stored_estimate(&self) -> u64 {
+        let overhead = codec::OVERHEAD as u64;
+        let mut total = 0u64;
+        for (idx, loc) in &self.layout {
+            if !self.dirty.contains_key(idx) && !self.uploading.contains_key(idx) {
+                total += u64::from(loc.len).saturating_sub(overhead);
+            }
+        }
+        for d in self.dirty.values().chain(self.uploading.values().map(|(d, _)| d)) {
+            total += d.len() as u64;
+        }
+        total
+    }
+}
+
+struct OpenFile {
+    opens: AtomicUsize,
+    state: tokio::sync::Mutex<FileState>,
+}
+
+struct Handle {
+    ino: InodeId,
+    /// End offset of the last read, for sequential-read detection.
+    last_read_end: AtomicU64,
+}
+
+/// The client filesystem over one volume.
+pub struct Fs {
+    dir: DirClient,
+    peers: PeerPool,
+    chunk_key: SubKey,
+    name_key: NameKey,
+    symlink_key: SubKey,
+    xattr_key: SubKey,
+    block_size: u64,
+    replicas: u32,
+    config: FsConfig,
+    cache: BlockCache,
+    uploads: Arc<Semaphore>,
+    files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    peer_failures: Mutex<HashMap<common::PeerId, std::time::Instant>>,
+    session: session::SessionState,
+    /// Drops the kernel's cached attributes and pages of an inode (set by
+    /// the mount; tests without FUSE have none).
+    invalidator: std::sync::OnceLock<Invalidator>,
+}
+
+/// A callback that drops the kernel's caches of an inode.
+pub type Invalidator = Arc<dyn Fn(InodeId) + Send + Sync>;
+
+/// Longest wait for the kernel to drop an inode's caches on a lock grant.
+/// Dropping pages may need dirty mmapped pages written back through this
+/// same mount; the wait runs off the async workers and is bounded, so a
+/// stuck invalidation can delay a lock but never stall the mount.
+const INVALIDATE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fs {
+    /// Opens the volume served by `dir` with the unwrapped `secret`.
+    pub fn new(dir: DirClient, volume: &VolumeInfo, secret: &VolumeSecret, config: FsConfig) -> Arc<Self> {
+        let block_size = u64::from(volume.block_size);
+        Arc::new(Fs {
+            dir,
+            peers: PeerPool::default(),
+            chunk_key: secret.chunk_key(),
+            name_key: secret.name_key(),
+            symlink_key: secret.symlink_key(),
+            xattr_key: secret.xattr_value_key(),
+            block_size,
+            replicas: volume.replicas,
+            cache: BlockCache::new(config.cache_bytes, block_size),
+            uploads: Arc::new(Semaphore::new(config.uploads_in_flight.max(1))),
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            peer_failures: Mutex::new(HashMap::new()),
+            session: session::SessionState::new(config.session_label.clone()),
+            invalidator: std::sync::OnceLock::new(),
+            config,
+        })
+    }
+
+    /// Sets the callback that drops the kernel's caches of an inode (the
+    /// mount passes fuser's notifier). Only the first call takes effect.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    /// Reloads size and layout of `ino` if this client has it open with no
+    /// unflushed changes, and drops the kernel's caches of it: what another
+    /// client committed before releasing a lock becomes visible to this
+    /// one once it holds the lock (as NFS revalidates on lock).
+    ///
+    /// Errors: dirsvc and transport errors.
+    pub(crate) async fn revalidate(&self, ino: InodeId) -> Result<()> {
+        let file = lock(&self.files).get(&ino).cloned();
+        let Some(f) = file else { return Ok(()) };
+        let changed = {
+            let mut st = f.state.lock().await;
+            self.refresh_clean(&mut st).await?
+        };
+        // Only a change made elsewhere needs the kernel's pages dropped; a
+        // file only this mount wrote (or mapped) keeps its cache.
+        if changed {
+            if let Some(inval) = self.invalidator.get().cloned() {
+                let task = tokio::task::spawn_blocking(move || inval(ino));
+                if tokio::time::timeout(INVALIDATE_WAIT, task).await.is_err() {
+                    warn!(ino = %ino, "the kernel did not drop its cached pages in time; reads may be stale until the next open");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads size, mtime and layout of a file with no unflushed changes
+    /// from dirsvc; returns whether another client changed it.
+    ///
+    /// Errors: dirsvc and transport errors.
+    async fn refresh_clean(&self, st: &mut FileState) -> Result<bool> {
+        if st.has_local_changes() {
+            return Ok(false);
+        }
+        let (attr, layout) = self.load_layout(st.ino).await?;
+        let same = attr.size == st.size
+            && attr.mtime == st.mtime
+            && layout.len() == st.layout.len()
+            && layout.iter().zip(&st.layout).all(|((i, a), (j, b))| i == j && a.chunk == b.chunk);
+        if !same {
+            st.size = attr.size;
+            st.mtime = attr.mtime;
+            st.layout = layout;
+        }
+        Ok(!same)
+    }
+
+    /// Uploads and commits what this client buffers for `ino`, if anything
+    /// (before a lock on it is released).
+    ///
+    /// Errors: upload and dirsvc errors.
+    pub(crate) async fn flush_ino(self: &Arc<Self>, ino: InodeId) -> Result<()> {
+        let file = lock(&self.files).get(&ino).cloned();
+        match file {
+            Some(f) => {
+                let mut st = f.state.lock().await;
+                self.flush_locked(&mut st).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The volume's block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    fn seal_name(&self, parent: InodeId, name: &[u8]) -> Result<Vec<u8>> {
+        if name.len() > NAME_MAX {
+            return Err(Error::Errno(libc::ENAMETOOLONG, format!("name of {} bytes", name.len())));
+        }
+        Ok(self.name_key.seal(parent, name))
+    }
+}
+
+pub use extents::Seek;
+pub use locks::{LockRequest, LockType};
+
+mod extents;
+mod locks;
+mod namespace;
+mod open;
+mod read;
+mod session;
+mod truncate;
+mod upload;
+mod write;
+mod xattr;
+
+#[cfg(test)]
+mod tests;

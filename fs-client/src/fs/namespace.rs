@@ -1,0 +1,224 @@
+//! Namespace calls: lookup and attributes (with the local size of files
+//! that have unflushed writes), make, remove, rename and link entries,
+//! symlinks, directory listings and `statfs`. Names are sealed here, before
+//! they leave the client.
+
+use super::{lock, Entry, Fs};
+use crate::error::{Error, Result};
+use common::codec;
+use common::config::SYMLINK_MAX;
+use common::rpc::dir::{Attr, FileKind, NewInode, SetAttr, StatFs};
+use common::InodeId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tracing::warn;
+
+impl Fs {
+    // ----- namespace -------------------------------------------------------
+
+    /// Looks `name` up in `parent`. Errors: `ENOENT` and friends via dirsvc.
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
+        let sealed = self.seal_name(parent, name)?;
+        let attr = self
+            .dir
+            .call(|c, ctx| {
+                let s = sealed.clone();
+                async move { c.lookup(ctx, parent, s).await }
+            })
+            .await?;
+        Ok(self.overlay(attr).await)
+    }
+
+    /// Attributes of `ino`, with the local size and mtime of an open file
+    /// that has unflushed writes.
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        let attr = self.dir.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
+        Ok(self.overlay(attr).await)
+    }
+
+    pub(super) async fn overlay(&self, mut attr: Attr) -> Attr {
+        let file = lock(&self.files).get(&attr.ino).cloned();
+        if let Some(f) = file {
+            let st = f.state.lock().await;
+            if st.has_local_changes() {
+                attr.size = st.size;
+                attr.mtime = st.mtime;
+                // A write changes ctime too; dirsvc sets it at commit.
+                attr.ctime = attr.ctime.max(st.mtime);
+                attr.stored_bytes = st.stored_estimate();
+            }
+        }
+        attr
+    }
+
+    /// Changes attributes. A size change goes through [`Fs::truncate`]; an
+    /// open file is flushed first so later commits cannot undo an explicit
+    /// mtime.
+    pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        if let Some(size) = set.size {
+            self.truncate(ino, size).await?;
+        }
+        let rest = SetAttr { size: None, ..set };
+        let file = lock(&self.files).get(&ino).cloned();
+        if let Some(f) = &file {
+            let mut st = f.state.lock().await;
+            self.flush_locked(&mut st).await?;
+            if let Some(m) = rest.mtime {
+                st.mtime = m;
+            }
+        }
+        if rest == SetAttr::default() {
+            return self.getattr(ino).await;
+        }
+        self.dir
+            .call(|c, ctx| {
+                let r = rest.clone();
+                async move { c.setattr(ctx, ino, r).await }
+            })
+            .await
+    }
+
+    /// Makes a directory.
+    pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
+        let sealed = self.seal_name(parent, name)?;
+        self.dir
+            .call(|c, ctx| {
+                let s = sealed.clone();
+                async move { c.mkdir(ctx, parent, s, perm, uid, gid).await }
+            })
+            .await
+    }
+
+    /// Makes a special node (FIFO, socket, device) or an empty regular file.
+    pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
+        let sealed = self.seal_name(parent, name)?;
+        self.dir
+            .call(|c, ctx| {
+                let (s, n) = (sealed.clone(), new.clone());
+                async move { c.create(ctx, parent, s, n).await }
+            })
+            .await
+    }
+
+    /// Creates and opens a regular file; returns its attributes and handle.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Attr, u64)> {
+        let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
+        let attr = self.mknod(parent, name, new).await?;
+        self.mark_open(attr.ino).await?;
+        let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
+        Ok((attr, fh))
+    }
+
+    /// Removes a file, symlink or node.
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        let sealed = self.seal_name(parent, name)?;
+        self.dir
+            .call(|c, ctx| {
+                let s = sealed.clone();
+                async move { c.unlink(ctx, parent, s).await }
+            })
+            .await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        let sealed = self.seal_name(parent, name)?;
+        self.dir
+            .call(|c, ctx| {
+                let s = sealed.clone();
+                async move { c.rmdir(ctx, parent, s).await }
+            })
+            .await
+    }
+
+    /// Renames atomically; `flags` as `renameat2` (NOREPLACE, EXCHANGE).
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        let from = self.seal_name(parent, name)?;
+        let to = self.seal_name(new_parent, new_name)?;
+        self.dir
+            .call(|c, ctx| {
+                let (f, t) = (from.clone(), to.clone());
+                async move { c.rename(ctx, parent, f, new_parent, t, flags).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a hard link.
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr> {
+        let sealed = self.seal_name(new_parent, new_name)?;
+        self.dir
+            .call(|c, ctx| {
+                let s = sealed.clone();
+                async move { c.link(ctx, ino, new_parent, s).await }
+            })
+            .await
+    }
+
+    /// Makes a symlink; the target is sealed. `ENAMETOOLONG` above 4095 bytes.
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        if target.len() > SYMLINK_MAX {
+            return Err(Error::Errno(
+                libc::ENAMETOOLONG,
+                format!("symlink target of {} bytes", target.len()),
+            ));
+        }
+        let sealed = self.seal_name(parent, name)?;
+        let t = codec::seal_bytes(&self.symlink_key, target, SYMLINK_MAX)?;
+        let size = target.len() as u64;
+        self.dir
+            .call(|c, ctx| {
+                let (s, t) = (sealed.clone(), t.clone());
+                async move { c.symlink(ctx, parent, s, t, size, uid, gid).await }
+            })
+            .await
+    }
+
+    /// The plaintext target of a symlink.
+    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>> {
+        let sealed = self.dir.call(|c, ctx| async move { c.readlink(ctx, ino).await }).await?;
+        Ok(codec::open_bytes(&self.symlink_key, &sealed)?)
+    }
+
+    /// Up to `limit` entries of `dir` after `cookie`, names opened. An entry
+    /// whose name does not open with this volume's key is skipped and logged.
+    pub async fn readdir(&self, dir: InodeId, cookie: u64, limit: u32) -> Result<(Vec<Entry>, bool)> {
+        let page = self.dir.call(|c, ctx| async move { c.readdir(ctx, dir, cookie, limit).await }).await?;
+        let mut out = Vec::with_capacity(page.entries.len());
+        for e in page.entries {
+            match self.name_key.open(dir, &e.name) {
+                Ok(name) => out.push(Entry { name, ino: e.ino, kind: e.kind, cookie: e.cookie }),
+                Err(_) => {
+                    warn!(dir = %dir, ino = %e.ino, "directory entry name does not open with the volume key; skipped")
+                }
+            }
+        }
+        Ok((out, page.eof))
+    }
+
+    /// Capacity over the live peers.
+    pub async fn statfs(&self) -> Result<StatFs> {
+        self.dir.call(|c, ctx| async move { c.statfs(ctx).await }).await
+    }
+}

@@ -1,0 +1,172 @@
+//! Opening and closing files: loading a layout (close-to-open), the
+//! per-inode state shared by every handle, flush and release.
+
+use super::{lock, FileState, Fs, Handle, OpenFile};
+use crate::error::{Error, Result};
+use common::rpc::dir::{Attr, BlockLoc, FileKind};
+use common::InodeId;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tracing::error;
+
+impl Fs {
+    // ----- open / close ------------------------------------------------------
+
+    pub(super) async fn load_layout(&self, ino: InodeId) -> Result<(Attr, BTreeMap<u64, BlockLoc>)> {
+        let mut layout = BTreeMap::new();
+        let mut first = 0u64;
+        loop {
+            let page =
+                self.dir.call(|c, ctx| async move { c.get_layout(ctx, ino, first, 4096).await }).await?;
+            let last = page.blocks.last().map(|b| b.index);
+            for b in page.blocks {
+                layout.insert(b.index, b);
+            }
+            if page.eof {
+                return Ok((page.attr, layout));
+            }
+            // A page covers block indexes [first, first + 4096): an empty one
+            // that is not the end means a long hole; skip past it.
+            first = match last {
+                Some(l) => l + 1,
+                None => first + 4096,
+            };
+        }
+    }
+
+    /// Registers a new handle on `attr.ino`, creating the file's state from
+    /// `layout` if this process has none. Returns the handle, the state and
+    /// whether the state already existed.
+    pub(super) fn open_loaded(
+        &self,
+        attr: &Attr,
+        layout: BTreeMap<u64, BlockLoc>,
+    ) -> (u64, Arc<OpenFile>, bool) {
+        let (file, existed) = {
+            let mut files = lock(&self.files);
+            let existed = files.contains_key(&attr.ino);
+            let f = files
+                .entry(attr.ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        opens: AtomicUsize::new(0),
+                        state: tokio::sync::Mutex::new(FileState {
+                            ino: attr.ino,
+                            size: attr.size,
+                            layout,
+                            dirty: BTreeMap::new(),
+                            uploading: BTreeMap::new(),
+                            uncommitted: BTreeMap::new(),
+                            meta_dirty: false,
+                            mtime: attr.mtime,
+                            error: None,
+                            uncommitted_since: None,
+                        }),
+                    })
+                })
+                .clone();
+            // Counted under the map's lock so a concurrent last release
+            // cannot drop the state this handle is about to use.
+            f.opens.fetch_add(1, Ordering::SeqCst);
+            (f, existed)
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        lock(&self.handles).insert(fh, Arc::new(Handle { ino: attr.ino, last_read_end: AtomicU64::new(0) }));
+        (fh, file, existed)
+    }
+
+    /// Opens a regular file: fetches its layout (close-to-open) and uses it
+    /// unless this process holds unflushed changes to the file; `truncate`
+    /// empties it (`O_TRUNC`). Returns the handle.
+    pub async fn open(self: &Arc<Self>, ino: InodeId, truncate: bool) -> Result<u64> {
+        self.mark_open(ino).await?;
+        let (attr, layout) = match self.load_layout(ino).await {
+            Ok(l) if l.0.kind == FileKind::File => l,
+            Ok(_) => {
+                self.unmark_open(ino).await;
+                return Err(Error::Errno(libc::EINVAL, "not a regular file".into()));
+            }
+            Err(e) => {
+                self.unmark_open(ino).await;
+                return Err(e);
+            }
+        };
+        let (fh, f, existed) = self.open_loaded(&attr, layout.clone());
+        if existed {
+            let mut st = f.state.lock().await;
+            if !st.has_local_changes() {
+                st.size = attr.size;
+                st.mtime = attr.mtime;
+                st.layout = layout;
+            }
+        }
+        if truncate {
+            if let Err(e) = self.truncate(ino, 0).await {
+                self.release(fh).await.ok();
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::Errno(libc::EBADF, format!("unknown handle {fh}")))
+    }
+
+    pub(super) fn file(&self, ino: InodeId) -> Result<Arc<OpenFile>> {
+        lock(&self.files)
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| Error::Errno(libc::EBADF, format!("inode {ino} is not open")))
+    }
+
+    /// Flushes the file behind `fh`: uploads dirty blocks and commits the
+    /// layout. Returns the first upload error not yet reported.
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        let f = self.file(h.ino)?;
+        let mut st = f.state.lock().await;
+        self.flush_locked(&mut st).await
+    }
+
+    /// Closes a handle: flushes, and forgets the file's state after its last
+    /// handle if nothing is left unflushed.
+    pub async fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
+        let Some(h) = lock(&self.handles).remove(&fh) else { return Ok(()) };
+        let f = self.file(h.ino)?;
+        let r = {
+            let mut st = f.state.lock().await;
+            let r = self.flush_locked(&mut st).await;
+            let clean = !st.has_local_changes();
+            let mut files = lock(&self.files);
+            if f.opens.fetch_sub(1, Ordering::SeqCst) == 1 && clean {
+                files.remove(&h.ino);
+            }
+            r
+        };
+        self.unmark_open(h.ino).await;
+        if let Err(e) = &r {
+            error!(ino = %h.ino, error = %e, "close: data of this file could not be stored; it stays buffered and is retried on the next flush");
+        }
+        r
+    }
+
+    /// Flushes every open file (on unmount). Returns the number of files
+    /// whose data could not be stored.
+    pub async fn flush_all(self: &Arc<Self>) -> usize {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        let mut failed = 0;
+        for f in files {
+            let mut st = f.state.lock().await;
+            if let Err(e) = self.flush_locked(&mut st).await {
+                error!(ino = %st.ino, error = %e, "unflushed data could not be stored");
+                failed += 1;
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,197 @@
+//! Storing blocks: seal a block, place it on R peers (dirsvc's placement,
+//! or the up peers with the most room when that cannot help), put it on
+//! them in parallel, and classify what went wrong when it could not be
+//! stored.
+
+use super::{lock, FileState, Fs, Uploaded, PEER_FAILURE_MEMORY};
+use crate::cache::Block;
+use crate::error::{Error, Result};
+use common::codec;
+use common::rpc::dir::{BlockLoc, DirError, StoredChunk};
+use common::rpc::PeerLoc;
+use common::InodeId;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, error, info, warn};
+
+impl Fs {
+    /// Hands dirty block `idx` to a background upload, waiting for an upload
+    /// slot first (this is the write path's backpressure).
+    pub(super) async fn start_upload(self: &Arc<Self>, st: &mut FileState, idx: u64) {
+        let Some(data) = st.dirty.remove(&idx) else { return };
+        if super::extents::all_zero(&data) {
+            // A block of zeros is a hole: nothing to store.
+            st.layout.remove(&idx);
+            st.uncommitted.insert(idx, None);
+            st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+            return;
+        }
+        let permit = match self.uploads.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let me = self.clone();
+        let d = data.clone();
+        let ino = st.ino;
+        let task = tokio::spawn(async move { me.upload(ino, idx, d, permit).await });
+        st.uploading.insert(idx, (data, task));
+    }
+
+    /// Seals one block and stores it on R distinct peers.
+    pub(super) async fn upload(
+        self: Arc<Self>,
+        ino: InodeId,
+        idx: u64,
+        data: Block,
+        _permit: OwnedSemaphorePermit,
+    ) -> Result<Uploaded> {
+        let key = self.chunk_key.clone();
+        let plain = data.clone();
+        let sealed = tokio::task::spawn_blocking(move || codec::seal(&key, &plain))
+            .await
+            .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
+        let len = sealed.bytes.len() as u64;
+        let want = self.replicas as usize;
+        let min = self.min_replicas() as usize;
+        let mut failed: Vec<common::PeerId> = Vec::new();
+        let mut stored: Vec<PeerLoc> = Vec::new();
+        let mut errors = Vec::new();
+        // Whether every failure so far says "no room" (then ENOSPC, not EIO).
+        let mut space_only = true;
+        for attempt in 0..self.config.upload_attempts.max(1) {
+            // The second attempt goes at once (to other peers); later ones
+            // back off.
+            if attempt > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            let skip: Vec<common::PeerId> = stored
+                .iter()
+                .map(|p| p.id)
+                .chain(failed.iter().copied())
+                .chain(self.recently_failed())
+                .collect();
+            let targets = match self.place(len, &skip).await {
+                Ok(t) => t.into_iter().take(want - stored.len()).collect::<Vec<_>>(),
+                Err(e) => {
+                    space_only &= matches!(e, Error::Dir(DirError::NoPeers { .. }));
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            if targets.is_empty() {
+                space_only = false;
+                errors.push("no live peer can take the block".into());
+                continue;
+            }
+            let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, sealed.bytes.clone()));
+            for (p, r) in targets.iter().zip(futures::future::join_all(puts).await) {
+                match r {
+                    Ok(()) => stored.push(p.clone()),
+                    Err(e) => {
+                        failed.push(p.id);
+                        lock(&self.peer_failures).insert(p.id, std::time::Instant::now());
+                        space_only &= matches!(e, Error::Peer(common::rpc::peer::PeerError::NoSpace));
+                        warn!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
+                        errors.push(format!("{}: {e}", p.addr));
+                    }
+                }
+            }
+            if stored.len() >= want {
+                break;
+            }
+        }
+        if stored.len() < min {
+            if space_only && !errors.is_empty() {
+                return Err(Error::NoSpace(format!("block {idx} of inode {ino}: {}", errors.join("; "))));
+            }
+            return Err(Error::Upload(format!(
+                "block {idx} of inode {ino}: stored on {} of {want} peers, {min} needed ({})",
+                stored.len(),
+                errors.join("; ")
+            )));
+        }
+        if stored.len() < want {
+            info!(ino = %ino, block = idx, stored = stored.len(), want, "block stored degraded; repair will add the missing replicas");
+        }
+        debug!(ino = %ino, block = idx, chunk = %sealed.id, "block stored");
+        self.cache.insert(sealed.id, data);
+        Ok(Uploaded {
+            stored: StoredChunk {
+                id: sealed.id,
+                len: len as u32,
+                replicas: stored.iter().map(|p| p.id).collect(),
+            },
+            locs: stored,
+        })
+    }
+
+    /// Peers whose put failed within [`PEER_FAILURE_MEMORY`]: skipped by
+    /// placement for other blocks too, so a dead peer costs one failed put,
+    /// not one per block, until dirsvc notices it is gone.
+    pub(super) fn recently_failed(&self) -> Vec<common::PeerId> {
+        let mut f = lock(&self.peer_failures);
+        f.retain(|_, at| at.elapsed() < PEER_FAILURE_MEMORY);
+        f.keys().copied().collect()
+    }
+
+    /// Replicas needed to acknowledge a write (see [`FsConfig::min_replicas`]).
+    pub(super) fn min_replicas(&self) -> u32 {
+        self.config.min_replicas.unwrap_or(self.replicas / 2 + 1).clamp(1, self.replicas.max(1))
+    }
+
+    /// Peers to store one more copy of a chunk on, excluding `skip` (peers
+    /// that hold it or just failed): dirsvc's placement, or, when that
+    /// cannot help (fewer than R peers up, or it names only skipped peers),
+    /// the up peers with the most free space.
+    pub(super) async fn place(&self, len: u64, skip: &[common::PeerId]) -> Result<Vec<PeerLoc>> {
+        let fresh = |p: &PeerLoc| !skip.contains(&p.id);
+        match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
+            Ok(mut sets) if !sets.is_empty() => {
+                let placed: Vec<PeerLoc> = sets.swap_remove(0).into_iter().filter(|p| fresh(p)).collect();
+                if !placed.is_empty() {
+                    return Ok(placed);
+                }
+            }
+            Ok(_) | Err(Error::Dir(DirError::NoPeers { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        let mut peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+        peers.retain(|p| p.state == common::rpc::dir::PeerState::Up && fresh(&p.loc));
+        peers.sort_by_key(|p| std::cmp::Reverse(p.usage.free_bytes));
+        Ok(peers.into_iter().map(|p| p.loc).collect())
+    }
+
+    pub(super) fn apply_upload(st: &mut FileState, idx: u64, r: Result<Uploaded>, data: Block) {
+        match r {
+            Ok(u) => {
+                st.layout.insert(
+                    idx,
+                    BlockLoc { index: idx, chunk: u.stored.id, len: u.stored.len, replicas: u.locs },
+                );
+                st.uncommitted.insert(idx, Some(u.stored));
+                st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+            }
+            Err(e) => {
+                error!(ino = %st.ino, block = idx, error = %e, "block upload failed; it stays buffered");
+                // Keep the data so the next flush retries; a newer write to
+                // the same block (already in `dirty`) wins.
+                st.dirty.entry(idx).or_insert(data);
+                st.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Applies finished uploads without waiting for running ones.
+    pub(super) fn reap(&self, st: &mut FileState) {
+        let done: Vec<u64> =
+            st.uploading.iter().filter(|(_, (_, t))| t.is_finished()).map(|(i, _)| *i).collect();
+        for idx in done {
+            if let Some((data, task)) = st.uploading.remove(&idx) {
+                let r = futures::FutureExt::now_or_never(task)
+                    .unwrap_or_else(|| Ok(Err(Error::Upload("upload task vanished".into()))))
+                    .unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
+                Self::apply_upload(st, idx, r, data);
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The write path: writes land in per-file block buffers; full blocks go
+//! to [`super::upload`]; flush waits for the uploads and commits the new
+//! layout to dirsvc in batches.
+
+use super::{lock, FileState, Fs, Source, COMMIT_BATCH};
+use crate::error::{Error, Result};
+use common::rpc::dir::{CommitLayout, DirError, StoredChunk};
+use common::time::Timestamp;
+use std::sync::Arc;
+use tracing::{debug, error, warn};
+
+impl Fs {
+    // ----- write path ----------------------------------------------------------
+
+    /// Writes `data` at `offset` through handle `fh`; returns bytes written.
+    /// Errors: a pending upload failure (`EIO`), or a failed read of a block
+    /// that a partial write must merge with.
+    pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        let f = self.file(h.ino)?;
+        let mut st = f.state.lock().await;
+        self.write_locked(&mut st, offset, data).await
+    }
+
+    /// Writes `data` at the end of the file behind `fh` (`O_APPEND`), as this
+    /// client knows the end: the size at open, after its own writes, and
+    /// after every lock this client is granted (so appends from several
+    /// mounts under a lock land one after another). Returns bytes written.
+    ///
+    /// Errors: as [`Fs::write`].
+    pub async fn append(self: &Arc<Self>, fh: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        let f = self.file(h.ino)?;
+        let mut st = f.state.lock().await;
+        let end = st.size;
+        self.write_locked(&mut st, end, data).await
+    }
+
+    pub(super) async fn write_locked(
+        self: &Arc<Self>,
+        st: &mut FileState,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32> {
+        self.reap(st);
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let b = self.block_size;
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / b;
+            let in_block = (pos % b) as usize;
+            let take = ((b - pos % b).min(end - pos)) as usize;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + take];
+            // Bytes of this block that currently hold data (the rest are zeros).
+            let valid = st.size.saturating_sub(idx * b).min(b) as usize;
+            let covers_all = in_block == 0 && take >= valid;
+            let mut block = match st.dirty.remove(&idx) {
+                Some(d) => d,
+                None => match st.uploading.remove(&idx) {
+                    Some((d, _superseded)) => d,
+                    None if covers_all => Arc::new(Vec::new()),
+                    None => match Self::source(st, idx) {
+                        Source::Remote(loc) => self.fetch_block(&loc).await?,
+                        Source::Local(d) => d,
+                        Source::Hole => Arc::new(Vec::new()),
+                    },
+                },
+            };
+            let buf = Arc::make_mut(&mut block);
+            if buf.len() < in_block + take {
+                buf.resize(in_block + take, 0);
+            }
+            buf[in_block..in_block + take].copy_from_slice(src);
+            let full = buf.len() as u64 == b && in_block + take == b as usize;
+            st.dirty.insert(idx, block);
+            pos += take as u64;
+            if full {
+                self.start_upload(st, idx).await;
+            }
+        }
+        if end > st.size {
+            st.size = end;
+        }
+        st.mtime = Timestamp::now();
+        st.meta_dirty = true;
+        while st.dirty.len() > self.config.dirty_blocks_per_file {
+            let Some(&idx) = st.dirty.keys().next() else { break };
+            self.start_upload(st, idx).await;
+        }
+        if st.uncommitted.len() >= COMMIT_BATCH {
+            self.commit(st).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    pub(super) fn source(st: &FileState, idx: u64) -> Source {
+        if let Some(d) = st.dirty.get(&idx) {
+            return Source::Local(d.clone());
+        }
+        if let Some((d, _)) = st.uploading.get(&idx) {
+            return Source::Local(d.clone());
+        }
+        match st.layout.get(&idx) {
+            Some(loc) => Source::Remote(loc.clone()),
+            None => Source::Hole,
+        }
+    }
+
+    /// Uploads everything dirty, waits for every upload, then commits.
+    pub(super) async fn flush_locked(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        let dirty: Vec<u64> = st.dirty.keys().copied().collect();
+        for idx in dirty {
+            self.start_upload(st, idx).await;
+        }
+        let uploading = std::mem::take(&mut st.uploading);
+        for (idx, (data, task)) in uploading {
+            let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
+            Self::apply_upload(st, idx, r, data);
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        self.commit(st).await
+    }
+
+    /// Commits finished uploads, size and mtime to dirsvc, in batches.
+    pub(super) async fn commit(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        if st.uncommitted.is_empty() && !st.meta_dirty {
+            return Ok(());
+        }
+        let ino = st.ino;
+        loop {
+            let batch: Vec<(u64, Option<StoredChunk>)> =
+                st.uncommitted.iter().take(COMMIT_BATCH).map(|(i, c)| (*i, c.clone())).collect();
+            let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
+            let r = self
+                .dir
+                .call(|c, ctx| {
+                    let cm = commit.clone();
+                    async move { c.commit_layout(ctx, ino, cm).await }
+                })
+                .await;
+            let attr = match r {
+                Ok(a) => a,
+                Err(Error::Dir(DirError::ChunkGone(gone))) => {
+                    // Garbage collection deleted a chunk this commit names (it
+                    // stayed uncommitted past the grace period). Store those
+                    // blocks again from the cache, or fail loudly.
+                    self.restore_gone(st, gone).await?;
+                    continue;
+                }
+                Err(Error::Dir(DirError::NotFound)) => {
+                    // The file was deleted (by this or another client): what
+                    // was buffered for it has nowhere to go. Its stored
+                    // chunks are orphans for garbage collection.
+                    debug!(ino = %ino, blocks = st.uncommitted.len(), "file deleted before its data was committed; dropping it");
+                    st.uncommitted.clear();
+                    st.meta_dirty = false;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            for (i, _) in &batch {
+                st.uncommitted.remove(i);
+            }
+            st.mtime = attr.mtime;
+            if st.uncommitted.is_empty() {
+                break;
+            }
+        }
+        st.meta_dirty = false;
+        st.uncommitted_since = None;
+        Ok(())
+    }
+
+    /// Commits the finished uploads of every open file whose oldest
+    /// uncommitted block has waited [`FsConfig::commit_interval`]. Files busy
+    /// in another operation are skipped (that operation commits). A failed
+    /// commit is logged; the blocks stay pending for the next commit.
+    pub async fn commit_idle(self: &Arc<Self>) {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        for f in files {
+            let Ok(mut st) = f.state.try_lock() else { continue };
+            self.reap(&mut st);
+            let due = st.uncommitted_since.is_some_and(|t| t.elapsed() >= self.config.commit_interval);
+            if due {
+                if let Err(e) = self.commit(&mut st).await {
+                    warn!(ino = %st.ino, error = %e, "periodic commit failed; retried later");
+                }
+            }
+        }
+    }
+
+    /// Re-stores every uncommitted block that names the collected chunk
+    /// `gone`, from the plaintext in the block cache.
+    ///
+    /// Errors: `EIO` if the plaintext is no longer cached.
+    pub(super) async fn restore_gone(
+        self: &Arc<Self>,
+        st: &mut FileState,
+        gone: common::ChunkId,
+    ) -> Result<()> {
+        let idxs: Vec<u64> = st
+            .uncommitted
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.id == gone))
+            .map(|(i, _)| *i)
+            .collect();
+        if idxs.is_empty() {
+            return Err(Error::Upload(format!(
+                "dirsvc says chunk {gone} is gone, but no pending block names it"
+            )));
+        }
+        for idx in idxs {
+            let Some(data) = self.cache.get(&gone) else {
+                error!(ino = %st.ino, block = idx, chunk = %gone, "an uncommitted block was garbage-collected and is no longer cached");
+                return Err(Error::Upload(format!(
+                    "block {idx} was garbage-collected before it was committed"
+                )));
+            };
+            warn!(ino = %st.ino, block = idx, chunk = %gone, "uncommitted block was garbage-collected; storing it again");
+            st.uncommitted.remove(&idx);
+            st.dirty.insert(idx, data);
+            self.start_upload(st, idx).await;
+        }
+        let uploading = std::mem::take(&mut st.uploading);
+        for (idx, (data, task)) in uploading {
+            let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
+            Self::apply_upload(st, idx, r, data);
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
