@@ -21,6 +21,7 @@ const CHUNK_CONTEXT: &str = "p2pfs 2026-11-30 chunk key v1";
 const NAME_CONTEXT: &str = "p2pfs 2026-11-30 name key v1";
 const SYMLINK_CONTEXT: &str = "p2pfs 2026-11-30 symlink target key v1";
 const XATTR_VALUE_CONTEXT: &str = "p2pfs 2026-12-01 xattr value key v1";
+const RECOVERY_CONTEXT: &str = "p2pfs 2026-12-06 client recovery file key v1";
 
 /// Bytes AES-SIV adds to a sealed name (the 16-byte synthetic IV).
 pub const NAME_OVERHEAD: usize = 16;
@@ -63,6 +64,13 @@ impl VolumeSecret {
     /// [`crate::codec::seal_bytes_ad`]).
     pub fn xattr_value_key(&self) -> SubKey {
         SubKey(blake3::derive_key(XATTR_VALUE_CONTEXT, &self.0))
+    }
+
+    /// The key that seals a client's recovery files: data it could not
+    /// store by unmount, kept on its local disk until the next mount stores
+    /// it (see `fs_client::fs::recovery`).
+    pub fn recovery_key(&self) -> SubKey {
+        SubKey(blake3::derive_key(RECOVERY_CONTEXT, &self.0))
     }
 
     /// The AES-SIV key (512 bits, from BLAKE3's extendable output) that seals
@@ -190,6 +198,7 @@ mod tests {
     fn sub_keys_differ_per_purpose() {
         let s = VolumeSecret::from_bytes([1; 32]);
         assert_ne!(s.chunk_key().as_bytes(), s.symlink_key().as_bytes());
+        assert_ne!(s.chunk_key().as_bytes(), s.recovery_key().as_bytes());
         assert_ne!(&s.name_key().0[..32], s.chunk_key().as_bytes());
     }
 

@@ -23,9 +23,9 @@ pub enum Error {
     /// A block could not be stored on enough peers.
     #[error("upload failed: {0}")]
     Upload(String),
-    /// A block could not be stored because the peers are full (or there are
-    /// not enough live peers to place it).
-    #[error("no space: {0}")]
+    /// A block could not be stored because the peers that answered have no
+    /// room for it (ENOSPC).
+    #[error("no space left on the peers: {0}")]
     NoSpace(String),
     /// A peer answered with a domain error.
     #[error("peer: {0}")]
@@ -65,10 +65,13 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// The errno a FUSE reply carries for this error: ENOENT, EEXIST,
-    /// ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG, ENOSPC, ENODATA
-    /// (no such xattr), E2BIG, EAGAIN (lock held), or EIO for
-    /// anything that failed in transit or verification.
+    /// The errno a FUSE reply carries for this error, by the policy of
+    /// docs/SEMANTICS.md ("Errors"): ENOENT, EEXIST, ENOTEMPTY, ENOTDIR,
+    /// EISDIR, EINVAL, ENAMETOOLONG, ENODATA (no such xattr), E2BIG, EAGAIN
+    /// (lock held); ENOSPC when data or attributes did not fit (peers full,
+    /// also when some are down and the rest full; an inode's xattr budget);
+    /// EIO for anything that failed in transit or verification, including
+    /// no reachable peer at all.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Dir(d) => match d {
@@ -79,7 +82,7 @@ impl Error {
                 DirError::IsDir => libc::EISDIR,
                 DirError::Invalid(_) => libc::EINVAL,
                 DirError::NameTooLong => libc::ENAMETOOLONG,
-                DirError::NoPeers { .. } | DirError::NoSpace => libc::ENOSPC,
+                DirError::PeersFull { .. } | DirError::NoSpace => libc::ENOSPC,
                 DirError::NoAttr => libc::ENODATA,
                 DirError::TooBig => libc::E2BIG,
                 DirError::WouldBlock | DirError::Grace => libc::EAGAIN,
@@ -105,6 +108,7 @@ impl Error {
                 d,
                 DirError::Internal(_)
                     | DirError::NoPeers { .. }
+                    | DirError::PeersFull { .. }
                     | DirError::NotInitialized
                     | DirError::NoSession
                     | DirError::ChunkGone(_)

@@ -350,17 +350,21 @@ impl Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The kernel sets this on writes that bypass its page cache (our
+        // O_APPEND handles) when the writer lacks CAP_FSETID; on cached
+        // writes it clears setuid/setgid itself, through setattr.
+        let kill_suid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let r = if flags.0 & libc::O_APPEND != 0 {
             // The kernel's idea of the end may be stale (another mount
             // appended); the client's is revalidated on every lock.
-            self.rt.block_on(self.fs.append(fh.0, data))
+            self.rt.block_on(self.fs.append(fh.0, data, kill_suid))
         } else {
-            self.rt.block_on(self.fs.write(fh.0, offset, data))
+            self.rt.block_on(self.fs.write(fh.0, offset, data, kill_suid))
         };
         match r {
             Ok(n) => reply.written(n),

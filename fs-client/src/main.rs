@@ -65,6 +65,12 @@ enum Cmd {
         /// than R peers are up (default: a majority of R).
         #[arg(long)]
         min_replicas: Option<u32>,
+        /// Where data that cannot be stored by unmount (peers full or
+        /// unreachable) is kept, sealed, until the next mount stores it
+        /// (default: $XDG_STATE_HOME/p2pfs/recovery, or
+        /// ~/.local/state/p2pfs/recovery).
+        #[arg(long, env = "P2PFS_RECOVERY_DIR")]
+        recovery_dir: Option<PathBuf>,
         /// Where to mount.
         mountpoint: PathBuf,
     },
@@ -143,14 +149,31 @@ fn main() -> anyhow::Result<()> {
                 }
             })?;
         }
-        Cmd::Mount { dirsvc, identity, cache_mib, threads, uploads_in_flight, min_replicas, mountpoint } => {
+        Cmd::Mount {
+            dirsvc,
+            identity,
+            cache_mib,
+            threads,
+            uploads_in_flight,
+            min_replicas,
+            recovery_dir,
+            mountpoint,
+        } => {
             let fs = FsConfig {
                 cache_bytes: cache_mib << 20,
                 uploads_in_flight,
                 min_replicas,
                 ..FsConfig::default()
             };
-            fs_client::mount::run(MountConfig { dirsvc, identity, mountpoint, fuse_threads: threads, fs })?;
+            let recovery_dir = recovery_dir.unwrap_or_else(fs_client::mount::default_recovery_dir);
+            fs_client::mount::run(MountConfig {
+                dirsvc,
+                identity,
+                mountpoint,
+                fuse_threads: threads,
+                recovery_dir,
+                fs,
+            })?;
         }
         Cmd::Peers { dirsvc } => {
             let rt = tokio::runtime::Runtime::new()?;

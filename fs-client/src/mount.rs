@@ -2,6 +2,7 @@
 //! or an external unmount, and a clean detach that never hangs.
 
 use crate::error::{Error, Result};
+use crate::fs::recovery::{RecoverReport, RecoveryDir, Unstored};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::remote::DirClient;
@@ -22,6 +23,9 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// FUSE worker threads (default 8).
     pub fuse_threads: usize,
+    /// Where data that cannot be stored by unmount is kept (sealed) for
+    /// the next mount, one subdirectory per volume ([`crate::fs::recovery`]).
+    pub recovery_dir: PathBuf,
     /// Tunables of the core.
     pub fs: FsConfig,
 }
@@ -169,8 +173,12 @@ pub fn run(config: MountConfig) -> Result<()> {
             format!("{} pid={} {}", hostname(), std::process::id(), mountpoint.display());
         let fs = Fs::new(dir, &info, &secret, fs_config);
         fs.session_id().await?;
-        Ok::<_, Error>(fs)
+        let keeper = RecoveryDir::new(&config.recovery_dir, info.id, &secret);
+        let report = fs.recover(&keeper).await;
+        tell_recovered(&mountpoint, &keeper, &report);
+        Ok::<_, Error>((fs, keeper))
     })?;
+    let (fs, keeper) = fs;
     drop(id);
 
     let mut fc = fuser::Config::default();
@@ -204,7 +212,7 @@ pub fn run(config: MountConfig) -> Result<()> {
             }
         })
     };
-    let keeper = {
+    let session_keeper = {
         let fs = fs.clone();
         rt.spawn(async move { fs.keep_session().await })
     };
@@ -253,7 +261,8 @@ pub fn run(config: MountConfig) -> Result<()> {
     committer.abort();
     watcher.abort();
     let failed = rt.block_on(fs.flush_all());
-    keeper.abort();
+    let unstored = if failed.is_empty() { Vec::new() } else { rt.block_on(fs.unstored(&failed)) };
+    session_keeper.abort();
     rt.block_on(fs.close_session());
     if session.guard.is_finished() {
         if let Err(e) = session.join() {
@@ -264,8 +273,136 @@ pub fn run(config: MountConfig) -> Result<()> {
         std::mem::forget(session);
     }
     rt.shutdown_timeout(Duration::from_secs(2));
-    if failed > 0 {
-        return Err(Error::Upload(format!("{failed} file(s) had data that could not be stored")));
+    if unstored.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(keep_unstored(&mountpoint, &keeper, &unstored))
+}
+
+/// The default recovery directory: `$XDG_STATE_HOME/p2pfs/recovery`, else
+/// `$HOME/.local/state/p2pfs/recovery`, else `/var/lib/p2pfs/recovery`.
+pub fn default_recovery_dir() -> PathBuf {
+    let state =
+        std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".local/state"))
+        });
+    match state {
+        Some(s) => s.join("p2pfs").join("recovery"),
+        None => PathBuf::from("/var/lib/p2pfs/recovery"),
+    }
+}
+
+/// The prefix of the lines fs-client writes to stderr for a person to read
+/// (scripts/down.sh shows them): data kept or lost, data recovered.
+pub const NOTICE_PREFIX: &str = "fs-client: ";
+
+/// `bytes` in the largest binary unit that keeps it above 1 (`1.5 MiB`).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `mountpoint` joined with a path below the volume's root.
+fn full_path(mountpoint: &Path, path: &str) -> String {
+    if path.starts_with('/') {
+        format!("{}{path}", mountpoint.display())
+    } else {
+        format!("{}/{path}", mountpoint.display())
+    }
+}
+
+/// Keeps each file's unstored data in a recovery file and tells the person
+/// on stderr which files, how many bytes and where; returns the error the
+/// mount ends with (so the process exits non-zero).
+fn keep_unstored(mountpoint: &Path, keeper: &RecoveryDir, unstored: &[Unstored]) -> Error {
+    let total: u64 = unstored.iter().map(Unstored::data_bytes).sum();
+    let mut lost = Vec::new();
+    let mut lines = Vec::new();
+    for u in unstored {
+        let path = full_path(mountpoint, &u.path);
+        match keeper.keep(u) {
+            Ok(file) => {
+                warn!(ino = %u.ino, path = %path, bytes = u.data_bytes(), file = %file.display(), "unstored data kept for the next mount");
+                lines.push(format!("  {path} ({}): {}", human(u.data_bytes()), u.error));
+            }
+            Err(e) => {
+                tracing::error!(ino = %u.ino, path = %path, error = %e, "unstored data could not be kept either; it is lost");
+                lost.push(format!(
+                    "  {path} ({}): {} — and keeping it failed: {e}",
+                    human(u.data_bytes()),
+                    u.error
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        eprintln!(
+            "{NOTICE_PREFIX}{} file(s) on {} could not be stored ({} in all). The data is kept, sealed, in {} and stored by the next mount of this volume:",
+            lines.len(),
+            mountpoint.display(),
+            human(total),
+            keeper.dir().display()
+        );
+        for l in &lines {
+            eprintln!("{NOTICE_PREFIX}{l}");
+        }
+    }
+    if !lost.is_empty() {
+        eprintln!(
+            "{NOTICE_PREFIX}{} file(s) could neither be stored nor kept; their unstored data is LOST:",
+            lost.len()
+        );
+        for l in &lost {
+            eprintln!("{NOTICE_PREFIX}{l}");
+        }
+    }
+    Error::Upload(format!(
+        "{} file(s) had data that could not be stored ({}); {}",
+        unstored.len(),
+        human(total),
+        if lost.is_empty() {
+            format!("kept in {} for the next mount", keeper.dir().display())
+        } else {
+            format!("{} of them could not be kept", lost.len())
+        }
+    ))
+}
+
+/// Tells the person on stderr what happened to data kept by an earlier
+/// mount (nothing if there was none).
+fn tell_recovered(mountpoint: &Path, keeper: &RecoveryDir, r: &RecoverReport) {
+    for (path, bytes) in &r.stored {
+        eprintln!(
+            "{NOTICE_PREFIX}stored {} kept by an earlier mount for {}",
+            human(*bytes),
+            full_path(mountpoint, path)
+        );
+    }
+    for (path, bytes) in &r.deleted {
+        eprintln!(
+            "{NOTICE_PREFIX}{} was deleted since an earlier mount kept {} of its data; that data is dropped",
+            full_path(mountpoint, path),
+            human(*bytes)
+        );
+    }
+    for (path, e) in &r.pending {
+        eprintln!(
+            "{NOTICE_PREFIX}data kept for {} still cannot be stored ({e}); it stays in {} and is retried",
+            full_path(mountpoint, path),
+            keeper.dir().display()
+        );
+    }
+    for (file, e) in &r.unreadable {
+        eprintln!("{NOTICE_PREFIX}recovery file {} cannot be read ({e}); left in place", file.display());
+    }
 }

@@ -61,9 +61,10 @@ impl Fs {
         let f = self.file(h.ino)?;
         let mut st = f.state.lock().await;
         self.reap(&mut st);
-        if let Some(e) = st.error.take() {
-            return Err(e);
+        if let Some(Some(e)) = st.writers.get(&fh) {
+            return Err(e.clone());
         }
+        st.writers.entry(fh).or_insert(None);
         if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
             let zero_to = end.min(st.size);
             if offset < zero_to {
@@ -77,7 +78,8 @@ impl Fs {
         if st.meta_dirty {
             st.mtime = Timestamp::now();
         }
-        self.flush_locked(&mut st).await
+        let r = self.flush_locked(&mut st).await;
+        st.outcome_for(fh, r)
     }
 
     /// Makes bytes `[start, end)` (within the file's size) read as zeros.
@@ -165,6 +167,10 @@ impl Fs {
             let shared = match shareable.get(&(pos / b)) {
                 Some(loc) => {
                     let mut st = fout.state.lock().await;
+                    if let Some(Some(e)) = st.writers.get(&fh_out) {
+                        return Err(e.clone());
+                    }
+                    st.writers.entry(fh_out).or_insert(None);
                     self.share_block(&mut st, (off_out + pos) / b, piece, loc.as_ref(), dst_end)
                 }
                 _ => false,
@@ -174,7 +180,7 @@ impl Fs {
                 if data.is_empty() {
                     break;
                 }
-                self.write(fh_out, off_out + pos, &data).await?;
+                self.write(fh_out, off_out + pos, &data, false).await?;
                 pos += data.len() as u64;
                 continue;
             }

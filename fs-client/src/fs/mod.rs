@@ -19,6 +19,14 @@
 //!
 //! Invariant kept by every path: a stored block's plaintext is never longer
 //! than the file's size allows (`size - index·B`), so bytes past the end of a
+//! file that later grows read as zeros.
+//!
+//! Errors storing data belong to the handles that wrote it (see
+//! `FileState::writers`): a reader's close never fails because another
+//! handle's upload failed, and the writer sees the error on its next write,
+//! fsync and close until the data is stored. Data that cannot be stored by
+//! unmount is kept in a sealed recovery file ([`recovery`]) that the next
+//! mount stores.
 //!
 //! Layout of this module, one concern per file:
 //! - `mod.rs`: [`Fs`], its settings and the per-file state types;
@@ -30,7 +38,10 @@
 //! - `read.rs`: the read path (verified fetches, cache, read-ahead);
 //! - `extents.rs`: fallocate, copy_file_range, SEEK_DATA/SEEK_HOLE;
 //! - `locks.rs`, `session.rs`, `xattr.rs`: locks, the dirsvc session and
-//!   extended attributes.
+//!   extended attributes;
+//! - `names.rs`: the last known path of inodes, for messages;
+//! - `recovery.rs`: keeping data that could not be stored at unmount, and
+//!   storing it at the next mount.
 
 use crate::cache::{Block, BlockCache};
 use crate::error::{Error, Result};
@@ -38,7 +49,7 @@ use crate::remote::{DirClient, PeerPool};
 use common::codec;
 use common::config::NAME_MAX;
 use common::keys::{NameKey, SubKey, VolumeSecret};
-use common::rpc::dir::{BlockLoc, FileKind, StoredChunk, VolumeInfo};
+use common::rpc::dir::{Attr, BlockLoc, FileKind, StoredChunk, VolumeInfo};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use common::InodeId;
@@ -55,6 +66,10 @@ pub const COMMIT_BATCH: usize = 1024;
 /// How long a peer whose put failed is avoided by new uploads (5 s, about
 /// when dirsvc stops placing on a silent peer).
 pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often data whose upload failed (peers full or unreachable) is tried
+/// again in the background while no handle flushes it (15 s).
+pub const FAILED_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Tunables of the client core.
 #[derive(Clone, Debug)]
@@ -142,13 +157,79 @@ struct FileState {
     /// Size or mtime changed locally and must be committed.
     meta_dirty: bool,
     mtime: Timestamp,
-    /// An upload failure not yet reported to the application.
-    error: Option<Error>,
+    /// Permission bits (`mode & 0o7777`) as last seen, so a write by a caller
+    /// without `CAP_FSETID` knows whether setuid/setgid must be cleared.
+    perm: u32,
+    /// Handles that wrote data not yet stored, each with the storage error
+    /// it has been told about or must be told about (sticky until the file
+    /// is stored completely: every write, fsync and close of that handle
+    /// returns it). A complete flush empties it.
+    writers: HashMap<u64, Option<Error>>,
+    /// The last storage failure of this file, for the unmount report;
+    /// cleared by a complete flush.
+    failure: Option<Error>,
     /// When `uncommitted` last went from empty to non-empty.
     uncommitted_since: Option<std::time::Instant>,
+    /// When data of this file whose upload failed was last tried again.
+    retried_at: Option<std::time::Instant>,
 }
 
 impl FileState {
+    /// The state of a file with no local changes, as dirsvc described it.
+    fn new(attr: &Attr, layout: BTreeMap<u64, BlockLoc>) -> Self {
+        FileState {
+            ino: attr.ino,
+            size: attr.size,
+            layout,
+            dirty: BTreeMap::new(),
+            uploading: BTreeMap::new(),
+            uncommitted: BTreeMap::new(),
+            meta_dirty: false,
+            mtime: attr.mtime,
+            perm: attr.perm,
+            writers: HashMap::new(),
+            failure: None,
+            uncommitted_since: None,
+            retried_at: None,
+        }
+    }
+
+    /// Records a failure to store this file's data: every handle that wrote
+    /// data not yet stored will be told (the first failure each), and the
+    /// unmount report names it.
+    fn fail_writers(&mut self, e: Error) {
+        for told in self.writers.values_mut() {
+            if told.is_none() {
+                *told = Some(e.clone());
+            }
+        }
+        self.failure = Some(e);
+    }
+
+    /// Records that everything written so far is stored: no handle has an
+    /// error to be told any more.
+    fn stored_all(&mut self) {
+        self.writers.clear();
+        self.failure = None;
+        self.retried_at = None;
+    }
+
+    /// What handle `fh` is told when a flush ended with `r`: the error of
+    /// its own unstored writes (the first one), or success for a handle that
+    /// wrote nothing still unstored, whatever happened to other handles'
+    /// data.
+    fn outcome_for(&self, fh: u64, r: Result<()>) -> Result<()> {
+        match (r, self.writers.get(&fh)) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(Some(first))) => Err(first.clone()),
+            (Err(e), Some(None)) => Err(e),
+            (Err(e), None) => {
+                tracing::debug!(ino = %self.ino, fh, error = %e, "flush failed on data another handle wrote; not this handle's error");
+                Ok(())
+            }
+        }
+    }
+
     fn has_local_changes(&self) -> bool {
         self.meta_dirty
             || !self.dirty.is_empty()
@@ -180,6 +261,12 @@ struct OpenFile {
     state: tokio::sync::Mutex<FileState>,
 }
 
+impl OpenFile {
+    fn new(state: FileState, opens: usize) -> Arc<Self> {
+        Arc::new(OpenFile { opens: AtomicUsize::new(opens), state: tokio::sync::Mutex::new(state) })
+    }
+}
+
 struct Handle {
     ino: InodeId,
     /// End offset of the last read, for sequential-read detection.
@@ -202,7 +289,16 @@ pub struct Fs {
     files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    peer_failures: Mutex<HashMap<common::PeerId, std::time::Instant>>,
+    /// Peers whose put failed recently: when, and whether they said they
+    /// were full.
+    peer_failures: Mutex<HashMap<common::PeerId, (std::time::Instant, bool)>>,
+    /// The last known name of inodes this client has seen, for messages
+    /// that must name a file by its path ([`names`]).
+    names: names::NameMap,
+    /// Recovery files whose data is buffered here and not stored yet; each
+    /// is deleted as soon as its file is stored completely, so stale kept
+    /// data never overwrites newer writes at a later mount.
+    kept: Mutex<HashMap<InodeId, std::path::PathBuf>>,
     session: session::SessionState,
     /// Drops the kernel's cached attributes and pages of an inode (set by
     /// the mount; tests without FUSE have none).
@@ -241,6 +337,8 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             peer_failures: Mutex::new(HashMap::new()),
+            names: names::NameMap::default(),
+            kept: Mutex::new(HashMap::new()),
             session: session::SessionState::new(config.session_label.clone()),
             invalidator: std::sync::OnceLock::new(),
             config,
@@ -333,9 +431,11 @@ pub use locks::{LockRequest, LockType};
 
 mod extents;
 mod locks;
+mod names;
 mod namespace;
 mod open;
 mod read;
+pub mod recovery;
 mod session;
 mod truncate;
 mod upload;

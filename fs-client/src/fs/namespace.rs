@@ -14,8 +14,6 @@ use std::sync::Arc;
 use tracing::warn;
 
 impl Fs {
-    // ----- namespace -------------------------------------------------------
-
     /// Looks `name` up in `parent`. Errors: `ENOENT` and friends via dirsvc.
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
@@ -26,6 +24,7 @@ impl Fs {
                 async move { c.lookup(ctx, parent, s).await }
             })
             .await?;
+        self.names.record(attr.ino, parent, name);
         Ok(self.overlay(attr).await)
     }
 
@@ -62,7 +61,11 @@ impl Fs {
         let file = lock(&self.files).get(&ino).cloned();
         if let Some(f) = &file {
             let mut st = f.state.lock().await;
-            self.flush_locked(&mut st).await?;
+            // Data that cannot be stored now stays buffered (its writers are
+            // told); it does not make a chmod or utime fail.
+            if let Err(e) = self.flush_locked(&mut st).await {
+                tracing::debug!(%ino, error = %e, "setattr: buffered data not stored yet");
+            }
             if let Some(m) = rest.mtime {
                 st.mtime = m;
             }
@@ -70,34 +73,45 @@ impl Fs {
         if rest == SetAttr::default() {
             return self.getattr(ino).await;
         }
-        self.dir
+        let attr = self
+            .dir
             .call(|c, ctx| {
                 let r = rest.clone();
                 async move { c.setattr(ctx, ino, r).await }
             })
-            .await
+            .await?;
+        if let Some(f) = &file {
+            f.state.lock().await.perm = attr.perm;
+        }
+        Ok(attr)
     }
 
     /// Makes a directory.
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        self.dir
+        let attr = self
+            .dir
             .call(|c, ctx| {
                 let s = sealed.clone();
                 async move { c.mkdir(ctx, parent, s, perm, uid, gid).await }
             })
-            .await
+            .await?;
+        self.names.record(attr.ino, parent, name);
+        Ok(attr)
     }
 
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        self.dir
+        let attr = self
+            .dir
             .call(|c, ctx| {
                 let (s, n) = (sealed.clone(), new.clone());
                 async move { c.create(ctx, parent, s, n).await }
             })
-            .await
+            .await?;
+        self.names.record(attr.ino, parent, name);
+        Ok(attr)
     }
 
     /// Creates and opens a regular file; returns its attributes and handle.
@@ -149,24 +163,29 @@ impl Fs {
     ) -> Result<()> {
         let from = self.seal_name(parent, name)?;
         let to = self.seal_name(new_parent, new_name)?;
-        self.dir
+        let moved = self
+            .dir
             .call(|c, ctx| {
                 let (f, t) = (from.clone(), to.clone());
                 async move { c.rename(ctx, parent, f, new_parent, t, flags).await }
             })
             .await?;
+        self.names.record(moved, new_parent, new_name);
         Ok(())
     }
 
     /// Adds a hard link.
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(new_parent, new_name)?;
-        self.dir
+        let attr = self
+            .dir
             .call(|c, ctx| {
                 let s = sealed.clone();
                 async move { c.link(ctx, ino, new_parent, s).await }
             })
-            .await
+            .await?;
+        self.names.record(ino, new_parent, new_name);
+        Ok(attr)
     }
 
     /// Makes a symlink; the target is sealed. `ENAMETOOLONG` above 4095 bytes.
@@ -187,12 +206,15 @@ impl Fs {
         let sealed = self.seal_name(parent, name)?;
         let t = codec::seal_bytes(&self.symlink_key, target, SYMLINK_MAX)?;
         let size = target.len() as u64;
-        self.dir
+        let attr = self
+            .dir
             .call(|c, ctx| {
                 let (s, t) = (sealed.clone(), t.clone());
                 async move { c.symlink(ctx, parent, s, t, size, uid, gid).await }
             })
-            .await
+            .await?;
+        self.names.record(attr.ino, parent, name);
+        Ok(attr)
     }
 
     /// The plaintext target of a symlink.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use common::rpc::dir::{Attr, BlockLoc, FileKind};
 use common::InodeId;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::error;
 
@@ -48,23 +48,7 @@ impl Fs {
             let existed = files.contains_key(&attr.ino);
             let f = files
                 .entry(attr.ino)
-                .or_insert_with(|| {
-                    Arc::new(OpenFile {
-                        opens: AtomicUsize::new(0),
-                        state: tokio::sync::Mutex::new(FileState {
-                            ino: attr.ino,
-                            size: attr.size,
-                            layout,
-                            dirty: BTreeMap::new(),
-                            uploading: BTreeMap::new(),
-                            uncommitted: BTreeMap::new(),
-                            meta_dirty: false,
-                            mtime: attr.mtime,
-                            error: None,
-                            uncommitted_since: None,
-                        }),
-                    })
-                })
+                .or_insert_with(|| OpenFile::new(FileState::new(attr, layout), 0))
                 .clone();
             // Counted under the map's lock so a concurrent last release
             // cannot drop the state this handle is about to use.
@@ -100,6 +84,7 @@ impl Fs {
                 st.mtime = attr.mtime;
                 st.layout = layout;
             }
+            st.perm = attr.perm;
         }
         if truncate {
             if let Err(e) = self.truncate(ino, 0).await {
@@ -124,23 +109,35 @@ impl Fs {
             .ok_or_else(|| Error::Errno(libc::EBADF, format!("inode {ino} is not open")))
     }
 
-    /// Flushes the file behind `fh`: uploads dirty blocks and commits the
-    /// layout. Returns the first upload error not yet reported.
+    /// Flushes the file behind `fh` (`fsync`, and `flush` on every close):
+    /// uploads dirty blocks and commits the layout.
+    ///
+    /// Errors: the storage error of data this handle wrote that is still
+    /// not stored (the first one it met; ENOSPC when the peers are full,
+    /// EIO otherwise). A handle that wrote nothing unstored gets success
+    /// even when another handle's data could not be stored.
     pub async fn flush(self: &Arc<Self>, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let mut st = f.state.lock().await;
-        self.flush_locked(&mut st).await
+        let r = self.flush_locked(&mut st).await;
+        st.outcome_for(fh, r)
     }
 
     /// Closes a handle: flushes, and forgets the file's state after its last
-    /// handle if nothing is left unflushed.
+    /// handle if nothing is left unflushed (data that could not be stored
+    /// stays, is retried in the background and, at unmount, kept in a
+    /// recovery file).
+    ///
+    /// Errors: as [`Fs::flush`].
     pub async fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else { return Ok(()) };
         let f = self.file(h.ino)?;
         let r = {
             let mut st = f.state.lock().await;
             let r = self.flush_locked(&mut st).await;
+            let r = st.outcome_for(fh, r);
+            st.writers.remove(&fh);
             let clean = !st.has_local_changes();
             let mut files = lock(&self.files);
             if f.opens.fetch_sub(1, Ordering::SeqCst) == 1 && clean {
@@ -150,21 +147,22 @@ impl Fs {
         };
         self.unmark_open(h.ino).await;
         if let Err(e) = &r {
-            error!(ino = %h.ino, error = %e, "close: data of this file could not be stored; it stays buffered and is retried on the next flush");
+            error!(ino = %h.ino, path = %self.path_of(h.ino), error = %e, "close: data written through this handle could not be stored; it stays buffered and is retried");
         }
         r
     }
 
-    /// Flushes every open file (on unmount). Returns the number of files
-    /// whose data could not be stored.
-    pub async fn flush_all(self: &Arc<Self>) -> usize {
+    /// Flushes every file this client holds (on unmount). Returns the files
+    /// whose data could not be stored, with the error (their data is still
+    /// buffered; see [`super::recovery`]).
+    pub async fn flush_all(self: &Arc<Self>) -> Vec<(InodeId, Error)> {
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
-        let mut failed = 0;
+        let mut failed = Vec::new();
         for f in files {
             let mut st = f.state.lock().await;
             if let Err(e) = self.flush_locked(&mut st).await {
-                error!(ino = %st.ino, error = %e, "unflushed data could not be stored");
-                failed += 1;
+                error!(ino = %st.ino, path = %self.path_of(st.ino), error = %e, "unflushed data could not be stored");
+                failed.push((st.ino, e));
             }
         }
         failed

@@ -15,8 +15,32 @@ struct Cluster {
     id: identity::IdentityFile,
 }
 
+/// A peer of a test cluster with data in `dir` and `capacity` bytes
+/// (`None`: the filesystem's).
+async fn spawn_peer(dir: &std::path::Path, dirsvc: &str, capacity: Option<u64>) -> peerd::PeerdHandle {
+    peerd::spawn(peerd::PeerdConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        dirsvc: dirsvc.to_string(),
+        heartbeat_interval: Duration::from_millis(200),
+        capacity_bytes: capacity,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 impl Cluster {
     async fn start(peers: usize, replicas: u32, block_size: u32) -> Cluster {
+        Self::start_with_capacity(peers, replicas, block_size, None).await
+    }
+
+    async fn start_with_capacity(
+        peers: usize,
+        replicas: u32,
+        block_size: u32,
+        capacity: Option<u64>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let d = dirsvc::spawn(dirsvc::DirsvcConfig {
             listen: "127.0.0.1:0".into(),
@@ -28,30 +52,36 @@ impl Cluster {
         let addr = d.addr.to_string();
         let mut ps = Vec::new();
         for i in 0..peers {
-            ps.push(Some(
-                peerd::spawn(peerd::PeerdConfig {
-                    listen: "127.0.0.1:0".into(),
-                    data_dir: dir.path().join(format!("peer{i}")),
-                    dirsvc: addr.clone(),
-                    heartbeat_interval: Duration::from_millis(200),
-                    ..Default::default()
-                })
-                .await
-                .unwrap(),
-            ));
+            ps.push(Some(spawn_peer(&dir.path().join(format!("peer{i}")), &addr, capacity).await));
         }
         let client = DirClient::connect(&addr).await.unwrap();
-        for _ in 0..100 {
-            let live = client.call(|c, ctx| async move { c.list_peers(ctx).await }).await.unwrap();
-            if live.iter().filter(|p| p.loc.live).count() == peers {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_live(&client, peers).await;
         identity::keygen(&dir.path().join("id.txt")).unwrap();
         let id = identity::load(&dir.path().join("id.txt")).unwrap();
         volume::init(&client, &id, block_size, replicas).await.unwrap();
         Cluster { _dir: dir, dirsvc: Some(d), peers: ps, addr, id }
+    }
+
+    /// Restarts peer `i` on its data directory with a new capacity, and
+    /// waits until dirsvc sees every running peer live again.
+    async fn restart_peer(&mut self, i: usize, capacity: Option<u64>) {
+        if let Some(p) = self.peers[i].take() {
+            p.shutdown().await;
+        }
+        self.peers[i] =
+            Some(spawn_peer(&self._dir.path().join(format!("peer{i}")), &self.addr, capacity).await);
+        let client = DirClient::connect(&self.addr).await.unwrap();
+        // Wait for the new registration (its new address and usage).
+        let id = self.peers[i].as_ref().unwrap().id;
+        let addr = self.peers[i].as_ref().unwrap().advertised.clone();
+        for _ in 0..200 {
+            let peers = client.call(|c, ctx| async move { c.list_peers(ctx).await }).await.unwrap();
+            if peers.iter().any(|p| p.loc.id == id && p.loc.addr == addr && p.loc.live) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("restarted peer {i} did not register");
     }
 
     async fn client(&self) -> Arc<Fs> {
@@ -70,6 +100,17 @@ impl Cluster {
     }
 }
 
+/// Waits (up to 5 s) until dirsvc lists `n` live peers.
+async fn wait_live(client: &DirClient, n: usize) {
+    for _ in 0..100 {
+        let live = client.call(|c, ctx| async move { c.list_peers(ctx).await }).await.unwrap();
+        if live.iter().filter(|p| p.loc.live).count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const B: usize = 4096;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -79,7 +120,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 async fn write_file(fs: &Arc<Fs>, name: &[u8], data: &[u8], chunk: usize) -> InodeId {
     let (attr, fh) = fs.create(InodeId::ROOT, name, 0o644, 0, 0).await.unwrap();
     for (i, piece) in data.chunks(chunk.max(1)).enumerate() {
-        fs.write(fh, (i * chunk) as u64, piece).await.unwrap();
+        fs.write(fh, (i * chunk) as u64, piece, false).await.unwrap();
     }
     fs.release(fh).await.unwrap();
     attr.ino
@@ -135,7 +176,7 @@ async fn overwrite_truncate_and_holes_follow_posix() {
 
         // Overwrite across a block boundary through a fresh handle.
         let fh = fs.open(ino, false).await.unwrap();
-        fs.write(fh, (B - 10) as u64, &[0xAB; 20]).await.unwrap();
+        fs.write(fh, (B - 10) as u64, &[0xAB; 20], false).await.unwrap();
         model[B - 10..B + 10].fill(0xAB);
         // A read through the same handle sees the unflushed write.
         assert_eq!(
@@ -155,7 +196,7 @@ async fn overwrite_truncate_and_holes_follow_posix() {
 
         // A write far past the end leaves a hole that reads as zeros and is not stored.
         let fh = fs.open(ino, false).await.unwrap();
-        fs.write(fh, (10 * B) as u64, b"tail").await.unwrap();
+        fs.write(fh, (10 * B) as u64, b"tail", false).await.unwrap();
         fs.release(fh).await.unwrap();
         model.resize(10 * B, 0);
         model.extend_from_slice(b"tail");
@@ -228,7 +269,7 @@ async fn a_write_with_no_live_peer_fails_with_an_error_instead_of_hanging() {
         let fs = c.client().await;
         let (_, fh) = fs.create(InodeId::ROOT, b"f", 0o644, 0, 0).await.unwrap();
         c.peers[0].take().unwrap().shutdown().await;
-        fs.write(fh, 0, &pattern(B, 1)).await.unwrap();
+        fs.write(fh, 0, &pattern(B, 1), false).await.unwrap();
         let e = fs.flush(fh).await.unwrap_err();
         assert_eq!(e.errno(), libc::EIO, "{e}");
         c.stop().await;
@@ -251,7 +292,7 @@ async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() 
         let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
         let strict = Fs::new(dir, &info, &secret, FsConfig { min_replicas: Some(3), ..FsConfig::default() });
         let (_, fh) = strict.create(InodeId::ROOT, b"strict", 0o644, 0, 0).await.unwrap();
-        strict.write(fh, 0, &data).await.unwrap_or(0);
+        strict.write(fh, 0, &data, false).await.unwrap_or(0);
         assert_eq!(strict.flush(fh).await.unwrap_err().errno(), libc::EIO);
         c.stop().await;
     })
@@ -293,7 +334,7 @@ async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close(
         assert!(a.lookup(InodeId::ROOT, b"doomed").await.unwrap_err().is_not_found());
         assert_eq!(b.getattr(ino).await.unwrap().nlink, 0);
         assert_eq!(b.read(fh, 0, (4 * B) as u32).await.unwrap(), data);
-        b.write(fh, 0, b"still here").await.unwrap();
+        b.write(fh, 0, b"still here", false).await.unwrap();
         b.flush(fh).await.unwrap();
         assert_eq!(&b.read(fh, 0, 10).await.unwrap(), b"still here");
         b.release(fh).await.unwrap();
@@ -420,7 +461,7 @@ async fn punched_and_zero_blocks_are_holes_and_copies_share_chunks() {
         fs.fallocate(fh, (8 * B) as u64, B as u64, 0).await.unwrap();
         model.resize(9 * B, 0);
         // A block written as zeros is not stored either.
-        fs.write(fh, 0, &vec![0; B]).await.unwrap();
+        fs.write(fh, 0, &vec![0; B], false).await.unwrap();
         model[..B].fill(0);
         fs.release(fh).await.unwrap();
         assert_eq!(read_all(&c.client().await, ino).await, model);
@@ -456,16 +497,115 @@ async fn a_block_after_a_hole_longer_than_a_layout_page_is_read_back() {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let (f, fh) = fs.create(InodeId::ROOT, b"sparse", 0o644, 0, 0).await.unwrap();
-        fs.write(fh, 0, b"head").await.unwrap();
+        fs.write(fh, 0, b"head", false).await.unwrap();
         // Block 9,000: past two 4,096-block layout pages of holes.
         let far = 9_000 * B as u64 + 3;
-        fs.write(fh, far, b"tail").await.unwrap();
+        fs.write(fh, far, b"tail", false).await.unwrap();
         fs.release(fh).await.unwrap();
         let other = c.client().await;
         let fh = other.open(f.ino, false).await.unwrap();
         assert_eq!(other.read(fh, far, 4).await.unwrap(), b"tail");
         assert_eq!(other.read(fh, 0, 4).await.unwrap(), b"head");
         other.release(fh).await.unwrap();
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_peers_give_enospc_to_the_writer_and_nothing_to_a_reader() {
+    // Regression: with every peer full, write/fsync/close failed with EIO,
+    // and a handle that had only read the file got EIO from its own close.
+    within(async {
+        // Two peers of 40 KiB each, R = 2: about eight 4 KiB blocks fit.
+        let c = Cluster::start_with_capacity(2, 2, B as u32, Some(40 << 10)).await;
+        let fs = c.client().await;
+        let (attr, w) = fs.create(InodeId::ROOT, b"big", 0o644, 0, 0).await.unwrap();
+        let reader = fs.open(attr.ino, false).await.unwrap();
+        let mut first_err = None;
+        for i in 0..64u64 {
+            if let Err(e) = fs.write(w, i * B as u64, &pattern(B, i as u8), false).await {
+                first_err = Some(e);
+                break;
+            }
+        }
+        let fsync = fs.flush(w).await;
+        let e = first_err.or(fsync.err()).expect("a write or fsync into full peers must fail");
+        assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+        // Sticky for the writer: the next write and fsync see it too.
+        assert_eq!(fs.write(w, 0, b"x", false).await.unwrap_err().errno(), libc::ENOSPC);
+        assert_eq!(fs.flush(w).await.unwrap_err().errno(), libc::ENOSPC);
+        // The reader reads and closes cleanly.
+        fs.read(reader, 0, B as u32).await.unwrap();
+        fs.flush(reader).await.expect("a reader's flush does not fail for the writer's data");
+        fs.release(reader).await.expect("a reader's close does not fail for the writer's data");
+        assert_eq!(fs.release(w).await.unwrap_err().errno(), libc::ENOSPC);
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn some_peers_down_and_the_rest_full_is_enospc() {
+    within(async {
+        let mut c = Cluster::start_with_capacity(3, 3, B as u32, Some(24 << 10)).await;
+        let fs = c.client().await;
+        // Fill the peers, then stop one of them.
+        let (_, w) = fs.create(InodeId::ROOT, b"fill", 0o644, 0, 0).await.unwrap();
+        for i in 0..32u64 {
+            if fs.write(w, i * B as u64, &pattern(B, 3), false).await.is_err() {
+                break;
+            }
+        }
+        let _ = fs.release(w).await;
+        c.peers[2].take().unwrap().shutdown().await;
+        let other = c.client().await;
+        let (_, w) = other.create(InodeId::ROOT, b"more", 0o644, 0, 0).await.unwrap();
+        other.write(w, 0, &pattern(B, 4), false).await.unwrap();
+        let e = other.flush(w).await.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOSPC, "two full peers and one down: {e}");
+        // (No peer reachable at all is EIO: see
+        // a_write_with_no_live_peer_fails_with_an_error_instead_of_hanging.)
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_that_could_not_be_stored_is_kept_and_stored_by_the_next_client() {
+    within(async {
+        let mut c = Cluster::start_with_capacity(2, 2, B as u32, Some(40 << 10)).await;
+        let fs = c.client().await;
+        let (attr, w) = fs.create(InodeId::ROOT, b"kept", 0o644, 0, 0).await.unwrap();
+        let mut accepted = Vec::new();
+        for i in 0..32u64 {
+            let piece = pattern(B, i as u8 + 1);
+            match fs.write(w, i * B as u64, &piece, false).await {
+                Ok(_) => accepted.extend_from_slice(&piece),
+                Err(_) => break,
+            }
+        }
+        assert!(fs.release(w).await.is_err());
+        let failed = fs.flush_all().await;
+        assert_eq!(failed.len(), 1);
+        let unstored = fs.unstored(&failed).await;
+        assert_eq!(unstored.len(), 1);
+        assert_eq!(unstored[0].path, "/kept");
+        assert_eq!(unstored[0].size, accepted.len() as u64);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DirClient::connect(&c.addr).await.unwrap();
+        let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
+        let keeper = recovery::RecoveryDir::new(tmp.path(), info.id, &secret);
+        keeper.keep(&unstored[0]).unwrap();
+        drop(fs);
+        // Room again: the next client stores the kept data at start.
+        c.restart_peer(0, Some(4 << 20)).await;
+        c.restart_peer(1, Some(4 << 20)).await;
+        let next = c.client().await;
+        let report = next.recover(&keeper).await;
+        assert_eq!(report.stored.len(), 1, "{report:?}");
+        assert!(keeper.pending().unwrap().is_empty(), "the recovery file is deleted once stored");
+        assert_eq!(read_all(&c.client().await, attr.ino).await, accepted);
         c.stop().await;
     })
     .await

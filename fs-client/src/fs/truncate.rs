@@ -6,8 +6,7 @@ use crate::error::{Error, Result};
 use common::rpc::dir::FileKind;
 use common::time::Timestamp;
 use common::InodeId;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Fs {
@@ -36,21 +35,7 @@ impl Fs {
                 if attr.kind != FileKind::File {
                     return Err(Error::Errno(libc::EINVAL, "not a regular file".into()));
                 }
-                temp = Arc::new(OpenFile {
-                    opens: AtomicUsize::new(0),
-                    state: tokio::sync::Mutex::new(FileState {
-                        ino,
-                        size: attr.size,
-                        layout,
-                        dirty: BTreeMap::new(),
-                        uploading: BTreeMap::new(),
-                        uncommitted: BTreeMap::new(),
-                        meta_dirty: false,
-                        mtime: attr.mtime,
-                        error: None,
-                        uncommitted_since: None,
-                    }),
-                });
+                temp = OpenFile::new(FileState::new(&attr, layout), 0);
                 temp.clone()
             }
         };
@@ -83,9 +68,6 @@ impl Fs {
         // Another mount may have changed the file since it was opened here;
         // `stat` already shows that, so growing must start from it too.
         self.refresh_clean(st).await?;
-        if let Some(e) = st.error.take() {
-            return Err(e);
-        }
         let b = self.block_size;
         if size < st.size {
             let keep = size.div_ceil(b);

@@ -7,12 +7,25 @@ use super::{lock, FileState, Fs, Uploaded, PEER_FAILURE_MEMORY};
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec;
-use common::rpc::dir::{BlockLoc, DirError, StoredChunk};
+use common::rpc::dir::{BlockLoc, DirError, PeerState, StoredChunk};
+use common::rpc::peer::PeerError;
 use common::rpc::PeerLoc;
 use common::InodeId;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
+
+/// How the peers asked to store a block answered, for the errno.
+#[derive(Default)]
+struct Tally {
+    /// Refusals for lack of room (a peer's `NoSpace`, dirsvc's
+    /// `PeersFull`, a listed peer without room).
+    full: usize,
+    /// Peers that could not be reached.
+    unreachable: usize,
+    /// Any other failure (a refusal, dirsvc failing).
+    other: usize,
+}
 
 impl Fs {
     /// Hands dirty block `idx` to a background upload, waiting for an upload
@@ -37,7 +50,15 @@ impl Fs {
         st.uploading.insert(idx, (data, task));
     }
 
-    /// Seals one block and stores it on R distinct peers.
+    /// Seals one block and stores it on R distinct peers (at least the
+    /// degraded-write minimum).
+    ///
+    /// Errors, by the policy of docs/SEMANTICS.md ("Errors"):
+    /// [`Error::NoSpace`] (ENOSPC) when too few replicas were stored and
+    /// every peer that answered refused for lack of room (peers that could
+    /// not be reached do not count: some down and the rest full is
+    /// ENOSPC); [`Error::Upload`] (EIO) when no peer could be reached or a
+    /// peer failed otherwise.
     pub(super) async fn upload(
         self: Arc<Self>,
         ino: InodeId,
@@ -56,31 +77,33 @@ impl Fs {
         let mut failed: Vec<common::PeerId> = Vec::new();
         let mut stored: Vec<PeerLoc> = Vec::new();
         let mut errors = Vec::new();
-        // Whether every failure so far says "no room" (then ENOSPC, not EIO).
-        let mut space_only = true;
+        let mut tally = Tally::default();
         for attempt in 0..self.config.upload_attempts.max(1) {
             // The second attempt goes at once (to other peers); later ones
-            // back off.
-            if attempt > 1 {
+            // back off, unless every failure so far was a full peer (waiting
+            // a second does not make room).
+            if attempt > 1 && (tally.unreachable > 0 || tally.other > 0) {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             }
-            let skip: Vec<common::PeerId> = stored
-                .iter()
-                .map(|p| p.id)
-                .chain(failed.iter().copied())
-                .chain(self.recently_failed())
-                .collect();
-            let targets = match self.place(len, &skip).await {
-                Ok(t) => t.into_iter().take(want - stored.len()).collect::<Vec<_>>(),
+            let skip: Vec<common::PeerId> =
+                stored.iter().map(|p| p.id).chain(failed.iter().copied()).collect();
+            let (targets, full_seen) = match self.place(len, &skip).await {
+                Ok((t, full)) => (t.into_iter().take(want - stored.len()).collect::<Vec<_>>(), full),
                 Err(e) => {
-                    space_only &= matches!(e, Error::Dir(DirError::NoPeers { .. }));
+                    tally.other += 1;
                     errors.push(e.to_string());
                     continue;
                 }
             };
+            if full_seen {
+                tally.full += 1;
+            }
             if targets.is_empty() {
-                space_only = false;
-                errors.push("no live peer can take the block".into());
+                errors.push(if full_seen {
+                    "no live peer has room for the block".to_string()
+                } else {
+                    "no live peer can take the block".to_string()
+                });
                 continue;
             }
             let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, sealed.bytes.clone()));
@@ -89,9 +112,14 @@ impl Fs {
                     Ok(()) => stored.push(p.clone()),
                     Err(e) => {
                         failed.push(p.id);
-                        lock(&self.peer_failures).insert(p.id, std::time::Instant::now());
-                        space_only &= matches!(e, Error::Peer(common::rpc::peer::PeerError::NoSpace));
-                        warn!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
+                        let full = matches!(e, Error::Peer(PeerError::NoSpace));
+                        lock(&self.peer_failures).insert(p.id, (std::time::Instant::now(), full));
+                        match e {
+                            Error::Peer(PeerError::NoSpace) => tally.full += 1,
+                            Error::Rpc { .. } => tally.unreachable += 1,
+                            _ => tally.other += 1,
+                        }
+                        debug!(ino = %ino, block = idx, peer = %p.id, addr = %p.addr, error = %e, "put of a block replica failed");
                         errors.push(format!("{}: {e}", p.addr));
                     }
                 }
@@ -101,14 +129,18 @@ impl Fs {
             }
         }
         if stored.len() < min {
-            if space_only && !errors.is_empty() {
-                return Err(Error::NoSpace(format!("block {idx} of inode {ino}: {}", errors.join("; "))));
-            }
-            return Err(Error::Upload(format!(
-                "block {idx} of inode {ino}: stored on {} of {want} peers, {min} needed ({})",
+            let what = format!(
+                "block {idx} of inode {ino} stored on {} of {want} peers, {min} needed ({})",
                 stored.len(),
                 errors.join("; ")
-            )));
+            );
+            return Err(if tally.full > 0 && tally.other == 0 {
+                Error::NoSpace(what)
+            } else if tally.full == 0 && tally.other == 0 {
+                Error::Upload(format!("no peer reachable: {what}"))
+            } else {
+                Error::Upload(what)
+            });
         }
         if stored.len() < want {
             info!(ino = %ino, block = idx, stored = stored.len(), want, "block stored degraded; repair will add the missing replicas");
@@ -125,42 +157,58 @@ impl Fs {
         })
     }
 
-    /// Peers whose put failed within [`PEER_FAILURE_MEMORY`]: skipped by
-    /// placement for other blocks too, so a dead peer costs one failed put,
-    /// not one per block, until dirsvc notices it is gone.
-    pub(super) fn recently_failed(&self) -> Vec<common::PeerId> {
+    /// Peers whose put failed within [`PEER_FAILURE_MEMORY`], and whether
+    /// any of them failed for lack of room: skipped by placement for other
+    /// blocks too, so a dead peer costs one failed put, not one per block,
+    /// until dirsvc notices it is gone.
+    fn recently_failed(&self) -> (Vec<common::PeerId>, bool) {
         let mut f = lock(&self.peer_failures);
-        f.retain(|_, at| at.elapsed() < PEER_FAILURE_MEMORY);
-        f.keys().copied().collect()
+        f.retain(|_, (at, _)| at.elapsed() < PEER_FAILURE_MEMORY);
+        (f.keys().copied().collect(), f.values().any(|(_, full)| *full))
     }
 
     /// Replicas needed to acknowledge a write (see [`FsConfig::min_replicas`]).
+    ///
+    /// [`FsConfig::min_replicas`]: super::FsConfig::min_replicas
     pub(super) fn min_replicas(&self) -> u32 {
         self.config.min_replicas.unwrap_or(self.replicas / 2 + 1).clamp(1, self.replicas.max(1))
     }
 
-    /// Peers to store one more copy of a chunk on, excluding `skip` (peers
-    /// that hold it or just failed): dirsvc's placement, or, when that
-    /// cannot help (fewer than R peers up, or it names only skipped peers),
-    /// the up peers with the most free space.
-    pub(super) async fn place(&self, len: u64, skip: &[common::PeerId]) -> Result<Vec<PeerLoc>> {
-        let fresh = |p: &PeerLoc| !skip.contains(&p.id);
+    /// Peers to store one more copy of a chunk of `len` bytes on, excluding
+    /// `skip` (peers that hold it or just failed it) and peers that failed
+    /// recently: dirsvc's placement, or, when that cannot help (fewer than
+    /// R peers up or with room, or it names only skipped peers), the up
+    /// peers with room, most free space first. The flag says whether some
+    /// peer was passed over for lack of room (dirsvc said so, a listed peer
+    /// reports too little free space, or it refused a put for lack of room
+    /// a moment ago).
+    ///
+    /// Errors: dirsvc's, other than `NoPeers` and `PeersFull`.
+    async fn place(&self, len: u64, skip: &[common::PeerId]) -> Result<(Vec<PeerLoc>, bool)> {
+        let (recent, recent_full) = self.recently_failed();
+        let fresh = |p: &PeerLoc| !skip.contains(&p.id) && !recent.contains(&p.id);
+        let mut full = recent_full;
         match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
             Ok(mut sets) if !sets.is_empty() => {
                 let placed: Vec<PeerLoc> = sets.swap_remove(0).into_iter().filter(|p| fresh(p)).collect();
                 if !placed.is_empty() {
-                    return Ok(placed);
+                    return Ok((placed, full));
                 }
             }
             Ok(_) | Err(Error::Dir(DirError::NoPeers { .. })) => {}
+            Err(Error::Dir(DirError::PeersFull { .. })) => full = true,
             Err(e) => return Err(e),
         }
         let mut peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
-        peers.retain(|p| p.state == common::rpc::dir::PeerState::Up && fresh(&p.loc));
+        peers.retain(|p| p.state == PeerState::Up && fresh(&p.loc));
+        full |= peers.iter().any(|p| p.usage.free_bytes < len);
+        peers.retain(|p| p.usage.free_bytes >= len);
         peers.sort_by_key(|p| std::cmp::Reverse(p.usage.free_bytes));
-        Ok(peers.into_iter().map(|p| p.loc).collect())
+        Ok((peers.into_iter().map(|p| p.loc).collect(), full))
     }
 
+    /// Applies the result of block `idx`'s upload of `data`. A failure keeps
+    /// the data for the next flush and is charged to the file's writers.
     pub(super) fn apply_upload(st: &mut FileState, idx: u64, r: Result<Uploaded>, data: Block) {
         match r {
             Ok(u) => {
@@ -172,11 +220,15 @@ impl Fs {
                 st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
             }
             Err(e) => {
-                error!(ino = %st.ino, block = idx, error = %e, "block upload failed; it stays buffered");
                 // Keep the data so the next flush retries; a newer write to
                 // the same block (already in `dirty`) wins.
                 st.dirty.entry(idx).or_insert(data);
-                st.error.get_or_insert(e);
+                if st.failure.is_none() {
+                    warn!(ino = %st.ino, block = idx, error = %e, "block upload failed; the data stays buffered and is retried");
+                } else {
+                    debug!(ino = %st.ino, block = idx, error = %e, "block upload failed again");
+                }
+                st.fail_writers(e);
             }
         }
     }

@@ -2,24 +2,29 @@
 //! to [`super::upload`]; flush waits for the uploads and commits the new
 //! layout to dirsvc in batches.
 
-use super::{lock, FileState, Fs, Source, COMMIT_BATCH};
+use super::{lock, FileState, Fs, Source, COMMIT_BATCH, FAILED_RETRY_INTERVAL};
 use crate::error::{Error, Result};
-use common::rpc::dir::{CommitLayout, DirError, StoredChunk};
+use common::rpc::dir::{CommitLayout, DirError, SetAttr, StoredChunk};
 use common::time::Timestamp;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 impl Fs {
-    // ----- write path ----------------------------------------------------------
-
     /// Writes `data` at `offset` through handle `fh`; returns bytes written.
-    /// Errors: a pending upload failure (`EIO`), or a failed read of a block
-    /// that a partial write must merge with.
-    pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// `kill_suid`: the caller lacks `CAP_FSETID` (the kernel's
+    /// `FUSE_WRITE_KILL_SUIDGID`), so setuid, and setgid with group-execute,
+    /// are cleared from the file's mode first, as Linux does on a write.
+    ///
+    /// Errors: the storage error of this handle's earlier writes while that
+    /// data is not stored (ENOSPC or EIO; sticky until a flush stores it),
+    /// a failed read of a block that a partial write must merge with, or
+    /// the failure to clear setuid/setgid.
+    pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let mut st = f.state.lock().await;
-        self.write_locked(&mut st, offset, data).await
+        self.write_locked(&mut st, fh, offset, data, kill_suid).await
     }
 
     /// Writes `data` at the end of the file behind `fh` (`O_APPEND`), as this
@@ -28,24 +33,54 @@ impl Fs {
     /// mounts under a lock land one after another). Returns bytes written.
     ///
     /// Errors: as [`Fs::write`].
-    pub async fn append(self: &Arc<Self>, fh: u64, data: &[u8]) -> Result<u32> {
+    pub async fn append(self: &Arc<Self>, fh: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let mut st = f.state.lock().await;
         let end = st.size;
-        self.write_locked(&mut st, end, data).await
+        self.write_locked(&mut st, fh, end, data, kill_suid).await
     }
 
+    /// Clears setuid (and setgid with group-execute) at dirsvc if the mode
+    /// this client knows has them, as a write by a caller without
+    /// `CAP_FSETID` must.
+    ///
+    /// Errors: dirsvc's.
+    pub(super) async fn kill_suid(&self, st: &mut FileState) -> Result<()> {
+        let has_bits = st.perm & 0o4000 != 0 || st.perm & 0o2010 == 0o2010;
+        if !has_bits {
+            return Ok(());
+        }
+        let ino = st.ino;
+        let set = SetAttr { kill_suid_sgid: true, ..SetAttr::default() };
+        let attr = self
+            .dir
+            .call(|c, ctx| {
+                let s = set.clone();
+                async move { c.setattr(ctx, ino, s).await }
+            })
+            .await?;
+        st.perm = attr.perm;
+        Ok(())
+    }
+
+    /// Writes through handle `fh` into the locked state; see [`Fs::write`].
     pub(super) async fn write_locked(
         self: &Arc<Self>,
         st: &mut FileState,
+        fh: u64,
         offset: u64,
         data: &[u8],
+        kill_suid: bool,
     ) -> Result<u32> {
         self.reap(st);
-        if let Some(e) = st.error.take() {
-            return Err(e);
+        if let Some(Some(e)) = st.writers.get(&fh) {
+            return Err(e.clone());
         }
+        if kill_suid {
+            self.kill_suid(st).await?;
+        }
+        st.writers.entry(fh).or_insert(None);
         let b = self.block_size;
         let end = offset + data.len() as u64;
         let mut pos = offset;
@@ -91,7 +126,10 @@ impl Fs {
             self.start_upload(st, idx).await;
         }
         if st.uncommitted.len() >= COMMIT_BATCH {
-            self.commit(st).await?;
+            if let Err(e) = self.commit(st).await {
+                st.fail_writers(e.clone());
+                return Err(e);
+            }
         }
         Ok(data.len() as u32)
     }
@@ -109,7 +147,15 @@ impl Fs {
         }
     }
 
-    /// Uploads everything dirty, waits for every upload, then commits.
+    /// Uploads everything dirty, waits for every upload, then commits what
+    /// was stored (also when some block failed, so stored data becomes
+    /// durable and collectable chunks are not left uncommitted). On success
+    /// nothing of the file is left unstored and its writers' errors are
+    /// cleared; on failure the data stays buffered and the error is charged
+    /// to the file's writers (see [`FileState::outcome_for`] for what each
+    /// handle is told).
+    ///
+    /// Errors: the first upload or commit error.
     pub(super) async fn flush_locked(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
         let dirty: Vec<u64> = st.dirty.keys().copied().collect();
         for idx in dirty {
@@ -120,10 +166,23 @@ impl Fs {
             let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
             Self::apply_upload(st, idx, r, data);
         }
-        if let Some(e) = st.error.take() {
+        let upload_failed = !st.dirty.is_empty();
+        if let Err(e) = self.commit(st).await {
+            st.fail_writers(e.clone());
             return Err(e);
         }
-        self.commit(st).await
+        if upload_failed {
+            let e = st.failure.clone().unwrap_or_else(|| Error::Upload("a block could not be stored".into()));
+            return Err(e);
+        }
+        st.stored_all();
+        let kept = lock(&self.kept).remove(&st.ino);
+        if let Some(file) = kept {
+            if let Err(e) = std::fs::remove_file(&file) {
+                warn!(file = %file.display(), error = %e, "cannot delete a recovery file whose data is stored");
+            }
+        }
+        Ok(())
     }
 
     /// Commits finished uploads, size and mtime to dirsvc, in batches.
@@ -176,15 +235,39 @@ impl Fs {
         Ok(())
     }
 
-    /// Commits the finished uploads of every open file whose oldest
-    /// uncommitted block has waited [`FsConfig::commit_interval`]. Files busy
-    /// in another operation are skipped (that operation commits). A failed
-    /// commit is logged; the blocks stay pending for the next commit.
+    /// Background upkeep of every file this client holds, run about twice
+    /// per [`FsConfig::commit_interval`]: commits the finished uploads of
+    /// files whose oldest uncommitted block has waited that long, and tries
+    /// again, every [`FAILED_RETRY_INTERVAL`], to store data whose upload
+    /// failed (a file that is then clean and no longer open is forgotten).
+    /// Files busy in another operation are skipped (that operation
+    /// commits). Failures are logged; the data stays pending.
+    ///
+    /// [`FsConfig::commit_interval`]: super::FsConfig::commit_interval
     pub async fn commit_idle(self: &Arc<Self>) {
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
         for f in files {
             let Ok(mut st) = f.state.try_lock() else { continue };
             self.reap(&mut st);
+            let retry = st.failure.is_some()
+                && st.has_local_changes()
+                && st.retried_at.is_none_or(|t| t.elapsed() >= FAILED_RETRY_INTERVAL);
+            if retry {
+                st.retried_at = Some(std::time::Instant::now());
+                match self.flush_locked(&mut st).await {
+                    Ok(()) => {
+                        info!(ino = %st.ino, path = %self.path_of(st.ino), "data that could not be stored earlier is stored now");
+                        let mut files = lock(&self.files);
+                        if f.opens.load(Ordering::SeqCst) == 0 && !st.has_local_changes() {
+                            files.remove(&st.ino);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(ino = %st.ino, error = %e, "retry of unstored data failed; trying again later")
+                    }
+                }
+                continue;
+            }
             let due = st.uncommitted_since.is_some_and(|t| t.elapsed() >= self.config.commit_interval);
             if due {
                 if let Err(e) = self.commit(&mut st).await {
@@ -231,9 +314,11 @@ impl Fs {
             let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
             Self::apply_upload(st, idx, r, data);
         }
-        match st.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match st.dirty.is_empty() {
+            true => Ok(()),
+            false => {
+                Err(st.failure.clone().unwrap_or_else(|| Error::Upload("a block could not be stored".into())))
+            }
         }
     }
 }

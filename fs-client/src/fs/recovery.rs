@@ -1,0 +1,516 @@
+//! Data that could not be stored by unmount: kept, sealed, in a recovery
+//! file on the client's disk, and stored by the next mount.
+//!
+//! When a mount ends with buffered data it could not store (peers full or
+//! unreachable), [`Fs::unstored`] collects every such file's pending blocks,
+//! size and mtime, and [`RecoveryDir::keep`] writes one file per inode under
+//! `<recovery dir>/<volume id>/<inode>.p2pr` (mode 0600, written to a
+//! temporary name, fsynced, renamed, directory fsynced). The next mount of
+//! the volume calls [`Fs::recover`] before it serves anything: each kept
+//! file is applied to the file as buffered writes and flushed; a stored one
+//! is deleted, one that still cannot be stored stays (and is retried in the
+//! background and kept again at unmount).
+//!
+//! Format v1 (docs/FORMATS.md, "Recovery files"; integers little-endian):
+//!
+//! ```text
+//! "P2PR" | version u8 = 1 | 3 zero bytes | volume id (16 B) | inode u64
+//! then records, each: length u32 | sealed record (codec::seal_bytes_ad)
+//! ```
+//!
+//! Every record is sealed with XChaCha20-Poly1305 under the volume's
+//! recovery key ([`VolumeSecret::recovery_key`]) with associated data
+//! `"p2pfs recovery v1" ‖ volume id ‖ inode ‖ record number (u64)`, so a
+//! record cannot be moved to another file, position or volume. Record 0 is
+//! the header ([`HeaderV1`]), records 1..=n the blocks ([`BlockV1`]); the
+//! header's block count makes a truncated file fail to load rather than
+//! load partly. Plaintext (names and data) never touches the disk.
+
+use super::{lock, FileState, Fs, OpenFile};
+use crate::error::{Error, Result};
+use bincode::Options;
+use common::codec;
+use common::keys::{SubKey, VolumeSecret};
+use common::rpc::dir::{BlockLoc, DirError, StoredChunk};
+use common::time::Timestamp;
+use common::{InodeId, VolumeId};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Magic bytes at the start of every recovery file.
+pub const MAGIC: &[u8; 4] = b"P2PR";
+/// The current format version.
+pub const VERSION: u8 = 1;
+/// File name extension of recovery files.
+pub const EXTENSION: &str = "p2pr";
+/// Plaintext bytes one record may carry (a block of the largest block
+/// size plus its encoding).
+const RECORD_MAX: usize = common::config::MAX_BLOCK_SIZE as usize + 4096;
+/// Bytes of the fixed header: magic, version, 3 zeros, volume id, inode.
+const FIXED_LEN: usize = 4 + 1 + 3 + 16 + 8;
+
+/// One block of a file that is not stored yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeptBlock {
+    /// The block becomes a hole.
+    Hole,
+    /// The block's plaintext.
+    Data(Vec<u8>),
+    /// A chunk that was stored but not committed, whose plaintext was no
+    /// longer at hand.
+    Chunk(StoredChunk),
+}
+
+/// Everything of one file that this client could not store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unstored {
+    /// The file.
+    pub ino: InodeId,
+    /// Its last known path below the volume's root (for messages).
+    pub path: String,
+    /// Its size in bytes as this client last saw it.
+    pub size: u64,
+    /// Its modification time as this client last set it.
+    pub mtime: Timestamp,
+    /// Blocks to apply, by index.
+    pub blocks: Vec<(u64, KeptBlock)>,
+    /// Why it could not be stored (the last error), for messages.
+    pub error: String,
+}
+
+impl Unstored {
+    /// Plaintext bytes kept (data blocks only).
+    pub fn data_bytes(&self) -> u64 {
+        self.blocks.iter().map(|(_, b)| if let KeptBlock::Data(d) = b { d.len() as u64 } else { 0 }).sum()
+    }
+}
+
+/// Record 0 of a recovery file.
+#[derive(Serialize, Deserialize)]
+struct HeaderV1 {
+    path: Vec<u8>,
+    size: u64,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+    blocks: u64,
+    error: String,
+}
+
+/// Records 1..=n of a recovery file.
+#[derive(Serialize, Deserialize)]
+enum BlockV1 {
+    Hole(u64),
+    Data(u64, #[serde(with = "serde_bytes")] Vec<u8>),
+    Chunk(u64, StoredChunk),
+}
+
+fn bincode_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+        .with_limit(RECORD_MAX as u64)
+}
+
+/// Where one volume's recovery files live, and the key that seals them.
+pub struct RecoveryDir {
+    dir: PathBuf,
+    volume: VolumeId,
+    key: SubKey,
+}
+
+impl RecoveryDir {
+    /// The recovery files of `volume` under `base` (`<base>/<volume id>`),
+    /// sealed with a key derived from `secret`. Creates nothing yet.
+    pub fn new(base: &Path, volume: VolumeId, secret: &VolumeSecret) -> Self {
+        RecoveryDir { dir: base.join(volume.to_hex()), volume, key: secret.recovery_key() }
+    }
+
+    /// The directory holding this volume's recovery files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ad(&self, ino: InodeId, record: u64) -> Vec<u8> {
+        let mut ad = b"p2pfs recovery v1".to_vec();
+        ad.extend_from_slice(self.volume.as_bytes());
+        ad.extend_from_slice(&ino.0.to_le_bytes());
+        ad.extend_from_slice(&record.to_le_bytes());
+        ad
+    }
+
+    /// The recovery file of `ino`.
+    pub fn path_for(&self, ino: InodeId) -> PathBuf {
+        self.dir.join(format!("{}.{EXTENSION}", ino.0))
+    }
+
+    /// Writes `u` to its recovery file (replacing an older one) durably and
+    /// atomically, mode 0600, in a directory of mode 0700. Returns its path.
+    ///
+    /// Errors: [`Error::Io`] naming the step that failed.
+    pub fn keep(&self, u: &Unstored) -> Result<PathBuf> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let mut out = Vec::with_capacity(FIXED_LEN + u.data_bytes() as usize + 64 * (u.blocks.len() + 1));
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION, 0, 0, 0]);
+        out.extend_from_slice(self.volume.as_bytes());
+        out.extend_from_slice(&u.ino.0.to_le_bytes());
+        let header = HeaderV1 {
+            path: u.path.as_bytes().to_vec(),
+            size: u.size,
+            mtime_secs: u.mtime.secs,
+            mtime_nanos: u.mtime.nanos,
+            blocks: u.blocks.len() as u64,
+            error: u.error.clone(),
+        };
+        self.push_record(&mut out, u.ino, 0, &header)?;
+        for (n, (idx, b)) in u.blocks.iter().enumerate() {
+            let rec = match b {
+                KeptBlock::Hole => BlockV1::Hole(*idx),
+                KeptBlock::Data(d) => BlockV1::Data(*idx, d.clone()),
+                KeptBlock::Chunk(c) => BlockV1::Chunk(*idx, c.clone()),
+            };
+            self.push_record(&mut out, u.ino, n as u64 + 1, &rec)?;
+        }
+        let path = self.path_for(u.ino);
+        let tmp = self.dir.join(format!(".{}.{}.tmp", u.ino.0, std::process::id()));
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            Error::Io(format!("cannot {what} {}: {e}", p.display()))
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("create", &tmp, e))?;
+        f.write_all(&out).and_then(|()| f.sync_all()).map_err(|e| io("write", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
+        Ok(path)
+    }
+
+    fn push_record<T: Serialize>(&self, out: &mut Vec<u8>, ino: InodeId, n: u64, rec: &T) -> Result<()> {
+        let plain = bincode_options()
+            .serialize(rec)
+            .map_err(|e| Error::Io(format!("cannot encode a recovery record: {e}")))?;
+        let sealed = codec::seal_bytes_ad(&self.key, &plain, RECORD_MAX, &self.ad(ino, n))?;
+        let len = u32::try_from(sealed.len()).map_err(|_| Error::Io("recovery record too large".into()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&sealed);
+        Ok(())
+    }
+
+    /// The recovery files waiting in this volume's directory, oldest inode
+    /// first (none if the directory does not exist).
+    ///
+    /// Errors: [`Error::Io`] if the directory cannot be listed.
+    pub fn pending(&self) -> Result<Vec<PathBuf>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Io(format!("cannot list {}: {e}", self.dir.display()))),
+        };
+        let mut out: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::Io(format!("cannot list {}: {e}", self.dir.display())))?;
+            let path = entry.path();
+            let ino = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(&format!(".{EXTENSION}")))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(ino) = ino {
+                out.push((ino, path));
+            }
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Reads and opens a recovery file written by [`RecoveryDir::keep`].
+    ///
+    /// Errors: [`Error::Io`] if it cannot be read; [`Error::Crypto`] if it
+    /// is not a recovery file of this volume, was altered or is truncated.
+    pub fn load(&self, path: &Path) -> Result<Unstored> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let bad = |why: &str| Error::Crypto(format!("recovery file {}: {why}", path.display()));
+        if bytes.len() < FIXED_LEN || &bytes[..4] != MAGIC {
+            return Err(bad("not a p2pfs recovery file"));
+        }
+        if bytes[4] != VERSION || bytes[5..8] != [0, 0, 0] {
+            return Err(bad(&format!("unknown format version {}", bytes[4])));
+        }
+        if bytes[8..24] != self.volume.0 {
+            return Err(bad("belongs to another volume"));
+        }
+        let mut ino_le = [0u8; 8];
+        ino_le.copy_from_slice(&bytes[24..32]);
+        let ino = InodeId(u64::from_le_bytes(ino_le));
+        let mut rest = &bytes[FIXED_LEN..];
+        let mut next = |n: u64| -> Result<Vec<u8>> {
+            if rest.len() < 4 {
+                return Err(bad("truncated"));
+            }
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + len || len > RECORD_MAX + codec::OVERHEAD {
+                return Err(bad("truncated or corrupt record length"));
+            }
+            let plain = codec::open_bytes_ad(&self.key, &rest[4..4 + len], &self.ad(ino, n))
+                .map_err(|e| bad(&format!("record {n}: {e}")))?;
+            rest = &rest[4 + len..];
+            Ok(plain)
+        };
+        let header: HeaderV1 =
+            bincode_options().deserialize(&next(0)?).map_err(|e| bad(&format!("header: {e}")))?;
+        let mut blocks = Vec::new();
+        for n in 1..=header.blocks {
+            let rec: BlockV1 =
+                bincode_options().deserialize(&next(n)?).map_err(|e| bad(&format!("record {n}: {e}")))?;
+            blocks.push(match rec {
+                BlockV1::Hole(i) => (i, KeptBlock::Hole),
+                BlockV1::Data(i, d) => (i, KeptBlock::Data(d)),
+                BlockV1::Chunk(i, c) => (i, KeptBlock::Chunk(c)),
+            });
+        }
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Unstored {
+            ino,
+            path: String::from_utf8_lossy(&header.path).into_owned(),
+            size: header.size,
+            mtime: Timestamp { secs: header.mtime_secs, nanos: header.mtime_nanos },
+            blocks,
+            error: header.error,
+        })
+    }
+}
+
+/// What [`Fs::recover`] did.
+#[derive(Debug, Default)]
+pub struct RecoverReport {
+    /// Files whose kept data is now stored: (path, plaintext bytes).
+    pub stored: Vec<(String, u64)>,
+    /// Files whose kept data still could not be stored (their recovery
+    /// files stay): (path, error).
+    pub pending: Vec<(String, String)>,
+    /// Files that were deleted since: their kept data had nowhere to go.
+    pub deleted: Vec<(String, u64)>,
+    /// Recovery files that could not be read (left in place): (file,
+    /// error).
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl Fs {
+    /// Everything this client holds that is not stored, per file (call after
+    /// [`Fs::flush_all`]): pending blocks (plaintext where the client has
+    /// it), size and mtime. `failed` gives each file's last error.
+    pub async fn unstored(&self, failed: &[(InodeId, Error)]) -> Vec<Unstored> {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        let mut out = Vec::new();
+        for f in files {
+            let st = f.state.lock().await;
+            if !st.has_local_changes() {
+                continue;
+            }
+            let mut blocks: std::collections::BTreeMap<u64, KeptBlock> = std::collections::BTreeMap::new();
+            for (idx, c) in &st.uncommitted {
+                let b = match c {
+                    None => KeptBlock::Hole,
+                    Some(c) => match self.cache.get(&c.id) {
+                        Some(plain) => KeptBlock::Data(plain.to_vec()),
+                        None => KeptBlock::Chunk(c.clone()),
+                    },
+                };
+                blocks.insert(*idx, b);
+            }
+            for (idx, d) in st.dirty.iter().chain(st.uploading.iter().map(|(i, (d, _))| (i, d))) {
+                blocks.insert(*idx, KeptBlock::Data(d.to_vec()));
+            }
+            let error = failed
+                .iter()
+                .find(|(i, _)| *i == st.ino)
+                .map(|(_, e)| e.to_string())
+                .or_else(|| st.failure.as_ref().map(|e| e.to_string()))
+                .unwrap_or_else(|| "not stored".into());
+            out.push(Unstored {
+                ino: st.ino,
+                path: self.path_of(st.ino),
+                size: st.size,
+                mtime: st.mtime,
+                blocks: blocks.into_iter().collect(),
+                error,
+            });
+        }
+        out.sort_by_key(|u| u.ino);
+        out
+    }
+
+    /// Stores the data kept in `dir` by an earlier mount of this volume:
+    /// each file's blocks, size and mtime are applied as buffered writes
+    /// and flushed. A stored file's recovery file is deleted; one that
+    /// still cannot be stored stays, and its data stays buffered here
+    /// (retried in the background, kept again at unmount). A file deleted
+    /// since has nowhere to take its data: that is reported and its
+    /// recovery file deleted. Call before the mount serves requests.
+    pub async fn recover(self: &Arc<Self>, dir: &RecoveryDir) -> RecoverReport {
+        let mut report = RecoverReport::default();
+        let files = match dir.pending() {
+            Ok(f) => f,
+            Err(e) => {
+                report.unreadable.push((dir.dir().to_path_buf(), e.to_string()));
+                return report;
+            }
+        };
+        for file in files {
+            let u = match dir.load(&file) {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(file = %file.display(), error = %e, "recovery file cannot be read; left in place");
+                    report.unreadable.push((file, e.to_string()));
+                    continue;
+                }
+            };
+            self.names.remember(u.ino, &u.path);
+            let bytes = u.data_bytes();
+            match self.apply_kept(&u).await {
+                Ok(()) => {
+                    info!(ino = %u.ino, path = %u.path, bytes, "data kept by an earlier mount is stored");
+                    if let Err(e) = std::fs::remove_file(&file) {
+                        warn!(file = %file.display(), error = %e, "cannot delete a used recovery file");
+                    }
+                    report.stored.push((u.path, bytes));
+                }
+                Err(Error::Dir(DirError::NotFound)) => {
+                    warn!(ino = %u.ino, path = %u.path, bytes, "the file was deleted since its data was kept; the kept data is dropped");
+                    let _ = std::fs::remove_file(&file);
+                    report.deleted.push((u.path, bytes));
+                }
+                Err(e) => {
+                    warn!(ino = %u.ino, path = %u.path, error = %e, "data kept by an earlier mount still cannot be stored; retried in the background");
+                    lock(&self.kept).insert(u.ino, file);
+                    report.pending.push((u.path, e.to_string()));
+                }
+            }
+        }
+        report
+    }
+
+    /// Applies one file's kept data to its state and flushes it.
+    ///
+    /// Errors: `NotFound` if the file is gone; upload and dirsvc errors (the
+    /// data then stays buffered in the file's state).
+    async fn apply_kept(self: &Arc<Self>, u: &Unstored) -> Result<()> {
+        let (attr, layout) = self.load_layout(u.ino).await?;
+        let f = {
+            let mut files = lock(&self.files);
+            files.entry(u.ino).or_insert_with(|| OpenFile::new(FileState::new(&attr, layout), 0)).clone()
+        };
+        let mut st = f.state.lock().await;
+        for (idx, b) in &u.blocks {
+            st.dirty.remove(idx);
+            st.uploading.remove(idx);
+            match b {
+                KeptBlock::Hole => {
+                    st.layout.remove(idx);
+                    st.uncommitted.insert(*idx, None);
+                }
+                KeptBlock::Data(d) => {
+                    st.dirty.insert(*idx, Arc::new(d.clone()));
+                }
+                KeptBlock::Chunk(c) => {
+                    st.layout.insert(
+                        *idx,
+                        BlockLoc { index: *idx, chunk: c.id, len: c.len, replicas: Vec::new() },
+                    );
+                    st.uncommitted.insert(*idx, Some(c.clone()));
+                }
+            }
+        }
+        let keep = u.size.div_ceil(self.block_size);
+        st.layout.retain(|i, _| *i < keep);
+        st.size = u.size;
+        st.mtime = u.mtime;
+        st.meta_dirty = true;
+        st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+        let r = self.flush_locked(&mut st).await;
+        if let Err(e) = &r {
+            st.failure.get_or_insert_with(|| e.clone());
+            st.retried_at = Some(std::time::Instant::now());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Unstored {
+        Unstored {
+            ino: InodeId(42),
+            path: "/docs/big file".into(),
+            size: 3 << 20,
+            mtime: Timestamp { secs: 1_700_000_000, nanos: 7 },
+            blocks: vec![
+                (0, KeptBlock::Data(vec![7u8; 1 << 20])),
+                (1, KeptBlock::Hole),
+                (
+                    2,
+                    KeptBlock::Chunk(StoredChunk { id: common::ChunkId([3; 32]), len: 99, replicas: vec![] }),
+                ),
+            ],
+            error: "no space: peers full".into(),
+        }
+    }
+
+    #[test]
+    fn recovery_files_round_trip_and_hold_no_plaintext() {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = VolumeSecret::from_bytes([5; 32]);
+        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &secret);
+        let u = sample();
+        let path = dir.keep(&u).unwrap();
+        assert_eq!(dir.pending().unwrap(), vec![path.clone()]);
+        assert_eq!(dir.load(&path).unwrap(), u);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(8).any(|w| w == b"big file"), "the path is sealed");
+        assert!(!raw.windows(64).any(|w| w.iter().all(|b| *b == 7)), "the data is sealed");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn altered_truncated_or_foreign_recovery_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = VolumeSecret::from_bytes([5; 32]);
+        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &secret);
+        let path = dir.keep(&sample()).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [good.len() - 1, good.len() / 2, 40, 10] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert!(dir.load(&path).is_err(), "truncated at {cut}");
+        }
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 20] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(dir.load(&path).is_err(), "altered");
+        std::fs::write(&path, &good).unwrap();
+        let other_key = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &VolumeSecret::from_bytes([6; 32]));
+        assert!(other_key.load(&path).is_err(), "another volume's key");
+        let other_volume = RecoveryDir::new(tmp.path(), VolumeId([2; 16]), &secret);
+        assert!(other_volume.load(&path).is_err(), "another volume");
+    }
+}
