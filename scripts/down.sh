@@ -3,7 +3,8 @@
 # lazy unmount if the mount is still there), then stops the peers and dirsvc.
 # Processes are found only by their PID files in $P2PFS_STATE/pids (and
 # checked to run the expected binary), never by name. Harmless when nothing
-# runs.
+# runs. Exits 1, naming the files, when the mount could not store all its
+# data (kept in $P2PFS_STATE/recovery for the next up.sh).
 #
 # Usage: scripts/down.sh        (P2PFS_STATE as for up.sh [./.p2pfs])
 set -euo pipefail
@@ -49,7 +50,9 @@ mount_type() {
     M="$s" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
 }
 
-# 1. The client first: on SIGTERM it flushes and unmounts.
+# 1. The client first: on SIGTERM it flushes and unmounts. What it could not
+# store it keeps under $STATE/recovery and says so in its log.
+log_mark=$(log_size fs-client)
 stop fs-client fs-client 60
 if [[ -f $STATE/mountpoint ]]; then
     mnt=$(<"$STATE/mountpoint")
@@ -66,4 +69,12 @@ for f in "$PIDS"/peerd-*.pid; do
     stop "${name%.pid}" peerd 30
 done
 stop dirsvc dirsvc 30
+if pending=$(pending_recovery) && [[ -n $pending ]]; then
+    echo "down.sh: the mount could not store all data it had buffered:" >&2
+    notices fs-client "$log_mark" ||
+        echo "down.sh: (no details in $STATE/logs/fs-client.log)" >&2
+    echo "down.sh: $pending file(s) of unstored data are kept, sealed, in $STATE/recovery; the next scripts/up.sh stores them (free space on the peers first)" >&2
+    echo "p2pfs is down, with unstored data kept (state in $STATE)"
+    exit 1
+fi
 echo "p2pfs is down (state kept in $STATE)"

@@ -1,5 +1,6 @@
 # Shell helpers shared by up.sh, down.sh and chaos.sh (sourced, not run).
-# The caller sets PIDS to its state's pids/ directory before calling them.
+# The caller sets STATE to its state directory and PIDS to its pids/
+# directory before calling them.
 
 # Whether PID is a running (not zombie) process.
 alive() {
@@ -21,4 +22,28 @@ live_pid() {
     [[ ${exe##*/} == "$bin_name" ]] || return 1
     alive "$pid" || return 1
     echo "$pid"
+}
+
+# The size in bytes of logs/NAME.log (0 if there is none yet): a mark from
+# which `notices` reads what the daemon writes next.
+log_size() {
+    stat -c %s "$STATE/logs/$1.log" 2>/dev/null || echo 0
+}
+
+# Prints, to stderr, the lines fs-client wrote for a person to read (they
+# start with "fs-client: ") in logs/NAME.log after byte MARK. Returns 0 if
+# there were any.
+notices() {
+    local name=$1 mark=$2 lines
+    lines=$(tail -c +$((mark + 1)) "$STATE/logs/$name.log" 2>/dev/null | grep -a '^fs-client: ') || return 1
+    printf '%s\n' "$lines" >&2
+}
+
+# The number of recovery files (data a mount could not store, kept for the
+# next one) waiting under $STATE/recovery; prints nothing if there are none.
+pending_recovery() {
+    local n
+    n=$(find "$STATE/recovery" -name '*.p2pr' -type f 2>/dev/null | wc -l)
+    (( n > 0 )) && echo "$n"
+    return 0
 }

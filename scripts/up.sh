@@ -10,13 +10,17 @@
 #   P2PFS_PEERS     number of peers N [3]
 #   P2PFS_REPLICAS  replicas R for a new volume [2]
 #   CARGO_TARGET_DIR  where cargo puts binaries [<repo>/target]
+#   P2PFS_BIN       directory with dirsvc, peerd and fs-client to use as they
+#                   are, without building [$CARGO_TARGET_DIR/release]
+# Data the mount could not store by its unmount (peers full or unreachable)
+# is kept, sealed, in $P2PFS_STATE/recovery and stored by the next up.sh.
 # Stop everything with scripts/down.sh (same P2PFS_STATE).
 set -euo pipefail
 
 die() { echo "up.sh: $*" >&2; exit 1; }
 
 [[ $# -eq 1 && $1 != -h && $1 != --help ]] || {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -37,7 +41,7 @@ mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/dirsvc" "$STATE/run"
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$PWD/$TARGET
-BIN=$TARGET/release
+BIN=${P2PFS_BIN:-$TARGET/release}
 DIRSVC_ADDR=127.0.0.1:$PORT
 IDENTITY=$STATE/identity.txt
 
@@ -57,7 +61,7 @@ needs_build() {
     done
     return 1
 }
-if needs_build; then
+if [[ -z ${P2PFS_BIN:-} ]] && needs_build; then
     echo "building release binaries into $BIN ..."
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --workspace)
 fi
@@ -189,7 +193,9 @@ else
     # A mount whose daemon is gone: detach it so the path is usable.
     [[ -z $mtype ]] || umount -l "$MNT"
     mkdir -p "$MNT"
-    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" "$MNT"
+    log_mark=$(log_size fs-client)
+    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" \
+        --recovery-dir "$STATE/recovery" "$MNT"
     pid=$(<"$STATE/pids/fs-client.pid")
     deadline=$((SECONDS + 30))
     until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do
@@ -203,6 +209,12 @@ else
         fi
         sleep 0.1
     done
+    # What the mount said about data an earlier mount could not store
+    # (stored now, or still waiting).
+    notices fs-client "$log_mark" || true
+fi
+if pending=$(pending_recovery) && [[ -n $pending ]]; then
+    echo "up.sh: $pending file(s) of data kept by an earlier mount are not stored yet; the mount retries them (see $STATE/logs/fs-client.log)" >&2
 fi
 
 # ---------------------------------------------------------------- summary

@@ -23,7 +23,9 @@ mod integration {
     mod peer_faults;
     mod posix_edges;
     mod posix_suites;
+    mod scripted;
     mod scrub_repair;
+    mod told_errors;
     mod tools;
     mod two_mounts;
     mod workloads;

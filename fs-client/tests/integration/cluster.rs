@@ -84,6 +84,13 @@ fn bins() -> &'static Bins {
     })
 }
 
+/// The directory holding the `dirsvc`, `peerd` and `fs-client` binaries
+/// under test (built and refreshed first, see [`bins`]): what
+/// `scripts/up.sh` takes as `P2PFS_BIN`.
+pub fn bin_dir() -> PathBuf {
+    bins().fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf()
+}
+
 /// Runs `cargo build` for the daemon binaries in the same profile and target
 /// directory as this test binary (`dir` is `<target>/<profile>`). Does
 /// nothing when not run under cargo or when the layout is not recognised;
@@ -123,7 +130,7 @@ fn build_sibling_binaries(dir: &Path) {
 }
 
 /// Fails with a clear message unless this process can mount FUSE.
-fn check_environment() {
+pub fn check_environment() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert!(
