@@ -21,9 +21,9 @@
 
 use crate::placement::{self, Candidate, Domain, Occupied};
 use crate::store::tables::PeerRecord;
-use common::rpc::dir::{DirError, PeerState, PeerStatus, PeerUsage};
 #[cfg(test)]
 use common::rpc::dir::StorageFs;
+use common::rpc::dir::{DirError, PeerState, PeerStatus, PeerUsage};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use common::PeerId;
@@ -472,7 +472,13 @@ mod tests {
     fn rec(free: u64, age: Duration) -> PeerRecord {
         PeerRecord::new(
             "127.0.0.1:1".into(),
-            PeerUsage { capacity_bytes: 1000, free_bytes: free, used_bytes: 1000 - free, chunks: 0, fs: None },
+            PeerUsage {
+                capacity_bytes: 1000,
+                free_bytes: free,
+                used_bytes: 1000 - free,
+                chunks: 0,
+                fs: None,
+            },
             Timestamp::from(SystemTime::now() - age),
             PeerLabels::default(),
         )

@@ -146,7 +146,13 @@ mod tests {
     /// with the given replicas.
     fn store_with(dir: &std::path::Path, chunks: &[&[u8]]) -> Store {
         let s = Store::open(&dir.join("db")).unwrap();
-        let vol = VolumeInfo { id: VolumeId([1; 16]), block_size: 4096, replicas: 3, wrapped_secret: vec![], recipients: vec![] };
+        let vol = VolumeInfo {
+            id: VolumeId([1; 16]),
+            block_size: 4096,
+            replicas: 3,
+            wrapped_secret: vec![],
+            recipients: vec![],
+        };
         s.init_volume(&vol, 0, 0).unwrap();
         for k in 1..=4u8 {
             let rec = PeerRecord::new(

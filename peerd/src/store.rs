@@ -828,7 +828,8 @@ fn remove_temp_files(dir: &Path) -> Result<usize, Error> {
 /// Where this machine's identity is read from, first found first: the
 /// systemd machine id, the D-Bus one, then the kernel's boot id (which
 /// changes at every boot, but so may device numbers).
-const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"];
+const MACHINE_ID_FILES: &[&str] =
+    &["/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"];
 
 /// The identity of the filesystem holding `dir`, as reported to dirsvc in
 /// `StorageFs::id`: the first 16 bytes of BLAKE3 (in derive-key mode) over

@@ -2003,8 +2003,12 @@ mod tests {
             {
                 let mut meta = txn.open_table(META).unwrap();
                 meta.insert(META_SCHEMA, &2u32.to_le_bytes()[..]).unwrap();
-                let vol =
-                    tables::VolumeRecordV1 { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
+                let vol = tables::VolumeRecordV1 {
+                    id: [1; 16],
+                    block_size: 4096,
+                    replicas: 2,
+                    wrapped_secret: vec![9],
+                };
                 meta.insert(META_VOLUME, vol.to_bytes().unwrap().as_slice()).unwrap();
                 meta.insert(META_NEXT_INODE, &3u64.to_le_bytes()[..]).unwrap();
                 meta.insert(META_NEXT_COOKIE, &2u64.to_le_bytes()[..]).unwrap();

@@ -73,7 +73,13 @@ impl Svc {
             let reg = PeerRegistration {
                 id,
                 addr: format!("127.0.0.1:{}", 9000 + u16::from(k)),
-                usage: PeerUsage { capacity_bytes: 1 << 30, free_bytes: 1 << 30, used_bytes: 0, chunks: 0, fs: None },
+                usage: PeerUsage {
+                    capacity_bytes: 1 << 30,
+                    free_bytes: 1 << 30,
+                    used_bytes: 0,
+                    chunks: 0,
+                    fs: None,
+                },
                 labels: PeerLabels::default(),
             };
             ok(c.register_peer(context::current(), reg).await);
