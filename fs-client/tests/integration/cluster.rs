@@ -84,6 +84,13 @@ fn bins() -> &'static Bins {
     })
 }
 
+/// The directory holding the built `dirsvc`, `peerd` and `fs-client`
+/// (`<target>/<profile>`, as `scripts/up.sh` expects under
+/// `CARGO_TARGET_DIR`), with the daemons built or refreshed first.
+pub fn binaries_dir() -> PathBuf {
+    bins().fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf()
+}
+
 /// Runs `cargo build` for the daemon binaries in the same profile and target
 /// directory as this test binary (`dir` is `<target>/<profile>`). Does
 /// nothing when not run under cargo or when the layout is not recognised;
@@ -123,7 +130,7 @@ fn build_sibling_binaries(dir: &Path) {
 }
 
 /// Fails with a clear message unless this process can mount FUSE.
-fn check_environment() {
+pub fn check_environment() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert!(
@@ -997,7 +1004,7 @@ fn count_live(stdout: &str) -> usize {
 
 /// Clears the p2pfs environment fallbacks so only explicit flags count, and
 /// asks for logs without colour codes so they read (and grep) as text.
-fn hermetic(cmd: &mut Command) {
+pub fn hermetic(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.as_bytes().starts_with(b"P2PFS_") {
             cmd.env_remove(k);
