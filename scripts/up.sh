@@ -167,7 +167,21 @@ until (( $("$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" 2>/dev/null | grep -cw
 done
 
 # ---------------------------------------------------------------- volume
+# A missing identity is generated only while dirsvc has no volume: a new key
+# cannot open an existing volume, and would stand where the real one belongs.
 if [[ ! -e $IDENTITY ]]; then
+    volume=$("$BIN/fs-client" volume --dirsvc "$DIRSVC_ADDR") ||
+        die "cannot ask dirsvc at $DIRSVC_ADDR whether a volume exists; not generating $IDENTITY"
+    if grep -q '^volume: ' <<<"$volume"; then
+        recipients=
+        while read -r r; do
+            recipients+=${recipients:+, }$r
+        done < <(sed -n 's/^recipient: //p' <<<"$volume")
+        [[ -n $recipients ]] ||
+            recipients="a key dirsvc does not record (the volume predates recorded recipients)"
+        die "the volume exists and is wrapped to $recipients; restore $IDENTITY from your backup" \
+            "(a new key cannot open it; \`$BIN/fs-client volume --dirsvc $DIRSVC_ADDR\` shows the volume)"
+    fi
     "$BIN/fs-client" keygen -o "$IDENTITY" >/dev/null
     echo "generated identity $IDENTITY"
 fi

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use age::secrecy::ExposeSecret;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes a new X25519 age identity to `path` (created with mode 0600; an
 /// existing file is never overwritten) and returns its public recipient
@@ -34,6 +34,19 @@ pub struct IdentityFile {
     pub identities: Vec<Box<dyn age::Identity>>,
     /// Their public recipients, to wrap a new volume secret to.
     pub recipients: Vec<Box<dyn age::Recipient + Send>>,
+    /// The same recipients as text (`age1…`), in file order: what a new
+    /// volume records as the keys it is wrapped to, and what error messages
+    /// name. Public information.
+    pub public_keys: Vec<String>,
+    /// The file they were read from.
+    pub path: PathBuf,
+}
+
+impl IdentityFile {
+    /// [`Self::public_keys`] joined with `, `, for messages.
+    pub fn describe(&self) -> String {
+        self.public_keys.join(", ")
+    }
 }
 
 impl std::fmt::Debug for IdentityFile {
@@ -65,6 +78,8 @@ pub fn load(path: &Path) -> Result<IdentityFile> {
         .map_err(|e| Error::Key(format!("cannot parse identity file {}: {e}", path.display())))?;
     let recipients =
         file.to_recipients().map_err(|e| Error::Key(format!("identity file {}: {e}", path.display())))?;
+    let public_keys =
+        public_keys(&file).map_err(|e| Error::Key(format!("identity file {}: {e}", path.display())))?;
     let identities = file
         .into_identities()
         .map_err(|e| Error::Key(format!("identity file {}: {e}", path.display())))?
@@ -74,7 +89,17 @@ pub fn load(path: &Path) -> Result<IdentityFile> {
     if identities.is_empty() {
         return Err(Error::Key(format!("identity file {} holds no identity", path.display())));
     }
-    Ok(IdentityFile { identities, recipients })
+    Ok(IdentityFile { identities, recipients, public_keys, path: path.to_path_buf() })
+}
+
+/// The `age1…` recipient of each identity of `file`, in file order (as
+/// `age-keygen -y` prints them). Only X25519 identities exist here: age's
+/// plugin support is not compiled in, so every identity has a text form.
+fn public_keys(file: &age::IdentityFile<age::NoCallbacks>) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    file.write_recipients_file(&mut out).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
 }
 
 #[cfg(test)]
@@ -90,7 +115,31 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let f = load(&p).unwrap();
         assert_eq!(f.identities.len(), 1);
+        assert_eq!(f.public_keys, vec![r]);
+        assert_eq!(f.path, p);
         assert!(keygen(&p).is_err());
+    }
+
+    #[test]
+    fn every_identity_of_a_file_has_its_public_key_listed_in_order() {
+        // Two keys in one file, as `cat a.txt b.txt > both.txt` makes.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, both) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("both"));
+        let (ra, rb) = (keygen(&a).unwrap(), keygen(&b).unwrap());
+        let text = std::fs::read_to_string(&a).unwrap() + &std::fs::read_to_string(&b).unwrap();
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&both).unwrap();
+        std::fs::write(&both, text).unwrap();
+        let f = load(&both).unwrap();
+        assert_eq!(f.public_keys, vec![ra.clone(), rb.clone()]);
+        assert_eq!(f.describe(), format!("{ra}, {rb}"));
+        // The recipient is derived from the secret key, not copied from
+        // the `# public key:` comment, which nothing checks.
+        let x = age::x25519::Identity::generate();
+        let lying = dir.path().join("lying");
+        let body = format!("# public key: {rb}\n{}\n", x.to_string().expose_secret());
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&lying).unwrap();
+        std::fs::write(&lying, body).unwrap();
+        assert_eq!(load(&lying).unwrap().public_keys, vec![x.to_public().to_string()]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! p2pfs client: mounts a volume as a folder (FUSE) and offers the CLI
-//! operations around it (keygen, init, peers).
+//! operations around it (keygen, init, volume, peers).
 //!
 //! Architecture: [`fs::Fs`] is the async core (namespace calls to dirsvc,
 //! block buffers, uploads to peers, verified reads, the block cache). It runs

@@ -21,6 +21,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a new age identity file (mode 0600) and print its public key.
+    ///
+    /// Refuses to write into a p2pfs state directory (one holding
+    /// run/dirsvc.addr or dirsvc/dirsvc.redb, as scripts/up.sh makes) whose
+    /// volume already exists: a new key cannot open it, so the lost
+    /// identity must be restored from a backup instead.
     Keygen {
         /// Where to write it; never overwritten.
         #[arg(short, long, env = "P2PFS_IDENTITY_FILE")]
@@ -74,6 +79,27 @@ enum Cmd {
         /// Where to mount.
         mountpoint: PathBuf,
     },
+    /// Show the volume: id, block size, replicas and the keys it is wrapped to.
+    ///
+    /// The keys are the age recipients (`age1…` public keys) the volume
+    /// secret is wrapped to; no identity is needed to see them. Output: `key: value` lines (`volume:`, `block_size:`, `replicas:`,
+    /// then one `recipient:` line per key, or `recipients: unknown` for a
+    /// volume created before recipients were recorded), or the single line
+    /// `no volume yet on dirsvc ADDR` before `fs-client init`. With --json,
+    /// one object: {"dirsvc": ADDR, "volume": null} or {"dirsvc": ADDR,
+    /// "volume": {"id", "block_size", "replicas", "recipients": [..]}}
+    /// (recipients empty when unknown).
+    ///
+    /// Exit status: 0 whether or not a volume exists (the output says
+    /// which); 1 if dirsvc cannot be reached or fails to answer.
+    Volume {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// Print one JSON object instead of `key: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the peers dirsvc knows, with state and usage.
     Peers {
         /// dirsvc address, host:port.
@@ -118,36 +144,50 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.cmd {
         Cmd::Keygen { output } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(fs_client::volume::check_new_identity_path(&output))?;
             let r = fs_client::identity::keygen(&output)?;
             println!("{r}");
             eprintln!("identity written to {} (keep it private; it unlocks your volumes)", output.display());
         }
         Cmd::Init { dirsvc, identity, block_size, replicas, if_missing } => {
-            let id = fs_client::identity::load(&identity)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
+                let id = fs_client::volume::load_identity(&dirsvc, &identity).await?;
                 let dir = DirClient::connect(&dirsvc)
                     .await
                     .with_context(|| format!("cannot reach dirsvc at {dirsvc}"))?;
                 match fs_client::volume::init(&dir, &id, block_size, replicas).await {
                     Ok(info) => {
                         println!(
-                            "volume {} created: block size {} bytes, {} replicas",
+                            "volume {} created: block size {} bytes, {} replicas, wrapped to {}",
                             info.id.to_hex(),
                             info.block_size,
-                            info.replicas
+                            info.replicas,
+                            id.describe()
                         );
                         Ok(())
                     }
                     Err(fs_client::Error::Dir(common::rpc::dir::DirError::AlreadyInitialized))
                         if if_missing =>
                     {
-                        println!("volume already exists on {dirsvc}");
+                        // Only "nothing to do" if this identity can open
+                        // it; otherwise the mount that follows would fail.
+                        let (info, _) = fs_client::volume::open(&dir, &id).await?;
+                        println!("volume {} already exists on {dirsvc}", info.id.to_hex());
                         Ok(())
                     }
                     Err(e) => bail!("init failed: {e}"),
                 }
             })?;
+        }
+        Cmd::Volume { dirsvc, json } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let info = rt.block_on(async {
+                let dir = connect(&dirsvc).await?;
+                fs_client::volume::info(&dir).await.with_context(|| format!("cannot ask dirsvc at {dirsvc}"))
+            })?;
+            print_volume(&dirsvc, info.as_ref(), json)?;
         }
         Cmd::Mount {
             dirsvc,
@@ -226,6 +266,36 @@ fn main() -> anyhow::Result<()> {
 
 async fn connect(dirsvc: &str) -> anyhow::Result<DirClient> {
     DirClient::connect(dirsvc).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
+}
+
+/// Prints what `fs-client volume` shows (see its `--help`).
+fn print_volume(dirsvc: &str, info: Option<&common::rpc::dir::VolumeInfo>, json: bool) -> anyhow::Result<()> {
+    if json {
+        let volume = info.map(|v| {
+            serde_json::json!({
+                "id": v.id.to_hex(),
+                "block_size": v.block_size,
+                "replicas": v.replicas,
+                "recipients": v.recipients,
+            })
+        });
+        println!("{}", serde_json::to_string(&serde_json::json!({ "dirsvc": dirsvc, "volume": volume }))?);
+        return Ok(());
+    }
+    let Some(v) = info else {
+        println!("no volume yet on dirsvc {dirsvc}");
+        return Ok(());
+    };
+    println!("volume: {}", v.id.to_hex());
+    println!("block_size: {}", v.block_size);
+    println!("replicas: {}", v.replicas);
+    if v.recipients.is_empty() {
+        println!("recipients: unknown (the volume was created before volumes recorded their recipients)");
+    }
+    for r in &v.recipients {
+        println!("recipient: {r}");
+    }
+    Ok(())
 }
 
 async fn print_peers(dir: &DirClient) -> anyhow::Result<()> {

@@ -152,7 +152,7 @@ pub fn run(config: MountConfig) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("cannot start runtime: {e}")))?;
-    let id = crate::identity::load(&config.identity)?;
+    let id = rt.block_on(crate::volume::load_identity(&config.dirsvc, &config.identity))?;
     let mountpoint = std::path::absolute(&config.mountpoint)
         .map_err(|e| Error::Io(format!("bad mount point {}: {e}", config.mountpoint.display())))?;
     clean_stale(&mountpoint)?;

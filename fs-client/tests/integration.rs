@@ -5,7 +5,9 @@
 //! altered on disk (`chaos`, `kills`, `scrub_repair`, `gc`); POSIX
 //! behaviour: pjdfstest and fsx (`posix_suites`), edge cases
 //! (`posix_edges`), git, rsync, tar, sqlite and editor saves
-//! (`workloads`), and two mounts of one volume (`two_mounts`).
+//! (`workloads`), two mounts of one volume (`two_mounts`), and keys that
+//! are never replaced: `scripts/up.sh`, mount, init and keygen with a
+//! missing or wrong identity (`keys`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. They take a
@@ -19,6 +21,7 @@ mod integration {
     mod copy_tree;
     mod drain;
     mod gc;
+    mod keys;
     mod kills;
     mod peer_faults;
     mod posix_edges;

@@ -1004,7 +1004,7 @@ fn count_live(stdout: &str) -> usize {
 
 /// Clears the p2pfs environment fallbacks so only explicit flags count, and
 /// asks for logs without colour codes so they read (and grep) as text.
-fn hermetic(cmd: &mut Command) {
+pub fn hermetic(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.as_bytes().starts_with(b"P2PFS_") {
             cmd.env_remove(k);

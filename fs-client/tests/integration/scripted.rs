@@ -5,8 +5,8 @@
 //! files), lazily unmounts what is still mounted and unmounts the tmpfs
 //! filesystems the test asked for, whether the test passed or not.
 
-use super::cluster::{bin_dir, check_environment, mount_entry};
-use super::tools::output;
+use super::cluster::{bin_dir, check_environment, hermetic, mount_entry, tail};
+use super::tools::{output, Rng};
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -23,23 +23,19 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("fs-client lives in the workspace").to_path_buf()
 }
 
-/// A base port such that it and the next `n` ports are free on 127.0.0.1
-/// (checked by binding; the scripts bind them a moment later).
+/// A random base port P such that P..=P+n all bind on loopback now, below
+/// the kernel's ephemeral range (so other tests' `127.0.0.1:0` listeners
+/// do not take them meanwhile; up.sh binds them a moment later).
 fn free_ports(n: u16) -> u16 {
-    let seed = u64::from(std::process::id())
-        ^ std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::for_test("up.sh ports");
     for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let base = 20_000 + (x % 30_000) as u16;
-        let all_free = (0..=n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
+        let base = 20_000 + rng.below(12_000) as u16;
+        let held: Vec<_> = (0..=n).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == usize::from(n) + 1 {
             return base;
         }
     }
-    panic!("no {n} consecutive free loopback ports found");
+    panic!("no free run of {} loopback ports found between 20000 and 32000", n + 1);
 }
 
 /// A local cluster of `scripts/up.sh`.
@@ -74,6 +70,16 @@ impl Scripted {
         self.dir.path().join("mnt")
     }
 
+    /// The identity file up.sh makes.
+    pub fn identity(&self) -> PathBuf {
+        self.state().join("identity.txt")
+    }
+
+    /// dirsvc's `host:port`.
+    pub fn dirsvc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// The data directory of peer `i` (1-based, as up.sh names them).
     pub fn peer_dir(&self, i: usize) -> PathBuf {
         self.state().join(format!("peerd-{i}"))
@@ -102,13 +108,13 @@ impl Scripted {
 
     fn script(&self, name: &str) -> Command {
         let mut cmd = Command::new("bash");
+        hermetic(&mut cmd);
         cmd.arg(repo_root().join("scripts").join(name))
             .env("P2PFS_STATE", self.state())
             .env("P2PFS_PORT", self.port.to_string())
             .env("P2PFS_PEERS", self.peers.to_string())
             .env("P2PFS_REPLICAS", self.replicas.to_string())
-            .env("P2PFS_BIN", bin_dir())
-            .env("NO_COLOR", "1");
+            .env("P2PFS_BIN", bin_dir());
         cmd
     }
 
@@ -144,8 +150,18 @@ pub fn text(out: &Output) -> String {
 
 impl Drop for Scripted {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(rd) = fs::read_dir(self.state().join("logs")) {
+                for e in rd.flatten() {
+                    eprintln!("---- {} ----\n{}", e.path().display(), tail(&e.path(), 30));
+                }
+            }
+        }
         if self.state().join("pids").exists() {
-            let _ = self.down();
+            let out = self.down();
+            if !out.status.success() {
+                eprintln!("scripts/down.sh failed ({}):\n{}", out.status, text(&out));
+            }
         }
         if mount_entry(&self.mnt()).is_some() {
             let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
