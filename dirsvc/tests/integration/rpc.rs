@@ -131,11 +131,12 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         assert_eq!(per_peer.len(), 4, "{per_peer:?}");
         assert!(per_peer.values().all(|&k| k > 100), "{per_peer:?}");
         c.heartbeat(ctx(), first, usage(2 * GIB)).await.unwrap().unwrap();
-        // Chunks larger than any peer's free space cannot be placed.
-        assert!(matches!(
+        // Chunks larger than any peer's free space cannot be placed: enough
+        // peers are live, none has room.
+        assert_eq!(
             c.placement(ctx(), 1, 3 * GIB).await.unwrap(),
-            Err(DirError::NoPeers { needed: 2, .. })
-        ));
+            Err(DirError::PeersFull { needed: 2, with_room: 0, live: 4 })
+        );
         assert!(matches!(c.placement(ctx(), 1_000_000, 1).await.unwrap(), Err(DirError::Invalid(_))));
         assert_eq!(c.heartbeat(ctx(), PeerId([77; 16]), usage(1)).await.unwrap(), Err(DirError::NotFound));
         assert!(matches!(
