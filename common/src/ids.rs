@@ -89,6 +89,28 @@ byte_id!(
     16
 );
 
+byte_id!(
+    /// Identity of a node of the cluster (dirsvc, peer, client or admin):
+    /// the first 16 bytes of BLAKE3 (derive-key mode) of its TLS public key
+    /// (SubjectPublicKeyInfo, DER), so no other key can claim it. Named in
+    /// the node's certificate (see `common::pki`). A peer's [`PeerId`] is
+    /// its node id.
+    NodeId,
+    16
+);
+
+impl From<NodeId> for PeerId {
+    fn from(n: NodeId) -> PeerId {
+        PeerId(n.0)
+    }
+}
+
+impl From<PeerId> for NodeId {
+    fn from(p: PeerId) -> NodeId {
+        NodeId(p.0)
+    }
+}
+
 impl ChunkId {
     /// The id of `bytes`: their BLAKE3 hash.
     pub fn of(bytes: &[u8]) -> Self {

@@ -20,4 +20,4 @@ pub mod time;
 pub mod transport;
 
 pub use error::Error;
-pub use ids::{ChunkId, InodeId, PeerId, VolumeId};
+pub use ids::{ChunkId, InodeId, NodeId, PeerId, VolumeId};

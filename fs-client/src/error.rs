@@ -85,10 +85,12 @@ impl Error {
                 DirError::PeersFull { .. } | DirError::NoSpace => libc::ENOSPC,
                 DirError::NoAttr => libc::ENODATA,
                 DirError::TooBig => libc::E2BIG,
-                DirError::WouldBlock | DirError::Grace => libc::EAGAIN,
+                DirError::WouldBlock | DirError::Grace | DirError::Limit(_) => libc::EAGAIN,
+                DirError::Unauthorized(_) => libc::EACCES,
                 _ => libc::EIO,
             },
             Error::Peer(PeerError::NoSpace) | Error::NoSpace(_) => libc::ENOSPC,
+            Error::Peer(PeerError::Unauthorized(_)) => libc::EACCES,
             Error::Errno(e, _) => *e,
             _ => libc::EIO,
         }

@@ -551,6 +551,15 @@ pub enum DirError {
     /// again (a new chunk) and commit that.
     #[error("chunk {0} was garbage-collected; store the block again")]
     ChunkGone(ChunkId),
+    /// The caller's certificate does not allow this call (its role, or the
+    /// node it names), with the reason (EACCES at the client).
+    #[error("not allowed: {0}")]
+    Unauthorized(String),
+    /// A per-identity or global limit was reached (sessions, locks,
+    /// reservations, connections), with which one (EAGAIN; ENOLCK for
+    /// locks).
+    #[error("limit reached: {0}")]
+    Limit(String),
     /// Anything else (storage failure); the server's message.
     #[error("internal error: {0}")]
     Internal(String),

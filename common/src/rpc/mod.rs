@@ -19,7 +19,55 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the RPC protocol; bumped on any incompatible change to the
 /// types in this module. Exchanged by `DirService::hello`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The role a cluster node's certificate names; what it may call is
+/// decided from it (docs/SECURITY.md has the table of RPCs and roles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The directory service.
+    Dirsvc,
+    /// A storage peer.
+    Peer,
+    /// A client of the volume (a mount, the CLI of a member).
+    Client,
+    /// An operator: membership, drain, join tokens, revocation; also
+    /// everything a client may do.
+    Admin,
+}
+
+impl Role {
+    /// The lowercase name used in certificates, tokens and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Dirsvc => "dirsvc",
+            Role::Peer => "peer",
+            Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    /// Parses `dirsvc`, `peer`, `client` or `admin`.
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "dirsvc" => Ok(Role::Dirsvc),
+            "peer" => Ok(Role::Peer),
+            "client" => Ok(Role::Client),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?} (dirsvc, peer, client or admin)")),
+        }
+    }
+}
 
 /// A peer as handed to clients: where to reach it and whether dirsvc
 /// currently believes it is alive.

@@ -29,6 +29,10 @@ pub enum PeerError {
     /// A malformed request (range past the end, oversize chunk).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The caller's certificate does not allow this call (EACCES at the
+    /// client).
+    #[error("not allowed: {0}")]
+    Unauthorized(String),
     /// Anything else (an I/O error); the peer's message.
     #[error("internal error: {0}")]
     Internal(String),
