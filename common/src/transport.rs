@@ -1,63 +1,168 @@
-//! The one framed transport every p2pfs connection uses.
+//! The one transport every p2pfs connection uses, and the server side's
+//! accept loop with its limits.
 //!
-//! TCP (with `TCP_NODELAY`), 4-byte big-endian length-delimited frames of at
-//! most [`MAX_FRAME_BYTES`], bincode-encoded tarpc messages. Both ends set
-//! the same frame limit: a frame over it, or bytes that do not decode, end
-//! that connection only. TLS will wrap the stream here, below the framing,
-//! so no caller changes when it comes.
+//! TCP (with `TCP_NODELAY`), mutual TLS 1.3 ([`crate::tls`]), 4-byte
+//! big-endian length-delimited frames of at most [`MAX_FRAME_BYTES`],
+//! bincode-encoded tarpc messages. Both ends set the same frame limit: a
+//! frame over it, or bytes that do not decode, end that connection only.
+//! No listener speaks plaintext.
+//!
+//! Servers accept through [`serve`] (used by the `serve_tarpc!` macro):
+//! a bounded number of TLS handshakes at once, each with a deadline (so
+//! half-open or garbage connections cost a slot for seconds, not forever);
+//! caps on connections in total, per node and without a certificate; a cap
+//! on requests in flight per connection; and an idle timeout. The
+//! certificate the other end presented becomes the [`Caller`] every request
+//! on that connection is authorized from, and [`Connections::close_node`]
+//! ends every connection of a node (when it is revoked).
 
 use crate::config::MAX_FRAME_BYTES;
+use crate::ids::{NodeId, PeerId};
 use crate::rpc::dir::DirServiceClient;
 use crate::rpc::peer::PeerServiceClient;
+use crate::rpc::Role;
+use crate::tls::{Caller, Expect, Tls, SERVER_NAME};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-/// A framed, bincode-encoded transport over one TCP connection.
-pub type TcpTransport<In, Out> = Transport<TcpStream, In, Out, Bincode<In, Out>>;
+/// A TLS connection, from either side.
+pub type Stream = tokio_rustls::TlsStream<TcpStream>;
+
+/// A framed, bincode-encoded transport over one TLS connection.
+pub type TlsTransport<In, Out> = Transport<Activity<Stream>, In, Out, Bincode<In, Out>>;
 
 /// How long [`connect`] waits for the TCP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Frames an accepted or connected stream.
-pub fn framed<In, Out>(stream: TcpStream) -> TcpTransport<In, Out>
+/// How long a TLS handshake may take, on either side.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream that notes when it last read bytes, for the idle timeout.
+pub struct Activity<S> {
+    inner: S,
+    /// Milliseconds since `epoch` at the last read.
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S> Activity<S> {
+    fn new(inner: S) -> Self {
+        Activity { inner, last: Arc::new(AtomicU64::new(0)), epoch: Instant::now() }
+    }
+
+    /// How long since bytes last arrived.
+    fn idle_for(last: &AtomicU64, epoch: Instant) -> Duration {
+        let now = epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(last.load(Ordering::Relaxed)))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.last.store(me.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Frames a TLS connection.
+pub fn framed<In, Out>(stream: Stream) -> TlsTransport<In, Out>
 where
     In: DeserializeOwned,
     Out: Serialize,
 {
-    let _ = stream.set_nodelay(true);
-    let framed = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(stream);
+    let framed =
+        LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(Activity::new(stream));
     tarpc::serde_transport::new(framed, Bincode::default())
 }
 
-/// Connects to `addr` within [`CONNECT_TIMEOUT`].
+/// Connects to `addr` and runs the TLS handshake with `config`, each within
+/// its timeout.
 ///
-/// Errors: the connect error, or `TimedOut`.
-pub async fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+/// Errors: the connect or handshake error (a refused certificate is
+/// `InvalidData`), or `TimedOut`.
+pub async fn connect_with(addr: &str, config: Arc<rustls::ClientConfig>) -> io::Result<Stream> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(r) => Ok(tokio_rustls::TlsStream::Client(r?)),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
     }
 }
 
-/// A `DirService` client on a fresh connection to `addr`.
+/// Connects to `addr` as this node (`tls`), requiring the server to be
+/// `expect`.
+///
+/// Errors: as [`connect_with`]; `InvalidInput` if the configuration cannot
+/// be built.
+pub async fn connect(addr: &str, tls: &Tls, expect: Expect) -> io::Result<Stream> {
+    let config = tls.client_config(expect).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    connect_with(addr, config).await
+}
+
+/// A `DirService` client on a fresh connection to dirsvc at `addr`.
 ///
 /// Errors: as [`connect`].
-pub async fn dir_client(addr: &str) -> io::Result<DirServiceClient> {
-    let stream = connect(addr).await?;
+pub async fn dir_client(addr: &str, tls: &Tls) -> io::Result<DirServiceClient> {
+    let stream = connect(addr, tls, Expect::Role(Role::Dirsvc)).await?;
     Ok(DirServiceClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
-/// A `PeerService` client on a fresh connection to `addr`.
+/// A `PeerService` client on a fresh connection to the peer `peer` at
+/// `addr` (its certificate must name that peer).
 ///
 /// Errors: as [`connect`].
-pub async fn peer_client(addr: &str) -> io::Result<PeerServiceClient> {
-    let stream = connect(addr).await?;
+pub async fn peer_client(addr: &str, tls: &Tls, peer: PeerId) -> io::Result<PeerServiceClient> {
+    let stream = connect(addr, tls, Expect::Node(Role::Peer, NodeId::from(peer))).await?;
     Ok(PeerServiceClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
+}
+
+/// A `DirService` client for a node that joins with a token: no client
+/// certificate, dirsvc authenticated by the CA fingerprint `ca`.
+///
+/// Errors: as [`connect_with`].
+pub async fn joiner_dir_client(addr: &str, ca: [u8; 32]) -> io::Result<DirServiceClient> {
+    let config = crate::tls::joiner_config(ca).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let stream = connect_with(addr, config).await?;
+    Ok(DirServiceClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
 /// A tarpc context whose deadline is `timeout` from now.
@@ -67,54 +172,384 @@ pub fn deadline(timeout: Duration) -> tarpc::context::Context {
     ctx
 }
 
+/// Limits of one server (defaults in parentheses).
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Connections open at once, in total (4096).
+    pub max_connections: usize,
+    /// Connections open at once by one node (256).
+    pub max_per_node: usize,
+    /// Connections open at once without a certificate (joining nodes; 32).
+    pub max_unauthenticated: usize,
+    /// TLS handshakes under way at once; connections beyond it are closed
+    /// at once (128).
+    pub max_handshakes: usize,
+    /// Longest TLS handshake ([`HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// A connection on which nothing arrived for this long is closed
+    /// (10 minutes; clients reconnect on their next call).
+    pub idle_timeout: Duration,
+    /// Requests in flight at once on one connection (256); more are
+    /// answered with an error.
+    pub max_requests_in_flight: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 4096,
+            max_per_node: 256,
+            max_unauthenticated: 32,
+            max_handshakes: 128,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: Duration::from_secs(600),
+            max_requests_in_flight: 256,
+        }
+    }
+}
+
+/// The open connections of a server, by the node that opened them.
+#[derive(Debug, Default)]
+pub struct Connections {
+    total: AtomicUsize,
+    handshakes: AtomicUsize,
+    /// `None`: connections without a certificate.
+    by_node: Mutex<HashMap<Option<NodeId>, Vec<(u64, CancellationToken)>>>,
+    next: AtomicU64,
+}
+
+/// One registered connection; unregisters on drop.
+pub struct ConnectionGuard {
+    conns: Arc<Connections>,
+    node: Option<NodeId>,
+    id: u64,
+    /// Fires when the connection must end (its node was revoked, or the
+    /// server stops).
+    pub cancel: CancellationToken,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut g = self.conns.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = g.get_mut(&self.node) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                g.remove(&self.node);
+            }
+        }
+        self.conns.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Connections {
+    /// Ends every connection opened by `node` (it was revoked).
+    pub fn close_node(&self, node: &NodeId) -> usize {
+        let g = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = g.get(&Some(*node)).map(|v| v.as_slice()).unwrap_or(&[]);
+        for (_, c) in conns {
+            c.cancel();
+        }
+        conns.len()
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Registers a connection of `node` unless a cap is reached.
+    fn register(
+        self: &Arc<Self>,
+        node: Option<NodeId>,
+        limits: &ServerLimits,
+        parent: &CancellationToken,
+    ) -> Option<ConnectionGuard> {
+        let mut g = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cap = if node.is_some() { limits.max_per_node } else { limits.max_unauthenticated };
+        let mine = g.get(&node).map_or(0, Vec::len);
+        if mine >= cap || self.total.load(Ordering::SeqCst) >= limits.max_connections {
+            return None;
+        }
+        self.total.fetch_add(1, Ordering::SeqCst);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = parent.child_token();
+        g.entry(node).or_default().push((id, cancel.clone()));
+        Some(ConnectionGuard { conns: self.clone(), node, id, cancel })
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` fires: TLS handshake
+/// (bounded and timed, see [`ServerLimits`]), caller identity, connection
+/// caps; then `handle(stream, caller, guard)` in a task of its own (it must
+/// end when `guard.cancel` fires). Called by the `serve_tarpc!` macro.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: ServerLimits,
+    conns: Arc<Connections>,
+    shutdown: CancellationToken,
+    handle: F,
+) where
+    F: Fn(Stream, Option<Caller>, ConnectionGuard) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if conns.handshakes.fetch_add(1, Ordering::SeqCst) >= limits.max_handshakes {
+            conns.handshakes.fetch_sub(1, Ordering::SeqCst);
+            debug!(%remote, "too many TLS handshakes under way; connection closed");
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, conns, limits, shutdown, handle) =
+            (acceptor.clone(), conns.clone(), limits.clone(), shutdown.clone(), handle.clone());
+        tokio::spawn(async move {
+            let tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+            conns.handshakes.fetch_sub(1, Ordering::SeqCst);
+            let stream = match tls {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let caller = Caller::of(stream.get_ref().1.peer_certificates());
+            let Some(guard) = conns.register(caller.as_ref().map(|c| c.node), &limits, &shutdown) else {
+                debug!(%remote, caller = ?caller, "connection limit reached; connection closed");
+                return;
+            };
+            debug!(%remote, caller = ?caller, "connection accepted");
+            handle(tokio_rustls::TlsStream::Server(stream), caller, guard).await;
+            debug!(%remote, "connection closed");
+        });
+    }
+}
+
+/// Runs the tarpc work of one connection until it ends, its guard is
+/// cancelled, or nothing arrives for `idle` (then the connection is
+/// closed). `work` gets the transport; `idle_of` tells how long it has been
+/// idle (see [`idle_probe`]).
+pub async fn run_connection<W: Future<Output = ()>>(
+    work: W,
+    guard: &ConnectionGuard,
+    idle: Duration,
+    idle_of: impl Fn() -> Duration,
+) {
+    tokio::pin!(work);
+    let tick = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut work => return,
+            _ = guard.cancel.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {
+                if idle_of() >= idle {
+                    debug!("idle connection closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A function telling how long since `transport` last read bytes, kept
+/// valid after the transport moves into a channel.
+pub fn idle_probe<In, Out>(transport: &TlsTransport<In, Out>) -> impl Fn() -> Duration + Send + Sync + 'static {
+    let a = transport.get_ref();
+    let (last, epoch) = (a.last.clone(), a.epoch);
+    move || Activity::<Stream>::idle_for(&last, epoch)
+}
+
 /// Serves one tarpc service on every connection accepted from `listener`
-/// until `shutdown` is cancelled. Each connection is its own task; each
-/// request its own task. A connection that sends a bad or oversize frame is
-/// closed; the others carry on.
+/// until `shutdown` is cancelled, with mutual TLS and the limits of
+/// [`serve`]. Each request runs in its own task.
 ///
-/// `$listener`: a `tokio::net::TcpListener`; `$server`: a `Clone` value whose
-/// `.serve()` gives the tarpc `Serve` impl; `$shutdown`: a
-/// `tokio_util::sync::CancellationToken`; optional `$per_connection`: a
-/// function from `&server` to the value that serves one new connection
-/// (default: a clone), for services that keep per-connection state.
+/// `$listener`: a `tokio::net::TcpListener`; `$config`: the
+/// `Arc<rustls::ServerConfig>`; `$limits`: `ServerLimits`; `$conns`:
+/// `Arc<Connections>`; `$shutdown`: a `CancellationToken`; `$make`: a
+/// function from `Option<Caller>` to the value whose `.serve()` gives the
+/// tarpc `Serve` for that connection (its requests are authorized from the
+/// caller).
 #[macro_export]
 macro_rules! serve_tarpc {
-    ($listener:expr, $server:expr, $shutdown:expr) => {
-        $crate::serve_tarpc!($listener, $server, $shutdown, ::std::clone::Clone::clone)
-    };
-    ($listener:expr, $server:expr, $shutdown:expr, $per_connection:expr) => {{
+    ($listener:expr, $config:expr, $limits:expr, $conns:expr, $shutdown:expr, $make:expr) => {{
         use ::futures::StreamExt as _;
         use ::tarpc::server::Channel as _;
-        let listener: ::tokio::net::TcpListener = $listener;
-        let shutdown: ::tokio_util::sync::CancellationToken = $shutdown;
-        let server = $server;
-        loop {
-            let accepted = ::tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (stream, remote) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    ::tracing::warn!(error = %e, "accept failed");
-                    ::tokio::time::sleep(::std::time::Duration::from_millis(50)).await;
-                    continue;
+        let make = ::std::sync::Arc::new($make);
+        let limits: $crate::transport::ServerLimits = $limits;
+        let in_flight = limits.max_requests_in_flight;
+        let idle = limits.idle_timeout;
+        $crate::transport::serve(
+            $listener,
+            $config,
+            limits,
+            $conns,
+            $shutdown,
+            move |stream, caller, guard: $crate::transport::ConnectionGuard| {
+                let make = make.clone();
+                async move {
+                    let server = (make)(caller);
+                    let transport = $crate::transport::framed(stream);
+                    let idle_of = $crate::transport::idle_probe(&transport);
+                    let channel = ::tarpc::server::BaseChannel::with_defaults(transport)
+                        .max_concurrent_requests(in_flight);
+                    let work = channel.execute(server.serve()).for_each(|fut| async {
+                        ::tokio::spawn(fut);
+                    });
+                    $crate::transport::run_connection(work, &guard, idle, idle_of).await;
                 }
-            };
-            let server = ($per_connection)(&server);
-            let shutdown = shutdown.clone();
-            ::tokio::spawn(async move {
-                let transport = $crate::transport::framed(stream);
-                let channel = ::tarpc::server::BaseChannel::with_defaults(transport);
-                let work = channel.execute(server.serve()).for_each(|fut| async {
-                    ::tokio::spawn(fut);
-                });
-                ::tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = work => {}
-                }
-                ::tracing::debug!(%remote, "connection closed");
-            });
-        }
+            },
+        )
+        .await
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, NODE_CERT_VALIDITY};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers each connection with the caller's role and
+    /// node id (or "none").
+    async fn echo_server(tls: &Tls, open: bool, limits: ServerLimits) -> (String, CancellationToken, Arc<Connections>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let conns = Arc::new(Connections::default());
+        let config = tls.server_config(open).unwrap();
+        tokio::spawn(serve(listener, config, limits, conns.clone(), stop.clone(), |mut s: Stream, caller, guard| async move {
+            let who = caller.map_or("none".to_string(), |c| format!("{}:{}", c.role, c.node.to_hex()));
+            let _ = s.write_all(who.as_bytes()).await;
+            let _ = s.shutdown().await;
+            guard.cancel.cancelled().await;
+        }));
+        (addr, stop, conns)
+    }
+
+    async fn ask(addr: &str, config: Arc<rustls::ClientConfig>) -> io::Result<String> {
+        let mut s = connect_with(addr, config).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        if out.is_empty() {
+            return Err(io::Error::other("closed without an answer"));
+        }
+        Ok(out)
+    }
+
+    fn node(ca: &Ca, role: Role) -> Tls {
+        Tls::new(&ca.new_node(role, NODE_CERT_VALIDITY).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_nodes_of_the_cluster_that_are_valid_and_not_revoked_get_in() {
+        let ca = Ca::create("a").unwrap();
+        let dirsvc = node(&ca, Role::Dirsvc);
+        let (addr, _stop, conns) = echo_server(&dirsvc, false, ServerLimits::default()).await;
+        let client = node(&ca, Role::Client);
+        let who = ask(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.unwrap();
+        assert_eq!(who, format!("client:{}", client.node().to_hex()));
+        // Another cluster's node, an expired certificate, no certificate.
+        let stranger = node(&Ca::create("b").unwrap(), Role::Client);
+        assert!(ask(&addr, stranger.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
+        let expired = Tls::new(
+            &ca.new_node_until(Role::Client, std::time::SystemTime::now() - Duration::from_secs(7200)).unwrap(),
+        )
+        .unwrap();
+        assert!(ask(&addr, expired.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
+        assert!(ask(&addr, crate::tls::joiner_config(ca.fingerprint()).unwrap()).await.is_err());
+        // Revoked at the server: refused from then on, and its open
+        // connections are closed.
+        let mut held = connect_with(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.unwrap();
+        let mut first = [0u8; 6];
+        held.read_exact(&mut first).await.unwrap();
+        dirsvc.revocations().replace(1, [client.node()]);
+        assert!(conns.close_node(&client.node()) >= 1);
+        assert!(ask(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn clients_check_who_the_server_is() {
+        let ca = Ca::create("a").unwrap();
+        let peer = node(&ca, Role::Peer);
+        let (addr, _stop, _) = echo_server(&peer, false, ServerLimits::default()).await;
+        let client = node(&ca, Role::Client);
+        let right = Expect::Node(Role::Peer, peer.node());
+        assert!(ask(&addr, client.client_config(right).unwrap()).await.is_ok());
+        let wrong_node = Expect::Node(Role::Peer, NodeId([9; 16]));
+        assert!(ask(&addr, client.client_config(wrong_node).unwrap()).await.is_err());
+        assert!(ask(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
+        // A revoked server is refused by the client.
+        client.revocations().replace(3, [peer.node()]);
+        assert!(ask(&addr, client.client_config(right).unwrap()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_joiner_authenticates_dirsvc_by_the_ca_fingerprint_alone() {
+        let ca = Ca::create("a").unwrap();
+        let dirsvc = node(&ca, Role::Dirsvc);
+        let (addr, _stop, _) = echo_server(&dirsvc, true, ServerLimits::default()).await;
+        let who = ask(&addr, crate::tls::joiner_config(ca.fingerprint()).unwrap()).await.unwrap();
+        assert_eq!(who, "none");
+        assert!(ask(&addr, crate::tls::joiner_config([0; 32]).unwrap()).await.is_err());
+        // A peer of the cluster posing as dirsvc is refused too.
+        let peer = node(&ca, Role::Peer);
+        let (paddr, _pstop, _) = echo_server(&peer, true, ServerLimits::default()).await;
+        assert!(ask(&paddr, crate::tls::joiner_config(ca.fingerprint()).unwrap()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn garbage_and_half_open_connections_do_not_stop_service() {
+        let ca = Ca::create("a").unwrap();
+        let dirsvc = node(&ca, Role::Dirsvc);
+        let limits = ServerLimits { handshake_timeout: Duration::from_millis(300), max_handshakes: 16, ..ServerLimits::default() };
+        let (addr, _stop, _) = echo_server(&dirsvc, false, limits).await;
+        let mut held = Vec::new();
+        for i in 0..64 {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            if i % 2 == 0 {
+                let _ = s.write_all(b"\x16\x03\x01 not a real hello, just bytes").await;
+            }
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let client = node(&ca, Role::Client);
+        let who = ask(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.unwrap();
+        assert!(who.starts_with("client:"));
+    }
+
+    #[tokio::test]
+    async fn per_node_connection_caps_hold() {
+        let ca = Ca::create("a").unwrap();
+        let dirsvc = node(&ca, Role::Dirsvc);
+        let limits = ServerLimits { max_per_node: 2, ..ServerLimits::default() };
+        let (addr, _stop, _) = echo_server(&dirsvc, false, limits).await;
+        let client = node(&ca, Role::Client);
+        let config = client.client_config(Expect::Role(Role::Dirsvc)).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = connect_with(&addr, config.clone()).await.unwrap();
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).await.unwrap();
+            held.push(s);
+        }
+        assert!(ask(&addr, config.clone()).await.is_err(), "a third connection of the node is closed");
+        let other = node(&ca, Role::Client);
+        assert!(ask(&addr, other.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_ok());
+    }
 }
