@@ -16,6 +16,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod join;
 pub mod keys;
 pub mod net;
 pub mod pki;

@@ -71,13 +71,21 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// One attempt and no retry (background workers that retry on their
     /// next round).
-    pub const ONCE: RetryPolicy =
-        RetryPolicy { attempts: 1, window: None, base: Duration::from_millis(0), cap: Duration::from_millis(0) };
+    pub const ONCE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        window: None,
+        base: Duration::from_millis(0),
+        cap: Duration::from_millis(0),
+    };
 
     /// Two attempts at once: the pooled connection, then a fresh one (a
     /// peer that restarted is picked up; a dead one costs little).
-    pub const FRESH_ONCE: RetryPolicy =
-        RetryPolicy { attempts: 2, window: None, base: Duration::from_millis(0), cap: Duration::from_millis(0) };
+    pub const FRESH_ONCE: RetryPolicy = RetryPolicy {
+        attempts: 2,
+        window: None,
+        base: Duration::from_millis(0),
+        cap: Duration::from_millis(0),
+    };
 
     /// Keep trying for `window`, backing off from 100 ms to 2 s (a dirsvc
     /// restart is then a pause, not an error).
@@ -268,6 +276,12 @@ impl Pool<PeerServiceClient> {
     pub async fn peer(&self, addr: &str, peer: PeerId) -> Result<PeerServiceClient, CallError> {
         self.get(addr, Expect::Node(Role::Peer, NodeId::from(peer))).await
     }
+
+    /// Drops the connection to peer `peer` at `addr` (after a transport
+    /// failure).
+    pub fn forget_peer(&self, addr: &str, peer: PeerId) {
+        self.forget(addr, Expect::Node(Role::Peer, NodeId::from(peer)));
+    }
 }
 
 #[cfg(test)]
@@ -304,8 +318,15 @@ mod tests {
             })
             .await;
         assert_eq!((r, n), (Err("refused"), 1));
-        let r: Result<u32, &str> =
-            p.run(|a| async move { if a < 2 { Err(("down", true)) } else { Ok(a) } }).await;
+        let r: Result<u32, &str> = p
+            .run(|a| async move {
+                if a < 2 {
+                    Err(("down", true))
+                } else {
+                    Ok(a)
+                }
+            })
+            .await;
         assert_eq!(r, Ok(2));
     }
 

@@ -229,8 +229,9 @@ pub fn parse_node_cert(der: &[u8]) -> Result<NodeCert, PkiError> {
                 if found.is_some() {
                     return Err(invalid("the certificate names several p2pfs identities"));
                 }
-                found =
-                    Some(parse_node_uri(uri).ok_or_else(|| invalid(format!("malformed identity URI {uri:?}")))?);
+                found = Some(
+                    parse_node_uri(uri).ok_or_else(|| invalid(format!("malformed identity URI {uri:?}")))?,
+                );
             }
         }
     }
@@ -268,7 +269,8 @@ pub fn parse_ca_cert(der: &[u8]) -> Result<ClusterId, PkiError> {
         if let GeneralName::URI(uri) = name {
             if let Some(hexid) = uri.strip_prefix(URI_SCHEME).and_then(|r| r.strip_suffix("/ca")) {
                 let mut id = [0u8; 16];
-                hex::decode_to_slice(hexid, &mut id).map_err(|_| invalid(format!("malformed CA URI {uri:?}")))?;
+                hex::decode_to_slice(hexid, &mut id)
+                    .map_err(|_| invalid(format!("malformed CA URI {uri:?}")))?;
                 return Ok(ClusterId(id));
             }
         }
@@ -370,6 +372,18 @@ pub fn new_key_and_csr() -> Result<(Zeroizing<String>, Vec<u8>), PkiError> {
     Ok((Zeroizing::new(key.serialize_pem()), csr.der().to_vec()))
 }
 
+/// The node id a certificate signing request (DER PKCS #10) asks for: the
+/// id of its key, after checking the request's signature.
+///
+/// Errors: [`PkiError::Invalid`] for a request that does not parse or
+/// whose signature does not verify.
+pub fn csr_node(csr_der: &[u8]) -> Result<NodeId, PkiError> {
+    let der = CertificateSigningRequestDer::from(csr_der.to_vec());
+    let csr = CertificateSigningRequestParams::from_der(&der)
+        .map_err(|e| invalid(format!("bad certificate signing request: {e}")))?;
+    Ok(NodeId::of_public_key(&csr.public_key.subject_public_key_info()))
+}
+
 /// The cluster's certificate authority: its certificate and signing key.
 pub struct Ca {
     cert_der: Vec<u8>,
@@ -396,7 +410,9 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(generate)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("p2pfs cluster CA {name} {}", cluster.to_hex()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("p2pfs cluster CA {name} {}", cluster.to_hex()));
         params.subject_alt_names =
             vec![SanType::URI(format!("{URI_SCHEME}{}/ca", cluster.to_hex()).try_into().map_err(generate)?)];
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -485,12 +501,15 @@ impl Ca {
         let node = NodeId::of_public_key(&public_key.subject_public_key_info());
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("p2pfs {} {}", role.as_str(), node.to_hex()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("p2pfs {} {}", role.as_str(), node.to_hex()));
         params.subject_alt_names =
             vec![SanType::URI(node_uri(self.cluster, role, node).try_into().map_err(generate)?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let not_before = (SystemTime::now() - BACKDATE).min(not_after - Duration::from_secs(1));
         params.not_before = not_before.into();
         params.not_after = not_after.into();
@@ -507,7 +526,12 @@ impl Ca {
     ///
     /// Errors: [`PkiError::Invalid`] for a request that does not parse or
     /// whose signature does not verify; [`PkiError::Generate`].
-    pub fn issue_for_csr(&self, csr_der: &[u8], role: Role, validity: Duration) -> Result<(NodeId, String), PkiError> {
+    pub fn issue_for_csr(
+        &self,
+        csr_der: &[u8],
+        role: Role,
+        validity: Duration,
+    ) -> Result<(NodeId, String), PkiError> {
         let der = CertificateSigningRequestDer::from(csr_der.to_vec());
         let csr = CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| invalid(format!("bad certificate signing request: {e}")))?;
@@ -603,7 +627,10 @@ pub struct NodeFiles {
 
 impl fmt::Debug for NodeFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeFiles").field("node", &self.node).field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("NodeFiles")
+            .field("node", &self.node)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -618,15 +645,27 @@ impl NodeFiles {
         let key_pem = Zeroizing::new(read_secret(&dir.join(NODE_KEY_FILE))?);
         let cert_pem = read_text(&dir.join(NODE_CERT_FILE))?;
         let ca_pem = read_text(&dir.join(CA_CERT_FILE))?;
+        NodeFiles::from_pem(key_pem, cert_pem, ca_pem).map_err(|e| match e {
+            PkiError::Invalid(why) => PkiError::Invalid(format!("{}: {why}", dir.display())),
+            e => e,
+        })
+    }
+
+    /// The files of one node from their PEM texts, checked: the
+    /// certificate is a node certificate and belongs to the key.
+    ///
+    /// Errors: [`PkiError::Invalid`].
+    pub fn from_pem(
+        key_pem: Zeroizing<String>,
+        cert_pem: String,
+        ca_pem: String,
+    ) -> Result<NodeFiles, PkiError> {
         let cert_der = certs_from_pem(&cert_pem)?.swap_remove(0);
+        certs_from_pem(&ca_pem)?;
         let id = parse_node_cert(&cert_der)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(format!("bad node key: {e}")))?;
         if NodeId::of_public_key(&key.subject_public_key_info()) != id.node {
-            return Err(invalid(format!(
-                "{} does not belong to the certificate {}",
-                dir.join(NODE_KEY_FILE).display(),
-                dir.join(NODE_CERT_FILE).display()
-            )));
+            return Err(invalid("the node key does not belong to the node certificate"));
         }
         Ok(NodeFiles { node: id.node, role: id.role, key_pem, cert_pem, ca_pem })
     }
@@ -859,7 +898,13 @@ mod tests {
         let parsed: JoinToken = t.to_text().parse().unwrap();
         assert_eq!(parsed, t);
         assert_eq!(parsed.secret_hash(), t.secret_hash());
-        for bad in ["", "p2pfs-join-1", "p2pfs-join-2.aa.bb.cc", "p2pfs-join-1.zz.00.00", &format!("{}.x", &*t.to_text())] {
+        for bad in [
+            "",
+            "p2pfs-join-1",
+            "p2pfs-join-2.aa.bb.cc",
+            "p2pfs-join-1.zz.00.00",
+            &format!("{}.x", &*t.to_text()),
+        ] {
             assert!(bad.parse::<JoinToken>().is_err(), "{bad:?}");
         }
         assert!(!format!("{t:?}").contains(&hex::encode(t.secret)), "Debug never shows the secret");

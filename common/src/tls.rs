@@ -363,7 +363,9 @@ impl Tls {
         let cert_der = pki::certs_from_pem(&files.cert_pem)?.swap_remove(0);
         let me = pki::parse_node_cert(&cert_der)?;
         if me.cluster != cluster {
-            return Err(PkiError::Invalid("the node certificate belongs to another cluster's CA".into()).into());
+            return Err(
+                PkiError::Invalid("the node certificate belongs to another cluster's CA".into()).into()
+            );
         }
         let provider = provider();
         let key_der = pki::key_from_pem(&files.key_pem)?;
@@ -437,7 +439,10 @@ impl Tls {
         {
             let me = lock_read(&self.me);
             if (id.node, id.role, id.cluster) != (me.node, me.role, me.cluster) {
-                return Err(PkiError::Invalid("a renewed certificate must name the same node and role".into()).into());
+                return Err(PkiError::Invalid(
+                    "a renewed certificate must name the same node and role".into(),
+                )
+                .into());
             }
         }
         let chain = vec![CertificateDer::from(der), self.ca.clone()];

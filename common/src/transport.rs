@@ -72,7 +72,11 @@ impl<S> Activity<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
@@ -369,7 +373,9 @@ pub async fn run_connection<W: Future<Output = ()>>(
 
 /// A function telling how long since `transport` last read bytes, kept
 /// valid after the transport moves into a channel.
-pub fn idle_probe<In, Out>(transport: &TlsTransport<In, Out>) -> impl Fn() -> Duration + Send + Sync + 'static {
+pub fn idle_probe<In, Out>(
+    transport: &TlsTransport<In, Out>,
+) -> impl Fn() -> Duration + Send + Sync + 'static {
     let a = transport.get_ref();
     let (last, epoch) = (a.last.clone(), a.epoch);
     move || Activity::<Stream>::idle_for(&last, epoch)
@@ -427,18 +433,29 @@ mod tests {
 
     /// A server that answers each connection with the caller's role and
     /// node id (or "none").
-    async fn echo_server(tls: &Tls, open: bool, limits: ServerLimits) -> (String, CancellationToken, Arc<Connections>) {
+    async fn echo_server(
+        tls: &Tls,
+        open: bool,
+        limits: ServerLimits,
+    ) -> (String, CancellationToken, Arc<Connections>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
         let conns = Arc::new(Connections::default());
         let config = tls.server_config(open).unwrap();
-        tokio::spawn(serve(listener, config, limits, conns.clone(), stop.clone(), |mut s: Stream, caller, guard| async move {
-            let who = caller.map_or("none".to_string(), |c| format!("{}:{}", c.role, c.node.to_hex()));
-            let _ = s.write_all(who.as_bytes()).await;
-            let _ = s.shutdown().await;
-            guard.cancel.cancelled().await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            config,
+            limits,
+            conns.clone(),
+            stop.clone(),
+            |mut s: Stream, caller, guard| async move {
+                let who = caller.map_or("none".to_string(), |c| format!("{}:{}", c.role, c.node.to_hex()));
+                let _ = s.write_all(who.as_bytes()).await;
+                let _ = s.shutdown().await;
+                guard.cancel.cancelled().await;
+            },
+        ));
         (addr, stop, conns)
     }
 
@@ -468,14 +485,16 @@ mod tests {
         let stranger = node(&Ca::create("b").unwrap(), Role::Client);
         assert!(ask(&addr, stranger.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
         let expired = Tls::new(
-            &ca.new_node_until(Role::Client, std::time::SystemTime::now() - Duration::from_secs(7200)).unwrap(),
+            &ca.new_node_until(Role::Client, std::time::SystemTime::now() - Duration::from_secs(7200))
+                .unwrap(),
         )
         .unwrap();
         assert!(ask(&addr, expired.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.is_err());
         assert!(ask(&addr, crate::tls::joiner_config(ca.fingerprint()).unwrap()).await.is_err());
         // Revoked at the server: refused from then on, and its open
         // connections are closed.
-        let mut held = connect_with(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.unwrap();
+        let mut held =
+            connect_with(&addr, client.client_config(Expect::Role(Role::Dirsvc)).unwrap()).await.unwrap();
         let mut first = [0u8; 6];
         held.read_exact(&mut first).await.unwrap();
         dirsvc.revocations().replace(1, [client.node()]);
@@ -517,7 +536,11 @@ mod tests {
     async fn garbage_and_half_open_connections_do_not_stop_service() {
         let ca = Ca::create("a").unwrap();
         let dirsvc = node(&ca, Role::Dirsvc);
-        let limits = ServerLimits { handshake_timeout: Duration::from_millis(300), max_handshakes: 16, ..ServerLimits::default() };
+        let limits = ServerLimits {
+            handshake_timeout: Duration::from_millis(300),
+            max_handshakes: 16,
+            ..ServerLimits::default()
+        };
         let (addr, _stop, _) = echo_server(&dirsvc, false, limits).await;
         let mut held = Vec::new();
         for i in 0..64 {

@@ -40,6 +40,9 @@ pub enum Error {
     /// A socket or file operation failed (bind, accept, address file).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The TLS identity is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A blocking database task panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),

@@ -154,7 +154,7 @@ impl Gc {
             let peer = *peer;
             let mut after = self.cursors.get(&peer).copied();
             for _ in 0..ORPHAN_PAGES_PER_ROUND {
-                let page = match self.list(&info.addr, after).await {
+                let page = match self.list(peer, &info.addr, after).await {
                     Ok(p) => p,
                     Err(e) => {
                         debug!(%peer, error = %e, "inventory listing failed; retrying next round");
@@ -194,24 +194,29 @@ impl Gc {
     }
 
     /// One page of a peer's inventory.
-    async fn list(&self, addr: &str, after: Option<ChunkId>) -> Result<Vec<(ChunkId, i64)>, String> {
+    async fn list(
+        &self,
+        peer: PeerId,
+        addr: &str,
+        after: Option<ChunkId>,
+    ) -> Result<Vec<(ChunkId, i64)>, String> {
         let pool = &self.shared.pool;
-        let client = pool.get(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let client = pool.peer(addr, peer).await.map_err(|e| format!("connect: {e}"))?;
         let ctx = common::transport::deadline(common::config::META_DEADLINE);
         match client.list_chunks(ctx, after, ORPHAN_PAGE).await {
             Ok(Ok(page)) => Ok(page),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => {
-                pool.forget(addr);
+                pool.forget_peer(addr, peer);
                 Err(e.to_string())
             }
         }
     }
 
-    /// Deletes chunk `id` on the peer at `addr`; true once acknowledged.
-    async fn delete(&self, addr: &str, id: ChunkId) -> bool {
+    /// Deletes chunk `id` on `peer` at `addr`; true once acknowledged.
+    async fn delete(&self, peer: PeerId, addr: &str, id: ChunkId) -> bool {
         let pool = &self.shared.pool;
-        let client = match pool.get(addr).await {
+        let client = match pool.peer(addr, peer).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(addr, error = %e, "delete: cannot connect");
@@ -226,7 +231,7 @@ impl Gc {
                 false
             }
             Err(e) => {
-                pool.forget(addr);
+                pool.forget_peer(addr, peer);
                 debug!(addr, chunk = %id, error = %e, "delete failed");
                 false
             }
@@ -258,7 +263,7 @@ impl Gc {
                 }
             }
             let done: Vec<(ChunkId, PeerId)> = futures::stream::iter(jobs)
-                .map(|(id, p, addr)| async move { self.delete(&addr, id).await.then_some((id, p)) })
+                .map(|(id, p, addr)| async move { self.delete(p, &addr, id).await.then_some((id, p)) })
                 .buffer_unordered(DELETE_CONCURRENCY)
                 .filter_map(|d| async move { d })
                 .collect()

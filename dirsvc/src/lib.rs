@@ -86,7 +86,6 @@ pub mod store;
 pub mod survey;
 
 mod peers;
-mod pool;
 mod ratelimit;
 mod shared;
 
@@ -94,7 +93,11 @@ pub use error::Error;
 pub use server::DirServer;
 pub use store::Store;
 
+use common::pki::Ca;
 use common::rpc::dir::DirService as _;
+use common::rpc::Role;
+use common::tls::Tls;
+use common::transport::ServerLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -186,6 +189,19 @@ pub struct DirsvcConfig {
     /// Changes kept in memory for `poll_changes`; a client further behind
     /// is told to drop its caches.
     pub change_feed_capacity: usize,
+    /// This dirsvc's TLS identity (a `dirsvc` certificate of the cluster
+    /// CA). Required: dirsvc speaks nothing but mutual TLS.
+    pub tls: Option<Arc<Tls>>,
+    /// Where the identity's files live (`node.crt` is rewritten there when
+    /// dirsvc renews its own certificate); `None`: renewals stay in
+    /// memory.
+    pub tls_dir: Option<PathBuf>,
+    /// The cluster CA, to issue certificates to joining nodes and renew
+    /// certificates. Without it `join` and `renew_certificate` are
+    /// `Unauthorized` (the operator then issues certificates offline).
+    pub ca: Option<Arc<Ca>>,
+    /// Connection limits of the listener.
+    pub limits: ServerLimits,
 }
 
 impl DirsvcConfig {
@@ -212,6 +228,10 @@ impl Default for DirsvcConfig {
             session_lease: DEFAULT_SESSION_LEASE,
             grace_period: None,
             change_feed_capacity: changes::DEFAULT_CAPACITY,
+            tls: None,
+            tls_dir: None,
+            ca: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -260,31 +280,51 @@ impl Drop for DirsvcHandle {
     }
 }
 
-/// Opens the database, binds `config.listen`, serves `DirService` in a
-/// background task on the current tokio runtime and starts the repair,
-/// garbage-collection and sessions workers.
+/// Opens the database, binds `config.listen`, serves `DirService` over
+/// mutual TLS in a background task on the current tokio runtime and starts
+/// the repair, garbage-collection, sessions and certificate-renewal
+/// workers.
 ///
-/// Errors: [`Error::Db`], [`Error::Schema`], [`Error::Corrupt`] from
-/// opening the database; [`Error::Io`] if the address cannot be bound.
+/// Errors: [`Error::Tls`] without a TLS identity or with one that is not a
+/// dirsvc certificate; [`Error::Db`], [`Error::Schema`], [`Error::Corrupt`]
+/// from opening the database; [`Error::Io`] if the address cannot be bound.
 pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
+    let tls =
+        config.tls.clone().ok_or_else(|| Error::Tls("dirsvc needs a TLS identity (--tls-dir)".into()))?;
+    if tls.me().role != Role::Dirsvc {
+        return Err(Error::Tls(format!(
+            "the TLS identity is a {} certificate, not a dirsvc one",
+            tls.me().role
+        )));
+    }
     let path = config.db_path.clone();
     let server = {
         let config = config.clone();
+        let tls = tls.clone();
         tokio::task::spawn_blocking(move || {
             let store = Arc::new(Store::open(&path)?);
-            DirServer::new(store, &config)
+            DirServer::new(store, &config, tls)
         })
         .await??
     };
+    let server_config =
+        tls.server_config(config.ca.is_some()).map_err(|e| Error::Tls(format!("TLS configuration: {e}")))?;
     let listener = TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?;
     let store = Arc::downgrade(server.store());
     let cancel = CancellationToken::new();
     let shared = server.shared().clone();
     let token = cancel.clone();
+    let conns = shared.conns.clone();
+    let limits = config.limits.clone();
     let accept = tokio::spawn(async move {
-        common::serve_tarpc!(listener, server, token, |s: &DirServer| s.for_connection());
+        common::serve_tarpc!(listener, server_config, limits, conns, token, move |caller| server
+            .for_connection(caller));
     });
+    let renewal = tokio::spawn(
+        renew_own_certificate(shared.clone(), config.tls_dir.clone(), cancel.clone())
+            .instrument(tracing::info_span!("cert-renewal")),
+    );
     let repair =
         tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));
     let gc = tokio::spawn(gc::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("gc")));
@@ -293,7 +333,53 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     Ok(DirsvcHandle {
         addr,
         cancel,
-        tasks: vec![("accept", accept), ("repair", repair), ("gc", gc), ("sessions", sessions)],
+        tasks: vec![
+            ("accept", accept),
+            ("repair", repair),
+            ("gc", gc),
+            ("sessions", sessions),
+            ("cert-renewal", renewal),
+        ],
         store,
     })
+}
+
+/// How often dirsvc checks whether its own certificate needs renewing.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Renews dirsvc's own certificate with the CA it holds, when less than a
+/// third of its validity is left (checked at start and hourly); writes it
+/// to `tls_dir` if given. Without the CA it only warns as expiry nears.
+async fn renew_own_certificate(
+    shared: Arc<shared::Shared>,
+    tls_dir: Option<PathBuf>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let me = shared.tls.me();
+        if common::pki::needs_renewal(me.not_after) {
+            match &shared.ca {
+                Some(ca) => match ca.renew(&shared.tls.cert_der(), common::pki::NODE_CERT_VALIDITY) {
+                    Ok((_, pem)) => {
+                        let written = match &tls_dir {
+                            Some(d) => common::pki::NodeFiles::save_cert(d, &pem).map_err(|e| e.to_string()),
+                            None => Ok(()),
+                        };
+                        match written
+                            .and_then(|()| shared.tls.set_cert(&pem).map(drop).map_err(|e| e.to_string()))
+                        {
+                            Ok(()) => tracing::info!("dirsvc certificate renewed"),
+                            Err(e) => warn!(error = %e, "renewing the dirsvc certificate failed"),
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "renewing the dirsvc certificate failed"),
+                },
+                None => warn!("the dirsvc certificate expires soon and this dirsvc has no CA to renew it"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RENEWAL_CHECK) => {}
+        }
+    }
 }

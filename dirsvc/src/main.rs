@@ -66,6 +66,16 @@ struct Args {
     /// Changes kept in memory for clients' cache invalidation.
     #[arg(long, default_value_t = dirsvc::changes::DEFAULT_CAPACITY)]
     change_feed_capacity: usize,
+    /// Directory with this dirsvc's TLS identity: `node.key` (mode 0600),
+    /// `node.crt` (a dirsvc certificate of the cluster CA) and `ca.crt`.
+    /// Renewed certificates are written back here.
+    #[arg(long, env = "P2PFS_DIRSVC_TLS_DIR", default_value = "tls")]
+    tls_dir: PathBuf,
+    /// Directory with the cluster CA (`ca.crt`, `ca.key`), to admit nodes
+    /// that join with a token and to renew certificates; without it nodes
+    /// get their certificates from the operator.
+    #[arg(long, env = "P2PFS_DIRSVC_CA_DIR")]
+    ca_dir: Option<PathBuf>,
 }
 
 /// Writes `contents` to `path` via a temporary file in the same directory
@@ -104,6 +114,21 @@ async fn main() -> anyhow::Result<()> {
         grace_period: args.grace_ms.map(Duration::from_millis),
         change_feed_capacity: args.change_feed_capacity,
         ..DirsvcConfig::default()
+    };
+    let tls = common::tls::Tls::load(&args.tls_dir)
+        .with_context(|| format!("loading the TLS identity from {}", args.tls_dir.display()))?;
+    let ca = match &args.ca_dir {
+        Some(d) => Some(std::sync::Arc::new(
+            common::pki::Ca::load(d)
+                .with_context(|| format!("loading the cluster CA from {}", d.display()))?,
+        )),
+        None => None,
+    };
+    let config = DirsvcConfig {
+        tls: Some(std::sync::Arc::new(tls)),
+        tls_dir: Some(args.tls_dir.clone()),
+        ca,
+        ..config
     };
     let db_path = config.db_path.clone();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -39,6 +39,7 @@ use crate::shared::{InFlight, Shared};
 use crate::store::Store;
 use crate::survey::{survey, Survey, WorkItem};
 use common::rpc::peer::PeerError;
+use common::rpc::PeerLoc;
 use common::{ChunkId, PeerId};
 use futures::StreamExt;
 use rand::seq::SliceRandom;
@@ -219,7 +220,7 @@ impl Repair {
             self.bucket.acquire(len).await;
             let result = {
                 let _in_flight = InFlight::start(&self.shared.stats.repairs_in_flight);
-                self.copy(id, &target.addr, &src_addr).await
+                self.copy(id, &target, PeerLoc { id: src, addr: src_addr.clone(), live: true }).await
             };
             match result {
                 Ok(()) => {
@@ -262,17 +263,20 @@ impl Repair {
         copies
     }
 
-    /// Asks the peer at `target` to fetch chunk `id` from `source`.
-    async fn copy(&self, id: ChunkId, target: &str, source: &str) -> Result<(), CopyError> {
+    /// Asks the peer `target` to fetch chunk `id` from the peer `source`.
+    async fn copy(&self, id: ChunkId, target: &PeerLoc, source: PeerLoc) -> Result<(), CopyError> {
         let pool = &self.shared.pool;
-        let client = pool.get(target).await.map_err(|e| CopyError::Target(format!("connect: {e}")))?;
+        let client = pool
+            .peer(&target.addr, target.id)
+            .await
+            .map_err(|e| CopyError::Target(format!("connect: {e}")))?;
         let ctx = common::transport::deadline(common::config::CHUNK_DEADLINE);
-        match client.fetch_from(ctx, id, source.to_string()).await {
+        match client.fetch_from(ctx, id, source).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(PeerError::SourceFailed(e))) => Err(CopyError::Source(e)),
             Ok(Err(e)) => Err(CopyError::Target(e.to_string())),
             Err(e) => {
-                pool.forget(target);
+                pool.forget_peer(&target.addr, target.id);
                 Err(CopyError::Target(e.to_string()))
             }
         }

@@ -5,6 +5,7 @@
 use crate::error::{invalid, Error};
 use crate::peers::PeerTable;
 use crate::shared::Shared;
+use crate::store::tables::JoinTokenRecord;
 use crate::store::Store;
 use crate::survey::survey;
 use crate::DirsvcConfig;
@@ -13,9 +14,11 @@ use common::rpc::dir::{
     LockConflict, LockFlavor, NewInode, PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SessionGrant,
     SessionId, SessionOpen, SetAttr, StatFs, VolumeInfo,
 };
-use common::rpc::{PeerLoc, PROTOCOL_VERSION};
+use common::rpc::dir::{HeartbeatReply, JoinGrant, Renewal, RevocationList};
+use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
 use common::time::Timestamp;
-use common::{ChunkId, InodeId, PeerId};
+use common::tls::{Caller, Tls};
+use common::{ChunkId, InodeId, NodeId, PeerId};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
@@ -47,12 +50,37 @@ fn wait_within(ctx: &Context, wait_ms: u32) -> Duration {
     Duration::from_millis(u64::from(wait_ms)).min(left)
 }
 
+/// Roles that use the volume: clients and admins.
+const MEMBERS: &[Role] = &[Role::Client, Role::Admin];
+
+/// Admins only.
+const ADMINS: &[Role] = &[Role::Admin];
+
+/// Every role.
+const ANY: &[Role] = &[Role::Dirsvc, Role::Peer, Role::Client, Role::Admin];
+
+/// Largest certificate signing request `join` reads, in bytes.
+pub const MAX_CSR_BYTES: usize = 16 << 10;
+
+/// Longest revocation reason kept, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// A token id in hex, for logs (never the secret).
+fn hex_id(id: &[u8; 8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The directory service: a cheap-to-clone handle implementing
 /// [`DirService`] over a [`Store`], the in-memory peer mirror and the
-/// counters the background workers share.
+/// counters the background workers share. One per connection
+/// ([`DirServer::for_connection`]), carrying the caller its certificate
+/// names; every call is authorized from it.
 #[derive(Clone, Debug)]
 pub struct DirServer {
     shared: Arc<Shared>,
+    /// Who speaks on this connection (`None`: no certificate, a joining
+    /// node).
+    caller: Option<Caller>,
     /// Shortcut to `shared.store`.
     store: Arc<Store>,
     /// The session last named on this connection (by `open_session`,
@@ -68,15 +96,69 @@ impl DirServer {
     /// (one read transaction).
     ///
     /// Errors: as [`Store::peers`].
-    pub fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
-        let shared = Arc::new(Shared::new(store.clone(), config)?);
-        Ok(DirServer { shared, store, connection: Arc::default() })
+    pub fn new(store: Arc<Store>, config: &DirsvcConfig, tls: Arc<Tls>) -> Result<Self, Error> {
+        let shared = Arc::new(Shared::new(store.clone(), config, tls)?);
+        let (version, revoked) = store.revocations()?;
+        shared.tls.revocations().replace(version, revoked);
+        Ok(DirServer { shared, store, caller: None, connection: Arc::default() })
     }
 
-    /// A handle for one new connection: the same service, with its own
-    /// record of which session speaks on it.
-    pub fn for_connection(&self) -> Self {
-        DirServer { connection: Arc::default(), ..self.clone() }
+    /// A handle for one new connection from `caller`: the same service,
+    /// with its own caller and record of which session speaks on it.
+    pub fn for_connection(&self, caller: Option<Caller>) -> Self {
+        DirServer { caller, connection: Arc::default(), ..self.clone() }
+    }
+
+    /// The caller, if its certificate's role is one of `roles`.
+    ///
+    /// Errors: `Unauthorized`, also without a certificate.
+    fn allow(&self, op: &'static str, roles: &[Role]) -> Result<&Caller, DirError> {
+        match &self.caller {
+            Some(c) if roles.contains(&c.role) => Ok(c),
+            Some(c) => {
+                warn!(op, caller = ?c, "call refused: not allowed for this role");
+                Err(DirError::Unauthorized(format!("{op} is not allowed for a {} certificate", c.role)))
+            }
+            None => {
+                warn!(op, "call refused: no certificate");
+                Err(DirError::Unauthorized(format!("{op} needs a certificate of the cluster")))
+            }
+        }
+    }
+
+    /// The caller, if it is a client or an admin.
+    fn member(&self, op: &'static str) -> Result<&Caller, DirError> {
+        self.allow(op, MEMBERS)
+    }
+
+    /// Ok if the caller is a member that owns `session`.
+    ///
+    /// Errors: `Unauthorized`; `NoSession` for a session not alive.
+    fn session_owner(&self, op: &'static str, session: SessionId) -> Result<(), DirError> {
+        let node = self.member(op)?.node;
+        self.shared.sessions.check_owner(session, node).map_err(|e| {
+            if let Error::Dir(DirError::Unauthorized(_)) = &e {
+                warn!(op, %session, caller = ?self.caller, "call refused: another node's session");
+            }
+            DirError::from(e)
+        })
+    }
+
+    /// Ok if the caller is the peer `id` (a peer speaks only for itself).
+    ///
+    /// Errors: `Unauthorized`.
+    fn the_peer(&self, op: &'static str, id: PeerId) -> Result<(), DirError> {
+        let c = self.allow(op, &[Role::Peer])?;
+        if PeerId::from(c.node) != id {
+            warn!(op, caller = ?c, claimed = %id, "call refused: a peer spoke for another");
+            return Err(DirError::Unauthorized(format!("{op}: a peer may only speak for itself")));
+        }
+        Ok(())
+    }
+
+    /// The version of the revocation list this dirsvc enforces.
+    fn revocation_version(&self) -> u64 {
+        self.shared.tls.revocations().version()
     }
 
     /// Notes that `session` speaks on this connection.
@@ -155,7 +237,119 @@ impl DirService for DirServer {
         PROTOCOL_VERSION
     }
 
+    #[instrument(skip_all, fields(token = %hex_id(&token_id)))]
+    async fn join(
+        self,
+        _: Context,
+        token_id: [u8; 8],
+        secret: [u8; 16],
+        csr: Vec<u8>,
+    ) -> Result<JoinGrant, DirError> {
+        let r = async {
+            self.shared.joins.acquire(1).await;
+            let ca = self.shared.ca.clone().ok_or_else(|| {
+                DirError::Unauthorized("this dirsvc holds no CA; ask an operator for a certificate".into())
+            })?;
+            if csr.len() > MAX_CSR_BYTES {
+                return Err(invalid("certificate signing request too large"));
+            }
+            let token = common::pki::JoinToken { ca: ca.fingerprint(), id: token_id, secret };
+            let hash = token.secret_hash();
+            // Which role the certificate gets is the token's; the node id is
+            // the request key's. Issue first (no state), then spend the
+            // token in one transaction; a refused token discards the
+            // certificate.
+            let node = common::pki::csr_node(&csr).map_err(|e| invalid(format!("{e}")))?;
+            let role = self.blocking(move |s| s.use_join_token(token_id, &hash, node)).await?;
+            let (node, cert_pem) = ca
+                .issue_for_csr(&csr, role, common::pki::NODE_CERT_VALIDITY)
+                .map_err(|e| invalid(format!("{e}")))?;
+            info!(node = %node, %role, "node joined with a token");
+            Ok(JoinGrant { cert_pem, ca_pem: ca.cert_pem().to_string() })
+        }
+        .await;
+        reply("join", r)
+    }
+
+    #[instrument(skip_all)]
+    async fn renew_certificate(self, _: Context) -> Result<String, DirError> {
+        let caller = self.allow("renew_certificate", ANY)?.clone();
+        let r = (|| {
+            let ca = self.shared.ca.clone().ok_or_else(|| {
+                DirError::Unauthorized("this dirsvc holds no CA; renew with the operator".into())
+            })?;
+            let (node, pem) = ca
+                .renew(&caller.cert, common::pki::NODE_CERT_VALIDITY)
+                .map_err(|e| invalid(format!("{e}")))?;
+            info!(%node, role = %caller.role, "certificate renewed");
+            Ok(pem)
+        })();
+        reply("renew_certificate", r)
+    }
+
+    #[instrument(skip_all, fields(%role, ttl_secs))]
+    async fn create_join_token(self, _: Context, role: Role, ttl_secs: u64) -> Result<String, DirError> {
+        self.allow("create_join_token", ADMINS)?;
+        let r = async {
+            let ca = self.shared.ca.clone().ok_or_else(|| {
+                DirError::Unauthorized("this dirsvc holds no CA, so it cannot admit nodes".into())
+            })?;
+            if !matches!(role, Role::Peer | Role::Client) {
+                return Err(invalid("join tokens grant the peer or client role only"));
+            }
+            let ttl = Duration::from_secs(ttl_secs);
+            if ttl.is_zero() || ttl > common::pki::MAX_TOKEN_TTL {
+                return Err(invalid(format!(
+                    "a token lives between 1 s and {} s",
+                    common::pki::MAX_TOKEN_TTL.as_secs()
+                )));
+            }
+            let token = common::pki::JoinToken::generate(ca.fingerprint());
+            let rec = JoinTokenRecord {
+                secret_hash: token.secret_hash(),
+                role: Store::role_byte(role),
+                expires_at: Timestamp::now().secs.saturating_add(ttl_secs as i64),
+                used: None,
+            };
+            let id = token.id;
+            self.blocking(move |s| s.add_join_token(id, &rec)).await?;
+            info!(token = %hex_id(&id), "join token made");
+            Ok(token.to_text().to_string())
+        }
+        .await;
+        reply("create_join_token", r)
+    }
+
+    #[instrument(skip_all, fields(%node))]
+    async fn revoke(self, _: Context, node: NodeId, reason: String) -> Result<(), DirError> {
+        self.allow("revoke", ADMINS)?;
+        let r = async {
+            let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+            let why = reason.clone();
+            let version = self.blocking(move |s| s.revoke(node, &why)).await?;
+            let (version, all) =
+                self.blocking(move |s| s.revocations().map(|(v, n)| (v.max(version), n))).await?;
+            self.shared.tls.revocations().replace(version, all);
+            let closed = self.shared.conns.close_node(&node);
+            self.shared.pool.forget_node(node);
+            warn!(%node, %reason, version, connections_closed = closed, "node revoked");
+            Ok(())
+        }
+        .await;
+        reply("revoke", r)
+    }
+
+    async fn revocations(self, _: Context) -> Result<RevocationList, DirError> {
+        self.allow("revocations", ANY)?;
+        let r = self
+            .blocking(|s| s.revocations())
+            .await
+            .map(|(version, nodes)| RevocationList { version, nodes });
+        reply("revocations", r)
+    }
+
     async fn volume_info(self, _: Context) -> Result<VolumeInfo, DirError> {
+        self.member("volume_info")?;
         reply("volume_info", self.store.volume_info())
     }
 
@@ -167,6 +361,7 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<VolumeInfo, DirError> {
+        self.member("init_volume")?;
         let r = self.blocking(move |s| s.init_volume(&info, uid, gid)).await;
         if let Ok(v) = &r {
             info!(volume = %v.id, "volume initialized");
@@ -176,18 +371,21 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn lookup(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
+        self.member("lookup")?;
         let r = self.blocking(move |s| s.lookup(parent, &name)).await;
         reply("lookup", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn getattr(self, _: Context, ino: InodeId) -> Result<Attr, DirError> {
+        self.member("getattr")?;
         let r = self.blocking(move |s| s.getattr(ino)).await;
         reply("getattr", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, DirError> {
+        self.member("setattr")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -209,6 +407,7 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
+        self.member("mkdir")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -228,6 +427,7 @@ impl DirService for DirServer {
         name: Vec<u8>,
         new: NewInode,
     ) -> Result<Attr, DirError> {
+        self.member("create")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -241,6 +441,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn unlink(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        self.member("unlink")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -263,6 +464,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn rmdir(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
+        self.member("rmdir")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -287,6 +489,7 @@ impl DirService for DirServer {
         new_name: Vec<u8>,
         flags: u32,
     ) -> Result<InodeId, DirError> {
+        self.member("rename")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -319,6 +522,7 @@ impl DirService for DirServer {
         after: u64,
         limit: u32,
     ) -> Result<ReadDirPage, DirError> {
+        self.member("readdir")?;
         let r = self.blocking(move |s| s.readdir(dir, after, limit)).await;
         reply("readdir", r)
     }
@@ -334,6 +538,7 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
+        self.member("symlink")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -347,6 +552,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn readlink(self, _: Context, ino: InodeId) -> Result<Vec<u8>, DirError> {
+        self.member("readlink")?;
         let r = self.blocking(move |s| s.readlink(ino)).await;
         reply("readlink", r)
     }
@@ -359,6 +565,7 @@ impl DirService for DirServer {
         new_parent: InodeId,
         new_name: Vec<u8>,
     ) -> Result<Attr, DirError> {
+        self.member("link")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -371,6 +578,7 @@ impl DirService for DirServer {
     }
 
     async fn statfs(self, _: Context) -> Result<StatFs, DirError> {
+        self.member("statfs")?;
         let r = async {
             let vol = self.store.volume_info()?;
             let inodes = self.blocking(|s| s.inode_count()).await?;
@@ -394,6 +602,7 @@ impl DirService for DirServer {
         count: u32,
         chunk_bytes: u64,
     ) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        self.member("placement")?;
         let r = (|| {
             let vol = self.store.volume_info()?;
             if count > MAX_PLACEMENT_COUNT {
@@ -408,6 +617,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino, size = commit.size, blocks = commit.blocks.len()))]
     async fn commit_layout(self, _: Context, ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError> {
+        self.member("commit_layout")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -427,6 +637,7 @@ impl DirService for DirServer {
         first: u64,
         max: u32,
     ) -> Result<LayoutPage, DirError> {
+        self.member("get_layout")?;
         let r = self.blocking(move |s| s.get_layout(ino, first, max)).await;
         let r = r.map(|page| {
             let peers = self.peers();
@@ -450,6 +661,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(chunks = chunks.len()))]
     async fn chunk_locations(self, _: Context, chunks: Vec<ChunkId>) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        self.member("chunk_locations")?;
         let r = async {
             if chunks.len() > MAX_LOCATION_QUERY {
                 return Err(invalid(format!("{} chunks asked (at most {MAX_LOCATION_QUERY})", chunks.len())));
@@ -464,6 +676,7 @@ impl DirService for DirServer {
 
     #[instrument(skip_all, fields(peer = %reg.id, addr = %reg.addr, host = %reg.labels.host, zone = %reg.labels.zone))]
     async fn register_peer(self, _: Context, reg: PeerRegistration) -> Result<(), DirError> {
+        self.the_peer("register_peer", reg.id)?;
         let r = async {
             check_peer_addr(&reg.addr)?;
             if reg.labels.host.len() > MAX_LABEL || reg.labels.zone.len() > MAX_LABEL {
@@ -483,25 +696,28 @@ impl DirService for DirServer {
     }
 
     #[instrument(level = "debug", skip_all, fields(peer = %id))]
-    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<(), DirError> {
+    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<HeartbeatReply, DirError> {
+        self.the_peer("heartbeat", id)?;
         let r = async {
             let now = Timestamp::now();
             let due = self.peers().heartbeat(id, usage, now)?;
             if due {
                 self.blocking(move |s| s.heartbeat_peer(id, usage, now)).await?;
             }
-            Ok(())
+            Ok(HeartbeatReply { revocations: self.revocation_version() })
         }
         .await;
         reply("heartbeat", r)
     }
 
     async fn list_peers(self, _: Context) -> Result<Vec<PeerStatus>, DirError> {
+        self.member("list_peers")?;
         Ok(self.peers().list())
     }
 
     #[instrument(skip_all, fields(%peer, chunks = chunks.len()))]
     async fn report_corrupt(self, _: Context, peer: PeerId, chunks: Vec<ChunkId>) -> Result<(), DirError> {
+        self.the_peer("report_corrupt", peer)?;
         let r = async {
             if chunks.len() > MAX_LOCATION_QUERY {
                 return Err(invalid(format!(
@@ -522,6 +738,7 @@ impl DirService for DirServer {
 
     #[instrument(skip_all, fields(peer = %id))]
     async fn drain_peer(self, _: Context, id: PeerId) -> Result<(), DirError> {
+        self.allow("drain_peer", ADMINS)?;
         let r = async {
             let rec = self.blocking(move |s| s.set_draining(id)).await?;
             self.peers().set_draining(id);
@@ -536,6 +753,7 @@ impl DirService for DirServer {
     /// Cost: one survey of the whole chunk index per call (see
     /// [`crate::survey`]: about half a second per million chunks).
     async fn cluster_status(self, _: Context) -> Result<ClusterStatus, DirError> {
+        self.member("cluster_status")?;
         let r = async {
             let (view, counts) = {
                 let peers = self.peers();
@@ -573,7 +791,8 @@ impl DirService for DirServer {
 
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]
     async fn open_session(self, _: Context, open: SessionOpen) -> Result<SessionGrant, DirError> {
-        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open)).await;
+        let owner = self.member("open_session")?.node;
+        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open, owner)).await;
         if let Ok(grant) = &r {
             self.bind(grant.id);
         }
@@ -581,19 +800,24 @@ impl DirService for DirServer {
     }
 
     #[instrument(level = "debug", skip_all, fields(%session))]
-    async fn renew_session(self, _: Context, session: SessionId) -> Result<(), DirError> {
+    async fn renew_session(self, _: Context, session: SessionId) -> Result<Renewal, DirError> {
+        self.session_owner("renew_session", session)?;
         self.bind(session);
-        reply("renew_session", self.shared.sessions.renew(session))
+        let r =
+            self.shared.sessions.renew(session).map(|()| Renewal { revocations: self.revocation_version() });
+        reply("renew_session", r)
     }
 
     #[instrument(skip_all, fields(%session))]
     async fn close_session(self, _: Context, session: SessionId) -> Result<(), DirError> {
+        self.session_owner("close_session", session)?;
         let r = self.with_shared(move |sh| sh.sessions.end(&sh.store, &[session], "closed")).await;
         reply("close_session", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%session, %ino))]
     async fn open_file(self, _: Context, session: SessionId, ino: InodeId) -> Result<Attr, DirError> {
+        self.session_owner("open_file", session)?;
         self.bind(session);
         let r = self.with_shared(move |sh| sh.sessions.open_file(&sh.store, session, ino)).await;
         reply("open_file", r)
@@ -601,6 +825,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%session, %ino))]
     async fn release_file(self, _: Context, session: SessionId, ino: InodeId) -> Result<(), DirError> {
+        self.session_owner("release_file", session)?;
         let r = self.with_shared(move |sh| sh.sessions.release_file(&sh.store, session, ino)).await;
         reply("release_file", r)
     }
@@ -613,6 +838,7 @@ impl DirService for DirServer {
         lock: Lock,
         wait_ms: u32,
     ) -> Result<(), DirError> {
+        self.session_owner("set_lock", session)?;
         let r = async {
             self.shared.sessions.check(session)?;
             let ino = lock.ino;
@@ -634,6 +860,7 @@ impl DirService for DirServer {
         start: u64,
         end: u64,
     ) -> Result<(), DirError> {
+        self.session_owner("unlock", session)?;
         reply("unlock", self.shared.sessions.unlock(session, ino, owner, flavor, start, end))
     }
 
@@ -644,17 +871,20 @@ impl DirService for DirServer {
         session: SessionId,
         lock: Lock,
     ) -> Result<Option<LockConflict>, DirError> {
+        self.session_owner("get_lock", session)?;
         reply("get_lock", self.shared.sessions.get_lock(session, lock))
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn getxattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Vec<u8>, DirError> {
+        self.member("getxattr")?;
         let r = self.blocking(move |s| s.getxattr(ino, &name)).await;
         reply("getxattr", r)
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn listxattr(self, _: Context, ino: InodeId) -> Result<Vec<Vec<u8>>, DirError> {
+        self.member("listxattr")?;
         let r = self.blocking(move |s| s.listxattr(ino)).await;
         reply("listxattr", r)
     }
@@ -668,6 +898,7 @@ impl DirService for DirServer {
         value: Vec<u8>,
         flags: u32,
     ) -> Result<Attr, DirError> {
+        self.member("setxattr")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -681,6 +912,7 @@ impl DirService for DirServer {
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn removexattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
+        self.member("removexattr")?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
@@ -700,6 +932,7 @@ impl DirService for DirServer {
         after: u64,
         wait_ms: u32,
     ) -> Result<ChangeBatch, DirError> {
+        self.session_owner("poll_changes", session)?;
         let r = async {
             self.shared.sessions.check(session)?;
             self.bind(session);

@@ -46,7 +46,7 @@ use crate::store::tables::SessionRecord;
 use crate::store::{Keep, Store};
 use common::rpc::dir::{DirError, Lock, LockConflict, LockFlavor, SessionGrant, SessionId, SessionOpen};
 use common::time::Timestamp;
-use common::InodeId;
+use common::{InodeId, NodeId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -70,6 +70,8 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 struct Live {
     label: String,
     expires: Instant,
+    /// The node whose certificate opened it.
+    owner: NodeId,
 }
 
 /// Sessions, locks and lock waiters (the short-held mutex).
@@ -80,8 +82,8 @@ struct State {
     /// Per inode, woken whenever a lock on it goes (and on session ends).
     waiters: HashMap<u64, Arc<Notify>>,
     /// Sessions recorded by the previous run that have not reclaimed yet
-    /// (empty outside the grace period), with their labels.
-    unreclaimed: HashMap<SessionId, String>,
+    /// (empty outside the grace period), with their labels and owners.
+    unreclaimed: HashMap<SessionId, (String, NodeId)>,
 }
 
 impl State {
@@ -171,7 +173,8 @@ impl Sessions {
         };
         if in_grace {
             let mut st = sessions.state();
-            st.unreclaimed = recorded.into_iter().map(|(id, rec)| (id, rec.label)).collect();
+            st.unreclaimed =
+                recorded.into_iter().map(|(id, rec)| (id, (rec.label, NodeId(rec.owner)))).collect();
             info!(
                 sessions = st.unreclaimed.len(),
                 orphans = orphans.len(),
@@ -223,26 +226,42 @@ impl Sessions {
         f(&|ino| self.keeps(&opens, ino))
     }
 
-    /// `open_session`: opens a new session or reclaims one (see the module
-    /// doc). Blocking (one durable write, a read per reclaimed inode).
+    /// `open_session` by node `owner`: opens a new session or reclaims one
+    /// (see the module doc). A session another node opened is not
+    /// reclaimed. Blocking (one durable write, a read per reclaimed inode).
     ///
-    /// Errors: `Invalid` for a reclaim of id 0; store errors.
-    pub(crate) fn open(&self, store: &Store, open: SessionOpen) -> Result<SessionGrant, Error> {
+    /// Errors: `Invalid` for a reclaim of id 0; `Unauthorized` for a
+    /// reclaim of another node's session; store errors.
+    pub(crate) fn open(
+        &self,
+        store: &Store,
+        open: SessionOpen,
+        owner: NodeId,
+    ) -> Result<SessionGrant, Error> {
         let label = cut_label(open.label);
         let reclaim = open.reclaim.is_some();
         let id = match open.reclaim {
             Some(SessionId(0)) => return Err(invalid("session id 0 cannot be reclaimed")),
-            Some(id) => id,
+            Some(id) => {
+                if self.owner_of(id).is_some_and(|o| o != owner) {
+                    return Err(DirError::Unauthorized("that session belongs to another node".into()).into());
+                }
+                id
+            }
             None => self.fresh_id(),
         };
         // Under the open-marks mutex: serialized with the end of the grace
         // period, which forgets the recorded sessions not back yet.
         let mut opens = self.opens();
-        store.put_session(id, &SessionRecord { label: label.clone(), opened: Timestamp::now() })?;
+        store.put_session(
+            id,
+            &SessionRecord { label: label.clone(), opened: Timestamp::now(), owner: owner.0 },
+        )?;
         let all_back = {
             let mut st = self.state();
             let expires = Instant::now() + self.lease;
-            st.live.entry(id).or_insert_with(|| Live { label: label.clone(), expires }).expires = expires;
+            st.live.entry(id).or_insert_with(|| Live { label: label.clone(), expires, owner }).expires =
+                expires;
             st.unreclaimed.remove(&id).is_some() && st.unreclaimed.is_empty()
         };
         // Reclaimed opens: every inode that still exists (orphans
@@ -321,6 +340,25 @@ impl Sessions {
             if id.0 != 0 && !st.live.contains_key(&id) && !st.unreclaimed.contains_key(&id) {
                 return id;
             }
+        }
+    }
+
+    /// The node that owns session `id` (live, or recorded and not yet
+    /// reclaimed), if any.
+    pub(crate) fn owner_of(&self, id: SessionId) -> Option<NodeId> {
+        let st = self.state();
+        st.live.get(&id).map(|l| l.owner).or_else(|| st.unreclaimed.get(&id).map(|(_, o)| *o))
+    }
+
+    /// Errors: `NoSession` unless `id` is live, `Unauthorized` unless
+    /// `node` owns it.
+    pub(crate) fn check_owner(&self, id: SessionId, node: NodeId) -> Result<(), Error> {
+        match self.state().live.get(&id) {
+            None => Err(DirError::NoSession.into()),
+            Some(l) if l.owner != node => {
+                Err(DirError::Unauthorized("that session belongs to another node".into()).into())
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -432,7 +470,7 @@ impl Sessions {
             return Ok(());
         }
         let stale: Vec<(SessionId, String)> =
-            self.state().unreclaimed.iter().map(|(id, l)| (*id, l.clone())).collect();
+            self.state().unreclaimed.iter().map(|(id, (l, _))| (*id, l.clone())).collect();
         let ids: Vec<SessionId> = stale.iter().map(|(id, _)| *id).collect();
         let orphans = store.orphans()?;
         let freed = store.end_sessions(&ids, &orphans, &|ino| opens.is_open(ino.0))?;

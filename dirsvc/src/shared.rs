@@ -3,10 +3,18 @@
 use crate::changes::ChangeFeed;
 use crate::error::Error;
 use crate::peers::PeerTable;
-use crate::pool::PeerPool;
+use crate::ratelimit::TokenBucket;
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::DirsvcConfig;
+use common::net::Pool;
+use common::pki::Ca;
+use common::rpc::peer::PeerServiceClient;
+use common::tls::Tls;
+use common::transport::Connections;
+
+/// `join` calls dirsvc takes per second, at most (a short burst more).
+pub(crate) const JOINS_PER_SEC: u64 = 20;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
@@ -56,8 +64,16 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Wakes the repair worker early (corruption report, drain).
     pub repair_kick: Notify,
-    /// `PeerService` clients of the workers.
-    pub pool: PeerPool,
+    /// `PeerService` clients of the workers (dirsvc's certificate).
+    pub pool: Pool<PeerServiceClient>,
+    /// This dirsvc's TLS identity and the revocation list it enforces.
+    pub tls: Arc<Tls>,
+    /// The cluster CA (signs joins and renewals), if this dirsvc holds it.
+    pub ca: Option<Arc<Ca>>,
+    /// The open connections, by caller (revocation closes a node's).
+    pub conns: Arc<Connections>,
+    /// Paces `join` calls (tokens per second), so guessing is slow.
+    pub joins: TokenBucket,
     /// Client sessions, open marks, locks, grace period.
     pub sessions: Sessions,
     /// The change feed clients poll.
@@ -70,7 +86,7 @@ impl Shared {
     /// leftover orphans if there is none). Blocking.
     ///
     /// Errors: as [`Store::peers`] and [`Sessions::new`].
-    pub(crate) fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
+    pub(crate) fn new(store: Arc<Store>, config: &DirsvcConfig, tls: Arc<Tls>) -> Result<Self, Error> {
         let stored = store.peers()?;
         let peers = PeerTable::new(
             stored,
@@ -85,7 +101,11 @@ impl Shared {
             peers: Mutex::new(peers),
             stats: Stats::default(),
             repair_kick: Notify::new(),
-            pool: PeerPool::default(),
+            pool: Pool::new(tls.clone()),
+            ca: config.ca.clone(),
+            tls,
+            conns: Arc::new(Connections::default()),
+            joins: TokenBucket::new(JOINS_PER_SEC),
             sessions,
             changes: ChangeFeed::new(config.change_feed_capacity),
         })

@@ -9,6 +9,7 @@
 //! for SIGINT/SIGTERM or an external unmount, then detaches the mount and
 //! flushes what is still buffered before it returns.
 
+pub mod admin;
 pub mod cache;
 pub mod error;
 pub mod fs;

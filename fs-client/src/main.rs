@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use common::rpc::Role;
 use fs_client::fs::FsConfig;
 use fs_client::mount::MountConfig;
 use fs_client::remote::DirClient;
@@ -14,6 +15,12 @@ use std::path::PathBuf;
     about = "p2pfs client: mount an encrypted peer-to-peer volume as a folder"
 )]
 struct Cli {
+    /// Directory of this client's TLS identity (node.key, node.crt,
+    /// ca.crt). Default: $P2PFS_STATE/client-tls for `mount`,
+    /// $P2PFS_STATE/admin-tls for the other commands when P2PFS_STATE is
+    /// set (as scripts/up.sh makes them); else ~/.config/p2pfs/tls.
+    #[arg(long, global = true, env = "P2PFS_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -112,13 +119,91 @@ enum Cmd {
         #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
         dirsvc: String,
     },
-    /// Drain a peer: copy its chunks elsewhere so it can leave with no loss.
+    /// Drain a peer: copy its chunks elsewhere so it can leave with no loss
+    /// (admin).
     Drain {
         /// dirsvc address, host:port.
         #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
         dirsvc: String,
         /// The peer's id (32 hex digits, as `fs-client peers` shows).
         peer: String,
+    },
+    /// The cluster's certificate authority: create it, issue certificates
+    /// offline.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Get this node's certificate from dirsvc with a join token (a new
+    /// client on another host), into the TLS directory.
+    Join {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// The join token (from `fs-client token create --role client`).
+        #[arg(long, env = "P2PFS_JOIN_TOKEN")]
+        token: String,
+    },
+    /// Join tokens: one-time, expiring invitations for new peers and
+    /// clients (admin).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Revoke a node's certificate for good: dirsvc refuses it at once,
+    /// peers and clients within seconds (admin).
+    Revoke {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// Why (kept with the revocation).
+        #[arg(long, default_value = "revoked by an admin")]
+        reason: String,
+        /// The node's id (32 hex digits: a peer's id as `fs-client peers`
+        /// shows, or a client's from its certificate).
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a new cluster CA in DIR (ca.crt; ca.key with mode 0600).
+    Init {
+        /// Where to write it; existing files are never replaced.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A name for people reading certificates.
+        #[arg(long, default_value = "p2pfs")]
+        name: String,
+    },
+    /// Make a key and a certificate for a node with the CA in CA_DIR,
+    /// into OUT (node.key, node.crt, ca.crt).
+    Issue {
+        /// The CA's directory (ca.crt, ca.key).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node's role: dirsvc, peer, client or admin.
+        #[arg(long)]
+        role: common::rpc::Role,
+        /// Where to write the node's files (never replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid (s, m, h or d; default 90d).
+        #[arg(long, default_value = "90d")]
+        valid_for: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a join token and print it (it holds a secret: pass it to the
+    /// new node's operator only).
+    Create {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// The role it grants: peer or client.
+        #[arg(long)]
+        role: common::rpc::Role,
+        /// How long it stays usable (s, m, h or d; at most 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -134,6 +219,10 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let tls_dir = cli.tls_dir.clone();
+    let tls = |role: common::rpc::Role| -> anyhow::Result<std::sync::Arc<common::tls::Tls>> {
+        Ok(fs_client::admin::load_tls(&fs_client::admin::tls_dir(tls_dir.clone(), role))?)
+    };
     if !matches!(cli.cmd, Cmd::Mount { .. }) {
         // Report commands end quietly when their reader goes away
         // (`fs-client status | head -1`). Not for `mount`: its sockets must
@@ -145,7 +234,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Keygen { output } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(fs_client::volume::check_new_identity_path(&output))?;
+            rt.block_on(fs_client::volume::check_new_identity_path(&output, tls(Role::Admin).ok()))?;
             let r = fs_client::identity::keygen(&output)?;
             println!("{r}");
             eprintln!("identity written to {} (keep it private; it unlocks your volumes)", output.display());
@@ -153,10 +242,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Init { dirsvc, identity, block_size, replicas, if_missing } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let id = fs_client::volume::load_identity(&dirsvc, &identity).await?;
-                let dir = DirClient::connect(&dirsvc)
-                    .await
-                    .with_context(|| format!("cannot reach dirsvc at {dirsvc}"))?;
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
+                let id = fs_client::volume::load_identity(&dir, &identity).await?;
                 match fs_client::volume::init(&dir, &id, block_size, replicas).await {
                     Ok(info) => {
                         println!(
@@ -184,7 +271,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Volume { dirsvc, json } => {
             let rt = tokio::runtime::Runtime::new()?;
             let info = rt.block_on(async {
-                let dir = connect(&dirsvc).await?;
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 fs_client::volume::info(&dir).await.with_context(|| format!("cannot ask dirsvc at {dirsvc}"))
             })?;
             print_volume(&dirsvc, info.as_ref(), json)?;
@@ -212,20 +299,21 @@ fn main() -> anyhow::Result<()> {
                 mountpoint,
                 fuse_threads: threads,
                 recovery_dir,
+                tls_dir: fs_client::admin::tls_dir(tls_dir.clone(), Role::Client),
                 fs,
             })?;
         }
         Cmd::Peers { dirsvc } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let dir = connect(&dirsvc).await?;
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 print_peers(&dir).await
             })?;
         }
         Cmd::Status { dirsvc } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let dir = connect(&dirsvc).await?;
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 let s = dir.call(|c, ctx| async move { c.cluster_status(ctx).await }).await?;
                 for (k, v) in [
                     ("chunks", s.chunks),
@@ -254,9 +342,45 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("bad peer id {peer:?} (32 hex digits expected): {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let dir = connect(&dirsvc).await?;
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 dir.call(|c, ctx| async move { c.drain_peer(ctx, id).await }).await?;
                 println!("peer {} is draining; `fs-client status` shows when it is drained", id.to_hex());
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+        Cmd::Ca(CaCmd::Init { dir, name }) => {
+            let fp = fs_client::admin::ca_init(&dir, &name)?;
+            println!("cluster CA created in {} (fingerprint {fp})", dir.display());
+        }
+        Cmd::Ca(CaCmd::Issue { ca_dir, role, out, valid_for }) => {
+            let validity = fs_client::admin::parse_duration(&valid_for)?;
+            let node = fs_client::admin::ca_issue(&ca_dir, role, &out, validity)?;
+            println!("{role} certificate for node {} written to {}", node.to_hex(), out.display());
+        }
+        Cmd::Join { dirsvc, token } => {
+            let out = fs_client::admin::tls_dir(tls_dir.clone(), Role::Client);
+            let rt = tokio::runtime::Runtime::new()?;
+            let (node, role) = rt.block_on(fs_client::admin::join(&dirsvc, &token, &out))?;
+            println!("joined as {role} node {} (certificate in {})", node.to_hex(), out.display());
+        }
+        Cmd::Token(TokenCmd::Create { dirsvc, role, ttl }) => {
+            let ttl = fs_client::admin::parse_duration(&ttl)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let token = rt.block_on(async {
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
+                Ok::<_, anyhow::Error>(fs_client::admin::create_token(&dir, role, ttl).await?)
+            })?;
+            println!("{token}");
+        }
+        Cmd::Revoke { dirsvc, reason, node } => {
+            let node: common::NodeId = node
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad node id {node:?} (32 hex digits expected): {e}"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
+                fs_client::admin::revoke(&dir, node, &reason).await?;
+                println!("node {} revoked", node.to_hex());
                 Ok::<_, anyhow::Error>(())
             })?;
         }
@@ -264,8 +388,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(dirsvc: &str) -> anyhow::Result<DirClient> {
-    DirClient::connect(dirsvc).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
+async fn connect(dirsvc: &str, tls: std::sync::Arc<common::tls::Tls>) -> anyhow::Result<DirClient> {
+    DirClient::connect(dirsvc, tls).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
 }
 
 /// Prints what `fs-client volume` shows (see its `--help`).

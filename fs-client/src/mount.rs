@@ -26,6 +26,9 @@ pub struct MountConfig {
     /// Where data that cannot be stored by unmount is kept (sealed) for
     /// the next mount, one subdirectory per volume ([`crate::fs::recovery`]).
     pub recovery_dir: PathBuf,
+    /// This client's TLS identity directory (a client certificate of the
+    /// cluster; see [`crate::admin::tls_dir`]).
+    pub tls_dir: PathBuf,
     /// Tunables of the core.
     pub fs: FsConfig,
 }
@@ -152,7 +155,6 @@ pub fn run(config: MountConfig) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("cannot start runtime: {e}")))?;
-    let id = rt.block_on(crate::volume::load_identity(&config.dirsvc, &config.identity))?;
     let mountpoint = std::path::absolute(&config.mountpoint)
         .map_err(|e| Error::Io(format!("bad mount point {}: {e}", config.mountpoint.display())))?;
     clean_stale(&mountpoint)?;
@@ -162,11 +164,14 @@ pub fn run(config: MountConfig) -> Result<()> {
         Err(e) => return Err(Error::Io(format!("mount point {}: {e}", mountpoint.display()))),
     }
     let fs = rt.block_on(async {
-        let dir = DirClient::connect(&config.dirsvc)
+        let tls = crate::admin::load_tls(&config.tls_dir)?;
+        let dir = DirClient::connect(&config.dirsvc, tls)
             .await
             .map_err(|e| Error::Io(format!("cannot reach dirsvc at {}: {e}", config.dirsvc)))?
             .with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
+        let id = crate::volume::load_identity(&dir, &config.identity).await?;
         let (info, secret) = crate::volume::open(&dir, &id).await?;
+        drop(id);
         info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
         let mut fs_config = config.fs.clone();
         fs_config.session_label =
@@ -179,7 +184,6 @@ pub fn run(config: MountConfig) -> Result<()> {
         Ok::<_, Error>((fs, keeper))
     })?;
     let (fs, keeper) = fs;
-    drop(id);
 
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![

@@ -125,7 +125,7 @@ pub async fn open(dir: &DirClient, id: &IdentityFile) -> Result<(VolumeInfo, Vol
 ///
 /// Errors: as [`identity::load`]; [`Error::Key`] with that explanation for
 /// a missing file when dirsvc has a volume.
-pub async fn load_identity(dirsvc: &str, path: &Path) -> Result<IdentityFile> {
+pub async fn load_identity(dir: &DirClient, path: &Path) -> Result<IdentityFile> {
     let err = match identity::load(path) {
         Ok(id) => return Ok(id),
         Err(e) => e,
@@ -133,9 +133,8 @@ pub async fn load_identity(dirsvc: &str, path: &Path) -> Result<IdentityFile> {
     if path.symlink_metadata().is_ok() {
         return Err(err);
     }
-    // The file is missing. If dirsvc cannot be asked, the plain error stands.
-    let Ok(dir) = DirClient::connect(dirsvc).await else { return Err(err) };
-    match info(&dir).await {
+    // The file is missing: say so with the volume's keys, if it has one.
+    match info(dir).await {
         Ok(Some(info)) => Err(Error::Key(missing_identity_message(&info, path))),
         _ => Err(err),
     }
@@ -159,7 +158,10 @@ pub const STATE_DIRSVC_DB: &str = "dirsvc/dirsvc.redb";
 /// [`identity::keygen`], which never overwrites.
 ///
 /// Errors: [`Error::Key`] with the explanation above.
-pub async fn check_new_identity_path(path: &Path) -> Result<()> {
+pub async fn check_new_identity_path(
+    path: &Path,
+    tls: Option<std::sync::Arc<common::tls::Tls>>,
+) -> Result<()> {
     if path.symlink_metadata().is_ok() {
         return Ok(());
     }
@@ -171,7 +173,14 @@ pub async fn check_new_identity_path(path: &Path) -> Result<()> {
     let db = state.join(STATE_DIRSVC_DB);
     if let Ok(addr) = std::fs::read_to_string(&addr_file) {
         let addr = addr.trim();
-        if let Ok(dir) = DirClient::connect(addr).await {
+        let tls = tls.or_else(|| {
+            ["admin-tls", "client-tls"].iter().find_map(|d| crate::admin::load_tls(&state.join(d)).ok())
+        });
+        let dir = match tls {
+            Some(t) => DirClient::connect(addr, t).await.ok(),
+            None => None,
+        };
+        if let Some(dir) = dir {
             return match info(&dir).await {
                 Ok(Some(info)) => Err(Error::Key(format!(
                     "{}; {} is the state directory of that volume (dirsvc {addr}), and a new key there \

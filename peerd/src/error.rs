@@ -34,6 +34,9 @@ pub enum Error {
         /// Size of the refused chunk in bytes.
         needed: u64,
     },
+    /// The TLS identity is missing or unusable, or joining failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A chunk is larger than any sealed chunk can be.
     #[error("chunk of {len} bytes is larger than the limit of {limit} bytes")]
     TooLarge {

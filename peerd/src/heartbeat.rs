@@ -10,12 +10,24 @@
 //! registration. A dirsvc that hangs is treated like one that is down: every
 //! call has a deadline, and a missed deadline means a new connection. The
 //! task ends only when its cancellation token fires.
+//!
+//! The heartbeat also keeps the peer's trust current: its reply carries the
+//! version of dirsvc's revocation list, and when that differs from the one
+//! this peer enforces, the task fetches the list, applies it (new
+//! handshakes of revoked nodes fail) and closes the connections of nodes
+//! newly revoked. And when less than a third of the peer's certificate's
+//! validity is left, it asks dirsvc for a renewal, writes it to the TLS
+//! directory and uses it from the next handshake on.
 
-use crate::backoff::Backoff;
 use crate::store::ChunkStore;
+use common::net::{Backoff, Pool};
 use common::rpc::dir::{DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerUsage};
-use common::transport::{deadline, dir_client};
+use common::rpc::peer::PeerServiceClient;
+use common::tls::Tls;
+use common::transport::{deadline, Connections};
 use common::PeerId;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -34,6 +46,17 @@ pub(crate) struct Heartbeat<S> {
     /// Failure-domain labels sent with every registration.
     pub(crate) labels: PeerLabels,
     pub(crate) interval: Duration,
+    /// This peer's TLS identity (its revocation list is updated here).
+    pub(crate) tls: Arc<Tls>,
+    /// Where renewed certificates are written (`None`: memory only).
+    pub(crate) tls_dir: Option<PathBuf>,
+    /// Connections to dirsvc.
+    pub(crate) dir_pool: Arc<Pool<DirServiceClient>>,
+    /// Connections this peer accepted (closed for revoked nodes).
+    pub(crate) conns: Arc<Connections>,
+    /// Connections this peer made to other peers (dropped for revoked
+    /// nodes).
+    pub(crate) peer_pool: Arc<Pool<PeerServiceClient>>,
 }
 
 impl<S: ChunkStore> Heartbeat<S> {
@@ -44,12 +67,13 @@ impl<S: ChunkStore> Heartbeat<S> {
     }
 
     async fn run_forever(self) {
-        let mut backoff = Backoff::new(self.interval);
+        let mut backoff = Backoff::new(crate::MIN_BACKOFF, self.interval);
         // Logged at WARN only on the first failure of a streak, so a long
         // dirsvc outage does not flood the log.
         let mut failing = false;
         loop {
-            let client = match dir_client(&self.dirsvc).await {
+            let expect = common::tls::Expect::Role(common::rpc::Role::Dirsvc);
+            let client = match self.dir_pool.get(&self.dirsvc, expect).await {
                 Ok(c) => c,
                 Err(e) => {
                     if !failing {
@@ -63,6 +87,7 @@ impl<S: ChunkStore> Heartbeat<S> {
                 }
             };
             self.session(&client, &mut backoff, &mut failing).await;
+            self.dir_pool.forget(&self.dirsvc, expect);
             tokio::time::sleep(backoff.step()).await;
         }
     }
@@ -102,7 +127,14 @@ impl<S: ChunkStore> Heartbeat<S> {
                 }
             } else {
                 match client.heartbeat(deadline(CALL_DEADLINE), self.id, usage).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(reply)) => {
+                        if reply.revocations != self.tls.revocations().version() {
+                            self.sync_revocations(client).await;
+                        }
+                        if common::pki::needs_renewal(self.tls.me().not_after) {
+                            self.renew(client).await;
+                        }
+                    }
                     Ok(Err(DirError::NotFound)) => {
                         info!(dirsvc = %self.dirsvc, "dirsvc does not know this peer; registering again");
                         registered = false;
@@ -117,6 +149,44 @@ impl<S: ChunkStore> Heartbeat<S> {
                 }
             }
             tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// Fetches dirsvc's revocation list and enforces it: newly revoked
+    /// nodes' connections are closed. Failures are logged; the next
+    /// heartbeat tries again.
+    async fn sync_revocations(&self, client: &DirServiceClient) {
+        match client.revocations(deadline(CALL_DEADLINE)).await {
+            Ok(Ok(list)) => {
+                let added = self.tls.revocations().replace(list.version, list.nodes);
+                for node in &added {
+                    let closed = self.conns.close_node(node);
+                    self.peer_pool.forget_node(*node);
+                    warn!(%node, connections_closed = closed, "node revoked by dirsvc; refused from now on");
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "dirsvc refused the revocation list"),
+            Err(e) => debug!(error = %e, "fetching the revocation list failed"),
+        }
+    }
+
+    /// Asks dirsvc for a renewed certificate and starts using it (writing
+    /// it to the TLS directory first). Failures are logged; the next
+    /// heartbeat tries again.
+    async fn renew(&self, client: &DirServiceClient) {
+        match client.renew_certificate(deadline(CALL_DEADLINE)).await {
+            Ok(Ok(pem)) => {
+                let saved = match &self.tls_dir {
+                    Some(d) => common::pki::NodeFiles::save_cert(d, &pem).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                match saved.and_then(|()| self.tls.set_cert(&pem).map_err(|e| e.to_string())) {
+                    Ok(c) => info!(not_after = ?c.not_after, "certificate renewed"),
+                    Err(e) => warn!(error = %e, "cannot use the renewed certificate"),
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "dirsvc refused to renew this peer's certificate"),
+            Err(e) => debug!(error = %e, "certificate renewal call failed"),
         }
     }
 

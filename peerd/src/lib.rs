@@ -11,14 +11,16 @@
 //! directory and holds its lock), binds the listener and starts four named
 //! tasks:
 //!
-//! - `serve`, the accept loop (`common::serve_tarpc!`): one task per
-//!   connection, one task per request, each calling the
-//!   [`server::PeerServer`] handlers, which call the store; the store runs
-//!   its file work on tokio's blocking pool. `fetch_from` pulls the chunk
-//!   from the source peer over a small pool of connections
-//!   ([`fetch::PeerPool`]) and stores it like a put (see [`fetch`]);
+//! - `serve`, the accept loop (`common::serve_tarpc!`, mutual TLS): one
+//!   task per connection, one task per request, each calling the
+//!   [`server::PeerServer`] handlers (authorized from the caller's
+//!   certificate), which call the store; the store runs its file work on
+//!   tokio's blocking pool. `fetch_from` pulls the chunk from the source
+//!   peer over the pool of connections (`common::net::Pool`) and stores it
+//!   like a put (see [`fetch`]);
 //! - `heartbeat`: registers with dirsvc (address, usage, host/zone labels)
-//!   and heartbeats forever;
+//!   and heartbeats forever; keeps the revocation list current and renews
+//!   the peer's certificate;
 //! - `corrupt-reporter` ([`report`]): tells dirsvc about every chunk found
 //!   corrupt (by a read, a put, `fetch_from` or scrub) until dirsvc
 //!   acknowledges it;
@@ -38,7 +40,6 @@
 //! file and directory entry are fsynced (see [`store`]), so `kill -9` loses
 //! no acknowledged chunk.
 
-mod backoff;
 pub mod error;
 pub mod fetch;
 pub mod fsutil;
@@ -54,8 +55,11 @@ pub use report::CorruptQueue;
 pub use scrub::{PassSummary, ScrubStats, DEFAULT_SCRUB_BYTES_PER_SEC, DEFAULT_SCRUB_INTERVAL};
 pub use store::{ChunkStore, FsChunkStore, StoreConfig, Verified};
 
+use common::net::Pool;
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::PeerService as _;
+use common::tls::Tls;
+use common::transport::{Connections, ServerLimits};
 use common::{ChunkId, PeerId};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -102,6 +106,18 @@ pub struct PeerdConfig {
     /// The larger failure domain (rack, room, site) of this peer, sent to
     /// dirsvc like `host_label`. Empty by default.
     pub zone_label: String,
+    /// This peer's TLS identity. `None` (default): loaded from `tls_dir`,
+    /// after joining with `join_token` if the directory holds none yet.
+    pub tls: Option<Arc<Tls>>,
+    /// Directory of the TLS identity (`node.key`, `node.crt`, `ca.crt`);
+    /// `None` (default): `<data_dir>/tls`. Renewed certificates are written
+    /// here.
+    pub tls_dir: Option<PathBuf>,
+    /// A join token (text form) to get a certificate from dirsvc when the
+    /// TLS directory holds none. Default `None`.
+    pub join_token: Option<String>,
+    /// Limits of the listener.
+    pub limits: ServerLimits,
 }
 
 impl Default for PeerdConfig {
@@ -117,6 +133,10 @@ impl Default for PeerdConfig {
             scrub_interval: DEFAULT_SCRUB_INTERVAL,
             host_label: String::new(),
             zone_label: String::new(),
+            tls: None,
+            tls_dir: None,
+            join_token: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -141,26 +161,69 @@ pub struct PeerdHandle {
 /// release the store.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Starts a peer: opens the store in `config.data_dir`, loads or creates the
-/// peer id, binds `config.listen`, and spawns the server and the workers
-/// (heartbeat, corrupt-reporter, scrub) on the current tokio runtime. Logs
-/// one INFO line with the address, peer id and data directory.
+/// The first delay of the workers' retry backoff after a failure.
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The TLS identity of a peer: `config.tls`, else the files of its TLS
+/// directory, joining the cluster first with `config.join_token` if there
+/// are none.
+///
+/// Errors: [`Error::Tls`].
+async fn identity(config: &PeerdConfig) -> Result<(Arc<Tls>, Option<PathBuf>), Error> {
+    if let Some(t) = &config.tls {
+        return Ok((t.clone(), config.tls_dir.clone()));
+    }
+    let dir = config.tls_dir.clone().unwrap_or_else(|| config.data_dir.join("tls"));
+    if !common::pki::NodeFiles::exist(&dir) {
+        let Some(token) = &config.join_token else {
+            return Err(Error::Tls(format!(
+                "no certificate in {} (node.crt); give this peer one (`fs-client ca issue --role peer`) or a join token (--join)",
+                dir.display()
+            )));
+        };
+        let files = common::join::join(&config.dirsvc, token)
+            .await
+            .map_err(|e| Error::Tls(format!("joining through {}: {e}", config.dirsvc)))?;
+        if files.role != common::rpc::Role::Peer {
+            return Err(Error::Tls(format!("the join token grants the {} role, not peer", files.role)));
+        }
+        files.save(&dir).map_err(|e| Error::Tls(e.to_string()))?;
+        info!(node = %files.node.to_hex(), dir = %dir.display(), "joined the cluster");
+    }
+    let tls = Tls::load(&dir).map_err(|e| Error::Tls(format!("{}: {e}", dir.display())))?;
+    if tls.me().role != common::rpc::Role::Peer {
+        return Err(Error::Tls(format!(
+            "{} holds a {} certificate, not a peer one",
+            dir.display(),
+            tls.me().role
+        )));
+    }
+    Ok((Arc::new(tls), Some(dir)))
+}
+
+/// Starts a peer: opens the store in `config.data_dir`, sets up its TLS
+/// identity (its id is the node id of its certificate), binds
+/// `config.listen`, and spawns the server and the workers (heartbeat,
+/// corrupt-reporter, scrub) on the current tokio runtime. Logs one INFO
+/// line with the address, peer id and data directory.
 ///
 /// dirsvc being down is not an error: the workers keep retrying.
 ///
 /// Errors: [`Error::Locked`] if another peer has the data directory;
-/// [`Error::BadPeerId`]; [`Error::Bind`]; [`Error::Io`].
+/// [`Error::Tls`]; [`Error::Bind`]; [`Error::Io`].
 pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
     let store = FsChunkStore::open(StoreConfig {
         data_dir: config.data_dir.clone(),
         capacity_bytes: config.capacity_bytes,
     })
     .await?;
+    let (tls, tls_dir) = identity(&config).await?;
+    let id = PeerId::from(tls.node());
     let data_dir = config.data_dir.clone();
-    let id = match tokio::task::spawn_blocking(move || peer_id::load_or_create(&data_dir)).await {
+    match tokio::task::spawn_blocking(move || peer_id::check_legacy(&data_dir, id)).await {
         Ok(r) => r?,
         Err(e) => return Err(Error::Task(e.to_string())),
-    };
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
@@ -183,12 +246,20 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
 
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
+    let conns = Arc::new(Connections::default());
+    let server = server::PeerServer::new(store.clone(), tls.clone());
+    let peer_pool = server.pool().clone();
     let serve = {
-        let server = server::PeerServer::new(store.clone());
         let cancel = cancel.clone();
-        tokio::spawn(async move { common::serve_tarpc!(listener, server, cancel) })
+        let server_config = tls.server_config(false).map_err(|e| Error::Tls(e.to_string()))?;
+        let (limits, conns) = (config.limits.clone(), conns.clone());
+        tokio::spawn(async move {
+            common::serve_tarpc!(listener, server_config, limits, conns, cancel, move |caller| server
+                .for_connection(caller))
+        })
     };
     tasks.push(("serve", serve));
+    let dir_pool = Arc::new(Pool::new(tls.clone()));
     let heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
         id,
@@ -196,12 +267,18 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         dirsvc: config.dirsvc.clone(),
         labels: PeerLabels { host: config.host_label.clone(), zone: config.zone_label.clone() },
         interval: config.heartbeat_interval,
+        tls: tls.clone(),
+        tls_dir,
+        dir_pool: dir_pool.clone(),
+        conns,
+        peer_pool,
     };
     tasks.push(("heartbeat", tokio::spawn(heartbeat.run(cancel.clone()))));
     let reporter = report::Reporter {
         queue: store.corrupt_queue().clone(),
         peer: id,
         dirsvc: config.dirsvc.clone(),
+        dir_pool,
         retry_cap: config.heartbeat_interval,
     };
     tasks.push(("corrupt-reporter", tokio::spawn(reporter.run(cancel.clone()))));

@@ -51,6 +51,16 @@ struct Args {
     /// over distinct zones (empty: unknown).
     #[arg(long, env = "P2PFS_PEERD_ZONE_LABEL", default_value = "")]
     zone_label: String,
+    /// Directory of this peer's TLS identity: `node.key` (mode 0600),
+    /// `node.crt` (a peer certificate of the cluster CA), `ca.crt`
+    /// (default: `<data-dir>/tls`). Renewed certificates are written here.
+    #[arg(long, env = "P2PFS_PEERD_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A join token (from `fs-client token create --role peer`): when the
+    /// TLS directory holds no certificate yet, get one from dirsvc with it.
+    /// Used once; the token is then spent.
+    #[arg(long, env = "P2PFS_JOIN_TOKEN")]
+    join: Option<String>,
 }
 
 #[tokio::main]
@@ -85,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
         scrub_interval: Duration::from_secs(args.scrub_interval_secs),
         host_label: args.host_label,
         zone_label: args.zone_label,
+        tls_dir: args.tls_dir,
+        join_token: args.join,
+        ..PeerdConfig::default()
     };
     let handle = peerd::spawn(config).await.context("starting peerd")?;
 

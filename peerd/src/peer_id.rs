@@ -1,10 +1,12 @@
-//! The peer's persistent identity: `<data_dir>/peer-id`.
+//! Which peer a data directory belongs to: `<data_dir>/peer-id`.
 //!
-//! The file holds the [`PeerId`] as 32 lowercase hex digits and a newline.
-//! It is created (atomically: temp file, fsync, rename, fsync of the
-//! directory) the first time peerd starts on a data directory and read on
-//! every later start, so a peer keeps its id, and dirsvc's record of its
-//! chunks, across restarts.
+//! A peer's id is the node id of its TLS certificate (derived from its
+//! key, see `common::pki`). dirsvc's chunk index names the chunks on this
+//! disk by that id, so a data directory must never be served under another
+//! one: the file records the id (32 lowercase hex digits and a newline,
+//! written atomically: temp file, fsync, rename, fsync of the directory)
+//! the first time peerd starts on the directory, and every later start
+//! checks that the certificate names the same peer ([`check_legacy`]).
 
 use crate::error::Error;
 use crate::fsutil::write_atomic;
@@ -16,23 +18,35 @@ use std::path::Path;
 /// Name of the id file inside the data directory.
 pub const PEER_ID_FILE: &str = "peer-id";
 
-/// Reads the peer id from `<data_dir>/peer-id`, creating a random one there
-/// if the file does not exist. `data_dir` must exist.
+/// Records `id` as the owner of `data_dir` on first use, or checks that
+/// it is the one recorded.
 ///
-/// Errors: [`Error::BadPeerId`] if the file exists but is not 32 hex digits
-/// (peerd never silently replaces an id); [`Error::Io`] on read or write
-/// failure.
-pub fn load_or_create(data_dir: &Path) -> Result<PeerId, Error> {
+/// Errors: [`Error::BadPeerId`] if the file is malformed or names another
+/// peer (the directory's chunks are indexed under that id: serving them
+/// under a new one would have them collected as orphans); [`Error::Io`].
+pub fn check_legacy(data_dir: &Path, id: PeerId) -> Result<(), Error> {
     let path = data_dir.join(PEER_ID_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse::<PeerId>()
-            .map_err(|e| Error::BadPeerId { path: path.clone(), reason: e.to_string() }),
+        Ok(text) => {
+            let recorded = text
+                .trim()
+                .parse::<PeerId>()
+                .map_err(|e| Error::BadPeerId { path: path.clone(), reason: e.to_string() })?;
+            if recorded != id {
+                return Err(Error::BadPeerId {
+                    path,
+                    reason: format!(
+                        "this data directory belongs to peer {}, but the certificate is for peer {}; restore that peer's key (tls/node.key) or start this certificate on an empty data directory",
+                        recorded.to_hex(),
+                        id.to_hex()
+                    ),
+                });
+            }
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = PeerId::random();
             write_atomic(&path, format!("{}\n", id.to_hex()).as_bytes())?;
-            Ok(id)
+            Ok(())
         }
         Err(e) => Err(Error::Io { op: "read", path, source: e }),
     }
@@ -43,22 +57,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn id_is_created_once_and_reused() {
+    fn a_data_directory_is_served_under_one_peer_id_only() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create(dir.path()).unwrap();
-        let b = load_or_create(dir.path()).unwrap();
-        assert_eq!(a, b);
-        let text = fs::read_to_string(dir.path().join(PEER_ID_FILE)).unwrap();
-        assert_eq!(text, format!("{}\n", a.to_hex()));
-        let other = tempfile::tempdir().unwrap();
-        assert_ne!(load_or_create(other.path()).unwrap(), a);
+        let a = PeerId([1; 16]);
+        check_legacy(dir.path(), a).unwrap();
+        check_legacy(dir.path(), a).unwrap();
+        assert!(matches!(check_legacy(dir.path(), PeerId([2; 16])), Err(Error::BadPeerId { .. })));
     }
 
     #[test]
     fn malformed_id_file_is_refused_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(PEER_ID_FILE), "not hex\n").unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(Error::BadPeerId { .. })));
+        assert!(matches!(check_legacy(dir.path(), PeerId([1; 16])), Err(Error::BadPeerId { .. })));
         assert_eq!(fs::read_to_string(dir.path().join(PEER_ID_FILE)).unwrap(), "not hex\n");
     }
 }

@@ -18,9 +18,11 @@
 //! report was sent is taken off the queue: this peer's replica is good
 //! again, and reporting it would make dirsvc forget a good copy.
 
-use crate::backoff::Backoff;
+use common::net::{Backoff, Pool};
 use common::rpc::dir::DirServiceClient;
-use common::transport::{deadline, dir_client};
+use common::rpc::Role;
+use common::tls::Expect;
+use common::transport::deadline;
 use common::{ChunkId, PeerId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,6 +131,8 @@ pub(crate) struct Reporter {
     pub(crate) peer: PeerId,
     /// dirsvc's `host:port`.
     pub(crate) dirsvc: String,
+    /// Connections to dirsvc (this peer's certificate).
+    pub(crate) dir_pool: Arc<Pool<DirServiceClient>>,
     /// Longest delay between retries while dirsvc is unreachable.
     pub(crate) retry_cap: Duration,
 }
@@ -142,8 +146,8 @@ impl Reporter {
     }
 
     async fn run_forever(self) {
-        let mut backoff = Backoff::new(self.retry_cap);
-        let mut client: Option<DirServiceClient> = None;
+        let mut backoff = Backoff::new(crate::MIN_BACKOFF, self.retry_cap);
+        let expect = Expect::Role(Role::Dirsvc);
         // WARN once per streak of failures, DEBUG after that.
         let mut failing = false;
         loop {
@@ -152,19 +156,13 @@ impl Reporter {
                 self.queue.pushed().await;
                 continue;
             }
-            let c = match &client {
-                Some(c) => c.clone(),
-                None => match dir_client(&self.dirsvc).await {
-                    Ok(c) => {
-                        client = Some(c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        self.note_failure(&mut failing, &e.to_string(), batch.len());
-                        tokio::time::sleep(backoff.step()).await;
-                        continue;
-                    }
-                },
+            let c = match self.dir_pool.get(&self.dirsvc, expect).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.note_failure(&mut failing, &e.to_string(), batch.len());
+                    tokio::time::sleep(backoff.step()).await;
+                    continue;
+                }
             };
             let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
             match c.report_corrupt(deadline(CALL_DEADLINE), self.peer, ids).await {
@@ -184,7 +182,7 @@ impl Reporter {
                     tokio::time::sleep(backoff.step()).await;
                 }
                 Err(e) => {
-                    client = None;
+                    self.dir_pool.forget(&self.dirsvc, expect);
                     self.note_failure(&mut failing, &e.to_string(), batch.len());
                     tokio::time::sleep(backoff.step()).await;
                 }

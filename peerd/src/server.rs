@@ -1,12 +1,22 @@
 //! The `PeerService` RPC handlers: a thin layer over a [`ChunkStore`] (and,
-//! for `fetch_from`, a [`PeerPool`] of connections to other peers) that
-//! converts errors to [`PeerError`] and logs each failure once.
+//! for `fetch_from`, a pool of connections to other peers) that authorizes
+//! each call from the caller's certificate, converts errors to
+//! [`PeerError`] and logs each failure once.
+//!
+//! Who may call what: `put`, `get`, `get_range`, `has` — clients, admins
+//! and peers (a peer reads from another for `fetch_from`); `delete`,
+//! `list_chunks`, `fetch_from` — dirsvc only (they destroy data or spend
+//! this peer's bandwidth); `usage` — dirsvc and admins.
 
 use crate::error::Error;
-use crate::fetch::{fetch_from, PeerPool};
+use crate::fetch::fetch_from;
 use crate::store::ChunkStore;
+use common::net::Pool;
 use common::rpc::dir::PeerUsage;
+use common::rpc::peer::PeerServiceClient;
 use common::rpc::peer::{Bytes, PeerError, PeerService};
+use common::rpc::{PeerLoc, Role};
+use common::tls::{Caller, Tls};
 use common::ChunkId;
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -17,19 +27,52 @@ use tracing::{debug, error, instrument, warn};
 /// connections to source peers.
 pub struct PeerServer<S> {
     store: Arc<S>,
-    pool: Arc<PeerPool>,
+    pool: Arc<Pool<PeerServiceClient>>,
+    /// Who speaks on this connection.
+    caller: Option<Caller>,
 }
 
 impl<S> Clone for PeerServer<S> {
     fn clone(&self) -> Self {
-        PeerServer { store: self.store.clone(), pool: self.pool.clone() }
+        PeerServer { store: self.store.clone(), pool: self.pool.clone(), caller: self.caller.clone() }
     }
 }
 
+/// Who may store and read chunks.
+const READERS: &[Role] = &[Role::Client, Role::Admin, Role::Peer];
+
 impl<S: ChunkStore> PeerServer<S> {
-    /// A server over `store`, with an empty pool of source connections.
-    pub fn new(store: S) -> Self {
-        PeerServer { store: Arc::new(store), pool: Arc::new(PeerPool::new()) }
+    /// A server over `store`, with an empty pool of source connections
+    /// that connect as `tls`.
+    pub fn new(store: S, tls: Arc<Tls>) -> Self {
+        PeerServer { store: Arc::new(store), pool: Arc::new(Pool::new(tls)), caller: None }
+    }
+
+    /// The connections this server makes to other peers (`fetch_from`).
+    pub fn pool(&self) -> &Arc<Pool<PeerServiceClient>> {
+        &self.pool
+    }
+
+    /// The same server for one connection from `caller`.
+    pub fn for_connection(&self, caller: Option<Caller>) -> Self {
+        PeerServer { caller, ..self.clone() }
+    }
+
+    /// Ok if the caller's certificate has one of `roles`.
+    ///
+    /// Errors: `Unauthorized`, also without a certificate.
+    fn allow(&self, op: &'static str, roles: &[Role]) -> Result<(), PeerError> {
+        match &self.caller {
+            Some(c) if roles.contains(&c.role) => Ok(()),
+            Some(c) => {
+                warn!(op, caller = ?c, "call refused: not allowed for this role");
+                Err(PeerError::Unauthorized(format!("{op} is not allowed for a {} certificate", c.role)))
+            }
+            None => {
+                warn!(op, "call refused: no certificate");
+                Err(PeerError::Unauthorized(format!("{op} needs a certificate of the cluster")))
+            }
+        }
     }
 }
 
@@ -55,36 +98,43 @@ fn reply<T>(op: &'static str, r: Result<T, Error>) -> Result<T, PeerError> {
 impl<S: ChunkStore> PeerService for PeerServer<S> {
     #[instrument(skip_all, fields(chunk = %id, bytes = bytes.len()))]
     async fn put(self, _: Context, id: ChunkId, bytes: Bytes) -> Result<(), PeerError> {
+        self.allow("put", READERS)?;
         reply("put", self.store.put(id, bytes.into_vec()).await)
     }
 
     #[instrument(skip_all, fields(chunk = %id))]
     async fn get(self, _: Context, id: ChunkId) -> Result<Bytes, PeerError> {
+        self.allow("get", READERS)?;
         reply("get", self.store.get(id).await.map(Bytes::from))
     }
 
     #[instrument(skip_all, fields(chunk = %id, offset, len))]
     async fn get_range(self, _: Context, id: ChunkId, offset: u64, len: u32) -> Result<Bytes, PeerError> {
+        self.allow("get_range", READERS)?;
         reply("get_range", self.store.get_range(id, offset, len).await.map(Bytes::from))
     }
 
     #[instrument(skip_all, fields(count = ids.len()))]
     async fn has(self, _: Context, ids: Vec<ChunkId>) -> Result<Vec<bool>, PeerError> {
+        self.allow("has", READERS)?;
         reply("has", self.store.has(ids).await)
     }
 
     #[instrument(skip_all, fields(chunk = %id))]
     async fn delete(self, _: Context, id: ChunkId) -> Result<(), PeerError> {
+        self.allow("delete", &[Role::Dirsvc])?;
         reply("delete", self.store.delete(id).await)
     }
 
     #[instrument(skip_all)]
     async fn usage(self, _: Context) -> Result<PeerUsage, PeerError> {
+        self.allow("usage", &[Role::Dirsvc, Role::Admin])?;
         reply("usage", self.store.usage().await)
     }
 
-    #[instrument(skip_all, fields(chunk = %id, source = %source))]
-    async fn fetch_from(self, ctx: Context, id: ChunkId, source: String) -> Result<(), PeerError> {
+    #[instrument(skip_all, fields(chunk = %id, source = %source.addr))]
+    async fn fetch_from(self, ctx: Context, id: ChunkId, source: PeerLoc) -> Result<(), PeerError> {
+        self.allow("fetch_from", &[Role::Dirsvc])?;
         reply("fetch_from", fetch_from(&*self.store, &self.pool, id, &source, ctx.deadline).await)
     }
 
@@ -95,6 +145,7 @@ impl<S: ChunkStore> PeerService for PeerServer<S> {
         after: Option<ChunkId>,
         limit: u32,
     ) -> Result<Vec<(ChunkId, i64)>, PeerError> {
+        self.allow("list_chunks", &[Role::Dirsvc])?;
         reply("list_chunks", self.store.list_chunks(after, limit).await)
     }
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::PeerLoc;
-use crate::ids::{ChunkId, InodeId, PeerId, VolumeId};
+use crate::ids::{ChunkId, InodeId, NodeId, PeerId, VolumeId};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -454,6 +454,38 @@ pub struct ChangeBatch {
     pub overflow: bool,
 }
 
+/// What `join` gives a new node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGrant {
+    /// The node's certificate (PEM).
+    pub cert_pem: String,
+    /// The cluster CA's certificate (PEM).
+    pub ca_pem: String,
+}
+
+/// The nodes whose certificates are refused everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// Grows with every revocation.
+    pub version: u64,
+    /// The revoked nodes.
+    pub nodes: Vec<NodeId>,
+}
+
+/// What `heartbeat` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Version of the revocation list (fetch it when it changed).
+    pub revocations: u64,
+}
+
+/// What `renew_session` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// Version of the revocation list (fetch it when it changed).
+    pub revocations: u64,
+}
+
 /// Flags for `setxattr`, as in `setxattr(2)`.
 pub mod xattr_flags {
     /// Fail with `Exists` if the attribute exists (`XATTR_CREATE`).
@@ -575,11 +607,39 @@ pub mod rename_flags {
 
 /// The directory service. Called by fs-client (namespace and layouts) and by
 /// peerd (register, heartbeat). Every mutating call is one durable redb
-/// transaction: when it returns `Ok`, the change survives a crash.
+/// transaction: when it returns `Ok`, the change survives a crash. Every
+/// call is authorized from the certificate of the connection it arrives on
+/// (docs/SECURITY.md has the table of calls and roles): a call the caller
+/// may not make is `Unauthorized`.
 #[tarpc::service]
 pub trait DirService {
     /// Protocol handshake: returns dirsvc's [`super::PROTOCOL_VERSION`].
+    /// Anyone may call it, also without a certificate.
     async fn hello() -> u32;
+    /// Joins the cluster with a join token (its id and secret, see
+    /// `common::pki::JoinToken`): dirsvc checks the token (known, not used,
+    /// not expired), marks it used in the same transaction, and issues a
+    /// certificate with the token's role for the key of the certificate
+    /// signing request `csr` (DER PKCS #10). The only call a connection
+    /// without a certificate may make besides `hello`. `Unauthorized` for
+    /// a bad, used or expired token (one answer for all three), `Invalid`
+    /// for a bad request, `Limit` when joins come too fast.
+    async fn join(token_id: [u8; 8], secret: [u8; 16], csr: Vec<u8>) -> Result<JoinGrant, DirError>;
+    /// A new certificate (PEM) for the caller's own key, role and node id,
+    /// valid for the full lifetime from now: nodes renew before a third of
+    /// it is left. `Unauthorized` for a revoked node.
+    async fn renew_certificate() -> Result<String, DirError>;
+    /// Makes a one-time join token granting `role` (peer or client),
+    /// valid for `ttl_secs` seconds (at most 7 days); returns its text form
+    /// (which holds the secret). Admin only.
+    async fn create_join_token(role: super::Role, ttl_secs: u64) -> Result<String, DirError>;
+    /// Revokes a node's certificates for good (recorded durably with
+    /// `reason`): dirsvc refuses it at once and closes its connections;
+    /// peers and clients learn it within seconds (heartbeat and session
+    /// renewal carry the list's version). Admin only. Idempotent.
+    async fn revoke(node: NodeId, reason: String) -> Result<(), DirError>;
+    /// The revocation list and its version. Any node may ask.
+    async fn revocations() -> Result<RevocationList, DirError>;
     /// Volume settings and wrapped secret. `NotInitialized` before init.
     async fn volume_info() -> Result<VolumeInfo, DirError>;
     /// Creates the volume: the root directory (owned by `uid`/`gid`, mode
@@ -647,8 +707,11 @@ pub trait DirService {
     async fn chunk_locations(chunks: Vec<ChunkId>) -> Result<Vec<Vec<PeerLoc>>, DirError>;
     /// Registers (or re-registers, with a new address) a peer.
     async fn register_peer(reg: PeerRegistration) -> Result<(), DirError>;
-    /// Records a heartbeat. `NotFound` if the peer must register first.
-    async fn heartbeat(id: PeerId, usage: PeerUsage) -> Result<(), DirError>;
+    /// Records a heartbeat of the calling peer (`id` must be its node id).
+    /// `NotFound` if the peer must register first. The reply carries the
+    /// version of the revocation list, so the peer fetches it when it
+    /// changed (`revocations`).
+    async fn heartbeat(id: PeerId, usage: PeerUsage) -> Result<HeartbeatReply, DirError>;
     /// All known peers with their state (admin query).
     async fn list_peers() -> Result<Vec<PeerStatus>, DirError>;
     /// A peer reports chunks that failed verification (scrub or read) and
@@ -666,7 +729,7 @@ pub trait DirService {
     async fn open_session(open: SessionOpen) -> Result<SessionGrant, DirError>;
     /// Extends the session's lease by `lease_ms` from now. `NoSession` if it
     /// already ended.
-    async fn renew_session(session: SessionId) -> Result<(), DirError>;
+    async fn renew_session(session: SessionId) -> Result<Renewal, DirError>;
     /// Ends a session: releases its locks and open marks (freeing unlinked
     /// files no one else holds open). Idempotent.
     async fn close_session(session: SessionId) -> Result<(), DirError>;

@@ -2,7 +2,10 @@
 //!
 //! Peers store opaque sealed chunks named by their BLAKE3 hash; they never
 //! hold keys. Every put is verified before it is acknowledged and is durable
-//! (fsync of file and directory) when acknowledged.
+//! (fsync of file and directory) when acknowledged. Calls are authorized
+//! from the caller's certificate: `put`, `get`, `get_range` and `has` from
+//! clients, admins and peers; `delete`, `list_chunks` and `fetch_from` from
+//! dirsvc only; `usage` from dirsvc and admins (`Unauthorized` otherwise).
 
 use crate::ids::ChunkId;
 use crate::rpc::dir::PeerUsage;
@@ -58,10 +61,11 @@ pub trait PeerService {
     async fn delete(id: ChunkId) -> Result<(), PeerError>;
     /// Current disk usage.
     async fn usage() -> Result<PeerUsage, PeerError>;
-    /// Copies chunk `id` from the peer at `source` (`host:port`) to this peer
-    /// (repair and drain): fetched, verified, stored durably like a put.
-    /// Succeeds at once if this peer already holds a good copy.
-    async fn fetch_from(id: ChunkId, source: String) -> Result<(), PeerError>;
+    /// Copies chunk `id` from the peer `source` to this peer (repair and
+    /// drain): fetched over a connection whose certificate must name that
+    /// peer, verified, stored durably like a put. Succeeds at once if this
+    /// peer already holds a good copy. dirsvc only.
+    async fn fetch_from(id: ChunkId, source: super::PeerLoc) -> Result<(), PeerError>;
     /// Inventory for garbage collection: up to `limit` held chunks with id
     /// greater than `after` (all if `None`), ascending, each with its file's
     /// modification time in Unix seconds (when it was stored).

@@ -31,6 +31,7 @@
 //! precondition, so it serializes correctly with `commit_layout`.
 
 pub mod tables;
+mod trust;
 
 use crate::error::{invalid, Error};
 use common::config::{valid_block_size, NAME_MAX, SYMLINK_MAX};
@@ -204,6 +205,8 @@ impl Store {
             txn.open_table(ORPHANS)?;
             txn.open_table(XATTRS)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(tables::JOIN_TOKENS)?;
+            txn.open_table(tables::REVOKED)?;
             let mut peers = txn.open_table(PEERS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_SCHEMA)? {
@@ -233,7 +236,9 @@ impl Store {
                         rewritten = stored.len();
                     }
                     // 2 → 3: new tables only (orphans, xattrs, sessions),
-                    // created empty above.
+                    // created empty above. 3 → 4 and 4 → 5: records read
+                    // in their old versions; new tables (join tokens,
+                    // revocations) created empty above.
                     meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
                     tracing::info!(
                         from = old,

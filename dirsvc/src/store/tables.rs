@@ -24,6 +24,8 @@
 //! | `orphans-v1` | `u64` inode number | `i64` Unix seconds when its last link went |
 //! | `xattrs-v1` | `(u64 ino, &[u8] sealed name)` | `&[u8]` sealed value |
 //! | `sessions-v1` | `u64` session id | session record |
+//! | `join-tokens-v1` | `[u8; 8]` token id | join-token record |
+//! | `revoked-v1` | `[u8; 16]` node id | revocation record |
 //! | `meta-v1` | `&str` | `&[u8]` (see below) |
 //!
 //! Records are one format-version byte followed by the record's fields, in
@@ -62,15 +64,26 @@
 //! - tombstone record v1: `deleted_at i64` (Unix seconds when garbage
 //!   collection removed the chunk from the index), `pending: list of
 //!   [u8; 16] peer ids` (peers still to be told to delete their copy).
-//! - session record v1: `label: string` (what the client called itself),
-//!   `opened: timestamp`. A row exists while the session is alive (from
+//! - session record v2: `label: string` (what the client called itself),
+//!   `opened: timestamp`, `owner: [u8; 16]` (the node id of the client
+//!   certificate that opened it; only that node may use, renew, reclaim or
+//!   close the session). A row exists while the session is alive (from
 //!   `open_session` to `close_session` or lease expiry), so after a
 //!   restart dirsvc knows which clients may come back to reclaim opens and
 //!   locks; the opens and locks themselves are held in memory only (the
-//!   clients re-send them).
+//!   clients re-send them). Version 1 (read only) has no owner; it reads
+//!   as owner zero, which no node has.
+//! - join-token record v1: `secret_hash [u8; 32]` (a keyed BLAKE3 of the
+//!   token's secret, `common::pki::JoinToken::secret_hash`; the secret
+//!   itself is never stored), `role u8` (2 peer, 3 client), `expires_at
+//!   i64` (Unix seconds), `used: option of (i64 Unix seconds, [u8; 16]
+//!   node id)`. A used token stays until it expires, so a second use is
+//!   refused; expired ones are removed when a new token is made.
+//! - revocation record v1: `at i64` (Unix seconds), `reason: string`.
 //!
 //! `meta-v1` keys:
-//! - `schema_version`: `u32` LE, the version of this whole layout (4; 3
+//! - `schema_version`: `u32` LE, the version of this whole layout (5; 4
+//!   before join tokens, revocations and session owners; 3
 //!   before peer record v3 and volume record v2, which older versions
 //!   cannot read; 2 before orphans, extended attributes and sessions; 1
 //!   before tombstones and peer record v2; all migrated at open or when
@@ -82,6 +95,8 @@
 //!   until `init_volume`.
 //! - `next_inode`: `u64` LE, the next inode number to hand out (root is 1;
 //!   numbers are never reused).
+//! - `revocation_version`: `u64` LE, grows with every revocation (0 or
+//!   absent: none yet); peers and clients compare it to theirs.
 //! - `next_cookie`: `u64` LE, the next directory cookie, shared by all
 //!   directories of the volume (starts at 1; never reused, so a cookie
 //!   stays a valid resume point while entries come and go).
@@ -125,7 +140,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the whole table layout, stored under `meta-v1/schema_version`.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The oldest schema version [`crate::Store::open`] migrates from.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -155,6 +170,10 @@ pub(crate) const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orph
 pub(crate) const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs-v1");
 /// Session id → [`SessionRecord`] bytes: the sessions alive.
 pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions-v1");
+/// Join token id → [`JoinTokenRecord`] bytes.
+pub(crate) const JOIN_TOKENS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("join-tokens-v1");
+/// Node id → [`RevokedRecord`] bytes: revoked certificates' nodes.
+pub(crate) const REVOKED: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("revoked-v1");
 /// Volume-wide settings and counters (keys listed in the module doc).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 
@@ -166,6 +185,8 @@ pub(crate) const META_VOLUME: &str = "volume";
 pub(crate) const META_NEXT_INODE: &str = "next_inode";
 /// `meta-v1` key of the cookie counter.
 pub(crate) const META_NEXT_COOKIE: &str = "next_cookie";
+/// `meta-v1` key of the revocation list's version.
+pub(crate) const META_REVOCATIONS: &str = "revocation_version";
 
 /// Largest encoded record accepted when decoding, in bytes: bounds the
 /// allocation a corrupt length prefix could ask for.
@@ -420,18 +441,90 @@ impl Record for TombstoneRecord {
     const VERSION: u8 = 1;
 }
 
-/// A live client session (`sessions-v1` value, format version 1).
+/// A live client session (`sessions-v1` value, format version 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// What the client called itself (`SessionOpen::label`).
     pub label: String,
     /// When the session was opened (or last reclaimed).
     pub opened: Timestamp,
+    /// The node (from its certificate) that opened it: the only one that
+    /// may use, renew, reclaim or close it. All zero for sessions recorded
+    /// before certificates (version 1): nobody can reclaim those.
+    pub owner: [u8; 16],
 }
 
 impl Record for SessionRecord {
     const WHAT: &'static str = "session";
+    const VERSION: u8 = 2;
+
+    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
+        match version {
+            1 => {
+                let (label, opened): (String, Timestamp) = decode_body(Self::WHAT, body)?;
+                Ok(SessionRecord { label, opened, owner: [0; 16] })
+            }
+            _ => {
+                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+            }
+        }
+    }
+}
+
+/// A join token (`join-tokens-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// `JoinToken::secret_hash` of its secret.
+    pub secret_hash: [u8; 32],
+    /// The role it grants (kind byte: 2 peer, 3 client; see [`role_to_byte`]).
+    pub role: u8,
+    /// Unix seconds after which it is refused.
+    pub expires_at: i64,
+    /// Unix seconds when it was used, and by which node; `None` while
+    /// unused.
+    pub used: Option<(i64, [u8; 16])>,
+}
+
+impl Record for JoinTokenRecord {
+    const WHAT: &'static str = "join token";
     const VERSION: u8 = 1;
+}
+
+/// A revoked node (`revoked-v1` value, format version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    /// Unix seconds when it was revoked.
+    pub at: i64,
+    /// Why (the admin's words).
+    pub reason: String,
+}
+
+impl Record for RevokedRecord {
+    const WHAT: &'static str = "revocation";
+    const VERSION: u8 = 1;
+}
+
+/// The stored byte of a role: 1 dirsvc, 2 peer, 3 client, 4 admin.
+pub(crate) fn role_to_byte(r: common::rpc::Role) -> u8 {
+    match r {
+        common::rpc::Role::Dirsvc => 1,
+        common::rpc::Role::Peer => 2,
+        common::rpc::Role::Client => 3,
+        common::rpc::Role::Admin => 4,
+    }
+}
+
+/// The role of a stored byte.
+///
+/// Errors: [`Error::Corrupt`] for an unknown byte.
+pub(crate) fn role_from_byte(b: u8) -> Result<common::rpc::Role, Error> {
+    Ok(match b {
+        1 => common::rpc::Role::Dirsvc,
+        2 => common::rpc::Role::Peer,
+        3 => common::rpc::Role::Client,
+        4 => common::rpc::Role::Admin,
+        _ => return Err(Error::Corrupt { what: "join token", reason: format!("unknown role byte {b}") }),
+    })
 }
 
 /// The volume record under `meta-v1/volume` (format version 2). Kept

@@ -322,9 +322,10 @@ impl Fs {
     /// Opens the volume served by `dir` with the unwrapped `secret`.
     pub fn new(dir: DirClient, volume: &VolumeInfo, secret: &VolumeSecret, config: FsConfig) -> Arc<Self> {
         let block_size = u64::from(volume.block_size);
+        let peers = PeerPool::new(dir.tls().clone());
         Arc::new(Fs {
             dir,
-            peers: PeerPool::default(),
+            peers,
             chunk_key: secret.chunk_key(),
             name_key: secret.name_key(),
             symlink_key: secret.symlink_key(),

@@ -149,9 +149,28 @@ impl Fs {
                     self.dir.call(|c, ctx| async move { c.renew_session(ctx, s).await }).await
                 })
                 .await;
-            if let Err(e) = r {
-                warn!(error = %e, "session lease renewal failed; retrying");
+            match r {
+                Ok(renewal) if renewal.revocations != self.dir.tls().revocations().version() => {
+                    self.sync_revocations().await;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "session lease renewal failed; retrying"),
             }
+        }
+    }
+
+    /// Fetches dirsvc's revocation list and enforces it: connections to
+    /// newly revoked peers are dropped and their certificates refused from
+    /// now on. Failures are logged; the next renewal tries again.
+    async fn sync_revocations(&self) {
+        match self.dir.call(|c, ctx| async move { c.revocations(ctx).await }).await {
+            Ok(list) => {
+                for node in self.dir.tls().revocations().replace(list.version, list.nodes) {
+                    self.peers.forget_node(node);
+                    warn!(%node, "node revoked by dirsvc; refused from now on");
+                }
+            }
+            Err(e) => debug!(error = %e, "fetching the revocation list failed"),
         }
     }
 

@@ -1,0 +1,184 @@
+//! The cluster-trust tables of the store: join tokens and revocations.
+//!
+//! Each call is one transaction of its own over its table (and the
+//! revocation version in `meta-v1`); they touch no namespace table.
+
+use super::tables::{
+    role_from_byte, role_to_byte, JoinTokenRecord, Record, RevokedRecord, JOIN_TOKENS, META,
+    META_REVOCATIONS, REVOKED,
+};
+use super::{decode_u64, Store};
+use crate::error::Error;
+use common::rpc::dir::DirError;
+use common::rpc::Role;
+use common::time::Timestamp;
+use common::NodeId;
+use redb::{ReadableDatabase, ReadableTable};
+
+/// What a refused join is told, whatever the reason (unknown, used,
+/// expired or wrong secret), so the answer says nothing about which.
+const BAD_TOKEN: &str = "invalid, used or expired join token";
+
+/// Compares two hashes in time independent of where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Store {
+    /// Records a new join token `id` (its secret's hash, role, expiry) and
+    /// removes tokens that expired.
+    ///
+    /// Errors: store errors; `Invalid` if the id is taken.
+    pub fn add_join_token(&self, id: [u8; 8], rec: &JoinTokenRecord) -> Result<(), Error> {
+        let bytes = rec.to_bytes()?;
+        let now = Timestamp::now().secs;
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(JOIN_TOKENS)?;
+            let expired: Vec<[u8; 8]> = t
+                .iter()?
+                .filter_map(|row| {
+                    let (k, v) = row.ok()?;
+                    let r = JoinTokenRecord::from_bytes(v.value()).ok()?;
+                    (r.expires_at < now).then(|| k.value())
+                })
+                .collect();
+            for k in expired {
+                t.remove(k)?;
+            }
+            if t.get(id)?.is_some() {
+                return Err(crate::error::invalid("join token id already in use"));
+            }
+            t.insert(id, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Uses join token `id` for `node`: checks that it exists, is unused
+    /// and unexpired, and that `secret_hash` matches, then marks it used,
+    /// all in one transaction. Returns the role it grants.
+    ///
+    /// Errors: `Unauthorized` (one message for every reason); store errors.
+    pub fn use_join_token(&self, id: [u8; 8], secret_hash: &[u8; 32], node: NodeId) -> Result<Role, Error> {
+        let now = Timestamp::now().secs;
+        let txn = self.db.begin_write()?;
+        let role = {
+            let mut t = txn.open_table(JOIN_TOKENS)?;
+            let rec = match t.get(id)? {
+                Some(g) => JoinTokenRecord::from_bytes(g.value())?,
+                None => return Err(DirError::Unauthorized(BAD_TOKEN.into()).into()),
+            };
+            if !same(&rec.secret_hash, secret_hash) || rec.used.is_some() || rec.expires_at < now {
+                return Err(DirError::Unauthorized(BAD_TOKEN.into()).into());
+            }
+            let role = role_from_byte(rec.role)?;
+            let used = JoinTokenRecord { used: Some((now, node.0)), ..rec };
+            t.insert(id, used.to_bytes()?.as_slice())?;
+            role
+        };
+        txn.commit()?;
+        Ok(role)
+    }
+
+    /// The role byte stored for `role`, for callers building a
+    /// [`JoinTokenRecord`].
+    pub fn role_byte(role: Role) -> u8 {
+        role_to_byte(role)
+    }
+
+    /// Revokes `node` (durably, with `reason`) and returns the new version
+    /// of the revocation list. Revoking a revoked node changes nothing and
+    /// returns the current version.
+    ///
+    /// Errors: store errors.
+    pub fn revoke(&self, node: NodeId, reason: &str) -> Result<u64, Error> {
+        let txn = self.db.begin_write()?;
+        let version = {
+            let mut t = txn.open_table(REVOKED)?;
+            let mut meta = txn.open_table(META)?;
+            let current = match meta.get(META_REVOCATIONS)? {
+                Some(g) => decode_u64(g.value())?,
+                None => 0,
+            };
+            if t.get(node.0)?.is_some() {
+                return Ok(current);
+            }
+            let rec = RevokedRecord { at: Timestamp::now().secs, reason: reason.to_string() };
+            t.insert(node.0, rec.to_bytes()?.as_slice())?;
+            let next = current + 1;
+            meta.insert(META_REVOCATIONS, &next.to_le_bytes()[..])?;
+            next
+        };
+        txn.commit()?;
+        Ok(version)
+    }
+
+    /// The revocation list's version and the revoked nodes.
+    ///
+    /// Errors: store errors.
+    pub fn revocations(&self) -> Result<(u64, Vec<NodeId>), Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let version = match meta.get(META_REVOCATIONS)? {
+            Some(g) => decode_u64(g.value())?,
+            None => 0,
+        };
+        let t = txn.open_table(REVOKED)?;
+        let nodes = t.iter()?.map(|row| Ok(NodeId(row?.0.value()))).collect::<Result<Vec<_>, Error>>()?;
+        Ok((version, nodes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_token_works_once_and_only_with_its_secret_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("d.redb")).unwrap();
+        let rec = |expires_at| JoinTokenRecord {
+            secret_hash: [1; 32],
+            role: Store::role_byte(Role::Peer),
+            expires_at,
+            used: None,
+        };
+        s.add_join_token([1; 8], &rec(Timestamp::now().secs + 60)).unwrap();
+        assert!(matches!(
+            s.use_join_token([1; 8], &[2; 32], NodeId([5; 16])),
+            Err(Error::Dir(DirError::Unauthorized(_)))
+        ));
+        assert_eq!(s.use_join_token([1; 8], &[1; 32], NodeId([5; 16])).unwrap(), Role::Peer);
+        assert!(matches!(
+            s.use_join_token([1; 8], &[1; 32], NodeId([6; 16])),
+            Err(Error::Dir(DirError::Unauthorized(_)))
+        ));
+        s.add_join_token([2; 8], &rec(Timestamp::now().secs - 1)).unwrap();
+        assert!(matches!(
+            s.use_join_token([2; 8], &[1; 32], NodeId([5; 16])),
+            Err(Error::Dir(DirError::Unauthorized(_)))
+        ));
+        assert!(matches!(
+            s.use_join_token([3; 8], &[1; 32], NodeId([5; 16])),
+            Err(Error::Dir(DirError::Unauthorized(_)))
+        ));
+    }
+
+    #[test]
+    fn revocations_are_durable_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.revocations().unwrap(), (0, vec![]));
+            assert_eq!(s.revoke(NodeId([1; 16]), "lost laptop").unwrap(), 1);
+            assert_eq!(s.revoke(NodeId([1; 16]), "again").unwrap(), 1);
+            assert_eq!(s.revoke(NodeId([2; 16]), "left").unwrap(), 2);
+        }
+        let s = Store::open(&path).unwrap();
+        let (v, mut nodes) = s.revocations().unwrap();
+        nodes.sort();
+        assert_eq!((v, nodes), (2, vec![NodeId([1; 16]), NodeId([2; 16])]));
+    }
+}
