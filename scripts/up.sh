@@ -128,6 +128,31 @@ mount_type() {
     M="$(mounts_escape "$1")" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
 }
 
+# ---------------------------------------------------------------- identity
+# The cluster's CA and a certificate for every daemon, the mount and the
+# commands (mutual TLS everywhere). Made once; never replaced.
+CA=$STATE/ca
+issue() {
+    local role=$1 out=$2
+    [[ -f $out/node.crt ]] ||
+        "$BIN/fs-client" ca issue --ca-dir "$CA" --role "$role" --out "$out" >/dev/null
+}
+if [[ ! -f $CA/ca.crt ]]; then
+    "$BIN/fs-client" ca init --dir "$CA" --name "$(hostname 2>/dev/null || echo local)" >/dev/null
+    echo "created the cluster CA in $CA (keep ca.key private: it admits nodes)"
+fi
+issue dirsvc "$STATE/dirsvc/tls"
+for i in $(seq 1 "$PEERS"); do
+    if [[ -f $STATE/peerd-$i/peer-id && ! -f $STATE/peerd-$i/tls/node.crt ]]; then
+        die "$STATE/peerd-$i holds the data of a peer from before certificates; its chunks are indexed under its old id and cannot move to a certificate's id: start a new state directory (P2PFS_STATE) and copy your files over"
+    fi
+    issue peer "$STATE/peerd-$i/tls"
+done
+issue client "$STATE/client-tls"
+issue admin "$STATE/admin-tls"
+# The commands below act as the admin; the mount as the client.
+export P2PFS_TLS_DIR=$STATE/admin-tls
+
 # ---------------------------------------------------------------- dirsvc
 if pid=$(live_pid dirsvc dirsvc); then
     echo "dirsvc already running (pid $pid)"
@@ -135,7 +160,8 @@ else
     rm -f "$STATE/run/dirsvc.addr"
     start_daemon dirsvc "$BIN/dirsvc" \
         --listen "$DIRSVC_ADDR" --db "$STATE/dirsvc/dirsvc.redb" \
-        --addr-file "$STATE/run/dirsvc.addr"
+        --addr-file "$STATE/run/dirsvc.addr" \
+        --tls-dir "$STATE/dirsvc/tls" --ca-dir "$CA"
     wait_addr dirsvc "$STATE/run/dirsvc.addr"
 fi
 
@@ -208,8 +234,8 @@ else
     [[ -z $mtype ]] || umount -l "$MNT"
     mkdir -p "$MNT"
     log_mark=$(log_size fs-client)
-    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" \
-        --recovery-dir "$STATE/recovery" "$MNT"
+    start_daemon fs-client "$BIN/fs-client" --tls-dir "$STATE/client-tls" \
+        mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --recovery-dir "$STATE/recovery" "$MNT"
     pid=$(<"$STATE/pids/fs-client.pid")
     deadline=$((SECONDS + 30))
     until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do
@@ -241,5 +267,6 @@ done
 printf '  %-10s pid %-8s %s\n' fs-client "$(live_pid fs-client fs-client || echo '?')" "$MNT"
 echo "  logs:     $STATE/logs/"
 echo "  identity: $IDENTITY"
-echo "  peers:    $BIN/fs-client peers --dirsvc $DIRSVC_ADDR"
+echo "  admin:    P2PFS_STATE=$STATE $BIN/fs-client status --dirsvc $DIRSVC_ADDR"
+echo "  CA:       $CA (ca.key admits nodes: keep it private)"
 echo "Stop with: P2PFS_STATE=$STATE $ROOT/scripts/down.sh"

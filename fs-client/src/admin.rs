@@ -109,6 +109,22 @@ pub async fn revoke(dir: &DirClient, node: NodeId, reason: &str) -> Result<()> {
     .await
 }
 
+/// Renews this client's certificate through dirsvc if less than a third
+/// of its validity is left: the new one is written to `tls_dir` and used
+/// from the next handshake on. Returns whether it renewed.
+///
+/// Errors: dirsvc's; [`Error::Key`] if the new certificate cannot be saved
+/// or used.
+pub async fn renew_if_due(dir: &DirClient, tls_dir: &Path) -> Result<bool> {
+    if !pki::needs_renewal(dir.tls().me().not_after) {
+        return Ok(false);
+    }
+    let pem = dir.call(|c, ctx| async move { c.renew_certificate(ctx).await }).await?;
+    NodeFiles::save_cert(tls_dir, &pem).map_err(|e| Error::Key(e.to_string()))?;
+    dir.tls().set_cert(&pem).map_err(|e| Error::Key(e.to_string()))?;
+    Ok(true)
+}
+
 /// Parses a duration like `90s`, `15m`, `2h` or `7d` (a bare number is
 /// seconds).
 ///

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod fuse;
 pub mod identity;
 pub mod mount;
+pub mod pin;
 pub mod remote;
 pub mod volume;
 

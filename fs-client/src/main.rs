@@ -244,8 +244,17 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 let id = fs_client::volume::load_identity(&dir, &identity).await?;
+                let pin_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Admin);
                 match fs_client::volume::init(&dir, &id, block_size, replicas).await {
                     Ok(info) => {
+                        let (_, secret) = fs_client::volume::open(&dir, &id).await?;
+                        fs_client::pin::check_and_pin(
+                            &pin_dir,
+                            &dirsvc,
+                            info.id,
+                            &secret,
+                            dir.tls().ca_fingerprint(),
+                        )?;
                         println!(
                             "volume {} created: block size {} bytes, {} replicas, wrapped to {}",
                             info.id.to_hex(),

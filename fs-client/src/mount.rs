@@ -172,6 +172,15 @@ pub fn run(config: MountConfig) -> Result<()> {
         let id = crate::volume::load_identity(&dir, &config.identity).await?;
         let (info, secret) = crate::volume::open(&dir, &id).await?;
         drop(id);
+        if crate::pin::check_and_pin(
+            &config.tls_dir,
+            &config.dirsvc,
+            info.id,
+            &secret,
+            dir.tls().ca_fingerprint(),
+        )? {
+            info!(volume = %info.id, "volume pinned (cluster CA and key check recorded in known_volumes)");
+        }
         info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
         let mut fs_config = config.fs.clone();
         fs_config.session_label =
@@ -221,6 +230,20 @@ pub fn run(config: MountConfig) -> Result<()> {
         rt.spawn(async move { fs.keep_session().await })
     };
     let watcher = rt.spawn(watch_changes(fs.clone(), session.notifier()));
+    let renewer = {
+        let fs = fs.clone();
+        let tls_dir = config.tls_dir.clone();
+        rt.spawn(async move {
+            loop {
+                match crate::admin::renew_if_due(fs.dir(), &tls_dir).await {
+                    Ok(true) => info!("client certificate renewed"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "renewing the client certificate failed; retried in an hour"),
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        })
+    };
     let notifier = session.notifier();
     fs.set_invalidator(std::sync::Arc::new(move |ino| {
         // ENOENT: the kernel does not cache the inode.
@@ -264,6 +287,7 @@ pub fn run(config: MountConfig) -> Result<()> {
     }
     committer.abort();
     watcher.abort();
+    renewer.abort();
     let failed = rt.block_on(fs.flush_all());
     let unstored = if failed.is_empty() { Vec::new() } else { rt.block_on(fs.unstored(&failed)) };
     session_keeper.abort();

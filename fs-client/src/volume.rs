@@ -226,12 +226,16 @@ mod tests {
         let d = dirsvc::spawn(dirsvc::DirsvcConfig {
             listen: "127.0.0.1:0".into(),
             db_path: dir.path().join(STATE_DIRSVC_DB),
+            tls: Some(testkit::pki().node(common::rpc::Role::Dirsvc)),
             ..Default::default()
         })
         .await
         .unwrap();
         std::fs::write(dir.path().join(STATE_DIRSVC_ADDR), d.addr.to_string()).unwrap();
-        let client = DirClient::connect(&d.addr.to_string()).await.unwrap();
+        testkit::pki().write_node(common::rpc::Role::Admin, &dir.path().join("admin-tls"));
+        let client = DirClient::connect(&d.addr.to_string(), testkit::pki().node(common::rpc::Role::Client))
+            .await
+            .unwrap();
         (dir, d, client)
     }
 
@@ -269,7 +273,7 @@ mod tests {
 
         // A missing file: the same explanation, before any key is read.
         let gone = keys.join("gone");
-        let e = load_identity(&d.addr.to_string(), &gone).await.unwrap_err().to_string();
+        let e = load_identity(&client, &gone).await.unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("the volume {} exists and is wrapped to {ra}, {rb};", info.id.to_hex())),
             "{e}"
@@ -280,8 +284,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_identity_without_a_volume_is_the_plain_error() {
-        let (dir, d, _client) = state_dir().await;
-        let e = load_identity(&d.addr.to_string(), &dir.path().join("nope")).await.unwrap_err().to_string();
+        let (dir, d, client) = state_dir().await;
+        let e = load_identity(&client, &dir.path().join("nope")).await.unwrap_err().to_string();
         assert!(e.contains("cannot read identity file"), "{e}");
         d.shutdown().await;
     }
@@ -291,24 +295,24 @@ mod tests {
         let (dir, d, client) = state_dir().await;
         let target = dir.path().join("identity.txt");
         // No volume yet: the first key of a new cluster is fine.
-        check_new_identity_path(&target).await.unwrap();
+        check_new_identity_path(&target, None).await.unwrap();
         let r = identity::keygen(&target).unwrap();
         init(&client, &identity::load(&target).unwrap(), 4096, 1).await.unwrap();
         std::fs::remove_file(&target).unwrap();
 
-        let e = check_new_identity_path(&target).await.unwrap_err().to_string();
+        let e = check_new_identity_path(&target, None).await.unwrap_err().to_string();
         assert!(e.contains(&format!("exists and is wrapped to {r};")), "{e}");
         assert!(e.contains(&format!("restore {} from your backup", target.display())), "{e}");
 
         // dirsvc stopped: the database alone is reason enough.
         d.shutdown().await;
-        let e = check_new_identity_path(&target).await.unwrap_err().to_string();
+        let e = check_new_identity_path(&target, None).await.unwrap_err().to_string();
         assert!(e.contains("may hold a volume"), "{e}");
         assert!(e.contains(&format!("restore {} from your backup", target.display())), "{e}");
 
         // Anywhere else keygen works as before.
         let elsewhere = tempfile::tempdir().unwrap();
-        check_new_identity_path(&elsewhere.path().join("id.txt")).await.unwrap();
+        check_new_identity_path(&elsewhere.path().join("id.txt"), None).await.unwrap();
     }
 
     #[test]

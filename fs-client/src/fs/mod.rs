@@ -414,6 +414,11 @@ impl Fs {
         }
     }
 
+    /// The connection to dirsvc.
+    pub fn dir(&self) -> &DirClient {
+        &self.dir
+    }
+
     /// The volume's block size in bytes.
     pub fn block_size(&self) -> u64 {
         self.block_size

@@ -11,19 +11,32 @@ struct Cluster {
     _dir: tempfile::TempDir,
     dirsvc: Option<dirsvc::DirsvcHandle>,
     peers: Vec<Option<peerd::PeerdHandle>>,
+    /// Each peer's TLS identity (kept across restarts: its id).
+    peer_tls: Vec<Arc<common::tls::Tls>>,
     addr: String,
     id: identity::IdentityFile,
 }
 
-/// A peer of a test cluster with data in `dir` and `capacity` bytes
-/// (`None`: the filesystem's).
-async fn spawn_peer(dir: &std::path::Path, dirsvc: &str, capacity: Option<u64>) -> peerd::PeerdHandle {
+/// A client TLS identity of the test cluster.
+fn client_tls() -> Arc<common::tls::Tls> {
+    testkit::pki().node(common::rpc::Role::Client)
+}
+
+/// A peer of a test cluster with data in `dir`, identity `tls` and
+/// `capacity` bytes (`None`: the filesystem's).
+async fn spawn_peer(
+    dir: &std::path::Path,
+    dirsvc: &str,
+    tls: &Arc<common::tls::Tls>,
+    capacity: Option<u64>,
+) -> peerd::PeerdHandle {
     peerd::spawn(peerd::PeerdConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         dirsvc: dirsvc.to_string(),
         heartbeat_interval: Duration::from_millis(200),
         capacity_bytes: capacity,
+        tls: Some(tls.clone()),
         ..Default::default()
     })
     .await
@@ -45,21 +58,24 @@ impl Cluster {
         let d = dirsvc::spawn(dirsvc::DirsvcConfig {
             listen: "127.0.0.1:0".into(),
             db_path: dir.path().join("dir.redb"),
+            tls: Some(testkit::pki().node(common::rpc::Role::Dirsvc)),
+            ca: Some(testkit::pki().ca().clone()),
             ..Default::default()
         })
         .await
         .unwrap();
         let addr = d.addr.to_string();
         let mut ps = Vec::new();
-        for i in 0..peers {
-            ps.push(Some(spawn_peer(&dir.path().join(format!("peer{i}")), &addr, capacity).await));
+        let peer_tls: Vec<_> = (0..peers).map(|_| testkit::pki().node(common::rpc::Role::Peer)).collect();
+        for (i, tls) in peer_tls.iter().enumerate() {
+            ps.push(Some(spawn_peer(&dir.path().join(format!("peer{i}")), &addr, tls, capacity).await));
         }
-        let client = DirClient::connect(&addr).await.unwrap();
+        let client = DirClient::connect(&addr, client_tls()).await.unwrap();
         wait_live(&client, peers).await;
         identity::keygen(&dir.path().join("id.txt")).unwrap();
         let id = identity::load(&dir.path().join("id.txt")).unwrap();
         volume::init(&client, &id, block_size, replicas).await.unwrap();
-        Cluster { _dir: dir, dirsvc: Some(d), peers: ps, addr, id }
+        Cluster { _dir: dir, dirsvc: Some(d), peers: ps, peer_tls, addr, id }
     }
 
     /// Restarts peer `i` on its data directory with a new capacity, and
@@ -68,9 +84,11 @@ impl Cluster {
         if let Some(p) = self.peers[i].take() {
             p.shutdown().await;
         }
-        self.peers[i] =
-            Some(spawn_peer(&self._dir.path().join(format!("peer{i}")), &self.addr, capacity).await);
-        let client = DirClient::connect(&self.addr).await.unwrap();
+        self.peers[i] = Some(
+            spawn_peer(&self._dir.path().join(format!("peer{i}")), &self.addr, &self.peer_tls[i], capacity)
+                .await,
+        );
+        let client = DirClient::connect(&self.addr, client_tls()).await.unwrap();
         // Wait for the new registration (its new address and usage).
         let id = self.peers[i].as_ref().unwrap().id;
         let addr = self.peers[i].as_ref().unwrap().advertised.clone();
@@ -85,7 +103,7 @@ impl Cluster {
     }
 
     async fn client(&self) -> Arc<Fs> {
-        let dir = DirClient::connect(&self.addr).await.unwrap();
+        let dir = DirClient::connect(&self.addr, client_tls()).await.unwrap();
         let (info, secret) = volume::open(&dir, &self.id).await.unwrap();
         Fs::new(dir, &info, &secret, FsConfig { readahead_blocks: 2, ..FsConfig::default() })
     }
@@ -233,7 +251,7 @@ async fn names_are_sealed_and_namespace_calls_work() {
         let (f, fh) = fs.create(d.ino, "r\u{e9}sum\u{e9}\n.txt".as_bytes(), 0o600, 0, 0).await.unwrap();
         fs.release(fh).await.unwrap();
         // dirsvc cannot find the plaintext name: it only knows the sealed one.
-        let raw = DirClient::connect(&c.addr).await.unwrap();
+        let raw = DirClient::connect(&c.addr, client_tls()).await.unwrap();
         let plain = "r\u{e9}sum\u{e9}\n.txt".as_bytes().to_vec();
         let r = raw
             .call(|cl, ctx| {
@@ -288,7 +306,7 @@ async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() 
         let ino = write_file(&fs, b"degraded", &data, B).await;
         assert_eq!(read_all(&c.client().await, ino).await, data);
         // Asking for all three replicas makes the same write fail with EIO.
-        let dir = DirClient::connect(&c.addr).await.unwrap();
+        let dir = DirClient::connect(&c.addr, client_tls()).await.unwrap();
         let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
         let strict = Fs::new(dir, &info, &secret, FsConfig { min_replicas: Some(3), ..FsConfig::default() });
         let (_, fh) = strict.create(InodeId::ROOT, b"strict", 0o644, 0, 0).await.unwrap();
@@ -390,7 +408,7 @@ async fn extended_attributes_round_trip_sealed_with_posix_errors() {
         assert_eq!(fs.getxattr(ino, b"user.note").await.unwrap_err().errno(), libc::ENODATA);
         assert_eq!(e(fs.removexattr(ino, b"user.note").await), libc::ENODATA);
         // dirsvc holds neither the name nor the value in plaintext.
-        let raw = DirClient::connect(&c.addr).await.unwrap();
+        let raw = DirClient::connect(&c.addr, client_tls()).await.unwrap();
         let names = raw.call(|cl, ctx| async move { cl.listxattr(ctx, ino).await }).await.unwrap();
         assert_eq!(names.len(), 2);
         assert!(names.iter().all(|n| !n.windows(5).any(|w| w == b"user." || w == b"trust")));
@@ -593,7 +611,7 @@ async fn data_that_could_not_be_stored_is_kept_and_stored_by_the_next_client() {
         assert_eq!(unstored[0].path, "/kept");
         assert_eq!(unstored[0].size, accepted.len() as u64);
         let tmp = tempfile::tempdir().unwrap();
-        let dir = DirClient::connect(&c.addr).await.unwrap();
+        let dir = DirClient::connect(&c.addr, client_tls()).await.unwrap();
         let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
         let keeper = recovery::RecoveryDir::new(tmp.path(), info.id, &secret);
         keeper.keep(&unstored[0]).unwrap();

@@ -461,6 +461,7 @@ impl TestCluster {
         for sub in ["logs", "run", "dirsvc", "mnt", "mnt2", "work"] {
             fs::create_dir_all(root.join(sub)).expect("create tempdir layout");
         }
+        make_cluster_identities(bins, &root, peers);
         let mut c = TestCluster {
             identity: root.join("identity.txt"),
             root,
@@ -582,8 +583,15 @@ impl TestCluster {
     /// until it is a live p2pfs mount; panics with the log tail otherwise.
     fn spawn_mount(&self, name: &str, mnt: &Path) -> Proc {
         let addr = self.dirsvc_addr().to_string();
-        let mut args: Vec<OsString> =
-            vec!["mount".into(), "--dirsvc".into(), addr.into(), "-i".into(), self.identity.clone().into()];
+        let mut args: Vec<OsString> = vec![
+            "--tls-dir".into(),
+            self.client_tls_dir().into(),
+            "mount".into(),
+            "--dirsvc".into(),
+            addr.into(),
+            "-i".into(),
+            self.identity.clone().into(),
+        ];
         args.extend(self.opts.mount_args.iter().map(OsString::from));
         args.push(mnt.into());
         let mut p = self.spawn(name, &self.bins.fs_client, &args);
@@ -818,11 +826,29 @@ impl TestCluster {
         all
     }
 
-    /// A `fs-client` command with no `P2PFS_*` environment fallbacks.
+    /// A `fs-client` command with no `P2PFS_*` environment fallbacks but
+    /// `P2PFS_TLS_DIR`: the cluster's admin certificate.
     pub fn fs_client(&self) -> Command {
         let mut cmd = Command::new(&self.bins.fs_client);
         hermetic(&mut cmd);
+        cmd.env("P2PFS_TLS_DIR", self.admin_tls_dir());
         cmd
+    }
+
+    /// The directory of the cluster CA (`ca.crt`, `ca.key`).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+
+    /// The TLS directory the mounts use (a client certificate).
+    pub fn client_tls_dir(&self) -> PathBuf {
+        self.root.join("client-tls")
+    }
+
+    /// The TLS directory of the `fs-client` commands (an admin
+    /// certificate).
+    pub fn admin_tls_dir(&self) -> PathBuf {
+        self.root.join("admin-tls")
     }
 
     /// The identity file made by `keygen` at start.
@@ -865,6 +891,10 @@ impl TestCluster {
             self.dirsvc_db_dir().join("dirsvc.redb").into(),
             "--addr-file".into(),
             addr_file.clone().into(),
+            "--tls-dir".into(),
+            self.root.join("dirsvc").join("tls").into(),
+            "--ca-dir".into(),
+            self.ca_dir().into(),
         ];
         args.extend(self.opts.dirsvc_args.iter().map(OsString::from));
         let mut p = self.spawn("dirsvc", &self.bins.dirsvc, &args);
@@ -1004,6 +1034,39 @@ fn count_live(stdout: &str) -> usize {
 
 /// Clears the p2pfs environment fallbacks so only explicit flags count, and
 /// asks for logs without colour codes so they read (and grep) as text.
+/// Makes the cluster's identities with the real CLI, as an operator (and
+/// `scripts/up.sh`) would: a CA in `root/ca`, a dirsvc certificate in
+/// `root/dirsvc/tls`, one peer certificate in each `root/peer-<i>/tls`
+/// (peerd's default TLS directory), a client certificate for the mounts in
+/// `root/client-tls` and an admin one for the commands in `root/admin-tls`.
+fn make_cluster_identities(bins: &Bins, root: &Path, peers: usize) {
+    let cli = |args: &[&OsStr]| {
+        let mut cmd = Command::new(&bins.fs_client);
+        hermetic(&mut cmd);
+        run(cmd.args(args), CLI_TIMEOUT)
+    };
+    let ca = root.join("ca");
+    cli(&["ca".as_ref(), "init".as_ref(), "--dir".as_ref(), ca.as_os_str()]);
+    let issue = |role: &str, out: PathBuf| {
+        cli(&[
+            "ca".as_ref(),
+            "issue".as_ref(),
+            "--ca-dir".as_ref(),
+            ca.as_os_str(),
+            "--role".as_ref(),
+            role.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+    };
+    issue("dirsvc", root.join("dirsvc").join("tls"));
+    for i in 0..peers {
+        issue("peer", root.join(format!("peer-{i}")).join("tls"));
+    }
+    issue("client", root.join("client-tls"));
+    issue("admin", root.join("admin-tls"));
+}
+
 pub fn hermetic(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.as_bytes().starts_with(b"P2PFS_") {
