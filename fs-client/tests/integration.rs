@@ -23,11 +23,13 @@ mod integration {
     mod gc;
     mod keys;
     mod kills;
+    mod multihost;
     mod peer_faults;
     mod posix_edges;
     mod posix_suites;
     mod scripted;
     mod scrub_repair;
+    mod security;
     mod told_errors;
     mod tools;
     mod two_mounts;

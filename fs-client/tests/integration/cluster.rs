@@ -154,6 +154,35 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` (already given its program and arguments) with stdout
+    /// and stderr appended to `log`, as `name`. It gets SIGKILL if the test
+    /// thread dies, so nothing outlives a crash.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let out = OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log handle");
+        hermetic(&mut cmd);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: the closure only calls prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_string(), child, log: log.to_path_buf() }
+    }
+
+    /// The process's log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, if it did.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.wait_exit(timeout)
+    }
+
     fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid fits in i32")
     }
@@ -267,6 +296,9 @@ pub struct ClusterOpts {
     /// Where dirsvc keeps its database instead of `<tempdir>/dirsvc` (e.g.
     /// a tmpfs directory, for a test about listing rather than durability).
     pub dirsvc_db_dir: Option<PathBuf>,
+    /// The name of the mountpoint directory in the tempdir instead of
+    /// `mnt` (e.g. with a marker a test looks for).
+    pub mnt_name: Option<String>,
 }
 
 impl ClusterOpts {
@@ -458,7 +490,8 @@ impl TestCluster {
             eprintln!("P2PFS_E2E_KEEP=1: keeping {}", dir.path().display());
         }
         let root = fs::canonicalize(dir.path()).expect("canonicalize tempdir");
-        for sub in ["logs", "run", "dirsvc", "mnt", "mnt2", "work"] {
+        let mnt_name = opts.mnt_name.clone().unwrap_or_else(|| "mnt".into());
+        for sub in ["logs", "run", "dirsvc", &mnt_name, "mnt2", "work"] {
             fs::create_dir_all(root.join(sub)).expect("create tempdir layout");
         }
         make_cluster_identities(bins, &root, peers);
@@ -521,7 +554,29 @@ impl TestCluster {
 
     /// The mountpoint (`<tempdir>/mnt`, canonical).
     pub fn mountpoint(&self) -> PathBuf {
-        self.root.join("mnt")
+        self.root.join(self.opts.mnt_name.as_deref().unwrap_or("mnt"))
+    }
+
+    /// Where peer `i` listens.
+    pub fn peer_addr(&self, i: usize) -> SocketAddr {
+        self.peer_addrs[i]
+    }
+
+    /// Peer `i`'s id (its certificate's node id, recorded in its data
+    /// directory's `peer-id` at its first start).
+    pub fn peer_id(&self, i: usize) -> common::PeerId {
+        let text = fs::read_to_string(self.peer_data_dir(i).join("peer-id")).expect("read peer-id");
+        text.trim().parse().expect("peer-id holds 32 hex digits")
+    }
+
+    /// The process id of dirsvc (running).
+    pub fn dirsvc_pid(&self) -> i32 {
+        self.dirsvc.as_ref().expect("dirsvc runs").pid()
+    }
+
+    /// The process id of peer `i` (running).
+    pub fn peer_pid(&self, i: usize) -> i32 {
+        self.peers[i].as_ref().expect("the peer runs").pid()
     }
 
     /// The mountpoint of the second fs-client (`<tempdir>/mnt2`, canonical;
@@ -865,20 +920,9 @@ impl TestCluster {
     /// It gets SIGKILL if the test thread dies, so nothing outlives a crash.
     fn spawn(&self, name: &str, bin: &Path, args: &[OsString]) -> Proc {
         let log = self.root.join("logs").join(format!("{name}.log"));
-        let out = OpenOptions::new().create(true).append(true).open(&log).expect("open log");
-        let err = out.try_clone().expect("clone log handle");
         let mut cmd = Command::new(bin);
-        hermetic(&mut cmd);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: the closure only calls prctl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Proc { name: name.to_string(), child, log }
+        cmd.args(args);
+        Proc::spawn(name, cmd, &log)
     }
 
     fn spawn_dirsvc(&self, listen: SocketAddr) -> (Proc, SocketAddr) {
@@ -1085,7 +1129,7 @@ fn remove_if_exists(p: &Path) {
 }
 
 /// Waits for a daemon's address file, failing early if the daemon exits.
-fn wait_addr_file(p: &mut Proc, file: &Path) -> SocketAddr {
+pub fn wait_addr_file(p: &mut Proc, file: &Path) -> SocketAddr {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(s) = fs::read_to_string(file) {
