@@ -8,8 +8,10 @@
 //! No listener speaks plaintext.
 //!
 //! Servers accept through [`serve`] (used by the `serve_tarpc!` macro):
-//! a bounded number of TLS handshakes at once, each with a deadline (so
-//! half-open or garbage connections cost a slot for seconds, not forever);
+//! a bounded number of TLS handshakes at once, each with a deadline, the
+//! oldest evicted when a new connection needs its slot (so half-open or
+//! garbage connections cost a slot briefly, and a flood of them cannot
+//! keep an honest client out);
 //! caps on connections in total, per node and without a certificate; a cap
 //! on requests in flight per connection; and an idle timeout. The
 //! certificate the other end presented becomes the [`Caller`] every request
@@ -185,8 +187,8 @@ pub struct ServerLimits {
     pub max_per_node: usize,
     /// Connections open at once without a certificate (joining nodes; 32).
     pub max_unauthenticated: usize,
-    /// TLS handshakes under way at once; connections beyond it are closed
-    /// at once (128).
+    /// TLS handshakes under way at once; a new connection beyond it evicts
+    /// the oldest handshake (128).
     pub max_handshakes: usize,
     /// Longest TLS handshake ([`HANDSHAKE_TIMEOUT`]).
     pub handshake_timeout: Duration,
@@ -220,7 +222,8 @@ type ByNode = HashMap<Option<NodeId>, Vec<(u64, CancellationToken)>>;
 #[derive(Debug, Default)]
 pub struct Connections {
     total: AtomicUsize,
-    handshakes: AtomicUsize,
+    /// TLS handshakes under way, oldest first, each with its cancellation.
+    handshakes: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     by_node: Mutex<ByNode>,
     next: AtomicU64,
 }
@@ -262,6 +265,32 @@ impl Connections {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::SeqCst)
+    }
+
+    /// Registers a new TLS handshake; when `max` are under way already, the
+    /// oldest is cancelled to make room (a flood of half-open connections
+    /// then keeps cycling through the slots instead of filling them for a
+    /// whole handshake timeout, so an honest client that completes its
+    /// handshake in milliseconds gets through).
+    fn start_handshake(&self, max: usize) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut q = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while q.len() >= max.max(1) {
+            if let Some((_, oldest)) = q.pop_front() {
+                oldest.cancel();
+            }
+        }
+        q.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    /// Forgets handshake `id` (finished, failed or cancelled).
+    fn end_handshake(&self, id: u64) {
+        let mut q = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = q.iter().position(|(h, _)| *h == id) {
+            q.remove(i);
+        }
     }
 
     /// Registers a connection of `node` unless a cap is reached.
@@ -314,25 +343,28 @@ pub async fn serve<F, Fut>(
                 continue;
             }
         };
-        if conns.handshakes.fetch_add(1, Ordering::SeqCst) >= limits.max_handshakes {
-            conns.handshakes.fetch_sub(1, Ordering::SeqCst);
-            debug!(%remote, "too many TLS handshakes under way; connection closed");
-            continue;
-        }
+        let (handshake, evicted) = conns.start_handshake(limits.max_handshakes);
         let _ = tcp.set_nodelay(true);
         let (acceptor, conns, limits, shutdown, handle) =
             (acceptor.clone(), conns.clone(), limits.clone(), shutdown.clone(), handle.clone());
         tokio::spawn(async move {
-            let tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
-            conns.handshakes.fetch_sub(1, Ordering::SeqCst);
+            let tls = tokio::select! {
+                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => Some(r),
+                _ = evicted.cancelled() => None,
+            };
+            conns.end_handshake(handshake);
             let stream = match tls {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                Some(Ok(Ok(s))) => s,
+                Some(Ok(Err(e))) => {
                     debug!(%remote, error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => {
+                Some(Err(_)) => {
                     debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+                None => {
+                    debug!(%remote, "TLS handshake evicted by newer connections");
                     return;
                 }
             };

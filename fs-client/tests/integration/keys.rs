@@ -26,10 +26,12 @@ fn recipient_of(file: &Path) -> String {
     id.to_public().to_string()
 }
 
-/// `fs-client volume --json` against `dirsvc`, parsed.
-fn volume_json(fs_client: &Path, dirsvc: &str) -> serde_json::Value {
+/// `fs-client volume --json` against `dirsvc` with the TLS identity in
+/// `tls_dir`, parsed.
+fn volume_json(fs_client: &Path, tls_dir: &Path, dirsvc: &str) -> serde_json::Value {
     let mut cmd = Command::new(fs_client);
     hermetic(&mut cmd);
+    cmd.arg("--tls-dir").arg(tls_dir);
     let out = output(cmd.args(["volume", "--json", "--dirsvc", dirsvc]), CLI_TIMEOUT);
     assert!(out.status.success(), "fs-client volume --json failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -48,7 +50,7 @@ fn up_sh_refuses_to_replace_a_missing_identity_of_an_existing_volume() {
     let (o, e) = text(&out);
     assert!(out.status.success(), "first scripts/up.sh failed ({}):\n{o}\n{e}", out.status);
     let recipient = recipient_of(&u.identity());
-    let v = volume_json(&bin_dir().join("fs-client"), &u.dirsvc_addr());
+    let v = volume_json(&bin_dir().join("fs-client"), &u.state().join("admin-tls"), &u.dirsvc_addr());
     assert_eq!(v["volume"]["recipients"], serde_json::json!([recipient]), "{v}");
 
     let out = u.down();
@@ -181,22 +183,31 @@ fn keygen_refuses_a_state_directory_that_holds_a_volume() {
 }
 
 /// A bare dirsvc (no peers, no volume) started from the built binary in its
-/// own tempdir; SIGKILLed and reaped on drop.
+/// own tempdir, with a certificate of the test CA (and an admin one in
+/// [`BareDirsvc::admin_tls`]); SIGKILLed and reaped on drop.
 struct BareDirsvc {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl BareDirsvc {
+    fn admin_tls(&self) -> std::path::PathBuf {
+        self.dir.path().join("admin-tls")
+    }
+
     fn start() -> BareDirsvc {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr_file = dir.path().join("dirsvc.addr");
+        testkit::pki().write_node(common::rpc::Role::Dirsvc, &dir.path().join("tls"));
+        testkit::pki().write_node(common::rpc::Role::Admin, &dir.path().join("admin-tls"));
         let mut cmd = Command::new(bin_dir().join("dirsvc"));
         hermetic(&mut cmd);
         let child = cmd
             .args(["--listen", "127.0.0.1:0", "--db"])
             .arg(dir.path().join("dirsvc.redb"))
+            .arg("--tls-dir")
+            .arg(dir.path().join("tls"))
             .arg("--addr-file")
             .arg(&addr_file)
             .stdin(Stdio::null())
@@ -204,7 +215,7 @@ impl BareDirsvc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start dirsvc");
-        let mut me = BareDirsvc { child, addr: String::new(), _dir: dir };
+        let mut me = BareDirsvc { child, addr: String::new(), dir };
         let found = super::tools::wait_until(
             || {
                 me.addr = fs::read_to_string(&addr_file).unwrap_or_default().trim().to_string();
@@ -227,21 +238,25 @@ impl Drop for BareDirsvc {
 #[test]
 fn volume_shows_the_recipients_with_no_identity_and_says_when_there_is_none() {
     let fs_client = bin_dir().join("fs-client");
+    let mut d = BareDirsvc::start();
     {
-        let d = BareDirsvc::start();
         let mut cmd = Command::new(&fs_client);
         hermetic(&mut cmd);
+        cmd.arg("--tls-dir").arg(d.admin_tls());
         let out = output(cmd.args(["volume", "--dirsvc", &d.addr]), CLI_TIMEOUT);
         let (o, e) = text(&out);
         assert!(out.status.success(), "fs-client volume with no volume should exit 0: {e}");
         assert_eq!(o.trim(), format!("no volume yet on dirsvc {}", d.addr));
-        assert_eq!(volume_json(&fs_client, &d.addr), serde_json::json!({ "dirsvc": d.addr, "volume": null }));
+        assert_eq!(
+            volume_json(&fs_client, &d.admin_tls(), &d.addr),
+            serde_json::json!({ "dirsvc": d.addr, "volume": null })
+        );
     }
 
     let c = TestCluster::start(1, 1);
     let addr = c.dirsvc_addr().to_string();
     let ours = recipient_of(&c.identity_file());
-    let v = volume_json(&fs_client, &addr);
+    let v = volume_json(&fs_client, &c.admin_tls_dir(), &addr);
     let vol = &v["volume"];
     assert_eq!(vol["recipients"], serde_json::json!([ours]), "{v}");
     assert_eq!(vol["replicas"], 1, "{v}");
@@ -258,8 +273,11 @@ fn volume_shows_the_recipients_with_no_identity_and_says_when_there_is_none() {
 
     // dirsvc unreachable: an error, not "no volume".
     drop(c);
+    let _ = d.child.kill();
+    let _ = d.child.wait();
     let mut cmd = Command::new(&fs_client);
     hermetic(&mut cmd);
-    let out = output(cmd.args(["volume", "--dirsvc", &addr]), CLI_TIMEOUT);
+    cmd.arg("--tls-dir").arg(d.admin_tls());
+    let out = output(cmd.args(["volume", "--dirsvc", &d.addr]), CLI_TIMEOUT);
     assert!(!out.status.success(), "fs-client volume succeeded with dirsvc gone: {:?}", text(&out));
 }

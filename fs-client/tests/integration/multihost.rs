@@ -103,9 +103,13 @@ fn live_peers(root: &Path, dirsvc: &str) -> usize {
 }
 
 fn token(root: &Path, dirsvc: &str, ttl: &str) -> String {
-    run(fs_client(root, "admin-tls").args(["token", "create", "--dirsvc", dirsvc, "--role", "peer", "--ttl", ttl]), CLI)
-        .trim()
-        .to_string()
+    run(
+        fs_client(root, "admin-tls")
+            .args(["token", "create", "--dirsvc", dirsvc, "--role", "peer", "--ttl", ttl]),
+        CLI,
+    )
+    .trim()
+    .to_string()
 }
 
 #[test]
@@ -114,7 +118,8 @@ fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expi
     let dir = tempfile::Builder::new().prefix("p2pfs-multihost-").tempdir().expect("tempdir");
     let root = fs::canonicalize(dir.path()).expect("canonical");
     run(fs_client(&root, "admin-tls").args(["ca", "init", "--dir"]).arg(root.join("ca")), CLI);
-    for (role, out) in [("dirsvc", "dirsvc-tls"), ("admin", "admin-tls"), ("client", "client-tls"), ("peer", "here/tls")]
+    for (role, out) in
+        [("dirsvc", "dirsvc-tls"), ("admin", "admin-tls"), ("client", "client-tls"), ("peer", "here/tls")]
     {
         issue(&root, role, &root.join(out));
     }
@@ -138,7 +143,14 @@ fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expi
         &root,
         None,
         "peer-here",
-        &["--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), root.join("here").display().to_string(), "--dirsvc".into(), d.clone()],
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            root.join("here").display().to_string(),
+            "--dirsvc".into(),
+            d.clone(),
+        ],
     );
     wait_addr_file(&mut here, &here_addr);
     // A peer on the other host, with only a join token.
@@ -171,7 +183,10 @@ fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expi
     // A volume with R = 2 stores every chunk on both, the remote host too.
     let identity = root.join("identity.txt");
     run(fs_client(&root, "admin-tls").arg("keygen").arg("-o").arg(&identity), CLI);
-    run(fs_client(&root, "admin-tls").args(["init", "--dirsvc", &d, "--replicas", "2", "-i"]).arg(&identity), CLI);
+    run(
+        fs_client(&root, "admin-tls").args(["init", "--dirsvc", &d, "--replicas", "2", "-i"]).arg(&identity),
+        CLI,
+    );
     let mnt = root.join("mnt");
     fs::create_dir(&mnt).expect("mkdir");
     let mount = |root: &Path| {
@@ -179,8 +194,11 @@ fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expi
         c.args(["mount", "--dirsvc", &d, "-i"]).arg(&identity).arg(&mnt);
         let p = Proc::spawn("mount", c, &root.join("mount.log"));
         assert!(
-            wait_until(|| super::cluster::mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()), Duration::from_secs(30))
-                .is_some(),
+            wait_until(
+                || super::cluster::mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()),
+                Duration::from_secs(30)
+            )
+            .is_some(),
             "the mount did not appear\n{}",
             tail(p.log(), 30)
         );

@@ -12,7 +12,9 @@
 use super::cluster::TestCluster;
 use super::tools::{output, Pattern};
 use common::pki::{Ca, NODE_CERT_VALIDITY};
-use common::rpc::dir::{DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerUsage, SessionId, SessionOpen};
+use common::rpc::dir::{
+    DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerUsage, SessionId, SessionOpen,
+};
 use common::rpc::peer::{PeerError, PeerServiceClient};
 use common::rpc::{PeerLoc, Role};
 use common::tls::Tls;
@@ -87,8 +89,11 @@ fn nodes_without_a_valid_unrevoked_certificate_are_refused_by_dirsvc_and_every_p
         // Another cluster's node, an expired certificate.
         let foreign = testkit::TestPki::new().node(Role::Client);
         let expired = Arc::new(
-            Tls::new(&ca.new_node_until(Role::Client, SystemTime::now() - Duration::from_secs(7200)).expect("issue"))
-                .expect("tls"),
+            Tls::new(
+                &ca.new_node_until(Role::Client, SystemTime::now() - Duration::from_secs(7200))
+                    .expect("issue"),
+            )
+            .expect("tls"),
         );
         for (what, tls) in [("another CA's", &foreign), ("an expired", &expired)] {
             assert!(!dirsvc_serves(dirsvc, tls).await, "dirsvc served {what} certificate");
@@ -105,10 +110,7 @@ fn nodes_without_a_valid_unrevoked_certificate_are_refused_by_dirsvc_and_every_p
             anon.getattr(deadline(CALL), common::InodeId::ROOT).await,
             Ok(Err(DirError::Unauthorized(_)))
         ));
-        assert!(matches!(
-            anon.list_peers(deadline(CALL)).await,
-            Ok(Err(DirError::Unauthorized(_)))
-        ));
+        assert!(matches!(anon.list_peers(deadline(CALL)).await, Ok(Err(DirError::Unauthorized(_)))));
         let joiner_cfg = common::tls::joiner_config(ca.fingerprint()).expect("config");
         for (a, _) in &peers {
             let refused = match common::transport::connect_with(&a.to_string(), joiner_cfg.clone()).await {
@@ -170,7 +172,10 @@ fn certificates_of_the_wrong_role_or_identity_cannot_destroy_data_or_take_over_s
             .find_map(|f| f.file_name().to_str().and_then(|n| n.parse::<ChunkId>().ok()))
             .expect("peer 0 holds a chunk");
         assert!(matches!(peer.delete(deadline(CALL), some_chunk).await, Ok(Err(PeerError::Unauthorized(_)))));
-        assert!(matches!(peer.list_chunks(deadline(CALL), None, 10).await, Ok(Err(PeerError::Unauthorized(_)))));
+        assert!(matches!(
+            peer.list_chunks(deadline(CALL), None, 10).await,
+            Ok(Err(PeerError::Unauthorized(_)))
+        ));
         let src = PeerLoc { id: id1, addr: c.peer_addr(1).to_string(), live: true };
         assert!(matches!(
             peer.fetch_from(deadline(CALL), some_chunk, src).await,
@@ -183,7 +188,11 @@ fn certificates_of_the_wrong_role_or_identity_cannot_destroy_data_or_take_over_s
         let reg = PeerRegistration {
             id: id0,
             addr: "127.0.0.1:9".into(),
-            usage: PeerUsage { capacity_bytes: u64::MAX / 4, free_bytes: u64::MAX / 4, ..PeerUsage::default() },
+            usage: PeerUsage {
+                capacity_bytes: u64::MAX / 4,
+                free_bytes: u64::MAX / 4,
+                ..PeerUsage::default()
+            },
             labels: PeerLabels::default(),
         };
         assert!(matches!(d.register_peer(deadline(CALL), reg).await, Ok(Err(DirError::Unauthorized(_)))));
@@ -228,7 +237,10 @@ fn certificates_of_the_wrong_role_or_identity_cannot_destroy_data_or_take_over_s
         assert!(matches!(d.close_session(deadline(CALL), s).await, Ok(Err(DirError::Unauthorized(_)))));
         let reclaim = SessionOpen { label: "thief".into(), reclaim: Some(s), ..SessionOpen::default() };
         assert!(matches!(d.open_session(deadline(CALL), reclaim).await, Ok(Err(DirError::Unauthorized(_)))));
-        assert!(matches!(owner.renew_session(deadline(CALL), s).await, Ok(Ok(_))), "the owner keeps its session");
+        assert!(
+            matches!(owner.renew_session(deadline(CALL), s).await, Ok(Ok(_))),
+            "the owner keeps its session"
+        );
     });
     // Everything still reads back, and both peers still list their chunks.
     c.unmount();
@@ -250,7 +262,10 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     let marker_dir = "MNTMARKER-5b1e9c";
     let marker_name = "NAMEMARKER-7d42aa.txt";
     let marker_content = b"CONTENTMARKER-c0ffee-this-must-never-be-seen-on-the-wire";
-    let opts = super::cluster::ClusterOpts { mnt_name: Some(marker_dir.into()), ..super::cluster::ClusterOpts::new(2, 2) };
+    let opts = super::cluster::ClusterOpts {
+        mnt_name: Some(marker_dir.into()),
+        ..super::cluster::ClusterOpts::new(2, 2)
+    };
     let mut c = TestCluster::start_with(opts);
     let pcap = c.work_dir().join("lo.pcap");
     let mut capture = Command::new("tcpdump")
@@ -271,7 +286,8 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     c.unmount();
     c.mount();
     assert_eq!(fs::read(c.mountpoint().join(marker_name)).expect("read"), content);
-    let listing: Vec<_> = fs::read_dir(c.mountpoint()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    let listing: Vec<_> =
+        fs::read_dir(c.mountpoint()).expect("ls").flatten().map(|e| e.file_name()).collect();
     assert!(listing.iter().any(|n| n == marker_name));
     // A canary sent in clear over loopback proves the capture sees it.
     let canary = b"CANARY-plaintext-on-lo-4f3a";
@@ -284,9 +300,11 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     let bytes = fs::read(&pcap).expect("read capture");
     assert!(contains(&bytes, canary), "the capture did not see loopback traffic");
     assert!(bytes.len() > 100_000, "the capture holds too little traffic ({} bytes)", bytes.len());
-    for (what, m) in
-        [("the mount path", marker_dir.as_bytes()), ("a file name", marker_name.as_bytes()), ("file content", &marker_content[..])]
-    {
+    for (what, m) in [
+        ("the mount path", marker_dir.as_bytes()),
+        ("a file name", marker_name.as_bytes()),
+        ("file content", &marker_content[..]),
+    ] {
         assert!(!contains(&bytes, m), "{what} crossed loopback in clear");
     }
     c.unmount();
@@ -306,7 +324,10 @@ impl Drop for KillOnDrop {
 /// Runs `sh -c script` as the user nobody; returns (success, stdout+stderr).
 fn as_nobody(script: &str) -> (bool, String) {
     let out = output(Command::new("runuser").args(["-u", "nobody", "--", "sh", "-c", script]), CALL);
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 #[test]
@@ -373,7 +394,8 @@ fn rss_kib(pid: i32) -> u64 {
 fn a_thousand_garbage_and_half_open_connections_leave_every_daemon_serving_with_bounded_memory() {
     let mut c = TestCluster::start(2, 2);
     c.mount();
-    let before: Vec<u64> = [c.dirsvc_pid(), c.peer_pid(0), c.peer_pid(1)].iter().map(|p| rss_kib(*p)).collect();
+    let before: Vec<u64> =
+        [c.dirsvc_pid(), c.peer_pid(0), c.peer_pid(1)].iter().map(|p| rss_kib(*p)).collect();
     let targets = [c.dirsvc_addr(), c.peer_addr(0), c.peer_addr(1)];
     let rt = rt();
     rt.block_on(async {
@@ -412,7 +434,8 @@ fn a_thousand_garbage_and_half_open_connections_leave_every_daemon_serving_with_
     // And the mount works end to end.
     let data = write_through_mount(&c, "after-the-flood", 3 << 20);
     assert_eq!(fs::read(c.mountpoint().join("after-the-flood")).expect("read"), data);
-    let after: Vec<u64> = [c.dirsvc_pid(), c.peer_pid(0), c.peer_pid(1)].iter().map(|p| rss_kib(*p)).collect();
+    let after: Vec<u64> =
+        [c.dirsvc_pid(), c.peer_pid(0), c.peer_pid(1)].iter().map(|p| rss_kib(*p)).collect();
     for (b, a) in before.iter().zip(&after) {
         assert!(*a < b + 64 * 1024, "a daemon grew from {b} KiB to {a} KiB");
     }
