@@ -2,7 +2,8 @@
 //!
 //! Everything two or more processes must agree on lives here and nowhere
 //! else: typed ids ([`ids`]), the sealed-chunk format ([`codec`]), sub-key
-//! derivation and name sealing ([`keys`]), the tarpc service traits with
+//! derivation, layout MACs and name sealing ([`keys`]), key epochs
+//! ([`keyring`]), the tarpc service traits with
 //! their wire types and error enums ([`rpc`]), the one framed TCP transport
 //! ([`transport`]) and shared limits and defaults ([`config`]).
 //!
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod keyring;
 pub mod keys;
 pub mod rpc;
 pub mod time;

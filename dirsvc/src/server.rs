@@ -9,9 +9,10 @@ use crate::store::Store;
 use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
-    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, LayoutPage, Lock,
-    LockConflict, LockFlavor, NewInode, PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SessionGrant,
-    SessionId, SessionOpen, SetAttr, StatFs, VolumeInfo,
+    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, KeyEpoch,
+    Keyring, LayoutPage, Lock, LockConflict, LockFlavor, Member, NewInode, NewSymlink, PeerRegistration,
+    PeerStatus, PeerUsage, ReadDirPage, Reseal, SessionGrant, SessionId, SessionOpen, SetAttr, StatFs,
+    VolumeInfo,
 };
 use common::rpc::{PeerLoc, PROTOCOL_VERSION};
 use common::time::Timestamp;
@@ -323,23 +324,44 @@ impl DirService for DirServer {
         reply("readdir", r)
     }
 
-    #[instrument(level = "debug", skip_all, fields(%parent))]
+    #[instrument(level = "debug", skip_all, fields(%session, count))]
+    async fn reserve_inodes(
+        self,
+        _: Context,
+        session: SessionId,
+        count: u32,
+    ) -> Result<(InodeId, u32), DirError> {
+        let r = self.with_shared(move |sh| sh.sessions.reserve(&sh.store, session, count)).await;
+        reply("reserve_inodes", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %parent, ino = %new.ino))]
     async fn symlink(
         self,
         _: Context,
+        session: SessionId,
         parent: InodeId,
         name: Vec<u8>,
-        target: Vec<u8>,
-        size: u64,
-        uid: u32,
-        gid: u32,
+        new: NewSymlink,
     ) -> Result<Attr, DirError> {
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
-                let attr = sh.store.symlink(parent, &name, &target, size, uid, gid)?;
-                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
-                Ok(attr)
+                sh.sessions.take_reserved(session, new.ino)?;
+                let made =
+                    sh.store.symlink_at(parent, &name, new.ino, &new.target, new.size, new.uid, new.gid);
+                match made {
+                    Ok(attr) => {
+                        sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                        Ok(attr)
+                    }
+                    // The number exists: it is spent.
+                    Err(e @ Error::Dir(DirError::NotReserved(_))) => Err(e),
+                    Err(e) => {
+                        sh.sessions.give_back(session, new.ino);
+                        Err(e)
+                    }
+                }
             })
             .await;
         reply("symlink", r)
@@ -419,6 +441,26 @@ impl DirService for DirServer {
         reply("commit_layout", r)
     }
 
+    #[instrument(level = "debug", skip_all, fields(%ino, blocks = reseals.len()))]
+    async fn reseal_blocks(
+        self,
+        _: Context,
+        ino: InodeId,
+        reseals: Vec<Reseal>,
+    ) -> Result<Vec<bool>, DirError> {
+        let origin = self.origin();
+        let r = self
+            .with_shared(move |sh| {
+                let applied = sh.store.reseal_blocks(ino, &reseals)?;
+                if applied.iter().any(|a| *a) {
+                    sh.changes.record_from(origin, ino_change(ino));
+                }
+                Ok(applied)
+            })
+            .await;
+        reply("reseal_blocks", r)
+    }
+
     #[instrument(level = "debug", skip_all, fields(%ino, first, max))]
     async fn get_layout(
         self,
@@ -440,6 +482,8 @@ impl DirService for DirServer {
                         chunk: b.chunk,
                         len: b.len,
                         replicas: peers.locs(&b.replicas),
+                        epoch: b.epoch,
+                        mac: b.mac,
                     })
                     .collect(),
                 eof: page.eof,
@@ -569,6 +613,43 @@ impl DirService for DirServer {
         }
         .await;
         reply("cluster_status", r)
+    }
+
+    /// Admin only: the certificate role check goes first, when TLS lands.
+    #[instrument(skip_all, fields(name = %member.name, version))]
+    async fn add_member(
+        self,
+        _: Context,
+        version: u64,
+        member: Member,
+        wrapped: Vec<Vec<u8>>,
+    ) -> Result<Keyring, DirError> {
+        let r = self.blocking(move |s| s.add_member(version, &member, &wrapped)).await;
+        if let Ok(k) = &r {
+            info!(keyring_version = k.version, members = k.members.len(), "member added");
+        }
+        reply("add_member", r)
+    }
+
+    /// Admin only: the certificate role check goes first, when TLS lands.
+    #[instrument(skip_all, fields(%name, version, epoch = epoch.epoch))]
+    async fn remove_member(
+        self,
+        _: Context,
+        version: u64,
+        name: String,
+        epoch: KeyEpoch,
+    ) -> Result<(Keyring, Member), DirError> {
+        let r = self.blocking(move |s| s.remove_member(version, &name, &epoch)).await;
+        if let Ok((k, m)) = &r {
+            info!(
+                keyring_version = k.version,
+                key_epoch = k.newest_epoch(),
+                nodes = m.nodes.len(),
+                "member removed; new data goes to the new key epoch"
+            );
+        }
+        reply("remove_member", r)
     }
 
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]

@@ -58,7 +58,7 @@ impl Cluster {
         wait_live(&client, peers).await;
         identity::keygen(&dir.path().join("id.txt")).unwrap();
         let id = identity::load(&dir.path().join("id.txt")).unwrap();
-        volume::init(&client, &id, block_size, replicas).await.unwrap();
+        volume::init(&client, &id, block_size, replicas, volume::DEFAULT_MEMBER_NAME).await.unwrap();
         Cluster { _dir: dir, dirsvc: Some(d), peers: ps, addr, id }
     }
 
@@ -86,8 +86,13 @@ impl Cluster {
 
     async fn client(&self) -> Arc<Fs> {
         let dir = DirClient::connect(&self.addr).await.unwrap();
-        let (info, secret) = volume::open(&dir, &self.id).await.unwrap();
-        Fs::new(dir, &info, &secret, FsConfig { readahead_blocks: 2, ..FsConfig::default() })
+        let (info, keys) = volume::open(&dir, &self.id).await.unwrap();
+        let config = FsConfig {
+            readahead_blocks: 2,
+            identity: Some(self._dir.path().join("id.txt")),
+            ..FsConfig::default()
+        };
+        Fs::new(dir, &info, keys, config)
     }
 
     async fn stop(mut self) {
@@ -289,8 +294,8 @@ async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() 
         assert_eq!(read_all(&c.client().await, ino).await, data);
         // Asking for all three replicas makes the same write fail with EIO.
         let dir = DirClient::connect(&c.addr).await.unwrap();
-        let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
-        let strict = Fs::new(dir, &info, &secret, FsConfig { min_replicas: Some(3), ..FsConfig::default() });
+        let (info, keys) = volume::open(&dir, &c.id).await.unwrap();
+        let strict = Fs::new(dir, &info, keys, FsConfig { min_replicas: Some(3), ..FsConfig::default() });
         let (_, fh) = strict.create(InodeId::ROOT, b"strict", 0o644, 0, 0).await.unwrap();
         strict.write(fh, 0, &data, false).await.unwrap_or(0);
         assert_eq!(strict.flush(fh).await.unwrap_err().errno(), libc::EIO);
@@ -594,8 +599,8 @@ async fn data_that_could_not_be_stored_is_kept_and_stored_by_the_next_client() {
         assert_eq!(unstored[0].size, accepted.len() as u64);
         let tmp = tempfile::tempdir().unwrap();
         let dir = DirClient::connect(&c.addr).await.unwrap();
-        let (info, secret) = volume::open(&dir, &c.id).await.unwrap();
-        let keeper = recovery::RecoveryDir::new(tmp.path(), info.id, &secret);
+        let (info, keys) = volume::open(&dir, &c.id).await.unwrap();
+        let keeper = recovery::RecoveryDir::new(tmp.path(), info.id, Arc::new(keys));
         keeper.keep(&unstored[0]).unwrap();
         drop(fs);
         // Room again: the next client stores the kept data at start.
