@@ -209,7 +209,7 @@ else
     mkdir -p "$MNT"
     log_mark=$(log_size fs-client)
     start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" \
-        --recovery-dir "$STATE/recovery" "$MNT"
+        --recovery-dir "$STATE/recovery" --pin-dir "$STATE/pins" "$MNT"
     pid=$(<"$STATE/pids/fs-client.pid")
     deadline=$((SECONDS + 30))
     until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do

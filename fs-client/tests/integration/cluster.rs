@@ -582,8 +582,15 @@ impl TestCluster {
     /// until it is a live p2pfs mount; panics with the log tail otherwise.
     fn spawn_mount(&self, name: &str, mnt: &Path) -> Proc {
         let addr = self.dirsvc_addr().to_string();
-        let mut args: Vec<OsString> =
-            vec!["mount".into(), "--dirsvc".into(), addr.into(), "-i".into(), self.identity.clone().into()];
+        let mut args: Vec<OsString> = vec![
+            "mount".into(),
+            "--dirsvc".into(),
+            addr.into(),
+            "-i".into(),
+            self.identity.clone().into(),
+            "--pin-dir".into(),
+            self.pin_dir().into(),
+        ];
         args.extend(self.opts.mount_args.iter().map(OsString::from));
         args.push(mnt.into());
         let mut p = self.spawn(name, &self.bins.fs_client, &args);
@@ -724,6 +731,19 @@ impl TestCluster {
         let mut p = self.dirsvc.take().expect("dirsvc is running");
         p.signal(libc::SIGKILL);
         assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "dirsvc survived SIGKILL");
+    }
+
+    /// Stops dirsvc with SIGTERM and checks that it exits 0 (its database
+    /// closed, so a test may open it); [`Self::restart_dirsvc`] follows.
+    pub fn stop_dirsvc(&mut self) {
+        let p = self.dirsvc.take().expect("dirsvc is running");
+        p.terminate();
+    }
+
+    /// Where the mounts pin volumes (`fs-client mount --pin-dir`): inside
+    /// the tempdir, never the user's state directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.root.join("pins")
     }
 
     /// Starts dirsvc again on its address with its database (after
