@@ -615,7 +615,7 @@ impl DirService for DirServer {
         reply("cluster_status", r)
     }
 
-    /// Admin only: the certificate role check goes first, when TLS lands.
+    /// Admin only (membership).
     #[instrument(skip_all, fields(name = %member.name, version))]
     async fn add_member(
         self,
@@ -624,6 +624,8 @@ impl DirService for DirServer {
         member: Member,
         wrapped: Vec<Vec<u8>>,
     ) -> Result<Keyring, DirError> {
+        // MERGE (issue 8, authorization): `require admin` from the
+        // connection's certificate goes here, before anything else.
         let r = self.blocking(move |s| s.add_member(version, &member, &wrapped)).await;
         if let Ok(k) = &r {
             info!(keyring_version = k.version, members = k.members.len(), "member added");
@@ -631,7 +633,7 @@ impl DirService for DirServer {
         reply("add_member", r)
     }
 
-    /// Admin only: the certificate role check goes first, when TLS lands.
+    /// Admin only (membership).
     #[instrument(skip_all, fields(%name, version, epoch = epoch.epoch))]
     async fn remove_member(
         self,
@@ -640,6 +642,8 @@ impl DirService for DirServer {
         name: String,
         epoch: KeyEpoch,
     ) -> Result<(Keyring, Member), DirError> {
+        // MERGE (issue 8, authorization): `require admin` from the
+        // connection's certificate goes here, before anything else.
         let r = self.blocking(move |s| s.remove_member(version, &name, &epoch)).await;
         if let Ok((k, m)) = &r {
             info!(

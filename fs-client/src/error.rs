@@ -120,6 +120,9 @@ impl Error {
                     | DirError::NotInitialized
                     | DirError::NoSession
                     | DirError::ChunkGone(_)
+                    | DirError::StaleEpoch { .. }
+                    | DirError::NotReserved(_)
+                    | DirError::KeyringChanged { .. }
             ),
             Error::Errno(e, _) => *e != libc::EIO,
             _ => false,
