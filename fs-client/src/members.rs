@@ -70,6 +70,19 @@ pub async fn add(
                 m.recipient
             )));
         }
+        // Every epoch is re-wrapped to the listed members only: an admin
+        // whose key is not listed (a volume created before volumes recorded
+        // their recipients) would lock itself out by adding someone else.
+        let listed = |k: &String| info.keyring.members.iter().any(|m| &m.recipient == k);
+        if !id.public_keys.iter().any(listed) && !id.public_keys.iter().any(|k| k == recipient) {
+            return Err(Error::Key(format!(
+                "this identity ({}) can open volume {} but is not listed as a member (the volume predates \
+                 recorded recipients); add yourself first: `fs-client member add --name NAME --recipient {}`",
+                id.describe(),
+                info.id.to_hex(),
+                id.public_keys.first().map(String::as_str).unwrap_or("age1…")
+            )));
+        }
         let mut recipients = Vec::with_capacity(info.keyring.members.len() + 1);
         for m in &info.keyring.members {
             recipients.push(parse_recipient(&m.recipient)?);
@@ -123,12 +136,23 @@ pub async fn remove(
                 info.keyring.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
             )));
         };
-        if id.public_keys.iter().all(|k| *k == gone.recipient) {
-            return Err(Error::Key(format!(
-                "{name} is this identity's own member entry; remove it with another member's identity"
-            )));
-        }
         let remaining: Vec<&Member> = info.keyring.members.iter().filter(|m| m.name != name).collect();
+        // The new epoch is wrapped to the remaining members only: the admin
+        // must be one of them, or it locks itself out.
+        if !id.public_keys.iter().any(|k| remaining.iter().any(|m| &m.recipient == k)) {
+            return Err(Error::Key(if id.public_keys.contains(&gone.recipient) {
+                format!(
+                    "{name} is this identity's own member entry; remove it with another member's identity"
+                )
+            } else {
+                format!(
+                    "this identity ({}) is not listed as a member of volume {}, so the new key epoch would not \
+                     be wrapped to it; add it first with `fs-client member add`",
+                    id.describe(),
+                    info.id.to_hex()
+                )
+            }));
+        }
         let mut recipients = Vec::with_capacity(remaining.len());
         for m in &remaining {
             recipients.push(parse_recipient(&m.recipient)?);

@@ -811,6 +811,9 @@ async fn a_removed_member_keeps_only_the_old_epoch_and_writers_move_to_the_new_o
         let late_data = pattern(2 * B, 8);
         before.write(fh, 0, &late_data, false).await.unwrap();
 
+        // Removing oneself would lock oneself out of the new epoch.
+        let e = crate::members::remove(&dir, &c.id, None, volume::DEFAULT_MEMBER_NAME).await.unwrap_err();
+        assert!(e.to_string().contains("own member entry"), "{e}");
         let (ring, gone, unrevoked) =
             crate::members::remove(&dir, &c.id, Some(pins.path()), "bob").await.unwrap();
         assert_eq!((ring.newest_epoch(), gone.name.as_str()), (1, "bob"));
