@@ -129,7 +129,8 @@ mount_type() {
 }
 
 mount_volume() {
-    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" "$MNT"
+    start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" \
+        --pin-dir "$STATE/pins" "$MNT"
     local pid deadline=$((SECONDS + 30))
     pid=$(<"$PIDS/fs-client.pid")
     until [[ $(mount_type) == fuse.p2pfs ]]; do

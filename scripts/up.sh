@@ -211,7 +211,8 @@ if [[ ! -e $IDENTITY ]]; then
     "$BIN/fs-client" keygen -o "$IDENTITY" >/dev/null
     echo "generated identity $IDENTITY"
 fi
-"$BIN/fs-client" init --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --replicas "$REPLICAS" --if-missing
+"$BIN/fs-client" init --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --replicas "$REPLICAS" --if-missing \
+    --pin-dir "$STATE/pins"
 
 # ---------------------------------------------------------------- mount
 client_pid=$(live_pid fs-client fs-client || true)
@@ -235,7 +236,8 @@ else
     mkdir -p "$MNT"
     log_mark=$(log_size fs-client)
     start_daemon fs-client "$BIN/fs-client" --tls-dir "$STATE/client-tls" \
-        mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --recovery-dir "$STATE/recovery" "$MNT"
+        mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --recovery-dir "$STATE/recovery" \
+        --pin-dir "$STATE/pins" "$MNT"
     pid=$(<"$STATE/pids/fs-client.pid")
     deadline=$((SECONDS + 30))
     until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do

@@ -1,22 +1,31 @@
 //! The sealed-chunk format: plaintext block → stored chunk, and back.
 //!
-//! Format v1 (all integers little-endian), documented in `docs/FORMATS.md`:
+//! Format v2 (written; all integers little-endian), documented in
+//! `docs/FORMATS.md`:
 //!
 //! ```text
-//! 0      4        5          8                       32
-//! | "P2PC" | ver=1 | 0 0 0   | XChaCha20 nonce (24 B) | ciphertext ‖ Poly1305 tag (16 B) |
+//! 0      4        5       8            12                       36
+//! | "P2PC" | ver=2 | 0 0 0 | epoch u32  | XChaCha20 nonce (24 B) | ciphertext ‖ Poly1305 tag (16 B) |
 //! ```
 //!
-//! The 8-byte header is the AEAD's associated data, so a changed version byte
-//! fails authentication. The nonce is random per chunk (192 bits, so random
-//! nonces never collide in practice). The stored chunk is exactly
-//! `plaintext + 48` bytes. Its [`ChunkId`] is the BLAKE3 hash of all of it, so
-//! peers and auditors verify chunks without keys.
+//! Format v1 (read only: chunks, symlink targets, attribute values and
+//! recovery records written before key epochs) has the 8-byte header
+//! `"P2PC" | ver=1 | 0 0 0` and no epoch; it opens as epoch 0.
+//!
+//! The header (8 or 12 bytes) is the AEAD's associated data, so a changed
+//! version byte or epoch fails authentication. The epoch names the key
+//! epoch whose secret the sealing key was derived from (see
+//! [`crate::keyring`]): readers pick the key by it, with [`header`], before
+//! opening. The nonce is random per chunk (192 bits, so random nonces never
+//! collide in practice). A stored v2 chunk is exactly `plaintext +`
+//! [`OVERHEAD`] (52) bytes, a v1 chunk `plaintext +` [`OVERHEAD_V1`] (48).
+//! Its [`ChunkId`] is the BLAKE3 hash of all of it, so peers and auditors
+//! verify chunks without keys.
 //!
 //! XChaCha20-Poly1305 is used instead of one age file per chunk because it
 //! measured ~5× faster on these machines (5 GB/s per core against ~1 GB/s
 //! for age) and needs no per-chunk X25519 exchange; age still wraps the
-//! volume secret (see [`crate::keys`]).
+//! epoch secrets (see [`crate::keys`]).
 
 use crate::error::Error;
 use crate::ids::ChunkId;
@@ -26,16 +35,24 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 /// Magic bytes at the start of every sealed chunk.
 pub const MAGIC: &[u8; 4] = b"P2PC";
-/// The current format version.
-pub const VERSION: u8 = 1;
-/// Header length in bytes (magic, version, 3 reserved zero bytes).
-pub const HEADER_LEN: usize = 8;
+/// The format version written (2: the header names the key epoch).
+pub const VERSION: u8 = 2;
+/// The first format version (no epoch; read as epoch 0).
+pub const VERSION_V1: u8 = 1;
+/// Header length of the written format in bytes (magic, version, 3
+/// reserved zero bytes, epoch `u32` LE).
+pub const HEADER_LEN: usize = 12;
+/// Header length of format v1 in bytes (magic, version, 3 zero bytes).
+pub const HEADER_LEN_V1: usize = 8;
 /// Nonce length in bytes.
 pub const NONCE_LEN: usize = 24;
 /// Authentication tag length in bytes.
 pub const TAG_LEN: usize = 16;
-/// Bytes a sealed chunk adds to its plaintext (48).
+/// Bytes a sealed chunk of the written format adds to its plaintext (52);
+/// also the most any readable format adds.
 pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// Bytes a v1 sealed chunk adds to its plaintext (48).
+pub const OVERHEAD_V1: usize = HEADER_LEN_V1 + NONCE_LEN + TAG_LEN;
 /// Largest plaintext one chunk may carry, in bytes (the largest block size).
 pub const MAX_PLAINTEXT: usize = crate::config::MAX_BLOCK_SIZE as usize;
 
@@ -48,19 +65,68 @@ pub struct SealedChunk {
     pub bytes: Vec<u8>,
 }
 
-fn header() -> [u8; HEADER_LEN] {
+/// What the header of a sealed byte string says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Format version: [`VERSION_V1`] or [`VERSION`].
+    pub version: u8,
+    /// The key epoch the bytes were sealed under (0 for v1).
+    pub epoch: u32,
+    /// Header length in bytes (the associated data the AEAD covers before
+    /// any extra associated data).
+    pub len: usize,
+}
+
+/// Reads the header of sealed bytes (a chunk, a symlink target, an
+/// attribute value, a recovery record) without opening them, so the caller
+/// can pick the key of its epoch.
+///
+/// Errors: [`Error::Truncated`] if shorter than the header and tag,
+/// [`Error::UnknownFormat`] for a bad magic, version or reserved byte.
+pub fn header(bytes: &[u8]) -> Result<Header, Error> {
+    if bytes.len() < OVERHEAD_V1 {
+        return Err(Error::Truncated(bytes.len()));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(Error::UnknownFormat(0));
+    }
+    if bytes[5..HEADER_LEN_V1] != [0, 0, 0] {
+        return Err(Error::UnknownFormat(bytes[4]));
+    }
+    match bytes[4] {
+        VERSION_V1 => Ok(Header { version: VERSION_V1, epoch: 0, len: HEADER_LEN_V1 }),
+        VERSION => {
+            if bytes.len() < OVERHEAD {
+                return Err(Error::Truncated(bytes.len()));
+            }
+            let epoch = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            Ok(Header { version: VERSION, epoch, len: HEADER_LEN })
+        }
+        other => Err(Error::UnknownFormat(other)),
+    }
+}
+
+/// The key epoch of sealed bytes (see [`header`]).
+///
+/// Errors: as [`header`].
+pub fn epoch_of(bytes: &[u8]) -> Result<u32, Error> {
+    Ok(header(bytes)?.epoch)
+}
+
+fn header_v2(epoch: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(MAGIC);
     h[4] = VERSION;
+    h[8..].copy_from_slice(&epoch.to_le_bytes());
     h
 }
 
-/// Seals `plaintext` (at most [`MAX_PLAINTEXT`] bytes) under `key` with a
-/// fresh random nonce.
+/// Seals `plaintext` (at most [`MAX_PLAINTEXT`] bytes) under `key`, the
+/// chunk key of key epoch `epoch`, with a fresh random nonce.
 ///
 /// Errors: [`Error::TooLarge`] above [`MAX_PLAINTEXT`].
-pub fn seal(key: &SubKey, plaintext: &[u8]) -> Result<SealedChunk, Error> {
-    let bytes = seal_bytes(key, plaintext, MAX_PLAINTEXT)?;
+pub fn seal(key: &SubKey, epoch: u32, plaintext: &[u8]) -> Result<SealedChunk, Error> {
+    let bytes = seal_bytes(key, epoch, plaintext, MAX_PLAINTEXT)?;
     Ok(SealedChunk { id: ChunkId::of(&bytes), bytes })
 }
 
@@ -76,7 +142,8 @@ pub fn verify(expected: &ChunkId, bytes: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// Verifies `bytes` against `expected`, then decrypts them with `key`.
+/// Verifies `bytes` against `expected`, then decrypts them with `key`
+/// (the chunk key of the epoch their header names).
 ///
 /// Errors: [`Error::HashMismatch`] if the bytes are not the chunk asked for,
 /// then the errors of [`open_bytes`].
@@ -85,44 +152,73 @@ pub fn open(key: &SubKey, expected: &ChunkId, bytes: &[u8]) -> Result<Vec<u8>, E
     open_bytes(key, bytes)
 }
 
-/// Seals any small byte string (a chunk body, a symlink target) in the v1
-/// format under `key`; `limit` bounds the plaintext length in bytes.
+/// Seals any small byte string (a chunk body, a symlink target) in the
+/// written format under `key` of key epoch `epoch`; `limit` bounds the
+/// plaintext length in bytes.
 ///
 /// Errors: [`Error::TooLarge`].
-pub fn seal_bytes(key: &SubKey, plaintext: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
-    seal_bytes_ad(key, plaintext, limit, &[])
+pub fn seal_bytes(key: &SubKey, epoch: u32, plaintext: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    seal_bytes_ad(key, epoch, plaintext, limit, &[])
 }
 
 /// Like [`seal_bytes`], with extra associated data `ad` authenticated after
 /// the header (not stored): opening needs the same `ad`. Binds, e.g., an
-/// extended-attribute value to its inode and name.
+/// extended-attribute value to its inode and name, or a symlink target to
+/// its inode.
 ///
 /// Errors: [`Error::TooLarge`].
-pub fn seal_bytes_ad(key: &SubKey, plaintext: &[u8], limit: usize, ad: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn seal_bytes_ad(
+    key: &SubKey,
+    epoch: u32,
+    plaintext: &[u8],
+    limit: usize,
+    ad: &[u8],
+) -> Result<Vec<u8>, Error> {
+    seal_with_header(key, &header_v2(epoch), plaintext, limit, ad)
+}
+
+/// Seals under an explicit header (v2, or v1 in tests of the old format).
+fn seal_with_header(
+    key: &SubKey,
+    hdr: &[u8],
+    plaintext: &[u8],
+    limit: usize,
+    ad: &[u8],
+) -> Result<Vec<u8>, Error> {
     if plaintext.len() > limit {
         return Err(Error::TooLarge { len: plaintext.len(), limit });
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-    let hdr = header();
-    let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
-    aad.extend_from_slice(&hdr);
+    let mut aad = Vec::with_capacity(hdr.len() + ad.len());
+    aad.extend_from_slice(hdr);
     aad.extend_from_slice(ad);
-    let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    out.extend_from_slice(&hdr);
+    let mut out = Vec::with_capacity(plaintext.len() + hdr.len() + NONCE_LEN + TAG_LEN);
+    out.extend_from_slice(hdr);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN + NONCE_LEN..])
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[hdr.len() + NONCE_LEN..])
         .map_err(|_| Error::TooLarge { len: plaintext.len(), limit })?;
     out.extend_from_slice(&tag);
     Ok(out)
 }
 
-/// Decrypts bytes made by [`seal_bytes`] with the same key.
+/// Seals in the v1 format (no epoch): what clients wrote before key
+/// epochs. Only for tests that check old data still opens.
+#[doc(hidden)]
+pub fn seal_bytes_v1_for_tests(key: &SubKey, plaintext: &[u8], ad: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut hdr = [0u8; HEADER_LEN_V1];
+    hdr[..4].copy_from_slice(MAGIC);
+    hdr[4] = VERSION_V1;
+    seal_with_header(key, &hdr, plaintext, MAX_PLAINTEXT, ad)
+}
+
+/// Decrypts bytes made by [`seal_bytes`] (or a v1 sealer) with the same
+/// key.
 ///
-/// Errors: [`Error::Truncated`] if shorter than [`OVERHEAD`],
+/// Errors: [`Error::Truncated`] if shorter than the header and tag,
 /// [`Error::UnknownFormat`] for a bad magic or version, [`Error::Decrypt`]
 /// for a wrong key or any altered byte.
 pub fn open_bytes(key: &SubKey, bytes: &[u8]) -> Result<Vec<u8>, Error> {
@@ -133,21 +229,13 @@ pub fn open_bytes(key: &SubKey, bytes: &[u8]) -> Result<Vec<u8>, Error> {
 ///
 /// Errors: as [`open_bytes`]; a different `ad` is [`Error::Decrypt`].
 pub fn open_bytes_ad(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Vec<u8>, Error> {
-    if bytes.len() < OVERHEAD {
-        return Err(Error::Truncated(bytes.len()));
-    }
-    if &bytes[..4] != MAGIC {
-        return Err(Error::UnknownFormat(0));
-    }
-    if bytes[4] != VERSION || bytes[5..HEADER_LEN] != [0, 0, 0] {
-        return Err(Error::UnknownFormat(bytes[4]));
-    }
-    let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
-    aad.extend_from_slice(&bytes[..HEADER_LEN]);
+    let h = header(bytes)?;
+    let mut aad = Vec::with_capacity(h.len + ad.len());
+    aad.extend_from_slice(&bytes[..h.len]);
     aad.extend_from_slice(ad);
-    let nonce = XNonce::from_slice(&bytes[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+    let nonce = XNonce::from_slice(&bytes[h.len..h.len + NONCE_LEN]);
     let body_end = bytes.len() - TAG_LEN;
-    let mut plain = bytes[HEADER_LEN + NONCE_LEN..body_end].to_vec();
+    let mut plain = bytes[h.len + NONCE_LEN..body_end].to_vec();
     let tag = Tag::from_slice(&bytes[body_end..]);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     cipher.decrypt_in_place_detached(nonce, &aad, &mut plain, tag).map_err(|_| Error::Decrypt)?;
@@ -175,7 +263,7 @@ mod tests {
         let k = key();
         for len in [0, 1, B - 1, B, B + 1, MAX_PLAINTEXT] {
             let p = pattern(len);
-            let s = seal(&k, &p).unwrap();
+            let s = seal(&k, 3, &p).unwrap();
             assert_eq!(s.bytes.len(), len + OVERHEAD);
             assert_eq!(s.id, ChunkId::of(&s.bytes));
             assert_eq!(open(&k, &s.id, &s.bytes).unwrap(), p);
@@ -184,14 +272,14 @@ mod tests {
 
     #[test]
     fn refuses_plaintext_over_the_limit() {
-        assert!(matches!(seal(&key(), &vec![0; MAX_PLAINTEXT + 1]), Err(Error::TooLarge { .. })));
+        assert!(matches!(seal(&key(), 0, &vec![0; MAX_PLAINTEXT + 1]), Err(Error::TooLarge { .. })));
     }
 
     #[test]
     fn every_tampered_byte_is_detected() {
         let k = key();
         let p = pattern(100);
-        let s = seal(&k, &p).unwrap();
+        let s = seal(&k, 3, &p).unwrap();
         for i in 0..s.bytes.len() {
             let mut bad = s.bytes.clone();
             bad[i] ^= 0x01;
@@ -203,7 +291,7 @@ mod tests {
 
     #[test]
     fn wrong_key_and_truncation_fail() {
-        let s = seal(&key(), b"secret").unwrap();
+        let s = seal(&key(), 0, b"secret").unwrap();
         let other = VolumeSecret::from_bytes([8u8; 32]).chunk_key();
         assert!(matches!(open(&other, &s.id, &s.bytes), Err(Error::Decrypt)));
         assert!(matches!(open_bytes(&key(), &s.bytes[..10]), Err(Error::Truncated(10))));
@@ -212,7 +300,7 @@ mod tests {
     #[test]
     fn bytes_sealed_with_associated_data_open_only_with_the_same_data() {
         let k = key();
-        let sealed = seal_bytes_ad(&k, b"value", 64, b"ino 7 name a").unwrap();
+        let sealed = seal_bytes_ad(&k, 1, b"value", 64, b"ino 7 name a").unwrap();
         assert_eq!(open_bytes_ad(&k, &sealed, b"ino 7 name a").unwrap(), b"value");
         assert!(matches!(open_bytes_ad(&k, &sealed, b"ino 8 name a"), Err(Error::Decrypt)));
         assert!(matches!(open_bytes(&k, &sealed), Err(Error::Decrypt)));
@@ -220,16 +308,63 @@ mod tests {
 
     #[test]
     fn same_plaintext_seals_to_different_chunks() {
-        let a = seal(&key(), b"same").unwrap();
-        let b = seal(&key(), b"same").unwrap();
+        let a = seal(&key(), 0, b"same").unwrap();
+        let b = seal(&key(), 0, b"same").unwrap();
         assert_ne!(a.id, b.id);
     }
 
     #[test]
     fn ciphertext_does_not_contain_the_plaintext() {
         let marker = b"P2PFS-MARKER-0123456789-P2PFS-MARKER";
-        let s = seal(&key(), marker).unwrap();
+        let s = seal(&key(), 0, marker).unwrap();
         assert!(!s.bytes.windows(marker.len()).any(|w| w == marker));
+    }
+
+    #[test]
+    fn the_header_names_the_epoch_and_is_authenticated() {
+        let k = key();
+        let s = seal(&k, 7, b"data").unwrap();
+        assert_eq!(s.bytes.len(), 4 + OVERHEAD);
+        assert_eq!(&s.bytes[..4], MAGIC);
+        assert_eq!(s.bytes[4], VERSION);
+        assert_eq!(header(&s.bytes).unwrap(), Header { version: VERSION, epoch: 7, len: HEADER_LEN });
+        assert_eq!(epoch_of(&s.bytes).unwrap(), 7);
+        // Claiming another epoch (with the same key) fails authentication.
+        let mut bad = s.bytes.clone();
+        bad[8] = 8;
+        assert_eq!(epoch_of(&bad).unwrap(), 8);
+        assert!(matches!(open_bytes(&k, &bad), Err(Error::Decrypt)));
+        // So does dressing it up as v1.
+        let mut v1 = s.bytes.clone();
+        v1[4] = VERSION_V1;
+        assert!(open_bytes(&k, &v1).is_err());
+        // Unknown versions and reserved bytes are refused before any key is
+        // tried.
+        let mut v3 = s.bytes.clone();
+        v3[4] = 3;
+        assert!(matches!(header(&v3), Err(Error::UnknownFormat(3))));
+        let mut reserved = s.bytes;
+        reserved[6] = 1;
+        assert!(matches!(header(&reserved), Err(Error::UnknownFormat(_))));
+    }
+
+    #[test]
+    fn version_1_bytes_still_open_as_epoch_0() {
+        let k = key();
+        let old = seal_bytes_v1_for_tests(&k, b"written before epochs", &[]).unwrap();
+        assert_eq!(old.len(), 21 + OVERHEAD_V1);
+        assert_eq!(header(&old).unwrap(), Header { version: VERSION_V1, epoch: 0, len: HEADER_LEN_V1 });
+        assert_eq!(open(&k, &ChunkId::of(&old), &old).unwrap(), b"written before epochs");
+        // With associated data, as attribute values were sealed.
+        let v = seal_bytes_v1_for_tests(&k, b"value", b"ino 7").unwrap();
+        assert_eq!(open_bytes_ad(&k, &v, b"ino 7").unwrap(), b"value");
+        assert!(open_bytes_ad(&k, &v, b"ino 8").is_err());
+        // A v1 header cut short is truncated, not misread.
+        assert!(matches!(header(&old[..40]), Err(Error::Truncated(40))));
+        // And a v2 string shorter than its header and tag is too.
+        let new = seal_bytes(&k, 1, b"", 0).unwrap();
+        assert_eq!(new.len(), OVERHEAD);
+        assert!(matches!(header(&new[..50]), Err(Error::Truncated(50))));
     }
 
     proptest! {
@@ -242,7 +377,7 @@ mod tests {
             let k = key();
             let mut back = Vec::with_capacity(len);
             for block in data.chunks(B) {
-                let s = seal(&k, block).unwrap();
+                let s = seal(&k, 0, block).unwrap();
                 back.extend(open(&k, &s.id, &s.bytes).unwrap());
             }
             prop_assert_eq!(back, data);

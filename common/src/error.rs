@@ -45,6 +45,20 @@ pub enum Error {
     /// A key or identity could not be parsed, wrapped or unwrapped.
     #[error("key error: {0}")]
     Key(String),
+    /// The identity cannot unwrap the volume's newest key epoch: it is not
+    /// (or no longer) a member.
+    #[error("this identity cannot unwrap key epoch {epoch}: {reason}")]
+    NotMember {
+        /// The newest epoch.
+        epoch: u32,
+        /// age's answer.
+        reason: String,
+    },
+    /// The keyring does not verify (an epoch not linked to the one
+    /// before, a secret that does not match its key-check value, …): it
+    /// was not made by members. Says which epoch and what.
+    #[error("the volume's keyring does not verify: {0}")]
+    BadKeyring(String),
     /// A socket or file operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,10 +1,16 @@
-//! Volume secret, sub-key derivation and the sealing of names.
+//! Epoch secrets, sub-key derivation, layout-entry MACs and the sealing of
+//! names.
 //!
-//! Each volume has one random 256-bit [`VolumeSecret`]. Sub-keys come from it
-//! with BLAKE3's key-derivation mode (`blake3::derive_key`), one context
-//! string per purpose, so no two purposes ever share a key. The secret is
-//! stored in dirsvc only wrapped with age (X25519 recipients), see
-//! [`wrap_secret`].
+//! Each key epoch of a volume has one random 256-bit [`VolumeSecret`] (see
+//! [`crate::keyring`] for epochs). Sub-keys come from it with BLAKE3's
+//! key-derivation mode (`blake3::derive_key`), one context string per
+//! purpose, so no two purposes ever share a key. The secret is stored in
+//! dirsvc only wrapped with age (X25519 recipients), see [`wrap_secret`].
+//!
+//! Layout entries carry a MAC ([`LayoutMacKey`]) over where the block
+//! belongs (volume, inode, block index) and what it is (chunk id, stored
+//! length, key epoch), so a directory service that moves chunks between
+//! files or blocks is caught by the reader.
 //!
 //! Names are sealed deterministically with AES-SIV (RFC 5297, AES-256-CMAC)
 //! with the parent inode as associated data: dirsvc can find an entry by its
@@ -12,7 +18,7 @@
 //! seals differently.
 
 use crate::error::Error;
-use crate::ids::InodeId;
+use crate::ids::{ChunkId, InodeId, VolumeId};
 use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
 use std::fmt;
@@ -22,11 +28,24 @@ const NAME_CONTEXT: &str = "p2pfs 2026-11-30 name key v1";
 const SYMLINK_CONTEXT: &str = "p2pfs 2026-11-30 symlink target key v1";
 const XATTR_VALUE_CONTEXT: &str = "p2pfs 2026-12-01 xattr value key v1";
 const RECOVERY_CONTEXT: &str = "p2pfs 2026-12-06 client recovery file key v1";
+const LAYOUT_MAC_CONTEXT: &str = "p2pfs 2026-12-08 layout entry mac key v1";
+const KEY_CHECK_CONTEXT: &str = "p2pfs 2026-12-08 key check key v1";
+const LINK_CONTEXT: &str = "p2pfs 2026-12-08 keyring link key v1";
+
+/// The fixed string whose keyed hash is an epoch's key-check value.
+const KEY_CHECK_INPUT: &[u8] = b"p2pfs key check v1";
+/// Domain prefix of the message a keyring link authenticates.
+const LINK_PREFIX: &[u8] = b"p2pfs keyring link v1";
+/// Domain prefix of the message a layout-entry MAC authenticates.
+const LAYOUT_MAC_PREFIX: &[u8] = b"p2pfs layout entry v1";
+/// Domain prefix of a symlink target's associated data.
+const SYMLINK_AD_PREFIX: &[u8] = b"p2pfs symlink target v1";
 
 /// Bytes AES-SIV adds to a sealed name (the 16-byte synthetic IV).
 pub const NAME_OVERHEAD: usize = 16;
 
-/// The 256-bit secret of one volume. Never printed, never stored unwrapped.
+/// The 256-bit secret of one key epoch of a volume (before key epochs: the
+/// volume secret, which is epoch 0). Never printed, never stored unwrapped.
 #[derive(Clone)]
 pub struct VolumeSecret([u8; 32]);
 
@@ -73,6 +92,35 @@ impl VolumeSecret {
         SubKey(blake3::derive_key(RECOVERY_CONTEXT, &self.0))
     }
 
+    /// The key of the MACs over layout entries ([`LayoutMacKey`]).
+    pub fn layout_mac_key(&self) -> LayoutMacKey {
+        LayoutMacKey(blake3::derive_key(LAYOUT_MAC_CONTEXT, &self.0))
+    }
+
+    /// This secret's key-check value: BLAKE3 keyed (with a sub-key of the
+    /// secret) over a fixed string. Public: it lets a client check that
+    /// the secret it unwrapped is the one the keyring names, without
+    /// revealing anything about the secret.
+    pub fn key_check(&self) -> [u8; 32] {
+        let k = blake3::derive_key(KEY_CHECK_CONTEXT, &self.0);
+        *blake3::keyed_hash(&k, KEY_CHECK_INPUT).as_bytes()
+    }
+
+    /// The link from this epoch to the next: BLAKE3 keyed (with a sub-key
+    /// of this epoch's secret) over `"p2pfs keyring link v1" ‖ volume id
+    /// (16 B) ‖ next epoch (u32 LE) ‖ next epoch's key-check value (32
+    /// B)`. Only a holder of this secret can make it, so only a member can
+    /// start a new epoch that others will trust.
+    pub fn link(&self, volume: &VolumeId, next_epoch: u32, next_check: &[u8; 32]) -> [u8; 32] {
+        let k = blake3::derive_key(LINK_CONTEXT, &self.0);
+        let mut h = blake3::Hasher::new_keyed(&k);
+        h.update(LINK_PREFIX);
+        h.update(volume.as_bytes());
+        h.update(&next_epoch.to_le_bytes());
+        h.update(next_check);
+        *h.finalize().as_bytes()
+    }
+
     /// The AES-SIV key (512 bits, from BLAKE3's extendable output) that seals
     /// names.
     pub fn name_key(&self) -> NameKey {
@@ -99,6 +147,68 @@ impl fmt::Debug for SubKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SubKey(..)")
     }
+}
+
+/// The key of layout-entry MACs of one key epoch. Never printed.
+#[derive(Clone)]
+pub struct LayoutMacKey([u8; 32]);
+
+impl fmt::Debug for LayoutMacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LayoutMacKey(..)")
+    }
+}
+
+/// Everything a layout-entry MAC covers: where the block belongs and what
+/// it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutEntry {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The file.
+    pub ino: InodeId,
+    /// The block index (bytes `[index·B, (index+1)·B)`).
+    pub index: u64,
+    /// The chunk holding the block.
+    pub chunk: ChunkId,
+    /// The chunk's stored length in bytes.
+    pub len: u32,
+    /// The key epoch the chunk was sealed under.
+    pub epoch: u32,
+}
+
+impl LayoutMacKey {
+    /// The MAC of a layout entry: BLAKE3 keyed hash (32 bytes) of the
+    /// fixed-length message `"p2pfs layout entry v1" ‖ volume id (16 B) ‖
+    /// inode (u64 LE) ‖ block index (u64 LE) ‖ chunk id (32 B) ‖ stored
+    /// length (u32 LE) ‖ epoch (u32 LE)`.
+    pub fn mac(&self, e: &LayoutEntry) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(LAYOUT_MAC_PREFIX);
+        h.update(e.volume.as_bytes());
+        h.update(&e.ino.0.to_le_bytes());
+        h.update(&e.index.to_le_bytes());
+        h.update(e.chunk.as_bytes());
+        h.update(&e.len.to_le_bytes());
+        h.update(&e.epoch.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether `mac` is the MAC of `e` (compared in constant time).
+    pub fn verify(&self, e: &LayoutEntry, mac: &[u8; 32]) -> bool {
+        blake3::Hash::from(self.mac(e)) == blake3::Hash::from(*mac)
+    }
+}
+
+/// The associated data a symlink target is sealed with:
+/// `"p2pfs symlink target v1" ‖ volume id (16 B) ‖ inode (u64 LE)`, so a
+/// target opens only as the target of that symlink.
+pub fn symlink_ad(volume: &VolumeId, ino: InodeId) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(SYMLINK_AD_PREFIX.len() + 24);
+    ad.extend_from_slice(SYMLINK_AD_PREFIX);
+    ad.extend_from_slice(volume.as_bytes());
+    ad.extend_from_slice(&ino.0.to_le_bytes());
+    ad
 }
 
 /// The AES-SIV key that seals names. Never printed.
@@ -199,7 +309,56 @@ mod tests {
         let s = VolumeSecret::from_bytes([1; 32]);
         assert_ne!(s.chunk_key().as_bytes(), s.symlink_key().as_bytes());
         assert_ne!(s.chunk_key().as_bytes(), s.recovery_key().as_bytes());
+        assert_ne!(&s.layout_mac_key().0, s.chunk_key().as_bytes());
+        assert_ne!(s.key_check(), *s.chunk_key().as_bytes());
         assert_ne!(&s.name_key().0[..32], s.chunk_key().as_bytes());
+    }
+
+    fn entry() -> LayoutEntry {
+        LayoutEntry {
+            volume: VolumeId([9; 16]),
+            ino: InodeId(42),
+            index: 3,
+            chunk: ChunkId::of(b"chunk"),
+            len: 1000,
+            epoch: 2,
+        }
+    }
+
+    #[test]
+    fn a_layout_mac_binds_every_field() {
+        let k = VolumeSecret::from_bytes([4; 32]).layout_mac_key();
+        let e = entry();
+        let mac = k.mac(&e);
+        assert!(k.verify(&e, &mac));
+        let changed = [
+            LayoutEntry { volume: VolumeId([8; 16]), ..e },
+            LayoutEntry { ino: InodeId(43), ..e },
+            LayoutEntry { index: 4, ..e },
+            LayoutEntry { chunk: ChunkId::of(b"other"), ..e },
+            LayoutEntry { len: 1001, ..e },
+            LayoutEntry { epoch: 1, ..e },
+        ];
+        for c in changed {
+            assert!(!k.verify(&c, &mac), "{c:?}");
+        }
+        let other = VolumeSecret::from_bytes([5; 32]).layout_mac_key();
+        assert!(!other.verify(&e, &mac), "another epoch's key");
+        assert!(!k.verify(&e, &[0; 32]), "no MAC");
+    }
+
+    #[test]
+    fn key_checks_and_links_depend_on_the_secret_and_what_they_cover() {
+        let (a, b) = (VolumeSecret::from_bytes([1; 32]), VolumeSecret::from_bytes([2; 32]));
+        assert_ne!(a.key_check(), b.key_check());
+        assert_eq!(a.key_check(), VolumeSecret::from_bytes([1; 32]).key_check());
+        let v = VolumeId([3; 16]);
+        let l = a.link(&v, 1, &b.key_check());
+        assert_ne!(l, b.link(&v, 1, &b.key_check()), "another secret");
+        assert_ne!(l, a.link(&v, 2, &b.key_check()), "another epoch");
+        assert_ne!(l, a.link(&VolumeId([4; 16]), 1, &b.key_check()), "another volume");
+        assert_ne!(l, a.link(&v, 1, &a.key_check()), "another check");
+        assert_ne!(symlink_ad(&v, InodeId(5)), symlink_ad(&v, InodeId(6)));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //!
 //! Everything two or more processes must agree on lives here and nowhere
 //! else: typed ids ([`ids`]), the sealed-chunk format ([`codec`]), sub-key
-//! derivation and name sealing ([`keys`]), the tarpc service traits with
-//! their wire types and error enums ([`rpc`]), cluster identity
-//! (certificates, join tokens: [`pki`]), mutual TLS ([`tls`]), the one
-//! framed transport and server accept loop ([`transport`]) and shared
-//! limits and defaults ([`config`]).
+//! derivation, layout MACs and name sealing ([`keys`]), key epochs
+//! ([`keyring`]), the tarpc service traits with their wire types and error
+//! enums ([`rpc`]), cluster identity (certificates, join tokens: [`pki`]),
+//! mutual TLS ([`tls`]), the one framed transport and server accept loop
+//! ([`transport`]) and shared limits and defaults ([`config`]).
 //!
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod join;
+pub mod keyring;
 pub mod keys;
 pub mod net;
 pub mod pki;

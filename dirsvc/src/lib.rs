@@ -250,6 +250,13 @@ pub struct DirsvcHandle {
 }
 
 impl DirsvcHandle {
+    /// The database the service runs on, while it runs (for tests and
+    /// in-process tools). Holding it delays [`DirsvcHandle::shutdown`]
+    /// until it is dropped.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.store.upgrade()
+    }
+
     /// Stops accepting and the workers, closes every connection and waits
     /// (at most [`SHUTDOWN_GRACE`]) for in-flight requests to finish and
     /// the database to close, so the same file can be opened again at once.

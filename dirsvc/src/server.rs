@@ -10,9 +10,10 @@ use crate::store::Store;
 use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
-    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, LayoutPage, Lock,
-    LockConflict, LockFlavor, NewInode, PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, SessionGrant,
-    SessionId, SessionOpen, SetAttr, StatFs, VolumeInfo,
+    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, KeyEpoch,
+    Keyring, LayoutPage, Lock, LockConflict, LockFlavor, Member, NewInode, NewSymlink, PeerRegistration,
+    PeerStatus, PeerUsage, ReadDirPage, Reseal, SessionGrant, SessionId, SessionOpen, SetAttr, StatFs,
+    VolumeInfo,
 };
 use common::rpc::dir::{HeartbeatReply, JoinGrant, Renewal, RevocationList};
 use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
@@ -527,24 +528,46 @@ impl DirService for DirServer {
         reply("readdir", r)
     }
 
-    #[instrument(level = "debug", skip_all, fields(%parent))]
+    #[instrument(level = "debug", skip_all, fields(%session, count))]
+    async fn reserve_inodes(
+        self,
+        _: Context,
+        session: SessionId,
+        count: u32,
+    ) -> Result<(InodeId, u32), DirError> {
+        self.session_owner("reserve_inodes", session)?;
+        let r = self.with_shared(move |sh| sh.sessions.reserve(&sh.store, session, count)).await;
+        reply("reserve_inodes", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %parent, ino = %new.ino))]
     async fn symlink(
         self,
         _: Context,
+        session: SessionId,
         parent: InodeId,
         name: Vec<u8>,
-        target: Vec<u8>,
-        size: u64,
-        uid: u32,
-        gid: u32,
+        new: NewSymlink,
     ) -> Result<Attr, DirError> {
-        self.member("symlink")?;
+        self.session_owner("symlink", session)?;
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
-                let attr = sh.store.symlink(parent, &name, &target, size, uid, gid)?;
-                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
-                Ok(attr)
+                sh.sessions.take_reserved(session, new.ino)?;
+                let made =
+                    sh.store.symlink_at(parent, &name, new.ino, &new.target, new.size, new.uid, new.gid);
+                match made {
+                    Ok(attr) => {
+                        sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                        Ok(attr)
+                    }
+                    // The number exists: it is spent.
+                    Err(e @ Error::Dir(DirError::NotReserved(_))) => Err(e),
+                    Err(e) => {
+                        sh.sessions.give_back(session, new.ino);
+                        Err(e)
+                    }
+                }
             })
             .await;
         reply("symlink", r)
@@ -629,6 +652,27 @@ impl DirService for DirServer {
         reply("commit_layout", r)
     }
 
+    #[instrument(level = "debug", skip_all, fields(%ino, blocks = reseals.len()))]
+    async fn reseal_blocks(
+        self,
+        _: Context,
+        ino: InodeId,
+        reseals: Vec<Reseal>,
+    ) -> Result<Vec<bool>, DirError> {
+        self.member("reseal_blocks")?;
+        let origin = self.origin();
+        let r = self
+            .with_shared(move |sh| {
+                let applied = sh.store.reseal_blocks(ino, &reseals)?;
+                if applied.iter().any(|a| *a) {
+                    sh.changes.record_from(origin, ino_change(ino));
+                }
+                Ok(applied)
+            })
+            .await;
+        reply("reseal_blocks", r)
+    }
+
     #[instrument(level = "debug", skip_all, fields(%ino, first, max))]
     async fn get_layout(
         self,
@@ -651,6 +695,8 @@ impl DirService for DirServer {
                         chunk: b.chunk,
                         len: b.len,
                         replicas: peers.locs(&b.replicas),
+                        epoch: b.epoch,
+                        mac: b.mac,
                     })
                     .collect(),
                 eof: page.eof,
@@ -787,6 +833,45 @@ impl DirService for DirServer {
         }
         .await;
         reply("cluster_status", r)
+    }
+
+    /// Admin only (membership).
+    #[instrument(skip_all, fields(name = %member.name, version))]
+    async fn add_member(
+        self,
+        _: Context,
+        version: u64,
+        member: Member,
+        wrapped: Vec<Vec<u8>>,
+    ) -> Result<Keyring, DirError> {
+        self.allow("add_member", ADMINS)?;
+        let r = self.blocking(move |s| s.add_member(version, &member, &wrapped)).await;
+        if let Ok(k) = &r {
+            info!(keyring_version = k.version, members = k.members.len(), "member added");
+        }
+        reply("add_member", r)
+    }
+
+    /// Admin only (membership).
+    #[instrument(skip_all, fields(%name, version, epoch = epoch.epoch))]
+    async fn remove_member(
+        self,
+        _: Context,
+        version: u64,
+        name: String,
+        epoch: KeyEpoch,
+    ) -> Result<(Keyring, Member), DirError> {
+        self.allow("remove_member", ADMINS)?;
+        let r = self.blocking(move |s| s.remove_member(version, &name, &epoch)).await;
+        if let Ok((k, m)) = &r {
+            info!(
+                keyring_version = k.version,
+                key_epoch = k.newest_epoch(),
+                nodes = m.nodes.len(),
+                "member removed; new data goes to the new key epoch"
+            );
+        }
+        reply("remove_member", r)
     }
 
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]

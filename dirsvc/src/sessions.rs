@@ -10,6 +10,12 @@
 //!   [`crate::store::tables`]) instead of being freed; when its last mark
 //!   goes it is freed like any unlinked file.
 //! - **Locks** ([`crate::locks`]): POSIX and flock byte-range locks.
+//! - **Reserved inode numbers** (`reserve_inodes`): numbers handed out
+//!   from the durable counter that only this session may use, once, for a
+//!   new symlink (the client seals the target bound to the number before
+//!   the inode exists). At most [`RESERVED_PER_SESSION_MAX`] unused ones
+//!   per session; forgotten when the session ends or dirsvc restarts (the
+//!   numbers are then simply never used).
 //!
 //! When a session ends (`close_session`, or its lease runs out, checked
 //! every quarter lease by the `sessions` worker) its locks go (and
@@ -44,7 +50,10 @@ use crate::locks::LockTable;
 use crate::shared::Shared;
 use crate::store::tables::SessionRecord;
 use crate::store::{Keep, Store};
-use common::rpc::dir::{DirError, Lock, LockConflict, LockFlavor, SessionGrant, SessionId, SessionOpen};
+use common::rpc::dir::{
+    DirError, Lock, LockConflict, LockFlavor, SessionGrant, SessionId, SessionOpen, RESERVED_PER_SESSION_MAX,
+    RESERVE_PER_CALL_MAX,
+};
 use common::time::Timestamp;
 use common::{InodeId, NodeId};
 use std::collections::{HashMap, HashSet};
@@ -84,6 +93,8 @@ struct State {
     /// Sessions recorded by the previous run that have not reclaimed yet
     /// (empty outside the grace period), with their labels and owners.
     unreclaimed: HashMap<SessionId, (String, NodeId)>,
+    /// Inode numbers each session reserved and has not used yet.
+    reserved: HashMap<SessionId, HashSet<u64>>,
 }
 
 impl State {
@@ -395,6 +406,7 @@ impl Sessions {
             for id in ids {
                 let live = st.live.remove(id);
                 let recorded = st.unreclaimed.remove(id);
+                st.reserved.remove(id);
                 let dropped = st.locks.drop_session(*id).len();
                 if let Some(l) = &live {
                     info!(
@@ -486,6 +498,74 @@ impl Sessions {
         }
         info!(orphans_freed = freed.len(), orphans_kept = orphans.len() - freed.len(), "grace period over");
         Ok(())
+    }
+
+    /// `reserve_inodes`: hands `count` fresh inode numbers to session `id`.
+    /// Blocking (one durable write: the counter).
+    ///
+    /// Errors: `NoSession`; `Invalid` for a count of 0 or over
+    /// [`RESERVE_PER_CALL_MAX`]; `Limit` when the session would hold more
+    /// than [`RESERVED_PER_SESSION_MAX`] unused numbers; store errors.
+    pub(crate) fn reserve(&self, store: &Store, id: SessionId, count: u32) -> Result<(InodeId, u32), Error> {
+        if count == 0 || count > RESERVE_PER_CALL_MAX {
+            return Err(invalid(format!("reserve 1 to {RESERVE_PER_CALL_MAX} inode numbers, not {count}")));
+        }
+        let over = |st: &State| {
+            st.reserved.get(&id).map_or(0, HashSet::len) + count as usize > RESERVED_PER_SESSION_MAX
+        };
+        {
+            let st = self.state();
+            if !st.live.contains_key(&id) {
+                return Err(DirError::NoSession.into());
+            }
+            if over(&st) {
+                return Err(DirError::Limit(format!(
+                    "a session holds at most {RESERVED_PER_SESSION_MAX} reserved inode numbers"
+                ))
+                .into());
+            }
+        }
+        let first = store.reserve_inodes(count)?;
+        let mut st = self.state();
+        // The numbers are spent either way; a session that ended or went
+        // over its bound meanwhile just does not get them.
+        if !st.live.contains_key(&id) {
+            return Err(DirError::NoSession.into());
+        }
+        if over(&st) {
+            return Err(DirError::Limit(format!(
+                "a session holds at most {RESERVED_PER_SESSION_MAX} reserved inode numbers"
+            ))
+            .into());
+        }
+        st.reserved.entry(id).or_default().extend(first.0..first.0 + u64::from(count));
+        Ok((first, count))
+    }
+
+    /// Takes `ino` out of session `id`'s reserved numbers, for a symlink
+    /// about to be made with it.
+    ///
+    /// Errors: `NoSession`; `NotReserved` if the session did not reserve it
+    /// or used it already.
+    pub(crate) fn take_reserved(&self, id: SessionId, ino: InodeId) -> Result<(), Error> {
+        let mut st = self.state();
+        if !st.live.contains_key(&id) {
+            return Err(DirError::NoSession.into());
+        }
+        if st.reserved.get_mut(&id).is_some_and(|set| set.remove(&ino.0)) {
+            Ok(())
+        } else {
+            Err(DirError::NotReserved(ino).into())
+        }
+    }
+
+    /// Gives `ino` back to session `id` (the symlink it was taken for was
+    /// not made), if the session still lives.
+    pub(crate) fn give_back(&self, id: SessionId, ino: InodeId) {
+        let mut st = self.state();
+        if st.live.contains_key(&id) {
+            st.reserved.entry(id).or_default().insert(ino.0);
+        }
     }
 
     /// `open_file`: marks `ino` open by `id` and returns its attributes.

@@ -150,8 +150,21 @@ mod tests {
             id: VolumeId([1; 16]),
             block_size: 4096,
             replicas: 3,
-            wrapped_secret: vec![],
-            recipients: vec![],
+            keyring: common::rpc::dir::Keyring {
+                version: 0,
+                epochs: vec![common::rpc::dir::KeyEpoch {
+                    epoch: 0,
+                    wrapped: vec![1],
+                    check: [1; 32],
+                    link: [0; 32],
+                }],
+                members: vec![common::rpc::dir::Member {
+                    name: "owner".into(),
+                    recipient: "age1x".into(),
+                    nodes: vec![],
+                }],
+            },
+            legacy_layouts: false,
         };
         s.init_volume(&vol, 0, 0).unwrap();
         for k in 1..=4u8 {
@@ -170,7 +183,16 @@ mod tests {
             .enumerate()
             .map(|(i, reps)| {
                 let replicas = reps.iter().map(|&k| PeerId([k; 16])).collect();
-                (i as u64, Some(StoredChunk { id: ChunkId::of(&[i as u8]), len: 100, replicas }))
+                (
+                    i as u64,
+                    Some(StoredChunk {
+                        id: ChunkId::of(&[i as u8]),
+                        len: 100,
+                        replicas,
+                        epoch: 0,
+                        mac: [1; 32],
+                    }),
+                )
             })
             .collect();
         let size = chunks.len() as u64 * 4096;

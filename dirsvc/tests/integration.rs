@@ -2,11 +2,13 @@
 //! and layout semantics, orphans and extended attributes, the service over
 //! real TCP (sessions, locks, the change feed), peer liveness and
 //! placement, repair and garbage collection against in-process fake peers,
-//! and the binary.
+//! key epochs, members and layout MACs as dirsvc enforces them, and the
+//! binary.
 
 mod integration {
     mod binary;
     mod changes;
+    mod epochs;
     mod fakepeer;
     mod gc;
     mod layout;

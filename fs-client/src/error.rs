@@ -41,6 +41,12 @@ pub enum Error {
     /// Sealing or opening data failed (wrong key, tampered data).
     #[error("crypto: {0}")]
     Crypto(String),
+    /// Something dirsvc served is not what a member wrote there: a layout
+    /// entry whose MAC does not verify (a chunk moved to another file or
+    /// block), a symlink target or attribute value sealed for another
+    /// inode. EIO; never the wrong bytes.
+    #[error("integrity: {0}")]
+    Integrity(String),
     /// A name, target or argument is not acceptable.
     #[error("{1}")]
     Errno(i32, String),
@@ -114,6 +120,9 @@ impl Error {
                     | DirError::NotInitialized
                     | DirError::NoSession
                     | DirError::ChunkGone(_)
+                    | DirError::StaleEpoch { .. }
+                    | DirError::NotReserved(_)
+                    | DirError::KeyringChanged { .. }
             ),
             Error::Errno(e, _) => *e != libc::EIO,
             _ => false,

@@ -15,8 +15,9 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod identity;
+pub mod members;
 pub mod mount;
-pub mod pin;
+pub mod pins;
 pub mod remote;
 pub mod volume;
 

@@ -55,6 +55,12 @@ enum Cmd {
         /// Succeed without change if the volume already exists.
         #[arg(long)]
         if_missing: bool,
+        /// The member name of this identity's key (more keys in the file:
+        /// NAME-2, NAME-3, …).
+        #[arg(long, default_value = fs_client::volume::DEFAULT_MEMBER_NAME)]
+        name: String,
+        #[command(flatten)]
+        pins: PinArgs,
     },
     /// Mount the volume at MOUNTPOINT; runs until unmounted or SIGINT/SIGTERM.
     Mount {
@@ -83,19 +89,23 @@ enum Cmd {
         /// ~/.local/state/p2pfs/recovery).
         #[arg(long, env = "P2PFS_RECOVERY_DIR")]
         recovery_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pins: PinArgs,
         /// Where to mount.
         mountpoint: PathBuf,
     },
     /// Show the volume: id, block size, replicas and the keys it is wrapped to.
     ///
-    /// The keys are the age recipients (`age1…` public keys) the volume
-    /// secret is wrapped to; no identity is needed to see them. Output: `key: value` lines (`volume:`, `block_size:`, `replicas:`,
-    /// then one `recipient:` line per key, or `recipients: unknown` for a
-    /// volume created before recipients were recorded), or the single line
-    /// `no volume yet on dirsvc ADDR` before `fs-client init`. With --json,
-    /// one object: {"dirsvc": ADDR, "volume": null} or {"dirsvc": ADDR,
-    /// "volume": {"id", "block_size", "replicas", "recipients": [..]}}
-    /// (recipients empty when unknown).
+    /// The keys are the members' age recipients (`age1…` public keys) the
+    /// newest key epoch is wrapped to; no identity is needed to see them.
+    /// Output: `key: value` lines (`volume:`, `block_size:`, `replicas:`,
+    /// `key_epoch:`, then one `recipient:` line per key, or `recipients:
+    /// unknown` for a volume created before recipients were recorded), or
+    /// the single line `no volume yet on dirsvc ADDR` before `fs-client
+    /// init`. With --json, one object: {"dirsvc": ADDR, "volume": null} or
+    /// {"dirsvc": ADDR, "volume": {"id", "block_size", "replicas",
+    /// "recipients": [..], "members": [names], "key_epoch",
+    /// "legacy_layouts"}} (recipients empty when unknown).
     ///
     /// Exit status: 0 whether or not a volume exists (the output says
     /// which); 1 if dirsvc cannot be reached or fails to answer.
@@ -118,6 +128,30 @@ enum Cmd {
         /// dirsvc address, host:port.
         #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
         dirsvc: String,
+    },
+    /// The volume's members: list, add, remove (admin).
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Re-seal the data of older key epochs under the newest one (admin).
+    ///
+    /// After a member's removal, new data is sealed under a key the removed
+    /// member never had, but what was written before stays sealed under
+    /// keys it had. This walks the whole volume and, for every block of an
+    /// older epoch, reads it (verified), seals it under the newest epoch,
+    /// stores it and replaces the block at dirsvc (only if the block did
+    /// not change meanwhile; size and times stay). The old chunks are then
+    /// garbage-collected. Symlink targets and extended-attribute values are
+    /// not re-sealed. Shows progress on a terminal. Safe to run while the
+    /// volume is mounted and to run again.
+    Reencrypt {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// age identity file of a member.
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        identity: PathBuf,
+        #[command(flatten)]
+        pins: PinArgs,
     },
     /// Drain a peer: copy its chunks elsewhere so it can leave with no loss
     /// (admin).
@@ -207,6 +241,76 @@ enum TokenCmd {
     },
 }
 
+/// Where volumes are pinned at first use.
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Directory of the first-use pins of volumes (cluster CA, dirsvc
+    /// address, key epoch 0 and newest epoch seen); default
+    /// $P2PFS_STATE/pins, else $XDG_STATE_HOME/p2pfs/pins or
+    /// ~/.local/state/p2pfs/pins.
+    #[arg(long, env = "P2PFS_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+}
+
+impl PinArgs {
+    fn dir(self) -> PathBuf {
+        self.pin_dir.unwrap_or_else(fs_client::pins::default_dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// List the members: name, age recipient, client certificate node ids.
+    List {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a member: every key epoch is wrapped to its recipient too, so it
+    /// reads everything. Needs a member's identity.
+    Add {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// age identity file of an existing member.
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        identity: PathBuf,
+        /// The new member's name (printable ASCII, no spaces, ≤ 64 bytes).
+        #[arg(long)]
+        name: String,
+        /// The new member's age recipient (`age1…`, as `fs-client keygen`
+        /// prints it).
+        #[arg(long)]
+        recipient: String,
+        /// Node id (32 hex digits) of one of the member's client
+        /// certificates, revoked when the member is removed; repeatable.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+    /// Remove a member: a new key epoch, wrapped to the remaining members,
+    /// seals all new data; the member's identity no longer mounts. Data
+    /// written before stays readable with the old keys until `fs-client
+    /// reencrypt`.
+    Remove {
+        /// dirsvc address, host:port.
+        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        dirsvc: String,
+        /// age identity file of a member that stays.
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        identity: PathBuf,
+        /// The member's name (`fs-client member list`).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -239,22 +343,18 @@ fn main() -> anyhow::Result<()> {
             println!("{r}");
             eprintln!("identity written to {} (keep it private; it unlocks your volumes)", output.display());
         }
-        Cmd::Init { dirsvc, identity, block_size, replicas, if_missing } => {
+        Cmd::Init { dirsvc, identity, block_size, replicas, if_missing, name, pins } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
                 let id = fs_client::volume::load_identity(&dir, &identity).await?;
-                let pin_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Admin);
-                match fs_client::volume::init(&dir, &id, block_size, replicas).await {
+                let pin_dir = pins.dir();
+                match fs_client::volume::init(&dir, &id, block_size, replicas, &name).await {
                     Ok(info) => {
-                        let (_, secret) = fs_client::volume::open(&dir, &id).await?;
-                        fs_client::pin::check_and_pin(
-                            &pin_dir,
-                            &dirsvc,
-                            info.id,
-                            &secret,
-                            dir.tls().ca_fingerprint(),
-                        )?;
+                        // Pin at creation, the first use there can be: a
+                        // dirsvc substituting the volume later is caught
+                        // even at this client's first mount.
+                        fs_client::volume::open_pinned(&dir, &id, Some(&pin_dir)).await?;
                         println!(
                             "volume {} created: block size {} bytes, {} replicas, wrapped to {}",
                             info.id.to_hex(),
@@ -268,8 +368,9 @@ fn main() -> anyhow::Result<()> {
                         if if_missing =>
                     {
                         // Only "nothing to do" if this identity can open
-                        // it; otherwise the mount that follows would fail.
-                        let (info, _) = fs_client::volume::open(&dir, &id).await?;
+                        // it (checked against its pin); otherwise the mount
+                        // that follows would fail.
+                        let (info, _) = fs_client::volume::open_pinned(&dir, &id, Some(&pin_dir)).await?;
                         println!("volume {} already exists on {dirsvc}", info.id.to_hex());
                         Ok(())
                     }
@@ -293,6 +394,7 @@ fn main() -> anyhow::Result<()> {
             uploads_in_flight,
             min_replicas,
             recovery_dir,
+            pins,
             mountpoint,
         } => {
             let fs = FsConfig {
@@ -309,6 +411,7 @@ fn main() -> anyhow::Result<()> {
                 fuse_threads: threads,
                 recovery_dir,
                 tls_dir: fs_client::admin::tls_dir(tls_dir.clone(), Role::Client),
+                pin_dir: pins.dir(),
                 fs,
             })?;
         }
@@ -344,6 +447,11 @@ fn main() -> anyhow::Result<()> {
                 println!();
                 print_peers(&dir).await
             })?;
+        }
+        Cmd::Member(cmd) => member(cmd, tls(Role::Admin)?)?,
+        Cmd::Reencrypt { dirsvc, identity, pins } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(reencrypt(&dirsvc, &identity, pins.dir(), tls(Role::Admin)?))?;
         }
         Cmd::Drain { dirsvc, peer } => {
             let id: common::PeerId = peer
@@ -397,6 +505,155 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fs-client member …`.
+fn member(cmd: MemberCmd, tls: std::sync::Arc<common::tls::Tls>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    match cmd {
+        MemberCmd::List { dirsvc, json } => rt.block_on(async {
+            let dir = connect(&dirsvc, tls.clone()).await?;
+            let info = fs_client::volume::fetch(&dir).await?;
+            print_members(&info, json)
+        }),
+        MemberCmd::Add { dirsvc, identity, name, recipient, nodes, pins } => rt.block_on(async {
+            let nodes = nodes
+                .iter()
+                .map(|n| n.parse::<common::NodeId>().map_err(|e| anyhow::anyhow!("bad node id {n:?} (32 hex digits): {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let dir = connect(&dirsvc, tls.clone()).await?;
+            let id = fs_client::volume::load_identity(&dir, &identity).await?;
+            let ring =
+                fs_client::members::add(&dir, &id, Some(&pins.dir()), &name, &recipient, nodes).await?;
+            println!(
+                "member {name} added ({recipient}); every key epoch (0 to {}) is wrapped to it",
+                ring.newest_epoch()
+            );
+            Ok(())
+        }),
+        MemberCmd::Remove { dirsvc, identity, name, pins } => rt.block_on(async {
+            let dir = connect(&dirsvc, tls.clone()).await?;
+            let id = fs_client::volume::load_identity(&dir, &identity).await?;
+            let (ring, removed, unrevoked) =
+                fs_client::members::remove(&dir, &id, Some(&pins.dir()), &name).await?;
+            println!(
+                "member {} removed; new data is sealed under key epoch {}, wrapped to the {} remaining member(s)",
+                removed.name,
+                ring.newest_epoch(),
+                ring.members.len()
+            );
+            println!(
+                "data written before stays readable with the keys {} had; run `fs-client reencrypt` to re-seal it",
+                removed.name
+            );
+            if !unrevoked.is_empty() {
+                anyhow::bail!(
+                    "member {} is removed, but these of its certificates could not be revoked and still \
+                     reach the cluster: {}; run `fs-client revoke NODE` for each",
+                    removed.name,
+                    unrevoked.iter().map(|n| n.to_hex()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// Prints `fs-client member list`.
+fn print_members(info: &common::rpc::dir::VolumeInfo, json: bool) -> anyhow::Result<()> {
+    let ring = &info.keyring;
+    if json {
+        let members: Vec<serde_json::Value> = ring
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "recipient": m.recipient,
+                    "nodes": m.nodes.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "volume": info.id.to_hex(),
+            "keyring_version": ring.version,
+            "key_epoch": ring.newest_epoch(),
+            "members": members,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!("volume: {}", info.id.to_hex());
+    println!("keyring_version: {}", ring.version);
+    println!("key_epoch: {}", ring.newest_epoch());
+    for m in &ring.members {
+        let nodes: Vec<String> = m.nodes.iter().map(|n| n.to_hex()).collect();
+        println!(
+            "member: {} {} {}",
+            m.name,
+            m.recipient,
+            if nodes.is_empty() { "-".into() } else { nodes.join(",") }
+        );
+    }
+    Ok(())
+}
+
+/// `fs-client reencrypt`.
+async fn reencrypt(
+    dirsvc: &str,
+    identity: &std::path::Path,
+    pin_dir: PathBuf,
+    tls: std::sync::Arc<common::tls::Tls>,
+) -> anyhow::Result<()> {
+    let dir = connect(dirsvc, tls).await?.with_retry_window(fs_client::remote::MOUNT_RETRY_WINDOW);
+    let id = fs_client::volume::load_identity(&dir, identity).await?;
+    let (info, keys) = fs_client::volume::open_pinned(&dir, &id, Some(&pin_dir)).await?;
+    drop(id);
+    let config = FsConfig {
+        identity: Some(identity.to_path_buf()),
+        pin_dir: Some(pin_dir),
+        session_label: format!("fs-client reencrypt pid={}", std::process::id()),
+        ..FsConfig::default()
+    };
+    let newest = keys.newest();
+    let fs = fs_client::fs::Fs::new(dir, &info, keys, config);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} blocks ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message("scanning");
+        Some(b)
+    } else {
+        None
+    };
+    let progress = |p: fs_client::fs::ReencryptProgress| {
+        if let Some(b) = &bar {
+            b.set_length(p.blocks_total);
+            b.set_position(p.blocks_done);
+            b.set_message(format!("{} files", p.files_done));
+        }
+    };
+    let report = fs.reencrypt(&progress).await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    fs.close_session().await;
+    let report = report?;
+    println!(
+        "{} file(s) walked, {} block(s) of older key epochs re-sealed under epoch {newest} ({} bytes), {} skipped because they changed meanwhile, {} failed",
+        report.files, report.resealed, report.bytes, report.changed, report.failed.len()
+    );
+    for (path, e) in &report.failed {
+        eprintln!("fs-client: {path}: {e}");
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!("{} file(s) could not be re-encrypted; run again", report.failed.len());
+    }
+    Ok(())
+}
+
 async fn connect(dirsvc: &str, tls: std::sync::Arc<common::tls::Tls>) -> anyhow::Result<DirClient> {
     DirClient::connect(dirsvc, tls).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
 }
@@ -409,7 +666,10 @@ fn print_volume(dirsvc: &str, info: Option<&common::rpc::dir::VolumeInfo>, json:
                 "id": v.id.to_hex(),
                 "block_size": v.block_size,
                 "replicas": v.replicas,
-                "recipients": v.recipients,
+                "recipients": v.keyring.recipients(),
+                "members": v.keyring.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+                "key_epoch": v.keyring.newest_epoch(),
+                "legacy_layouts": v.legacy_layouts,
             })
         });
         println!("{}", serde_json::to_string(&serde_json::json!({ "dirsvc": dirsvc, "volume": volume }))?);
@@ -422,10 +682,12 @@ fn print_volume(dirsvc: &str, info: Option<&common::rpc::dir::VolumeInfo>, json:
     println!("volume: {}", v.id.to_hex());
     println!("block_size: {}", v.block_size);
     println!("replicas: {}", v.replicas);
-    if v.recipients.is_empty() {
+    println!("key_epoch: {}", v.keyring.newest_epoch());
+    let recipients = v.keyring.recipients();
+    if recipients.is_empty() {
         println!("recipients: unknown (the volume was created before volumes recorded their recipients)");
     }
-    for r in &v.recipients {
+    for r in &recipients {
         println!("recipient: {r}");
     }
     Ok(())

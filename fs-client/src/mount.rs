@@ -29,6 +29,8 @@ pub struct MountConfig {
     /// This client's TLS identity directory (a client certificate of the
     /// cluster; see [`crate::admin::tls_dir`]).
     pub tls_dir: PathBuf,
+    /// Where volumes are pinned at first use ([`crate::pins`]).
+    pub pin_dir: PathBuf,
     /// Tunables of the core.
     pub fs: FsConfig,
 }
@@ -170,24 +172,23 @@ pub fn run(config: MountConfig) -> Result<()> {
             .map_err(|e| Error::Io(format!("cannot reach dirsvc at {}: {e}", config.dirsvc)))?
             .with_retry_window(crate::remote::MOUNT_RETRY_WINDOW);
         let id = crate::volume::load_identity(&dir, &config.identity).await?;
-        let (info, secret) = crate::volume::open(&dir, &id).await?;
-        drop(id);
-        if crate::pin::check_and_pin(
-            &config.tls_dir,
-            &config.dirsvc,
-            info.id,
-            &secret,
-            dir.tls().ca_fingerprint(),
-        )? {
-            info!(volume = %info.id, "volume pinned (cluster CA and key check recorded in known_volumes)");
-        }
-        info!(volume = %info.id, block_size = info.block_size, replicas = info.replicas, "volume opened");
+        let (info, keys) = crate::volume::open_pinned(&dir, &id, Some(&config.pin_dir)).await?;
+        info!(
+            volume = %info.id,
+            block_size = info.block_size,
+            replicas = info.replicas,
+            key_epoch = keys.newest(),
+            members = info.keyring.members.len(),
+            "volume opened"
+        );
         let mut fs_config = config.fs.clone();
         fs_config.session_label =
             format!("{} pid={} {}", hostname(), std::process::id(), mountpoint.display());
-        let fs = Fs::new(dir, &info, &secret, fs_config);
+        fs_config.identity = Some(id.path.clone());
+        fs_config.pin_dir = Some(config.pin_dir.clone());
+        let fs = Fs::new(dir, &info, keys, fs_config);
         fs.session_id().await?;
-        let keeper = RecoveryDir::new(&config.recovery_dir, info.id, &secret);
+        let keeper = RecoveryDir::new(&config.recovery_dir, info.id, fs.keys());
         let report = fs.recover(&keeper).await;
         tell_recovered(&mountpoint, &keeper, &report);
         Ok::<_, Error>((fs, keeper))
@@ -304,7 +305,9 @@ pub fn run(config: MountConfig) -> Result<()> {
     if unstored.is_empty() {
         return Ok(());
     }
-    Err(keep_unstored(&mountpoint, &keeper, &unstored))
+    // Sealed under the newest epoch this mount knows (it may have
+    // reloaded the keyring since it started).
+    Err(keep_unstored(&mountpoint, &keeper.with_keys(fs.keys()), &unstored))
 }
 
 /// The default recovery directory: `$XDG_STATE_HOME/p2pfs/recovery`, else

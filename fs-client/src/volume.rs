@@ -1,38 +1,61 @@
-//! Creating a volume on dirsvc, opening it with the user's identity, and
-//! saying plainly which key a volume needs when the identity at hand is the
-//! wrong one or missing.
+//! Creating a volume on dirsvc, opening it with the user's identity (its
+//! keyring unwrapped and verified, see `common::keyring`), and saying
+//! plainly which key a volume needs when the identity at hand is the wrong
+//! one, a removed member's, or missing.
 //!
-//! A volume's secret is wrapped (age) to the recipients given at `init`, and
-//! dirsvc records those recipients (`age1…` public keys) next to it. A new
-//! key can never open an existing volume, so every path that could replace
-//! or bypass the real key (mount, init, keygen into a state directory) asks
-//! dirsvc first and names the keys the volume is wrapped to.
+//! A volume's key epochs are wrapped (age) to its members, and dirsvc
+//! records the members' recipients (`age1…` public keys) next to them. A
+//! new key can never open an existing volume, so every path that could
+//! replace or bypass the real key (mount, init, keygen into a state
+//! directory) asks dirsvc first and names the keys the volume is wrapped
+//! to.
 
 use crate::error::{Error, Result};
 use crate::identity::{self, IdentityFile};
+use crate::pins;
 use crate::remote::DirClient;
-use common::keys::{unwrap_secret, wrap_secret, VolumeSecret};
-use common::rpc::dir::{DirError, VolumeInfo};
+use common::keyring::{self, VolumeKeys};
+use common::keys::unwrap_secret;
+use common::rpc::dir::{DirError, Keyring, Member, VolumeInfo};
 use common::VolumeId;
 use std::path::{Path, PathBuf};
 
-/// Creates a new volume on dirsvc: a random volume secret wrapped with age
-/// to the identity's recipients, block size `block_size` bytes, replication
-/// factor `replicas`. The volume records the recipients' public keys, so a
-/// client with the wrong key can be told which one it needs. The root
-/// directory is owned by the calling user.
+/// The default name of the first member (`fs-client init --name`).
+pub const DEFAULT_MEMBER_NAME: &str = "owner";
+
+/// Creates a new volume on dirsvc: key epoch 0 (a random secret wrapped
+/// with age to the identity's recipients, its key-check value), block size
+/// `block_size` bytes, replication factor `replicas`. Each of the
+/// identity's public keys becomes a member: `name`, then `name-2`, … . The
+/// volume records them, so a client with the wrong key can be told which
+/// one it needs. The root directory is owned by the calling user.
 ///
 /// Errors: `Dir(AlreadyInitialized)` if dirsvc has a volume; `Dir(Invalid)`
-/// for a bad block size or R; [`Error::Key`] if wrapping fails.
-pub async fn init(dir: &DirClient, id: &IdentityFile, block_size: u32, replicas: u32) -> Result<VolumeInfo> {
-    let secret = VolumeSecret::generate();
-    let wrapped = wrap_secret(&secret, &id.recipients)?;
+/// for a bad block size, R or name; [`Error::Key`] if wrapping fails.
+pub async fn init(
+    dir: &DirClient,
+    id: &IdentityFile,
+    block_size: u32,
+    replicas: u32,
+    name: &str,
+) -> Result<VolumeInfo> {
+    let (_secret, epoch0) = keyring::first_epoch(&id.recipients)?;
+    let members = id
+        .public_keys
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Member {
+            name: if i == 0 { name.to_string() } else { format!("{name}-{}", i + 1) },
+            recipient: r.clone(),
+            nodes: Vec::new(),
+        })
+        .collect();
     let info = VolumeInfo {
         id: VolumeId::random(),
         block_size,
         replicas,
-        wrapped_secret: wrapped,
-        recipients: id.public_keys.clone(),
+        keyring: Keyring { version: 1, epochs: vec![epoch0], members },
+        legacy_layouts: false,
     };
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -55,18 +78,19 @@ pub async fn info(dir: &DirClient) -> Result<Option<VolumeInfo>> {
     }
 }
 
-/// `the volume <id> exists and is wrapped to <recipient>[, <recipient>…]`,
-/// or, for a volume created before volumes recorded their recipients, a
-/// sentence saying that the key is not known.
+/// `the volume <id> exists and is wrapped to <recipient>[, <recipient>…]`
+/// (the members' keys), or, for a volume created before volumes recorded
+/// their recipients, a sentence saying that the key is not known.
 pub fn wrapped_to(info: &VolumeInfo) -> String {
-    if info.recipients.is_empty() {
+    let recipients = info.keyring.recipients();
+    if recipients.is_empty() {
         format!(
             "the volume {} exists and is wrapped to a key dirsvc does not record (the volume was created \
              before volumes recorded their recipients)",
             info.id.to_hex()
         )
     } else {
-        format!("the volume {} exists and is wrapped to {}", info.id.to_hex(), info.recipients.join(", "))
+        format!("the volume {} exists and is wrapped to {}", info.id.to_hex(), recipients.join(", "))
     }
 }
 
@@ -81,41 +105,98 @@ pub fn missing_identity_message(info: &VolumeInfo, path: &Path) -> String {
     )
 }
 
-/// Fetches the volume's settings and unwraps its secret with `id`.
+/// Fetches the volume's settings and keyring and unlocks it with `id`
+/// ([`unlock`]).
 ///
-/// Errors: `Dir(NotInitialized)` before `init`; [`Error::Key`] if the
-/// identity is not a member of the volume, naming the keys the volume is
-/// wrapped to and the identity's own.
-pub async fn open(dir: &DirClient, id: &IdentityFile) -> Result<(VolumeInfo, VolumeSecret)> {
-    let info = dir.call(|c, ctx| async move { c.volume_info(ctx).await }).await.map_err(|e| match e {
+/// Errors: `Dir(NotInitialized)` before `init` (as [`Error::Key`] saying
+/// so); those of [`unlock`].
+pub async fn open(dir: &DirClient, id: &IdentityFile) -> Result<(VolumeInfo, VolumeKeys)> {
+    let info = fetch(dir).await?;
+    let keys = unlock(&info, id)?;
+    Ok((info, keys))
+}
+
+/// [`open`], then checks the volume against what this client pinned at
+/// first use in `pin_dir` and records it there ([`pins::check_and_record`])
+/// when `pin_dir` is given.
+///
+/// Errors: those of [`open`] and [`pins::check_and_record`].
+pub async fn open_pinned(
+    dir: &DirClient,
+    id: &IdentityFile,
+    pin_dir: Option<&Path>,
+) -> Result<(VolumeInfo, VolumeKeys)> {
+    let (info, keys) = open(dir, id).await?;
+    if let Some(p) = pin_dir {
+        pins::check_and_record(p, &pins::Origin::of(dir), &info, &keys)?;
+    }
+    Ok((info, keys))
+}
+
+/// The volume dirsvc holds, or a [`Error::Key`] saying there is none yet.
+///
+/// Errors: that, and transport and dirsvc errors.
+pub async fn fetch(dir: &DirClient) -> Result<VolumeInfo> {
+    dir.call(|c, ctx| async move { c.volume_info(ctx).await }).await.map_err(|e| match e {
         Error::Dir(DirError::NotInitialized) => Error::Key(format!(
             "dirsvc at {} has no volume yet; create one with `fs-client init --dirsvc {} -i IDENTITY`",
             dir.addr(),
             dir.addr()
         )),
         e => e,
-    })?;
-    let secret = unwrap_secret(&info.wrapped_secret, &id.identities).map_err(|e| {
-        let listed = id.public_keys.iter().any(|k| info.recipients.contains(k));
-        if listed {
-            // One of our keys is a recorded recipient, yet age found no
-            // stanza it opens: the wrapped secret itself is damaged.
-            Error::Key(format!(
-                "this identity ({}) is one of the keys volume {} is wrapped to, but it cannot unwrap the \
-                 volume secret stored in dirsvc: {e}",
-                id.describe(),
-                info.id.to_hex()
-            ))
-        } else {
-            Error::Key(format!(
-                "{}; this identity is {}; restore {} from your backup",
-                wrapped_to(&info),
-                id.describe(),
-                id.path.display()
-            ))
-        }
-    })?;
-    Ok((info, secret))
+    })
+}
+
+/// Unwraps every key epoch of `info` with `id` and verifies the keyring
+/// (key-check values, links from epoch 0; `common::keyring::open`).
+///
+/// Errors, all [`Error::Key`]: the identity is not a member of the volume
+/// (naming the keys the volume is wrapped to and the identity's own, and
+/// saying when it is a removed member's, which opens only older epochs);
+/// the keyring does not verify (dirsvc serves epochs no member made).
+pub fn unlock(info: &VolumeInfo, id: &IdentityFile) -> Result<VolumeKeys> {
+    keyring::open(info.id, &info.keyring, &id.identities, info.legacy_layouts).map_err(|e| match e {
+        common::Error::NotMember { epoch, reason } => not_member(info, id, epoch, &reason),
+        common::Error::BadKeyring(why) => Error::Key(format!(
+            "volume {}: {why}; dirsvc may be serving keys that no member made, so this client does not \
+             trust it",
+            info.id.to_hex()
+        )),
+        other => Error::Key(format!("volume {}: {other}", info.id.to_hex())),
+    })
+}
+
+/// The explanation for an identity that cannot unwrap the newest epoch.
+fn not_member(info: &VolumeInfo, id: &IdentityFile, newest: u32, reason: &str) -> Error {
+    let was_member = newest > 0
+        && info.keyring.epochs.first().is_some_and(|e0| unwrap_secret(&e0.wrapped, &id.identities).is_ok());
+    if was_member {
+        return Error::Key(format!(
+            "this identity ({}) is not a member of volume {} any more: it was removed, and the volume's \
+             newest key epoch ({newest}) is wrapped to {} only",
+            id.describe(),
+            info.id.to_hex(),
+            info.keyring.recipients().join(", ")
+        ));
+    }
+    let listed = id.public_keys.iter().any(|k| info.keyring.members.iter().any(|m| &m.recipient == k));
+    if listed {
+        // One of our keys is a member, yet age found no stanza it opens:
+        // the wrapped secret itself is damaged.
+        Error::Key(format!(
+            "this identity ({}) is one of the keys volume {} is wrapped to, but it cannot unwrap the \
+             volume's key epoch {newest} stored in dirsvc: {reason}",
+            id.describe(),
+            info.id.to_hex()
+        ))
+    } else {
+        Error::Key(format!(
+            "{}; this identity is {}; restore {} from your backup",
+            wrapped_to(info),
+            id.describe(),
+            id.path.display()
+        ))
+    }
 }
 
 /// Loads the identity file at `path` for use with the volume on `dirsvc`.
@@ -253,9 +334,14 @@ mod tests {
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&both).unwrap();
         }
         std::fs::write(&both, text).unwrap();
-        let info = init(&client, &identity::load(&both).unwrap(), 4096, 1).await.unwrap();
-        assert_eq!(info.recipients, vec![ra.clone(), rb.clone()]);
-        assert_eq!(self::info(&client).await.unwrap().unwrap().recipients, vec![ra.clone(), rb.clone()]);
+        let info = init(&client, &identity::load(&both).unwrap(), 4096, 1, "me").await.unwrap();
+        assert_eq!(info.keyring.recipients(), vec![ra.clone(), rb.clone()]);
+        let names: Vec<String> = info.keyring.members.iter().map(|m| m.name.clone()).collect();
+        assert_eq!(names, vec!["me".to_string(), "me-2".to_string()]);
+        assert_eq!(
+            self::info(&client).await.unwrap().unwrap().keyring.recipients(),
+            vec![ra.clone(), rb.clone()]
+        );
 
         // Each member key opens it.
         open(&client, &identity::load(&a).unwrap()).await.unwrap();
@@ -297,7 +383,7 @@ mod tests {
         // No volume yet: the first key of a new cluster is fine.
         check_new_identity_path(&target, None).await.unwrap();
         let r = identity::keygen(&target).unwrap();
-        init(&client, &identity::load(&target).unwrap(), 4096, 1).await.unwrap();
+        init(&client, &identity::load(&target).unwrap(), 4096, 1, DEFAULT_MEMBER_NAME).await.unwrap();
         std::fs::remove_file(&target).unwrap();
 
         let e = check_new_identity_path(&target, None).await.unwrap_err().to_string();
@@ -321,8 +407,8 @@ mod tests {
             id: VolumeId([7; 16]),
             block_size: 4096,
             replicas: 1,
-            wrapped_secret: vec![],
-            recipients: vec![],
+            keyring: Keyring::default(),
+            legacy_layouts: true,
         };
         let m = wrapped_to(&info);
         assert!(m.starts_with(&format!("the volume {} exists", info.id.to_hex())), "{m}");

@@ -7,7 +7,8 @@
 //! (`posix_edges`), git, rsync, tar, sqlite and editor saves
 //! (`workloads`), two mounts of one volume (`two_mounts`), and keys that
 //! are never replaced: `scripts/up.sh`, mount, init and keygen with a
-//! missing or wrong identity (`keys`).
+//! missing or wrong identity (`keys`); a directory service that moves
+//! chunks and symlink targets, and a removed member (`untrusted_dirsvc`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. They take a
@@ -33,5 +34,6 @@ mod integration {
     mod told_errors;
     mod tools;
     mod two_mounts;
+    mod untrusted_dirsvc;
     mod workloads;
 }

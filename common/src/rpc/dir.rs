@@ -2,10 +2,12 @@
 //!
 //! Names and symlink targets travel sealed (see [`crate::keys`]): dirsvc
 //! compares and stores them as opaque byte strings. Sizes, modes, times,
-//! owners and the shape of the tree are visible to it.
+//! owners and the shape of the tree are visible to it. Layout entries carry
+//! a MAC only members can make ([`StoredChunk::mac`]); the keyring
+//! ([`Keyring`]) holds the key epochs, age-wrapped to the members.
 
 // tarpc generates client methods with one argument per RPC parameter plus the
-// context; symlink has seven.
+// context; unlock has seven.
 #![allow(clippy::too_many_arguments)]
 
 use super::PeerLoc;
@@ -129,7 +131,65 @@ pub struct ReadDirPage {
     pub eof: bool,
 }
 
-/// Volume-wide settings, fixed at `init_volume`.
+/// A member of a volume: someone whose age key every current key epoch
+/// is wrapped to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// A unique name (1 to [`MEMBER_NAME_MAX`] bytes of printable ASCII
+    /// without spaces), for people and for `member remove`.
+    pub name: String,
+    /// The member's age recipient (`age1…` public key).
+    pub recipient: String,
+    /// The node ids of the member's client certificates (revoked when the
+    /// member is removed); at most [`MEMBER_NODES_MAX`].
+    pub nodes: Vec<NodeId>,
+}
+
+/// One key epoch of a volume. Epoch 0 is made by `init`; each member
+/// removal adds one. New data is sealed under the newest epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEpoch {
+    /// The epoch number: 0, 1, 2, … (its index in [`Keyring::epochs`]).
+    pub epoch: u32,
+    /// The epoch's 32-byte secret, wrapped with age to every member (a
+    /// binary age file, at most [`WRAPPED_SECRET_MAX`] bytes).
+    pub wrapped: Vec<u8>,
+    /// The key-check value of the secret
+    /// (`common::keys::VolumeSecret::key_check`). All zero only for epoch
+    /// 0 of a volume migrated from before key epochs (dirsvc could not
+    /// compute it).
+    pub check: [u8; 32],
+    /// The MAC of `(volume id, epoch, check)` under the previous epoch's
+    /// secret (`common::keys::VolumeSecret::link`); all zero for epoch 0.
+    pub link: [u8; 32],
+}
+
+/// The keys of a volume as dirsvc holds them: opaque to it (every secret
+/// is age-wrapped), verified by clients (`common::keyring`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyring {
+    /// Bumped by every change (member added or removed); the
+    /// compare-and-set value of `add_member` and `remove_member`.
+    pub version: u64,
+    /// Every key epoch, oldest first; `epochs[i].epoch == i`.
+    pub epochs: Vec<KeyEpoch>,
+    /// The current members.
+    pub members: Vec<Member>,
+}
+
+impl Keyring {
+    /// The newest epoch number (0 for an empty keyring).
+    pub fn newest_epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.epoch)
+    }
+
+    /// The members' age recipients, in member order.
+    pub fn recipients(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.recipient.clone()).collect()
+    }
+}
+
+/// Volume-wide settings (fixed at `init_volume`) and the keyring.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
     /// Volume id.
@@ -138,12 +198,13 @@ pub struct VolumeInfo {
     pub block_size: u32,
     /// Replication factor R.
     pub replicas: u32,
-    /// The age-wrapped volume secret (a binary age file).
-    pub wrapped_secret: Vec<u8>,
-    /// The age recipients (`age1…` public keys) the secret is wrapped to,
-    /// so a client holding the wrong key is told which key it needs. Public
-    /// information; empty for volumes created before protocol 4.
-    pub recipients: Vec<String>,
+    /// The key epochs and members.
+    pub keyring: Keyring,
+    /// True only for a volume migrated from a dirsvc schema before layout
+    /// MACs: its older layout entries have no MAC (all-zero
+    /// [`BlockLoc::mac`]), which clients then accept (and log). False for
+    /// every volume created since; a client refuses MAC-less entries there.
+    pub legacy_layouts: bool,
 }
 
 /// Filesystem-wide usage for `statfs`, from the live peers.
@@ -170,8 +231,16 @@ pub struct StoredChunk {
     pub id: ChunkId,
     /// Stored (sealed) length in bytes.
     pub len: u32,
-    /// Peers that acknowledged a durable put of it.
+    /// Peers that acknowledged a durable put of it. Empty for a reference
+    /// to a chunk the index already holds (a shared block).
     pub replicas: Vec<PeerId>,
+    /// The key epoch the chunk was sealed under (its header names it too).
+    pub epoch: u32,
+    /// The writer's MAC over (volume id, inode, block index, chunk id,
+    /// stored length, epoch) under the epoch's layout-MAC key
+    /// (`common::keys::LayoutMacKey`), computed for the inode and block
+    /// index this entry is committed at. Never all zero in a commit.
+    pub mac: [u8; 32],
 }
 
 /// A layout update: the new content of some blocks of one file, applied in
@@ -198,6 +267,39 @@ pub struct BlockLoc {
     pub len: u32,
     /// Replicas, live ones first, then most recently seen.
     pub replicas: Vec<PeerLoc>,
+    /// The key epoch the chunk was sealed under.
+    pub epoch: u32,
+    /// The MAC the writer committed (see [`StoredChunk::mac`]); all zero
+    /// for an entry migrated from before layout MACs.
+    pub mac: [u8; 32],
+}
+
+/// What `symlink` creates: the inode number the client reserved and the
+/// target it sealed for that inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSymlink {
+    /// An inode number this session reserved (`reserve_inodes`) and has
+    /// not used.
+    pub ino: InodeId,
+    /// The sealed target (bound to the volume and `ino`).
+    pub target: Vec<u8>,
+    /// The plaintext target length (what `lstat` shows).
+    pub size: u64,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+}
+
+/// One block re-sealed under a newer key epoch (`reseal_blocks`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reseal {
+    /// The block index.
+    pub index: u64,
+    /// The chunk the block must still name for the replacement to apply.
+    pub old: ChunkId,
+    /// The new chunk (stored, with replicas, epoch and MAC).
+    pub new: StoredChunk,
 }
 
 /// A page of a file's layout. Blocks not listed are holes.
@@ -504,6 +606,27 @@ pub const XATTR_SEALED_VALUE_MAX: usize = (64 << 10) + 128;
 /// (`NoSpace` past it).
 pub const XATTR_INODE_MAX: usize = 4 << 20;
 
+/// Most inode numbers one `reserve_inodes` call hands out.
+pub const RESERVE_PER_CALL_MAX: u32 = 256;
+/// Most reserved, unused inode numbers one session may hold (`Limit`
+/// past it).
+pub const RESERVED_PER_SESSION_MAX: usize = 4096;
+/// Longest member name in bytes.
+pub const MEMBER_NAME_MAX: usize = 64;
+/// Most node ids one member lists.
+pub const MEMBER_NODES_MAX: usize = 16;
+/// Most members a volume has.
+pub const MEMBERS_MAX: usize = 256;
+/// Most key epochs a volume has.
+pub const EPOCHS_MAX: usize = 4096;
+/// Largest wrapped epoch secret, in bytes (age header with one stanza per
+/// member, ~ 170 bytes each, plus the body).
+pub const WRAPPED_SECRET_MAX: usize = 64 << 10;
+/// Longest recipient string, in bytes (an X25519 `age1…` key is 62).
+pub const RECIPIENT_MAX: usize = 1024;
+/// Most blocks one `reseal_blocks` call replaces.
+pub const RESEAL_BATCH_MAX: usize = 1024;
+
 /// Errors of `DirService` calls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
@@ -592,6 +715,27 @@ pub enum DirError {
     /// locks).
     #[error("limit reached: {0}")]
     Limit(String),
+    /// A commit names a newly stored chunk sealed under a key epoch older
+    /// than the volume's newest (a member was removed since): the client
+    /// reloads the keyring, seals the block again under epoch `current`,
+    /// stores it and commits that. Nothing was changed.
+    #[error("chunk sealed under an old key epoch; the newest is {current}")]
+    StaleEpoch {
+        /// The volume's newest key epoch.
+        current: u32,
+    },
+    /// `symlink` named an inode number this session has not reserved (or
+    /// already used): reserve again (dirsvc forgets reservations when it
+    /// restarts).
+    #[error("inode {0} is not reserved by this session")]
+    NotReserved(InodeId),
+    /// `add_member` or `remove_member` was based on another keyring
+    /// version (someone changed the keyring meanwhile): reload and retry.
+    #[error("the keyring changed meanwhile (now version {version})")]
+    KeyringChanged {
+        /// The current keyring version.
+        version: u64,
+    },
     /// Anything else (storage failure); the server's message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -676,15 +820,24 @@ pub trait DirService {
     /// Lists entries with cookie greater than `after` (0 = from the start),
     /// at most `limit` of them (capped by the server).
     async fn readdir(dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, DirError>;
-    /// Makes a symlink whose sealed target is `target`; `size` is the
-    /// plaintext target length (what `lstat` shows).
+    /// Reserves `count` (1 to [`RESERVE_PER_CALL_MAX`]) fresh inode numbers
+    /// for `session`, so the client can bind what it seals to an inode
+    /// before the inode exists (symlink targets). Returns `(first, count)`:
+    /// the numbers `first .. first + count`. Numbers come from the durable
+    /// inode counter and are never handed out again; the reservation itself
+    /// lives as long as the session and this dirsvc run. `Limit` when the
+    /// session would hold more than [`RESERVED_PER_SESSION_MAX`] unused
+    /// numbers; `Invalid` for a count of 0 or above the maximum;
+    /// `NoSession`.
+    async fn reserve_inodes(session: SessionId, count: u32) -> Result<(InodeId, u32), DirError>;
+    /// Makes symlink `name` in `parent` as inode `new.ino`, which `session`
+    /// reserved (`NotReserved` otherwise, and for a number already used),
+    /// with the sealed target `new.target`.
     async fn symlink(
+        session: SessionId,
         parent: InodeId,
         name: Vec<u8>,
-        target: Vec<u8>,
-        size: u64,
-        uid: u32,
-        gid: u32,
+        new: NewSymlink,
     ) -> Result<Attr, DirError>;
     /// The sealed target of a symlink. `Invalid` if not a symlink.
     async fn readlink(ino: InodeId) -> Result<Vec<u8>, DirError>;
@@ -699,8 +852,21 @@ pub trait DirService {
     /// enough are live but fewer than R have room.
     async fn placement(count: u32, chunk_bytes: u64) -> Result<Vec<Vec<PeerLoc>>, DirError>;
     /// Applies a layout update to a regular file and returns its attributes.
-    /// Every listed replica must be a registered peer (`Invalid` otherwise).
+    /// Every listed replica must be a registered peer and every entry
+    /// carries a MAC (`Invalid` otherwise). A newly stored chunk (one with
+    /// replicas) sealed under an epoch older than the newest is refused
+    /// with `StaleEpoch` (nothing changes); references to chunks the index
+    /// holds (no replicas) may keep their epoch.
     async fn commit_layout(ino: InodeId, commit: CommitLayout) -> Result<Attr, DirError>;
+    /// Replaces blocks of `ino` by chunks re-sealed under the newest key
+    /// epoch (`fs-client reencrypt`): each block whose layout entry still
+    /// names `old` now names `new`; size, mtime and ctime are unchanged.
+    /// Returns, per entry, whether it was replaced (false: the block
+    /// changed meanwhile; the new chunk is then left to garbage
+    /// collection). One transaction. `StaleEpoch` if a new chunk's epoch is
+    /// not the newest; `Invalid` as for `commit_layout` and past
+    /// [`RESEAL_BATCH_MAX`] entries.
+    async fn reseal_blocks(ino: InodeId, reseals: Vec<Reseal>) -> Result<Vec<bool>, DirError>;
     /// Non-hole blocks of `ino` with index in `[first, first + max)`.
     async fn get_layout(ino: InodeId, first: u64, max: u32) -> Result<LayoutPage, DirError>;
     /// Replicas of each chunk (same order; empty for unknown chunks).
@@ -724,6 +890,26 @@ pub trait DirService {
     async fn drain_peer(id: PeerId) -> Result<(), DirError>;
     /// Redundancy, repair and garbage-collection figures (admin query).
     async fn cluster_status() -> Result<ClusterStatus, DirError>;
+    /// Adds a member (admin): `wrapped[i]` is epoch `i`'s secret re-wrapped
+    /// to every current member and the new one (one per epoch, in order).
+    /// Compare-and-set on the keyring `version`: `KeyringChanged` if it is
+    /// not the current one. `Exists` for a name or recipient already
+    /// listed; `Invalid` for a bad name, recipient, node list or a wrong
+    /// number of wrapped secrets. Returns the new keyring (version + 1).
+    async fn add_member(version: u64, member: Member, wrapped: Vec<Vec<u8>>) -> Result<Keyring, DirError>;
+    /// Removes member `name` (admin) and starts key epoch `epoch`, whose
+    /// secret is wrapped to the remaining members and linked to the
+    /// previous epoch. Compare-and-set on the keyring `version`
+    /// (`KeyringChanged`); the new keyring must extend the current one by
+    /// exactly this epoch (`epoch.epoch` = newest + 1, else `Invalid`).
+    /// `NotFound` for an unknown name; `Invalid` for removing the last
+    /// member. Returns the new keyring and the removed member (whose
+    /// client certificates the caller then revokes).
+    async fn remove_member(
+        version: u64,
+        name: String,
+        epoch: KeyEpoch,
+    ) -> Result<(Keyring, Member), DirError>;
 
     /// Opens a client session (or reclaims one, see [`SessionOpen`]).
     async fn open_session(open: SessionOpen) -> Result<SessionGrant, DirError>;

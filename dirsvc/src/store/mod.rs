@@ -36,9 +36,10 @@ mod trust;
 use crate::error::{invalid, Error};
 use common::config::{valid_block_size, NAME_MAX, SYMLINK_MAX};
 use common::rpc::dir::{
-    rename_flags, xattr_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, NewInode, PeerLabels,
-    PeerUsage, ReadDirPage, SessionId, SetAttr, StoredChunk, VolumeInfo, XATTR_INODE_MAX,
-    XATTR_SEALED_NAME_MAX, XATTR_SEALED_VALUE_MAX,
+    rename_flags, xattr_flags, Attr, CommitLayout, DirEntry, DirError, FileKind, KeyEpoch, Keyring, Member,
+    NewInode, PeerLabels, PeerUsage, ReadDirPage, Reseal, SessionId, SetAttr, StoredChunk, VolumeInfo,
+    EPOCHS_MAX, MEMBERS_MAX, MEMBER_NAME_MAX, MEMBER_NODES_MAX, RECIPIENT_MAX, RESEAL_BATCH_MAX,
+    WRAPPED_SECRET_MAX, XATTR_INODE_MAX, XATTR_SEALED_NAME_MAX, XATTR_SEALED_VALUE_MAX,
 };
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
@@ -47,12 +48,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, PoisonError, RwLock};
 use tables::{
-    kind_from_byte, kind_to_byte, ChunkRecord, InodeRecord, PeerRecord, Record, SessionRecord,
-    TombstoneRecord, VolumeRecord, CHUNKS, CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR,
-    KIND_FILE, KIND_SYMLINK, LAYOUTS, META, META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME,
-    OLDEST_SCHEMA_VERSION, ORPHANS, PEERS, SCHEMA_VERSION, SESSIONS, SYMLINKS, TOMBSTONES, XATTRS,
+    kind_from_byte, kind_to_byte, ChunkRecord, EpochRecord, InodeRecord, KeyringRecord, LayoutRow,
+    MemberRecord, PeerRecord, Record, SessionRecord, TombstoneRecord, VolumeRecord, CHUNKS,
+    CHUNKS_UNREFERENCED, DIRCOOKIES, DIRENTS, INODES, KIND_DIR, KIND_FILE, KIND_SYMLINK, LAYOUTS, LAYOUTS_V1,
+    META, META_KEY_EPOCH, META_NEXT_COOKIE, META_NEXT_INODE, META_SCHEMA, META_VOLUME, OLDEST_SCHEMA_VERSION,
+    ORPHANS, PEERS, SCHEMA_VERSION, SESSIONS, SYMLINKS, TOMBSTONES, XATTRS,
 };
 use tracing::warn;
 
@@ -70,19 +72,9 @@ pub const MAX_READDIR_ENTRIES: u32 = 4096;
 /// Most blocks one `get_layout` page returns.
 pub const MAX_LAYOUT_BLOCKS: u32 = 4096;
 
-/// Bytes a stored chunk may exceed the block size by (the v1 codec adds 48;
+/// Bytes a stored chunk may exceed the block size by (the v2 codec adds 52;
 /// the slack leaves room for later formats). A longer chunk is `Invalid`.
 pub const MAX_CHUNK_OVERHEAD: u32 = 4096;
-
-/// Largest wrapped volume secret accepted by `init_volume`, in bytes.
-pub const MAX_WRAPPED_SECRET: usize = 64 << 10;
-
-/// Most recipients a volume record lists.
-pub const MAX_RECIPIENTS: usize = 256;
-
-/// Longest recipient string accepted, in bytes (an X25519 `age1…` key is
-/// 62; plugin and SSH recipients are longer).
-pub const MAX_RECIPIENT_LEN: usize = 1024;
 
 /// Largest replication factor accepted by `init_volume`.
 pub const MAX_REPLICAS: u32 = 16;
@@ -110,6 +102,10 @@ pub struct LayoutBlock {
     pub len: u32,
     /// Peers known to hold the chunk, in the order they were recorded.
     pub replicas: Vec<PeerId>,
+    /// The key epoch the chunk was sealed under.
+    pub epoch: u32,
+    /// The writer's MAC of the entry (all zero: migrated, no MAC).
+    pub mac: [u8; 32],
 }
 
 /// A page of a file's layout, as [`Store::get_layout`] reads it.
@@ -155,8 +151,9 @@ pub struct Renamed {
 /// `&self` (redb serialises writers and lets readers run concurrently).
 pub struct Store {
     db: Database,
-    /// The volume settings, set once by `init_volume` (or at open).
-    volume: OnceLock<VolumeInfo>,
+    /// The volume settings and keyring, set by `init_volume` (or at open)
+    /// and replaced after each committed keyring change.
+    volume: RwLock<Option<Arc<VolumeInfo>>>,
     /// Bumped after every committed transaction that changed `chunks-v1`
     /// (see [`Store::chunk_generation`]).
     chunk_gen: AtomicU64,
@@ -164,7 +161,8 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("initialized", &self.volume.get().is_some()).finish_non_exhaustive()
+        let initialized = self.volume.read().unwrap_or_else(PoisonError::into_inner).is_some();
+        f.debug_struct("Store").field("initialized", &initialized).finish_non_exhaustive()
     }
 }
 
@@ -220,6 +218,20 @@ impl Store {
                 Some(SCHEMA_VERSION) => {}
                 Some(old) if (OLDEST_SCHEMA_VERSION..SCHEMA_VERSION).contains(&old) => {
                     let mut rewritten = 0;
+                    // 4 → 5: layout rows gain a key epoch and a MAC (none:
+                    // zero), the volume record its keyring and the legacy
+                    // flag (see `tables`); the join-token and revocation
+                    // tables are created empty above; session records v1
+                    // (no owner) are read as they are.
+                    let layouts_copied = migrate_layouts(&txn)?;
+                    let stored = match meta.get(META_VOLUME)? {
+                        Some(g) => Some(VolumeRecord::from_bytes(g.value())?),
+                        None => None,
+                    };
+                    if let Some(rec) = stored {
+                        meta.insert(META_VOLUME, rec.to_bytes()?.as_slice())?;
+                        meta.insert(META_KEY_EPOCH, &rec.keyring.newest_epoch().to_le_bytes()[..])?;
+                    }
                     if old < 2 {
                         // 1 → 2: peer records gain labels and the drain flag
                         // (tombstones: the table was created above).
@@ -236,14 +248,14 @@ impl Store {
                         rewritten = stored.len();
                     }
                     // 2 → 3: new tables only (orphans, xattrs, sessions),
-                    // created empty above. 3 → 4 and 4 → 5: records read
-                    // in their old versions; new tables (join tokens,
-                    // revocations) created empty above.
+                    // created empty above. 3 → 4: records read in their
+                    // old versions.
                     meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_le_bytes()[..])?;
                     tracing::info!(
                         from = old,
                         to = SCHEMA_VERSION,
                         peers_rewritten = rewritten,
+                        layouts_copied,
                         "database migrated"
                     );
                 }
@@ -256,9 +268,9 @@ impl Store {
             volume
         };
         txn.commit()?;
-        let store = Store { db, volume: OnceLock::new(), chunk_gen: AtomicU64::new(0) };
+        let store = Store { db, volume: RwLock::new(None), chunk_gen: AtomicU64::new(0) };
         if let Some(v) = volume {
-            let _ = store.volume.set(volume_info(v));
+            store.set_volume(v);
         }
         Ok(store)
     }
@@ -289,22 +301,37 @@ impl Store {
         }
     }
 
-    /// The volume settings. Errors: `NotInitialized`.
+    /// The volume settings and keyring. Errors: `NotInitialized`.
     pub fn volume_info(&self) -> Result<VolumeInfo, Error> {
-        self.vol().cloned()
+        Ok((*self.vol()?).clone())
     }
 
-    /// The volume settings without a copy. Errors: `NotInitialized`.
-    fn vol(&self) -> Result<&VolumeInfo, Error> {
-        self.volume.get().ok_or(Error::Dir(DirError::NotInitialized))
+    /// The volume settings and keyring, shared. Errors: `NotInitialized`.
+    fn vol(&self) -> Result<Arc<VolumeInfo>, Error> {
+        self.volume
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::Dir(DirError::NotInitialized))
+    }
+
+    /// Replaces the cached volume settings (after a committed change).
+    fn set_volume(&self, rec: VolumeRecord) {
+        *self.volume.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(volume_info(rec)));
     }
 
     /// Creates the volume: settings, counters and the root directory
     /// (inode 1, mode `0755`, owned by `uid`/`gid`, nlink 2).
     ///
+    /// The keyring must hold exactly epoch 0 (zero link, non-zero check)
+    /// and at least one member; it is stored as keyring version 1, and
+    /// `legacy_layouts` is always stored false (a new volume never accepts
+    /// layout entries without a MAC).
+    ///
     /// Errors: `Invalid` for a block size that is not a power of two in
-    /// [4 KiB, 4 MiB], R = 0 or R > [`MAX_REPLICAS`], or a wrapped secret
-    /// over [`MAX_WRAPPED_SECRET`]; `AlreadyInitialized` if a volume exists.
+    /// [4 KiB, 4 MiB], R = 0 or R > [`MAX_REPLICAS`], or a keyring that is
+    /// not such an epoch 0 with valid members; `AlreadyInitialized` if a
+    /// volume exists.
     pub fn init_volume(&self, info: &VolumeInfo, uid: u32, gid: u32) -> Result<VolumeInfo, Error> {
         if !valid_block_size(info.block_size) {
             return Err(invalid(format!(
@@ -320,39 +347,44 @@ impl Store {
                 info.replicas
             )));
         }
-        if info.wrapped_secret.len() > MAX_WRAPPED_SECRET {
-            return Err(invalid("wrapped secret too large"));
+        let ring = &info.keyring;
+        match ring.epochs.as_slice() {
+            [e0] if e0.epoch == 0 && e0.link == [0; 32] && e0.check != [0; 32] => check_epoch(e0)?,
+            _ => {
+                return Err(invalid(
+                    "a new volume's keyring holds exactly key epoch 0 (zero link, a key check)",
+                ))
+            }
         }
-        if info.recipients.len() > MAX_RECIPIENTS
-            || info.recipients.iter().any(|r| r.is_empty() || r.len() > MAX_RECIPIENT_LEN)
-        {
-            return Err(invalid(format!(
-                "at most {MAX_RECIPIENTS} recipients of 1 to {MAX_RECIPIENT_LEN} bytes each"
-            )));
+        if ring.members.is_empty() {
+            return Err(invalid("a new volume needs at least one member"));
         }
+        check_members(&ring.members)?;
+        let mut keyring = KeyringRecord::from_wire(ring);
+        keyring.version = 1;
         let record = VolumeRecord {
             id: info.id.0,
             block_size: info.block_size,
             replicas: info.replicas,
-            wrapped_secret: info.wrapped_secret.clone(),
-            recipients: info.recipients.clone(),
+            keyring,
+            legacy_layouts: false,
         };
         self.write(|w| {
             if w.meta.get(META_VOLUME)?.is_some() {
                 return Err(DirError::AlreadyInitialized.into());
             }
             w.meta.insert(META_VOLUME, record.to_bytes()?.as_slice())?;
+            w.meta.insert(META_KEY_EPOCH, &0u32.to_le_bytes()[..])?;
             w.meta.insert(META_NEXT_INODE, &(InodeId::ROOT.0 + 1).to_le_bytes()[..])?;
             w.meta.insert(META_NEXT_COOKIE, &1u64.to_le_bytes()[..])?;
             let mut root = new_record(KIND_DIR, 0o755, uid, gid, 0, InodeId::ROOT.0, w.now);
             root.nlink = 2;
             w.put_inode(InodeId::ROOT.0, &root)
         })?;
-        let info = volume_info(record);
         // Only one init can commit (the check above runs inside the write
-        // transaction), so this is the first and only set.
-        let _ = self.volume.set(info.clone());
-        Ok(info)
+        // transaction), so this is the first set.
+        self.set_volume(record);
+        self.volume_info()
     }
 
     /// Finds `name` in directory `parent` and returns its attributes.
@@ -503,6 +535,172 @@ impl Store {
             w.symlinks.insert(attr.ino.0, target)?;
             Ok(attr)
         })
+    }
+
+    /// Makes symlink `name` in `parent` as inode `ino`, a number handed out
+    /// earlier by [`Store::reserve_inodes`] and not used yet; otherwise as
+    /// [`Store::symlink`]. Whether `ino` was reserved by the caller's
+    /// session is the caller's check (in memory, see `sessions`).
+    ///
+    /// Errors: `NotReserved` if `ino` was never handed out (at or past the
+    /// inode counter, or the root) or is in use; then as
+    /// [`Store::symlink`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn symlink_at(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        target: &[u8],
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, Error> {
+        self.vol()?;
+        check_name(name)?;
+        if target.is_empty() {
+            return Err(invalid("empty symlink target"));
+        }
+        if target.len() > MAX_TARGET_BYTES || size > SYMLINK_MAX as u64 {
+            return Err(DirError::NameTooLong.into());
+        }
+        self.write(|w| {
+            let next = match w.meta.get(META_NEXT_INODE)? {
+                Some(g) => decode_u64(g.value())?,
+                None => {
+                    return Err(Error::Corrupt { what: "meta", reason: "counter next_inode missing".into() })
+                }
+            };
+            if ino.0 <= InodeId::ROOT.0 || ino.0 >= next || w.inodes.get(ino.0)?.is_some() {
+                return Err(DirError::NotReserved(ino).into());
+            }
+            let mut rec = new_record(KIND_SYMLINK, 0o777, uid, gid, 0, parent.0, w.now);
+            rec.size = size;
+            let attr = w.make_entry_at(parent.0, name, rec, Some(ino.0))?;
+            w.symlinks.insert(attr.ino.0, target)?;
+            Ok(attr)
+        })
+    }
+
+    /// Hands out `count` fresh inode numbers (advancing the durable
+    /// counter; they are never handed out again) and returns the first.
+    ///
+    /// Errors: `Invalid` for a count of 0; `NotInitialized`.
+    pub fn reserve_inodes(&self, count: u32) -> Result<InodeId, Error> {
+        self.vol()?;
+        if count == 0 {
+            return Err(invalid("reserve at least one inode"));
+        }
+        self.write(|w| {
+            let first = w.next(META_NEXT_INODE)?;
+            let next = first.checked_add(u64::from(count)).ok_or_else(|| Error::Corrupt {
+                what: "meta",
+                reason: "counter next_inode exhausted".into(),
+            })?;
+            w.meta.insert(META_NEXT_INODE, &next.to_le_bytes()[..])?;
+            Ok(InodeId(first))
+        })
+    }
+
+    /// Adds `member` to the keyring, replacing each epoch's wrapped secret
+    /// by `wrapped` (the same secrets re-wrapped to every member, the new
+    /// one included), if the keyring is still at `version`; the version
+    /// goes up by one. One transaction. Returns the new keyring.
+    ///
+    /// Errors: `KeyringChanged` (another version), `Exists` (name or
+    /// recipient listed), `Invalid` (bad member, wrong number or size of
+    /// wrapped secrets, too many members), `NotInitialized`.
+    pub fn add_member(&self, version: u64, member: &Member, wrapped: &[Vec<u8>]) -> Result<Keyring, Error> {
+        self.vol()?;
+        check_members(std::slice::from_ref(member))?;
+        if wrapped.iter().any(|w| w.is_empty() || w.len() > WRAPPED_SECRET_MAX) {
+            return Err(invalid(format!("a wrapped secret must hold 1 to {WRAPPED_SECRET_MAX} bytes")));
+        }
+        let rec = self.write(|w| {
+            let mut rec = w.volume_rec()?;
+            let ring = &mut rec.keyring;
+            if ring.version != version {
+                return Err(DirError::KeyringChanged { version: ring.version }.into());
+            }
+            if ring.members.iter().any(|m| m.name == member.name || m.recipient == member.recipient) {
+                return Err(DirError::Exists.into());
+            }
+            if ring.members.len() >= MEMBERS_MAX {
+                return Err(invalid(format!("a volume has at most {MEMBERS_MAX} members")));
+            }
+            if wrapped.len() != ring.epochs.len() {
+                return Err(invalid(format!(
+                    "{} wrapped secrets for {} key epochs",
+                    wrapped.len(),
+                    ring.epochs.len()
+                )));
+            }
+            for (e, new) in ring.epochs.iter_mut().zip(wrapped) {
+                e.wrapped = new.clone();
+            }
+            ring.members.push(MemberRecord::from_wire(member));
+            ring.version += 1;
+            w.put_volume(&rec)?;
+            Ok(rec)
+        })?;
+        let ring = rec.keyring.to_wire();
+        self.set_volume(rec);
+        Ok(ring)
+    }
+
+    /// Removes member `name` and appends key epoch `epoch`, if the keyring
+    /// is still at `version`; the version goes up by one and the newest
+    /// epoch becomes `epoch.epoch` (from then on `commit_layout` refuses
+    /// newly stored chunks of older epochs). dirsvc cannot verify the new
+    /// epoch's link or check (it knows no secret); clients do. One
+    /// transaction. Returns the new keyring and the removed member.
+    ///
+    /// Errors: `KeyringChanged`; `NotFound` (no such member); `Invalid`
+    /// (the last member, an epoch that is not newest + 1, a zero check or
+    /// link, a wrapped secret out of bounds, too many epochs);
+    /// `NotInitialized`.
+    pub fn remove_member(
+        &self,
+        version: u64,
+        name: &str,
+        epoch: &KeyEpoch,
+    ) -> Result<(Keyring, Member), Error> {
+        self.vol()?;
+        check_epoch(epoch)?;
+        if epoch.check == [0; 32] || epoch.link == [0; 32] {
+            return Err(invalid("a new key epoch needs a key check and a link"));
+        }
+        let (rec, removed) = self.write(|w| {
+            let mut rec = w.volume_rec()?;
+            let ring = &mut rec.keyring;
+            if ring.version != version {
+                return Err(DirError::KeyringChanged { version: ring.version }.into());
+            }
+            let at = ring.members.iter().position(|m| m.name == name).ok_or(DirError::NotFound)?;
+            if ring.members.len() == 1 {
+                return Err(invalid("cannot remove the last member of a volume"));
+            }
+            let want = ring.newest_epoch() + 1;
+            if ring.epochs.is_empty() || epoch.epoch != want {
+                return Err(invalid(format!("the next key epoch is {want}, not {}", epoch.epoch)));
+            }
+            if ring.epochs.len() >= EPOCHS_MAX {
+                return Err(invalid(format!("a volume has at most {EPOCHS_MAX} key epochs")));
+            }
+            let removed = ring.members.remove(at).to_wire();
+            ring.epochs.push(EpochRecord {
+                epoch: epoch.epoch,
+                wrapped: epoch.wrapped.clone(),
+                check: epoch.check,
+                link: epoch.link,
+            });
+            ring.version += 1;
+            w.put_volume(&rec)?;
+            Ok((rec, removed))
+        })?;
+        let ring = rec.keyring.to_wire();
+        self.set_volume(rec);
+        Ok((ring, removed))
     }
 
     /// The sealed target of symlink `ino`.
@@ -715,14 +913,38 @@ impl Store {
     /// commit ran first (and the collector's re-check saw the reference) or
     /// the collector did.
     ///
+    /// Each row keeps the entry's key epoch and MAC. A chunk with replicas
+    /// (newly stored) must be sealed under the newest key epoch, read in
+    /// the same transaction (`key_epoch`): after a member's removal no
+    /// commit adds data under an epoch that member knows.
+    ///
     /// Errors: `NotFound`; `IsDir`; `Invalid` for a non-regular file, a
     /// block listed twice, a chunk past the new size, a chunk with no
     /// replicas, an unregistered replica, a stored length of 0 or over
-    /// B + [`MAX_CHUNK_OVERHEAD`], or a length that differs from the one
-    /// already recorded for the same chunk; `ChunkGone`; `NotInitialized`.
+    /// B + [`MAX_CHUNK_OVERHEAD`], a length that differs from the one
+    /// already recorded for the same chunk, an all-zero MAC or an epoch
+    /// past the newest; `StaleEpoch` for a new chunk of an older epoch;
+    /// `ChunkGone`; `NotInitialized`.
     pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
         let vol = self.vol()?;
         self.write(|w| w.commit_layout(ino.0, commit, vol.block_size))
+    }
+
+    /// Replaces blocks of file `ino` by re-sealed chunks: each
+    /// [`Reseal`] whose block still names `old` gets `new` (a new chunk
+    /// under the newest epoch, with replicas and a MAC); the others are
+    /// left alone. Size, mtime and ctime do not change (the content is the
+    /// same). One transaction. Returns, per entry, whether it applied.
+    ///
+    /// Errors: `NotFound`, `IsDir`, `Invalid` (as [`Store::commit_layout`],
+    /// and more than [`RESEAL_BATCH_MAX`] entries), `StaleEpoch` when a new
+    /// chunk is not of the newest epoch, `ChunkGone`, `NotInitialized`.
+    pub fn reseal_blocks(&self, ino: InodeId, reseals: &[Reseal]) -> Result<Vec<bool>, Error> {
+        let vol = self.vol()?;
+        if reseals.len() > RESEAL_BATCH_MAX {
+            return Err(invalid(format!("at most {RESEAL_BATCH_MAX} blocks per reseal")));
+        }
+        self.write(|w| w.reseal_blocks(ino.0, reseals, vol.block_size))
     }
 
     /// The non-hole blocks of file `ino` with index in
@@ -754,7 +976,7 @@ impl Store {
                 eof = false;
                 break;
             }
-            let (id, len) = v.value();
+            let (id, len, epoch, mac) = v.value();
             let replicas = match chunks.get(id)? {
                 Some(g) => ChunkRecord::from_bytes(g.value())?.replicas,
                 None => {
@@ -762,7 +984,7 @@ impl Store {
                     Vec::new()
                 }
             };
-            blocks.push(LayoutBlock { index, chunk: ChunkId(id), len, replicas });
+            blocks.push(LayoutBlock { index, chunk: ChunkId(id), len, replicas, epoch, mac });
         }
         Ok(LayoutBlocks { attr: to_attr(ino.0, &rec)?, blocks, eof })
     }
@@ -1304,13 +1526,92 @@ impl Store {
     }
 }
 
+/// What a malicious or broken directory service could do to its own
+/// database, for tests of the clients' checks (feature `tamper`, never in
+/// a release build of dirsvc). Each is one transaction; none keeps the
+/// invariants of [`tables`] beyond what the test needs.
+#[cfg(feature = "tamper")]
+impl Store {
+    /// Swaps the two layout rows (chunk, length, epoch, MAC) of `(ino,
+    /// block index)` `a` and `b`, as a dirsvc moving chunks between files
+    /// or blocks would. Errors: `NotFound` if either row is missing.
+    pub fn tamper_swap_layout_rows(&self, a: (InodeId, u64), b: (InodeId, u64)) -> Result<(), Error> {
+        self.write(|w| {
+            let ra = w.layouts.get((a.0 .0, a.1))?.map(|g| g.value()).ok_or(DirError::NotFound)?;
+            let rb = w.layouts.get((b.0 .0, b.1))?.map(|g| g.value()).ok_or(DirError::NotFound)?;
+            w.layouts.insert((a.0 .0, a.1), rb)?;
+            w.layouts.insert((b.0 .0, b.1), ra)?;
+            Ok(())
+        })
+    }
+
+    /// Sets the MAC of layout row `(ino, index)` to zero (an entry without
+    /// a MAC). Errors: `NotFound`.
+    pub fn tamper_clear_mac(&self, ino: InodeId, index: u64) -> Result<(), Error> {
+        self.write(|w| {
+            let (id, len, epoch, _) =
+                w.layouts.get((ino.0, index))?.map(|g| g.value()).ok_or(DirError::NotFound)?;
+            w.layouts.insert((ino.0, index), (id, len, epoch, [0; 32]))?;
+            Ok(())
+        })
+    }
+
+    /// Swaps the sealed targets of symlinks `a` and `b`. Errors: `NotFound`.
+    pub fn tamper_swap_symlink_targets(&self, a: InodeId, b: InodeId) -> Result<(), Error> {
+        self.write(|w| {
+            let ta = w.symlinks.get(a.0)?.map(|g| g.value().to_vec()).ok_or(DirError::NotFound)?;
+            let tb = w.symlinks.get(b.0)?.map(|g| g.value().to_vec()).ok_or(DirError::NotFound)?;
+            w.symlinks.insert(a.0, tb.as_slice())?;
+            w.symlinks.insert(b.0, ta.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Swaps the sealed values of extended attributes `(ino, sealed name)`
+    /// `a` and `b`. Errors: `NoAttr`.
+    pub fn tamper_swap_xattr_values(&self, a: (InodeId, &[u8]), b: (InodeId, &[u8])) -> Result<(), Error> {
+        self.write(|w| {
+            let va = w.xattrs.get((a.0 .0, a.1))?.map(|g| g.value().to_vec()).ok_or(DirError::NoAttr)?;
+            let vb = w.xattrs.get((b.0 .0, b.1))?.map(|g| g.value().to_vec()).ok_or(DirError::NoAttr)?;
+            w.xattrs.insert((a.0 .0, a.1), vb.as_slice())?;
+            w.xattrs.insert((b.0 .0, b.1), va.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Sets the volume's `legacy_layouts` flag. Errors: `NotInitialized`.
+    pub fn tamper_set_legacy(&self, legacy: bool) -> Result<(), Error> {
+        let rec = self.write(|w| {
+            let mut rec = w.volume_rec()?;
+            rec.legacy_layouts = legacy;
+            w.put_volume(&rec)?;
+            Ok(rec)
+        })?;
+        self.set_volume(rec);
+        Ok(())
+    }
+
+    /// Replaces the keyring as stored (a dirsvc substituting or rolling
+    /// back epochs). Errors: `NotInitialized`.
+    pub fn tamper_set_keyring(&self, keyring: &Keyring) -> Result<(), Error> {
+        let rec = self.write(|w| {
+            let mut rec = w.volume_rec()?;
+            rec.keyring = KeyringRecord::from_wire(keyring);
+            w.put_volume(&rec)?;
+            Ok(rec)
+        })?;
+        self.set_volume(rec);
+        Ok(())
+    }
+}
+
 /// The tables of one write transaction, with the transaction's notion of
 /// "now" (one timestamp for every time a call sets).
 struct W<'t> {
     inodes: Table<'t, u64, &'static [u8]>,
     dirents: Table<'t, (u64, &'static [u8]), (u64, u64, u8)>,
     cookies: Table<'t, (u64, u64), &'static [u8]>,
-    layouts: Table<'t, (u64, u64), ([u8; 32], u32)>,
+    layouts: Table<'t, (u64, u64), LayoutRow>,
     chunks: Table<'t, [u8; 32], &'static [u8]>,
     unref: Table<'t, [u8; 32], i64>,
     symlinks: Table<'t, u64, &'static [u8]>,
@@ -1423,6 +1724,29 @@ impl<'t> W<'t> {
         get_entry(&self.dirents, parent, name)
     }
 
+    /// The volume record. Errors: `NotInitialized`, `Corrupt`.
+    fn volume_rec(&self) -> Result<VolumeRecord, Error> {
+        match self.meta.get(META_VOLUME)? {
+            Some(g) => VolumeRecord::from_bytes(g.value()),
+            None => Err(DirError::NotInitialized.into()),
+        }
+    }
+
+    /// Writes the volume record and the newest key epoch beside it.
+    fn put_volume(&mut self, rec: &VolumeRecord) -> Result<(), Error> {
+        self.meta.insert(META_VOLUME, rec.to_bytes()?.as_slice())?;
+        self.meta.insert(META_KEY_EPOCH, &rec.keyring.newest_epoch().to_le_bytes()[..])?;
+        Ok(())
+    }
+
+    /// The newest key epoch (`key_epoch`).
+    fn key_epoch(&self) -> Result<u32, Error> {
+        match self.meta.get(META_KEY_EPOCH)? {
+            Some(g) => decode_u32(g.value()),
+            None => Err(Error::Corrupt { what: "meta", reason: "key_epoch missing".into() }),
+        }
+    }
+
     /// Hands out the next value of a `meta-v1` counter.
     fn next(&mut self, key: &'static str) -> Result<u64, Error> {
         let current = match self.meta.get(key)? {
@@ -1473,11 +1797,26 @@ impl<'t> W<'t> {
     /// Makes a new inode from `rec` and its entry `name` in directory
     /// `parent`; a new directory adds a link to the parent.
     fn make_entry(&mut self, parent: u64, name: &[u8], rec: InodeRecord) -> Result<Attr, Error> {
+        self.make_entry_at(parent, name, rec, None)
+    }
+
+    /// [`W::make_entry`] with inode number `at` (checked by the caller), or
+    /// the next number of the counter.
+    fn make_entry_at(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        rec: InodeRecord,
+        at: Option<u64>,
+    ) -> Result<Attr, Error> {
         self.dir(parent)?;
         if self.entry(parent, name)?.is_some() {
             return Err(DirError::Exists.into());
         }
-        let ino = self.next(META_NEXT_INODE)?;
+        let ino = match at {
+            Some(ino) => ino,
+            None => self.next(META_NEXT_INODE)?,
+        };
         self.put_inode(ino, &rec)?;
         self.add_entry(parent, name, ino, rec.kind)?;
         self.touch_dir(parent, if rec.kind == KIND_DIR { 1 } else { 0 })?;
@@ -1535,7 +1874,7 @@ impl<'t> W<'t> {
                 .take(DROP_BATCH)
                 .map(|row| {
                     let (k, v) = row?;
-                    let (id, len) = v.value();
+                    let (id, len, _, _) = v.value();
                     Ok((k.value().1, id, len))
                 })
                 .collect::<Result<_, Error>>()?;
@@ -1734,7 +2073,7 @@ impl<'t> W<'t> {
             _ => return Err(invalid("layouts belong to regular files only")),
         }
         let nblocks = blocks_for(commit.size, block_size);
-        let max_len = u64::from(block_size) + u64::from(MAX_CHUNK_OVERHEAD);
+        let newest = self.key_epoch()?;
         let mut seen = HashSet::new();
         for (index, block) in &commit.blocks {
             if !seen.insert(*index) {
@@ -1747,48 +2086,28 @@ impl<'t> W<'t> {
                     commit.size
                 )));
             }
-            if c.len == 0 || u64::from(c.len) > max_len {
-                return Err(invalid(format!(
-                    "chunk {} has stored length {} (allowed 1..={max_len})",
-                    c.id, c.len
-                )));
-            }
-            if c.replicas.is_empty() {
-                // A reference to a chunk the index already holds (a shared
-                // block, as copy_file_range makes) keeps its replica list;
-                // an unknown chunk with no replicas would be data loss.
-                let known = self.chunk_rec(c.id.0)?.is_some_and(|r| !r.replicas.is_empty());
-                if !known {
-                    return Err(invalid(format!("chunk {} has no replicas", c.id)));
-                }
-            }
-            if self.tombstones.get(c.id.0)?.is_some() {
-                return Err(DirError::ChunkGone(c.id).into());
-            }
-            for p in &c.replicas {
-                if self.peers.get(p.0)?.is_none() {
-                    return Err(invalid(format!("replica peer {p} is not registered")));
-                }
-            }
+            self.check_new_entry(c, block_size, newest)?;
         }
         let mut stored = rec.stored_bytes;
         for (index, block) in &commit.blocks {
             let old = self.layouts.get((ino, *index))?.map(|g| g.value());
             match (block, old) {
-                (Some(c), Some((old_id, _))) if old_id == c.id.0 => {
-                    // Same chunk again (a retried commit): only new replicas.
+                (Some(c), Some((old_id, _, _, _))) if old_id == c.id.0 => {
+                    // Same chunk again (a retried commit): only new
+                    // replicas, and the entry as this commit describes it.
                     self.chunk_ref(c, false)?;
+                    self.layouts.insert((ino, *index), (c.id.0, c.len, c.epoch, c.mac))?;
                 }
                 (Some(c), old) => {
                     self.chunk_ref(c, true)?;
-                    self.layouts.insert((ino, *index), (c.id.0, c.len))?;
-                    if let Some((old_id, old_len)) = old {
+                    self.layouts.insert((ino, *index), (c.id.0, c.len, c.epoch, c.mac))?;
+                    if let Some((old_id, old_len, _, _)) = old {
                         self.chunk_unref(old_id)?;
                         stored = stored.saturating_sub(u64::from(old_len));
                     }
                     stored = stored.saturating_add(u64::from(c.len));
                 }
-                (None, Some((old_id, old_len))) => {
+                (None, Some((old_id, old_len, _, _))) => {
                     self.layouts.remove((ino, *index))?;
                     self.chunk_unref(old_id)?;
                     stored = stored.saturating_sub(u64::from(old_len));
@@ -1804,6 +2123,151 @@ impl<'t> W<'t> {
         self.put_inode(ino, &rec)?;
         to_attr(ino, &rec)
     }
+
+    /// The checks every committed entry passes before anything changes:
+    /// its length, a MAC, its epoch (no later than `newest`; a newly
+    /// stored chunk exactly `newest`), its replicas, no tombstone.
+    fn check_new_entry(&self, c: &StoredChunk, block_size: u32, newest: u32) -> Result<(), Error> {
+        let max_len = u64::from(block_size) + u64::from(MAX_CHUNK_OVERHEAD);
+        if c.len == 0 || u64::from(c.len) > max_len {
+            return Err(invalid(format!(
+                "chunk {} has stored length {} (allowed 1..={max_len})",
+                c.id, c.len
+            )));
+        }
+        if c.mac == [0; 32] {
+            return Err(invalid(format!("the entry of chunk {} has no MAC", c.id)));
+        }
+        if c.epoch > newest {
+            return Err(invalid(format!(
+                "chunk {} names key epoch {}; the newest is {newest}",
+                c.id, c.epoch
+            )));
+        }
+        if c.replicas.is_empty() {
+            // A reference to a chunk the index already holds (a shared
+            // block, as copy_file_range makes) keeps its replica list and
+            // its epoch; an unknown chunk with no replicas would be data
+            // loss.
+            let known = self.chunk_rec(c.id.0)?.is_some_and(|r| !r.replicas.is_empty());
+            if !known {
+                return Err(invalid(format!("chunk {} has no replicas", c.id)));
+            }
+        } else if c.epoch < newest {
+            return Err(DirError::StaleEpoch { current: newest }.into());
+        }
+        if self.tombstones.get(c.id.0)?.is_some() {
+            return Err(DirError::ChunkGone(c.id).into());
+        }
+        for p in &c.replicas {
+            if self.peers.get(p.0)?.is_none() {
+                return Err(invalid(format!("replica peer {p} is not registered")));
+            }
+        }
+        Ok(())
+    }
+
+    fn reseal_blocks(&mut self, ino: u64, reseals: &[Reseal], block_size: u32) -> Result<Vec<bool>, Error> {
+        let mut rec = self.inode(ino)?;
+        match rec.kind {
+            KIND_FILE => {}
+            KIND_DIR => return Err(DirError::IsDir.into()),
+            _ => return Err(invalid("layouts belong to regular files only")),
+        }
+        let newest = self.key_epoch()?;
+        let mut seen = HashSet::new();
+        for r in reseals {
+            if !seen.insert(r.index) {
+                return Err(invalid(format!("block {} listed twice", r.index)));
+            }
+            if r.new.replicas.is_empty() {
+                return Err(invalid(format!("chunk {} has no replicas", r.new.id)));
+            }
+            if r.new.epoch != newest {
+                return Err(DirError::StaleEpoch { current: newest }.into());
+            }
+            self.check_new_entry(&r.new, block_size, newest)?;
+        }
+        let mut stored = rec.stored_bytes;
+        let mut applied = Vec::with_capacity(reseals.len());
+        for r in reseals {
+            let old = self.layouts.get((ino, r.index))?.map(|g| g.value());
+            let Some((old_id, old_len, _, _)) = old.filter(|o| o.0 == r.old.0 && o.0 != r.new.id.0) else {
+                applied.push(false);
+                continue;
+            };
+            self.chunk_ref(&r.new, true)?;
+            self.layouts.insert((ino, r.index), (r.new.id.0, r.new.len, r.new.epoch, r.new.mac))?;
+            self.chunk_unref(old_id)?;
+            stored = stored.saturating_sub(u64::from(old_len)).saturating_add(u64::from(r.new.len));
+            applied.push(true);
+        }
+        if stored != rec.stored_bytes {
+            rec.stored_bytes = stored;
+            self.put_inode(ino, &rec)?;
+        }
+        Ok(applied)
+    }
+}
+
+/// Copies every `layouts-v1` row into `layouts-v2` (key epoch 0, no MAC)
+/// and deletes `layouts-v1`: the schema 4 → 5 migration of layouts, inside
+/// the opening transaction. Returns the rows copied.
+fn migrate_layouts(txn: &WriteTransaction) -> Result<u64, Error> {
+    let mut copied = 0u64;
+    {
+        let old = txn.open_table(LAYOUTS_V1)?;
+        let mut new = txn.open_table(LAYOUTS)?;
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let (id, len) = v.value();
+            new.insert(k.value(), (id, len, 0u32, [0u8; 32]))?;
+            copied += 1;
+        }
+    }
+    txn.delete_table(LAYOUTS_V1)?;
+    Ok(copied)
+}
+
+/// The checks of one key epoch's sizes (not its cryptography, which only
+/// members can check).
+fn check_epoch(e: &KeyEpoch) -> Result<(), Error> {
+    if e.wrapped.is_empty() || e.wrapped.len() > WRAPPED_SECRET_MAX {
+        return Err(invalid(format!("a wrapped secret must hold 1 to {WRAPPED_SECRET_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// Member names are 1 to [`MEMBER_NAME_MAX`] bytes of printable ASCII
+/// without spaces, unique; recipients 1 to [`RECIPIENT_MAX`] bytes, unique;
+/// at most [`MEMBER_NODES_MAX`] node ids and [`MEMBERS_MAX`] members.
+fn check_members(members: &[Member]) -> Result<(), Error> {
+    if members.len() > MEMBERS_MAX {
+        return Err(invalid(format!("a volume has at most {MEMBERS_MAX} members")));
+    }
+    let mut names = HashSet::new();
+    let mut recipients = HashSet::new();
+    for m in members {
+        if m.name.is_empty()
+            || m.name.len() > MEMBER_NAME_MAX
+            || !m.name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(format!(
+                "member name {:?}: 1 to {MEMBER_NAME_MAX} printable ASCII characters without spaces",
+                m.name
+            )));
+        }
+        if m.recipient.is_empty() || m.recipient.len() > RECIPIENT_MAX {
+            return Err(invalid(format!("recipient of {}: 1 to {RECIPIENT_MAX} bytes", m.name)));
+        }
+        if m.nodes.len() > MEMBER_NODES_MAX {
+            return Err(invalid(format!("member {}: at most {MEMBER_NODES_MAX} node ids", m.name)));
+        }
+        if !names.insert(m.name.as_str()) || !recipients.insert(m.recipient.as_str()) {
+            return Err(DirError::Exists.into());
+        }
+    }
+    Ok(())
 }
 
 /// The bits a write by a caller without `CAP_FSETID` clears from `perm`:
@@ -1893,8 +2357,8 @@ fn volume_info(v: VolumeRecord) -> VolumeInfo {
         id: VolumeId(v.id),
         block_size: v.block_size,
         replicas: v.replicas,
-        wrapped_secret: v.wrapped_secret,
-        recipients: v.recipients,
+        keyring: v.keyring.to_wire(),
+        legacy_layouts: v.legacy_layouts,
     }
 }
 
@@ -2048,7 +2512,110 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.getxattr(InodeId(2), b"k").unwrap(), b"v");
         let vol = s.volume_info().unwrap();
-        assert_eq!((vol.block_size, vol.replicas, vol.recipients.len()), (4096, 2, 0));
+        assert_eq!((vol.block_size, vol.replicas, vol.keyring.members.len()), (4096, 2, 0));
+        assert_eq!(vol.keyring.epochs.len(), 1);
+        assert!(vol.legacy_layouts);
+    }
+
+    /// What schema 4 wrote: volume record v2 (one wrapped secret, its
+    /// recipients), `layouts-v1` rows of a two-block file, the chunk index.
+    fn write_schema_4(path: &Path) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_SCHEMA, &4u32.to_le_bytes()[..]).unwrap();
+            let vol = tables::VolumeRecordV2 {
+                id: [6; 16],
+                block_size: 4096,
+                replicas: 1,
+                wrapped_secret: b"age-encryption.org/v1 wrapped".to_vec(),
+                recipients: vec!["age1old".into()],
+            };
+            meta.insert(META_VOLUME, vol.to_bytes().unwrap().as_slice()).unwrap();
+            meta.insert(META_NEXT_INODE, &3u64.to_le_bytes()[..]).unwrap();
+            meta.insert(META_NEXT_COOKIE, &2u64.to_le_bytes()[..]).unwrap();
+            let now = Timestamp::now();
+            let mut root = new_record(KIND_DIR, 0o755, 0, 0, 0, 1, now);
+            root.nlink = 2;
+            let mut f = new_record(KIND_FILE, 0o644, 0, 0, 0, 1, now);
+            f.size = 8000;
+            f.stored_bytes = 2 * 4144;
+            let mut inodes = txn.open_table(INODES).unwrap();
+            inodes.insert(1, root.to_bytes().unwrap().as_slice()).unwrap();
+            inodes.insert(2, f.to_bytes().unwrap().as_slice()).unwrap();
+            txn.open_table(DIRENTS).unwrap().insert((1, &b"f"[..]), (2, 1, KIND_FILE)).unwrap();
+            txn.open_table(DIRCOOKIES).unwrap().insert((1, 1), &b"f"[..]).unwrap();
+            let peer =
+                PeerRecord::new("127.0.0.1:1".into(), PeerUsage::default(), now, PeerLabels::default());
+            txn.open_table(PEERS).unwrap().insert([4u8; 16], peer.to_bytes().unwrap().as_slice()).unwrap();
+            let mut old = txn.open_table(LAYOUTS_V1).unwrap();
+            let mut chunks = txn.open_table(CHUNKS).unwrap();
+            for (i, k) in [(0u64, 10u8), (1, 11)] {
+                old.insert((2, i), (ChunkId::of(&[k]).0, 4144)).unwrap();
+                let rec = ChunkRecord { replicas: vec![PeerId([4; 16])], refcount: 1, len: 4144 };
+                chunks.insert(ChunkId::of(&[k]).0, rec.to_bytes().unwrap().as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_schema_4_database_gets_epoch_0_and_legacy_layout_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.redb");
+        write_schema_4(&path);
+        {
+            let s = Store::open(&path).unwrap();
+            let vol = s.volume_info().unwrap();
+            assert_eq!(
+                (vol.id, vol.block_size, vol.replicas, vol.legacy_layouts),
+                (VolumeId([6; 16]), 4096, 1, true)
+            );
+            let ring = &vol.keyring;
+            assert_eq!(ring.version, 0);
+            assert_eq!(ring.epochs.len(), 1);
+            assert_eq!(ring.epochs[0].wrapped, b"age-encryption.org/v1 wrapped");
+            assert_eq!((ring.epochs[0].check, ring.epochs[0].link), ([0; 32], [0; 32]));
+            assert_eq!(ring.members.len(), 1);
+            assert_eq!(
+                (ring.members[0].name.as_str(), ring.members[0].recipient.as_str()),
+                ("age1old", "age1old")
+            );
+            // The file reads as before: same chunks, lengths, no MAC.
+            let l = s.get_layout(InodeId(2), 0, 10).unwrap();
+            let rows: Vec<(u64, ChunkId, u32, u32, [u8; 32])> =
+                l.blocks.iter().map(|b| (b.index, b.chunk, b.len, b.epoch, b.mac)).collect();
+            assert_eq!(
+                rows,
+                vec![(0, ChunkId::of(&[10]), 4144, 0, [0; 32]), (1, ChunkId::of(&[11]), 4144, 0, [0; 32])]
+            );
+            assert_eq!(l.blocks[0].replicas, vec![PeerId([4; 16])]);
+            assert_eq!(l.attr.stored_bytes, 2 * 4144);
+        }
+        assert_eq!(stored_schema(&path), SCHEMA_VERSION);
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(txn.open_table(LAYOUTS_V1).is_err(), "the old table is gone");
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(META_VOLUME).unwrap().unwrap().value()[0], 3, "volume record v3");
+            assert_eq!(decode_u32(meta.get(META_KEY_EPOCH).unwrap().unwrap().value()).unwrap(), 0);
+        }
+        // It opens again unchanged, and new commits carry MACs.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.get_layout(InodeId(2), 0, 10).unwrap().blocks.len(), 2);
+        let c = StoredChunk {
+            id: ChunkId::of(&[12]),
+            len: 100,
+            replicas: vec![PeerId([4; 16])],
+            epoch: 0,
+            mac: [7; 32],
+        };
+        let commit = CommitLayout { size: 8000, mtime: Timestamp::now(), blocks: vec![(1, Some(c))] };
+        s.commit_layout(InodeId(2), &commit).unwrap();
+        let l = s.get_layout(InodeId(2), 0, 10).unwrap();
+        assert_eq!((l.blocks[0].mac, l.blocks[1].mac), ([0; 32], [7; 32]));
     }
 
     #[test]

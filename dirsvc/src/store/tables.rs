@@ -15,7 +15,7 @@
 //! | `inodes-v1` | `u64` inode number | inode record |
 //! | `dirents-v1` | `(u64 parent, &[u8] sealed name)` | `(u64 ino, u64 cookie, u8 kind)` |
 //! | `dircookies-v1` | `(u64 parent, u64 cookie)` | `&[u8]` sealed name |
-//! | `layouts-v1` | `(u64 ino, u64 block index)` | `([u8; 32] chunk id, u32 stored len)` |
+//! | `layouts-v2` | `(u64 ino, u64 block index)` | `([u8; 32] chunk id, u32 stored len, u32 key epoch, [u8; 32] MAC)` |
 //! | `chunks-v1` | `[u8; 32]` chunk id | chunk record |
 //! | `chunks-unreferenced-v1` | `[u8; 32]` chunk id | `i64` Unix seconds when its refcount reached 0 |
 //! | `symlinks-v1` | `u64` inode number | `&[u8]` sealed target |
@@ -81,18 +81,35 @@
 //!   refused; expired ones are removed when a new token is made.
 //! - revocation record v1: `at i64` (Unix seconds), `reason: string`.
 //!
+//! `layouts-v2` holds the client's MAC of each entry (see
+//! `common::keys::LayoutMacKey`) and the key epoch its chunk was sealed
+//! under; an all-zero MAC marks an entry migrated from `layouts-v1`
+//! (schemas 1 to 4: `(ino, index) → ([u8; 32] chunk id, u32 stored len)`),
+//! which opening an older database copies over (epoch 0, zero MAC) and
+//! then deletes, in the transaction that sets the schema.
+//!
 //! `meta-v1` keys:
 //! - `schema_version`: `u32` LE, the version of this whole layout (5; 4
-//!   before join tokens, revocations and session owners; 3
-//!   before peer record v3 and volume record v2, which older versions
-//!   cannot read; 2 before orphans, extended attributes and sessions; 1
-//!   before tombstones and peer record v2; all migrated at open or when
-//!   read).
-//! - `volume`: the volume record, version 2: `id [u8; 16], block_size u32,
-//!   replicas u32, wrapped_secret: bytes, recipients: list of strings`
-//!   (the `age1…` public keys the secret is wrapped to). Version 1 (read
-//!   only) has no `recipients` and migrates with an empty list. Absent
-//!   until `init_volume`.
+//!   before join tokens, revocations, session owners, `layouts-v2` and
+//!   volume record v3; 3 before peer record v3 and volume record v2, which
+//!   older versions cannot read; 2 before orphans, extended attributes and
+//!   sessions; 1 before tombstones and peer record v2; all migrated at open
+//!   or when read).
+//! - `volume`: the volume record, version 3: `id [u8; 16], block_size u32,
+//!   replicas u32, keyring: (version u64, epochs: list of (epoch u32,
+//!   wrapped: bytes, check [u8; 32], link [u8; 32]), members: list of
+//!   (name: string, recipient: string, nodes: list of [u8; 16])),
+//!   legacy_layouts: bool`. Version 2 (schema 4, read only): `id,
+//!   block_size, replicas, wrapped_secret: bytes, recipients: list of
+//!   strings`; version 1 (schemas 1 to 3) has no `recipients`. Both migrate
+//!   to version 3 as key epoch 0 (the wrapped secret, a zero check: dirsvc
+//!   cannot compute it, a zero link), one member per recipient (named by
+//!   the recipient itself, no node ids), keyring version 0, and
+//!   `legacy_layouts = true`; opening such a database rewrites the record.
+//!   Absent until `init_volume`.
+//! - `key_epoch`: `u32` LE, the newest key epoch (the last epoch of the
+//!   volume record, kept apart so every `commit_layout` can check it
+//!   without decoding the keyring). Written with the volume record.
 //! - `next_inode`: `u64` LE, the next inode number to hand out (root is 1;
 //!   numbers are never reused).
 //! - `revocation_version`: `u64` LE, grows with every revocation (0 or
@@ -108,9 +125,9 @@
 //!   `RENAME_EXCHANGE` keeps both names' cookies and swaps what they name.
 //! - A directory's `parent` field names the directory holding its entry
 //!   (root: itself); `nlink` of a directory is 2 + its subdirectories.
-//! - `layouts-v1` rows of a file have index < ⌈size / block size⌉, and the
+//! - `layouts-v2` rows of a file have index < ⌈size / block size⌉, and the
 //!   file's `stored_bytes` is the sum of its rows' stored lengths.
-//! - A chunk's `refcount` is the number of `layouts-v1` rows naming it. A
+//! - A chunk's `refcount` is the number of `layouts-v2` rows naming it. A
 //!   chunk at refcount 0 stays in `chunks-v1` and is listed in
 //!   `chunks-unreferenced-v1` (for garbage collection); it leaves that table
 //!   when a layout references it again.
@@ -132,9 +149,9 @@
 
 use crate::error::Error;
 use bincode::Options;
-use common::rpc::dir::{FileKind, PeerLabels, PeerUsage};
+use common::rpc::dir::{FileKind, KeyEpoch, Keyring, Member, PeerLabels, PeerUsage, MEMBER_NAME_MAX};
 use common::time::Timestamp;
-use common::PeerId;
+use common::{NodeId, PeerId};
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -151,8 +168,14 @@ pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("ino
 pub(crate) const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8)> = TableDefinition::new("dirents-v1");
 /// `(parent, cookie)` → sealed name: the readdir order.
 pub(crate) const DIRCOOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dircookies-v1");
-/// `(ino, block index)` → `(chunk id, stored length in bytes)`.
-pub(crate) const LAYOUTS: TableDefinition<(u64, u64), ([u8; 32], u32)> = TableDefinition::new("layouts-v1");
+/// A layout row: `(chunk id, stored length in bytes, key epoch, MAC)`.
+pub(crate) type LayoutRow = ([u8; 32], u32, u32, [u8; 32]);
+/// `(ino, block index)` → [`LayoutRow`].
+pub(crate) const LAYOUTS: TableDefinition<(u64, u64), LayoutRow> = TableDefinition::new("layouts-v2");
+/// The layouts of schemas 1 to 4: `(ino, block index)` → `(chunk id,
+/// stored length)`. Read only by the migration to `layouts-v2`.
+pub(crate) const LAYOUTS_V1: TableDefinition<(u64, u64), ([u8; 32], u32)> =
+    TableDefinition::new("layouts-v1");
 /// Chunk id → [`ChunkRecord`] bytes.
 pub(crate) const CHUNKS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunks-v1");
 /// Chunk id → Unix seconds at which its refcount dropped to 0.
@@ -187,6 +210,8 @@ pub(crate) const META_NEXT_INODE: &str = "next_inode";
 pub(crate) const META_NEXT_COOKIE: &str = "next_cookie";
 /// `meta-v1` key of the revocation list's version.
 pub(crate) const META_REVOCATIONS: &str = "revocation_version";
+/// `meta-v1` key of the newest key epoch.
+pub(crate) const META_KEY_EPOCH: &str = "key_epoch";
 
 /// Largest encoded record accepted when decoding, in bytes: bounds the
 /// allocation a corrupt length prefix could ask for.
@@ -528,10 +553,187 @@ pub(crate) fn role_from_byte(b: u8) -> Result<common::rpc::Role, Error> {
 }
 
 /// The volume record under `meta-v1/volume` (format version 2). Kept
+/// One key epoch in the volume record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EpochRecord {
+    /// Epoch number.
+    pub epoch: u32,
+    /// The age-wrapped epoch secret.
+    pub wrapped: Vec<u8>,
+    /// Key-check value (zero if unknown: migrated epoch 0).
+    pub check: [u8; 32],
+    /// Link to the previous epoch (zero for epoch 0).
+    pub link: [u8; 32],
+}
+
+/// One member in the volume record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MemberRecord {
+    /// Unique name.
+    pub name: String,
+    /// age recipient (public key).
+    pub recipient: String,
+    /// Node ids of the member's client certificates.
+    pub nodes: Vec<[u8; 16]>,
+}
+
+/// The keyring in the volume record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyringRecord {
+    /// Bumped by every change.
+    pub version: u64,
+    /// Key epochs, oldest first.
+    pub epochs: Vec<EpochRecord>,
+    /// Current members.
+    pub members: Vec<MemberRecord>,
+}
+
+impl KeyringRecord {
+    /// The stored form of a wire keyring.
+    pub fn from_wire(k: &Keyring) -> Self {
+        KeyringRecord {
+            version: k.version,
+            epochs: k
+                .epochs
+                .iter()
+                .map(|e| EpochRecord {
+                    epoch: e.epoch,
+                    wrapped: e.wrapped.clone(),
+                    check: e.check,
+                    link: e.link,
+                })
+                .collect(),
+            members: k.members.iter().map(MemberRecord::from_wire).collect(),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> Keyring {
+        Keyring {
+            version: self.version,
+            epochs: self
+                .epochs
+                .iter()
+                .map(|e| KeyEpoch {
+                    epoch: e.epoch,
+                    wrapped: e.wrapped.clone(),
+                    check: e.check,
+                    link: e.link,
+                })
+                .collect(),
+            members: self.members.iter().map(MemberRecord::to_wire).collect(),
+        }
+    }
+
+    /// The newest epoch number (0 when empty).
+    pub fn newest_epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.epoch)
+    }
+}
+
+impl MemberRecord {
+    /// The stored form of a wire member.
+    pub fn from_wire(m: &Member) -> Self {
+        MemberRecord {
+            name: m.name.clone(),
+            recipient: m.recipient.clone(),
+            nodes: m.nodes.iter().map(|n| n.0).collect(),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            recipient: self.recipient.clone(),
+            nodes: self.nodes.iter().map(|n| NodeId(*n)).collect(),
+        }
+    }
+}
+
+/// The volume record under `meta-v1/volume` (format version 3). Kept
 /// separate from the wire type `VolumeInfo` so the stored shape is fixed
 /// here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VolumeRecord {
+    /// Volume id bytes.
+    pub id: [u8; 16],
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Replication factor R.
+    pub replicas: u32,
+    /// Key epochs and members.
+    pub keyring: KeyringRecord,
+    /// Whether layout rows migrated from before MACs may lack one.
+    pub legacy_layouts: bool,
+}
+
+impl VolumeRecord {
+    /// A record of a volume from before key epochs: its one wrapped secret
+    /// becomes epoch 0 (check unknown), each recipient a member named by
+    /// itself, and its layouts legacy.
+    fn migrated(
+        id: [u8; 16],
+        block_size: u32,
+        replicas: u32,
+        wrapped: Vec<u8>,
+        recipients: Vec<String>,
+    ) -> Self {
+        let mut members: Vec<MemberRecord> = Vec::new();
+        for (i, r) in recipients.into_iter().enumerate() {
+            let valid =
+                !r.is_empty() && r.len() <= MEMBER_NAME_MAX && r.bytes().all(|b| b.is_ascii_graphic());
+            let name = if valid { r.clone() } else { format!("member-{}", i + 1) };
+            if members.iter().any(|m| m.name == name || m.recipient == r) {
+                continue;
+            }
+            members.push(MemberRecord { name, recipient: r, nodes: Vec::new() });
+        }
+        VolumeRecord {
+            id,
+            block_size,
+            replicas,
+            keyring: KeyringRecord {
+                version: 0,
+                epochs: vec![EpochRecord { epoch: 0, wrapped, check: [0; 32], link: [0; 32] }],
+                members,
+            },
+            legacy_layouts: true,
+        }
+    }
+}
+
+impl Record for VolumeRecord {
+    const WHAT: &'static str = "volume";
+    const VERSION: u8 = 3;
+
+    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
+        match version {
+            1 => {
+                let v1: VolumeRecordV1 = decode_body(Self::WHAT, body)?;
+                Ok(VolumeRecord::migrated(v1.id, v1.block_size, v1.replicas, v1.wrapped_secret, Vec::new()))
+            }
+            2 => {
+                let v2: VolumeRecordV2 = decode_body(Self::WHAT, body)?;
+                Ok(VolumeRecord::migrated(
+                    v2.id,
+                    v2.block_size,
+                    v2.replicas,
+                    v2.wrapped_secret,
+                    v2.recipients,
+                ))
+            }
+            _ => {
+                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+            }
+        }
+    }
+}
+
+/// The volume record of schema 4 (format version 2): read for migration
+/// only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VolumeRecordV2 {
     /// Volume id bytes.
     pub id: [u8; 16],
     /// Block size in bytes.
@@ -544,27 +746,11 @@ pub(crate) struct VolumeRecord {
     pub recipients: Vec<String>,
 }
 
-impl Record for VolumeRecord {
+/// Schema-4 databases are written in tests only (migration tests).
+#[cfg(test)]
+impl Record for VolumeRecordV2 {
     const WHAT: &'static str = "volume";
     const VERSION: u8 = 2;
-
-    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
-        match version {
-            1 => {
-                let v1: VolumeRecordV1 = decode_body(Self::WHAT, body)?;
-                Ok(VolumeRecord {
-                    id: v1.id,
-                    block_size: v1.block_size,
-                    replicas: v1.replicas,
-                    wrapped_secret: v1.wrapped_secret,
-                    recipients: Vec::new(),
-                })
-            }
-            _ => {
-                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
-            }
-        }
-    }
 }
 
 /// The volume record of schemas 1 to 3 (format version 1): read for
@@ -675,8 +861,39 @@ mod tests {
         assert_eq!((rec.host.as_str(), rec.zone.as_str()), ("h", "z"));
         let v1 = VolumeRecordV1 { id: [1; 16], block_size: 4096, replicas: 2, wrapped_secret: vec![9] };
         let vol = VolumeRecord::from_bytes(&v1.to_bytes().unwrap()).unwrap();
-        assert_eq!((vol.id, vol.replicas, vol.wrapped_secret), ([1; 16], 2, vec![9]));
-        assert!(vol.recipients.is_empty());
+        assert_eq!((vol.id, vol.replicas), ([1; 16], 2));
+        assert_eq!(
+            vol.keyring.epochs,
+            vec![EpochRecord { epoch: 0, wrapped: vec![9], check: [0; 32], link: [0; 32] }]
+        );
+        assert!(vol.keyring.members.is_empty());
+        assert!(vol.legacy_layouts);
+    }
+
+    #[test]
+    fn version_2_volume_records_become_epoch_0_with_members_named_from_recipients() {
+        let r = "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq".to_string();
+        let v2 = VolumeRecordV2 {
+            id: [2; 16],
+            block_size: 1 << 20,
+            replicas: 3,
+            wrapped_secret: b"age-encryption.org/v1...".to_vec(),
+            recipients: vec![r.clone(), r.clone(), "has a space".into()],
+        };
+        let bytes = v2.to_bytes().unwrap();
+        assert_eq!(bytes[0], 2);
+        let vol = VolumeRecord::from_bytes(&bytes).unwrap();
+        assert_eq!((vol.id, vol.block_size, vol.replicas, vol.legacy_layouts), ([2; 16], 1 << 20, 3, true));
+        assert_eq!(vol.keyring.version, 0);
+        assert_eq!(vol.keyring.epochs.len(), 1);
+        assert_eq!(vol.keyring.epochs[0].wrapped, v2.wrapped_secret);
+        assert_eq!((vol.keyring.epochs[0].check, vol.keyring.epochs[0].link), ([0; 32], [0; 32]));
+        let names: Vec<(&str, &str)> =
+            vol.keyring.members.iter().map(|m| (m.name.as_str(), m.recipient.as_str())).collect();
+        assert_eq!(names, vec![(r.as_str(), r.as_str()), ("member-3", "has a space")]);
+        let again = vol.to_bytes().unwrap();
+        assert_eq!(again[0], 3, "written as the newest version");
+        assert_eq!(VolumeRecord::from_bytes(&again).unwrap(), vol);
     }
 
     #[test]

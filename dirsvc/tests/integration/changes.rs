@@ -4,7 +4,9 @@
 
 use super::support::*;
 use super::svc::*;
-use common::rpc::dir::{xattr_flags, Change, ChangeBatch, CommitLayout, DirError, SetAttr};
+use common::rpc::dir::{
+    xattr_flags, Change, ChangeBatch, CommitLayout, DirError, NewSymlink, SessionOpen, SetAttr,
+};
 use common::time::Timestamp;
 use common::InodeId;
 use std::time::{Duration, Instant};
@@ -53,7 +55,12 @@ async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
         want.push(attr(f));
         ok(c.link(ctx(), f, ROOT, n("hard")).await);
         want.extend([entry(f, ROOT, "hard"), attr(ROOT)]);
-        let l = ok(c.symlink(ctx(), ROOT, n("l"), n("target"), 6, 0, 0).await).ino;
+        let open = SessionOpen { label: "mutator".into(), ..SessionOpen::default() };
+        let ms = ok(c.open_session(ctx(), open).await).id;
+        let (ino, _) = ok(c.reserve_inodes(ctx(), ms, 1).await);
+        let new = NewSymlink { ino, target: n("target"), size: 6, uid: 0, gid: 0 };
+        let l = ok(c.symlink(ctx(), ms, ROOT, n("l"), new).await).ino;
+        assert_eq!(l, ino);
         want.extend([entry(l, ROOT, "l"), attr(ROOT)]);
         ok(c.rename(ctx(), d, n("f"), ROOT, n("f2"), 0).await);
         want.extend([entry(f, d, "f"), entry(f, ROOT, "f2"), attr(d), attr(ROOT)]);

@@ -427,7 +427,13 @@ impl Cluster {
                 self.peer(k).insert(bytes, Timestamp::now().secs);
                 replicas.push(self.peer(k).id);
             }
-            let c = StoredChunk { id: ChunkId::of(bytes), len: bytes.len() as u32, replicas };
+            let c = StoredChunk {
+                id: ChunkId::of(bytes),
+                len: bytes.len() as u32,
+                replicas,
+                epoch: 0,
+                mac: [0x4d; 32],
+            };
             blocks.push((i as u64, Some(c)));
         }
         let size = chunks.len() as u64 * u64::from(B);

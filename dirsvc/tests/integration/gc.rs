@@ -86,7 +86,13 @@ fn collection_racing_a_commit_never_leaves_a_layout_naming_a_deleted_chunk() {
     for round in 0..60u8 {
         let name = format!("old{round}");
         let old = mkfile(&s, ROOT, &name);
-        let c = StoredChunk { id: ChunkId::of(&[round, 0xaa]), len: 58, replicas: vec![p] };
+        let c = StoredChunk {
+            id: ChunkId::of(&[round, 0xaa]),
+            len: 58,
+            replicas: vec![p],
+            epoch: 0,
+            mac: [0x4d; 32],
+        };
         commit_one(&s, old, c.clone()).unwrap();
         s.unlink(ROOT, &n(&name)).unwrap();
         let f = mkfile(&s, ROOT, &format!("new{round}"));
@@ -213,7 +219,8 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         assert_eq!((st.gc_pending, st.chunks), (0, 0));
         // A commit naming a collected chunk is refused.
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
-        let again = StoredChunk { id: ids[0], len: 700, replicas: vec![c.peer(1).id] };
+        let again =
+            StoredChunk { id: ids[0], len: 700, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
         let commit =
             CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(again.clone()))] };
         assert_eq!(
@@ -263,7 +270,8 @@ async fn orphans_older_than_the_grace_period_are_deleted() {
         wait_until("2501 deletes counted", || async { c.status().await.gc_deleted_total == 2501 }).await;
         // The collected orphan cannot be committed any more.
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
-        let late = StoredChunk { id: old_orphan, len: 21, replicas: vec![c.peer(1).id] };
+        let late =
+            StoredChunk { id: old_orphan, len: 21, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
         let commit = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(late))] };
         assert_eq!(
             c.client.commit_layout(context::current(), g, commit).await.unwrap(),

@@ -294,7 +294,16 @@ async fn measure_cluster_status_on_a_million_chunks() {
                     id[..8].copy_from_slice(&i.to_le_bytes());
                     let reps =
                         vec![ps[(i % 5) as usize], ps[((i + 1) % 5) as usize], ps[((i + 2) % 5) as usize]];
-                    (i, Some(common::rpc::dir::StoredChunk { id: ChunkId(id), len: 4096, replicas: reps }))
+                    (
+                        i,
+                        Some(common::rpc::dir::StoredChunk {
+                            id: ChunkId(id),
+                            len: 4096,
+                            replicas: reps,
+                            epoch: 0,
+                            mac: [0x4d; 32],
+                        }),
+                    )
                 })
                 .collect();
             let size = (start + per_commit) * u64::from(B);

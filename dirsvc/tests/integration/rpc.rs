@@ -189,7 +189,8 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
         let a = register(&c, 1, GIB).await;
         let b = register(&c, 2, GIB).await;
         let f = c.create(ctx(), ROOT, n("f"), file()).await.unwrap().unwrap().ino;
-        let chunk = StoredChunk { id: ChunkId::of(b"x"), len: 60, replicas: vec![a, b] };
+        let chunk =
+            StoredChunk { id: ChunkId::of(b"x"), len: 60, replicas: vec![a, b], epoch: 0, mac: [0x4d; 32] };
         c.commit_layout(
             ctx(),
             f,

@@ -1,7 +1,9 @@
 //! Fixtures shared by the integration tests: temporary stores, names,
 //! peers and chunks.
 
-use common::rpc::dir::{DirError, FileKind, NewInode, PeerLabels, PeerUsage, StoredChunk, VolumeInfo};
+use common::rpc::dir::{
+    DirError, FileKind, KeyEpoch, Keyring, Member, NewInode, PeerLabels, PeerUsage, StoredChunk, VolumeInfo,
+};
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
 use dirsvc::store::tables::PeerRecord;
@@ -33,12 +35,21 @@ pub fn db_path(dir: &Path) -> PathBuf {
 
 /// Volume settings used by the tests.
 pub fn volume(replicas: u32) -> VolumeInfo {
-    VolumeInfo {
-        id: VolumeId([5; 16]),
-        block_size: B,
-        replicas,
-        wrapped_secret: b"age-wrapped-secret".to_vec(),
-        recipients: vec!["age1testrecipient".into()],
+    VolumeInfo { id: VolumeId([5; 16]), block_size: B, replicas, keyring: keyring(), legacy_layouts: false }
+}
+
+/// The keyring of a new test volume: epoch 0 (opaque to dirsvc) and one
+/// member.
+pub fn keyring() -> Keyring {
+    Keyring {
+        version: 1,
+        epochs: vec![KeyEpoch {
+            epoch: 0,
+            wrapped: b"age-wrapped-secret".to_vec(),
+            check: [1; 32],
+            link: [0; 32],
+        }],
+        members: vec![Member { name: "owner".into(), recipient: "age1testrecipient".into(), nodes: vec![] }],
     }
 }
 
@@ -80,9 +91,12 @@ pub fn peer(s: &Store, k: u8) -> PeerId {
     id
 }
 
+/// A MAC for test layout entries (dirsvc only checks that there is one).
+pub const MAC: [u8; 32] = [0x4d; 32];
+
 /// A stored chunk with id derived from `k`.
 pub fn chunk(k: u8, len: u32, replicas: &[PeerId]) -> StoredChunk {
-    StoredChunk { id: ChunkId::of(&[k]), len, replicas: replicas.to_vec() }
+    StoredChunk { id: ChunkId::of(&[k]), len, replicas: replicas.to_vec(), epoch: 0, mac: MAC }
 }
 
 /// The domain error of a failed store call; panics on success or on an

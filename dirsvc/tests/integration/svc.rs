@@ -121,7 +121,13 @@ impl Svc {
     /// derived from `k`). Returns its inode.
     pub async fn file_with_chunk(&self, name: &str, k: u8) -> InodeId {
         let f = ok(self.c.create(context::current(), ROOT, n(name), file()).await).ino;
-        let c = StoredChunk { id: ChunkId::of(&[k]), len: 100, replicas: self.peers.clone() };
+        let c = StoredChunk {
+            id: ChunkId::of(&[k]),
+            len: 100,
+            replicas: self.peers.clone(),
+            epoch: 0,
+            mac: [0x4d; 32],
+        };
         let commit = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] };
         ok(self.c.commit_layout(context::current(), f, commit).await);
         f

@@ -6,7 +6,11 @@
 //! dropped from the layout rather than stored. `copy_file_range` between
 //! block-aligned offsets of two files shares the source's committed chunks
 //! (a reflink: no data moves, dirsvc counts one more reference); everything
-//! else is copied through the block buffers without crossing FUSE.
+//! else is copied through the block buffers without crossing FUSE. A shared
+//! block's source entry is verified first (its MAC, for the source inode
+//! and block), and the destination entry gets a MAC of its own, for the
+//! destination inode and block, so a shared chunk is bound to both places
+//! and sharing never launders an entry dirsvc moved.
 
 use super::{FileState, Fs, Source};
 use crate::error::{Error, Result};
@@ -101,7 +105,7 @@ impl Fs {
             let mut block = match Self::source(st, idx) {
                 Source::Hole => continue,
                 Source::Local(d) => d,
-                Source::Remote(loc) => self.fetch_block(&loc).await?,
+                Source::Remote(loc) => self.fetch_block(st.ino, &loc).await?,
             };
             st.uploading.remove(&idx);
             let buf = Arc::make_mut(&mut block);
@@ -159,6 +163,11 @@ impl Fs {
         if len == 0 {
             return Ok(0);
         }
+        // Only entries that verify are shared; one that does not fails the
+        // copy (EIO), as reading it would.
+        for loc in shareable.values().flatten() {
+            self.verify_entry(hin.ino, loc).await?;
+        }
         let fout = self.file(hout.ino)?;
         let dst_end = off_out + len;
         let mut pos = 0u64;
@@ -171,7 +180,7 @@ impl Fs {
                         return Err(e.clone());
                     }
                     st.writers.entry(fh_out).or_insert(None);
-                    self.share_block(&mut st, (off_out + pos) / b, piece, loc.as_ref(), dst_end)
+                    self.share_block(&mut st, (off_out + pos) / b, piece, loc.as_ref(), dst_end)?
                 }
                 _ => false,
             };
@@ -192,7 +201,10 @@ impl Fs {
     /// Points block `idx` of the destination at `loc` (or a hole) for a
     /// `copy_file_range` piece of `piece` bytes, if that is exact: a whole
     /// block, or a partial last piece with nothing of the destination after
-    /// `dst_end`. Returns whether it did.
+    /// `dst_end`. The new entry keeps the chunk's epoch and gets its own MAC
+    /// (destination inode and block). Returns whether it did.
+    ///
+    /// Errors: [`Error::Integrity`] if no key of the chunk's epoch is known.
     pub(super) fn share_block(
         &self,
         st: &mut FileState,
@@ -200,22 +212,35 @@ impl Fs {
         piece: u64,
         loc: Option<&BlockLoc>,
         dst_end: u64,
-    ) -> bool {
+    ) -> Result<bool> {
         let b = self.block_size;
         if piece < b && st.size > dst_end {
-            return false;
+            return Ok(false);
         }
+        let keys = self.keys();
+        let mac = match loc {
+            Some(l) => Some(self.entry_mac(&keys, st.ino, idx, l.chunk, l.len, l.epoch)?),
+            None => None,
+        };
         st.dirty.remove(&idx);
         st.uploading.remove(&idx);
-        match loc {
-            Some(loc) => {
-                st.layout.insert(idx, BlockLoc { index: idx, ..loc.clone() });
+        match (loc, mac) {
+            (Some(loc), Some(mac)) => {
+                st.layout.insert(idx, BlockLoc { index: idx, mac, ..loc.clone() });
                 // No replicas: dirsvc keeps the chunk's own list and adds a
                 // reference.
-                st.uncommitted
-                    .insert(idx, Some(StoredChunk { id: loc.chunk, len: loc.len, replicas: Vec::new() }));
+                st.uncommitted.insert(
+                    idx,
+                    Some(StoredChunk {
+                        id: loc.chunk,
+                        len: loc.len,
+                        replicas: Vec::new(),
+                        epoch: loc.epoch,
+                        mac,
+                    }),
+                );
             }
-            None => {
+            _ => {
                 st.layout.remove(&idx);
                 st.uncommitted.insert(idx, None);
             }
@@ -224,7 +249,7 @@ impl Fs {
         st.size = st.size.max(idx * b + piece);
         st.mtime = Timestamp::now();
         st.meta_dirty = true;
-        true
+        Ok(true)
     }
 
     /// `lseek(2)` with `SEEK_DATA` or `SEEK_HOLE` from `offset` on the file

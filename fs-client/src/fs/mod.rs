@@ -17,6 +17,21 @@
 //! verify against the chunk id and decrypt; a failing replica is logged and
 //! the next is tried. Sequential reads prefetch the next blocks.
 //!
+//! Placement: every layout entry carries the writer's MAC over (volume,
+//! inode, block index, chunk id, stored length, key epoch). A block's entry
+//! is verified before the block is used (read, merged into a partial write,
+//! shared by `copy_file_range`): an entry that does not verify is EIO and
+//! an error log line naming the inode and block, never another file's or
+//! block's bytes. Entries this client makes get their MAC when they are
+//! made (an upload, a shared block, a recovered chunk).
+//!
+//! Keys: data is sealed under the volume's newest key epoch; older data
+//! opens with the epoch its header names. When dirsvc refuses a commit
+//! because a member was removed meanwhile (`StaleEpoch`), or a block names
+//! an epoch this client does not know, the keyring is loaded again (from
+//! the identity file named in [`FsConfig::identity`]) and the blocks are
+//! sealed and stored again under the new epoch.
+//!
 //! Invariant kept by every path: a stored block's plaintext is never longer
 //! than the file's size allows (`size - index·B`), so bytes past the end of a
 //! file that later grows read as zeros.
@@ -41,18 +56,21 @@
 //!   extended attributes;
 //! - `names.rs`: the last known path of inodes, for messages;
 //! - `recovery.rs`: keeping data that could not be stored at unmount, and
-//!   storing it at the next mount.
+//!   storing it at the next mount;
+//! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
+//!   newest (`fs-client reencrypt`).
 
 use crate::cache::{Block, BlockCache};
 use crate::error::{Error, Result};
 use crate::remote::{DirClient, PeerPool};
 use common::codec;
 use common::config::NAME_MAX;
-use common::keys::{NameKey, SubKey, VolumeSecret};
+use common::keyring::VolumeKeys;
+use common::keys::{LayoutEntry, NameKey};
 use common::rpc::dir::{Attr, BlockLoc, FileKind, StoredChunk, VolumeInfo};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
-use common::InodeId;
+use common::{ChunkId, InodeId, VolumeId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -97,6 +115,13 @@ pub struct FsConfig {
     /// How this client names itself to dirsvc (logs, lock holders); default
     /// `fs-client pid=<pid>`.
     pub session_label: String,
+    /// The identity file the keyring is unwrapped with again when a new key
+    /// epoch appears (a member was removed); `None`: no reload (writes under
+    /// an old epoch then fail).
+    pub identity: Option<std::path::PathBuf>,
+    /// Where the volume is pinned ([`crate::pins`]); checked again on every
+    /// keyring reload. `None`: no pin.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for FsConfig {
@@ -110,6 +135,8 @@ impl Default for FsConfig {
             min_replicas: None,
             commit_interval: std::time::Duration::from_secs(1),
             session_label: format!("fs-client pid={}", std::process::id()),
+            identity: None,
+            pin_dir: None,
         }
     }
 }
@@ -277,10 +304,21 @@ struct Handle {
 pub struct Fs {
     dir: DirClient,
     peers: PeerPool,
-    chunk_key: SubKey,
+    volume: VolumeId,
+    /// The verified keyring; replaced by [`Fs::reload_keys`].
+    keys: std::sync::RwLock<Arc<VolumeKeys>>,
+    /// Serializes keyring reloads.
+    reloading: tokio::sync::Mutex<()>,
+    /// Names stay under epoch 0's key for the life of the volume.
     name_key: NameKey,
-    symlink_key: SubKey,
-    xattr_key: SubKey,
+    /// Whether layout entries without a MAC (migrated from before MACs) and
+    /// symlink targets sealed without their inode are accepted.
+    legacy_layouts: bool,
+    /// Whether accepting such a legacy entry was logged (once per mount).
+    legacy_logged: std::sync::atomic::AtomicBool,
+    /// Inode numbers reserved at dirsvc by this client's session and not
+    /// used yet (for symlinks).
+    reserved: Mutex<Vec<InodeId>>,
     block_size: u64,
     replicas: u32,
     config: FsConfig,
@@ -319,17 +357,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Fs {
-    /// Opens the volume served by `dir` with the unwrapped `secret`.
-    pub fn new(dir: DirClient, volume: &VolumeInfo, secret: &VolumeSecret, config: FsConfig) -> Arc<Self> {
+    /// Opens the volume served by `dir` with its unwrapped, verified `keys`.
+    pub fn new(dir: DirClient, volume: &VolumeInfo, keys: VolumeKeys, config: FsConfig) -> Arc<Self> {
         let block_size = u64::from(volume.block_size);
         let peers = PeerPool::new(dir.tls().clone());
         Arc::new(Fs {
             dir,
             peers,
-            chunk_key: secret.chunk_key(),
-            name_key: secret.name_key(),
-            symlink_key: secret.symlink_key(),
-            xattr_key: secret.xattr_value_key(),
+            volume: volume.id,
+            name_key: keys.name_key().clone(),
+            keys: std::sync::RwLock::new(Arc::new(keys)),
+            reloading: tokio::sync::Mutex::new(()),
+            legacy_layouts: volume.legacy_layouts,
+            legacy_logged: std::sync::atomic::AtomicBool::new(false),
+            reserved: Mutex::new(Vec::new()),
             block_size,
             replicas: volume.replicas,
             cache: BlockCache::new(config.cache_bytes, block_size),
@@ -424,6 +465,135 @@ impl Fs {
         self.block_size
     }
 
+    /// The keyring as this client knows it now.
+    pub fn keys(&self) -> Arc<VolumeKeys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the keyring from dirsvc again and unlocks it with the identity
+    /// file of [`FsConfig::identity`] (checked against the pin, if any),
+    /// unless another task did so since `seen` was the newest epoch.
+    /// Returns the keys now in use.
+    ///
+    /// Errors: [`Error::Key`] when there is no identity to reload with, the
+    /// identity is no longer a member, or the keyring does not verify;
+    /// dirsvc's errors.
+    pub(crate) async fn reload_keys(&self, seen: u32) -> Result<Arc<VolumeKeys>> {
+        let _one = self.reloading.lock().await;
+        let current = self.keys();
+        if current.newest() > seen {
+            return Ok(current);
+        }
+        let Some(path) = self.config.identity.clone() else {
+            return Err(Error::Key(
+                "the volume has a new key epoch and this client has no identity file to unwrap it".into(),
+            ));
+        };
+        let info = crate::volume::fetch(&self.dir).await?;
+        if info.id != self.volume {
+            return Err(Error::Key(format!(
+                "dirsvc now serves volume {}, not {}",
+                info.id.to_hex(),
+                self.volume.to_hex()
+            )));
+        }
+        // The identity is read, used and dropped with no await in between
+        // (age's identities are not Send).
+        let keys = {
+            let id = crate::identity::load(&path)?;
+            crate::volume::unlock(&info, &id)?
+        };
+        if let Some(dir) = &self.config.pin_dir {
+            crate::pins::check_and_record(dir, &crate::pins::Origin::of(&self.dir), &info, &keys)?;
+        }
+        if keys.newest() < current.newest() {
+            return Err(Error::Key(format!(
+                "dirsvc now serves key epoch {} as the newest, older than {} known here",
+                keys.newest(),
+                current.newest()
+            )));
+        }
+        tracing::info!(volume = %self.volume, epoch = keys.newest(), "keyring reloaded: new data goes to the newest key epoch");
+        let keys = Arc::new(keys);
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys.clone();
+        Ok(keys)
+    }
+
+    /// The keys to open data of `epoch`, reloading the keyring first if
+    /// this client does not know that epoch yet.
+    ///
+    /// Errors: those of [`Fs::reload_keys`]; [`Error::Integrity`] if the
+    /// keyring has no such epoch even then.
+    pub(crate) async fn keys_for(&self, epoch: u32) -> Result<Arc<VolumeKeys>> {
+        let keys = self.keys();
+        if keys.epoch(epoch).is_some() {
+            return Ok(keys);
+        }
+        let keys = self.reload_keys(keys.newest()).await?;
+        if keys.epoch(epoch).is_none() {
+            return Err(Error::Integrity(format!(
+                "data names key epoch {epoch}, which the volume does not have"
+            )));
+        }
+        Ok(keys)
+    }
+
+    /// The MAC of the layout entry of block `index` of `ino` naming `chunk`
+    /// (`len` stored bytes, sealed under `epoch`).
+    pub(crate) fn entry_mac(
+        &self,
+        keys: &VolumeKeys,
+        ino: InodeId,
+        index: u64,
+        chunk: ChunkId,
+        len: u32,
+        epoch: u32,
+    ) -> Result<[u8; 32]> {
+        let k = keys
+            .epoch(epoch)
+            .ok_or_else(|| Error::Integrity(format!("no key epoch {epoch} to MAC a layout entry with")))?;
+        Ok(k.layout_mac.mac(&LayoutEntry { volume: self.volume, ino, index, chunk, len, epoch }))
+    }
+
+    /// Checks the MAC of `loc`, the entry of block `loc.index` of `ino`,
+    /// before the block is used. An entry without a MAC passes only on a
+    /// volume migrated from before MACs (logged once per mount).
+    ///
+    /// Errors: [`Error::Integrity`] (EIO) for an entry that does not
+    /// verify, logged at error level with the inode and block; those of
+    /// [`Fs::keys_for`].
+    pub(crate) async fn verify_entry(&self, ino: InodeId, loc: &BlockLoc) -> Result<()> {
+        if loc.mac == [0; 32] {
+            if self.legacy_layouts {
+                if !self.legacy_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(volume = %self.volume, ino = %ino, block = loc.index, "this volume predates layout MACs: its older entries carry none and are trusted as dirsvc serves them (logged once per mount; `fs-client reencrypt` adds MACs)");
+                }
+                return Ok(());
+            }
+            tracing::error!(ino = %ino, block = loc.index, chunk = %loc.chunk, path = %self.path_of(ino), "layout entry has no MAC on a volume that requires them; refusing the block (EIO)");
+            return Err(Error::Integrity(format!(
+                "block {} of inode {ino}: layout entry has no MAC",
+                loc.index
+            )));
+        }
+        let keys = self.keys_for(loc.epoch).await?;
+        let k =
+            keys.epoch(loc.epoch).ok_or_else(|| Error::Integrity(format!("no key epoch {}", loc.epoch)))?;
+        let e = LayoutEntry {
+            volume: self.volume,
+            ino,
+            index: loc.index,
+            chunk: loc.chunk,
+            len: loc.len,
+            epoch: loc.epoch,
+        };
+        if k.layout_mac.verify(&e, &loc.mac) {
+            return Ok(());
+        }
+        tracing::error!(ino = %ino, block = loc.index, chunk = %loc.chunk, path = %self.path_of(ino), "layout entry does not verify: dirsvc serves a chunk that no member wrote at this block of this file; refusing it (EIO)");
+        Err(Error::Integrity(format!("block {} of inode {ino}: layout entry MAC does not verify", loc.index)))
+    }
+
     fn seal_name(&self, parent: InodeId, name: &[u8]) -> Result<Vec<u8>> {
         if name.len() > NAME_MAX {
             return Err(Error::Errno(libc::ENAMETOOLONG, format!("name of {} bytes", name.len())));
@@ -434,6 +604,7 @@ impl Fs {
 
 pub use extents::Seek;
 pub use locks::{LockRequest, LockType};
+pub use reencrypt::{ReencryptProgress, ReencryptReport};
 
 mod extents;
 mod locks;
@@ -442,6 +613,7 @@ mod namespace;
 mod open;
 mod read;
 pub mod recovery;
+mod reencrypt;
 mod session;
 mod truncate;
 mod upload;

@@ -2,16 +2,26 @@
 //! that have unflushed writes), make, remove, rename and link entries,
 //! symlinks, directory listings and `statfs`. Names are sealed here, before
 //! they leave the client.
+//!
+//! Symlink targets are sealed bound to the volume and the symlink's inode
+//! (`common::keys::symlink_ad`): the inode number is reserved at dirsvc
+//! first (`reserve_inodes`, a few at a time), so the target can name it
+//! before the inode exists. A target served for another symlink does not
+//! open: `readlink` is EIO, with an error log line.
 
 use super::{lock, Entry, Fs};
 use crate::error::{Error, Result};
 use common::codec;
 use common::config::SYMLINK_MAX;
-use common::rpc::dir::{Attr, FileKind, NewInode, SetAttr, StatFs};
+use common::keys::symlink_ad;
+use common::rpc::dir::{Attr, DirError, FileKind, NewInode, NewSymlink, SetAttr, StatFs};
 use common::InodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::warn;
+
+/// How many inode numbers are reserved at once for symlinks.
+const RESERVE_BATCH: u32 = 16;
 
 impl Fs {
     /// Looks `name` up in `parent`. Errors: `ENOENT` and friends via dirsvc.
@@ -204,23 +214,99 @@ impl Fs {
             ));
         }
         let sealed = self.seal_name(parent, name)?;
-        let t = codec::seal_bytes(&self.symlink_key, target, SYMLINK_MAX)?;
         let size = target.len() as u64;
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let (s, t) = (sealed.clone(), t.clone());
-                async move { c.symlink(ctx, parent, s, t, size, uid, gid).await }
-            })
-            .await?;
-        self.names.record(attr.ino, parent, name);
-        Ok(attr)
+        // A reservation can be lost (dirsvc restarted, the session was
+        // replaced): then reserve afresh and seal again, once.
+        for attempt in 0..2 {
+            let ino = self.reserved_inode().await?;
+            let keys = self.keys();
+            let epoch = keys.newest();
+            let t = codec::seal_bytes_ad(
+                &keys.newest_keys().symlink,
+                epoch,
+                target,
+                SYMLINK_MAX,
+                &symlink_ad(&self.volume, ino),
+            )?;
+            let new = NewSymlink { ino, target: t, size, uid, gid };
+            let r = self
+                .with_session(|s| {
+                    let (n, new) = (sealed.clone(), new.clone());
+                    async move {
+                        self.dir
+                            .call(|c, ctx| {
+                                let (n, new) = (n.clone(), new.clone());
+                                async move { c.symlink(ctx, s, parent, n, new).await }
+                            })
+                            .await
+                    }
+                })
+                .await;
+            match r {
+                Ok(attr) => {
+                    self.names.record(attr.ino, parent, name);
+                    return Ok(attr);
+                }
+                Err(Error::Dir(DirError::NotReserved(_))) if attempt == 0 => {
+                    tracing::debug!(ino = %ino, "inode reservation lost; reserving again");
+                    lock(&self.reserved).clear();
+                }
+                Err(e) => {
+                    // The number stays reserved at dirsvc unless it was
+                    // refused as such; keep it for the next symlink.
+                    if !matches!(e, Error::Dir(DirError::NotReserved(_))) {
+                        lock(&self.reserved).push(ino);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Errno(libc::EIO, "inode reservations keep getting lost".into()))
     }
 
-    /// The plaintext target of a symlink.
+    /// An inode number this client's session reserved and has not used,
+    /// reserving [`RESERVE_BATCH`] more when none is left.
+    ///
+    /// Errors: dirsvc's (`Limit`, transport).
+    async fn reserved_inode(&self) -> Result<InodeId> {
+        if let Some(ino) = lock(&self.reserved).pop() {
+            return Ok(ino);
+        }
+        let (first, count) = self
+            .with_session(|s| async move {
+                self.dir.call(|c, ctx| async move { c.reserve_inodes(ctx, s, RESERVE_BATCH).await }).await
+            })
+            .await?;
+        let mut pool = lock(&self.reserved);
+        // Lowest last, so numbers are used in order.
+        pool.extend((first.0..first.0 + u64::from(count)).rev().map(InodeId));
+        pool.pop().ok_or_else(|| Error::Errno(libc::EIO, "dirsvc reserved no inode number".into()))
+    }
+
+    /// The plaintext target of a symlink, which must have been sealed for
+    /// this symlink (its inode, this volume).
+    ///
+    /// Errors: `EIO` ([`Error::Integrity`], logged) for a target that does
+    /// not open as this symlink's: dirsvc moved another one here, or it
+    /// was altered. A target sealed in the first format (no epoch, not
+    /// bound to its inode) opens only on a volume migrated from before
+    /// layout MACs.
     pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>> {
         let sealed = self.dir.call(|c, ctx| async move { c.readlink(ctx, ino).await }).await?;
-        Ok(codec::open_bytes(&self.symlink_key, &sealed)?)
+        let bad = |why: String| {
+            tracing::error!(ino = %ino, path = %self.path_of(ino), reason = %why, "symlink target does not open as this symlink's: dirsvc moved or altered it; refusing it (EIO)");
+            Error::Integrity(format!("symlink {ino}: {why}"))
+        };
+        let h = codec::header(&sealed).map_err(|e| bad(e.to_string()))?;
+        let keys = self.keys_for(h.epoch).await?;
+        let key = &keys.epoch(h.epoch).ok_or_else(|| bad(format!("no key epoch {}", h.epoch)))?.symlink;
+        if h.version == codec::VERSION_V1 {
+            if !self.legacy_layouts {
+                return Err(bad("target sealed without its inode on a volume that requires binding".into()));
+            }
+            return codec::open_bytes(key, &sealed).map_err(|e| bad(e.to_string()));
+        }
+        codec::open_bytes_ad(key, &sealed, &symlink_ad(&self.volume, ino)).map_err(|e| bad(e.to_string()))
     }
 
     /// Up to `limit` entries of `dir` after `cookie`, names opened. An entry

@@ -1,12 +1,14 @@
 //! The read path: each block from the local buffers, the block cache, or
-//! the first replica whose bytes verify against the chunk id and open;
-//! sequential readers prefetch the next blocks.
+//! the first replica whose bytes verify against the chunk id and open,
+//! once its layout entry's MAC verified ([`Fs::verify_entry`]); sequential
+//! readers prefetch the next blocks.
 
 use super::{Fs, Source};
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec;
 use common::rpc::dir::BlockLoc;
+use common::InodeId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::warn;
@@ -41,17 +43,19 @@ impl Fs {
         for loc in ahead {
             if self.cache.get(&loc.chunk).is_none() {
                 let me = self.clone();
+                let ino = h.ino;
                 tokio::spawn(async move {
-                    let _ = me.fetch_block(&loc).await;
+                    let _ = me.fetch_block(ino, &loc).await;
                 });
             }
         }
         let end = (offset + len as u64).min(size);
+        let ino = h.ino;
         let fetches = sources.into_iter().map(|(i, s)| async move {
             let block = match s {
                 Source::Hole => None,
                 Source::Local(d) => Some(d),
-                Source::Remote(loc) => Some(self.fetch_block(&loc).await?),
+                Source::Remote(loc) => Some(self.fetch_block(ino, &loc).await?),
             };
             Ok::<_, Error>((i, block))
         });
@@ -70,9 +74,14 @@ impl Fs {
         Ok(out)
     }
 
-    /// The plaintext of a stored block, from the cache or the first replica
-    /// whose bytes verify and open.
-    pub(super) async fn fetch_block(self: &Arc<Self>, loc: &BlockLoc) -> Result<Block> {
+    /// The plaintext of block `loc.index` of `ino`: its layout entry is
+    /// verified first ([`Fs::verify_entry`]), then the block comes from the
+    /// cache or the first replica whose bytes verify and open.
+    ///
+    /// Errors: [`Error::Integrity`] for an entry that does not verify;
+    /// [`Error::ChunkUnavailable`] when no replica gives verified bytes.
+    pub(super) async fn fetch_block(self: &Arc<Self>, ino: InodeId, loc: &BlockLoc) -> Result<Block> {
+        self.verify_entry(ino, loc).await?;
         let me = self.clone();
         let loc2 = loc.clone();
         self.cache.get_or_fetch(loc.chunk, async move { me.fetch_from_replicas(loc2).await }).await
@@ -98,11 +107,26 @@ impl Fs {
                     continue;
                 }
             };
-            let key = self.chunk_key.clone();
-            let id = loc.chunk;
-            let opened = tokio::task::spawn_blocking(move || codec::open(&key, &id, &bytes))
-                .await
-                .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
+            // The entry's epoch was checked by its MAC (verify_entry made
+            // sure this client knows it); the chunk's header, authenticated
+            // by the AEAD, must name the same one.
+            let keys = self.keys_for(loc.epoch).await?;
+            let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
+                return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
+            };
+            let (id, want) = (loc.chunk, loc.epoch);
+            let opened = tokio::task::spawn_blocking(move || {
+                codec::verify(&id, &bytes)?;
+                let epoch = codec::epoch_of(&bytes)?;
+                if epoch != want {
+                    return Err(common::Error::Key(format!(
+                        "the chunk is sealed under key epoch {epoch}, its layout entry says {want}"
+                    )));
+                }
+                codec::open_bytes(&key, &bytes)
+            })
+            .await
+            .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
             match opened {
                 Ok(plain) => return Ok(Arc::new(plain)),
                 Err(e) => {

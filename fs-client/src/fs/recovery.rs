@@ -11,29 +11,33 @@
 //! is deleted, one that still cannot be stored stays (and is retried in the
 //! background and kept again at unmount).
 //!
-//! Format v1 (docs/FORMATS.md, "Recovery files"; integers little-endian):
+//! Format v2 (docs/FORMATS.md, "Recovery files"; integers little-endian):
 //!
 //! ```text
-//! "P2PR" | version u8 = 1 | 3 zero bytes | volume id (16 B) | inode u64
+//! "P2PR" | version u8 = 2 | 3 zero bytes | volume id (16 B) | inode u64
 //! then records, each: length u32 | sealed record (codec::seal_bytes_ad)
 //! ```
 //!
-//! Every record is sealed with XChaCha20-Poly1305 under the volume's
-//! recovery key ([`VolumeSecret::recovery_key`]) with associated data
-//! `"p2pfs recovery v1" ‖ volume id ‖ inode ‖ record number (u64)`, so a
-//! record cannot be moved to another file, position or volume. Record 0 is
-//! the header ([`HeaderV1`]), records 1..=n the blocks ([`BlockV1`]); the
+//! Every record is sealed with XChaCha20-Poly1305 under the recovery key
+//! of the volume's newest key epoch (its header names the epoch) with
+//! associated data `"p2pfs recovery v2" ‖ volume id ‖ inode ‖ record number
+//! (u64)`, so a record cannot be moved to another file, position or
+//! volume. Record 0 is the header ([`HeaderV1`], unchanged), records 1..=n
+//! the blocks ([`BlockV2`]: a kept chunk carries its key epoch); the
 //! header's block count makes a truncated file fail to load rather than
-//! load partly. Plaintext (names and data) never touches the disk.
+//! load partly. Plaintext (names and data) never touches the disk. Files
+//! of format v1 (before key epochs: records sealed under epoch 0, "p2pfs
+//! recovery v1" in the associated data, kept chunks without an epoch)
+//! still load.
 
 use super::{lock, FileState, Fs, OpenFile};
 use crate::error::{Error, Result};
 use bincode::Options;
 use common::codec;
-use common::keys::{SubKey, VolumeSecret};
+use common::keyring::VolumeKeys;
 use common::rpc::dir::{BlockLoc, DirError, StoredChunk};
 use common::time::Timestamp;
-use common::{InodeId, VolumeId};
+use common::{ChunkId, InodeId, PeerId, VolumeId};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -43,8 +47,10 @@ use tracing::{info, warn};
 
 /// Magic bytes at the start of every recovery file.
 pub const MAGIC: &[u8; 4] = b"P2PR";
-/// The current format version.
-pub const VERSION: u8 = 1;
+/// The format version written.
+pub const VERSION: u8 = 2;
+/// The first format version (read only).
+pub const VERSION_V1: u8 = 1;
 /// File name extension of recovery files.
 pub const EXTENSION: &str = "p2pr";
 /// Plaintext bytes one record may carry (a block of the largest block
@@ -100,12 +106,29 @@ struct HeaderV1 {
     error: String,
 }
 
-/// Records 1..=n of a recovery file.
+/// Records 1..=n of a recovery file of format v2.
+#[derive(Serialize, Deserialize)]
+enum BlockV2 {
+    Hole(u64),
+    Data(u64, #[serde(with = "serde_bytes")] Vec<u8>),
+    Chunk(u64, StoredChunk),
+}
+
+/// Records 1..=n of a recovery file of format v1 (read only).
 #[derive(Serialize, Deserialize)]
 enum BlockV1 {
     Hole(u64),
     Data(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    Chunk(u64, StoredChunk),
+    Chunk(u64, StoredChunkV1),
+}
+
+/// A kept chunk as format v1 wrote it (before key epochs and MACs): it was
+/// sealed under epoch 0; its MAC is made when it is committed.
+#[derive(Serialize, Deserialize)]
+struct StoredChunkV1 {
+    id: ChunkId,
+    len: u32,
+    replicas: Vec<PeerId>,
 }
 
 fn bincode_options() -> impl Options {
@@ -116,18 +139,25 @@ fn bincode_options() -> impl Options {
         .with_limit(RECORD_MAX as u64)
 }
 
-/// Where one volume's recovery files live, and the key that seals them.
+/// Where one volume's recovery files live, and the keys that seal them.
 pub struct RecoveryDir {
     dir: PathBuf,
     volume: VolumeId,
-    key: SubKey,
+    keys: Arc<VolumeKeys>,
 }
 
 impl RecoveryDir {
     /// The recovery files of `volume` under `base` (`<base>/<volume id>`),
-    /// sealed with a key derived from `secret`. Creates nothing yet.
-    pub fn new(base: &Path, volume: VolumeId, secret: &VolumeSecret) -> Self {
-        RecoveryDir { dir: base.join(volume.to_hex()), volume, key: secret.recovery_key() }
+    /// sealed with the recovery key of `keys`' newest epoch (and opened
+    /// with the key of the epoch each record names). Creates nothing yet.
+    pub fn new(base: &Path, volume: VolumeId, keys: Arc<VolumeKeys>) -> Self {
+        RecoveryDir { dir: base.join(volume.to_hex()), volume, keys }
+    }
+
+    /// The same directory with `keys` (the keyring as it is now: new files
+    /// are sealed under its newest epoch).
+    pub fn with_keys(&self, keys: Arc<VolumeKeys>) -> Self {
+        RecoveryDir { dir: self.dir.clone(), volume: self.volume, keys }
     }
 
     /// The directory holding this volume's recovery files.
@@ -135,8 +165,8 @@ impl RecoveryDir {
         &self.dir
     }
 
-    fn ad(&self, ino: InodeId, record: u64) -> Vec<u8> {
-        let mut ad = b"p2pfs recovery v1".to_vec();
+    fn ad(&self, version: u8, ino: InodeId, record: u64) -> Vec<u8> {
+        let mut ad = format!("p2pfs recovery v{version}").into_bytes();
         ad.extend_from_slice(self.volume.as_bytes());
         ad.extend_from_slice(&ino.0.to_le_bytes());
         ad.extend_from_slice(&record.to_le_bytes());
@@ -174,9 +204,9 @@ impl RecoveryDir {
         self.push_record(&mut out, u.ino, 0, &header)?;
         for (n, (idx, b)) in u.blocks.iter().enumerate() {
             let rec = match b {
-                KeptBlock::Hole => BlockV1::Hole(*idx),
-                KeptBlock::Data(d) => BlockV1::Data(*idx, d.clone()),
-                KeptBlock::Chunk(c) => BlockV1::Chunk(*idx, c.clone()),
+                KeptBlock::Hole => BlockV2::Hole(*idx),
+                KeptBlock::Data(d) => BlockV2::Data(*idx, d.clone()),
+                KeptBlock::Chunk(c) => BlockV2::Chunk(*idx, c.clone()),
             };
             self.push_record(&mut out, u.ino, n as u64 + 1, &rec)?;
         }
@@ -203,7 +233,13 @@ impl RecoveryDir {
         let plain = bincode_options()
             .serialize(rec)
             .map_err(|e| Error::Io(format!("cannot encode a recovery record: {e}")))?;
-        let sealed = codec::seal_bytes_ad(&self.key, &plain, RECORD_MAX, &self.ad(ino, n))?;
+        let sealed = codec::seal_bytes_ad(
+            &self.keys.newest_keys().recovery,
+            self.keys.newest(),
+            &plain,
+            RECORD_MAX,
+            &self.ad(VERSION, ino, n),
+        )?;
         let len = u32::try_from(sealed.len()).map_err(|_| Error::Io("recovery record too large".into()))?;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&sealed);
@@ -248,7 +284,8 @@ impl RecoveryDir {
         if bytes.len() < FIXED_LEN || &bytes[..4] != MAGIC {
             return Err(bad("not a p2pfs recovery file"));
         }
-        if bytes[4] != VERSION || bytes[5..8] != [0, 0, 0] {
+        let version = bytes[4];
+        if !(version == VERSION || version == VERSION_V1) || bytes[5..8] != [0, 0, 0] {
             return Err(bad(&format!("unknown format version {}", bytes[4])));
         }
         if bytes[8..24] != self.volume.0 {
@@ -266,7 +303,14 @@ impl RecoveryDir {
             if rest.len() < 4 + len || len > RECORD_MAX + codec::OVERHEAD {
                 return Err(bad("truncated or corrupt record length"));
             }
-            let plain = codec::open_bytes_ad(&self.key, &rest[4..4 + len], &self.ad(ino, n))
+            let sealed = &rest[4..4 + len];
+            let epoch = codec::epoch_of(sealed).map_err(|e| bad(&format!("record {n}: {e}")))?;
+            let key = &self
+                .keys
+                .epoch(epoch)
+                .ok_or_else(|| bad(&format!("record {n} is sealed under key epoch {epoch}, unknown here")))?
+                .recovery;
+            let plain = codec::open_bytes_ad(key, sealed, &self.ad(version, ino, n))
                 .map_err(|e| bad(&format!("record {n}: {e}")))?;
             rest = &rest[4 + len..];
             Ok(plain)
@@ -275,13 +319,30 @@ impl RecoveryDir {
             bincode_options().deserialize(&next(0)?).map_err(|e| bad(&format!("header: {e}")))?;
         let mut blocks = Vec::new();
         for n in 1..=header.blocks {
-            let rec: BlockV1 =
-                bincode_options().deserialize(&next(n)?).map_err(|e| bad(&format!("record {n}: {e}")))?;
-            blocks.push(match rec {
-                BlockV1::Hole(i) => (i, KeptBlock::Hole),
-                BlockV1::Data(i, d) => (i, KeptBlock::Data(d)),
-                BlockV1::Chunk(i, c) => (i, KeptBlock::Chunk(c)),
-            });
+            let plain = next(n)?;
+            let decoded = if version == VERSION_V1 {
+                bincode_options().deserialize::<BlockV1>(&plain).map(|rec| match rec {
+                    BlockV1::Hole(i) => (i, KeptBlock::Hole),
+                    BlockV1::Data(i, d) => (i, KeptBlock::Data(d)),
+                    BlockV1::Chunk(i, c) => (
+                        i,
+                        KeptBlock::Chunk(StoredChunk {
+                            id: c.id,
+                            len: c.len,
+                            replicas: c.replicas,
+                            epoch: 0,
+                            mac: [0; 32],
+                        }),
+                    ),
+                })
+            } else {
+                bincode_options().deserialize::<BlockV2>(&plain).map(|rec| match rec {
+                    BlockV2::Hole(i) => (i, KeptBlock::Hole),
+                    BlockV2::Data(i, d) => (i, KeptBlock::Data(d)),
+                    BlockV2::Chunk(i, c) => (i, KeptBlock::Chunk(c)),
+                })
+            };
+            blocks.push(decoded.map_err(|e| bad(&format!("record {n}: {e}")))?);
         }
         if !rest.is_empty() {
             return Err(bad("trailing bytes"));
@@ -430,11 +491,20 @@ impl Fs {
                     st.dirty.insert(*idx, Arc::new(d.clone()));
                 }
                 KeptBlock::Chunk(c) => {
+                    // The entry's MAC is made here, for this file and block.
+                    let mac = self.entry_mac(&self.keys(), u.ino, *idx, c.id, c.len, c.epoch)?;
                     st.layout.insert(
                         *idx,
-                        BlockLoc { index: *idx, chunk: c.id, len: c.len, replicas: Vec::new() },
+                        BlockLoc {
+                            index: *idx,
+                            chunk: c.id,
+                            len: c.len,
+                            replicas: Vec::new(),
+                            epoch: c.epoch,
+                            mac,
+                        },
                     );
-                    st.uncommitted.insert(*idx, Some(c.clone()));
+                    st.uncommitted.insert(*idx, Some(StoredChunk { mac, ..c.clone() }));
                 }
             }
         }
@@ -468,7 +538,13 @@ mod tests {
                 (1, KeptBlock::Hole),
                 (
                     2,
-                    KeptBlock::Chunk(StoredChunk { id: common::ChunkId([3; 32]), len: 99, replicas: vec![] }),
+                    KeptBlock::Chunk(StoredChunk {
+                        id: common::ChunkId([3; 32]),
+                        len: 99,
+                        replicas: vec![],
+                        epoch: 0,
+                        mac: [4; 32],
+                    }),
                 ),
             ],
             error: "no space: peers full".into(),
@@ -478,8 +554,7 @@ mod tests {
     #[test]
     fn recovery_files_round_trip_and_hold_no_plaintext() {
         let tmp = tempfile::tempdir().unwrap();
-        let secret = VolumeSecret::from_bytes([5; 32]);
-        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &secret);
+        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), keys([5; 32]));
         let u = sample();
         let path = dir.keep(&u).unwrap();
         assert_eq!(dir.pending().unwrap(), vec![path.clone()]);
@@ -494,8 +569,7 @@ mod tests {
     #[test]
     fn altered_truncated_or_foreign_recovery_files_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let secret = VolumeSecret::from_bytes([5; 32]);
-        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &secret);
+        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), keys([5; 32]));
         let path = dir.keep(&sample()).unwrap();
         let good = std::fs::read(&path).unwrap();
         for cut in [good.len() - 1, good.len() / 2, 40, 10] {
@@ -508,9 +582,72 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         assert!(dir.load(&path).is_err(), "altered");
         std::fs::write(&path, &good).unwrap();
-        let other_key = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), &VolumeSecret::from_bytes([6; 32]));
+        let other_key = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), keys([6; 32]));
         assert!(other_key.load(&path).is_err(), "another volume's key");
-        let other_volume = RecoveryDir::new(tmp.path(), VolumeId([2; 16]), &secret);
+        let other_volume = RecoveryDir::new(tmp.path(), VolumeId([2; 16]), keys([5; 32]));
         assert!(other_volume.load(&path).is_err(), "another volume");
+        // Claiming the other format version does not load either.
+        let mut v1 = good.clone();
+        v1[4] = VERSION_V1;
+        std::fs::write(&path, &v1).unwrap();
+        assert!(dir.load(&path).is_err(), "version byte changed");
+    }
+
+    /// Writes `u` as format v1 wrote it (records sealed in codec v1 under
+    /// epoch 0's recovery key, "p2pfs recovery v1", chunks without epochs).
+    fn keep_v1(dir: &RecoveryDir, secret: [u8; 32], u: &Unstored) -> PathBuf {
+        let key = common::keys::VolumeSecret::from_bytes(secret).recovery_key();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION_V1, 0, 0, 0]);
+        out.extend_from_slice(dir.volume.as_bytes());
+        out.extend_from_slice(&u.ino.0.to_le_bytes());
+        let mut push = |n: u64, plain: Vec<u8>| {
+            let sealed = codec::seal_bytes_v1_for_tests(&key, &plain, &dir.ad(VERSION_V1, u.ino, n)).unwrap();
+            out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            out.extend_from_slice(&sealed);
+        };
+        let header = HeaderV1 {
+            path: u.path.as_bytes().to_vec(),
+            size: u.size,
+            mtime_secs: u.mtime.secs,
+            mtime_nanos: u.mtime.nanos,
+            blocks: u.blocks.len() as u64,
+            error: u.error.clone(),
+        };
+        push(0, bincode_options().serialize(&header).unwrap());
+        for (n, (idx, b)) in u.blocks.iter().enumerate() {
+            let rec = match b {
+                KeptBlock::Hole => BlockV1::Hole(*idx),
+                KeptBlock::Data(d) => BlockV1::Data(*idx, d.clone()),
+                KeptBlock::Chunk(c) => {
+                    BlockV1::Chunk(*idx, StoredChunkV1 { id: c.id, len: c.len, replicas: c.replicas.clone() })
+                }
+            };
+            push(n as u64 + 1, bincode_options().serialize(&rec).unwrap());
+        }
+        std::fs::create_dir_all(dir.dir()).unwrap();
+        let path = dir.path_for(u.ino);
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    #[test]
+    fn version_1_recovery_files_still_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A volume whose epoch 0 is the secret the old file was sealed with.
+        let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), keys([5; 32]));
+        let u = sample();
+        let path = keep_v1(&dir, [5; 32], &u);
+        let back = dir.load(&path).unwrap();
+        let mut want = u.clone();
+        if let KeptBlock::Chunk(c) = &mut want.blocks[2].1 {
+            c.mac = [0; 32]; // made again when committed
+        }
+        assert_eq!(back, want);
+    }
+
+    fn keys(secret: [u8; 32]) -> Arc<VolumeKeys> {
+        Arc::new(VolumeKeys::single(VolumeId([1; 16]), common::keys::VolumeSecret::from_bytes(secret)))
     }
 }

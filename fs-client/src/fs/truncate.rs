@@ -46,7 +46,7 @@ impl Fs {
         if size < st.size && !size.is_multiple_of(b) {
             let idx = size / b;
             if let Some(loc) = st.layout.get(&idx).cloned() {
-                let block = self.fetch_block(&loc).await?;
+                let block = self.fetch_block(st.ino, &loc).await?;
                 let cut = (size % b) as usize;
                 if block.len() > cut {
                     st.dirty.insert(idx, Arc::new(block[..cut].to_vec()));
@@ -78,7 +78,7 @@ impl Fs {
                 let block = match Self::source(st, idx) {
                     Source::Hole => None,
                     Source::Local(d) => Some(d),
-                    Source::Remote(loc) => Some(self.fetch_block(&loc).await?),
+                    Source::Remote(loc) => Some(self.fetch_block(st.ino, &loc).await?),
                 };
                 if let Some(block) = block {
                     if block.len() > cut {

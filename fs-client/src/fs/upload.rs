@@ -50,8 +50,9 @@ impl Fs {
         st.uploading.insert(idx, (data, task));
     }
 
-    /// Seals one block and stores it on R distinct peers (at least the
-    /// degraded-write minimum).
+    /// Seals one block under the newest key epoch and stores it on R
+    /// distinct peers (at least the degraded-write minimum); the result
+    /// carries the layout entry's MAC for block `idx` of `ino`.
     ///
     /// Errors, by the policy of docs/SEMANTICS.md ("Errors"):
     /// [`Error::NoSpace`] (ENOSPC) when too few replicas were stored and
@@ -66,12 +67,15 @@ impl Fs {
         data: Block,
         _permit: OwnedSemaphorePermit,
     ) -> Result<Uploaded> {
-        let key = self.chunk_key.clone();
+        let keys = self.keys();
+        let epoch = keys.newest();
+        let key = keys.newest_keys().chunk.clone();
         let plain = data.clone();
-        let sealed = tokio::task::spawn_blocking(move || codec::seal(&key, &plain))
+        let sealed = tokio::task::spawn_blocking(move || codec::seal(&key, epoch, &plain))
             .await
             .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
         let len = sealed.bytes.len() as u64;
+        let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;
         let mut failed: Vec<common::PeerId> = Vec::new();
@@ -152,6 +156,8 @@ impl Fs {
                 id: sealed.id,
                 len: len as u32,
                 replicas: stored.iter().map(|p| p.id).collect(),
+                epoch,
+                mac,
             },
             locs: stored,
         })
@@ -214,7 +220,14 @@ impl Fs {
             Ok(u) => {
                 st.layout.insert(
                     idx,
-                    BlockLoc { index: idx, chunk: u.stored.id, len: u.stored.len, replicas: u.locs },
+                    BlockLoc {
+                        index: idx,
+                        chunk: u.stored.id,
+                        len: u.stored.len,
+                        replicas: u.locs,
+                        epoch: u.stored.epoch,
+                        mac: u.stored.mac,
+                    },
                 );
                 st.uncommitted.insert(idx, Some(u.stored));
                 st.uncommitted_since.get_or_insert_with(std::time::Instant::now);

@@ -98,7 +98,7 @@ impl Fs {
                     Some((d, _superseded)) => d,
                     None if covers_all => Arc::new(Vec::new()),
                     None => match Self::source(st, idx) {
-                        Source::Remote(loc) => self.fetch_block(&loc).await?,
+                        Source::Remote(loc) => self.fetch_block(st.ino, &loc).await?,
                         Source::Local(d) => d,
                         Source::Hole => Arc::new(Vec::new()),
                     },
@@ -211,6 +211,13 @@ impl Fs {
                     self.restore_gone(st, gone).await?;
                     continue;
                 }
+                Err(Error::Dir(DirError::StaleEpoch { current })) => {
+                    // A member was removed since these blocks were sealed:
+                    // seal them again under the new epoch before they are
+                    // committed.
+                    self.reseal_stale(st, current).await?;
+                    continue;
+                }
                 Err(Error::Dir(DirError::NotFound)) => {
                     // The file was deleted (by this or another client): what
                     // was buffered for it has nowhere to go. Its stored
@@ -297,14 +304,66 @@ impl Fs {
                 "dirsvc says chunk {gone} is gone, but no pending block names it"
             )));
         }
-        for idx in idxs {
-            let Some(data) = self.cache.get(&gone) else {
+        for &idx in &idxs {
+            if self.cache.get(&gone).is_none() {
                 error!(ino = %st.ino, block = idx, chunk = %gone, "an uncommitted block was garbage-collected and is no longer cached");
                 return Err(Error::Upload(format!(
                     "block {idx} was garbage-collected before it was committed"
                 )));
-            };
+            }
             warn!(ino = %st.ino, block = idx, chunk = %gone, "uncommitted block was garbage-collected; storing it again");
+        }
+        self.store_again(st, &idxs).await
+    }
+
+    /// Seals again, under the newest key epoch, every uncommitted block
+    /// that was newly stored under an older one (dirsvc answered
+    /// `StaleEpoch { current }`): the keyring is reloaded first if this
+    /// client does not know epoch `current` yet. Shared blocks keep their
+    /// epoch (dirsvc accepts those).
+    ///
+    /// Errors: those of [`Fs::reload_keys`] (a removed member's mount can
+    /// no longer write); upload errors.
+    pub(super) async fn reseal_stale(self: &Arc<Self>, st: &mut FileState, current: u32) -> Result<()> {
+        let mut keys = self.keys();
+        if keys.newest() < current {
+            keys = self.reload_keys(keys.newest()).await?;
+        }
+        let newest = keys.newest();
+        let idxs: Vec<u64> = st
+            .uncommitted
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.replicas.is_empty() && c.epoch < newest))
+            .map(|(i, _)| *i)
+            .collect();
+        if idxs.is_empty() {
+            return Err(Error::Upload(format!(
+                "dirsvc says key epoch {current} is the newest, but no pending block is older than {newest}"
+            )));
+        }
+        info!(ino = %st.ino, blocks = idxs.len(), epoch = newest, "blocks sealed under an old key epoch; sealing them again under the newest");
+        self.store_again(st, &idxs).await
+    }
+
+    /// Uploads uncommitted blocks `idxs` again (a new chunk each, under the
+    /// newest epoch) from their plaintext: the block cache, or the peers
+    /// that hold the chunk this client stored.
+    ///
+    /// Errors: `EIO` if the plaintext cannot be had; upload errors.
+    async fn store_again(self: &Arc<Self>, st: &mut FileState, idxs: &[u64]) -> Result<()> {
+        for &idx in idxs {
+            let Some(Some(c)) = st.uncommitted.get(&idx).cloned() else { continue };
+            let data = match self.cache.get(&c.id) {
+                Some(d) => d,
+                None => match st.layout.get(&idx).cloned() {
+                    Some(loc) if loc.chunk == c.id => self.fetch_block(st.ino, &loc).await?,
+                    _ => {
+                        return Err(Error::Upload(format!(
+                            "block {idx} must be stored again and its data is no longer at hand"
+                        )))
+                    }
+                },
+            };
             st.uncommitted.remove(&idx);
             st.dirty.insert(idx, data);
             self.start_upload(st, idx).await;

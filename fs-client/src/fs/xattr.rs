@@ -3,9 +3,11 @@
 //! Names are sealed deterministically with the volume's AES-SIV name key and
 //! the inode as associated data ([`common::keys::NameKey::seal_xattr`]), so
 //! dirsvc can find one by its sealed form; values are sealed with
-//! XChaCha20-Poly1305 under their own key, bound to the inode and the sealed
-//! name ([`common::codec::seal_bytes_ad`]), so dirsvc cannot move a value to
-//! another name or file.
+//! XChaCha20-Poly1305 under their own key (of the newest key epoch; the
+//! header names it), bound to the inode and the sealed name
+//! ([`common::codec::seal_bytes_ad`]), so dirsvc cannot move a value to
+//! another name or file: such a value is EIO, with an error log line. Names
+//! stay under epoch 0's name key (dirsvc finds them by their sealed form).
 //!
 //! Namespaces as on Linux: `user.`, `trusted.` and `security.` are stored;
 //! `system.` (POSIX ACLs) and unknown prefixes are `EOPNOTSUPP`. The kernel
@@ -69,7 +71,14 @@ impl Fs {
                 async move { c.getxattr(ctx, ino, n).await }
             })
             .await?;
-        Ok(codec::open_bytes_ad(&self.xattr_key, &sealed, &Self::xattr_ad(ino, &sealed_name))?)
+        let bad = |why: String| {
+            tracing::error!(ino = %ino, path = %self.path_of(ino), reason = %why, "extended attribute value does not open as this attribute's: dirsvc moved or altered it; refusing it (EIO)");
+            Error::Integrity(format!("attribute value of inode {ino}: {why}"))
+        };
+        let epoch = codec::epoch_of(&sealed).map_err(|e| bad(e.to_string()))?;
+        let keys = self.keys_for(epoch).await?;
+        let key = &keys.epoch(epoch).ok_or_else(|| bad(format!("no key epoch {epoch}")))?.xattr_value;
+        codec::open_bytes_ad(key, &sealed, &Self::xattr_ad(ino, &sealed_name)).map_err(|e| bad(e.to_string()))
     }
 
     /// The names of `ino`'s attributes, each followed by a NUL (the
@@ -121,8 +130,14 @@ impl Fs {
             return Err(Error::Errno(libc::EINVAL, format!("unknown setxattr flags {flags:#x}")));
         }
         let sealed_name = self.name_key.seal_xattr(ino, name);
-        let sealed_value =
-            codec::seal_bytes_ad(&self.xattr_key, value, XATTR_SIZE_MAX, &Self::xattr_ad(ino, &sealed_name))?;
+        let keys = self.keys();
+        let sealed_value = codec::seal_bytes_ad(
+            &keys.newest_keys().xattr_value,
+            keys.newest(),
+            value,
+            XATTR_SIZE_MAX,
+            &Self::xattr_ad(ino, &sealed_name),
+        )?;
         self.dir
             .call(|c, ctx| {
                 let (n, v) = (sealed_name.clone(), sealed_value.clone());

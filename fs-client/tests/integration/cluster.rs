@@ -646,6 +646,8 @@ impl TestCluster {
             addr.into(),
             "-i".into(),
             self.identity.clone().into(),
+            "--pin-dir".into(),
+            self.pin_dir().into(),
         ];
         args.extend(self.opts.mount_args.iter().map(OsString::from));
         args.push(mnt.into());
@@ -789,6 +791,19 @@ impl TestCluster {
         assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "dirsvc survived SIGKILL");
     }
 
+    /// Stops dirsvc with SIGTERM and checks that it exits 0 (its database
+    /// closed, so a test may open it); [`Self::restart_dirsvc`] follows.
+    pub fn stop_dirsvc(&mut self) {
+        let p = self.dirsvc.take().expect("dirsvc is running");
+        p.terminate();
+    }
+
+    /// Where the mounts pin volumes (`fs-client mount --pin-dir`): inside
+    /// the tempdir, never the user's state directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.root.join("pins")
+    }
+
     /// Starts dirsvc again on its address with its database (after
     /// [`Self::kill9_dirsvc`] or a stop) and waits until it listens.
     pub fn restart_dirsvc(&mut self) {
@@ -882,11 +897,13 @@ impl TestCluster {
     }
 
     /// A `fs-client` command with no `P2PFS_*` environment fallbacks but
-    /// `P2PFS_TLS_DIR`: the cluster's admin certificate.
+    /// `P2PFS_TLS_DIR` (the cluster's admin certificate) and
+    /// `P2PFS_PIN_DIR` ([`Self::pin_dir`]).
     pub fn fs_client(&self) -> Command {
         let mut cmd = Command::new(&self.bins.fs_client);
         hermetic(&mut cmd);
         cmd.env("P2PFS_TLS_DIR", self.admin_tls_dir());
+        cmd.env("P2PFS_PIN_DIR", self.pin_dir());
         cmd
     }
 

@@ -149,16 +149,48 @@ impl DirService for FakeDir {
     async fn readdir(self, _: Context, _: InodeId, _: u64, _: u32) -> Result<ReadDirPage, DirError> {
         unsupported()
     }
+    async fn reserve_inodes(
+        self,
+        _: Context,
+        _: common::rpc::dir::SessionId,
+        _: u32,
+    ) -> Result<(InodeId, u32), DirError> {
+        unsupported()
+    }
     async fn symlink(
         self,
         _: Context,
+        _: common::rpc::dir::SessionId,
         _: InodeId,
         _: Vec<u8>,
-        _: Vec<u8>,
-        _: u64,
-        _: u32,
-        _: u32,
+        _: common::rpc::dir::NewSymlink,
     ) -> Result<Attr, DirError> {
+        unsupported()
+    }
+    async fn reseal_blocks(
+        self,
+        _: Context,
+        _: InodeId,
+        _: Vec<common::rpc::dir::Reseal>,
+    ) -> Result<Vec<bool>, DirError> {
+        unsupported()
+    }
+    async fn add_member(
+        self,
+        _: Context,
+        _: u64,
+        _: common::rpc::dir::Member,
+        _: Vec<Vec<u8>>,
+    ) -> Result<common::rpc::dir::Keyring, DirError> {
+        unsupported()
+    }
+    async fn remove_member(
+        self,
+        _: Context,
+        _: u64,
+        _: String,
+        _: common::rpc::dir::KeyEpoch,
+    ) -> Result<(common::rpc::dir::Keyring, common::rpc::dir::Member), DirError> {
         unsupported()
     }
     async fn readlink(self, _: Context, _: InodeId) -> Result<Vec<u8>, DirError> {
