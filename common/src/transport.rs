@@ -212,13 +212,17 @@ impl Default for ServerLimits {
     }
 }
 
+/// Open connections by the node that opened them (`None`: connections
+/// without a certificate), each with its id and cancellation token.
+type ByNode = HashMap<Option<NodeId>, Vec<(u64, CancellationToken)>>;
+
 /// The open connections of a server, by the node that opened them.
 #[derive(Debug, Default)]
 pub struct Connections {
     total: AtomicUsize,
     handshakes: AtomicUsize,
     /// `None`: connections without a certificate.
-    by_node: Mutex<HashMap<Option<NodeId>, Vec<(u64, CancellationToken)>>>,
+    by_node: Mutex<ByNode>,
     next: AtomicU64,
 }
 
