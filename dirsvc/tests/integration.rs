@@ -1,8 +1,8 @@
 //! The integration tests of dirsvc, in one binary: the store's namespace
 //! and layout semantics, orphans and extended attributes, the service over
-//! real TCP (sessions, locks, the change feed), peer liveness and
-//! placement, repair and garbage collection against in-process fake peers,
-//! and the binary.
+//! real TCP and mutual TLS (who may call what, sessions, locks, the change
+//! feed), peer liveness and placement, repair and garbage collection
+//! against in-process fake peers, and the binary.
 
 mod integration {
     mod binary;
