@@ -5,6 +5,7 @@
 //! against in-process fake peers, and the binary.
 
 mod integration {
+    mod auth;
     mod binary;
     mod changes;
     mod fakepeer;

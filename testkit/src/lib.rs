@@ -7,6 +7,10 @@
 //! - [`dir_client`], [`dir_client_as`], [`peer_client`],
 //!   [`peer_client_as`]: clients of a dirsvc or a peer over mutual TLS, as
 //!   a given identity or as a fresh node of a role.
+//! - [`hostile`]: connections that never finish a TLS handshake (garbage
+//!   bytes, half a ClientHello), a client that presents any certificate
+//!   and checks nothing (to test what a server itself refuses), and a
+//!   count of a server's open sockets.
 //! - [`wait_until`] and [`within`]: bounded waiting, so a broken test fails
 //!   with a message instead of hanging.
 //!
@@ -22,6 +26,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
+
+pub mod hostile;
 
 /// A test cluster's CA, with its files in a temporary directory
 /// (`ca.crt`, `ca.key`) for daemons started as processes.
