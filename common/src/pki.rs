@@ -372,16 +372,26 @@ pub fn new_key_and_csr() -> Result<(Zeroizing<String>, Vec<u8>), PkiError> {
     Ok((Zeroizing::new(key.serialize_pem()), csr.der().to_vec()))
 }
 
-/// The node id a certificate signing request (DER PKCS #10) asks for: the
-/// id of its key, after checking the request's signature.
+/// The key of a certificate signing request (DER PKCS #10), after
+/// checking the request's signature; only Ed25519 keys, the only ones
+/// [`Ca::renew`] renews.
 ///
-/// Errors: [`PkiError::Invalid`] for a request that does not parse or
-/// whose signature does not verify.
-pub fn csr_node(csr_der: &[u8]) -> Result<NodeId, PkiError> {
+/// Errors: [`PkiError::Invalid`] for a request that does not parse, whose
+/// signature does not verify, or whose key is not Ed25519.
+fn csr_key(csr_der: &[u8]) -> Result<SpkiKey, PkiError> {
     let der = CertificateSigningRequestDer::from(csr_der.to_vec());
     let csr = CertificateSigningRequestParams::from_der(&der)
         .map_err(|e| invalid(format!("bad certificate signing request: {e}")))?;
-    Ok(NodeId::of_public_key(&csr.public_key.subject_public_key_info()))
+    SpkiKey::from_spki(&csr.public_key.subject_public_key_info())
+}
+
+/// The node id a certificate signing request (DER PKCS #10) asks for: the
+/// id of its key, after checking the request's signature.
+///
+/// Errors: [`PkiError::Invalid`] for a request that does not parse, whose
+/// signature does not verify, or whose key is not Ed25519.
+pub fn csr_node(csr_der: &[u8]) -> Result<NodeId, PkiError> {
+    Ok(NodeId::of_public_key(&csr_key(csr_der)?.subject_public_key_info()))
 }
 
 /// The cluster's certificate authority: its certificate and signing key.
@@ -522,20 +532,19 @@ impl Ca {
 
     /// A certificate for the key of the signing request `csr_der` (DER
     /// PKCS #10, signature checked), with `role` and a validity of
-    /// `validity` from now. Only the request's key is used.
+    /// `validity` from now. Only the request's key is used, and it must be
+    /// Ed25519 (a certificate for another key could never be renewed).
     ///
-    /// Errors: [`PkiError::Invalid`] for a request that does not parse or
-    /// whose signature does not verify; [`PkiError::Generate`].
+    /// Errors: [`PkiError::Invalid`] for a request that does not parse,
+    /// whose signature does not verify, or whose key is not Ed25519;
+    /// [`PkiError::Generate`].
     pub fn issue_for_csr(
         &self,
         csr_der: &[u8],
         role: Role,
         validity: Duration,
     ) -> Result<(NodeId, String), PkiError> {
-        let der = CertificateSigningRequestDer::from(csr_der.to_vec());
-        let csr = CertificateSigningRequestParams::from_der(&der)
-            .map_err(|e| invalid(format!("bad certificate signing request: {e}")))?;
-        self.issue_key(&csr.public_key, role, validity)
+        self.issue_key(&csr_key(csr_der)?, role, validity)
     }
 
     /// A certificate for the public key of an existing node certificate
@@ -868,6 +877,31 @@ mod tests {
         assert!(ca.issue_for_csr(&bad, Role::Admin, NODE_CERT_VALIDITY).is_err());
         // Another cluster's CA will not renew it.
         assert!(Ca::create("other").unwrap().renew(&der, NODE_CERT_VALIDITY).is_err());
+    }
+
+    /// Regression: a request for an ECDSA key used to get a certificate
+    /// (join) that `renew` then refused ("only Ed25519 node keys are
+    /// issued"), so such a node could never renew and died with its
+    /// certificate. Requests must carry an Ed25519 key.
+    #[test]
+    fn a_request_for_a_key_that_could_not_be_renewed_is_refused() {
+        let ca = Ca::create("test").unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+        assert!(matches!(csr_node(csr.der()), Err(PkiError::Invalid(_))));
+        assert!(matches!(
+            ca.issue_for_csr(csr.der(), Role::Client, NODE_CERT_VALIDITY),
+            Err(PkiError::Invalid(_))
+        ));
+        // An Ed25519 request gets the id of its key, and renews.
+        let (key_pem, csr) = new_key_and_csr().unwrap();
+        let key = KeyPair::from_pem(&key_pem).unwrap();
+        let node = csr_node(&csr).unwrap();
+        assert_eq!(node, NodeId::of_public_key(&key.subject_public_key_info()));
+        let (issued, pem) = ca.issue_for_csr(&csr, Role::Client, NODE_CERT_VALIDITY).unwrap();
+        assert_eq!(issued, node);
+        let der = certs_from_pem(&pem).unwrap().swap_remove(0);
+        assert_eq!(ca.renew(&der, NODE_CERT_VALIDITY).unwrap().0, node);
     }
 
     #[test]

@@ -214,8 +214,8 @@ impl Default for ServerLimits {
     }
 }
 
-/// Open connections by the node that opened them (`None`: without a
-/// certificate), each with its id and cancellation.
+/// Open connections by the node that opened them (`None`: connections
+/// without a certificate), each with its id and cancellation token.
 type ByNode = HashMap<Option<NodeId>, Vec<(u64, CancellationToken)>>;
 
 /// The open connections of a server, by the node that opened them.

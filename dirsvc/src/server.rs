@@ -132,9 +132,11 @@ impl DirServer {
         self.allow(op, MEMBERS)
     }
 
-    /// Ok if the caller is a member that owns `session`.
+    /// Ok if the caller is a member and `session` is not another node's
+    /// (see `Sessions::check_owner`: whether it is alive is the call's own
+    /// business).
     ///
-    /// Errors: `Unauthorized`; `NoSession` for a session not alive.
+    /// Errors: `Unauthorized`.
     fn session_owner(&self, op: &'static str, session: SessionId) -> Result<(), DirError> {
         let node = self.member(op)?.node;
         self.shared.sessions.check_owner(session, node).map_err(|e| {

@@ -361,15 +361,21 @@ impl Sessions {
         st.live.get(&id).map(|l| l.owner).or_else(|| st.unreclaimed.get(&id).map(|(_, o)| *o))
     }
 
-    /// Errors: `NoSession` unless `id` is live, `Unauthorized` unless
-    /// `node` owns it.
+    /// Whether `node` may name session `id`: unless the session (live, or
+    /// recorded and not yet reclaimed) belongs to another node. A session
+    /// no node holds passes: the call itself then answers `NoSession`
+    /// (renew, open, locks, polls), or does nothing, as the idempotent
+    /// calls (close, release, unlock) promise; and the owner of a recorded
+    /// session may close it during the grace period instead of reclaiming
+    /// it.
+    ///
+    /// Errors: `Unauthorized` for another node's session.
     pub(crate) fn check_owner(&self, id: SessionId, node: NodeId) -> Result<(), Error> {
-        match self.state().live.get(&id) {
-            None => Err(DirError::NoSession.into()),
-            Some(l) if l.owner != node => {
+        match self.owner_of(id) {
+            Some(owner) if owner != node => {
                 Err(DirError::Unauthorized("that session belongs to another node".into()).into())
             }
-            Some(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 

@@ -1,11 +1,12 @@
 //! The integration tests of dirsvc, in one binary: the store's namespace
 //! and layout semantics, orphans and extended attributes, the service over
-//! real TCP (sessions, locks, the change feed), peer liveness and
-//! placement, repair and garbage collection against in-process fake peers,
-//! key epochs, members and layout MACs as dirsvc enforces them, and the
-//! binary.
+//! real TCP and mutual TLS (who may call what, sessions, locks, the change
+//! feed), peer liveness and placement, repair and garbage collection
+//! against in-process fake peers, key epochs, members and layout MACs as
+//! dirsvc enforces them, and the binary.
 
 mod integration {
+    mod auth;
     mod binary;
     mod changes;
     mod epochs;

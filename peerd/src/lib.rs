@@ -365,6 +365,8 @@ mod tests {
     #[tokio::test]
     async fn second_peer_on_one_data_dir_is_refused_until_shutdown() {
         let dir = tempfile::tempdir().unwrap();
+        // The identity in the default place, `<data_dir>/tls`.
+        let node = testkit::pki().write_node(common::rpc::Role::Peer, &dir.path().join("tls"));
         let config = PeerdConfig {
             data_dir: dir.path().to_path_buf(),
             dirsvc: "127.0.0.1:1".into(),
@@ -373,6 +375,7 @@ mod tests {
         let first = spawn(config.clone()).await.unwrap();
         assert!(matches!(spawn(config.clone()).await, Err(Error::Locked(_))));
         let id = first.id;
+        assert_eq!(id, PeerId::from(node), "the peer id is the certificate's node id");
         first.shutdown().await;
         let again = spawn(config).await.unwrap();
         assert_eq!(again.id, id, "the peer id survives a restart");
@@ -385,6 +388,7 @@ mod tests {
         let r = spawn(PeerdConfig {
             listen: "not an address".into(),
             data_dir: dir.path().to_path_buf(),
+            tls: Some(testkit::pki().node(common::rpc::Role::Peer)),
             ..PeerdConfig::default()
         })
         .await;

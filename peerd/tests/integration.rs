@@ -1,6 +1,7 @@
 //! peerd's integration tests, one binary (see each module for what it pins).
 
 mod integration {
+    mod auth;
     mod bad_frames;
     mod binary;
     mod corruption;

@@ -4,19 +4,30 @@
 //!   of every role from it ([`TestPki::node`], [`TestPki::write_node`]), so
 //!   tests speak mutual TLS like the real daemons do; [`TestPki::new`]
 //!   makes another, unrelated cluster (for refusal tests).
+//! - [`dir_client`], [`dir_client_as`], [`peer_client`],
+//!   [`peer_client_as`]: clients of a dirsvc or a peer over mutual TLS, as
+//!   a given identity or as a fresh node of a role.
+//! - [`hostile`]: connections that never finish a TLS handshake (garbage
+//!   bytes, half a ClientHello), a client that presents any certificate
+//!   and checks nothing (to test what a server itself refuses), and a
+//!   count of a server's open sockets.
 //! - [`wait_until`] and [`within`]: bounded waiting, so a broken test fails
 //!   with a message instead of hanging.
 //!
 //! Never a dependency of production code.
 
 use common::pki::{Ca, NodeFiles, NODE_CERT_VALIDITY};
+use common::rpc::dir::DirServiceClient;
+use common::rpc::peer::PeerServiceClient;
 use common::rpc::Role;
 use common::tls::Tls;
-use common::NodeId;
+use common::{NodeId, PeerId};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+pub mod hostile;
 
 /// A test cluster's CA, with its files in a temporary directory
 /// (`ca.crt`, `ca.key`) for daemons started as processes.
@@ -56,6 +67,27 @@ impl TestPki {
         Arc::new(Tls::new(&self.files(role)).expect("test TLS identity"))
     }
 
+    /// A fresh peer: its id (the node id of its certificate) and its TLS
+    /// identity.
+    pub fn peer(&self) -> (PeerId, Arc<Tls>) {
+        let tls = self.node(Role::Peer);
+        (PeerId::from(tls.node()), tls)
+    }
+
+    /// The files of a fresh node of `role` whose certificate expired an
+    /// hour ago.
+    pub fn expired_files(&self, role: Role) -> NodeFiles {
+        self.ca
+            .new_node_until(role, SystemTime::now() - Duration::from_secs(3600))
+            .expect("issue an expired test certificate")
+    }
+
+    /// A fresh node of `role` whose certificate expired an hour ago (it
+    /// can still connect; every server refuses it).
+    pub fn expired(&self, role: Role) -> Arc<Tls> {
+        Arc::new(Tls::new(&self.expired_files(role)).expect("test TLS identity"))
+    }
+
     /// Writes a fresh node of `role` into `dir` (`node.key`, `node.crt`,
     /// `ca.crt`) and returns its id.
     pub fn write_node(&self, role: Role, dir: &Path) -> NodeId {
@@ -75,6 +107,43 @@ impl Default for TestPki {
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(TestPki::new)
+}
+
+/// A `DirService` client of the dirsvc at `addr`, connecting as `tls`.
+///
+/// Panics (naming `addr`) if it cannot connect.
+pub async fn dir_client(addr: &str, tls: &Tls) -> DirServiceClient {
+    common::transport::dir_client(addr, tls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to dirsvc at {addr} as {tls:?}: {e}"))
+}
+
+/// A `DirService` client of the dirsvc at `addr`, connecting as a fresh
+/// node of `role` of [`pki`]; with that identity, to reconnect as the same
+/// node.
+///
+/// Panics if it cannot connect.
+pub async fn dir_client_as(addr: &str, role: Role) -> (DirServiceClient, Arc<Tls>) {
+    let tls = pki().node(role);
+    (dir_client(addr, &tls).await, tls)
+}
+
+/// A `PeerService` client of the peer `peer` at `addr`, connecting as
+/// `tls`.
+///
+/// Panics (naming `addr`) if it cannot connect.
+pub async fn peer_client(addr: &str, tls: &Tls, peer: PeerId) -> PeerServiceClient {
+    common::transport::peer_client(addr, tls, peer)
+        .await
+        .unwrap_or_else(|e| panic!("connect to peer {peer} at {addr} as {tls:?}: {e}"))
+}
+
+/// A `PeerService` client of the peer `peer` at `addr`, connecting as a
+/// fresh node of `role` of [`pki`].
+///
+/// Panics if it cannot connect.
+pub async fn peer_client_as(addr: &str, peer: PeerId, role: Role) -> PeerServiceClient {
+    peer_client(addr, &pki().node(role), peer).await
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns

@@ -1,8 +1,9 @@
-//! The `dirsvc` binary: starts on an ephemeral port, publishes its address
-//! through `--addr-file`, answers, and exits 0 on SIGTERM.
+//! The `dirsvc` binary: starts on an ephemeral port with the TLS identity
+//! of `--tls-dir` and the CA of `--ca-dir`, publishes its address through
+//! `--addr-file`, answers clients of its CA, and exits 0 on SIGTERM.
 
 use super::support::*;
-use common::rpc::PROTOCOL_VERSION;
+use common::rpc::{Role, PROTOCOL_VERSION};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ fn wait_for_file(path: &Path, timeout: Duration) -> String {
 fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
     let dir = tmp();
     let addr_file = dir.path().join("addr");
+    let tls_dir = dir.path().join("tls");
+    let me = testkit::pki().write_node(Role::Dirsvc, &tls_dir);
     let log = std::fs::File::create(dir.path().join("dirsvc.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dirsvc"))
         .args(["--listen", "127.0.0.1:0", "--peer-suspect-after-ms", "1500", "--peer-down-after-ms", "3000"])
@@ -44,6 +47,10 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
         .arg(db_path(dir.path()))
         .arg("--addr-file")
         .arg(&addr_file)
+        .arg("--tls-dir")
+        .arg(&tls_dir)
+        .arg("--ca-dir")
+        .arg(testkit::pki().ca_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -56,12 +63,21 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
-            let c = common::transport::dir_client(&addr).await.unwrap();
+            let (c, tls) = testkit::dir_client_as(&addr, Role::Client).await;
             assert_eq!(c.hello(tarpc::context::current()).await.unwrap(), PROTOCOL_VERSION);
+            // It serves with the certificate of --tls-dir.
+            let expect = common::tls::Expect::Node(Role::Dirsvc, me);
+            common::transport::connect(&addr, &tls, expect).await.unwrap();
             c.init_volume(tarpc::context::current(), volume(2), 0, 0).await.unwrap().unwrap();
             let open = common::rpc::dir::SessionOpen { label: "binary-test".into(), ..Default::default() };
             let grant = c.open_session(tarpc::context::current(), open).await.unwrap().unwrap();
             assert_eq!(grant.lease_ms, 2500, "--session-lease-ms is applied");
+            // It holds the CA of --ca-dir: an admin's join token works.
+            let (admin, _) = testkit::dir_client_as(&addr, Role::Admin).await;
+            let token =
+                admin.create_join_token(tarpc::context::current(), Role::Client, 60).await.unwrap().unwrap();
+            let joined = common::join::join(&addr, &token).await.unwrap();
+            assert_eq!(joined.role, Role::Client);
         })
         .await
         .unwrap();

@@ -7,6 +7,7 @@ use super::svc::*;
 use common::rpc::dir::{
     xattr_flags, Change, ChangeBatch, CommitLayout, DirError, NewSymlink, SessionOpen, SetAttr,
 };
+use common::rpc::Role;
 use common::time::Timestamp;
 use common::InodeId;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
         // The watcher's session speaks on `svc.c`; the mutations come from
         // another connection (its own would not be in its feed).
         let s = svc.session("watcher").await;
-        let mutator = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let mutator = svc.connect_as(Role::Client).await.0;
         let c = &mutator;
         let t = Instant::now();
         let start = ok(svc.c.poll_changes(ctx(), s, 0, 5000).await);
@@ -117,7 +118,7 @@ async fn a_poll_waits_for_a_change_made_by_another_client() {
             })
         };
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let other = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let other = svc.connect_as(Role::Client).await.0;
         let made = Instant::now();
         let f = ok(other.create(ctx(), ROOT, n("new"), file()).await).ino;
         let (b, woke) = poller.await.unwrap();
@@ -136,7 +137,7 @@ async fn a_reader_that_fell_behind_the_bounded_log_is_told_to_drop_its_caches() 
     within(async {
         let svc = Svc::start(|c| c.change_feed_capacity = 8).await;
         let s = svc.session("slow").await;
-        let m = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let m = svc.connect_as(Role::Client).await.0;
         let last = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
         for i in 0..3 {
             ok(m.create(ctx(), ROOT, n(&format!("a{i}")), file()).await);
@@ -188,7 +189,7 @@ async fn a_sessions_own_mutations_are_left_out_of_its_feed() {
         let s = svc.session("self").await;
         let start = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
         let own = ok(svc.c.create(ctx(), ROOT, n("mine"), file()).await).ino;
-        let other = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let other = svc.connect_as(Role::Client).await.0;
         let theirs = ok(other.create(ctx(), ROOT, n("theirs"), file()).await).ino;
         let got = ok(svc.c.poll_changes(ctx(), s, start, 0).await);
         assert_eq!(got.changes, vec![entry(theirs, ROOT, "theirs"), attr(ROOT)]);

@@ -1,11 +1,13 @@
 //! A test double of peerd: an in-memory `PeerService` served on loopback
-//! with its own register/heartbeat loop, plus a small cluster of them
-//! around a real dirsvc.
+//! over mutual TLS (with a peer certificate of the test CA, whose node id
+//! is its peer id) with its own register/heartbeat loop, plus a small
+//! cluster of them around a real dirsvc.
 //!
 //! It implements the contract dirsvc relies on (put/get verify the id,
 //! `fetch_from` copies from another peer's `get` and verifies,
 //! `list_chunks` pages the inventory with each chunk's store time, `delete`
-//! of a missing chunk succeeds) and records what dirsvc asked of it, so the
+//! of a missing chunk succeeds; `delete`, `list_chunks` and `fetch_from`
+//! from dirsvc only) and records what dirsvc asked of it, so the
 //! tests can check ordering, concurrency and deletions. It is not peerd:
 //! peerd's own tests cover peerd.
 
@@ -15,7 +17,10 @@ use common::rpc::dir::{
     StoredChunk,
 };
 use common::rpc::peer::{Bytes, PeerError, PeerService};
+use common::rpc::{PeerLoc, Role};
 use common::time::Timestamp;
+use common::tls::{Caller, Tls};
+use common::transport::{Connections, ServerLimits};
 use common::{ChunkId, InodeId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
 use std::collections::HashMap;
@@ -69,6 +74,8 @@ pub struct Inner {
     silent: AtomicBool,
     /// While set, `fetch_from` fails (as a broken target would).
     pub refuse_fetch: AtomicBool,
+    /// Its TLS identity (it serves, heartbeats and fetches as this).
+    tls: Arc<Tls>,
 }
 
 impl Inner {
@@ -85,8 +92,19 @@ impl Inner {
     }
 }
 
+/// One connection's view of a fake peer: its state and who speaks.
 #[derive(Clone)]
-struct Server(Arc<Inner>);
+struct Server(Arc<Inner>, Option<Caller>);
+
+impl Server {
+    /// As peerd: only dirsvc may delete, list and order copies.
+    fn dirsvc_only(&self, op: &str) -> Result<(), PeerError> {
+        match &self.1 {
+            Some(c) if c.role == Role::Dirsvc => Ok(()),
+            other => Err(PeerError::Unauthorized(format!("{op} by {other:?}"))),
+        }
+    }
+}
 
 /// Decrements the in-flight gauge when a copy ends.
 struct Gauge<'a>(&'a AtomicUsize);
@@ -126,6 +144,7 @@ impl PeerService for Server {
     }
 
     async fn delete(self, _: Context, id: ChunkId) -> Result<(), PeerError> {
+        self.dirsvc_only("delete")?;
         if self.0.chunks.lock().unwrap().remove(&id).is_some() {
             self.0.deleted.fetch_add(1, Ordering::SeqCst);
         }
@@ -136,7 +155,8 @@ impl PeerService for Server {
         Ok(self.0.usage())
     }
 
-    async fn fetch_from(self, _: Context, id: ChunkId, source: String) -> Result<(), PeerError> {
+    async fn fetch_from(self, _: Context, id: ChunkId, source: PeerLoc) -> Result<(), PeerError> {
+        self.dirsvc_only("fetch_from")?;
         if self.0.refuse_fetch.load(Ordering::SeqCst) {
             return Err(PeerError::Internal("refusing copies".into()));
         }
@@ -148,16 +168,16 @@ impl PeerService for Server {
         let _gauge = Gauge(&probe.in_flight);
         probe.max_in_flight.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.0.fetch_delay).await;
-        let src = common::transport::peer_client(&source)
+        let src = common::transport::peer_client(&source.addr, &self.0.tls, source.id)
             .await
-            .map_err(|e| PeerError::SourceFailed(format!("connect {source}: {e}")))?;
+            .map_err(|e| PeerError::SourceFailed(format!("connect {}: {e}", source.addr)))?;
         let bytes = match src.get(context::current(), id).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(PeerError::SourceFailed(e.to_string())),
             Err(e) => return Err(PeerError::SourceFailed(e.to_string())),
         };
         if ChunkId::of(&bytes) != id {
-            return Err(PeerError::SourceFailed(format!("{source} sent bytes that do not verify")));
+            return Err(PeerError::SourceFailed(format!("{} sent bytes that do not verify", source.addr)));
         }
         self.0.chunks.lock().unwrap().insert(id, (bytes.into_vec(), Timestamp::now().secs));
         probe.fetches.lock().unwrap().push(id);
@@ -170,6 +190,7 @@ impl PeerService for Server {
         after: Option<ChunkId>,
         limit: u32,
     ) -> Result<Vec<(ChunkId, i64)>, PeerError> {
+        self.dirsvc_only("list_chunks")?;
         let chunks = self.0.chunks.lock().unwrap();
         let mut ids: Vec<(ChunkId, i64)> = chunks
             .iter()
@@ -184,8 +205,10 @@ impl PeerService for Server {
 
 /// One fake peer: serving and heartbeating until killed.
 pub struct FakePeer {
-    /// Its id (`[k; 16]`).
+    /// Its id (its certificate's node id).
     pub id: PeerId,
+    /// Its TLS identity.
+    pub tls: Arc<Tls>,
     /// Its state.
     pub inner: Arc<Inner>,
     serve: CancellationToken,
@@ -193,16 +216,17 @@ pub struct FakePeer {
 }
 
 impl FakePeer {
-    /// Starts peer number `k` serving on 127.0.0.1 and heartbeating to the
-    /// dirsvc whose address `dirsvc` holds (read on every reconnect).
+    /// Starts a peer with a fresh peer certificate, serving on 127.0.0.1
+    /// and heartbeating to the dirsvc whose address `dirsvc` holds (read on
+    /// every reconnect).
     pub async fn start(
-        k: u8,
         dirsvc: Arc<Mutex<String>>,
         labels: PeerLabels,
         capacity: u64,
         fetch_delay: Duration,
         probe: Arc<Probe>,
     ) -> FakePeer {
+        let (id, tls) = testkit::pki().peer();
         let inner = Arc::new(Inner {
             chunks: Mutex::new(HashMap::new()),
             capacity,
@@ -211,19 +235,27 @@ impl FakePeer {
             deleted: AtomicU64::new(0),
             silent: AtomicBool::new(false),
             refuse_fetch: AtomicBool::new(false),
+            tls: tls.clone(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let serve = CancellationToken::new();
         let token = serve.clone();
-        let server = Server(inner.clone());
+        let state = inner.clone();
+        let config = tls.server_config(false).unwrap();
         tokio::spawn(async move {
-            common::serve_tarpc!(listener, server, token);
+            common::serve_tarpc!(
+                listener,
+                config,
+                ServerLimits::default(),
+                Arc::new(Connections::default()),
+                token,
+                move |caller| Server(state.clone(), caller)
+            );
         });
-        let id = PeerId([k; 16]);
         let beat = serve.child_token();
         tokio::spawn(heartbeat_loop(id, addr, labels, inner.clone(), dirsvc, beat.clone()));
-        FakePeer { id, inner, serve, beat }
+        FakePeer { id, tls, inner, serve, beat }
     }
 
     /// Stops heartbeats (the peer keeps serving): it turns suspect, then
@@ -281,12 +313,12 @@ async fn heartbeat_loop(
         if !inner.silent.load(Ordering::SeqCst) {
             if client.is_none() {
                 let target = dirsvc.lock().unwrap().clone();
-                client = common::transport::dir_client(&target).await.ok();
+                client = common::transport::dir_client(&target, &inner.tls).await.ok();
                 registered = false;
             }
             if let Some(c) = &client {
                 let r = if registered {
-                    c.heartbeat(context::current(), id, inner.usage()).await
+                    c.heartbeat(context::current(), id, inner.usage()).await.map(|r| r.map(drop))
                 } else {
                     let reg = PeerRegistration {
                         id,
@@ -314,8 +346,6 @@ async fn heartbeat_loop(
 /// intervals, unlimited bandwidth, GC effectively off.
 pub fn fast_config(dir: &std::path::Path) -> DirsvcConfig {
     DirsvcConfig {
-        listen: "127.0.0.1:0".into(),
-        db_path: db_path(dir),
         peer_suspect_after: Duration::from_millis(400),
         peer_down_after: Duration::from_millis(1200),
         heartbeat_persist_every: Duration::from_millis(100),
@@ -324,7 +354,7 @@ pub fn fast_config(dir: &std::path::Path) -> DirsvcConfig {
         repair_bandwidth_bytes_per_sec: 0,
         gc_interval: Duration::from_millis(200),
         gc_grace: Duration::from_secs(3600),
-        ..DirsvcConfig::default()
+        ..config(dir)
     }
 }
 
@@ -336,8 +366,13 @@ pub struct Cluster {
     pub dirsvc: Option<DirsvcHandle>,
     /// Its address, as the peers' heartbeat loops read it.
     pub addr: Arc<Mutex<String>>,
-    /// A client of it.
+    /// A client of it (client certificate).
     pub client: DirServiceClient,
+    /// An admin of it (drains).
+    pub admin: DirServiceClient,
+    /// The identities of `client` and `admin`, to reconnect after a
+    /// restart.
+    ids: (Arc<Tls>, Arc<Tls>),
     /// The peers, by number - 1.
     pub peers: Vec<FakePeer>,
     /// Shared observations of the peers.
@@ -357,13 +392,16 @@ impl Cluster {
         cfg.db_path = db_path(dir.path());
         let handle = dirsvc::spawn(cfg.clone()).await.unwrap();
         let addr = handle.addr.to_string();
-        let client = common::transport::dir_client(&addr).await.unwrap();
+        let (client, client_tls) = testkit::dir_client_as(&addr, Role::Client).await;
+        let (admin, admin_tls) = testkit::dir_client_as(&addr, Role::Admin).await;
         client.init_volume(context::current(), volume(replicas), 0, 0).await.unwrap().unwrap();
         Cluster {
             _dir: dir,
             dirsvc: Some(handle),
             addr: Arc::new(Mutex::new(addr)),
             client,
+            admin,
+            ids: (client_tls, admin_tls),
             peers: Vec::new(),
             probe: Arc::new(Probe::default()),
             fetch_delay: Duration::ZERO,
@@ -374,9 +412,8 @@ impl Cluster {
     /// Adds peer number `peers.len() + 1` with `labels` and `capacity`
     /// bytes, and waits until dirsvc lists it as up.
     pub async fn add_peer_with(&mut self, labels: PeerLabels, capacity: u64) -> PeerId {
-        let k = self.peers.len() as u8 + 1;
-        let p = FakePeer::start(k, self.addr.clone(), labels, capacity, self.fetch_delay, self.probe.clone())
-            .await;
+        let p =
+            FakePeer::start(self.addr.clone(), labels, capacity, self.fetch_delay, self.probe.clone()).await;
         let id = p.id;
         self.peers.push(p);
         self.wait_state(id, PeerState::Up).await;
@@ -393,6 +430,12 @@ impl Cluster {
     /// Peer number `k` (1-based).
     pub fn peer(&self, k: usize) -> &FakePeer {
         &self.peers[k - 1]
+    }
+
+    /// A `DirService` client speaking as peer number `k` (1-based).
+    pub async fn as_peer(&self, k: usize) -> DirServiceClient {
+        let addr = self.addr.lock().unwrap().clone();
+        testkit::dir_client(&addr, &self.peer(k).tls).await
     }
 
     /// `list_peers`.
@@ -469,7 +512,8 @@ impl Cluster {
         };
         let addr = handle.addr.to_string();
         *self.addr.lock().unwrap() = addr.clone();
-        self.client = common::transport::dir_client(&addr).await.unwrap();
+        self.client = testkit::dir_client(&addr, &self.ids.0).await;
+        self.admin = testkit::dir_client(&addr, &self.ids.1).await;
         self.dirsvc = Some(handle);
     }
 

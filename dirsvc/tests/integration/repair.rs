@@ -168,7 +168,8 @@ async fn a_corrupt_replica_is_dropped_and_repair_restores_r() {
         let (p1, p2) = (c.peer(1).id, c.peer(2).id);
         // Peer 1 found its copy rotten and moved it aside.
         c.peer(1).inner.chunks.lock().unwrap().remove(&bad);
-        c.client
+        c.as_peer(1)
+            .await
             .report_corrupt(context::current(), p1, vec![bad, ChunkId::of(b"never stored")])
             .await
             .unwrap()
@@ -185,8 +186,12 @@ async fn a_corrupt_replica_is_dropped_and_repair_restores_r() {
             assert!(c.peer(k).has(&bad), "index lists peer {k} but it has no copy");
         }
         assert_eq!(c.probe.fetched(), vec![bad], "only the corrupt chunk was copied");
-        // Reports from strangers or about unknown chunks change nothing.
-        c.client.report_corrupt(context::current(), PeerId([77; 16]), vec![bad]).await.unwrap().unwrap();
+        // Reports from strangers (a peer of the cluster that never
+        // registered) or about unknown chunks change nothing.
+        let (stranger, tls) = testkit::pki().peer();
+        let addr = c.addr.lock().unwrap().clone();
+        let as_stranger = testkit::dir_client(&addr, &tls).await;
+        as_stranger.report_corrupt(context::current(), stranger, vec![bad]).await.unwrap().unwrap();
         assert_eq!(c.status().await.under_replicated, 0);
         c.shutdown().await;
     })
@@ -203,7 +208,7 @@ async fn a_drained_peer_holds_nothing_that_is_needed() {
         chunks.extend(on(&contents(9, 4, 800), &[2, 3]));
         c.write_file("f", &chunks).await;
         let d = c.peer(1).id;
-        c.client.drain_peer(context::current(), d).await.unwrap().unwrap();
+        c.admin.drain_peer(context::current(), d).await.unwrap().unwrap();
         let state = c.state(d).await;
         assert!(matches!(state, PeerState::Draining | PeerState::Drained), "{state:?}");
         c.wait_state(d, PeerState::Drained).await;
@@ -257,13 +262,16 @@ async fn cluster_status_counts_chunks_redundancy_and_peers() {
         let st = c.status().await;
         assert_eq!((st.chunks, st.under_replicated, st.lost), (4, 2, 1));
         assert_eq!((st.peers_up, st.peers_down), (3, 1));
-        c.client.drain_peer(context::current(), c.peer(3).id).await.unwrap().unwrap();
+        c.admin.drain_peer(context::current(), c.peer(3).id).await.unwrap().unwrap();
         let st = c.status().await;
         // Peer 3's copies no longer count: the healthy chunks are short too.
         assert_eq!((st.under_replicated, st.lost, st.peers_up, st.peers_draining), (4, 1, 2, 1));
         let listed = c.list().await;
-        let indexed: Vec<u64> = listed.iter().map(|s| s.indexed_chunks).collect();
-        // The unreferenced chunk still counts as indexed on peer 1.
+        let indexed: Vec<u64> = (1..=4)
+            .map(|k| listed.iter().find(|s| s.loc.id == c.peer(k).id).unwrap().indexed_chunks)
+            .collect();
+        // Peers 1 to 4; the unreferenced chunk still counts as indexed on
+        // peer 1.
         assert_eq!(indexed, vec![4, 3, 2, 1]);
         c.shutdown().await;
     })
@@ -317,7 +325,7 @@ async fn measure_cluster_status_on_a_million_chunks() {
     cfg.peer_suspect_after = Duration::from_secs(3600);
     cfg.peer_down_after = Duration::from_secs(3600);
     let h = dirsvc::spawn(cfg).await.unwrap();
-    let c = common::transport::dir_client(&h.addr.to_string()).await.unwrap();
+    let (c, _) = testkit::dir_client_as(&h.addr.to_string(), common::rpc::Role::Client).await;
     for _ in 0..3 {
         let t = Instant::now();
         let mut ctx = context::current();

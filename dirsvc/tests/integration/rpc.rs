@@ -1,13 +1,13 @@
-//! The service over real TCP on 127.0.0.1: requests through
-//! `common::transport::dir_client`, peers and placement, liveness, restart,
-//! and hostile bytes on a raw socket.
+//! The service over real TCP and mutual TLS on 127.0.0.1: requests through
+//! `common::transport::dir_client`, peers (each with its own certificate)
+//! and placement, liveness, restart, and hostile bytes on a raw socket.
 
 use super::support::*;
 use common::rpc::dir::{
     rename_flags, CommitLayout, DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerState,
     PeerUsage, StoredChunk,
 };
-use common::rpc::PROTOCOL_VERSION;
+use common::rpc::{Role, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::{ChunkId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
@@ -28,40 +28,31 @@ async fn within<F: Future<Output = ()>>(f: F) {
 
 async fn start(dir: &Path, down_after: Duration) -> DirsvcHandle {
     dirsvc::spawn(DirsvcConfig {
-        listen: "127.0.0.1:0".into(),
-        db_path: db_path(dir),
         peer_suspect_after: down_after,
         peer_down_after: down_after,
         heartbeat_persist_every: Duration::from_millis(100),
-        ..DirsvcConfig::default()
+        ..config(dir)
     })
     .await
     .unwrap()
 }
 
+/// A client of `h` (a fresh client certificate).
 async fn client(h: &DirsvcHandle) -> DirServiceClient {
-    common::transport::dir_client(&h.addr.to_string()).await.unwrap()
+    testkit::dir_client_as(&h.addr.to_string(), Role::Client).await.0
 }
 
 fn usage(free: u64) -> PeerUsage {
     PeerUsage { capacity_bytes: 4 * GIB, free_bytes: free, used_bytes: 4 * GIB - free, chunks: 0, fs: None }
 }
 
-async fn register(c: &DirServiceClient, k: u8, free: u64) -> PeerId {
-    let id = PeerId([k; 16]);
-    c.register_peer(
-        context::current(),
-        PeerRegistration {
-            id,
-            addr: format!("127.0.0.1:{}", 9000 + u16::from(k)),
-            usage: usage(free),
-            labels: PeerLabels::default(),
-        },
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    id
+/// Registers a fresh peer (its own certificate and connection) at
+/// `127.0.0.1:<9000 + k>` with `free` bytes free.
+async fn register(h: &DirsvcHandle, k: u8, free: u64) -> TestPeer {
+    let p = TestPeer::connect(&h.addr.to_string()).await;
+    let reg = p.registration(&format!("127.0.0.1:{}", 9000 + u16::from(k)), usage(free));
+    p.c.register_peer(context::current(), reg).await.unwrap().unwrap();
+    p
 }
 
 #[tokio::test]
@@ -106,13 +97,13 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         let c = client(&h).await;
         let ctx = context::current;
         c.init_volume(ctx(), volume(2), 0, 0).await.unwrap().unwrap();
-        let first = register(&c, 1, GIB).await;
+        let first = register(&h, 1, GIB).await;
         assert_eq!(
             c.placement(ctx(), 1, 1 << 20).await.unwrap(),
             Err(DirError::NoPeers { needed: 2, live: 1 })
         );
         for k in 2..=4 {
-            register(&c, k, GIB).await;
+            register(&h, k, GIB).await;
         }
         let sets = c.placement(ctx(), 8, 1 << 20).await.unwrap().unwrap();
         assert_eq!(sets.len(), 8);
@@ -130,7 +121,7 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
         }
         assert_eq!(per_peer.len(), 4, "{per_peer:?}");
         assert!(per_peer.values().all(|&k| k > 100), "{per_peer:?}");
-        c.heartbeat(ctx(), first, usage(2 * GIB)).await.unwrap().unwrap();
+        first.c.heartbeat(ctx(), first.id, usage(2 * GIB)).await.unwrap().unwrap();
         // Chunks larger than any peer's free space cannot be placed: enough
         // peers are live, none has room.
         assert_eq!(
@@ -138,34 +129,43 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
             Err(DirError::PeersFull { needed: 2, with_room: 0, live: 4 })
         );
         assert!(matches!(c.placement(ctx(), 1_000_000, 1).await.unwrap(), Err(DirError::Invalid(_))));
-        assert_eq!(c.heartbeat(ctx(), PeerId([77; 16]), usage(1)).await.unwrap(), Err(DirError::NotFound));
+        // A peer that never registered is told to.
+        let stranger = TestPeer::connect(&h.addr.to_string()).await;
+        assert_eq!(
+            stranger.c.heartbeat(ctx(), stranger.id, usage(1)).await.unwrap(),
+            Err(DirError::NotFound)
+        );
         assert!(matches!(
-            c.register_peer(
-                ctx(),
-                PeerRegistration {
-                    id: PeerId([8; 16]),
-                    addr: "nonsense".into(),
-                    usage: usage(1),
-                    labels: PeerLabels::default()
-                }
-            )
-            .await
-            .unwrap(),
+            stranger
+                .c
+                .register_peer(
+                    ctx(),
+                    PeerRegistration {
+                        id: stranger.id,
+                        addr: "nonsense".into(),
+                        usage: usage(1),
+                        labels: PeerLabels::default()
+                    }
+                )
+                .await
+                .unwrap(),
             Err(DirError::Invalid(_))
         ));
         let long = PeerLabels { host: "h".repeat(300), zone: String::new() };
         assert!(matches!(
-            c.register_peer(
-                ctx(),
-                PeerRegistration {
-                    id: PeerId([8; 16]),
-                    addr: "127.0.0.1:1".into(),
-                    usage: usage(1),
-                    labels: long
-                }
-            )
-            .await
-            .unwrap(),
+            stranger
+                .c
+                .register_peer(
+                    ctx(),
+                    PeerRegistration {
+                        id: stranger.id,
+                        addr: "127.0.0.1:1".into(),
+                        usage: usage(1),
+                        labels: long
+                    }
+                )
+                .await
+                .unwrap(),
             Err(DirError::Invalid(_))
         ));
         let peers = c.list_peers(ctx()).await.unwrap().unwrap();
@@ -186,8 +186,9 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
         let c = client(&h).await;
         let ctx = context::current;
         c.init_volume(ctx(), volume(2), 0, 0).await.unwrap().unwrap();
-        let a = register(&c, 1, GIB).await;
-        let b = register(&c, 2, GIB).await;
+        let pa = register(&h, 1, GIB).await;
+        let pb = register(&h, 2, GIB).await;
+        let (a, b) = (pa.id, pb.id);
         let f = c.create(ctx(), ROOT, n("f"), file()).await.unwrap().unwrap().ino;
         let chunk =
             StoredChunk { id: ChunkId::of(b"x"), len: 60, replicas: vec![a, b], epoch: 0, mac: [0x4d; 32] };
@@ -203,7 +204,7 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
         assert!(before.blocks[0].replicas.iter().all(|p| p.live));
 
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        c.heartbeat(ctx(), b, usage(GIB)).await.unwrap().unwrap();
+        pb.c.heartbeat(ctx(), b, usage(GIB)).await.unwrap().unwrap();
         let page = c.get_layout(ctx(), f, 0, 10).await.unwrap().unwrap();
         let reps = &page.blocks[0].replicas;
         assert_eq!(reps.iter().map(|p| (p.id, p.live)).collect::<Vec<_>>(), vec![(b, true), (a, false)]);
@@ -230,9 +231,9 @@ async fn state_survives_a_restart_of_the_service() {
         let ctx = context::current;
         c.init_volume(ctx(), volume(3), 0, 0).await.unwrap().unwrap();
         let d = c.mkdir(ctx(), ROOT, n("kept"), 0o700, 5, 6).await.unwrap().unwrap();
-        let p = register(&c, 1, GIB).await;
+        let p = register(&h, 1, GIB).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
-        c.heartbeat(ctx(), p, usage(GIB / 2)).await.unwrap().unwrap();
+        p.c.heartbeat(ctx(), p.id, usage(GIB / 2)).await.unwrap().unwrap();
         drop(c);
         h.shutdown().await;
 
@@ -243,6 +244,7 @@ async fn state_survives_a_restart_of_the_service() {
         assert_eq!(got, d);
         let peers = c.list_peers(ctx()).await.unwrap().unwrap();
         assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].loc.id, p.id);
         assert_eq!(peers[0].usage, usage(GIB / 2), "the persisted heartbeat is back");
         assert!(peers[0].loc.live);
         h.shutdown().await;
@@ -261,7 +263,7 @@ async fn concurrent_clients_all_get_their_entries() {
         for t in 0..6 {
             let addr = h.addr.to_string();
             tasks.push(tokio::spawn(async move {
-                let c = common::transport::dir_client(&addr).await.unwrap();
+                let (c, _) = testkit::dir_client_as(&addr, Role::Client).await;
                 for i in 0..40 {
                     c.mkdir(context::current(), ROOT, n(&format!("t{t}-{i}")), 0o755, 0, 0)
                         .await
@@ -291,10 +293,13 @@ async fn concurrent_clients_all_get_their_entries() {
     .await;
 }
 
-/// Writes `bytes` on a fresh raw connection and expects the server to close
-/// it (read returns 0 or an error) within a few seconds.
+/// Writes `bytes` on a fresh TLS connection (as a client of the cluster,
+/// so the bytes reach the framing and decoding) and expects the server to
+/// close it (read returns 0 or an error) within a few seconds.
 async fn expect_closed_after(addr: &str, bytes: &[u8]) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = testkit::pki().node(Role::Client);
+    let expect = common::tls::Expect::Role(Role::Dirsvc);
+    let mut s = common::transport::connect(addr, &tls, expect).await.unwrap();
     // The server may close while we are still writing: that is fine too.
     let _ = s.write_all(bytes).await;
     let mut buf = [0u8; 64];

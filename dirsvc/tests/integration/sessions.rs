@@ -186,7 +186,7 @@ async fn open_file_racing_unlink_either_keeps_the_file_or_finds_it_gone() {
         let svc = Svc::start(|_| {}).await;
         let a = svc.session("racer").await;
         // Two connections, so neither request queues behind the other.
-        let other = common::transport::dir_client(&svc.config_addr()).await.unwrap();
+        let other = svc.connect().await;
         let (mut kept, mut gone) = (0, 0);
         for i in 0..300u32 {
             let name = format!("f{i}");

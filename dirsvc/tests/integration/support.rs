@@ -1,13 +1,15 @@
 //! Fixtures shared by the integration tests: temporary stores, names,
-//! peers and chunks.
+//! peers and chunks, and dirsvc settings and peer identities over TLS.
 
 use common::rpc::dir::{
-    DirError, FileKind, KeyEpoch, Keyring, Member, NewInode, PeerLabels, PeerUsage, StoredChunk, VolumeInfo,
+    DirError, DirServiceClient, FileKind, KeyEpoch, Keyring, Member, NewInode, PeerLabels, PeerRegistration,
+    PeerUsage, StoredChunk, VolumeInfo,
 };
+use common::rpc::Role;
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
 use dirsvc::store::tables::PeerRecord;
-use dirsvc::Store;
+use dirsvc::{DirsvcConfig, Store};
 use std::path::{Path, PathBuf};
 
 /// Block size of the test volumes (the smallest allowed, 4 KiB).
@@ -31,6 +33,44 @@ pub fn tmp() -> tempfile::TempDir {
 /// Database path inside a test directory.
 pub fn db_path(dir: &Path) -> PathBuf {
     dir.join("dirsvc.redb")
+}
+
+/// dirsvc settings for a test in `dir`: 127.0.0.1 on a free port, the
+/// database in `dir`, a fresh dirsvc certificate of the test CA, and the
+/// CA itself (so `join` and `renew_certificate` work).
+pub fn config(dir: &Path) -> DirsvcConfig {
+    DirsvcConfig {
+        listen: "127.0.0.1:0".into(),
+        db_path: db_path(dir),
+        tls: Some(testkit::pki().node(Role::Dirsvc)),
+        ca: Some(testkit::pki().ca().clone()),
+        ..DirsvcConfig::default()
+    }
+}
+
+/// A peer of the test CA with its own connection to dirsvc: what a peerd
+/// is to dirsvc, without the chunk service. A peer may only register and
+/// heartbeat as itself, so every test peer needs one.
+pub struct TestPeer {
+    /// Its id (its certificate's node id).
+    pub id: PeerId,
+    /// Its `DirService` client.
+    pub c: DirServiceClient,
+}
+
+impl TestPeer {
+    /// A fresh peer identity connected to the dirsvc at `addr`
+    /// (not registered).
+    pub async fn connect(addr: &str) -> TestPeer {
+        let (id, tls) = testkit::pki().peer();
+        let c = testkit::dir_client(addr, &tls).await;
+        TestPeer { id, c }
+    }
+
+    /// Its registration at `addr` with `usage` and no labels.
+    pub fn registration(&self, addr: &str, usage: PeerUsage) -> PeerRegistration {
+        PeerRegistration { id: self.id, addr: addr.into(), usage, labels: PeerLabels::default() }
+    }
 }
 
 /// Volume settings used by the tests.

@@ -1,17 +1,22 @@
-//! A real dirsvc on 127.0.0.1 with a client, for the session, lock and
-//! change-feed tests: start, restart on the same database, sessions, and
-//! files with committed chunks (on registered peer records; no peer
-//! process is needed because dirsvc never calls the peers here).
+//! A real dirsvc on 127.0.0.1 with a client (over mutual TLS, with a client
+//! certificate of the test CA), for the session, lock and change-feed
+//! tests: start, restart on the same database, sessions, and files with
+//! committed chunks (on peers registered by peer identities of the test
+//! CA; no peer process is needed because dirsvc never calls the peers
+//! here).
 
 use super::support::*;
 use common::rpc::dir::{
-    CommitLayout, DirError, DirServiceClient, Lock, LockFlavor, LockKind, PeerLabels, PeerRegistration,
-    PeerUsage, SessionId, SessionOpen, StoredChunk,
+    CommitLayout, DirError, DirServiceClient, Lock, LockFlavor, LockKind, PeerUsage, SessionId, SessionOpen,
+    StoredChunk,
 };
+use common::rpc::Role;
 use common::time::Timestamp;
+use common::tls::Tls;
 use common::{ChunkId, InodeId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tarpc::context;
 
@@ -46,6 +51,9 @@ pub struct Svc {
     handle: Option<DirsvcHandle>,
     /// The client.
     pub c: DirServiceClient,
+    /// The client's identity (its sessions are owned by this node; it
+    /// reconnects with it after a restart, as a mount does).
+    pub me: Arc<Tls>,
     /// The settings it runs with.
     pub config: DirsvcConfig,
     /// Two registered peers (records only) for commits.
@@ -57,35 +65,29 @@ impl Svc {
     /// settings, creates the volume (R = 2) and registers two peers.
     pub async fn start(tune: impl FnOnce(&mut DirsvcConfig)) -> Svc {
         let dir = tmp();
-        let mut config = DirsvcConfig {
-            listen: "127.0.0.1:0".into(),
-            db_path: db_path(dir.path()),
-            gc_interval: Duration::from_secs(3600),
-            ..DirsvcConfig::default()
-        };
+        let mut config =
+            DirsvcConfig { gc_interval: Duration::from_secs(3600), ..super::support::config(dir.path()) };
         tune(&mut config);
         let handle = dirsvc::spawn(config.clone()).await.unwrap();
-        let c = common::transport::dir_client(&handle.addr.to_string()).await.unwrap();
+        let addr = handle.addr.to_string();
+        let (c, me) = testkit::dir_client_as(&addr, Role::Client).await;
         ok(c.init_volume(context::current(), volume(2), 0, 0).await);
         let mut peers = Vec::new();
-        for k in 1..=2u8 {
-            let id = PeerId([k; 16]);
-            let reg = PeerRegistration {
-                id,
-                addr: format!("127.0.0.1:{}", 9000 + u16::from(k)),
-                usage: PeerUsage {
-                    capacity_bytes: 1 << 30,
-                    free_bytes: 1 << 30,
-                    used_bytes: 0,
-                    chunks: 0,
-                    fs: None,
-                },
-                labels: PeerLabels::default(),
+        for k in 1..=2u16 {
+            let p = TestPeer::connect(&addr).await;
+            let usage = PeerUsage {
+                capacity_bytes: 1 << 30,
+                free_bytes: 1 << 30,
+                used_bytes: 0,
+                chunks: 0,
+                fs: None,
             };
-            ok(c.register_peer(context::current(), reg).await);
-            peers.push(id);
+            ok(p.c
+                .register_peer(context::current(), p.registration(&format!("127.0.0.1:{}", 9000 + k), usage))
+                .await);
+            peers.push(p.id);
         }
-        Svc { dir, handle: Some(handle), c, config, peers }
+        Svc { dir, handle: Some(handle), c, me, config, peers }
     }
 
     /// Stops dirsvc cleanly and starts it again on the same database with
@@ -95,7 +97,7 @@ impl Svc {
         tune(&mut self.config);
         assert_eq!(self.config.db_path, db_path(self.dir.path()));
         let handle = dirsvc::spawn(self.config.clone()).await.unwrap();
-        self.c = common::transport::dir_client(&handle.addr.to_string()).await.unwrap();
+        self.c = testkit::dir_client(&handle.addr.to_string(), &self.me).await;
         self.handle = Some(handle);
     }
 
@@ -109,6 +111,18 @@ impl Svc {
     /// The address dirsvc listens on.
     pub fn config_addr(&self) -> String {
         self.handle.as_ref().expect("running").addr.to_string()
+    }
+
+    /// Another connection of the same client node (its sessions are this
+    /// one's too).
+    pub async fn connect(&self) -> DirServiceClient {
+        testkit::dir_client(&self.config_addr(), &self.me).await
+    }
+
+    /// A connection of another node of `role` (another mount, an admin,
+    /// a peer), with that node's identity.
+    pub async fn connect_as(&self, role: Role) -> (DirServiceClient, Arc<Tls>) {
+        testkit::dir_client_as(&self.config_addr(), role).await
     }
 
     /// Opens a new session.

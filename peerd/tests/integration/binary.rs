@@ -1,13 +1,16 @@
-//! The real `peerd` binary: it keeps running while dirsvc is unreachable,
-//! `kill -9` loses no acknowledged chunk, SIGTERM/SIGINT exit 0, and the
-//! command-line flags for labels, heartbeat and scrub take effect.
+//! The real `peerd` binary: it serves with the identity of `--tls-dir`,
+//! keeps running while dirsvc is unreachable, `kill -9` loses no
+//! acknowledged chunk, SIGTERM/SIGINT exit 0, and the command-line flags
+//! for labels, heartbeat and scrub take effect.
 
 use super::fake_dir::FakeDirServer;
 use super::util::{chunk, closed_port, timeout};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::Bytes;
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
+use common::PeerId;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -18,10 +21,15 @@ use std::time::Duration;
 struct Peerd {
     child: Child,
     log: PathBuf,
+    /// Its peer id (its certificate's node id).
+    id: PeerId,
 }
 
 impl Peerd {
-    /// Starts `peerd` on `127.0.0.1:0`; its log goes to `<log_dir>/<name>.log`.
+    /// Starts `peerd` on `127.0.0.1:0` with the TLS identity in
+    /// `<data_dir>-tls` (a fresh peer certificate of the test CA written
+    /// there unless one is there already, so a restart over the same data
+    /// directory is the same peer); its log goes to `<log_dir>/<name>.log`.
     fn start(data_dir: &Path, addr_file: &Path, dirsvc: &str, log_dir: &Path, name: &str) -> Peerd {
         Self::start_with(data_dir, addr_file, dirsvc, log_dir, name, &[])
     }
@@ -37,11 +45,21 @@ impl Peerd {
     ) -> Peerd {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let mut tls_dir = data_dir.as_os_str().to_owned();
+        tls_dir.push("-tls");
+        let tls_dir = PathBuf::from(tls_dir);
+        let id = if common::pki::NodeFiles::exist(&tls_dir) {
+            common::pki::NodeFiles::load(&tls_dir).unwrap().node
+        } else {
+            testkit::pki().write_node(Role::Peer, &tls_dir)
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
             .args(["--listen", "127.0.0.1:0", "--dirsvc", dirsvc])
             .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--tls-dir")
+            .arg(&tls_dir)
             .arg("--addr-file")
             .arg(addr_file)
             .env("RUST_LOG", "debug")
@@ -50,7 +68,7 @@ impl Peerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        Peerd { child, log: log_path }
+        Peerd { child, log: log_path, id: PeerId::from(id) }
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -110,7 +128,9 @@ async fn kill_9_loses_no_acknowledged_chunk() {
         let mut p = Peerd::start(&data, &addr_file, &dirsvc, tmp.path(), "first");
         let addr = wait_addr(&mut p, &addr_file).await;
         assert!(addr.ip().is_loopback() && addr.port() != 0);
-        let client = peer_client(&addr.to_string()).await.unwrap();
+        // An admin stores, reads and asks for usage; the peer must be the
+        // one of the certificate in --tls-dir.
+        let client = testkit::peer_client_as(&addr.to_string(), p.id, Role::Admin).await;
 
         // Several acknowledged puts, some in parallel, of varied sizes.
         let chunks: Vec<_> = (0..24).map(|i| chunk(1 + (i * 47_111) % (1 << 20), i as u64)).collect();
@@ -131,7 +151,7 @@ async fn kill_9_loses_no_acknowledged_chunk() {
         std::fs::remove_file(&addr_file).unwrap();
         let mut p = Peerd::start(&data, &addr_file, &dirsvc, tmp.path(), "second");
         let addr = wait_addr(&mut p, &addr_file).await;
-        let client = peer_client(&addr.to_string()).await.unwrap();
+        let client = testkit::peer_client_as(&addr.to_string(), p.id, Role::Admin).await;
         for (id, bytes) in &chunks {
             let back = client
                 .get(deadline(CHUNK_DEADLINE), *id)
@@ -159,7 +179,7 @@ async fn sigint_exits_cleanly_and_keeps_the_peer_id() {
         let mut p = Peerd::start(&data, &addr_file, &closed_port(), tmp.path(), "first");
         wait_addr(&mut p, &addr_file).await;
         let id = std::fs::read_to_string(data.join("peer-id")).unwrap();
-        assert_eq!(id.trim().len(), 32);
+        assert_eq!(id.trim(), p.id.to_hex(), "the peer id is the certificate's");
         p.signal(libc::SIGINT);
         assert_eq!(p.wait_exit().await.code(), Some(0));
         let log = std::fs::read_to_string(tmp.path().join("first.log")).unwrap();

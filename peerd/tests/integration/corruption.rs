@@ -1,10 +1,11 @@
 //! A chunk file altered on disk is detected on read, moved to `corrupted/`
 //! and never served again; a later put of the good bytes repairs it.
 
-use super::util::{chunk, closed_port, flip_byte, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, flip_byte, spawn_peer, timeout};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError};
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use peerd::{ChunkStore, Error, FsChunkStore, StoreConfig};
 use std::fs;
 use std::path::Path;
@@ -93,7 +94,7 @@ async fn corrupt_chunk_is_reported_over_tcp_as_hash_mismatch() {
     timeout(async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = connect(&peer, Role::Client).await;
         let (id, bytes) = chunk(2000, 5);
         client.put(deadline(CHUNK_DEADLINE), id, Bytes::from(bytes)).await.unwrap().unwrap();
         let hex = id.to_hex();

@@ -1,10 +1,14 @@
-//! A recording `DirService` test double on a real loopback socket: it keeps
-//! registrations, heartbeats and corrupt-chunk reports, can be told to
-//! forget the peer or refuse reports, and refuses every other call.
+//! A recording `DirService` test double on a real loopback socket, over
+//! mutual TLS with a dirsvc certificate of the test CA: it keeps
+//! registrations, heartbeats and corrupt-chunk reports (refusing, as
+//! dirsvc does, a peer that speaks for another), can be told to forget the
+//! peer or refuse reports, and refuses every other call.
 
 use common::rpc::dir::*;
-use common::rpc::PeerLoc;
-use common::{ChunkId, InodeId, PeerId};
+use common::rpc::{PeerLoc, Role};
+use common::tls::Caller;
+use common::transport::{Connections, ServerLimits};
+use common::{ChunkId, InodeId, NodeId, PeerId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tarpc::context::Context;
@@ -39,6 +43,18 @@ impl Calls {
 #[derive(Clone, Default)]
 pub struct FakeDir {
     pub calls: Arc<Mutex<Calls>>,
+    /// Who speaks on the connection (per connection).
+    caller: Option<Caller>,
+}
+
+impl FakeDir {
+    /// `Unauthorized` unless the caller is the peer `id`.
+    fn the_peer(&self, id: PeerId) -> Result<(), DirError> {
+        match &self.caller {
+            Some(c) if c.role == Role::Peer && PeerId::from(c.node) == id => Ok(()),
+            other => Err(DirError::Unauthorized(format!("{other:?} may not speak for peer {id}"))),
+        }
+    }
 }
 
 /// A running [`FakeDir`] on a loopback port.
@@ -55,9 +71,19 @@ impl FakeDirServer {
         let addr = listener.local_addr().unwrap().to_string();
         let dir = FakeDir::default();
         let stop = CancellationToken::new();
+        let config = testkit::pki().node(Role::Dirsvc).server_config(false).unwrap();
         let task = {
             let (dir, stop) = (dir.clone(), stop.clone());
-            tokio::spawn(async move { common::serve_tarpc!(listener, dir, stop) })
+            tokio::spawn(async move {
+                common::serve_tarpc!(
+                    listener,
+                    config,
+                    ServerLimits::default(),
+                    Arc::new(Connections::default()),
+                    stop,
+                    move |caller| FakeDir { caller, ..dir.clone() }
+                )
+            })
         };
         FakeDirServer { dir, addr, stop, task }
     }
@@ -99,6 +125,21 @@ fn unsupported<T>() -> Result<T, DirError> {
 impl DirService for FakeDir {
     async fn hello(self, _: Context) -> u32 {
         common::rpc::PROTOCOL_VERSION
+    }
+    async fn join(self, _: Context, _: [u8; 8], _: [u8; 16], _: Vec<u8>) -> Result<JoinGrant, DirError> {
+        unsupported()
+    }
+    async fn renew_certificate(self, _: Context) -> Result<String, DirError> {
+        unsupported()
+    }
+    async fn create_join_token(self, _: Context, _: Role, _: u64) -> Result<String, DirError> {
+        unsupported()
+    }
+    async fn revoke(self, _: Context, _: NodeId, _: String) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn revocations(self, _: Context) -> Result<RevocationList, DirError> {
+        unsupported()
     }
     async fn volume_info(self, _: Context) -> Result<VolumeInfo, DirError> {
         unsupported()
@@ -215,23 +256,27 @@ impl DirService for FakeDir {
         unsupported()
     }
     async fn register_peer(self, _: Context, reg: PeerRegistration) -> Result<(), DirError> {
+        self.the_peer(reg.id)?;
         let mut c = self.calls.lock().unwrap();
         c.registrations.push(reg);
         c.forget = false;
         Ok(())
     }
-    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<(), DirError> {
+    async fn heartbeat(self, _: Context, id: PeerId, usage: PeerUsage) -> Result<HeartbeatReply, DirError> {
+        self.the_peer(id)?;
         let mut c = self.calls.lock().unwrap();
         if c.forget || !c.registrations.iter().any(|r| r.id == id) {
             return Err(DirError::NotFound);
         }
         c.heartbeats.push((id, usage));
-        Ok(())
+        // Version 0: no revocation list to fetch.
+        Ok(HeartbeatReply { revocations: 0 })
     }
     async fn list_peers(self, _: Context) -> Result<Vec<PeerStatus>, DirError> {
         unsupported()
     }
     async fn report_corrupt(self, _: Context, peer: PeerId, chunks: Vec<ChunkId>) -> Result<(), DirError> {
+        self.the_peer(peer)?;
         let mut c = self.calls.lock().unwrap();
         if c.refuse_reports {
             return Err(DirError::Internal("refusing reports for the test".into()));
@@ -248,7 +293,7 @@ impl DirService for FakeDir {
     async fn open_session(self, _: Context, _: SessionOpen) -> Result<SessionGrant, DirError> {
         unsupported()
     }
-    async fn renew_session(self, _: Context, _: SessionId) -> Result<(), DirError> {
+    async fn renew_session(self, _: Context, _: SessionId) -> Result<Renewal, DirError> {
         unsupported()
     }
     async fn close_session(self, _: Context, _: SessionId) -> Result<(), DirError> {

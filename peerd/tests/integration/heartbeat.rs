@@ -4,11 +4,12 @@
 //! recording test double here.
 
 use super::fake_dir::FakeDirServer;
-use super::util::{chunk, closed_port, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, timeout};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::Bytes;
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use std::time::Duration;
 
 #[tokio::test]
@@ -33,7 +34,7 @@ async fn registers_then_heartbeats_with_current_usage() {
         assert!(dirsvc.heartbeats().iter().all(|(id, _)| *id == peer.id));
 
         // A stored chunk shows up in a later heartbeat's usage.
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = connect(&peer, Role::Client).await;
         let (id, bytes) = chunk(12_345, 1);
         client.put(deadline(CHUNK_DEADLINE), id, Bytes::from(bytes)).await.unwrap().unwrap();
         dirsvc
@@ -77,8 +78,8 @@ async fn waits_for_a_late_dirsvc_and_re_registers_after_its_restart() {
         let peer = spawn_peer(data.path(), &addr).await;
         // dirsvc is down for a while; the peer keeps serving and retrying.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
-        client.usage(deadline(CHUNK_DEADLINE)).await.unwrap().unwrap();
+        let admin = connect(&peer, Role::Admin).await;
+        admin.usage(deadline(CHUNK_DEADLINE)).await.unwrap().unwrap();
 
         let dirsvc = FakeDirServer::start(&addr).await;
         dirsvc
@@ -109,12 +110,9 @@ async fn host_and_zone_labels_arrive_in_every_registration() {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let data = tempfile::tempdir().unwrap();
         let peer = peerd::spawn(peerd::PeerdConfig {
-            data_dir: data.path().to_path_buf(),
-            dirsvc: dirsvc.addr.clone(),
-            heartbeat_interval: Duration::from_millis(50),
             host_label: "rack1-node7".into(),
             zone_label: "room-b".into(),
-            ..peerd::PeerdConfig::default()
+            ..peer_config(data.path(), &dirsvc.addr)
         })
         .await
         .unwrap();

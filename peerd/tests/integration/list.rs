@@ -2,10 +2,11 @@
 //! strictly after the cursor, with sane mtimes, capped at 10,000 per page,
 //! ignoring files that are not chunks.
 
-use super::util::{chunk, chunk_file, closed_port, spawn_peer, timeout, write_chunk_files};
+use super::util::{chunk, chunk_file, closed_port, connect, spawn_peer, timeout, write_chunk_files};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::PeerServiceClient;
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use common::ChunkId;
 use peerd::store::LIST_CHUNKS_MAX;
 use peerd::{ChunkStore, FsChunkStore, StoreConfig};
@@ -28,7 +29,8 @@ async fn list_chunks_pages_through_every_chunk_in_ascending_order() {
         write_chunk_files(dir.path(), &chunks);
         let after_writing = unix_now();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        // dirsvc is who lists and deletes.
+        let client = connect(&peer, Role::Dirsvc).await;
 
         let mut expected: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
         expected.sort();

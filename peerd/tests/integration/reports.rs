@@ -4,10 +4,11 @@
 //! again in good shape before its report went out is not reported.
 
 use super::fake_dir::FakeDirServer;
-use super::util::{chunk, chunk_file, closed_port, flip_byte, spawn_peer, timeout, wait_until};
+use super::util::{chunk, chunk_file, closed_port, connect, flip_byte, spawn_peer, timeout, wait_until};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use common::ChunkId;
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +30,7 @@ async fn a_report_made_while_dirsvc_is_down_is_delivered_when_it_comes_up() {
         let addr = closed_port();
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &addr).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = connect(&peer, Role::Client).await;
         let (id, _) = rot(&client, dir.path(), 1).await;
         assert_eq!(peer.corrupt_reports_pending(), [id]);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -52,7 +53,7 @@ async fn a_refused_report_is_retried_until_dirsvc_accepts_it() {
         dirsvc.dir.calls.lock().unwrap().refuse_reports = true;
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &dirsvc.addr).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = connect(&peer, Role::Client).await;
         let (id, _) = rot(&client, dir.path(), 2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(dirsvc.reported().is_empty());
@@ -73,7 +74,7 @@ async fn reports_cut_short_by_a_restart_are_sent_after_it_but_not_for_chunks_sto
         let addr = closed_port();
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &addr).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = connect(&peer, Role::Client).await;
         let (lost, _) = rot(&client, dir.path(), 3).await;
         let (healed, good) = rot(&client, dir.path(), 4).await;
         // A good copy of `healed` arrives before dirsvc heard of it.

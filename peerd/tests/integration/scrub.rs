@@ -4,12 +4,13 @@
 
 use super::fake_dir::FakeDirServer;
 use super::util::{
-    chunk, chunk_file, closed_port, file_names, flip_byte, peer_config, timeout, wait_until,
+    chunk, chunk_file, closed_port, connect, file_names, flip_byte, peer_config, timeout, wait_until,
     write_chunk_files,
 };
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::Bytes;
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use common::ChunkId;
 use std::time::Duration;
 
@@ -58,7 +59,8 @@ async fn scrub_finds_flipped_chunks_at_the_rate_limit_and_reports_them() {
         wait_until("the queue to drain", || peer.corrupt_reports_pending().is_empty()).await;
 
         // The good chunks are still served; the bad ones are gone.
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        // An admin reads chunks and usage.
+        let client = connect(&peer, Role::Admin).await;
         for (id, bytes) in &chunks {
             let got = client.get(deadline(CHUNK_DEADLINE), *id).await.unwrap();
             if bad.contains(id) {
@@ -94,7 +96,7 @@ async fn scrub_passes_repeat_after_the_interval_and_rate_zero_turns_scrub_off() 
         config.scrub_interval = Duration::from_millis(200);
         let on = peerd::spawn(config).await.unwrap();
         wait_until("the first pass", || on.scrub_stats().passes_completed >= 1).await;
-        let client = peer_client(&on.addr.to_string()).await.unwrap();
+        let client = connect(&on, Role::Client).await;
         let (b, bbytes) = chunk(30_000, 21);
         client.put(deadline(CHUNK_DEADLINE), b, Bytes::from(bbytes)).await.unwrap().unwrap();
         flip_byte(&chunk_file(on_dir.path(), &b), 29_999);

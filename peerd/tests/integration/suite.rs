@@ -1,13 +1,15 @@
 //! One store contract suite, run against `FsChunkStore` directly and against
-//! a running peerd through a real TCP `PeerServiceClient`: both must give
-//! the same answers, with the same `PeerError`s.
+//! a running peerd through real mutual-TLS `PeerServiceClient`s (a client's
+//! for the chunk calls, dirsvc's for `delete` and `usage`, which only it
+//! may call): both must give the same answers, with the same `PeerError`s.
 
-use super::util::{chunk, closed_port, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, timeout};
 use common::codec::{MAX_PLAINTEXT, OVERHEAD};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerUsage;
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
-use common::transport::{deadline, peer_client};
+use common::rpc::Role;
+use common::transport::deadline;
 use common::ChunkId;
 use peerd::{ChunkStore, FsChunkStore, StoreConfig};
 
@@ -42,24 +44,38 @@ impl Target for FsChunkStore {
     }
 }
 
-impl Target for PeerServiceClient {
+/// A running peer as its callers see it: a client stores and reads, dirsvc
+/// deletes and asks for usage.
+struct Remote {
+    client: PeerServiceClient,
+    dirsvc: PeerServiceClient,
+}
+
+impl Remote {
+    async fn of(peer: &peerd::PeerdHandle) -> Remote {
+        Remote { client: connect(peer, Role::Client).await, dirsvc: connect(peer, Role::Dirsvc).await }
+    }
+}
+
+impl Target for Remote {
     async fn store(&self, id: ChunkId, bytes: Vec<u8>) -> Result<(), PeerError> {
-        self.put(deadline(CHUNK_DEADLINE), id, Bytes::from(bytes)).await.expect("rpc")
+        self.client.put(deadline(CHUNK_DEADLINE), id, Bytes::from(bytes)).await.expect("rpc")
     }
     async fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, PeerError> {
-        self.get(deadline(CHUNK_DEADLINE), id).await.expect("rpc").map(Bytes::into_vec)
+        self.client.get(deadline(CHUNK_DEADLINE), id).await.expect("rpc").map(Bytes::into_vec)
     }
     async fn fetch_range(&self, id: ChunkId, offset: u64, len: u32) -> Result<Vec<u8>, PeerError> {
-        self.get_range(deadline(CHUNK_DEADLINE), id, offset, len).await.expect("rpc").map(Bytes::into_vec)
+        let r = self.client.get_range(deadline(CHUNK_DEADLINE), id, offset, len).await;
+        r.expect("rpc").map(Bytes::into_vec)
     }
     async fn holds(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>, PeerError> {
-        self.has(deadline(CHUNK_DEADLINE), ids).await.expect("rpc")
+        self.client.has(deadline(CHUNK_DEADLINE), ids).await.expect("rpc")
     }
     async fn remove(&self, id: ChunkId) -> Result<(), PeerError> {
-        self.delete(deadline(CHUNK_DEADLINE), id).await.expect("rpc")
+        self.dirsvc.delete(deadline(CHUNK_DEADLINE), id).await.expect("rpc")
     }
     async fn usage_now(&self) -> Result<PeerUsage, PeerError> {
-        self.usage(deadline(CHUNK_DEADLINE)).await.expect("rpc")
+        self.dirsvc.usage(deadline(CHUNK_DEADLINE)).await.expect("rpc")
     }
 }
 
@@ -152,8 +168,7 @@ async fn store_contract_holds_over_tcp() {
     timeout(async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
-        run_suite(&client).await;
+        run_suite(&Remote::of(&peer).await).await;
         peer.shutdown().await;
     })
     .await;
@@ -164,14 +179,12 @@ async fn configured_capacity_is_reported_and_enforced_over_tcp() {
     timeout(async {
         let dir = tempfile::tempdir().unwrap();
         let peer = peerd::spawn(peerd::PeerdConfig {
-            data_dir: dir.path().to_path_buf(),
-            dirsvc: closed_port(),
             capacity_bytes: Some(10_000),
-            ..peerd::PeerdConfig::default()
+            ..peer_config(dir.path(), &closed_port())
         })
         .await
         .unwrap();
-        let client = peer_client(&peer.addr.to_string()).await.unwrap();
+        let client = Remote::of(&peer).await;
         let (a, abytes) = chunk(6_000, 1);
         let (b, bbytes) = chunk(6_000, 2);
         client.store(a, abytes).await.unwrap();

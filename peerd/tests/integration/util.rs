@@ -1,6 +1,9 @@
 //! Shared helpers: test chunks, chunk files written straight to disk, a peer
-//! on an ephemeral port, polling and timeouts.
+//! on an ephemeral port with a peer certificate of the test CA, clients of
+//! it in each role, polling and timeouts.
 
+use common::rpc::peer::PeerServiceClient;
+use common::rpc::Role;
 use common::ChunkId;
 use peerd::{PeerdConfig, PeerdHandle};
 use std::future::Future;
@@ -38,8 +41,15 @@ pub fn closed_port() -> String {
 
 /// The configuration of a test peer: `127.0.0.1:0` over `data_dir`,
 /// heartbeating to `dirsvc` every 50 ms, scrub off (tests of scrub turn it
-/// on, so that no other test races a scrub pass).
+/// on, so that no other test races a scrub pass). Its TLS identity is in
+/// `<data_dir>/tls` (the default place), written there with a fresh peer
+/// certificate of the test CA unless one is there already, so a restart on
+/// the same data directory is the same peer.
 pub fn peer_config(data_dir: &Path, dirsvc: &str) -> PeerdConfig {
+    let tls_dir = data_dir.join("tls");
+    if !common::pki::NodeFiles::exist(&tls_dir) {
+        testkit::pki().write_node(Role::Peer, &tls_dir);
+    }
     PeerdConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_path_buf(),
@@ -53,6 +63,13 @@ pub fn peer_config(data_dir: &Path, dirsvc: &str) -> PeerdConfig {
 /// A peer with [`peer_config`].
 pub async fn spawn_peer(data_dir: &Path, dirsvc: &str) -> PeerdHandle {
     peerd::spawn(peer_config(data_dir, dirsvc)).await.unwrap()
+}
+
+/// A client of `peer` speaking as a fresh node of `role`: a client (put,
+/// get, get_range, has), dirsvc (delete, list_chunks, fetch_from, usage)
+/// or an admin (usage).
+pub async fn connect(peer: &PeerdHandle, role: Role) -> PeerServiceClient {
+    testkit::peer_client_as(&peer.addr.to_string(), peer.id, role).await
 }
 
 /// Where a store in `data_dir` keeps chunk `id`.
