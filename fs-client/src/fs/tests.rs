@@ -22,6 +22,11 @@ fn client_tls() -> Arc<common::tls::Tls> {
     testkit::pki().node(common::rpc::Role::Client)
 }
 
+/// An admin identity of the test CA (membership, revocation).
+fn admin_tls() -> Arc<common::tls::Tls> {
+    testkit::pki().node(common::rpc::Role::Admin)
+}
+
 /// A peer of a test cluster with data in `dir`, identity `tls` and
 /// `capacity` bytes (`None`: the filesystem's).
 async fn spawn_peer(
@@ -813,11 +818,15 @@ async fn a_removed_member_keeps_only_the_old_epoch_and_writers_move_to_the_new_o
     within(async {
         let c = Cluster::start(2, 1, B as u32).await;
         let pins = tempfile::tempdir().unwrap();
-        let dir = DirClient::connect(&c.addr, client_tls()).await.unwrap();
+        let dir = DirClient::connect(&c.addr, admin_tls()).await.unwrap();
         let (bob, bob_key) = c.other_identity("bob.txt");
-        crate::members::add(&dir, &c.id, Some(pins.path()), "bob", &bob_key, vec![common::NodeId([9; 16])])
+        // Bob's client certificate, connected before his removal.
+        let bob_tls = client_tls();
+        let bob_dir = DirClient::connect(&c.addr, bob_tls.clone()).await.unwrap();
+        crate::members::add(&dir, &c.id, Some(pins.path()), "bob", &bob_key, vec![bob_tls.node()])
             .await
             .unwrap();
+        volume::fetch(&bob_dir).await.unwrap();
         let (_, bob_keys) = volume::open(&dir, &bob).await.unwrap();
         assert_eq!(bob_keys.newest(), 0, "adding a member does not start an epoch");
         let before = c.client().await;
@@ -835,7 +844,11 @@ async fn a_removed_member_keeps_only_the_old_epoch_and_writers_move_to_the_new_o
         let (ring, gone, unrevoked) =
             crate::members::remove(&dir, &c.id, Some(pins.path()), "bob").await.unwrap();
         assert_eq!((ring.newest_epoch(), gone.name.as_str()), (1, "bob"));
-        assert_eq!(unrevoked, vec![common::NodeId([9; 16])], "no revoke RPC on this branch");
+        assert!(unrevoked.is_empty(), "bob's certificate is revoked with him: {unrevoked:?}");
+        // His open connection is closed and a new one refused.
+        let e = volume::fetch(&bob_dir).await.unwrap_err();
+        assert!(!matches!(e, crate::Error::Key(_)), "bob still reached dirsvc: {e}");
+        assert!(DirClient::connect(&c.addr, bob_tls).await.is_err(), "a revoked certificate reconnected");
 
         // The running client's commit is refused, and it moves on.
         before.release(fh).await.unwrap();
