@@ -23,7 +23,7 @@ use crate::ids::{NodeId, PeerId};
 use crate::rpc::dir::DirServiceClient;
 use crate::rpc::peer::PeerServiceClient;
 use crate::rpc::Role;
-use crate::tls::{Caller, Expect, Tls, SERVER_NAME};
+use crate::tls::{Caller, Expect, Revocations, Tls, SERVER_NAME};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
@@ -185,8 +185,12 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Connections open at once by one node (256).
     pub max_per_node: usize,
-    /// Connections open at once without a certificate (joining nodes; 32).
+    /// Connections open at once without a certificate (joining nodes; 32);
+    /// one more evicts the oldest.
     pub max_unauthenticated: usize,
+    /// A connection without a certificate on which nothing arrived for
+    /// this long is closed (30 seconds: a join is one call).
+    pub unauthenticated_idle_timeout: Duration,
     /// TLS handshakes under way at once; a new connection beyond it evicts
     /// the oldest handshake (128).
     pub max_handshakes: usize,
@@ -206,6 +210,7 @@ impl Default for ServerLimits {
             max_connections: 4096,
             max_per_node: 256,
             max_unauthenticated: 32,
+            unauthenticated_idle_timeout: Duration::from_secs(30),
             max_handshakes: 128,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: Duration::from_secs(600),
@@ -226,6 +231,9 @@ pub struct Connections {
     handshakes: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     by_node: Mutex<ByNode>,
     next: AtomicU64,
+    /// The revocation list the server enforces, checked again when a
+    /// connection registers (see [`Connections::new`]).
+    revocations: Option<Arc<Revocations>>,
 }
 
 /// One registered connection; unregisters on drop.
@@ -252,6 +260,14 @@ impl Drop for ConnectionGuard {
 }
 
 impl Connections {
+    /// The connections of a server enforcing `revocations`. A node revoked
+    /// while its handshake was under way (after the certificate check) is
+    /// refused when its connection registers, so [`Self::close_node`]
+    /// called after the list changed misses none of its connections.
+    pub fn new(revocations: Arc<Revocations>) -> Self {
+        Connections { revocations: Some(revocations), ..Connections::default() }
+    }
+
     /// Ends every connection opened by `node` (it was revoked).
     pub fn close_node(&self, node: &NodeId) -> usize {
         let g = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -293,7 +309,11 @@ impl Connections {
         }
     }
 
-    /// Registers a connection of `node` unless a cap is reached.
+    /// Registers a connection of `node` unless a cap is reached or `node`
+    /// is revoked. Connections without a certificate (joining nodes) evict
+    /// the oldest such connection when their cap is reached: they only
+    /// ever make one or two calls, so an idle crowd of them cannot lock
+    /// joins out.
     fn register(
         self: &Arc<Self>,
         node: Option<NodeId>,
@@ -301,9 +321,28 @@ impl Connections {
         parent: &CancellationToken,
     ) -> Option<ConnectionGuard> {
         let mut g = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cap = if node.is_some() { limits.max_per_node } else { limits.max_unauthenticated };
+        // Checked under the lock `close_node` takes: a revocation either
+        // is seen here or finds this connection registered.
+        if let (Some(n), Some(r)) = (&node, &self.revocations) {
+            if r.is_revoked(n) {
+                return None;
+            }
+        }
+        let (cap, evict) = match node {
+            Some(_) => (limits.max_per_node, false),
+            None => (limits.max_unauthenticated.max(1), true),
+        };
         let mine = g.get(&node).map_or(0, Vec::len);
-        if mine >= cap || self.total.load(Ordering::SeqCst) >= limits.max_connections {
+        if mine >= cap && evict {
+            if let Some(v) = g.get_mut(&node) {
+                // The guard's drop removes it again (a no-op by then).
+                let (_, oldest) = v.remove(0);
+                oldest.cancel();
+            }
+        } else if mine >= cap {
+            return None;
+        }
+        if self.total.load(Ordering::SeqCst) >= limits.max_connections {
             return None;
         }
         self.total.fetch_add(1, Ordering::SeqCst);
@@ -394,8 +433,11 @@ pub async fn run_connection<W: Future<Output = ()>>(
     let tick = (idle / 4).max(Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = &mut work => return,
+            // A cancelled connection (revoked node) ends before any more
+            // of its requests are polled.
+            biased;
             _ = guard.cancel.cancelled() => return,
+            _ = &mut work => return,
             _ = tokio::time::sleep(tick) => {
                 if idle_of() >= idle {
                     debug!("idle connection closed");
@@ -434,7 +476,7 @@ macro_rules! serve_tarpc {
         let make = ::std::sync::Arc::new($make);
         let limits: $crate::transport::ServerLimits = $limits;
         let in_flight = limits.max_requests_in_flight;
-        let idle = limits.idle_timeout;
+        let (idle, anon_idle) = (limits.idle_timeout, limits.unauthenticated_idle_timeout);
         $crate::transport::serve(
             $listener,
             $config,
@@ -444,6 +486,7 @@ macro_rules! serve_tarpc {
             move |stream, caller, guard: $crate::transport::ConnectionGuard| {
                 let make = make.clone();
                 async move {
+                    let idle = if caller.is_some() { idle } else { anon_idle };
                     let server = (make)(caller);
                     let transport = $crate::transport::framed(stream);
                     let idle_of = $crate::transport::idle_probe(&transport);

@@ -259,9 +259,11 @@ impl DirService for DirServer {
             let token = common::pki::JoinToken { ca: ca.fingerprint(), id: token_id, secret };
             let hash = token.secret_hash();
             // Which role the certificate gets is the token's; the node id is
-            // the request key's. Issue first (no state), then spend the
-            // token in one transaction; a refused token discards the
-            // certificate.
+            // the request key's. The request is checked in full first
+            // (signature, Ed25519 key), so a token is never spent on a
+            // request that cannot get a certificate; then the token is
+            // checked and spent in one transaction, then the certificate
+            // issued (no state).
             let node = common::pki::csr_node(&csr).map_err(|e| invalid(format!("{e}")))?;
             let role = self.blocking(move |s| s.use_join_token(token_id, &hash, node)).await?;
             let (node, cert_pem) = ca

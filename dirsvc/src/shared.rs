@@ -95,6 +95,7 @@ impl Shared {
             config.heartbeat_persist_every,
         );
         let sessions = Sessions::new(&store, config.session_lease, config.grace())?;
+        let conns = Arc::new(Connections::new(tls.revocations().clone()));
         Ok(Shared {
             store,
             config: config.clone(),
@@ -104,7 +105,7 @@ impl Shared {
             pool: Pool::new(tls.clone()),
             ca: config.ca.clone(),
             tls,
-            conns: Arc::new(Connections::default()),
+            conns,
             joins: TokenBucket::new(JOINS_PER_SEC),
             sessions,
             changes: ChangeFeed::new(config.change_feed_capacity),

@@ -76,6 +76,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The kept revocation list (`<data_dir>/revoked`) is not one. peerd
+    /// refuses to start rather than forget revocations.
+    #[error("revocation list {path} is malformed; restore it or delete it (the next heartbeat fetches the list again, accepting revoked nodes until then)")]
+    BadRevocations {
+        /// Path of the file.
+        path: PathBuf,
+    },
     /// Another process (or another store in this process) has the data
     /// directory open.
     #[error("data directory {0} is in use by another peerd (lock file held)")]

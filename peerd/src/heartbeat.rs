@@ -50,6 +50,9 @@ pub(crate) struct Heartbeat<S> {
     pub(crate) tls: Arc<Tls>,
     /// Where renewed certificates are written (`None`: memory only).
     pub(crate) tls_dir: Option<PathBuf>,
+    /// The data directory, where the revocation list is kept
+    /// ([`crate::revoked`]).
+    pub(crate) data_dir: PathBuf,
     /// Connections to dirsvc.
     pub(crate) dir_pool: Arc<Pool<DirServiceClient>>,
     /// Connections this peer accepted (closed for revoked nodes).
@@ -157,7 +160,21 @@ impl<S: ChunkStore> Heartbeat<S> {
     /// heartbeat tries again.
     async fn sync_revocations(&self, client: &DirServiceClient) {
         match client.revocations(deadline(CALL_DEADLINE)).await {
+            Ok(Ok(list)) if list.version < self.tls.revocations().version() => {
+                warn!(
+                    theirs = list.version,
+                    ours = self.tls.revocations().version(),
+                    "dirsvc serves an older revocation list than this peer holds; keeping ours"
+                );
+            }
             Ok(Ok(list)) => {
+                // Kept on disk first: a restart must not forget it.
+                let (dir, version, nodes) = (self.data_dir.clone(), list.version, list.nodes.clone());
+                match tokio::task::spawn_blocking(move || crate::revoked::save(&dir, version, &nodes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot keep the revocation list on disk"),
+                    Err(e) => warn!(error = %e, "cannot keep the revocation list on disk"),
+                }
                 let added = self.tls.revocations().replace(list.version, list.nodes);
                 for node in &added {
                     let closed = self.conns.close_node(node);

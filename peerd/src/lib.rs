@@ -46,6 +46,7 @@ pub mod fsutil;
 mod heartbeat;
 pub mod peer_id;
 pub mod report;
+pub mod revoked;
 pub mod scrub;
 pub mod server;
 pub mod store;
@@ -220,9 +221,16 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
     let (tls, tls_dir) = identity(&config).await?;
     let id = PeerId::from(tls.node());
     let data_dir = config.data_dir.clone();
-    match tokio::task::spawn_blocking(move || peer_id::check_legacy(&data_dir, id)).await {
-        Ok(r) => r?,
-        Err(e) => return Err(Error::Task(e.to_string())),
+    let kept = tokio::task::spawn_blocking(move || {
+        peer_id::check_legacy(&data_dir, id)?;
+        revoked::load(&data_dir)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    // Revocations seen before a restart hold from the first connection
+    // on, before any heartbeat gets through.
+    if let Some((version, nodes)) = kept {
+        tls.revocations().replace(version, nodes);
     }
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -246,7 +254,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
 
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
-    let conns = Arc::new(Connections::default());
+    let conns = Arc::new(Connections::new(tls.revocations().clone()));
     let server = server::PeerServer::new(store.clone(), tls.clone());
     let peer_pool = server.pool().clone();
     let serve = {
@@ -269,6 +277,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         interval: config.heartbeat_interval,
         tls: tls.clone(),
         tls_dir,
+        data_dir: config.data_dir.clone(),
         dir_pool: dir_pool.clone(),
         conns,
         peer_pool,

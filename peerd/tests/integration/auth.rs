@@ -246,7 +246,7 @@ impl PeerService for Relay {
 }
 
 #[tokio::test]
-async fn a_node_revoked_at_dirsvc_is_refused_by_a_peer_within_seconds() {
+async fn a_node_revoked_at_dirsvc_is_refused_by_a_peer_within_seconds_and_after_its_restart() {
     timeout(async {
         // A real dirsvc and a real peer with the default heartbeat.
         let dir = tempfile::tempdir().unwrap();
@@ -309,8 +309,20 @@ async fn a_node_revoked_at_dirsvc_is_refused_by_a_peer_within_seconds() {
         assert!(!handshake_refused(&peer, &kept).await);
         let c = testkit::peer_client(&addr, &kept, peer.id).await;
         assert_eq!(c.has(deadline(CHUNK_DEADLINE), vec![id]).await.unwrap().unwrap(), [true]);
-        peer.shutdown().await;
+
+        // The peer keeps the list: restarted while dirsvc is down, it still
+        // refuses the node from its first connection on.
         dirsvc.shutdown().await;
+        peer.shutdown().await;
+        let peer = peerd::spawn(peerd::PeerdConfig {
+            heartbeat_interval: interval,
+            ..peer_config(data.path(), &dirsvc_addr)
+        })
+        .await
+        .unwrap();
+        assert!(handshake_refused(&peer, &lost).await, "a restarted peer forgot the revocation");
+        assert!(!handshake_refused(&peer, &kept).await);
+        peer.shutdown().await;
     })
     .await;
 }
