@@ -4,7 +4,8 @@
 //! else: typed ids ([`ids`]), the sealed-chunk format ([`codec`]), sub-key
 //! derivation and name sealing ([`keys`]), the tarpc service traits with
 //! their wire types and error enums ([`rpc`]), the one framed TCP transport
-//! ([`transport`]) and shared limits and defaults ([`config`]).
+//! ([`transport`]) with its frame encoding ([`wire`]) and shared limits and
+//! defaults ([`config`]).
 //!
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod rpc;
 pub mod time;
 pub mod transport;
+pub mod wire;
 
 pub use error::Error;
 pub use ids::{ChunkId, InodeId, NodeId, PeerId, VolumeId};

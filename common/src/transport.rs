@@ -1,7 +1,8 @@
 //! The one framed transport every p2pfs connection uses.
 //!
 //! TCP (with `TCP_NODELAY`), 4-byte big-endian length-delimited frames of at
-//! most [`MAX_FRAME_BYTES`], bincode-encoded tarpc messages. Both ends set
+//! most [`MAX_FRAME_BYTES`], bincode-encoded tarpc messages ([`crate::wire`],
+//! which also refuses what tarpc would trust blindly). Both ends set
 //! the same frame limit: a frame over it, or bytes that do not decode, end
 //! that connection only. TLS will wrap the stream here, below the framing,
 //! so no caller changes when it comes.
@@ -9,16 +10,16 @@
 use crate::config::MAX_FRAME_BYTES;
 use crate::rpc::dir::DirServiceClient;
 use crate::rpc::peer::PeerServiceClient;
-use serde::{de::DeserializeOwned, Serialize};
+use crate::wire;
+use serde::Serialize;
 use std::io;
 use std::time::Duration;
 use tarpc::serde_transport::Transport;
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// A framed, bincode-encoded transport over one TCP connection.
-pub type TcpTransport<In, Out> = Transport<TcpStream, In, Out, Bincode<In, Out>>;
+pub type TcpTransport<In, Out> = Transport<TcpStream, In, Out, wire::Codec<In, Out>>;
 
 /// How long [`connect`] waits for the TCP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,12 +27,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames an accepted or connected stream.
 pub fn framed<In, Out>(stream: TcpStream) -> TcpTransport<In, Out>
 where
-    In: DeserializeOwned,
+    In: wire::Inbound,
     Out: Serialize,
 {
     let _ = stream.set_nodelay(true);
     let framed = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(stream);
-    tarpc::serde_transport::new(framed, Bincode::default())
+    tarpc::serde_transport::new(framed, wire::Codec::default())
 }
 
 /// Connects to `addr` within [`CONNECT_TIMEOUT`].
