@@ -164,8 +164,12 @@ impl PeerTable {
     }
 
     fn silent_for(rec: &PeerRecord, now: SystemTime) -> Duration {
-        // A heartbeat "in the future" (clock stepped back) counts as fresh.
-        now.duration_since(SystemTime::from(rec.last_heartbeat)).unwrap_or(Duration::ZERO)
+        match rec.last_heartbeat.to_system_time() {
+            // A heartbeat "in the future" (clock stepped back) counts as fresh.
+            Ok(t) => now.duration_since(t).unwrap_or(Duration::ZERO),
+            // An invalid stored time (a corrupt record): never heard of.
+            Err(_) => Duration::MAX,
+        }
     }
 
     fn liveness(&self, rec: &PeerRecord, now: SystemTime) -> Liveness {

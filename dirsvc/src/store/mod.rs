@@ -381,9 +381,15 @@ impl Store {
     /// mode without those bits it changes nothing, ctime included.
     ///
     /// Errors: `NotFound`; for `size`, `IsDir` on a directory and `Invalid`
-    /// on anything but a regular file; `NotInitialized`.
+    /// on anything but a regular file; `Invalid` for an atime or mtime
+    /// that is not a valid [`Timestamp`]; `NotInitialized`.
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<Attr, Error> {
         let vol = self.vol()?;
+        for (what, t) in [("atime", &set.atime), ("mtime", &set.mtime)] {
+            if let Some(t) = t {
+                check_time(what, t)?;
+            }
+        }
         self.write(|w| {
             let mut rec = w.inode(ino.0)?;
             let kill = set.kill_suid_sgid && kill_bits(rec.perm) != 0;
@@ -714,9 +720,11 @@ impl Store {
     /// block listed twice, a chunk past the new size, a chunk with no
     /// replicas, an unregistered replica, a stored length of 0 or over
     /// B + [`MAX_CHUNK_OVERHEAD`], or a length that differs from the one
-    /// already recorded for the same chunk; `ChunkGone`; `NotInitialized`.
+    /// already recorded for the same chunk, an mtime that is not a valid
+    /// [`Timestamp`]; `ChunkGone`; `NotInitialized`.
     pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
         let vol = self.vol()?;
+        check_time("mtime", &commit.mtime)?;
         self.write(|w| w.commit_layout(ino.0, commit, vol.block_size))
     }
 
@@ -1815,6 +1823,12 @@ fn kill_bits(perm: u32) -> u32 {
 /// Number of blocks of size `block_size` that a `size`-byte file spans.
 fn blocks_for(size: u64, block_size: u32) -> u64 {
     size.div_ceil(u64::from(block_size.max(1)))
+}
+
+/// A time a caller sends must be valid ([`Timestamp::validate`]): `Invalid`
+/// naming the field otherwise.
+fn check_time(what: &str, t: &Timestamp) -> Result<(), Error> {
+    t.validate().map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// An extended attribute name must be non-empty and at most
