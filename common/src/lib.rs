@@ -10,6 +10,9 @@
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
 #![warn(missing_docs)]
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod codec;
 pub mod config;

@@ -73,6 +73,9 @@
 //! `PeerLoc::live` is true for any peer that heartbeat within
 //! `peer_down_after`, draining or not.
 #![warn(missing_docs)]
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod changes;
 pub mod error;
