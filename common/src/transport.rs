@@ -76,12 +76,15 @@ pub fn deadline(timeout: Duration) -> tarpc::context::Context {
 /// `$listener`: a `tokio::net::TcpListener`; `$server`: a `Clone` value whose
 /// `.serve()` gives the tarpc `Serve` impl; `$shutdown`: a
 /// `tokio_util::sync::CancellationToken`; optional `$per_connection`: a
-/// function from `&server` to the value that serves one new connection
-/// (default: a clone), for services that keep per-connection state.
+/// function from `(&server, remote: std::net::SocketAddr)` to the value
+/// that serves one new connection (default: a clone), for services that
+/// keep per-connection state or account for who is calling.
 #[macro_export]
 macro_rules! serve_tarpc {
     ($listener:expr, $server:expr, $shutdown:expr) => {
-        $crate::serve_tarpc!($listener, $server, $shutdown, ::std::clone::Clone::clone)
+        $crate::serve_tarpc!($listener, $server, $shutdown, |s, _remote: ::std::net::SocketAddr| {
+            ::std::clone::Clone::clone(s)
+        })
     };
     ($listener:expr, $server:expr, $shutdown:expr, $per_connection:expr) => {{
         use ::futures::StreamExt as _;
@@ -102,7 +105,7 @@ macro_rules! serve_tarpc {
                     continue;
                 }
             };
-            let server = ($per_connection)(&server);
+            let server = ($per_connection)(&server, remote);
             let shutdown = shutdown.clone();
             ::tokio::spawn(async move {
                 let transport = $crate::transport::framed(stream);

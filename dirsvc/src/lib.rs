@@ -80,6 +80,7 @@
 pub mod changes;
 pub mod error;
 pub mod gc;
+pub mod limits;
 pub mod locks;
 pub mod placement;
 pub mod repair;
@@ -94,6 +95,7 @@ mod ratelimit;
 mod shared;
 
 pub use error::Error;
+pub use limits::Principal;
 pub use server::DirServer;
 pub use store::Store;
 
@@ -189,6 +191,38 @@ pub struct DirsvcConfig {
     /// Changes kept in memory for `poll_changes`; a client further behind
     /// is told to drop its caches.
     pub change_feed_capacity: usize,
+    /// Most live sessions one [`Principal`] may hold; one more
+    /// `open_session` (a new one, or a reclaim of an ended one) is
+    /// `Limit`. Default [`limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL`].
+    pub max_sessions_per_principal: usize,
+    /// Most live sessions in total. Default
+    /// [`limits::DEFAULT_MAX_SESSIONS`].
+    pub max_sessions: usize,
+    /// Most lock ranges one session may hold (after merging and splitting);
+    /// a `set_lock` that would exceed it is `Limit` (ENOLCK at the client),
+    /// a reclaimed lock past it is reported lost. Default
+    /// [`limits::DEFAULT_MAX_LOCKS_PER_SESSION`].
+    pub max_locks_per_session: usize,
+    /// Most calls of one session waiting in dirsvc at once (`set_lock`
+    /// with a wait, `poll_changes` with a wait); one more is `Limit`.
+    /// Default [`limits::DEFAULT_MAX_WAITERS_PER_SESSION`].
+    pub max_waiters_per_session: usize,
+    /// Most waiting calls over all sessions. Default
+    /// [`limits::DEFAULT_MAX_WAITERS`].
+    pub max_waiters: usize,
+    /// Most extended attributes one inode may carry (besides the byte
+    /// budget `XATTR_INODE_MAX`); a `setxattr` adding one more is `Limit`.
+    /// Default [`limits::DEFAULT_MAX_XATTRS_PER_INODE`].
+    pub max_xattrs_per_inode: usize,
+    /// Most bytes one `placement` call may promise, in bytes: count × chunk
+    /// bytes × R. Default [`limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL`].
+    pub max_placement_bytes_per_call: u64,
+    /// Most bytes one [`Principal`]'s placements may hold promised on peers
+    /// that are up, in bytes (a promise ends at the peer's next
+    /// heartbeat); a `placement` past it is `Limit`, and the client then
+    /// picks peers itself. Default
+    /// [`limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL`].
+    pub max_promised_bytes_per_principal: u64,
 }
 
 impl DirsvcConfig {
@@ -215,6 +249,14 @@ impl Default for DirsvcConfig {
             session_lease: DEFAULT_SESSION_LEASE,
             grace_period: None,
             change_feed_capacity: changes::DEFAULT_CAPACITY,
+            max_sessions_per_principal: limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+            max_sessions: limits::DEFAULT_MAX_SESSIONS,
+            max_locks_per_session: limits::DEFAULT_MAX_LOCKS_PER_SESSION,
+            max_waiters_per_session: limits::DEFAULT_MAX_WAITERS_PER_SESSION,
+            max_waiters: limits::DEFAULT_MAX_WAITERS,
+            max_xattrs_per_inode: limits::DEFAULT_MAX_XATTRS_PER_INODE,
+            max_placement_bytes_per_call: limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL,
+            max_promised_bytes_per_principal: limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL,
         }
     }
 }
@@ -286,7 +328,9 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     let shared = server.shared().clone();
     let token = cancel.clone();
     let accept = tokio::spawn(async move {
-        common::serve_tarpc!(listener, server, token, |s: &DirServer| s.for_connection());
+        common::serve_tarpc!(listener, server, token, |s: &DirServer, remote: SocketAddr| {
+            s.for_connection(Principal::from_addr(remote))
+        });
     });
     let repair =
         tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));

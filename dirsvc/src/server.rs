@@ -3,7 +3,8 @@
 //! turned into `DirError`s.
 
 use crate::error::{invalid, Error};
-use crate::peers::PeerTable;
+use crate::limits::Principal;
+use crate::peers::{PeerTable, PlacementCaps};
 use crate::shared::Shared;
 use crate::store::Store;
 use crate::survey::survey;
@@ -61,6 +62,9 @@ pub struct DirServer {
     /// change-feed polls skip them. One per connection
     /// ([`DirServer::for_connection`]).
     connection: Arc<std::sync::Mutex<Option<SessionId>>>,
+    /// Who speaks on this connection: what per-caller limits count
+    /// against ([`crate::limits`]).
+    principal: Principal,
 }
 
 impl DirServer {
@@ -70,13 +74,14 @@ impl DirServer {
     /// Errors: as [`Store::peers`].
     pub fn new(store: Arc<Store>, config: &DirsvcConfig) -> Result<Self, Error> {
         let shared = Arc::new(Shared::new(store.clone(), config)?);
-        Ok(DirServer { shared, store, connection: Arc::default() })
+        Ok(DirServer { shared, store, connection: Arc::default(), principal: Principal::local() })
     }
 
-    /// A handle for one new connection: the same service, with its own
-    /// record of which session speaks on it.
-    pub fn for_connection(&self) -> Self {
-        DirServer { connection: Arc::default(), ..self.clone() }
+    /// A handle for one new connection from `principal`: the same service,
+    /// with its own record of which session speaks on it, whose calls
+    /// count against `principal`'s limits.
+    pub fn for_connection(&self, principal: Principal) -> Self {
+        DirServer { connection: Arc::default(), principal, ..self.clone() }
     }
 
     /// Notes that `session` speaks on this connection.
@@ -401,7 +406,12 @@ impl DirService for DirServer {
                     "placement of {count} chunks asked (at most {MAX_PLACEMENT_COUNT})"
                 )));
             }
-            Ok(self.peers().place(vol.replicas, count, chunk_bytes)?)
+            let config = &self.shared.config;
+            let caps = PlacementCaps {
+                per_call: config.max_placement_bytes_per_call,
+                per_principal: config.max_promised_bytes_per_principal,
+            };
+            Ok(self.peers().place(vol.replicas, count, chunk_bytes, &self.principal, caps)?)
         })();
         reply("placement", r)
     }
@@ -573,7 +583,8 @@ impl DirService for DirServer {
 
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]
     async fn open_session(self, _: Context, open: SessionOpen) -> Result<SessionGrant, DirError> {
-        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open)).await;
+        let principal = self.principal.clone();
+        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open, &principal)).await;
         if let Ok(grant) = &r {
             self.bind(grant.id);
         }
@@ -671,7 +682,8 @@ impl DirService for DirServer {
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
-                let attr = sh.store.setxattr(ino, &name, &value, flags)?;
+                let attr =
+                    sh.store.setxattr_within(ino, &name, &value, flags, sh.config.max_xattrs_per_inode)?;
                 sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
@@ -703,7 +715,10 @@ impl DirService for DirServer {
         let r = async {
             self.shared.sessions.check(session)?;
             self.bind(session);
-            Ok(self.shared.changes.poll(after, Some(session), wait_within(&ctx, wait_ms)).await)
+            let wait = wait_within(&ctx, wait_ms);
+            // A long poll holds a waiting place; an immediate answer none.
+            let _slot = if wait.is_zero() { None } else { Some(self.shared.sessions.wait_slot(session)?) };
+            Ok(self.shared.changes.poll(after, Some(session), wait).await)
         }
         .await;
         reply("poll_changes", r)

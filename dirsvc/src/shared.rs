@@ -4,7 +4,7 @@ use crate::changes::ChangeFeed;
 use crate::error::Error;
 use crate::peers::PeerTable;
 use crate::pool::PeerPool;
-use crate::sessions::Sessions;
+use crate::sessions::{SessionLimits, Sessions};
 use crate::store::Store;
 use crate::DirsvcConfig;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -78,7 +78,8 @@ impl Shared {
             config.peer_down_after,
             config.heartbeat_persist_every,
         );
-        let sessions = Sessions::new(&store, config.session_lease, config.grace())?;
+        let sessions =
+            Sessions::new(&store, config.session_lease, config.grace(), SessionLimits::of(config))?;
         Ok(Shared {
             store,
             config: config.clone(),

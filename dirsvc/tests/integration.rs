@@ -9,6 +9,7 @@ mod integration {
     mod changes;
     mod fakepeer;
     mod gc;
+    mod hostile;
     mod layout;
     mod liveness;
     mod locks;

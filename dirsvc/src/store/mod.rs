@@ -857,6 +857,19 @@ impl Store {
     /// [`XATTR_SEALED_VALUE_MAX`]); `NoSpace` (the inode's names and values
     /// would total more than [`XATTR_INODE_MAX`] bytes); `NotInitialized`.
     pub fn setxattr(&self, ino: InodeId, name: &[u8], value: &[u8], flags: u32) -> Result<Attr, Error> {
+        self.setxattr_within(ino, name, value, flags, usize::MAX)
+    }
+
+    /// [`Store::setxattr`], where an inode may carry at most `max_count`
+    /// attributes: adding one more is `Limit` (replacing one is fine).
+    pub fn setxattr_within(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        max_count: usize,
+    ) -> Result<Attr, Error> {
         self.vol()?;
         check_xattr_name(name)?;
         if value.len() > XATTR_SEALED_VALUE_MAX {
@@ -875,9 +888,16 @@ impl Store {
             if flags & xattr_flags::REPLACE != 0 && old.is_none() {
                 return Err(DirError::NoAttr.into());
             }
-            let others = w.xattr_bytes(ino.0)? - old.map_or(0, |len| name.len() + len);
-            if others + name.len() + value.len() > XATTR_INODE_MAX {
+            let (count, bytes) = w.xattr_usage(ino.0)?;
+            let others = bytes.saturating_sub(old.map_or(0, |len| name.len() + len));
+            if others.saturating_add(name.len()).saturating_add(value.len()) > XATTR_INODE_MAX {
                 return Err(DirError::NoSpace.into());
+            }
+            if old.is_none() && count >= max_count {
+                return Err(DirError::Limit(format!(
+                    "inode {ino} carries its maximum of {max_count} extended attributes"
+                ))
+                .into());
             }
             w.xattrs.insert((ino.0, name), value)?;
             rec.ctime = w.now;
@@ -1401,16 +1421,17 @@ impl<'t> W<'t> {
         get_inode(&self.inodes, ino)
     }
 
-    /// Total bytes of the sealed names and values of `ino`'s extended
-    /// attributes.
-    fn xattr_bytes(&self, ino: u64) -> Result<usize, Error> {
+    /// Number of `ino`'s extended attributes, and the total bytes of their
+    /// sealed names and values.
+    fn xattr_usage(&self, ino: u64) -> Result<(usize, usize), Error> {
         let empty: &[u8] = &[];
-        let mut total = 0usize;
+        let (mut count, mut total) = (0usize, 0usize);
         for row in self.xattrs.range((ino, empty)..(ino.saturating_add(1), empty))? {
             let (k, v) = row?;
+            count += 1;
             total = total.saturating_add(k.value().1.len()).saturating_add(v.value().len());
         }
-        Ok(total)
+        Ok((count, total))
     }
 
     fn dir(&self, ino: u64) -> Result<InodeRecord, Error> {
