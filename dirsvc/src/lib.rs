@@ -13,6 +13,9 @@
 //!   drain flags and placement promises of peers live in an in-memory
 //!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
 //!   that is never held across an `.await`.
+//! - Limits ([`limits`]): what one caller (a [`Principal`], built from the
+//!   connection) or all of them may hold: sessions, locks, waiting calls,
+//!   extended attributes, placement promises; `DirError::Limit` past one.
 //! - Client sessions ([`sessions`]): leases, open-file marks that keep
 //!   unlinked files alive as orphans, POSIX and flock locks ([`locks`]),
 //!   and the reclaim grace period after a start; all in memory except
