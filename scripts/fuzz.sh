@@ -77,13 +77,20 @@ cargo run -q --release -p p2pfs-fuzz-targets --example fuzz-seeds -- fuzz/corpus
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build --fuzz-dir fuzz --sanitizer "$SANITIZER" p2pfs
 
+# With more than one job libFuzzer writes each job's log to fuzz-<n>.log in
+# the current directory (ignored by git).
+parallel=()
+if (( JOBS > 1 )); then
+    parallel=(-jobs="$JOBS" -workers="$JOBS")
+fi
+
 failed=()
 for t in "${selected[@]}"; do
     mkdir -p "fuzz/artifacts/$t"
     echo "fuzz.sh: $t for ${SECONDS_PER_TARGET}s"
     if ! P2PFS_FUZZ_TARGET=$t cargo fuzz run --fuzz-dir fuzz --sanitizer "$SANITIZER" p2pfs "fuzz/corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -max_len="$MAX_LEN" -malloc_limit_mb=64 -rss_limit_mb=2048 \
-        -timeout=10 -jobs="$JOBS" -workers="$JOBS" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1; then
+        -timeout=10 "${parallel[@]}" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1; then
         failed+=("$t")
     fi
 done
