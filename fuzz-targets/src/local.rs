@@ -11,8 +11,7 @@ use common::time::Timestamp;
 use common::{ChunkId, InodeId, VolumeId};
 use dirsvc::store::tables::RecordKind;
 use fs_client::fs::recovery::{KeptBlock, RecoveryDir, Unstored};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 fn record(kind: RecordKind, data: &[u8]) {
     let _ = kind.decode(data);
@@ -82,31 +81,19 @@ pub fn record_volume_seeds() -> Vec<Vec<u8>> {
     record_seeds(RecordKind::Volume)
 }
 
-/// A scratch directory on tmpfs when there is one (the database target
-/// writes a file per case).
-fn scratch() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
-        dir.ok()
-    })
-    .as_ref()
-    .map(|d| d.path())
-}
-
-/// A file of this thread in the scratch directory (targets may run on
-/// several threads at once).
-fn scratch_file(stem: &str) -> Option<PathBuf> {
-    let id = format!("{:?}", std::thread::current().id());
-    let id: String = id.chars().filter(char::is_ascii_digit).collect();
-    Some(scratch()?.join(format!("{stem}-{id}")))
+/// A fresh scratch directory, on tmpfs when there is one (the database
+/// target writes a file per case); removed when dropped.
+fn scratch() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+    dir.ok()
 }
 
 /// dirsvc starting on a database file holding `data`: it opens it,
 /// migrates it or refuses it with an error.
 pub fn database(data: &[u8]) {
-    let Some(path) = scratch_file("dirsvc.redb") else { return };
+    let Some(dir) = scratch() else { return };
+    let path = dir.path().join("dirsvc.redb");
     if std::fs::write(&path, data).is_err() {
         return;
     }
@@ -120,14 +107,13 @@ pub fn database(data: &[u8]) {
         let _ = store.readdir(InodeId::ROOT, 0, 100);
         let _ = store.for_each_chunk(|_, _| {});
     }
-    let _ = std::fs::remove_file(&path);
 }
 
 /// A small database with a volume, a directory, a file with a block, a peer
 /// and a session (and the same file empty).
 pub fn database_seeds() -> Vec<Vec<u8>> {
-    let Some(path) = scratch_file("seed.redb") else { return Vec::new() };
-    let _ = std::fs::remove_file(&path);
+    let Some(dir) = scratch() else { return Vec::new() };
+    let path = dir.path().join("seed.redb");
     let build = || -> Result<(), dirsvc::Error> {
         let s = dirsvc::Store::open(&path)?;
         let vol = common::rpc::dir::VolumeInfo {
@@ -168,7 +154,6 @@ pub fn database_seeds() -> Vec<Vec<u8>> {
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
     out.push(Vec::new());
     out
 }
@@ -339,11 +324,10 @@ mod tests {
             "{:?}",
             seeds.iter().map(Vec::len).collect::<Vec<_>>()
         );
-        let path = scratch_file("check.redb").unwrap();
+        let dir = scratch().unwrap();
+        let path = dir.path().join("check.redb");
         std::fs::write(&path, &seeds[0]).unwrap();
         let s = dirsvc::Store::open(&path).unwrap();
         assert_eq!(s.volume_info().unwrap().block_size, 4096);
-        drop(s);
-        std::fs::remove_file(&path).unwrap();
     }
 }
