@@ -16,11 +16,21 @@ fn replay(file: &str) {
 /// database file (marked clean, so redb does not repair it) reaches
 /// `unreachable!()` in `redb::types::TypeClassification::from_byte` via
 /// `Database::create` → `get_allocator_state_table`, so dirsvc aborts at
-/// start instead of refusing the file with an error. Run with
-/// `--ignored` after a redb upgrade; when it passes, drop the ignore and
-/// give the `dirsvc-database` target its CI cases back.
+/// start instead of refusing the file with an error (found by the CI pass).
+/// Run with `--ignored` after a redb upgrade; when both tests here pass,
+/// drop the ignores and give the `dirsvc-database` target its CI cases
+/// back.
 #[test]
 #[ignore = "redb 4.6.0 panics on this file (upstream bug)"]
 fn a_damaged_database_marked_clean_is_refused_without_a_panic() {
     replay("dirsvc-database-redb-unreachable.bin");
+}
+
+/// The same family: a damaged page type byte reaches `unreachable!()` in
+/// `Btree::get_helper` (redb 4.6.0 `tree_store/btree.rs`), on the same
+/// path at open (found by `scripts/fuzz.sh dirsvc-database` in 30 s).
+#[test]
+#[ignore = "redb 4.6.0 panics on this file (upstream bug)"]
+fn a_damaged_btree_page_type_is_refused_without_a_panic() {
+    replay("dirsvc-database-redb-unreachable-btree.bin");
 }
