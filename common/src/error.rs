@@ -42,6 +42,20 @@ pub enum Error {
         /// Limit in bytes.
         limit: usize,
     },
+    /// A timestamp outside the range p2pfs stores: nanoseconds of 10⁹ or
+    /// more, or seconds outside [`crate::time::MIN_SECS`,
+    /// `crate::time::MAX_SECS`] (see [`crate::time::Timestamp::validate`]).
+    #[error(
+        "invalid timestamp {secs} s + {nanos} ns (nanoseconds must be below 10^9, seconds in [{}, {}])",
+        crate::time::MIN_SECS,
+        crate::time::MAX_SECS
+    )]
+    InvalidTimestamp {
+        /// The seconds field as received.
+        secs: i64,
+        /// The nanoseconds field as received.
+        nanos: u32,
+    },
     /// A key or identity could not be parsed, wrapped or unwrapped.
     #[error("key error: {0}")]
     Key(String),

@@ -6,11 +6,15 @@
 //! ([`keyring`]), the tarpc service traits with their wire types and error
 //! enums ([`rpc`]), cluster identity (certificates, join tokens: [`pki`]),
 //! mutual TLS ([`tls`]), the one framed transport and server accept loop
-//! ([`transport`]) and shared limits and defaults ([`config`]).
+//! ([`transport`]) with its frame encoding ([`wire`]) and shared limits and
+//! defaults ([`config`]).
 //!
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
 #![warn(missing_docs)]
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod codec;
 pub mod config;
@@ -25,6 +29,7 @@ pub mod rpc;
 pub mod time;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
 pub use error::Error;
 pub use ids::{ChunkId, InodeId, NodeId, PeerId, VolumeId};

@@ -3,20 +3,22 @@
 //!
 //! TCP (with `TCP_NODELAY`), mutual TLS 1.3 ([`crate::tls`]), 4-byte
 //! big-endian length-delimited frames of at most [`MAX_FRAME_BYTES`],
-//! bincode-encoded tarpc messages. Both ends set the same frame limit: a
-//! frame over it, or bytes that do not decode, end that connection only.
-//! No listener speaks plaintext.
+//! bincode-encoded tarpc messages ([`crate::wire`], which also refuses what
+//! tarpc would trust blindly). Both ends set the same frame limit: a frame
+//! over it, or bytes that do not decode, end that connection only. No
+//! listener speaks plaintext.
 //!
 //! Servers accept through [`serve`] (used by the `serve_tarpc!` macro):
 //! a bounded number of TLS handshakes at once, each with a deadline, the
 //! oldest evicted when a new connection needs its slot (so half-open or
 //! garbage connections cost a slot briefly, and a flood of them cannot
 //! keep an honest client out);
-//! caps on connections in total, per node and without a certificate; a cap
-//! on requests in flight per connection; and an idle timeout. The
-//! certificate the other end presented becomes the [`Caller`] every request
-//! on that connection is authorized from, and [`Connections::close_node`]
-//! ends every connection of a node (when it is revoked).
+//! caps on connections in total, per node and without a certificate (the
+//! oldest certificate-less one gives way); a cap on requests in flight per
+//! connection; and an idle timeout. The certificate the other end presented
+//! becomes the [`Caller`] every request on that connection is authorized
+//! from, and [`Connections::close_node`] ends every connection of a node
+//! (when it is revoked).
 
 use crate::config::MAX_FRAME_BYTES;
 use crate::ids::{NodeId, PeerId};
@@ -24,7 +26,8 @@ use crate::rpc::dir::DirServiceClient;
 use crate::rpc::peer::PeerServiceClient;
 use crate::rpc::Role;
 use crate::tls::{Caller, Expect, Revocations, Tls, SERVER_NAME};
-use serde::{de::DeserializeOwned, Serialize};
+use crate::wire;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -34,7 +37,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 use tarpc::serde_transport::Transport;
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::LengthDelimitedCodec;
@@ -45,7 +47,7 @@ use tracing::{debug, warn};
 pub type Stream = tokio_rustls::TlsStream<TcpStream>;
 
 /// A framed, bincode-encoded transport over one TLS connection.
-pub type TlsTransport<In, Out> = Transport<Activity<Stream>, In, Out, Bincode<In, Out>>;
+pub type TlsTransport<In, Out> = Transport<Activity<Stream>, In, Out, wire::Codec<In, Out>>;
 
 /// How long [`connect`] waits for the TCP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,12 +108,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
 /// Frames a TLS connection.
 pub fn framed<In, Out>(stream: Stream) -> TlsTransport<In, Out>
 where
-    In: DeserializeOwned,
+    In: wire::Inbound,
     Out: Serialize,
 {
     let framed =
         LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(Activity::new(stream));
-    tarpc::serde_transport::new(framed, Bincode::default())
+    tarpc::serde_transport::new(framed, wire::Codec::default())
 }
 
 /// Connects to `addr` and runs the TLS handshake with `config`, each within

@@ -13,6 +13,9 @@
 //!   drain flags and placement promises of peers live in an in-memory
 //!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
 //!   that is never held across an `.await`.
+//! - Limits ([`limits`]): what one caller (a [`Principal`]: the node of the
+//!   connection's certificate) or all of them may hold: sessions, locks, waiting calls,
+//!   extended attributes, placement promises; `DirError::Limit` past one.
 //! - Client sessions ([`sessions`]): leases, open-file marks that keep
 //!   unlinked files alive as orphans, POSIX and flock locks ([`locks`]),
 //!   and the reclaim grace period after a start; all in memory except
@@ -73,10 +76,14 @@
 //! `PeerLoc::live` is true for any peer that heartbeat within
 //! `peer_down_after`, draining or not.
 #![warn(missing_docs)]
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod changes;
 pub mod error;
 pub mod gc;
+pub mod limits;
 pub mod locks;
 pub mod placement;
 pub mod repair;
@@ -90,6 +97,7 @@ mod ratelimit;
 mod shared;
 
 pub use error::Error;
+pub use limits::Principal;
 pub use server::DirServer;
 pub use store::Store;
 
@@ -202,6 +210,38 @@ pub struct DirsvcConfig {
     pub ca: Option<Arc<Ca>>,
     /// Connection limits of the listener.
     pub limits: ServerLimits,
+    /// Most live sessions one [`Principal`] may hold; one more
+    /// `open_session` (a new one, or a reclaim of an ended one) is
+    /// `Limit`. Default [`limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL`].
+    pub max_sessions_per_principal: usize,
+    /// Most live sessions in total. Default
+    /// [`limits::DEFAULT_MAX_SESSIONS`].
+    pub max_sessions: usize,
+    /// Most lock ranges one session may hold (after merging and splitting);
+    /// a `set_lock` that would exceed it is `Limit` (ENOLCK at the client),
+    /// a reclaimed lock past it is reported lost. Default
+    /// [`limits::DEFAULT_MAX_LOCKS_PER_SESSION`].
+    pub max_locks_per_session: usize,
+    /// Most calls of one session waiting in dirsvc at once (`set_lock`
+    /// with a wait, `poll_changes` with a wait); one more is `Limit`.
+    /// Default [`limits::DEFAULT_MAX_WAITERS_PER_SESSION`].
+    pub max_waiters_per_session: usize,
+    /// Most waiting calls over all sessions. Default
+    /// [`limits::DEFAULT_MAX_WAITERS`].
+    pub max_waiters: usize,
+    /// Most extended attributes one inode may carry (besides the byte
+    /// budget `XATTR_INODE_MAX`); a `setxattr` adding one more is `Limit`.
+    /// Default [`limits::DEFAULT_MAX_XATTRS_PER_INODE`].
+    pub max_xattrs_per_inode: usize,
+    /// Most bytes one `placement` call may promise, in bytes: count × chunk
+    /// bytes × R. Default [`limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL`].
+    pub max_placement_bytes_per_call: u64,
+    /// Most bytes one [`Principal`]'s placements may hold promised on peers
+    /// that are up, in bytes (a promise ends at the peer's next
+    /// heartbeat); a `placement` past it is `Limit`, and the client then
+    /// picks peers itself. Default
+    /// [`limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL`].
+    pub max_promised_bytes_per_principal: u64,
 }
 
 impl DirsvcConfig {
@@ -232,6 +272,14 @@ impl Default for DirsvcConfig {
             tls_dir: None,
             ca: None,
             limits: ServerLimits::default(),
+            max_sessions_per_principal: limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+            max_sessions: limits::DEFAULT_MAX_SESSIONS,
+            max_locks_per_session: limits::DEFAULT_MAX_LOCKS_PER_SESSION,
+            max_waiters_per_session: limits::DEFAULT_MAX_WAITERS_PER_SESSION,
+            max_waiters: limits::DEFAULT_MAX_WAITERS,
+            max_xattrs_per_inode: limits::DEFAULT_MAX_XATTRS_PER_INODE,
+            max_placement_bytes_per_call: limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL,
+            max_promised_bytes_per_principal: limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL,
         }
     }
 }

@@ -54,6 +54,9 @@ fn adjacent(a0: u64, a1: u64, b0: u64, b1: u64) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct LockTable {
     by_ino: HashMap<u64, Vec<Held>>,
+    /// Number of locks (ranges) each session holds over all inodes; no
+    /// zero entries.
+    per_session: HashMap<SessionId, usize>,
 }
 
 impl LockTable {
@@ -71,9 +74,25 @@ impl LockTable {
     /// Grants `lock` to `session` (the caller checked [`Self::conflict`]):
     /// replaces the owner's overlapping ranges of the same flavor and
     /// merges with its adjacent or overlapping ranges of the same kind.
+    #[cfg(test)]
     pub(crate) fn set(&mut self, session: SessionId, lock: Lock) {
-        let held = self.by_ino.entry(lock.ino.0).or_default();
-        carve(held, session, lock.owner, lock.flavor, lock.start, lock.end);
+        self.set_within(session, lock, usize::MAX);
+    }
+
+    /// Locks (ranges) `session` holds over all inodes.
+    pub(crate) fn count(&self, session: SessionId) -> usize {
+        self.per_session.get(&session).copied().unwrap_or(0)
+    }
+
+    /// As [`Self::set`], unless the session would then hold more than
+    /// `max` locks (a new range, or a split of one of its ranges): then
+    /// nothing changes and the answer is false. A change that does not add
+    /// a range (an upgrade, a merge) is always granted.
+    pub(crate) fn set_within(&mut self, session: SessionId, lock: Lock, max: usize) -> bool {
+        let ino = lock.ino.0;
+        let mut held = self.by_ino.get(&ino).cloned().unwrap_or_default();
+        let before = held.iter().filter(|h| h.session == session).count();
+        carve(&mut held, session, lock.owner, lock.flavor, lock.start, lock.end);
         let mut new = lock;
         // After carving, the owner's ranges of this flavor do not overlap
         // the new one; absorb those of the same kind that touch it.
@@ -88,6 +107,23 @@ impl LockTable {
             !absorb
         });
         held.push(Held { session, lock: new });
+        let after = held.iter().filter(|h| h.session == session).count();
+        let total = self.count(session).saturating_sub(before).saturating_add(after);
+        if after > before && total > max {
+            return false;
+        }
+        self.by_ino.insert(ino, held);
+        self.recount(session, total);
+        true
+    }
+
+    /// Records that `session` now holds `n` locks.
+    fn recount(&mut self, session: SessionId, n: usize) {
+        if n == 0 {
+            self.per_session.remove(&session);
+        } else {
+            self.per_session.insert(session, n);
+        }
     }
 
     /// Removes the locks of `owner` of `session` of `flavor` on `ino`
@@ -103,15 +139,22 @@ impl LockTable {
         end: u64,
     ) -> bool {
         let Some(held) = self.by_ino.get_mut(&ino) else { return false };
+        let before = held.iter().filter(|h| h.session == session).count();
         let changed = carve(held, session, owner, flavor, start, end);
+        let after = held.iter().filter(|h| h.session == session).count();
         if held.is_empty() {
             self.by_ino.remove(&ino);
         }
+        // Unlocking the middle of a range splits it: one more range, which
+        // is allowed past the cap (an unlock never fails).
+        let total = self.count(session).saturating_sub(before).saturating_add(after);
+        self.recount(session, total);
         changed
     }
 
     /// Drops every lock of `session`. Returns the inodes that had any.
     pub(crate) fn drop_session(&mut self, session: SessionId) -> Vec<u64> {
+        self.per_session.remove(&session);
         let mut touched = Vec::new();
         self.by_ino.retain(|ino, held| {
             let before = held.len();
@@ -269,6 +312,32 @@ mod tests {
         assert_eq!(touched, vec![7, 8]);
         assert_eq!(t.len(), 1);
         assert!(t.held(8).is_empty());
+    }
+
+    #[test]
+    fn a_session_holds_at_most_max_ranges_but_may_always_merge_or_unlock() {
+        let mut t = LockTable::default();
+        assert!(t.set_within(S1, lk(1, LockKind::Read, 0, 9), 2));
+        assert!(t.set_within(S1, lk(1, LockKind::Read, 20, 29), 2));
+        assert_eq!(t.count(S1), 2);
+        // A third range is refused and changes nothing.
+        assert!(!t.set_within(S1, lk(1, LockKind::Read, 40, 49), 2));
+        assert!(!t.set_within(S1, Lock { ino: InodeId(8), ..lk(1, LockKind::Read, 0, 1) }, 2));
+        assert_eq!(t.len(), 2);
+        // Splitting one range by a write in its middle adds two: refused.
+        assert!(!t.set_within(S1, lk(1, LockKind::Write, 3, 4), 2));
+        // Merging (filling the gap) and upgrading are fine at the cap.
+        assert!(t.set_within(S1, lk(1, LockKind::Read, 10, 19), 2));
+        assert_eq!(t.count(S1), 1);
+        assert!(t.set_within(S1, lk(1, LockKind::Write, 0, 29), 1));
+        // Another session has its own budget.
+        assert!(t.set_within(S2, lk(1, LockKind::Read, 100, 109), 1));
+        // An unlock that splits is never refused, and is counted.
+        assert!(t.unlock(S1, 7, 1, LockFlavor::Posix, 10, 11));
+        assert_eq!(t.count(S1), 2);
+        t.drop_session(S1);
+        assert_eq!(t.count(S1), 0);
+        assert_eq!(t.count(S2), 1);
     }
 
     /// Bytes modelled by the property test.

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use dirsvc::{
-    DirsvcConfig, DEFAULT_DB_PATH, DEFAULT_GC_GRACE, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN,
+    limits, DirsvcConfig, DEFAULT_DB_PATH, DEFAULT_GC_GRACE, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN,
     DEFAULT_PEER_SUSPECT_AFTER, DEFAULT_REPAIR_BANDWIDTH, DEFAULT_REPAIR_CONCURRENCY,
     DEFAULT_REPAIR_INTERVAL, DEFAULT_SESSION_LEASE,
 };
@@ -76,6 +76,31 @@ struct Args {
     /// get their certificates from the operator.
     #[arg(long, env = "P2PFS_DIRSVC_CA_DIR")]
     ca_dir: Option<PathBuf>,
+    /// Most live client sessions per caller (today: per client IP address).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL)]
+    max_sessions_per_principal: usize,
+    /// Most live client sessions in total.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
+    /// Most lock ranges one session may hold.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_LOCKS_PER_SESSION)]
+    max_locks_per_session: usize,
+    /// Most waiting calls (lock waits, change-feed polls) per session.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_WAITERS_PER_SESSION)]
+    max_waiters_per_session: usize,
+    /// Most waiting calls over all sessions.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_WAITERS)]
+    max_waiters: usize,
+    /// Most extended attributes per inode.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_XATTRS_PER_INODE)]
+    max_xattrs_per_inode: usize,
+    /// Most bytes one placement call may promise (count x chunk bytes x R).
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL)]
+    max_placement_bytes_per_call: u64,
+    /// Most bytes one caller's placements may hold promised on peers until
+    /// their next heartbeat.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL)]
+    max_promised_bytes_per_principal: u64,
 }
 
 /// Writes `contents` to `path` via a temporary file in the same directory
@@ -113,6 +138,14 @@ async fn main() -> anyhow::Result<()> {
         session_lease: Duration::from_millis(args.session_lease_ms.max(1)),
         grace_period: args.grace_ms.map(Duration::from_millis),
         change_feed_capacity: args.change_feed_capacity,
+        max_sessions_per_principal: args.max_sessions_per_principal,
+        max_sessions: args.max_sessions,
+        max_locks_per_session: args.max_locks_per_session,
+        max_waiters_per_session: args.max_waiters_per_session,
+        max_waiters: args.max_waiters,
+        max_xattrs_per_inode: args.max_xattrs_per_inode,
+        max_placement_bytes_per_call: args.max_placement_bytes_per_call,
+        max_promised_bytes_per_principal: args.max_promised_bytes_per_principal,
         ..DirsvcConfig::default()
     };
     let tls = common::tls::Tls::load(&args.tls_dir)

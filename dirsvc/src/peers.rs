@@ -19,6 +19,7 @@
 //! then `Drained` — whatever its liveness, which `PeerLoc::live` still
 //! reports.
 
+use crate::limits::{limit, Principal};
 use crate::placement::{self, Candidate, Domain, Occupied};
 use crate::store::tables::PeerRecord;
 #[cfg(test)]
@@ -71,12 +72,31 @@ pub(crate) struct PeerSurvey {
     pub needed: bool,
 }
 
+/// Caps on the bytes placements promise (see [`crate::limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlacementCaps {
+    /// Most bytes (count × chunk bytes × R) one call may promise.
+    pub per_call: u64,
+    /// Most bytes one principal's placements may hold promised on peers
+    /// that are not down.
+    pub per_principal: u64,
+}
+
+impl PlacementCaps {
+    /// No caps.
+    #[cfg(test)]
+    pub(crate) const NONE: PlacementCaps = PlacementCaps { per_call: u64::MAX, per_principal: u64::MAX };
+}
+
 /// One peer in the mirror.
 #[derive(Debug)]
 struct Entry {
     rec: PeerRecord,
     /// Bytes promised by placements and repairs since the last heartbeat.
     promised: u64,
+    /// The part of `promised` each caller's placements asked for (repairs
+    /// are dirsvc's own and not listed); cleared with it.
+    by_principal: HashMap<Principal, u64>,
     /// When `rec`'s heartbeat was last written to the database.
     persisted: Instant,
     /// The last survey's figures; `None` until a survey ran after the peer
@@ -158,14 +178,20 @@ impl PeerTable {
         let now = Instant::now();
         let peers = stored
             .into_iter()
-            .map(|(id, rec)| (id, Entry { rec, promised: 0, persisted: now, survey: None }))
+            .map(|(id, rec)| {
+                (id, Entry { rec, promised: 0, by_principal: HashMap::new(), persisted: now, survey: None })
+            })
             .collect();
         PeerTable { peers, suspect_after: suspect_after.min(down_after), down_after, persist_every }
     }
 
     fn silent_for(rec: &PeerRecord, now: SystemTime) -> Duration {
-        // A heartbeat "in the future" (clock stepped back) counts as fresh.
-        now.duration_since(SystemTime::from(rec.last_heartbeat)).unwrap_or(Duration::ZERO)
+        match rec.last_heartbeat.to_system_time() {
+            // A heartbeat "in the future" (clock stepped back) counts as fresh.
+            Ok(t) => now.duration_since(t).unwrap_or(Duration::ZERO),
+            // An invalid stored time (a corrupt record): never heard of.
+            Err(_) => Duration::MAX,
+        }
     }
 
     fn liveness(&self, rec: &PeerRecord, now: SystemTime) -> Liveness {
@@ -201,7 +227,10 @@ impl PeerTable {
         let old = self.peers.remove(&id);
         let survey = old.as_ref().and_then(|o| o.survey);
         rec.draining |= old.is_some_and(|o| o.rec.draining);
-        self.peers.insert(id, Entry { rec, promised: 0, persisted: Instant::now(), survey });
+        self.peers.insert(
+            id,
+            Entry { rec, promised: 0, by_principal: HashMap::new(), persisted: Instant::now(), survey },
+        );
     }
 
     /// Records that peer `id` now drains. Its survey figures are forgotten
@@ -231,6 +260,7 @@ impl PeerTable {
         e.rec.usage = usage;
         e.rec.last_heartbeat = now;
         e.promised = 0;
+        e.by_principal.clear();
         if e.persisted.elapsed() >= self.persist_every {
             e.persisted = Instant::now();
             Ok(true)
@@ -281,32 +311,82 @@ impl PeerTable {
         (cands, left)
     }
 
-    fn promise(&mut self, id: PeerId, bytes: u64) {
+    /// Adds `bytes` to peer `id`'s promises, on behalf of `principal`
+    /// (`None`: dirsvc's own repair).
+    fn promise(&mut self, id: PeerId, bytes: u64, principal: Option<&Principal>) {
         if let Some(e) = self.peers.get_mut(&id) {
             e.promised = e.promised.saturating_add(bytes);
+            if let Some(p) = principal {
+                let mine = e.by_principal.entry(p.clone()).or_default();
+                *mine = mine.saturating_add(bytes);
+            }
         }
+    }
+
+    /// Bytes `principal`'s placements hold promised on peers that are not
+    /// down (a down peer's promises end when it heartbeats again, so they
+    /// do not count against the caller meanwhile).
+    fn promised_to(&self, principal: &Principal, now: SystemTime) -> u64 {
+        self.peers
+            .values()
+            .filter(|e| self.liveness(&e.rec, now) != Liveness::Down)
+            .filter_map(|e| e.by_principal.get(principal))
+            .fold(0u64, |sum, b| sum.saturating_add(*b))
     }
 
     /// Chooses replica sets for `count` chunks of `chunk_bytes` among the
     /// peers that are up and not draining (policy: [`placement`]) and adds
-    /// the bytes to their promises.
+    /// the bytes to their promises, on behalf of `principal`.
     ///
-    /// Errors: `NoPeers` (see [`placement::place`]).
+    /// Errors: `Invalid` for more than
+    /// [`crate::server::MAX_PLACEMENT_COUNT`] chunks; `NoPeers`, `PeersFull`
+    /// (see [`placement::place`]); then
+    /// `Limit` if the call would promise more than `caps.per_call` bytes
+    /// (count × chunk bytes × `replicas`), or `principal`'s outstanding
+    /// promises would pass `caps.per_principal`. Nothing is promised on an
+    /// error.
     pub(crate) fn place(
         &mut self,
         replicas: u32,
         count: u32,
         chunk_bytes: u64,
+        principal: &Principal,
+        caps: PlacementCaps,
     ) -> Result<Vec<Vec<PeerLoc>>, DirError> {
+        if count > crate::server::MAX_PLACEMENT_COUNT {
+            return Err(DirError::Invalid(format!(
+                "placement of {count} chunks asked (at most {})",
+                crate::server::MAX_PLACEMENT_COUNT
+            )));
+        }
         let now = SystemTime::now();
         let (candidates, disks) = self.candidates(now);
         let sets =
             placement::place(&candidates, &disks, replicas, count, chunk_bytes, &mut rand::thread_rng())?;
+        let asked = u64::from(count)
+            .checked_mul(chunk_bytes)
+            .and_then(|b| b.checked_mul(u64::from(replicas)))
+            .filter(|b| *b <= caps.per_call)
+            .ok_or_else(|| {
+                limit(format!(
+                    "placement of {count} x {chunk_bytes} bytes x {replicas} replicas is over the {} bytes \
+                     one call may promise",
+                    caps.per_call
+                ))
+            })?;
+        let held = self.promised_to(principal, now);
+        if held.saturating_add(asked) > caps.per_principal {
+            return Err(limit(format!(
+                "{principal} holds {held} bytes promised on peers until their next heartbeat; \
+                 {asked} more would pass its maximum of {}",
+                caps.per_principal
+            )));
+        }
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
             let mut locs = Vec::with_capacity(set.len());
             for id in set {
-                self.promise(id, chunk_bytes);
+                self.promise(id, chunk_bytes, Some(principal));
                 if let Some(e) = self.peers.get(&id) {
                     locs.push(self.loc(id, e, now));
                 }
@@ -342,7 +422,7 @@ impl PeerTable {
             chunk_bytes,
             &mut rand::thread_rng(),
         )?;
-        self.promise(id, chunk_bytes);
+        self.promise(id, chunk_bytes, None);
         self.peers.get(&id).map(|e| self.loc(id, e, now))
     }
 
@@ -484,6 +564,10 @@ mod tests {
         )
     }
 
+    fn who() -> Principal {
+        Principal::node(common::NodeId([0xa; 16]))
+    }
+
     fn table(peers: Vec<(u8, PeerRecord)>) -> PeerTable {
         PeerTable::new(
             peers.into_iter().map(|(k, r)| (PeerId([k; 16]), r)).collect(),
@@ -511,7 +595,10 @@ mod tests {
         assert_eq!(order, vec![PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16])]);
         // Suspect peers are not placed on but still count for statfs.
         let mut t = t;
-        assert_eq!(t.place(2, 1, 1), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(
+            t.place(2, 1, 1, &who(), PlacementCaps::NONE),
+            Err(DirError::NoPeers { needed: 2, live: 1 })
+        );
         assert_eq!(t.live_totals(), (300, 1700, 2));
     }
 
@@ -520,7 +607,10 @@ mod tests {
         let mut t = table(vec![(1, rec(800, Duration::ZERO)), (2, rec(800, Duration::ZERO))]);
         let d = PeerId([2; 16]);
         t.set_draining(d);
-        assert_eq!(t.place(2, 1, 1), Err(DirError::NoPeers { needed: 2, live: 1 }));
+        assert_eq!(
+            t.place(2, 1, 1, &who(), PlacementCaps::NONE),
+            Err(DirError::NoPeers { needed: 2, live: 1 })
+        );
         assert_eq!(t.list()[1].state, PeerState::Draining);
         let view = t.view();
         t.set_survey(&view, &HashMap::from([(d, PeerSurvey { indexed: 4, needed: true })]));
@@ -568,24 +658,55 @@ mod tests {
             (3, on_disk(1, 0, 900, 900)),
         ]);
         for _ in 0..4 {
-            t.place(1, 1, 200).unwrap();
+            t.place(1, 1, 200, &who(), PlacementCaps::NONE).unwrap();
         }
-        assert_eq!(t.place(1, 1, 200), Err(DirError::PeersFull { needed: 1, with_room: 0, live: 3 }));
+        assert_eq!(
+            t.place(1, 1, 200, &who(), PlacementCaps::NONE),
+            Err(DirError::PeersFull { needed: 1, with_room: 0, live: 3 })
+        );
         assert_eq!(t.live_totals(), (0, 900, 3), "promises do not change what statfs reports");
+    }
+
+    #[test]
+    fn placement_promises_are_capped_per_call_and_per_principal() {
+        let mut t = table(vec![(1, rec(1000, Duration::ZERO)), (2, rec(1000, Duration::ZERO))]);
+        let caps = PlacementCaps { per_call: 1000, per_principal: 1500 };
+        // count × bytes × R = 2 × 300 × 2 = 1200 is over the per-call cap.
+        assert!(matches!(t.place(2, 2, 300, &who(), caps), Err(DirError::Limit(_))));
+        t.place(2, 1, 400, &who(), caps).unwrap();
+        // 800 held + 800 asked is over the caller's 1500.
+        let e = t.place(2, 1, 400, &who(), caps).unwrap_err();
+        assert!(matches!(&e, DirError::Limit(m) if m.contains("node:0a0a")), "{e:?}");
+        // Another caller has its own budget.
+        t.place(2, 1, 400, &Principal::node(common::NodeId([0xb; 16])), caps).unwrap();
+        // A heartbeat ends the promises made to that peer.
+        let usage = rec(1000, Duration::ZERO).usage;
+        for k in [1, 2] {
+            t.heartbeat(PeerId([k; 16]), usage, Timestamp::now()).unwrap();
+        }
+        t.place(2, 1, 400, &who(), caps).unwrap();
+        // Absurd sizes are an error, not an overflow.
+        let r = t.place(2, u32::MAX, u64::MAX, &who(), PlacementCaps::NONE);
+        assert!(matches!(r, Err(DirError::Invalid(_))), "{r:?}");
+        let r = t.place(2, 4096, u64::MAX, &who(), PlacementCaps::NONE);
+        assert!(matches!(r, Err(DirError::PeersFull { .. })), "{r:?}");
+        let huge = PlacementCaps { per_call: u64::MAX, per_principal: u64::MAX };
+        let r = t.place(2, 4096, 1 << 52, &who(), huge);
+        assert!(r.is_err(), "{r:?}");
     }
 
     #[test]
     fn promises_spread_placements_until_the_next_heartbeat() {
         let mut t = table(vec![(1, rec(1000, Duration::ZERO)), (2, rec(1000, Duration::ZERO))]);
         // Each peer has room for one 600-byte chunk until it reports again.
-        let a = t.place(1, 1, 600).unwrap();
-        let b = t.place(1, 1, 600).unwrap();
+        let a = t.place(1, 1, 600, &who(), PlacementCaps::NONE).unwrap();
+        let b = t.place(1, 1, 600, &who(), PlacementCaps::NONE).unwrap();
         assert_ne!(a[0][0].id, b[0][0].id, "second call must avoid the promised peer");
-        assert!(matches!(t.place(1, 1, 600), Err(DirError::PeersFull { .. })));
+        assert!(matches!(t.place(1, 1, 600, &who(), PlacementCaps::NONE), Err(DirError::PeersFull { .. })));
         let first = a[0][0].id;
         let usage = rec(1000, Duration::ZERO).usage;
         assert_eq!(t.heartbeat(first, usage, Timestamp::now()), Ok(false));
-        assert_eq!(t.place(1, 1, 600).unwrap()[0][0].id, first);
+        assert_eq!(t.place(1, 1, 600, &who(), PlacementCaps::NONE).unwrap()[0][0].id, first);
         assert_eq!(t.heartbeat(PeerId([7; 16]), usage, Timestamp::now()), Err(DirError::NotFound));
     }
 }

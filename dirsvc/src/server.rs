@@ -3,7 +3,8 @@
 //! turned into `DirError`s.
 
 use crate::error::{invalid, Error};
-use crate::peers::PeerTable;
+use crate::limits::Principal;
+use crate::peers::{PeerTable, PlacementCaps};
 use crate::shared::Shared;
 use crate::store::tables::JoinTokenRecord;
 use crate::store::Store;
@@ -157,6 +158,11 @@ impl DirServer {
             return Err(DirError::Unauthorized(format!("{op}: a peer may only speak for itself")));
         }
         Ok(())
+    }
+
+    /// Who this connection's calls count against ([`crate::limits`]).
+    fn principal(&self) -> Principal {
+        self.caller.as_ref().map_or_else(Principal::anonymous, |c| Principal::node(c.node))
     }
 
     /// The version of the revocation list this dirsvc enforces.
@@ -637,7 +643,12 @@ impl DirService for DirServer {
                     "placement of {count} chunks asked (at most {MAX_PLACEMENT_COUNT})"
                 )));
             }
-            Ok(self.peers().place(vol.replicas, count, chunk_bytes)?)
+            let config = &self.shared.config;
+            let caps = PlacementCaps {
+                per_call: config.max_placement_bytes_per_call,
+                per_principal: config.max_promised_bytes_per_principal,
+            };
+            Ok(self.peers().place(vol.replicas, count, chunk_bytes, &self.principal(), caps)?)
         })();
         reply("placement", r)
     }
@@ -991,7 +1002,8 @@ impl DirService for DirServer {
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
-                let attr = sh.store.setxattr(ino, &name, &value, flags)?;
+                let attr =
+                    sh.store.setxattr_within(ino, &name, &value, flags, sh.config.max_xattrs_per_inode)?;
                 sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
             })
@@ -1025,7 +1037,10 @@ impl DirService for DirServer {
         let r = async {
             self.shared.sessions.check(session)?;
             self.bind(session);
-            Ok(self.shared.changes.poll(after, Some(session), wait_within(&ctx, wait_ms)).await)
+            let wait = wait_within(&ctx, wait_ms);
+            // A long poll holds a waiting place; an immediate answer none.
+            let _slot = if wait.is_zero() { None } else { Some(self.shared.sessions.wait_slot(session)?) };
+            Ok(self.shared.changes.poll(after, Some(session), wait).await)
         }
         .await;
         reply("poll_changes", r)

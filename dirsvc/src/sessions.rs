@@ -46,6 +46,7 @@
 //! session-and-lock mutex is only held for in-memory work.
 
 use crate::error::{invalid, Error};
+use crate::limits::{limit, Principal};
 use crate::locks::LockTable;
 use crate::shared::Shared;
 use crate::store::tables::SessionRecord;
@@ -83,6 +84,35 @@ struct Live {
     owner: NodeId,
 }
 
+/// The caps on sessions, locks and waiting calls (from
+/// [`crate::DirsvcConfig`]; see [`crate::limits`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionLimits {
+    /// Live sessions per principal.
+    pub per_principal: usize,
+    /// Live sessions in total.
+    pub total: usize,
+    /// Lock ranges per session.
+    pub locks_per_session: usize,
+    /// Waiting calls per session.
+    pub waiters_per_session: usize,
+    /// Waiting calls in total.
+    pub waiters: usize,
+}
+
+impl SessionLimits {
+    /// The caps `config` sets.
+    pub(crate) fn of(config: &crate::DirsvcConfig) -> Self {
+        SessionLimits {
+            per_principal: config.max_sessions_per_principal,
+            total: config.max_sessions,
+            locks_per_session: config.max_locks_per_session,
+            waiters_per_session: config.max_waiters_per_session,
+            waiters: config.max_waiters,
+        }
+    }
+}
+
 /// Sessions, locks and lock waiters (the short-held mutex).
 #[derive(Debug, Default)]
 struct State {
@@ -95,6 +125,11 @@ struct State {
     unreclaimed: HashMap<SessionId, (String, NodeId)>,
     /// Inode numbers each session reserved and has not used yet.
     reserved: HashMap<SessionId, HashSet<u64>>,
+    /// Calls waiting in dirsvc (`set_lock`, `poll_changes`), per session;
+    /// no zero entries.
+    waiting: HashMap<SessionId, usize>,
+    /// Sum of `waiting`.
+    waiting_total: usize,
 }
 
 impl State {
@@ -161,6 +196,7 @@ pub(crate) struct Sessions {
     opens: Mutex<Opens>,
     /// Wakes the worker when the last recorded session reclaimed.
     kick: Notify,
+    limits: SessionLimits,
 }
 
 impl Sessions {
@@ -170,7 +206,12 @@ impl Sessions {
     /// and stale session rows removed at once.
     ///
     /// Errors: as [`Store::sessions`], [`Store::end_sessions`].
-    pub(crate) fn new(store: &Store, lease: Duration, grace: Duration) -> Result<Self, Error> {
+    pub(crate) fn new(
+        store: &Store,
+        lease: Duration,
+        grace: Duration,
+        limits: SessionLimits,
+    ) -> Result<Self, Error> {
         let recorded = store.sessions()?;
         let orphans = store.orphans()?;
         let in_grace = !recorded.is_empty() && !grace.is_zero();
@@ -181,6 +222,7 @@ impl Sessions {
             state: Mutex::new(State::default()),
             opens: Mutex::new(Opens::default()),
             kick: Notify::new(),
+            limits,
         };
         if in_grace {
             let mut st = sessions.state();
@@ -240,9 +282,12 @@ impl Sessions {
     /// `open_session` by node `owner`: opens a new session or reclaims one
     /// (see the module doc). A session another node opened is not
     /// reclaimed. Blocking (one durable write, a read per reclaimed inode).
+    /// Reclaimed locks past the lock cap are reported lost.
     ///
     /// Errors: `Invalid` for a reclaim of id 0; `Unauthorized` for a
-    /// reclaim of another node's session; store errors.
+    /// reclaim of another node's session; `Limit` when the session is not
+    /// live yet and `owner` already holds its cap of sessions, or dirsvc
+    /// holds its total; store errors.
     pub(crate) fn open(
         &self,
         store: &Store,
@@ -264,6 +309,9 @@ impl Sessions {
         // Under the open-marks mutex: serialized with the end of the grace
         // period, which forgets the recorded sessions not back yet.
         let mut opens = self.opens();
+        // Opens are serialized by the open-marks mutex, so the count cannot
+        // change between this check and the insert below.
+        self.check_session_caps(id, owner)?;
         store.put_session(
             id,
             &SessionRecord { label: label.clone(), opened: Timestamp::now(), owner: owner.0 },
@@ -317,9 +365,10 @@ impl Sessions {
                 let l = normalize(l);
                 if !found || l.start > l.end || st.locks.conflict(id, &l).is_some() {
                     lost_locks.push(l);
-                } else {
-                    st.locks.set(id, l);
+                } else if st.locks.set_within(id, l.clone(), self.limits.locks_per_session) {
                     granted += 1;
+                } else {
+                    lost_locks.push(l);
                 }
             }
             st.live.len()
@@ -341,6 +390,29 @@ impl Sessions {
             if reclaim { "reclaimed" } else { "opened" }
         );
         Ok(SessionGrant { id, lease_ms: self.lease.as_millis() as u64, lost_inodes, lost_locks })
+    }
+
+    /// `Limit` unless session `id` is live already or node `owner` and
+    /// dirsvc are both below their session caps.
+    fn check_session_caps(&self, id: SessionId, owner: NodeId) -> Result<(), Error> {
+        let principal = Principal::node(owner);
+        let st = self.state();
+        if st.live.contains_key(&id) {
+            return Ok(());
+        }
+        let caps = &self.limits;
+        if st.live.len() >= caps.total {
+            warn!(%principal, sessions = st.live.len(), "session refused: dirsvc holds its maximum");
+            return Err(limit(format!("dirsvc holds its maximum of {} sessions", caps.total)).into());
+        }
+        let mine = st.live.values().filter(|l| l.owner == owner).count();
+        if mine >= caps.per_principal {
+            warn!(%principal, sessions = mine, "session refused: the caller holds its maximum");
+            return Err(
+                limit(format!("{principal} holds its maximum of {} sessions", caps.per_principal)).into()
+            );
+        }
+        Ok(())
     }
 
     /// A random non-zero id no live or recorded session uses.
@@ -625,8 +697,35 @@ impl Sessions {
         if st.locks.conflict(id, lock).is_some() {
             return Ok(false);
         }
-        st.locks.set(id, lock.clone());
+        let max = self.limits.locks_per_session;
+        if !st.locks.set_within(id, lock.clone(), max) {
+            return Err(limit(format!("the session holds its maximum of {max} locks")).into());
+        }
         Ok(true)
+    }
+
+    /// A place for one call of session `id` to wait (a `set_lock` wait or a
+    /// `poll_changes` long poll), given back when the slot drops.
+    ///
+    /// Errors: `Limit` when the session or dirsvc has its maximum of
+    /// waiting calls.
+    pub(crate) fn wait_slot(&self, id: SessionId) -> Result<WaitSlot<'_>, Error> {
+        let mut st = self.state();
+        let caps = &self.limits;
+        let mine = st.waiting.get(&id).copied().unwrap_or(0);
+        if mine >= caps.waiters_per_session {
+            return Err(limit(format!(
+                "the session has its maximum of {} waiting calls",
+                caps.waiters_per_session
+            ))
+            .into());
+        }
+        if st.waiting_total >= caps.waiters {
+            return Err(limit(format!("dirsvc has its maximum of {} waiting calls", caps.waiters)).into());
+        }
+        st.waiting.insert(id, mine + 1);
+        st.waiting_total += 1;
+        Ok(WaitSlot { sessions: self, id })
     }
 
     /// `set_lock` (the caller checked that the inode exists): grants
@@ -637,7 +736,8 @@ impl Sessions {
     /// are not detected (the wait times out instead).
     ///
     /// Errors: `Invalid` (start after end), `NoSession`, `Grace`,
-    /// `WouldBlock`.
+    /// `WouldBlock`, `Limit` (the session's lock cap, or its or dirsvc's
+    /// cap of waiting calls).
     pub(crate) async fn set_lock(&self, id: SessionId, lock: Lock, wait: Duration) -> Result<(), Error> {
         let lock = normalize(lock);
         if lock.start > lock.end {
@@ -649,6 +749,7 @@ impl Sessions {
         if wait.is_zero() {
             return Err(DirError::WouldBlock.into());
         }
+        let _slot = self.wait_slot(id)?;
         let deadline = Instant::now() + wait.min(MAX_LOCK_WAIT);
         let waiter = Waiter::new(self, lock.ino.0);
         loop {
@@ -737,6 +838,27 @@ fn cut_label(mut label: String) -> String {
         label.truncate(cut);
     }
     label
+}
+
+/// One waiting call counted against its session and dirsvc's caps
+/// ([`Sessions::wait_slot`]); uncounted on drop (also when the request is
+/// cancelled).
+pub(crate) struct WaitSlot<'a> {
+    sessions: &'a Sessions,
+    id: SessionId,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut st = self.sessions.state();
+        st.waiting_total = st.waiting_total.saturating_sub(1);
+        match st.waiting.get_mut(&self.id) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                st.waiting.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// A registered lock waiter on one inode; unregisters on drop (also when

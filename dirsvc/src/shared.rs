@@ -4,7 +4,7 @@ use crate::changes::ChangeFeed;
 use crate::error::Error;
 use crate::peers::PeerTable;
 use crate::ratelimit::TokenBucket;
-use crate::sessions::Sessions;
+use crate::sessions::{SessionLimits, Sessions};
 use crate::store::Store;
 use crate::DirsvcConfig;
 use common::net::Pool;
@@ -94,7 +94,8 @@ impl Shared {
             config.peer_down_after,
             config.heartbeat_persist_every,
         );
-        let sessions = Sessions::new(&store, config.session_lease, config.grace())?;
+        let sessions =
+            Sessions::new(&store, config.session_lease, config.grace(), SessionLimits::of(config))?;
         let conns = Arc::new(Connections::new(tls.revocations().clone()));
         Ok(Shared {
             store,

@@ -12,6 +12,7 @@ mod integration {
     mod epochs;
     mod fakepeer;
     mod gc;
+    mod hostile;
     mod layout;
     mod liveness;
     mod locks;

@@ -77,17 +77,27 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-fn to_attr(a: &Attr, blksize: u32) -> FileAttr {
+/// The kernel's view of attributes dirsvc sent.
+///
+/// Errors: `EIO` naming the inode if a time is not valid
+/// ([`Timestamp::validate`]): dirsvc (or its database) sent something no
+/// client wrote, and converting it could panic.
+fn to_attr(a: &Attr, blksize: u32) -> Result<FileAttr, Error> {
+    let time = |what: &str, t: Timestamp| {
+        t.to_system_time().map_err(|e| {
+            Error::Errno(libc::EIO, format!("directory service sent inode {} an invalid {what}: {e}", a.ino))
+        })
+    };
     // st_blocks counts 512-byte units of stored data (one replica), so
     // holes show as sparse to du, cp and tar.
-    FileAttr {
+    Ok(FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.stored_bytes.div_ceil(512),
-        atime: SystemTime::from(a.atime),
-        mtime: SystemTime::from(a.mtime),
-        ctime: SystemTime::from(a.ctime),
-        crtime: SystemTime::from(a.crtime),
+        atime: time("atime", a.atime)?,
+        mtime: time("mtime", a.mtime)?,
+        ctime: time("ctime", a.ctime)?,
+        crtime: time("crtime", a.crtime)?,
         kind: file_type(a.kind),
         perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
@@ -96,13 +106,15 @@ fn to_attr(a: &Attr, blksize: u32) -> FileAttr {
         rdev: a.rdev,
         blksize,
         flags: 0,
-    }
+    })
 }
 
+/// A time `utimensat` asked for, clamped into the range p2pfs stores (as
+/// ext4 clamps a time it cannot store).
 fn time(t: TimeOrNow) -> Timestamp {
     match t {
         TimeOrNow::Now => Timestamp::now(),
-        TimeOrNow::SpecificTime(s) => Timestamp::from(s),
+        TimeOrNow::SpecificTime(s) => Timestamp::from(s).clamped(),
     }
 }
 
@@ -135,10 +147,15 @@ impl FuseAdapter {
     }
 
     fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
-        match r {
-            Ok(a) => {
-                reply.entry_with_ttls(&attr_ttl(a.kind), &TTL, &to_attr(&a, self.blksize()), Generation(0))
-            }
+        match r.and_then(|a| Ok((attr_ttl(a.kind), to_attr(&a, self.blksize())?))) {
+            Ok((ttl, attr)) => reply.entry_with_ttls(&ttl, &TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
+    fn reply_attr(&self, op: &str, r: Result<Attr, Error>, reply: ReplyAttr) {
+        match r.and_then(|a| Ok((attr_ttl(a.kind), to_attr(&a, self.blksize())?))) {
+            Ok((ttl, attr)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(errno(op, &e)),
         }
     }
@@ -173,10 +190,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.rt.block_on(self.fs.getattr(InodeId(ino.0))) {
-            Ok(a) => reply.attr(&attr_ttl(a.kind), &to_attr(&a, self.blksize())),
-            Err(e) => reply.error(errno("getattr", &e)),
-        }
+        let r = self.rt.block_on(self.fs.getattr(InodeId(ino.0)));
+        self.reply_attr("getattr", r, reply);
     }
 
     fn setattr(
@@ -206,10 +221,8 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
             kill_suid_sgid: false,
         };
-        match self.rt.block_on(self.fs.setattr(InodeId(ino.0), set)) {
-            Ok(a) => reply.attr(&attr_ttl(a.kind), &to_attr(&a, self.blksize())),
-            Err(e) => reply.error(errno("setattr", &e)),
-        }
+        let r = self.rt.block_on(self.fs.setattr(InodeId(ino.0), set));
+        self.reply_attr("setattr", r, reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -628,14 +641,68 @@ impl Filesystem for FuseAdapter {
         let perm = mode & !umask & 0o7777;
         match self.rt.block_on(self.fs.create(InodeId(parent.0), name.as_bytes(), perm, req.uid(), req.gid()))
         {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &to_attr(&a, self.blksize()),
-                Generation(0),
-                FileHandle(fh),
-                open_flags(flags),
-            ),
+            Ok((a, fh)) => match to_attr(&a, self.blksize()) {
+                Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), open_flags(flags)),
+                Err(e) => {
+                    // The kernel never learns of the handle: close it here.
+                    let _ = self.rt.block_on(self.fs.release(fh));
+                    reply.error(errno("create", &e))
+                }
+            },
             Err(e) => reply.error(errno("create", &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mtime: Timestamp) -> Attr {
+        let t = Timestamp { secs: 1_700_000_000, nanos: 1 };
+        Attr {
+            ino: InodeId(7),
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 3,
+            nlink: 1,
+            atime: t,
+            mtime,
+            ctime: t,
+            crtime: t,
+            rdev: 0,
+            stored_bytes: 51,
+        }
+    }
+
+    /// Regression: one `setattr` that stored nanoseconds ≥ 10⁹ at dirsvc
+    /// made every mount that stat'ed the file panic in
+    /// `SystemTime::from(Timestamp)`. Such an attribute is now an EIO for
+    /// that request.
+    #[test]
+    fn an_attribute_with_an_invalid_time_is_eio_not_a_panic() {
+        let ok = to_attr(&attr(Timestamp { secs: -5, nanos: 999_999_999 }), 4096).unwrap();
+        assert_eq!(ok.blocks, 1);
+        for bad in [
+            Timestamp { secs: 0, nanos: 1_000_000_000 },
+            Timestamp { secs: 0, nanos: u32::MAX },
+            Timestamp { secs: i64::MAX, nanos: 0 },
+            Timestamp { secs: i64::MIN, nanos: 0 },
+        ] {
+            let e = to_attr(&attr(bad), 4096).unwrap_err();
+            assert_eq!(e.errno(), libc::EIO, "{bad:?}");
+            assert!(e.to_string().contains("inode 7"), "{e}");
+        }
+    }
+
+    #[test]
+    fn times_asked_by_utimensat_are_clamped_into_range() {
+        use std::time::UNIX_EPOCH;
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(time(TimeOrNow::SpecificTime(far)).secs, common::time::MAX_SECS);
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(time(TimeOrNow::SpecificTime(t)), Timestamp { secs: 1_700_000_000, nanos: 5 });
     }
 }

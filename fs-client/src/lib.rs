@@ -9,6 +9,10 @@
 //! for SIGINT/SIGTERM or an external unmount, then detaches the mount and
 //! flushes what is still buffered before it returns.
 
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod admin;
 pub mod cache;
 pub mod error;

@@ -203,6 +203,12 @@ pub fn run(config: MountConfig) -> Result<()> {
         fuser::MountOption::CUSTOM("subtype=p2pfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
+        // Files in the volume are written by any member (and their modes
+        // and device numbers come from dirsvc): a setuid binary or a device
+        // node there must never grant anything on this machine. fuser
+        // defaults to both today; said here so no default can drop them.
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
     ];
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {

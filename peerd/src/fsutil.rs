@@ -72,6 +72,23 @@ impl Drop for TempFile {
     }
 }
 
+/// Reads a small file whole, refusing one longer than `max` bytes: state
+/// files are tiny, and a damaged disk must not make peerd read gigabytes
+/// into memory.
+///
+/// Errors: the open or read error; `InvalidData` for a file over `max`
+/// bytes.
+pub fn read_small(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("longer than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
 /// Fsyncs directory `dir`, making the creation, rename or removal of its
 /// entries durable.
 ///

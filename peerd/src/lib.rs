@@ -40,6 +40,10 @@
 //! file and directory entry are fsynced (see [`store`]), so `kill -9` loses
 //! no acknowledged chunk.
 
+// No panic reachable from a message or a stored byte (invariant 5):
+// errors, never unwrap/expect, outside tests (clippy.toml allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod error;
 pub mod fetch;
 pub mod fsutil;

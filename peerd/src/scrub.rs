@@ -122,6 +122,17 @@ struct ScrubState {
 /// First line of the state file: the format and its version.
 const STATE_MAGIC: &str = "p2pfs scrub state v1";
 
+/// Longest scrub state file read, in bytes (a valid one has under 150).
+pub const MAX_STATE_FILE: usize = 4096;
+
+/// Whether the bytes of a scrub state file hold a state a restarted peer
+/// resumes from (`false`: it starts a new pass, as for a missing file).
+/// Reads nothing else and never panics, whatever the bytes; the scrub
+/// worker's own loading goes through the same parser.
+pub fn state_file_is_valid(bytes: &[u8]) -> bool {
+    bytes.len() <= MAX_STATE_FILE && std::str::from_utf8(bytes).ok().and_then(ScrubState::parse).is_some()
+}
+
 impl ScrubState {
     /// Text form: the magic line, `cursor <64 hex | ->`, `last_pass_end
     /// <unix secs | ->`, one per line.
@@ -202,7 +213,9 @@ impl Pacer {
     /// whether `cancel` fired meanwhile.
     async fn pace(&mut self, n: u64, cancel: &CancellationToken) -> bool {
         self.bytes = self.bytes.saturating_add(n);
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        // Saturates rather than panics for absurd byte counts.
+        let due =
+            Duration::try_from_secs_f64(self.bytes as f64 / self.rate.max(1) as f64).unwrap_or(Duration::MAX);
         let elapsed = self.start.elapsed();
         if due > elapsed {
             sleep_or_cancel(due - elapsed, cancel).await
@@ -345,14 +358,16 @@ impl<S: ChunkStore> Scrub<S> {
         };
         let read = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || std::fs::read_to_string(path)
+            move || crate::fsutil::read_small(&path, MAX_STATE_FILE)
         })
         .await;
         match read {
-            Ok(Ok(text)) => ScrubState::parse(&text).unwrap_or_else(|| {
-                warn!(path = %path.display(), "malformed scrub state; starting a new pass");
-                ScrubState::default()
-            }),
+            Ok(Ok(bytes)) => {
+                std::str::from_utf8(&bytes).ok().and_then(ScrubState::parse).unwrap_or_else(|| {
+                    warn!(path = %path.display(), "malformed scrub state; starting a new pass");
+                    ScrubState::default()
+                })
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => ScrubState::default(),
             Ok(Err(e)) => {
                 warn!(path = %path.display(), error = %e, "cannot read scrub state; starting a new pass");
@@ -398,6 +413,9 @@ mod tests {
         assert_eq!(ScrubState::parse("p2pfs scrub state v2\ncursor -\n"), None);
         assert_eq!(ScrubState::parse(&format!("{STATE_MAGIC}\ncursor zz\n")), None);
         assert_eq!(ScrubState::parse(&format!("{STATE_MAGIC}\nsomething else\n")), None);
+        assert!(state_file_is_valid(ScrubState::default().render().as_bytes()));
+        assert!(!state_file_is_valid(&[0xff, 0x00]));
+        assert!(!state_file_is_valid(&vec![b'\n'; MAX_STATE_FILE + 1]));
     }
 
     #[tokio::test]

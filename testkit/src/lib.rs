@@ -4,6 +4,7 @@
 //!   of every role from it ([`TestPki::node`], [`TestPki::write_node`]), so
 //!   tests speak mutual TLS like the real daemons do; [`TestPki::new`]
 //!   makes another, unrelated cluster (for refusal tests).
+//! - [`caller`]: what a server sees of an identity after the handshake.
 //! - [`dir_client`], [`dir_client_as`], [`peer_client`],
 //!   [`peer_client_as`]: clients of a dirsvc or a peer over mutual TLS, as
 //!   a given identity or as a fresh node of a role.
@@ -11,6 +12,8 @@
 //!   bytes, half a ClientHello), a client that presents any certificate
 //!   and checks nothing (to test what a server itself refuses), and a
 //!   count of a server's open sockets.
+//! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
+//!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
 //! - [`wait_until`] and [`within`]: bounded waiting, so a broken test fails
 //!   with a message instead of hanging.
 //!
@@ -20,14 +23,24 @@ use common::pki::{Ca, NodeFiles, NODE_CERT_VALIDITY};
 use common::rpc::dir::DirServiceClient;
 use common::rpc::peer::PeerServiceClient;
 use common::rpc::Role;
-use common::tls::Tls;
+use common::tls::{Caller, Tls};
 use common::{NodeId, PeerId};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod fuzz;
 pub mod hostile;
+
+/// The [`Caller`] a server sees after a TLS handshake with `tls`: for
+/// services driven over in-memory channels in tests.
+///
+/// Panics if `tls` holds no node certificate (a test bug).
+pub fn caller(tls: &Tls) -> Caller {
+    let cert = rustls::pki_types::CertificateDer::from(tls.cert_der());
+    Caller::of(Some(&[cert])).expect("a node certificate of the test CA")
+}
 
 /// A test cluster's CA, with its files in a temporary directory
 /// (`ca.crt`, `ca.key`) for daemons started as processes.

@@ -849,7 +849,9 @@ pub trait DirService {
     /// each: R distinct live peers per chunk, most free space first
     /// (counting space already promised by earlier placements, per
     /// filesystem). `NoPeers` if fewer than R are live, `PeersFull` if
-    /// enough are live but fewer than R have room.
+    /// enough are live but fewer than R have room; `Limit` if the call would
+    /// promise more bytes (count × chunk bytes × R) than one call or one
+    /// caller may hold promised until the peers' next heartbeats.
     async fn placement(count: u32, chunk_bytes: u64) -> Result<Vec<Vec<PeerLoc>>, DirError>;
     /// Applies a layout update to a regular file and returns its attributes.
     /// Every listed replica must be a registered peer and every entry
@@ -912,6 +914,9 @@ pub trait DirService {
     ) -> Result<(Keyring, Member), DirError>;
 
     /// Opens a client session (or reclaims one, see [`SessionOpen`]).
+    /// `Limit` when the caller, or dirsvc as a whole, holds its maximum of
+    /// sessions; reclaimed locks past the per-session lock cap are listed
+    /// as lost.
     async fn open_session(open: SessionOpen) -> Result<SessionGrant, DirError>;
     /// Extends the session's lease by `lease_ms` from now. `NoSession` if it
     /// already ended.
@@ -930,7 +935,9 @@ pub trait DirService {
     async fn release_file(session: SessionId, ino: InodeId) -> Result<(), DirError>;
     /// Takes a lock, waiting up to `wait_ms` milliseconds (capped at 10,000)
     /// for conflicting locks to go. `WouldBlock` if still blocked, `Grace`
-    /// during the reclaim period, `NoSession`, `NotFound`. A POSIX lock
+    /// during the reclaim period, `NoSession`, `NotFound`, `Limit` when the
+    /// session would hold more locks than allowed or too many calls wait
+    /// already (ENOLCK at the client). A POSIX lock
     /// replaces the same owner's overlapping ranges (upgrade, downgrade,
     /// split, merge); an flock replaces the owner's flock.
     async fn set_lock(session: SessionId, lock: Lock, wait_ms: u32) -> Result<(), DirError>;
@@ -954,7 +961,8 @@ pub trait DirService {
     /// Sets an extended attribute (sealed name and value); sets ctime.
     /// `flags` from [`xattr_flags`]: `Exists` / `NoAttr` as they ask;
     /// `TooBig` past [`XATTR_SEALED_NAME_MAX`] / [`XATTR_SEALED_VALUE_MAX`];
-    /// `NoSpace` past [`XATTR_INODE_MAX`]. Returns the new attributes.
+    /// `NoSpace` past [`XATTR_INODE_MAX`]; `Limit` for a new attribute on
+    /// an inode that has its maximum number. Returns the new attributes.
     async fn setxattr(ino: InodeId, name: Vec<u8>, value: Vec<u8>, flags: u32) -> Result<Attr, DirError>;
     /// Removes an extended attribute; sets ctime. `NoAttr`.
     async fn removexattr(ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError>;
@@ -965,6 +973,7 @@ pub trait DirService {
     /// that a session is not shown the changes made on the connection it
     /// speaks on (the one where it last called `open_session`,
     /// `renew_session`, `open_file` or `poll_changes`): its kernel already
-    /// knows them.
+    /// knows them. `Limit` for a waiting poll when the session (or dirsvc)
+    /// has its maximum of waiting calls.
     async fn poll_changes(session: SessionId, after: u64, wait_ms: u32) -> Result<ChangeBatch, DirError>;
 }

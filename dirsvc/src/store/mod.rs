@@ -418,9 +418,15 @@ impl Store {
     /// mode without those bits it changes nothing, ctime included.
     ///
     /// Errors: `NotFound`; for `size`, `IsDir` on a directory and `Invalid`
-    /// on anything but a regular file; `NotInitialized`.
+    /// on anything but a regular file; `Invalid` for an atime or mtime
+    /// that is not a valid [`Timestamp`]; `NotInitialized`.
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<Attr, Error> {
         let vol = self.vol()?;
+        for (what, t) in [("atime", &set.atime), ("mtime", &set.mtime)] {
+            if let Some(t) = t {
+                check_time(what, t)?;
+            }
+        }
         self.write(|w| {
             let mut rec = w.inode(ino.0)?;
             let kill = set.kill_suid_sgid && kill_bits(rec.perm) != 0;
@@ -922,11 +928,13 @@ impl Store {
     /// block listed twice, a chunk past the new size, a chunk with no
     /// replicas, an unregistered replica, a stored length of 0 or over
     /// B + [`MAX_CHUNK_OVERHEAD`], a length that differs from the one
-    /// already recorded for the same chunk, an all-zero MAC or an epoch
-    /// past the newest; `StaleEpoch` for a new chunk of an older epoch;
-    /// `ChunkGone`; `NotInitialized`.
+    /// already recorded for the same chunk, an all-zero MAC, an epoch past
+    /// the newest, or an mtime that is not a valid [`Timestamp`];
+    /// `StaleEpoch` for a new chunk of an older epoch; `ChunkGone`;
+    /// `NotInitialized`.
     pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
         let vol = self.vol()?;
+        check_time("mtime", &commit.mtime)?;
         self.write(|w| w.commit_layout(ino.0, commit, vol.block_size))
     }
 
@@ -1076,6 +1084,19 @@ impl Store {
     /// [`XATTR_SEALED_VALUE_MAX`]); `NoSpace` (the inode's names and values
     /// would total more than [`XATTR_INODE_MAX`] bytes); `NotInitialized`.
     pub fn setxattr(&self, ino: InodeId, name: &[u8], value: &[u8], flags: u32) -> Result<Attr, Error> {
+        self.setxattr_within(ino, name, value, flags, usize::MAX)
+    }
+
+    /// [`Store::setxattr`], where an inode may carry at most `max_count`
+    /// attributes: adding one more is `Limit` (replacing one is fine).
+    pub fn setxattr_within(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        max_count: usize,
+    ) -> Result<Attr, Error> {
         self.vol()?;
         check_xattr_name(name)?;
         if value.len() > XATTR_SEALED_VALUE_MAX {
@@ -1094,9 +1115,16 @@ impl Store {
             if flags & xattr_flags::REPLACE != 0 && old.is_none() {
                 return Err(DirError::NoAttr.into());
             }
-            let others = w.xattr_bytes(ino.0)? - old.map_or(0, |len| name.len() + len);
-            if others + name.len() + value.len() > XATTR_INODE_MAX {
+            let (count, bytes) = w.xattr_usage(ino.0)?;
+            let others = bytes.saturating_sub(old.map_or(0, |len| name.len() + len));
+            if others.saturating_add(name.len()).saturating_add(value.len()) > XATTR_INODE_MAX {
                 return Err(DirError::NoSpace.into());
+            }
+            if old.is_none() && count >= max_count {
+                return Err(DirError::Limit(format!(
+                    "inode {ino} carries its maximum of {max_count} extended attributes"
+                ))
+                .into());
             }
             w.xattrs.insert((ino.0, name), value)?;
             rec.ctime = w.now;
@@ -1699,16 +1727,17 @@ impl<'t> W<'t> {
         get_inode(&self.inodes, ino)
     }
 
-    /// Total bytes of the sealed names and values of `ino`'s extended
-    /// attributes.
-    fn xattr_bytes(&self, ino: u64) -> Result<usize, Error> {
+    /// Number of `ino`'s extended attributes, and the total bytes of their
+    /// sealed names and values.
+    fn xattr_usage(&self, ino: u64) -> Result<(usize, usize), Error> {
         let empty: &[u8] = &[];
-        let mut total = 0usize;
+        let (mut count, mut total) = (0usize, 0usize);
         for row in self.xattrs.range((ino, empty)..(ino.saturating_add(1), empty))? {
             let (k, v) = row?;
+            count += 1;
             total = total.saturating_add(k.value().1.len()).saturating_add(v.value().len());
         }
-        Ok(total)
+        Ok((count, total))
     }
 
     fn dir(&self, ino: u64) -> Result<InodeRecord, Error> {
@@ -2284,6 +2313,12 @@ fn kill_bits(perm: u32) -> u32 {
 /// Number of blocks of size `block_size` that a `size`-byte file spans.
 fn blocks_for(size: u64, block_size: u32) -> u64 {
     size.div_ceil(u64::from(block_size.max(1)))
+}
+
+/// A time a caller sends must be valid ([`Timestamp::validate`]): `Invalid`
+/// naming the field otherwise.
+fn check_time(what: &str, t: &Timestamp) -> Result<(), Error> {
+    t.validate().map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// An extended attribute name must be non-empty and at most

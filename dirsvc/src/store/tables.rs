@@ -215,7 +215,7 @@ pub(crate) const META_KEY_EPOCH: &str = "key_epoch";
 
 /// Largest encoded record accepted when decoding, in bytes: bounds the
 /// allocation a corrupt length prefix could ask for.
-const RECORD_LIMIT: u64 = 1 << 20;
+pub const RECORD_LIMIT: u64 = 1 << 20;
 
 fn bincode_options() -> impl Options {
     bincode::DefaultOptions::new()
@@ -774,6 +774,207 @@ impl Record for VolumeRecordV1 {
     const VERSION: u8 = 1;
 }
 
+/// The record types dirsvc stores as bytes (see the module
+/// documentation), for code that decodes stored values without a
+/// database: fuzzing, inspection tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// `inodes-v1` values.
+    Inode,
+    /// `chunks-v1` values.
+    Chunk,
+    /// `peers-v1` values (versions 1 to 3).
+    Peer,
+    /// `chunk-tombstones-v1` values.
+    Tombstone,
+    /// `sessions-v1` values (versions 1 and 2).
+    Session,
+    /// The `meta-v1/volume` value (versions 1 to 3).
+    Volume,
+    /// `join-tokens-v1` values.
+    JoinToken,
+    /// `revoked-v1` values.
+    Revoked,
+}
+
+impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 8] = [
+        RecordKind::Inode,
+        RecordKind::Chunk,
+        RecordKind::Peer,
+        RecordKind::Tombstone,
+        RecordKind::Session,
+        RecordKind::Volume,
+        RecordKind::JoinToken,
+        RecordKind::Revoked,
+    ];
+
+    /// Decodes `bytes` as a stored record of this kind, exactly as the
+    /// store does when it reads one (older versions migrated). Never
+    /// panics, and allocates at most [`RECORD_LIMIT`] bytes for lengths
+    /// the record claims, whatever the bytes.
+    ///
+    /// Errors: [`Error::Corrupt`] for bytes that are not such a record.
+    pub fn decode(self, bytes: &[u8]) -> Result<(), Error> {
+        match self {
+            RecordKind::Inode => InodeRecord::from_bytes(bytes).map(drop),
+            RecordKind::Chunk => ChunkRecord::from_bytes(bytes).map(drop),
+            RecordKind::Peer => PeerRecord::from_bytes(bytes).map(drop),
+            RecordKind::Tombstone => TombstoneRecord::from_bytes(bytes).map(drop),
+            RecordKind::Session => SessionRecord::from_bytes(bytes).map(drop),
+            RecordKind::Volume => VolumeRecord::from_bytes(bytes).map(drop),
+            RecordKind::JoinToken => JoinTokenRecord::from_bytes(bytes).map(drop),
+            RecordKind::Revoked => RevokedRecord::from_bytes(bytes).map(drop),
+        }
+    }
+
+    /// Valid stored encodings of this kind, one per version it reads (and
+    /// a few shapes): seeds that fuzzing mutates.
+    ///
+    /// Errors: [`Error::Corrupt`] if one cannot be encoded (never for these
+    /// values).
+    pub fn samples(self) -> Result<Vec<Vec<u8>>, Error> {
+        let t = Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
+        let usage = PeerUsage {
+            capacity_bytes: 1 << 40,
+            free_bytes: 1 << 39,
+            used_bytes: 1 << 39,
+            chunks: 12,
+            fs: Some(common::rpc::dir::StorageFs { id: [7; 16], total_bytes: 1 << 41, avail_bytes: 1 << 38 }),
+        };
+        let usage_v1 = UsageV1 { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 };
+        let peers = vec![PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16])];
+        Ok(match self {
+            RecordKind::Inode => vec![InodeRecord {
+                kind: KIND_FILE,
+                perm: 0o644,
+                uid: 1000,
+                gid: 1000,
+                size: 5 << 20,
+                nlink: 1,
+                atime: t,
+                mtime: t,
+                ctime: t,
+                crtime: t,
+                rdev: 0,
+                parent: 1,
+                stored_bytes: 5 << 20,
+            }
+            .to_bytes()?],
+            RecordKind::Chunk => vec![
+                ChunkRecord { replicas: peers.clone(), refcount: 3, len: 1 << 20 }.to_bytes()?,
+                ChunkRecord { replicas: Vec::new(), refcount: 0, len: 49 }.to_bytes()?,
+            ],
+            RecordKind::Peer => vec![
+                PeerRecord {
+                    addr: "peer-a.example:7701".into(),
+                    usage,
+                    last_heartbeat: t,
+                    host: "host-a".into(),
+                    zone: "zone-1".into(),
+                    draining: true,
+                }
+                .to_bytes()?,
+                encode_version(
+                    2,
+                    &PeerRecordV2 {
+                        addr: "127.0.0.1:7702".into(),
+                        usage: usage_v1,
+                        last_heartbeat: t,
+                        host: "h".into(),
+                        zone: String::new(),
+                        draining: false,
+                    },
+                )?,
+                encode_version(
+                    1,
+                    &PeerRecordV1 { addr: "127.0.0.1:7703".into(), usage: usage_v1, last_heartbeat: t },
+                )?,
+            ],
+            RecordKind::Tombstone => {
+                vec![TombstoneRecord { deleted_at: 1_700_000_000, pending: peers }.to_bytes()?]
+            }
+            RecordKind::Session => vec![
+                SessionRecord { label: "host pid=42 /mnt/p2pfs".into(), opened: t, owner: [7; 16] }
+                    .to_bytes()?,
+                encode_version(1, &("host pid=41 /mnt/p2pfs".to_string(), t))?,
+            ],
+            RecordKind::Volume => vec![
+                VolumeRecord {
+                    id: [9; 16],
+                    block_size: 1 << 20,
+                    replicas: 3,
+                    keyring: KeyringRecord {
+                        version: 2,
+                        epochs: vec![
+                            EpochRecord {
+                                epoch: 0,
+                                wrapped: b"age-encryption.org/v1\n".to_vec(),
+                                check: [1; 32],
+                                link: [0; 32],
+                            },
+                            EpochRecord { epoch: 1, wrapped: vec![5; 200], check: [2; 32], link: [3; 32] },
+                        ],
+                        members: vec![MemberRecord {
+                            name: "owner".into(),
+                            recipient: "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"
+                                .into(),
+                            nodes: vec![[4; 16]],
+                        }],
+                    },
+                    legacy_layouts: false,
+                }
+                .to_bytes()?,
+                encode_version(
+                    2,
+                    &VolumeRecordV2 {
+                        id: [9; 16],
+                        block_size: 1 << 20,
+                        replicas: 3,
+                        wrapped_secret: b"age-encryption.org/v1\n-> X25519 abc\n".to_vec(),
+                        recipients: vec![
+                            "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq".into()
+                        ],
+                    },
+                )?,
+                encode_version(
+                    1,
+                    &VolumeRecordV1 {
+                        id: [9; 16],
+                        block_size: 4096,
+                        replicas: 2,
+                        wrapped_secret: vec![1, 2, 3],
+                    },
+                )?,
+            ],
+            RecordKind::JoinToken => vec![
+                JoinTokenRecord { secret_hash: [8; 32], role: 2, expires_at: 1_800_000_000, used: None }
+                    .to_bytes()?,
+                JoinTokenRecord {
+                    secret_hash: [9; 32],
+                    role: 3,
+                    expires_at: 1_800_000_000,
+                    used: Some((1_790_000_000, [6; 16])),
+                }
+                .to_bytes()?,
+            ],
+            RecordKind::Revoked => {
+                vec![RevokedRecord { at: 1_790_000_000, reason: "laptop stolen".into() }.to_bytes()?]
+            }
+        })
+    }
+}
+
+/// `version` followed by `value`'s encoding: a record of an older format.
+fn encode_version<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, Error> {
+    let mut out = vec![version];
+    bincode_options()
+        .serialize_into(&mut out, value)
+        .map_err(|e| Error::Corrupt { what: "sample", reason: format!("cannot encode: {e}") })?;
+    Ok(out)
+}
+
 /// The stored byte of a [`FileKind`].
 pub(crate) fn kind_to_byte(kind: FileKind) -> u8 {
     match kind {
@@ -902,6 +1103,18 @@ mod tests {
         let mut bytes = vec![1u8];
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(matches!(ChunkRecord::from_bytes(&bytes), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn every_sample_of_every_record_kind_decodes() {
+        for kind in RecordKind::ALL {
+            let samples = kind.samples().unwrap();
+            assert!(!samples.is_empty());
+            for s in samples {
+                kind.decode(&s).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+                assert!(kind.decode(&s[..s.len() - 1]).is_err(), "{kind:?} truncated");
+            }
+        }
     }
 
     #[test]

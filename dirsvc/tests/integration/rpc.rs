@@ -315,6 +315,31 @@ async fn expect_closed_after(addr: &str, bytes: &[u8]) {
     assert!(r.is_ok(), "connection still open 5 s after {} bad bytes", bytes.len());
 }
 
+/// A framed `hello` request whose deadline is `u64::MAX` seconds away.
+fn far_deadline_request() -> Vec<u8> {
+    let msg: tarpc::ClientMessage<common::rpc::dir::DirServiceRequest> =
+        tarpc::ClientMessage::Request(tarpc::Request {
+            context: context::current(),
+            id: 1,
+            message: common::rpc::dir::DirServiceRequest::Hello {},
+        });
+    let body = common::wire::encode(&msg).unwrap();
+    // Byte 0 is the variant; then the deadline's seconds as a varint of at
+    // most 9 bytes (a marker of 251 + n means 2^(n+1) bytes follow).
+    let secs_len = match body[1] {
+        0..=250 => 1,
+        251 => 3,
+        252 => 5,
+        _ => 9,
+    };
+    let mut bad = vec![body[0], 253];
+    bad.extend_from_slice(&u64::MAX.to_le_bytes());
+    bad.extend_from_slice(&body[1 + secs_len..]);
+    let mut framed = (bad.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bad);
+    framed
+}
+
 #[tokio::test]
 async fn garbage_and_oversize_frames_close_only_their_connection() {
     within(async {
@@ -335,6 +360,10 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
         let mut noise = 4092u32.to_be_bytes().to_vec();
         noise.extend((0..4092u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
         expect_closed_after(&addr, &noise).await;
+        // A valid request whose deadline is u64::MAX seconds away: tarpc's
+        // `Instant::now() + deadline` panicked on it (aborting a release
+        // build); the frame codec refuses it first.
+        expect_closed_after(&addr, &far_deadline_request()).await;
 
         assert_eq!(good.hello(context::current()).await.unwrap(), PROTOCOL_VERSION);
         assert!(good.getattr(context::current(), ROOT).await.unwrap().is_ok());

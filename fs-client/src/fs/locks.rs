@@ -154,7 +154,9 @@ impl Fs {
     /// blocks until granted.
     ///
     /// Errors: `EAGAIN` if held by another owner and not `wait`; `EINTR` if
-    /// the waiting process `pid` got a signal; dirsvc and transport errors.
+    /// the waiting process `pid` got a signal; `ENOLCK` when dirsvc's limit
+    /// on locks (or waiting calls) of this mount is reached; dirsvc and
+    /// transport errors.
     pub async fn setlk(self: &Arc<Self>, req: LockRequest, wait: bool) -> Result<()> {
         let LockRequest { ino, owner, start, end, typ, pid } = req;
         let end = wire_end(end);
@@ -190,6 +192,11 @@ impl Fs {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(Error::Dir(DirError::WouldBlock)) if wait => {}
+                // The session's lock cap (or dirsvc's cap of waiting calls):
+                // what a local filesystem answers when its lock table is full.
+                Err(Error::Dir(DirError::Limit(why))) => {
+                    return Err(Error::Errno(libc::ENOLCK, format!("lock refused by dirsvc: {why}")))
+                }
                 Err(e) => return Err(e),
             }
             if wait && signal_pending(pid) {

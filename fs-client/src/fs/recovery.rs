@@ -188,6 +188,16 @@ impl RecoveryDir {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let out = self.encode(u)?;
+        self.write_file(u, &out)
+    }
+
+    /// The bytes of `u`'s recovery file (format in the module
+    /// documentation), as [`RecoveryDir::keep`] writes them.
+    ///
+    /// Errors: [`Error::Io`] if a record cannot be encoded,
+    /// [`Error::Crypto`] if one is too large to seal.
+    pub fn encode(&self, u: &Unstored) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(FIXED_LEN + u.data_bytes() as usize + 64 * (u.blocks.len() + 1));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, 0, 0, 0]);
@@ -210,6 +220,12 @@ impl RecoveryDir {
             };
             self.push_record(&mut out, u.ino, n as u64 + 1, &rec)?;
         }
+        Ok(out)
+    }
+
+    /// Writes `u` to its recovery file (see [`RecoveryDir::keep`]); `out` is
+    /// its encoding.
+    fn write_file(&self, u: &Unstored, out: &[u8]) -> Result<PathBuf> {
         let path = self.path_for(u.ino);
         let tmp = self.dir.join(format!(".{}.{}.tmp", u.ino.0, std::process::id()));
         let io = |what: &str, p: &Path, e: std::io::Error| {
@@ -222,7 +238,7 @@ impl RecoveryDir {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| io("create", &tmp, e))?;
-        f.write_all(&out).and_then(|()| f.sync_all()).map_err(|e| io("write", &tmp, e))?;
+        f.write_all(out).and_then(|()| f.sync_all()).map_err(|e| io("write", &tmp, e))?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
@@ -280,6 +296,16 @@ impl RecoveryDir {
     pub fn load(&self, path: &Path) -> Result<Unstored> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        self.decode(path, &bytes)
+    }
+
+    /// Opens the bytes of a recovery file read from `path` (named in
+    /// errors only). Allocates at most about `bytes.len()` whatever they
+    /// hold: every length is checked against what is there before use.
+    ///
+    /// Errors: [`Error::Crypto`] as [`RecoveryDir::load`], also for an
+    /// mtime that is not a valid timestamp.
+    pub fn decode(&self, path: &Path, bytes: &[u8]) -> Result<Unstored> {
         let bad = |why: &str| Error::Crypto(format!("recovery file {}: {why}", path.display()));
         if bytes.len() < FIXED_LEN || &bytes[..4] != MAGIC {
             return Err(bad("not a p2pfs recovery file"));
@@ -347,11 +373,13 @@ impl RecoveryDir {
         if !rest.is_empty() {
             return Err(bad("trailing bytes"));
         }
+        let mtime = Timestamp { secs: header.mtime_secs, nanos: header.mtime_nanos };
+        mtime.validate().map_err(|e| bad(&format!("header: {e}")))?;
         Ok(Unstored {
             ino,
             path: String::from_utf8_lossy(&header.path).into_owned(),
             size: header.size,
-            mtime: Timestamp { secs: header.mtime_secs, nanos: header.mtime_nanos },
+            mtime,
             blocks,
             error: header.error,
         })

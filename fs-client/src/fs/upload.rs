@@ -201,7 +201,9 @@ impl Fs {
                     return Ok((placed, full));
                 }
             }
-            Ok(_) | Err(Error::Dir(DirError::NoPeers { .. })) => {}
+            // `Limit`: this client holds its share of promised space;
+            // choosing peers itself stores the block all the same.
+            Ok(_) | Err(Error::Dir(DirError::NoPeers { .. } | DirError::Limit(_))) => {}
             Err(Error::Dir(DirError::PeersFull { .. })) => full = true,
             Err(e) => return Err(e),
         }

@@ -20,6 +20,12 @@ fn mount_is_listed_as_fuse_p2pfs_and_sigterm_unmounts_it() {
          fuser's mount(2) path the subtype must also be passed as the kernel \
          option `subtype=p2pfs`"
     );
+    // Setuid binaries and device nodes written by any member grant nothing
+    // on this machine.
+    let options: Vec<&str> = entry.options.split(',').collect();
+    for flag in ["nosuid", "nodev"] {
+        assert!(options.contains(&flag), "mount options {:?} lack {flag}", entry.options);
+    }
     // unmount() checks that fs-client exits 0 and the mount is gone.
     c.unmount();
     c.stop_all();

@@ -1216,6 +1216,8 @@ pub struct MountEntry {
     pub source: String,
     /// The filesystem type, e.g. `fuse.p2pfs`.
     pub fstype: String,
+    /// The mount options, comma-separated (`rw,nosuid,nodev,…`).
+    pub options: String,
 }
 
 impl MountEntry {
@@ -1235,10 +1237,11 @@ pub fn mount_entry(mnt: &Path) -> Option<MountEntry> {
         .lines()
         .filter_map(|l| {
             let mut f = l.split(' ');
-            let (source, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            let (source, target, fstype, options) = (f.next()?, f.next()?, f.next()?, f.next()?);
             (unescape_mount_field(target) == want).then(|| MountEntry {
                 source: String::from_utf8_lossy(&unescape_mount_field(source)).into_owned(),
                 fstype: fstype.to_string(),
+                options: options.to_string(),
             })
         })
         .next_back()
