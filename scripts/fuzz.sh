@@ -6,7 +6,7 @@
 # allocations over 64 MiB are saved under fuzz/artifacts/<target>/ and make
 # the script exit 1 after the remaining targets ran. The short pass CI runs
 # is `cargo test -p p2pfs-testkit --release --test fuzz` (100,000 cases
-# each), part of scripts/test.sh.
+# each), part of the test suite (README).
 #
 # Usage:
 #   scripts/fuzz.sh                    every target, P2PFS_FUZZ_SECONDS each

@@ -9,6 +9,7 @@
 //! certificate, which must be the pinned one.
 
 use crate::pki::{self, JoinToken, NodeFiles, PkiError};
+use crate::rpc::Role;
 use crate::transport::{deadline, joiner_dir_client};
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,17 +33,18 @@ pub enum JoinError {
     Refused(String),
 }
 
-/// Joins the cluster of the dirsvc at `dirsvc` (`host:port`) with the join
-/// token `token` (its text form). Returns the new node's files (key,
-/// certificate, CA), not yet saved.
+/// Joins the cluster of the dirsvc at `dirsvc` (`host:port`) as a node of
+/// role `role` with the join token `token` (its text form). Returns the
+/// new node's files (key, certificate, CA), not yet saved.
 ///
-/// Errors: [`JoinError`].
-pub async fn join(dirsvc: &str, token: &str) -> Result<NodeFiles, JoinError> {
+/// Errors: [`JoinError`]; `Refused` (and the token is not spent) when the
+/// token grants another role.
+pub async fn join(dirsvc: &str, token: &str, role: Role) -> Result<NodeFiles, JoinError> {
     let token = JoinToken::from_str(token)?;
     let (key_pem, csr) = pki::new_key_and_csr()?;
     let client = joiner_dir_client(dirsvc, token.ca).await.map_err(|e| JoinError::Connect(e.to_string()))?;
     let grant = client
-        .join(deadline(JOIN_DEADLINE), token.id, token.secret, csr)
+        .join(deadline(JOIN_DEADLINE), token.id, token.secret, role, csr)
         .await
         .map_err(|e| JoinError::Connect(e.to_string()))?
         .map_err(|e| JoinError::Refused(e.to_string()))?;

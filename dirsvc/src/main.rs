@@ -76,7 +76,7 @@ struct Args {
     /// get their certificates from the operator.
     #[arg(long, env = "P2PFS_DIRSVC_CA_DIR")]
     ca_dir: Option<PathBuf>,
-    /// Most live client sessions per caller (today: per client IP address).
+    /// Most live client sessions per caller (per certificate node id).
     #[arg(long, default_value_t = limits::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL)]
     max_sessions_per_principal: usize,
     /// Most live client sessions in total.

@@ -252,6 +252,7 @@ impl DirService for DirServer {
         _: Context,
         token_id: [u8; 8],
         secret: [u8; 16],
+        wanted: Role,
         csr: Vec<u8>,
     ) -> Result<JoinGrant, DirError> {
         let r = async {
@@ -271,7 +272,7 @@ impl DirService for DirServer {
             // checked and spent in one transaction, then the certificate
             // issued (no state).
             let node = common::pki::csr_node(&csr).map_err(|e| invalid(format!("{e}")))?;
-            let role = self.blocking(move |s| s.use_join_token(token_id, &hash, node)).await?;
+            let role = self.blocking(move |s| s.use_join_token(token_id, &hash, wanted, node)).await?;
             let (node, cert_pem) = ca
                 .issue_for_csr(&csr, role, common::pki::NODE_CERT_VALIDITY)
                 .map_err(|e| invalid(format!("{e}")))?;

@@ -73,18 +73,19 @@ pub fn ca_issue(ca_dir: &Path, role: Role, out: &Path, validity: Duration) -> Re
     Ok(files.node)
 }
 
-/// Joins the cluster of the dirsvc at `dirsvc` with join token `token` and
-/// writes this node's files to `out`. Returns the node id and its role.
+/// Joins the cluster of the dirsvc at `dirsvc` as a node of role `role`
+/// with join token `token` and writes this node's files to `out`. Returns
+/// the node id and its role.
 ///
 /// Errors: [`Error::Key`] if `out` already holds a certificate or the join
-/// fails (bad, used or expired token; a dirsvc that is not the token's
-/// cluster).
-pub async fn join(dirsvc: &str, token: &str, out: &Path) -> Result<(NodeId, Role)> {
+/// fails (bad, used or expired token; a token for another role, which is
+/// not spent; a dirsvc that is not the token's cluster).
+pub async fn join(dirsvc: &str, token: &str, role: Role, out: &Path) -> Result<(NodeId, Role)> {
     if NodeFiles::exist(out) {
         return Err(Error::Key(format!("{} already holds a certificate; not replacing it", out.display())));
     }
     let files =
-        common::join::join(dirsvc, token).await.map_err(|e| Error::Key(format!("join failed: {e}")))?;
+        common::join::join(dirsvc, token, role).await.map_err(|e| Error::Key(format!("join failed: {e}")))?;
     files.save(out).map_err(|e| Error::Key(e.to_string()))?;
     Ok((files.node, files.role))
 }

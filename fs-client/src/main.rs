@@ -175,6 +175,10 @@ enum Cmd {
         /// The join token (from `fs-client token create --role client`).
         #[arg(long, env = "P2PFS_JOIN_TOKEN")]
         token: String,
+        /// The role to join as, client or admin; a token for another role
+        /// is refused and not spent (a peer joins with `peerd --join`).
+        #[arg(long, default_value = "client")]
+        role: Role,
     },
     /// Join tokens: one-time, expiring invitations for new peers and
     /// clients (admin).
@@ -474,10 +478,15 @@ fn main() -> anyhow::Result<()> {
             let node = fs_client::admin::ca_issue(&ca_dir, role, &out, validity)?;
             println!("{role} certificate for node {} written to {}", node.to_hex(), out.display());
         }
-        Cmd::Join { dirsvc, token } => {
-            let out = fs_client::admin::tls_dir(tls_dir.clone(), Role::Client);
+        Cmd::Join { dirsvc, token, role } => {
+            if !matches!(role, Role::Client | Role::Admin) {
+                anyhow::bail!(
+                    "fs-client joins as client or admin; a {role} joins with its own daemon (peerd --join)"
+                );
+            }
+            let out = fs_client::admin::tls_dir(tls_dir.clone(), role);
             let rt = tokio::runtime::Runtime::new()?;
-            let (node, role) = rt.block_on(fs_client::admin::join(&dirsvc, &token, &out))?;
+            let (node, role) = rt.block_on(fs_client::admin::join(&dirsvc, &token, role, &out))?;
             println!("joined as {role} node {} (certificate in {})", node.to_hex(), out.display());
         }
         Cmd::Token(TokenCmd::Create { dirsvc, role, ttl }) => {

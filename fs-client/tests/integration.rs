@@ -11,8 +11,9 @@
 //! chunks and symlink targets, and a removed member (`untrusted_dirsvc`).
 //!
 //! One test binary (see `integration/`). The tests need root and
-//! `/dev/fuse`; without them they fail with a message saying so. They take a
-//! global lock so that only one cluster moves data at a time.
+//! `/dev/fuse`; without them they fail with a message saying so. Two
+//! clusters run at once (most tests wait on heartbeats and leases); the
+//! POSIX suites, chaos and bulk copies run alone (`ClusterOpts::exclusive`).
 
 mod integration {
     mod chaos;

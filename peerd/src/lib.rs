@@ -186,7 +186,7 @@ async fn identity(config: &PeerdConfig) -> Result<(Arc<Tls>, Option<PathBuf>), E
                 dir.display()
             )));
         };
-        let files = common::join::join(&config.dirsvc, token)
+        let files = common::join::join(&config.dirsvc, token, common::rpc::Role::Peer)
             .await
             .map_err(|e| Error::Tls(format!("joining through {}: {e}", config.dirsvc)))?;
         if files.role != common::rpc::Role::Peer {

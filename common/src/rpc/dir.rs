@@ -764,11 +764,20 @@ pub trait DirService {
     /// `common::pki::JoinToken`): dirsvc checks the token (known, not used,
     /// not expired), marks it used in the same transaction, and issues a
     /// certificate with the token's role for the key of the certificate
-    /// signing request `csr` (DER PKCS #10). The only call a connection
-    /// without a certificate may make besides `hello`. `Unauthorized` for
-    /// a bad, used or expired token (one answer for all three), `Invalid`
-    /// for a bad request, `Limit` when joins come too fast.
-    async fn join(token_id: [u8; 8], secret: [u8; 16], csr: Vec<u8>) -> Result<JoinGrant, DirError>;
+    /// signing request `csr` (DER PKCS #10). `role` is the role the joiner
+    /// is about to act in (a peer daemon asks for `Peer`): a token that
+    /// grants another role is refused with `Invalid` naming its role and
+    /// is not spent. The only call a connection without a certificate may
+    /// make besides `hello`; dirsvc serves 20 joins per second and callers
+    /// beyond that wait their turn. `Unauthorized` for a bad, used or
+    /// expired token (one answer for all three), `Invalid` for a bad
+    /// request or another role.
+    async fn join(
+        token_id: [u8; 8],
+        secret: [u8; 16],
+        role: super::Role,
+        csr: Vec<u8>,
+    ) -> Result<JoinGrant, DirError>;
     /// A new certificate (PEM) for the caller's own key, role and node id,
     /// valid for the full lifetime from now: nodes renew before a third of
     /// it is left. `Unauthorized` for a revoked node.

@@ -60,7 +60,13 @@ impl Store {
     /// all in one transaction. Returns the role it grants.
     ///
     /// Errors: `Unauthorized` (one message for every reason); store errors.
-    pub fn use_join_token(&self, id: [u8; 8], secret_hash: &[u8; 32], node: NodeId) -> Result<Role, Error> {
+    pub fn use_join_token(
+        &self,
+        id: [u8; 8],
+        secret_hash: &[u8; 32],
+        wanted: Role,
+        node: NodeId,
+    ) -> Result<Role, Error> {
         let now = Timestamp::now().secs;
         let txn = self.db.begin_write()?;
         let role = {
@@ -73,6 +79,12 @@ impl Store {
                 return Err(DirError::Unauthorized(BAD_TOKEN.into()).into());
             }
             let role = role_from_byte(rec.role)?;
+            if role != wanted {
+                return Err(DirError::Invalid(format!(
+                    "this join token grants the {role} role, not {wanted}; the token is not spent"
+                ))
+                .into());
+            }
             let used = JoinTokenRecord { used: Some((now, node.0)), ..rec };
             t.insert(id, used.to_bytes()?.as_slice())?;
             role
@@ -146,21 +158,26 @@ mod tests {
         };
         s.add_join_token([1; 8], &rec(Timestamp::now().secs + 60)).unwrap();
         assert!(matches!(
-            s.use_join_token([1; 8], &[2; 32], NodeId([5; 16])),
+            s.use_join_token([1; 8], &[2; 32], Role::Peer, NodeId([5; 16])),
             Err(Error::Dir(DirError::Unauthorized(_)))
         ));
-        assert_eq!(s.use_join_token([1; 8], &[1; 32], NodeId([5; 16])).unwrap(), Role::Peer);
+        // Another role is refused and does not spend the token.
         assert!(matches!(
-            s.use_join_token([1; 8], &[1; 32], NodeId([6; 16])),
+            s.use_join_token([1; 8], &[1; 32], Role::Client, NodeId([5; 16])),
+            Err(Error::Dir(DirError::Invalid(_)))
+        ));
+        assert_eq!(s.use_join_token([1; 8], &[1; 32], Role::Peer, NodeId([5; 16])).unwrap(), Role::Peer);
+        assert!(matches!(
+            s.use_join_token([1; 8], &[1; 32], Role::Peer, NodeId([6; 16])),
             Err(Error::Dir(DirError::Unauthorized(_)))
         ));
         s.add_join_token([2; 8], &rec(Timestamp::now().secs - 1)).unwrap();
         assert!(matches!(
-            s.use_join_token([2; 8], &[1; 32], NodeId([5; 16])),
+            s.use_join_token([2; 8], &[1; 32], Role::Peer, NodeId([5; 16])),
             Err(Error::Dir(DirError::Unauthorized(_)))
         ));
         assert!(matches!(
-            s.use_join_token([3; 8], &[1; 32], NodeId([5; 16])),
+            s.use_join_token([3; 8], &[1; 32], Role::Peer, NodeId([5; 16])),
             Err(Error::Dir(DirError::Unauthorized(_)))
         ));
     }

@@ -96,11 +96,11 @@ async fn without_a_certificate_only_hello_and_join_are_answered() {
         // `join` is answered: a bad token is refused as a bad token, a
         // good one admits the node (see the join tests for the details).
         let (_, csr) = pki::new_key_and_csr().unwrap();
-        let why = unauthorized("join", anon.join(ctx(), [1; 8], [2; 16], csr.clone()).await);
+        let why = unauthorized("join", anon.join(ctx(), [1; 8], [2; 16], Role::Client, csr.clone()).await);
         assert!(why.contains("join token"), "{why}");
         let (admin, _) = svc.connect_as(Role::Admin).await;
         let token = JoinToken::from_str(&ok(admin.create_join_token(ctx(), Role::Client, 60).await)).unwrap();
-        ok(anon.join(ctx(), token.id, token.secret, csr).await);
+        ok(anon.join(ctx(), token.id, token.secret, Role::Client, csr).await);
         // Nothing changed behind the refusals.
         assert_eq!(ok(svc.c.list_peers(ctx()).await).len(), 2);
         ok(svc.c.renew_session(ctx(), s).await);
@@ -399,7 +399,15 @@ async fn a_join_token_admits_one_node_with_the_tokens_role_and_the_requests_key(
             let (_, t) = token(&svc, role, 60).await;
             let (key_pem, csr) = pki::new_key_and_csr().unwrap();
             let want = pki::csr_node(&csr).unwrap();
-            let grant = ok(anon.join(ctx(), t.id, t.secret, csr).await);
+            // A joiner about to act in another role is told the token's
+            // role, and the token stays good.
+            let other = if role == Role::Peer { Role::Client } else { Role::Peer };
+            let r = anon.join(ctx(), t.id, t.secret, other, csr.clone()).await;
+            assert!(
+                matches!(&r, Ok(Err(DirError::Invalid(m))) if m.contains(&format!("grants the {role} role"))),
+                "{r:?}"
+            );
+            let grant = ok(anon.join(ctx(), t.id, t.secret, role, csr).await);
             let der = pki::certs_from_pem(&grant.cert_pem).unwrap().swap_remove(0);
             let cert = pki::parse_node_cert(&der).unwrap();
             assert_eq!((cert.role, cert.node, cert.cluster), (role, want, testkit::pki().ca().cluster()));
@@ -431,7 +439,7 @@ async fn a_join_token_admits_one_node_with_the_tokens_role_and_the_requests_key(
             }
             // Once only.
             let (_, csr2) = pki::new_key_and_csr().unwrap();
-            unauthorized("a token used twice", anon.join(ctx(), t.id, t.secret, csr2).await);
+            unauthorized("a token used twice", anon.join(ctx(), t.id, t.secret, role, csr2).await);
         }
 
         // A wrong secret and an unknown token are refused, and a wrong
@@ -440,19 +448,22 @@ async fn a_join_token_admits_one_node_with_the_tokens_role_and_the_requests_key(
         let (_, csr) = pki::new_key_and_csr().unwrap();
         let mut wrong = t.secret;
         wrong[0] ^= 1;
-        unauthorized("a wrong secret", anon.join(ctx(), t.id, wrong, csr.clone()).await);
-        unauthorized("an unknown token", anon.join(ctx(), [0xee; 8], t.secret, csr.clone()).await);
-        ok(anon.join(ctx(), t.id, t.secret, csr).await);
+        unauthorized("a wrong secret", anon.join(ctx(), t.id, wrong, Role::Client, csr.clone()).await);
+        unauthorized(
+            "an unknown token",
+            anon.join(ctx(), [0xee; 8], t.secret, Role::Client, csr.clone()).await,
+        );
+        ok(anon.join(ctx(), t.id, t.secret, Role::Client, csr).await);
 
         // An expired token (lifetimes count in whole seconds).
         let (_, t) = token(&svc, Role::Client, 1).await;
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let (_, csr) = pki::new_key_and_csr().unwrap();
-        unauthorized("an expired token", anon.join(ctx(), t.id, t.secret, csr).await);
+        unauthorized("an expired token", anon.join(ctx(), t.id, t.secret, Role::Client, csr).await);
 
         // A request that is not one.
         let (_, t) = token(&svc, Role::Client, 60).await;
-        let r = anon.join(ctx(), t.id, t.secret, b"not a CSR".to_vec()).await;
+        let r = anon.join(ctx(), t.id, t.secret, Role::Client, b"not a CSR".to_vec()).await;
         assert!(matches!(r, Ok(Err(DirError::Invalid(_)))), "{r:?}");
         svc.shutdown().await;
     })
@@ -477,24 +488,24 @@ async fn common_join_gets_a_working_identity_with_only_the_token() {
         })
         .await
         .unwrap();
-        let r = common::join::join(&impostor.addr.to_string(), &text).await;
+        let r = common::join::join(&impostor.addr.to_string(), &text, Role::Client).await;
         assert!(matches!(r, Err(common::join::JoinError::Connect(_))), "{r:?}");
         impostor.shutdown().await;
         // A token naming another CA does not reach this dirsvc either.
         let mut forged = t.clone();
         forged.ca = other.ca().fingerprint();
-        let r = common::join::join(&addr, &forged.to_text()).await;
+        let r = common::join::join(&addr, &forged.to_text(), Role::Client).await;
         assert!(matches!(r, Err(common::join::JoinError::Connect(_))), "{r:?}");
 
         // The real one: the secret never left the joiner above, so the
         // token is still good.
-        let files = common::join::join(&addr, &text).await.unwrap();
+        let files = common::join::join(&addr, &text, Role::Client).await.unwrap();
         assert_eq!(files.role, Role::Client);
         let tls = Tls::new(&files).unwrap();
         assert_eq!(tls.node(), files.node);
         let c = testkit::dir_client(&addr, &tls).await;
         assert_eq!(ok(c.getattr(ctx(), ROOT).await).ino, ROOT);
-        let r = common::join::join(&addr, &text).await;
+        let r = common::join::join(&addr, &text, Role::Client).await;
         assert!(matches!(r, Err(common::join::JoinError::Refused(_))), "used twice: {r:?}");
         svc.shutdown().await;
     })

@@ -76,7 +76,7 @@ fn binary_publishes_its_address_serves_and_exits_cleanly_on_sigterm() {
             let (admin, _) = testkit::dir_client_as(&addr, Role::Admin).await;
             let token =
                 admin.create_join_token(tarpc::context::current(), Role::Client, 60).await.unwrap().unwrap();
-            let joined = common::join::join(&addr, &token).await.unwrap();
+            let joined = common::join::join(&addr, &token, Role::Client).await.unwrap();
             assert_eq!(joined.role, Role::Client);
         })
         .await

@@ -68,8 +68,9 @@ fn rsync_under_peer_kills_then_two_peers_lost_for_good_repairs_to_r_and_reads_ba
     // fsync/close, so the first blocks of the 1 GiB file wait uncommitted
     // for as long as the copy takes (`gc::a_file_written_for_longer_than_
     // the_gc_grace_keeps_its_first_blocks` pins that on its own).
-    let opts =
-        ClusterOpts::fast(PEERS, R).dirsvc_flag("--gc-grace-secs", &CHAOS_GC_GRACE.as_secs().to_string());
+    let opts = ClusterOpts::fast(PEERS, R)
+        .exclusive()
+        .dirsvc_flag("--gc-grace-secs", &CHAOS_GC_GRACE.as_secs().to_string());
     let mut c = TestCluster::start_with(opts);
     let mut rng = Rng::for_test("chaos");
     let src = c.work_dir().join("src");

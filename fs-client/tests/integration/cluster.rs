@@ -26,13 +26,62 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Serializes the tests that run a cluster: each one moves hundreds of MiB
-/// through FUSE and the test machines have 2 cores.
-static HEAVY: Mutex<()> = Mutex::new(());
+/// How many clusters may run at once. Most tests spend their time waiting
+/// (heartbeats, leases, repair rounds), so two share the 2 cores of the
+/// test machines well; a cluster started with [`ClusterOpts::exclusive`]
+/// (the POSIX suites, chaos, bulk copies) takes every slot and runs alone.
+const CLUSTER_SLOTS: u32 = 2;
+
+/// The slots in use and whether an exclusive cluster waits for them (then
+/// no other cluster starts, so that it is not starved).
+struct Slots {
+    state: Mutex<(u32, u32)>,
+    freed: Condvar,
+}
+
+static SLOTS: Slots = Slots { state: Mutex::new((0, 0)), freed: Condvar::new() };
+
+/// `weight` slots of [`SLOTS`], given back on drop.
+struct SlotGuard {
+    weight: u32,
+}
+
+impl SlotGuard {
+    /// Waits until `weight` slots (1 ..= [`CLUSTER_SLOTS`]) are free and no
+    /// heavier cluster waits, then takes them.
+    fn acquire(weight: u32) -> SlotGuard {
+        let exclusive = weight == CLUSTER_SLOTS;
+        let mut state = SLOTS.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if exclusive {
+            state.1 += 1;
+        }
+        loop {
+            let (used, waiting) = *state;
+            let fits = used + weight <= CLUSTER_SLOTS;
+            if fits && (exclusive || waiting == 0) {
+                break;
+            }
+            state = SLOTS.freed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state.0 += weight;
+        if exclusive {
+            state.1 -= 1;
+        }
+        SlotGuard { weight }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut state = SLOTS.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 -= self.weight;
+        SLOTS.freed.notify_all();
+    }
+}
 
 /// How long a daemon may take to write its address file, or a mount to
 /// appear in `/proc/mounts`.
@@ -299,6 +348,9 @@ pub struct ClusterOpts {
     /// The name of the mountpoint directory in the tempdir instead of
     /// `mnt` (e.g. with a marker a test looks for).
     pub mnt_name: Option<String>,
+    /// Runs alone on the machine (no other cluster at the same time): for
+    /// tests that move hundreds of MiB or run long POSIX suites.
+    pub exclusive: bool,
 }
 
 impl ClusterOpts {
@@ -310,6 +362,12 @@ impl ClusterOpts {
     /// Like [`Self::new`] with [`FAST_DIRSVC_ARGS`] and [`FAST_PEER_ARGS`].
     pub fn fast(peers: usize, replicas: u32) -> ClusterOpts {
         ClusterOpts::new(peers, replicas).dirsvc_args(FAST_DIRSVC_ARGS).all_peer_args(FAST_PEER_ARGS)
+    }
+
+    /// Makes the cluster run alone (see the `exclusive` field).
+    pub fn exclusive(mut self) -> ClusterOpts {
+        self.exclusive = true;
+        self
     }
 
     /// Appends `args` to dirsvc's flags.
@@ -456,12 +514,12 @@ pub struct TestCluster {
     client: Option<Proc>,
     /// The second fs-client ([`TestCluster::mount_second`]), at `mnt2/`.
     client2: Option<Proc>,
-    /// When this cluster got the serial lock (see [`TestCluster::elapsed`]).
+    /// When this cluster got its slots (see [`TestCluster::elapsed`]).
     started: Instant,
     // Dropped after `Drop::drop` has unmounted and killed everything; the
-    // tempdir goes before the lock so the next test starts on a clean disk.
+    // tempdir goes before the slots so the next test starts on a clean disk.
     _dir: tempfile::TempDir,
-    _serial: MutexGuard<'static, ()>,
+    _slots: SlotGuard,
 }
 
 impl TestCluster {
@@ -476,7 +534,7 @@ impl TestCluster {
     pub fn start_with(opts: ClusterOpts) -> TestCluster {
         let (peers, replicas) = (opts.peers, opts.replicas);
         check_environment();
-        let serial = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+        let slots = SlotGuard::acquire(if opts.exclusive { CLUSTER_SLOTS } else { 1 });
         let started = Instant::now();
         let bins = bins();
         // P2PFS_E2E_KEEP=1 keeps the tempdir (logs, data) for a post-mortem.
@@ -509,7 +567,7 @@ impl TestCluster {
             client2: None,
             started,
             _dir: dir,
-            _serial: serial,
+            _slots: slots,
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
         let (p, addr) = c.spawn_dirsvc(any_port);

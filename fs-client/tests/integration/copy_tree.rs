@@ -2,7 +2,7 @@
 //! with `diff -r`, `sha256sum` and `stat`, before and after a restart of
 //! every process. Prints the copy speeds to stderr.
 
-use super::cluster::TestCluster;
+use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{run, sha256, Pattern};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -135,7 +135,7 @@ fn diff_r(a: &Path, b: &Path) {
 
 #[test]
 fn cp_a_of_a_real_tree_and_a_1gib_file_reads_back_identical() {
-    let mut c = TestCluster::start(3, 2);
+    let mut c = TestCluster::start_with(ClusterOpts::new(3, 2).exclusive());
     let src_tree = source_tree();
     let work = c.work_dir();
     let big_src = work.join("big.bin");

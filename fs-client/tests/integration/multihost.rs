@@ -35,9 +35,10 @@ impl Netns {
     /// Makes a namespace with a fresh name and a random 10.x.y.0/24 subnet.
     pub fn new() -> Netns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!("{:x}{}", std::process::id() & 0xffff, N.fetch_add(1, Ordering::Relaxed));
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{:x}{n}", std::process::id() & 0xffff);
         let name = format!("p2pfs-t-{tag}");
-        let (a, b) = (200 + (std::process::id() % 50) as u8, (N.load(Ordering::Relaxed) * 7 % 250) as u8);
+        let (a, b) = (200 + (std::process::id() % 50) as u8, ((n + 1) * 7 % 250) as u8);
         let (host_ip, ns_ip) = (format!("10.{a}.{b}.1"), format!("10.{a}.{b}.2"));
         let (h, n) = (format!("p2h{tag}"), format!("p2n{tag}"));
         let ns = Netns { name: name.clone(), host_ip: host_ip.clone(), ns_ip: ns_ip.clone() };

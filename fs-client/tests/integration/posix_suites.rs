@@ -435,7 +435,7 @@ fn pjdfstest_passes_on_the_mount_except_the_listed_cases() {
         config.display()
     );
 
-    let mut c = TestCluster::start(3, 2);
+    let mut c = TestCluster::start_with(ClusterOpts::new(3, 2).exclusive());
     c.mount();
     let mnt = c.mountpoint();
     let work = c.work_dir();
@@ -814,7 +814,7 @@ fn run_fsx_group(
 /// operations), with it they are collected while fsx runs, which also puts
 /// collection and live writes side by side.
 fn fsx_cluster() -> ClusterOpts {
-    ClusterOpts::fast(3, 2)
+    ClusterOpts::fast(3, 2).exclusive()
 }
 
 /// Operations per second of `n` runs of `ops` operations that took `took`.

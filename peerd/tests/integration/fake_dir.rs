@@ -126,7 +126,14 @@ impl DirService for FakeDir {
     async fn hello(self, _: Context) -> u32 {
         common::rpc::PROTOCOL_VERSION
     }
-    async fn join(self, _: Context, _: [u8; 8], _: [u8; 16], _: Vec<u8>) -> Result<JoinGrant, DirError> {
+    async fn join(
+        self,
+        _: Context,
+        _: [u8; 8],
+        _: [u8; 16],
+        _: common::rpc::Role,
+        _: Vec<u8>,
+    ) -> Result<JoinGrant, DirError> {
         unsupported()
     }
     async fn renew_certificate(self, _: Context) -> Result<String, DirError> {

@@ -185,7 +185,7 @@ pub fn dir_request_seeds() -> Vec<Vec<u8>> {
         },
         R::RenewCertificate {},
         R::Revoke { node: common::NodeId([5; 16]), reason: "lost laptop".into() },
-        R::Join { token_id: [1; 8], secret: [2; 16], csr: vec![0x30; 300] },
+        R::Join { token_id: [1; 8], secret: [2; 16], role: common::rpc::Role::Peer, csr: vec![0x30; 300] },
         R::CreateJoinToken { role: common::rpc::Role::Peer, ttl_secs: 3600 },
         R::Placement { count: 1, chunk_bytes: (1 << 20) + 48 },
         R::CommitLayout {
