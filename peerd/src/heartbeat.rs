@@ -28,7 +28,7 @@ use common::transport::{deadline, Connections};
 use common::PeerId;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -60,7 +60,16 @@ pub(crate) struct Heartbeat<S> {
     /// Connections this peer made to other peers (dropped for revoked
     /// nodes).
     pub(crate) peer_pool: Arc<Pool<PeerServiceClient>>,
+    /// No renewal is asked for before this instant: set after a refusal,
+    /// so a dirsvc that cannot renew (no `--ca-dir`) is asked, and logged
+    /// about, once per [`RENEW_RETRY`] rather than every heartbeat.
+    pub(crate) renew_not_before: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long after a refused renewal the peer asks again (seconds: 1 h).
+/// A certificate is renewed with a third of its validity (30 of 90 days)
+/// left, so hourly retries leave weeks for an operator to act.
+const RENEW_RETRY: Duration = Duration::from_secs(3600);
 
 impl<S: ChunkStore> Heartbeat<S> {
     /// Runs until `cancel` fires.
@@ -134,7 +143,7 @@ impl<S: ChunkStore> Heartbeat<S> {
                         if reply.revocations != self.tls.revocations().version() {
                             self.sync_revocations(client).await;
                         }
-                        if common::pki::needs_renewal(self.tls.me().not_after) {
+                        if common::pki::needs_renewal(self.tls.me().not_after) && self.renewal_allowed() {
                             self.renew(client).await;
                         }
                     }
@@ -187,6 +196,13 @@ impl<S: ChunkStore> Heartbeat<S> {
         }
     }
 
+    /// Whether a renewal may be asked for now (not within [`RENEW_RETRY`]
+    /// of a refusal).
+    fn renewal_allowed(&self) -> bool {
+        let not_before = *self.renew_not_before.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        not_before.is_none_or(|t| Instant::now() >= t)
+    }
+
     /// Asks dirsvc for a renewed certificate and starts using it (writing
     /// it to the TLS directory first). Failures are logged; the next
     /// heartbeat tries again.
@@ -202,7 +218,16 @@ impl<S: ChunkStore> Heartbeat<S> {
                     Err(e) => warn!(error = %e, "cannot use the renewed certificate"),
                 }
             }
-            Ok(Err(e)) => warn!(error = %e, "dirsvc refused to renew this peer's certificate"),
+            Ok(Err(e)) => {
+                warn!(
+                    error = %e,
+                    not_after = ?self.tls.me().not_after,
+                    retry_secs = RENEW_RETRY.as_secs(),
+                    "dirsvc refused to renew this peer's certificate"
+                );
+                *self.renew_not_before.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Instant::now() + RENEW_RETRY);
+            }
             Err(e) => debug!(error = %e, "certificate renewal call failed"),
         }
     }

@@ -285,6 +285,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         dir_pool: dir_pool.clone(),
         conns,
         peer_pool,
+        renew_not_before: std::sync::Mutex::new(None),
     };
     tasks.push(("heartbeat", tokio::spawn(heartbeat.run(cancel.clone()))));
     let reporter = report::Reporter {
