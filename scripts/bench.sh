@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Side-by-side copy speed, same machine, same run: `cp` of one big file into
-# and out of a p2pfs mount (scripts/up.sh, its own state and ports) and a
-# bindfs mount of a local directory (the FUSE passthrough ceiling). Caches
-# are dropped before every read. Prints MB/s and the ratio to bindfs.
+# Side-by-side copy speed, same machine, same run, on a p2pfs mount
+# (scripts/up.sh, its own state and ports) and a bindfs mount of a local
+# directory (the FUSE passthrough ceiling): `cp` of one big file into and
+# out of the mount (MB/s), and a tree of small files (P2PFS_BENCH_FILES
+# files of 1-16 KiB in directories of 100) copied in with `cp -a`, read
+# back with `tar` and removed with `rm -rf` (files/s). Caches are dropped
+# before every read. Prints the figures and their ratio to bindfs.
 #
 # Usage: scripts/bench.sh [SIZE_MIB]     (default 1024; needs root and bindfs)
 # Environment: P2PFS_BENCH_DIR parent of the scratch dir [/tmp];
 #              P2PFS_PORT base port of the bench cluster [7800];
 #              P2PFS_PEERS, P2PFS_REPLICAS as for up.sh [3, 2];
+#              P2PFS_BENCH_FILES number of small files [2000];
 #              P2PFS_BENCH_BINDFS_OPTS bindfs options ["--multithreaded -o direct_io":
 #              measured here, plain bindfs writes at ~60-110 MB/s through the
 #              page cache, direct_io at ~1 GB/s, the FUSE ceiling we compare to].
@@ -78,6 +82,32 @@ for sys in bindfs p2pfs; do
     rm -f "$WORK/out.bin" "$mnt/big.bin"
 done
 
+FILES=${P2PFS_BENCH_FILES:-2000}
+[[ $FILES =~ ^[0-9]+$ && $FILES -gt 0 ]] || die "P2PFS_BENCH_FILES must be a positive number"
+TREE=$WORK/tree
+echo "generating ${FILES} small files ..."
+for ((i = 0; i < FILES; i++)); do
+    d=$TREE/d$((i / 100))
+    ((i % 100 == 0)) && mkdir -p "$d"
+    head -c $((1024 + (i * 7919) % 15360)) "$SRC" >"$d/f$i"
+done
+sync
+fps() { awk -v n="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.0f", n / (t1 - t0) }'; }
+declare -A CREATE SCAN REMOVE
+for sys in bindfs p2pfs; do
+    mnt=$BIND_MNT
+    [[ $sys == p2pfs ]] && mnt=$P2P_MNT
+    drop_caches
+    t0=$(now); cp -a "$TREE" "$mnt/tree"; sync -f "$mnt/tree"; t1=$(now)
+    CREATE[$sys]=$(fps "$FILES" "$t0" "$t1")
+    drop_caches
+    t0=$(now); tar -C "$mnt" -cf - tree | sha256sum >"$WORK/$sys.tar.sha"; t1=$(now)
+    SCAN[$sys]=$(fps "$FILES" "$t0" "$t1")
+    diff -r -q "$TREE" "$mnt/tree" >/dev/null || die "$sys: the small files read back differ"
+    t0=$(now); rm -rf "$mnt/tree"; t1=$(now)
+    REMOVE[$sys]=$(fps "$FILES" "$t0" "$t1")
+done
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 echo
 echo "cp of a ${SIZE_MIB} MiB file ($(nproc) cores; cold cache before each read)"
@@ -85,5 +115,13 @@ printf '%-8s %14s %14s %10s %10s\n' system "write MB/s" "read MB/s" "write ×" "
 for sys in bindfs p2pfs; do
     printf '%-8s %14s %14s %10s %10s\n' "$sys" "${WRITE[$sys]}" "${READ[$sys]}" \
         "$(ratio "${WRITE[$sys]}" "${WRITE[bindfs]}")" "$(ratio "${READ[$sys]}" "${READ[bindfs]}")"
+done
+echo
+echo "${FILES} files of 1-16 KiB: cp -a in (with sync), tar out (cold cache), rm -rf; files/s"
+printf '%-8s %10s %10s %10s %9s %9s %9s\n' system create read remove "create ×" "read ×" "remove ×"
+for sys in bindfs p2pfs; do
+    printf '%-8s %10s %10s %10s %9s %9s %9s\n' "$sys" "${CREATE[$sys]}" "${SCAN[$sys]}" "${REMOVE[$sys]}" \
+        "$(ratio "${CREATE[$sys]}" "${CREATE[bindfs]}")" "$(ratio "${SCAN[$sys]}" "${SCAN[bindfs]}")" \
+        "$(ratio "${REMOVE[$sys]}" "${REMOVE[bindfs]}")"
 done
 echo "(× = ratio to bindfs ${BINDFS_OPTS[*]}, a FUSE passthrough of a local directory)"
