@@ -254,13 +254,18 @@ pub fn parse_node_cert(der: &[u8]) -> Result<NodeCert, PkiError> {
 }
 
 /// Reads the cluster id a CA certificate (DER) names
-/// (`p2pfs://<cluster>/ca`).
+/// (`p2pfs://<cluster>/ca`). Does not check the signature or validity
+/// period (the TLS verifiers do).
 ///
-/// Errors: [`PkiError::Invalid`] if it is not a p2pfs CA certificate.
+/// Errors: [`PkiError::Invalid`] if it is not a p2pfs CA certificate, or
+/// has bytes after the certificate (which TLS would refuse).
 pub fn parse_ca_cert(der: &[u8]) -> Result<ClusterId, PkiError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, cert) =
+    let (rest, cert) =
         X509Certificate::from_der(der).map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(invalid("trailing bytes after the CA certificate"));
+    }
     let san = cert
         .subject_alternative_name()
         .map_err(|e| invalid(format!("bad subject alternative names: {e}")))?
@@ -661,7 +666,9 @@ impl NodeFiles {
     }
 
     /// The files of one node from their PEM texts, checked: the
-    /// certificate is a node certificate and belongs to the key.
+    /// certificate (the first `CERTIFICATE` block) is a node certificate
+    /// and belongs to the key (the first `PRIVATE KEY` block: the blocks
+    /// TLS uses, `common::tls::Tls::new`).
     ///
     /// Errors: [`PkiError::Invalid`].
     pub fn from_pem(
@@ -672,7 +679,10 @@ impl NodeFiles {
         let cert_der = certs_from_pem(&cert_pem)?.swap_remove(0);
         certs_from_pem(&ca_pem)?;
         let id = parse_node_cert(&cert_der)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(format!("bad node key: {e}")))?;
+        // Not `KeyPair::from_pem`: it takes the first PEM block whatever
+        // its label, which need not be the key TLS signs with.
+        let key_der = key_from_pem(&key_pem)?;
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| invalid(format!("bad node key: {e}")))?;
         if NodeId::of_public_key(&key.subject_public_key_info()) != id.node {
             return Err(invalid("the node key does not belong to the node certificate"));
         }
@@ -853,6 +863,11 @@ mod tests {
         assert_eq!(NodeId::of_public_key(&key.subject_public_key_info()), n.node);
         assert!(!needs_renewal(c.not_after));
         assert_eq!(parse_ca_cert(ca.cert_der()).unwrap(), ca.cluster());
+        // Trailing bytes (which webpki refuses as a root) are refused here
+        // too, as for node certificates (found by testkit's `node-files`
+        // fuzz target: the CA passed here and failed in `Tls::new`).
+        let trailing = [ca.cert_der(), &[0]].concat();
+        assert!(parse_ca_cert(&trailing).is_err());
         assert!(parse_node_cert(ca.cert_der()).is_err(), "a CA is not a node");
         assert!(parse_node_cert(b"garbage").is_err());
     }
@@ -924,6 +939,28 @@ mod tests {
         let other = ca.new_node(Role::Dirsvc, NODE_CERT_VALIDITY).unwrap();
         write_atomic(&nd.join(NODE_KEY_FILE), other.key_pem.as_bytes(), 0o600).unwrap();
         assert!(NodeFiles::load(&nd).is_err());
+    }
+
+    /// Regression: `from_pem` checked the first PEM block of the key file
+    /// whatever its label, while TLS signs with the first `PRIVATE KEY`
+    /// block, so a key file with another block first passed with a key
+    /// that was not the one used (found by review while writing testkit's
+    /// `node-files` fuzz target, whose property fails on it). The key
+    /// checked is now the one TLS uses.
+    #[test]
+    fn the_key_checked_is_the_private_key_block_tls_uses() {
+        let ca = Ca::create("t").unwrap();
+        let (a, b) = (
+            ca.new_node(Role::Peer, NODE_CERT_VALIDITY).unwrap(),
+            ca.new_node(Role::Peer, NODE_CERT_VALIDITY).unwrap(),
+        );
+        let decoy = format!("{}{}", a.key_pem.replace("PRIVATE KEY", "OTHER"), &*b.key_pem);
+        let files = |key: String, n: &NodeFiles| {
+            NodeFiles::from_pem(Zeroizing::new(key), n.cert_pem.clone(), n.ca_pem.clone())
+        };
+        assert!(files(decoy.clone(), &a).is_err(), "a's certificate with b's key");
+        assert_eq!(files(decoy, &b).unwrap().node, b.node);
+        assert!(files(a.key_pem.replace("PRIVATE KEY", "OTHER"), &a).is_err(), "no PRIVATE KEY block");
     }
 
     #[test]

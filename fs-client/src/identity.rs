@@ -74,7 +74,20 @@ pub fn load(path: &Path) -> Result<IdentityFile> {
             path.display()
         )));
     }
-    let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Io(format!("cannot read identity file {}: {e}", path.display())))?;
+    parse(path, &bytes)
+}
+
+/// The identities in the bytes of an identity file read from `path` (named
+/// in errors, and kept as [`IdentityFile::path`]): age's format, as
+/// `age-keygen` writes it (one `AGE-SECRET-KEY-1…` per line, `#` comments).
+/// Checks nothing about the file itself ([`load`] does).
+///
+/// Errors: [`Error::Key`] for bytes that are not such a file (not UTF-8, a
+/// line that is not an identity) or that hold no identity.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<IdentityFile> {
+    let file = age::IdentityFile::from_buffer(bytes)
         .map_err(|e| Error::Key(format!("cannot parse identity file {}: {e}", path.display())))?;
     let recipients =
         file.to_recipients().map_err(|e| Error::Key(format!("identity file {}: {e}", path.display())))?;

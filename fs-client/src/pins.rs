@@ -15,11 +15,11 @@
 //! acceptance of MAC-less entries.
 //!
 //! A pin also records the dirsvc address the volume was first opened
-//! through and the SHA-256 fingerprint of the cluster CA that certified
-//! it: the same volume under another CA is refused, and so is another
-//! volume at an address where this client pinned a different one (a
-//! directory service serving a volume of its own making, whose secret it
-//! knows, in place of the user's).
+//! through and the fingerprint (BLAKE3, `common::pki::fingerprint`) of the
+//! cluster CA that certified it: the same volume under another CA is
+//! refused, and so is another volume at an address where this client
+//! pinned a different one (a directory service serving a volume of its own
+//! making, whose secret it knows, in place of the user's).
 //!
 //! One text file per volume, `<pin dir>/<volume id hex>.pin`, mode 0600 in
 //! a 0700 directory, replaced atomically (temporary file, fsync, rename):
@@ -28,7 +28,7 @@
 //! # p2pfs volume pin, written at first use; see docs/SECURITY.md
 //! volume <32 hex>
 //! dirsvc <address as given to the client>
-//! ca <64 hex: SHA-256 of the cluster CA certificate (DER)>
+//! ca <64 hex: BLAKE3 of the cluster CA certificate (DER)>
 //! check0 <64 hex>
 //! epoch <decimal> <64 hex>
 //! legacy_layouts <0|1>
@@ -48,7 +48,8 @@ use tracing::info;
 pub struct Origin {
     /// The dirsvc address as the client was given it (`host:port`).
     pub dirsvc: String,
-    /// SHA-256 of the cluster CA certificate (DER) the client trusts.
+    /// The fingerprint (BLAKE3, `common::pki::fingerprint`) of the cluster
+    /// CA certificate (DER) the client trusts.
     pub ca: [u8; 32],
 }
 
@@ -203,8 +204,12 @@ pub fn check_and_record(dir: &Path, origin: &Origin, info: &VolumeInfo, keys: &V
     Ok(())
 }
 
-/// Parses a pin file's text.
-fn parse(text: &str) -> Option<Pin> {
+/// Parses the text of a pin file (format in the module documentation), as
+/// a client reads it before opening a volume: `None` if it is not a pin (a
+/// line it does not know, a field missing or malformed). Blank lines and
+/// `#` comments are skipped; of a field given twice, the last counts.
+/// Allocates no more than the text's length.
+pub fn parse(text: &str) -> Option<Pin> {
     let mut volume = None;
     let mut dirsvc = None;
     let mut ca = None;
@@ -240,13 +245,10 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(b)
 }
 
-/// Writes `pin` to `path` atomically (mode 0600 in a 0700 directory).
-fn write(path: &Path, pin: &Pin) -> Result<()> {
-    let io =
-        |what: &str, p: &Path, e: std::io::Error| Error::Io(format!("cannot {what} {}: {e}", p.display()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create", dir, e))?;
-    let text = format!(
+/// The text of a pin file recording `pin` (format in the module
+/// documentation), as [`parse`] reads it back.
+pub fn to_text(pin: &Pin) -> String {
+    format!(
         "# p2pfs volume pin, written at first use; see docs/SECURITY.md\nvolume {}\ndirsvc {}\nca {}\ncheck0 {}\nepoch {} {}\nlegacy_layouts {}\n",
         pin.volume.to_hex(),
         pin.origin.dirsvc,
@@ -255,7 +257,16 @@ fn write(path: &Path, pin: &Pin) -> Result<()> {
         pin.epoch,
         hex::encode(pin.check),
         u8::from(pin.legacy_layouts)
-    );
+    )
+}
+
+/// Writes `pin` to `path` atomically (mode 0600 in a 0700 directory).
+fn write(path: &Path, pin: &Pin) -> Result<()> {
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| Error::Io(format!("cannot {what} {}: {e}", p.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create", dir, e))?;
+    let text = to_text(pin);
     let tmp = dir.join(format!(".{}.{}.tmp", pin.volume.to_hex(), std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

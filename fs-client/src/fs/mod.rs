@@ -577,17 +577,7 @@ impl Fs {
             )));
         }
         let keys = self.keys_for(loc.epoch).await?;
-        let k =
-            keys.epoch(loc.epoch).ok_or_else(|| Error::Integrity(format!("no key epoch {}", loc.epoch)))?;
-        let e = LayoutEntry {
-            volume: self.volume,
-            ino,
-            index: loc.index,
-            chunk: loc.chunk,
-            len: loc.len,
-            epoch: loc.epoch,
-        };
-        if k.layout_mac.verify(&e, &loc.mac) {
+        if layout_entry_verifies(&keys, self.volume, ino, loc)? {
             return Ok(());
         }
         tracing::error!(ino = %ino, block = loc.index, chunk = %loc.chunk, path = %self.path_of(ino), "layout entry does not verify: dirsvc serves a chunk that no member wrote at this block of this file; refusing it (EIO)");
@@ -600,6 +590,26 @@ impl Fs {
         }
         Ok(self.name_key.seal(parent, name))
     }
+}
+
+/// Whether `loc`, the layout entry of block `loc.index` of file `ino` of
+/// `volume` as dirsvc served it, carries the MAC a member made: the
+/// [`common::keys::LayoutMacKey::mac`] of its volume, inode, block index,
+/// chunk, stored length and epoch under the layout MAC key of the epoch it
+/// names. The check `Fs::verify_entry` makes on every entry with a MAC
+/// before using its block (an all-zero MAC is the legacy marker it handles
+/// first); compared in constant time.
+///
+/// Errors: [`Error::Integrity`] if `keys` has no epoch `loc.epoch`.
+pub fn layout_entry_verifies(
+    keys: &VolumeKeys,
+    volume: VolumeId,
+    ino: InodeId,
+    loc: &BlockLoc,
+) -> Result<bool> {
+    let k = keys.epoch(loc.epoch).ok_or_else(|| Error::Integrity(format!("no key epoch {}", loc.epoch)))?;
+    let e = LayoutEntry { volume, ino, index: loc.index, chunk: loc.chunk, len: loc.len, epoch: loc.epoch };
+    Ok(k.layout_mac.verify(&e, &loc.mac))
 }
 
 pub use extents::Seek;

@@ -223,6 +223,54 @@ impl RecoveryDir {
         Ok(out)
     }
 
+    /// The bytes of `u`'s recovery file in format v1, as clients wrote it
+    /// before key epochs: records sealed in codec v1 under epoch 0's
+    /// recovery key, `"p2pfs recovery v1"` in the associated data, kept
+    /// chunks without epoch or MAC. Only for tests (and fuzz seeds) that
+    /// check such files still load; nothing writes v1 any more.
+    ///
+    /// Errors: [`Error::Io`] if a record cannot be encoded,
+    /// [`Error::Crypto`] if one is too large to seal or there are no keys of
+    /// epoch 0.
+    #[doc(hidden)]
+    pub fn encode_v1_for_tests(&self, u: &Unstored) -> Result<Vec<u8>> {
+        let key = &self.keys.epoch(0).ok_or_else(|| Error::Crypto("no key epoch 0".into()))?.recovery;
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION_V1, 0, 0, 0]);
+        out.extend_from_slice(self.volume.as_bytes());
+        out.extend_from_slice(&u.ino.0.to_le_bytes());
+        let mut push = |n: u64, plain: Vec<u8>| -> Result<()> {
+            let sealed = codec::seal_bytes_v1_for_tests(key, &plain, &self.ad(VERSION_V1, u.ino, n))?;
+            let len =
+                u32::try_from(sealed.len()).map_err(|_| Error::Io("recovery record too large".into()))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&sealed);
+            Ok(())
+        };
+        let encode = |e: bincode::Error| Error::Io(format!("cannot encode a recovery record: {e}"));
+        let header = HeaderV1 {
+            path: u.path.as_bytes().to_vec(),
+            size: u.size,
+            mtime_secs: u.mtime.secs,
+            mtime_nanos: u.mtime.nanos,
+            blocks: u.blocks.len() as u64,
+            error: u.error.clone(),
+        };
+        push(0, bincode_options().serialize(&header).map_err(encode)?)?;
+        for (n, (idx, b)) in u.blocks.iter().enumerate() {
+            let rec = match b {
+                KeptBlock::Hole => BlockV1::Hole(*idx),
+                KeptBlock::Data(d) => BlockV1::Data(*idx, d.clone()),
+                KeptBlock::Chunk(c) => {
+                    BlockV1::Chunk(*idx, StoredChunkV1 { id: c.id, len: c.len, replicas: c.replicas.clone() })
+                }
+            };
+            push(n as u64 + 1, bincode_options().serialize(&rec).map_err(encode)?)?;
+        }
+        Ok(out)
+    }
+
     /// Writes `u` to its recovery file (see [`RecoveryDir::keep`]); `out` is
     /// its encoding.
     fn write_file(&self, u: &Unstored, out: &[u8]) -> Result<PathBuf> {
@@ -621,52 +669,15 @@ mod tests {
         assert!(dir.load(&path).is_err(), "version byte changed");
     }
 
-    /// Writes `u` as format v1 wrote it (records sealed in codec v1 under
-    /// epoch 0's recovery key, "p2pfs recovery v1", chunks without epochs).
-    fn keep_v1(dir: &RecoveryDir, secret: [u8; 32], u: &Unstored) -> PathBuf {
-        let key = common::keys::VolumeSecret::from_bytes(secret).recovery_key();
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[VERSION_V1, 0, 0, 0]);
-        out.extend_from_slice(dir.volume.as_bytes());
-        out.extend_from_slice(&u.ino.0.to_le_bytes());
-        let mut push = |n: u64, plain: Vec<u8>| {
-            let sealed = codec::seal_bytes_v1_for_tests(&key, &plain, &dir.ad(VERSION_V1, u.ino, n)).unwrap();
-            out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-            out.extend_from_slice(&sealed);
-        };
-        let header = HeaderV1 {
-            path: u.path.as_bytes().to_vec(),
-            size: u.size,
-            mtime_secs: u.mtime.secs,
-            mtime_nanos: u.mtime.nanos,
-            blocks: u.blocks.len() as u64,
-            error: u.error.clone(),
-        };
-        push(0, bincode_options().serialize(&header).unwrap());
-        for (n, (idx, b)) in u.blocks.iter().enumerate() {
-            let rec = match b {
-                KeptBlock::Hole => BlockV1::Hole(*idx),
-                KeptBlock::Data(d) => BlockV1::Data(*idx, d.clone()),
-                KeptBlock::Chunk(c) => {
-                    BlockV1::Chunk(*idx, StoredChunkV1 { id: c.id, len: c.len, replicas: c.replicas.clone() })
-                }
-            };
-            push(n as u64 + 1, bincode_options().serialize(&rec).unwrap());
-        }
-        std::fs::create_dir_all(dir.dir()).unwrap();
-        let path = dir.path_for(u.ino);
-        std::fs::write(&path, out).unwrap();
-        path
-    }
-
     #[test]
     fn version_1_recovery_files_still_load() {
         let tmp = tempfile::tempdir().unwrap();
         // A volume whose epoch 0 is the secret the old file was sealed with.
         let dir = RecoveryDir::new(tmp.path(), VolumeId([1; 16]), keys([5; 32]));
         let u = sample();
-        let path = keep_v1(&dir, [5; 32], &u);
+        let path = dir.path_for(u.ino);
+        std::fs::create_dir_all(dir.dir()).unwrap();
+        std::fs::write(&path, dir.encode_v1_for_tests(&u).unwrap()).unwrap();
         let back = dir.load(&path).unwrap();
         let mut want = u.clone();
         if let KeptBlock::Chunk(c) = &mut want.blocks[2].1 {

@@ -6,7 +6,10 @@
 //! inputs to start mutating from (plain random bytes rarely get past a
 //! magic, a length prefix or an authentication tag). A target must never
 //! panic and never allocate without bound, whatever the bytes: that is
-//! invariant 5 of DESIGN.md. The registry [`TARGETS`] lists them all;
+//! invariant 5 of DESIGN.md. Where the format has a writer or the caller
+//! relies on more than a verdict, the target also asserts it (a round trip,
+//! an identity kept, nothing forged accepted): a failed assertion is a
+//! panic, reported like any other. The registry [`TARGETS`] lists them all;
 //! adding one is one line there. Two runners use it:
 //!
 //! - `tests/fuzz.rs` (part of `cargo test --workspace --release`): every
@@ -21,12 +24,15 @@
 //!   from [`Target::seeds`] (`cargo run --example fuzz-seeds`).
 //!
 //! Keys, identities and volumes the targets need are fixed (derived from
-//! constants), so a failing input reproduces.
+//! constants, or test certificates and keys in `testkit/fuzz-fixtures/`),
+//! so a failing input reproduces.
 
 pub mod frames;
 pub mod local;
 pub mod mutate;
+pub mod pki;
 pub mod sealed;
+pub mod trust;
 
 pub use mutate::generate;
 
@@ -90,6 +96,18 @@ pub const TARGETS: &[Target] = &[
     target!("recovery-records", local::recovery_records, local::recovery_records_seeds),
     target!("scrub-state", local::scrub_state, local::scrub_state_seeds),
     target!("peer-id-file", local::peer_id_file, local::peer_id_file_seeds),
+    target!("recovery-file-v1", local::recovery_file, local::recovery_file_v1_seeds),
+    target!("recovery-records-v1", local::recovery_records_v1, local::recovery_records_v1_seeds),
+    target!("revoked-file", local::revoked_file, local::revoked_file_seeds),
+    target!("pin-file", local::pin_file, local::pin_file_seeds),
+    target!("identity-file", local::identity_file, local::identity_file_seeds),
+    target!("pki-node-cert", pki::node_cert, pki::node_cert_seeds),
+    target!("pki-ca-cert", pki::ca_cert, pki::ca_cert_seeds),
+    target!("pki-csr", pki::csr, pki::csr_seeds),
+    target!("join-token", pki::join_token, pki::join_token_seeds),
+    target!("node-files", pki::node_files, pki::node_files_seeds),
+    target!("keyring", trust::keyring, trust::keyring_seeds),
+    target!("layout-mac", trust::layout_mac, trust::layout_mac_seeds),
 ];
 
 /// The target called `name`.

@@ -28,7 +28,8 @@ fn name_key() -> &'static NameKey {
 
 /// The age identity the fuzzed secrets are wrapped to (a fixed test key,
 /// never used for anything else).
-const IDENTITY: &str = "AGE-SECRET-KEY-1WQE8QENNYPN827N6YPSKWEFQD9JX2MN5D968JGPNXGSXY7T5V4ESM3MDDR";
+pub(crate) const IDENTITY: &str =
+    "AGE-SECRET-KEY-1WQE8QENNYPN827N6YPSKWEFQD9JX2MN5D968JGPNXGSXY7T5V4ESM3MDDR";
 
 fn identity() -> Option<&'static age::x25519::Identity> {
     static ID: OnceLock<Option<age::x25519::Identity>> = OnceLock::new();
