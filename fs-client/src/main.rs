@@ -324,6 +324,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error,fuser::reply=off")),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk under the log file) is
+        // dropped: tracing would otherwise report it with eprintln!, whose
+        // failure panics and, with panic = "abort", kills the daemon.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();

@@ -69,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk under the log file) is
+        // dropped: tracing would otherwise report it with eprintln!, whose
+        // failure panics and, with panic = "abort", kills the daemon.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::panic::set_hook(Box::new(|info| {

@@ -119,3 +119,43 @@ fn conflicting_down_timeouts_are_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{out:?}");
     assert!(!db_path(dir.path()).exists(), "nothing was started");
 }
+
+#[test]
+fn binary_keeps_serving_when_its_log_cannot_be_written() {
+    // stderr on /dev/full: every log line fails with ENOSPC, as on a host
+    // whose log disk filled up.
+    let dir = tmp();
+    let addr_file = dir.path().join("addr");
+    let tls_dir = dir.path().join("tls");
+    testkit::pki().write_node(Role::Dirsvc, &tls_dir);
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dirsvc"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(db_path(dir.path()))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .arg("--tls-dir")
+        .arg(&tls_dir)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let addr = wait_for_file(&addr_file, Duration::from_secs(20));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let (c, _) = testkit::dir_client_as(&addr, Role::Client).await;
+            for _ in 0..20 {
+                assert_eq!(c.hello(tarpc::context::current()).await.unwrap(), PROTOCOL_VERSION);
+                c.getattr(tarpc::context::current(), common::InodeId::ROOT).await.unwrap().ok();
+            }
+        })
+        .await
+        .unwrap();
+    });
+    assert!(child.0.try_wait().unwrap().is_none(), "dirsvc exited while its log could not be written");
+}
