@@ -181,9 +181,11 @@ for i in $(seq 1 "$PEERS"); do
     wait_addr "$name" "$STATE/run/$name.addr"
 done
 
-# Peers register on start; wait until dirsvc lists them all as live.
+# Peers register on start; wait until dirsvc lists them all as live (a
+# peer drained with `fs-client drain` stays drained: it heartbeats but takes
+# no new chunks, and counts here).
 deadline=$((SECONDS + 30))
-until (( $("$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" 2>/dev/null | grep -cwE "live|up" || true) >= PEERS )); do
+until (( $("$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" 2>/dev/null | grep -cwE "live|up|draining|drained" || true) >= PEERS )); do
     if (( SECONDS >= deadline )); then
         "$BIN/fs-client" peers --dirsvc "$DIRSVC_ADDR" >&2 || true
         show_log "$STATE/logs/dirsvc.log"

@@ -19,14 +19,21 @@ use std::time::Duration;
 /// The TLS directory of this client: `explicit` (`--tls-dir` or
 /// `P2PFS_TLS_DIR`), else `$P2PFS_STATE/<role>-tls` when `P2PFS_STATE` is
 /// set (what `scripts/up.sh` makes: `client-tls` for the mount,
-/// `admin-tls` for the commands), else `$XDG_CONFIG_HOME/p2pfs/tls` or
-/// `~/.config/p2pfs/tls`.
+/// `admin-tls` for the commands; the commands use `client-tls` when there
+/// is no admin certificate, as on a host that joined with a client token),
+/// else `$XDG_CONFIG_HOME/p2pfs/tls` or `~/.config/p2pfs/tls`.
 pub fn tls_dir(explicit: Option<PathBuf>, role: Role) -> PathBuf {
     if let Some(d) = explicit {
         return d;
     }
     if let Some(state) = std::env::var_os("P2PFS_STATE").filter(|s| !s.is_empty()) {
-        return Path::new(&state).join(format!("{}-tls", role.as_str()));
+        let state = Path::new(&state);
+        let dir = state.join(format!("{}-tls", role.as_str()));
+        let client = state.join(format!("{}-tls", Role::Client.as_str()));
+        if role == Role::Admin && !NodeFiles::exist(&dir) && NodeFiles::exist(&client) {
+            return client;
+        }
+        return dir;
     }
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
@@ -42,7 +49,7 @@ pub fn tls_dir(explicit: Option<PathBuf>, role: Role) -> PathBuf {
 pub fn load_tls(dir: &Path) -> Result<Arc<Tls>> {
     Tls::load(dir).map(Arc::new).map_err(|e| {
         Error::Key(format!(
-            "cannot use the TLS identity in {}: {e} (join with `fs-client join --token …`, or point --tls-dir at a directory with node.key, node.crt and ca.crt)",
+            "cannot use the TLS identity in {}: {e} (join with `P2PFS_JOIN_TOKEN=… fs-client join`, or point --tls-dir at a directory with node.key, node.crt and ca.crt)",
             dir.display()
         ))
     })

@@ -16,9 +16,10 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Directory of this client's TLS identity (node.key, node.crt,
-    /// ca.crt). Default: $P2PFS_STATE/client-tls for `mount`,
-    /// $P2PFS_STATE/admin-tls for the other commands when P2PFS_STATE is
-    /// set (as scripts/up.sh makes them); else ~/.config/p2pfs/tls.
+    /// ca.crt). Default when P2PFS_STATE is set (as scripts/up.sh makes
+    /// them): $P2PFS_STATE/client-tls for `mount` and `join`,
+    /// $P2PFS_STATE/admin-tls for the other commands (client-tls if it has
+    /// no certificate); else ~/.config/p2pfs/tls.
     #[arg(long, global = true, env = "P2PFS_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -175,10 +176,6 @@ enum Cmd {
         /// The join token (from `fs-client token create --role client`).
         #[arg(long, env = "P2PFS_JOIN_TOKEN")]
         token: String,
-        /// The role to join as, client or admin; a token for another role
-        /// is refused and not spent (a peer joins with `peerd --join`).
-        #[arg(long, default_value = "client")]
-        role: Role,
     },
     /// Join tokens: one-time, expiring invitations for new peers and
     /// clients (admin).
@@ -482,15 +479,12 @@ fn main() -> anyhow::Result<()> {
             let node = fs_client::admin::ca_issue(&ca_dir, role, &out, validity)?;
             println!("{role} certificate for node {} written to {}", node.to_hex(), out.display());
         }
-        Cmd::Join { dirsvc, token, role } => {
-            if !matches!(role, Role::Client | Role::Admin) {
-                anyhow::bail!(
-                    "fs-client joins as client or admin; a {role} joins with its own daemon (peerd --join)"
-                );
-            }
-            let out = fs_client::admin::tls_dir(tls_dir.clone(), role);
+        Cmd::Join { dirsvc, token } => {
+            // Tokens grant the peer or client role; a peer joins with
+            // `peerd --join`, admins get certificates from `ca issue`.
+            let out = fs_client::admin::tls_dir(tls_dir.clone(), Role::Client);
             let rt = tokio::runtime::Runtime::new()?;
-            let (node, role) = rt.block_on(fs_client::admin::join(&dirsvc, &token, role, &out))?;
+            let (node, role) = rt.block_on(fs_client::admin::join(&dirsvc, &token, Role::Client, &out))?;
             println!("joined as {role} node {} (certificate in {})", node.to_hex(), out.display());
         }
         Cmd::Token(TokenCmd::Create { dirsvc, role, ttl }) => {
