@@ -15,6 +15,15 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
+/// Longest time one block's upload waits for dirsvc to list a live peer
+/// (seconds: 10), the window in which peers heartbeat again after a dirsvc
+/// restart (every 2 s, after a reconnect backoff). Past it the write fails
+/// with EIO.
+const NO_LIVE_PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a block waiting for a live peer asks dirsvc again (1 s).
+const NO_LIVE_PEER_STEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How the peers asked to store a block answered, for the errno.
 #[derive(Default)]
 struct Tally {
@@ -82,6 +91,7 @@ impl Fs {
         let mut stored: Vec<PeerLoc> = Vec::new();
         let mut errors = Vec::new();
         let mut tally = Tally::default();
+        let mut no_peer_waited = std::time::Duration::ZERO;
         for attempt in 0..self.config.upload_attempts.max(1) {
             // The second attempt goes at once (to other peers); later ones
             // back off, unless every failure so far was a full peer (waiting
@@ -91,8 +101,27 @@ impl Fs {
             }
             let skip: Vec<common::PeerId> =
                 stored.iter().map(|p| p.id).chain(failed.iter().copied()).collect();
-            let (targets, full_seen) = match self.place(len, &skip).await {
-                Ok((t, full)) => (t.into_iter().take(want - stored.len()).collect::<Vec<_>>(), full),
+            let (targets, full_seen) = loop {
+                let (targets, full) = match self.place(len, &skip).await {
+                    Ok((t, full)) => (t.into_iter().take(want - stored.len()).collect::<Vec<_>>(), full),
+                    Err(e) => break (Err(e), false),
+                };
+                // No live peer at all, full or not: dirsvc has just
+                // restarted and the peers' next heartbeats (every 2 s) are
+                // still to come, or the peers are restarting. Wait for them
+                // rather than failing the write at once.
+                if targets.is_empty() && !full && no_peer_waited < NO_LIVE_PEER_WAIT {
+                    if no_peer_waited.is_zero() {
+                        info!(ino = %ino, block = idx, "no live peer listed; waiting for peers to heartbeat");
+                    }
+                    tokio::time::sleep(NO_LIVE_PEER_STEP).await;
+                    no_peer_waited += NO_LIVE_PEER_STEP;
+                    continue;
+                }
+                break (Ok(targets), full);
+            };
+            let targets = match targets {
+                Ok(t) => t,
                 Err(e) => {
                     tally.other += 1;
                     errors.push(e.to_string());
