@@ -37,6 +37,9 @@ done
 STATE=${P2PFS_STATE:-./.p2pfs}
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd -P)
+# Only root (the owner) may enter: it holds keys, dirsvc's database (tree
+# shape, sizes, wrapped volume keys) and logs that name paths in clear.
+chmod 700 "$STATE"
 mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/dirsvc" "$STATE/run"
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
