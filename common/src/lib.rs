@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod fsutil;
 pub mod ids;
 pub mod join;
 pub mod keyring;

@@ -44,7 +44,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
@@ -752,22 +752,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io("cannot write", &tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync", &dir))
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(io("cannot replace", path))
 }
 
 /// A one-time, expiring invitation for a node to join a cluster, made by an

@@ -8,7 +8,7 @@ use dirsvc::{
     DEFAULT_PEER_SUSPECT_AFTER, DEFAULT_REPAIR_BANDWIDTH, DEFAULT_REPAIR_CONCURRENCY,
     DEFAULT_REPAIR_INTERVAL, DEFAULT_SESSION_LEASE,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -103,16 +103,6 @@ struct Args {
     max_promised_bytes_per_principal: u64,
 }
 
-/// Writes `contents` to `path` via a temporary file in the same directory
-/// and a rename, so a reader never sees a partial file.
-fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -179,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("starting dirsvc with database {}", db_path.display()))?;
     info!(addr = %handle.addr, db = %db_path.display(), "dirsvc listening");
     if let Some(file) = &args.addr_file {
-        write_atomically(file, &handle.addr.to_string())
+        common::fsutil::write_atomic(file, handle.addr.to_string().as_bytes(), 0o644)
             .with_context(|| format!("writing the address file {}", file.display()))?;
     }
     tokio::select! {

@@ -38,8 +38,7 @@ use crate::error::{Error, Result};
 use crate::remote::DirClient;
 use common::keyring::VolumeKeys;
 use common::rpc::dir::VolumeInfo;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use tracing::info;
 
@@ -266,20 +265,7 @@ fn write(path: &Path, pin: &Pin) -> Result<()> {
         |what: &str, p: &Path, e: std::io::Error| Error::Io(format!("cannot {what} {}: {e}", p.display()));
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create", dir, e))?;
-    let text = to_text(pin);
-    let tmp = dir.join(format!(".{}.{}.tmp", pin.volume.to_hex(), std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("create", &tmp, e))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| io("write", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", &tmp, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))?;
-    Ok(())
+    common::fsutil::write_atomic(path, to_text(pin).as_bytes(), 0o600).map_err(|e| Error::Io(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Small durable-file helpers: temp files that delete themselves unless
-//! persisted, directory fsync, and atomic whole-file writes.
+//! persisted, directory fsync, and atomic whole-file writes (through `common::fsutil`).
 
 use crate::error::Error;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,21 +103,13 @@ pub fn fsync_dir(dir: &Path) -> Result<(), Error> {
 ///
 /// Errors: [`Error::Io`] naming the step that failed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (tmp, mut file) = TempFile::create(&dir, &stem).map_err(Error::io("create", &dir))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(Error::io("write", tmp.path()))?;
-    drop(file);
-    tmp.persist(path).map_err(Error::io("rename", path))?;
-    fsync_dir(&dir)
+    common::fsutil::write_atomic(path, bytes, 0o644).map_err(Error::io("replace", path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn temp_file_is_deleted_unless_persisted() {

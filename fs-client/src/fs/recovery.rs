@@ -39,8 +39,7 @@ use common::rpc::dir::{BlockLoc, DirError, StoredChunk};
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, PeerId, VolumeId};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -275,21 +274,7 @@ impl RecoveryDir {
     /// its encoding.
     fn write_file(&self, u: &Unstored, out: &[u8]) -> Result<PathBuf> {
         let path = self.path_for(u.ino);
-        let tmp = self.dir.join(format!(".{}.{}.tmp", u.ino.0, std::process::id()));
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            Error::Io(format!("cannot {what} {}: {e}", p.display()))
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("create", &tmp, e))?;
-        f.write_all(out).and_then(|()| f.sync_all()).map_err(|e| io("write", &tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
+        common::fsutil::write_atomic(&path, out, 0o600).map_err(|e| Error::Io(e.to_string()))?;
         Ok(path)
     }
 
