@@ -27,6 +27,7 @@ pub mod keys;
 pub mod net;
 pub mod pki;
 pub mod rpc;
+pub mod settings;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -18,6 +18,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// TOML config file: keys are the long option names (`listen =
+    /// "0.0.0.0:7700"`). Precedence: flag, then environment, then this
+    /// file, then the default. Example: dist/config/dirsvc.toml.
+    #[arg(long, env = "P2PFS_DIRSVC_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on (host:port; port 0 picks a free one).
     #[arg(long, env = "P2PFS_DIRSVC_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
@@ -103,8 +108,20 @@ struct Args {
     max_promised_bytes_per_principal: u64,
 }
 
+/// Runs [`run`]; an error is printed as one line with its causes
+/// (`dirsvc: error: what: why: …`) and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dirsvc: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // tarpc's server warns of every connection a client ends without a
         // TLS close_notify (each `fs-client status`): frames are length
@@ -119,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let args: Args = common::settings::parse("P2PFS_DIRSVC_CONFIG", None).unwrap_or_else(|e| e.exit());
     let peer_down_after = match args.peer_down_after_ms {
         Some(ms) => Duration::from_millis(ms),
         None => Duration::from_secs(args.peer_down_after_secs),
@@ -179,4 +196,14 @@ async fn main() -> anyhow::Result<()> {
     info!("shutting down");
     handle.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_config_names_every_option_and_parses() {
+        let text = include_str!("../../dist/config/dirsvc.toml");
+        let problems = common::settings::check_example::<super::Args>(text, &[]);
+        assert!(problems.is_empty(), "dist/config/dirsvc.toml: {problems:#?}");
+    }
 }

@@ -15,12 +15,14 @@
 
 pub mod admin;
 pub mod cache;
+pub mod defaults;
 pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod identity;
 pub mod members;
 pub mod mount;
+pub mod mount_helper;
 pub mod pins;
 pub mod remote;
 pub mod volume;

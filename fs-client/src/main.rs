@@ -22,6 +22,14 @@ struct Cli {
     /// no certificate); else ~/.config/p2pfs/tls.
     #[arg(long, global = true, env = "P2PFS_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// TOML config file: keys are the long option names (`dirsvc =
+    /// "host:port"`, `cache-mib = 512`), a `[mount]` (or any subcommand's)
+    /// table applies to that subcommand only. Precedence: flag, then
+    /// environment, then this file, then the default. Default:
+    /// $P2PFS_STATE/client.toml, else ~/.config/p2pfs/client.toml, if it
+    /// exists. Example: dist/config/client.toml.
+    #[arg(long, global = true, env = "P2PFS_CLIENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,16 +44,18 @@ enum Cmd {
     /// identity must be restored from a backup instead.
     Keygen {
         /// Where to write it; never overwritten.
-        #[arg(short, long, env = "P2PFS_IDENTITY_FILE")]
+        #[arg(short, long, env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         output: PathBuf,
     },
     /// Create the volume on a dirsvc, wrapped to this identity.
     Init {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
-        /// age identity file.
-        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        /// age identity file (default: $P2PFS_STATE/identity.txt, else
+        /// ~/.config/p2pfs/identity.txt).
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
         /// Block size in bytes (power of two, 4 KiB to 4 MiB).
         #[arg(long, default_value_t = common::config::DEFAULT_BLOCK_SIZE)]
@@ -65,11 +75,13 @@ enum Cmd {
     },
     /// Mount the volume at MOUNTPOINT; runs until unmounted or SIGINT/SIGTERM.
     Mount {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
-        /// age identity file.
-        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        /// age identity file (default: $P2PFS_STATE/identity.txt, else
+        /// ~/.config/p2pfs/identity.txt).
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
         /// Decrypted block cache in MiB.
         #[arg(long, default_value_t = 256)]
@@ -86,14 +98,15 @@ enum Cmd {
         min_replicas: Option<u32>,
         /// Where data that cannot be stored by unmount (peers full or
         /// unreachable) is kept, sealed, until the next mount stores it
-        /// (default: $XDG_STATE_HOME/p2pfs/recovery, or
-        /// ~/.local/state/p2pfs/recovery).
+        /// (default: $P2PFS_STATE/recovery, else
+        /// $XDG_STATE_HOME/p2pfs/recovery, or ~/.local/state/p2pfs/recovery).
         #[arg(long, env = "P2PFS_RECOVERY_DIR")]
         recovery_dir: Option<PathBuf>,
         #[command(flatten)]
         pins: PinArgs,
-        /// Where to mount.
-        mountpoint: PathBuf,
+        /// Where to mount (default: the mountpoint scripts/up.sh recorded in
+        /// $P2PFS_STATE/mountpoint).
+        mountpoint: Option<PathBuf>,
     },
     /// Show the volume: id, block size, replicas and the keys it is wrapped to.
     ///
@@ -111,8 +124,9 @@ enum Cmd {
     /// Exit status: 0 whether or not a volume exists (the output says
     /// which); 1 if dirsvc cannot be reached or fails to answer.
     Volume {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// Print one JSON object instead of `key: value` lines.
         #[arg(long)]
@@ -120,14 +134,16 @@ enum Cmd {
     },
     /// List the peers dirsvc knows, with state and usage.
     Peers {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
     },
     /// Cluster health: redundancy, repair and garbage collection, then the peers.
     Status {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
     },
     /// The volume's members: list, add, remove (admin).
@@ -145,11 +161,12 @@ enum Cmd {
     /// not re-sealed. Shows progress on a terminal. Safe to run while the
     /// volume is mounted and to run again.
     Reencrypt {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// age identity file of a member.
-        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
         #[command(flatten)]
         pins: PinArgs,
@@ -157,8 +174,9 @@ enum Cmd {
     /// Drain a peer: copy its chunks elsewhere so it can leave with no loss
     /// (admin).
     Drain {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// The peer's id (32 hex digits, as `fs-client peers` shows).
         peer: String,
@@ -170,8 +188,9 @@ enum Cmd {
     /// Get this node's certificate from dirsvc with a join token (a new
     /// client on another host), into the TLS directory.
     Join {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// The join token (from `fs-client token create --role client`).
         #[arg(long, env = "P2PFS_JOIN_TOKEN")]
@@ -184,8 +203,9 @@ enum Cmd {
     /// Revoke a node's certificate for good: dirsvc refuses it at once,
     /// peers and clients within seconds (admin).
     Revoke {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// Why (kept with the revocation).
         #[arg(long, default_value = "revoked by an admin")]
@@ -230,8 +250,9 @@ enum TokenCmd {
     /// Make a join token and print it (it holds a secret: pass it to the
     /// new node's operator only).
     Create {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// The role it grants: peer or client.
         #[arg(long)]
@@ -263,8 +284,9 @@ impl PinArgs {
 enum MemberCmd {
     /// List the members: name, age recipient, client certificate node ids.
     List {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// Print one JSON object instead of lines.
         #[arg(long)]
@@ -273,11 +295,12 @@ enum MemberCmd {
     /// Add a member: every key epoch is wrapped to its recipient too, so it
     /// reads everything. Needs a member's identity.
     Add {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// age identity file of an existing member.
-        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
         /// The new member's name (printable ASCII, no spaces, ≤ 64 bytes).
         #[arg(long)]
@@ -298,11 +321,12 @@ enum MemberCmd {
     /// written before stays readable with the old keys until `fs-client
     /// reencrypt`.
     Remove {
-        /// dirsvc address, host:port.
-        #[arg(long, env = "P2PFS_DIRSVC", default_value = "127.0.0.1:7700")]
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
         dirsvc: String,
         /// age identity file of a member that stays.
-        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE")]
+        #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
         /// The member's name (`fs-client member list`).
         #[arg(long)]
@@ -312,7 +336,25 @@ enum MemberCmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs [`run`]; an error is printed as one line with its causes
+/// (`fs-client: error: what: why: …`) and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fs-client: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_default();
+    let name = std::path::Path::new(&program).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    if fs_client::mount_helper::HELPER_NAMES.contains(&name.as_str()) {
+        return mount_helper(argv.collect());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -327,7 +369,8 @@ fn main() -> anyhow::Result<()> {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = common::settings::parse("P2PFS_CLIENT_CONFIG", Some(fs_client::defaults::config_file()))
+        .unwrap_or_else(|e| e.exit());
     let tls_dir = cli.tls_dir.clone();
     let tls = |role: common::rpc::Role| -> anyhow::Result<std::sync::Arc<common::tls::Tls>> {
         Ok(fs_client::admin::load_tls(&fs_client::admin::tls_dir(tls_dir.clone(), role))?)
@@ -409,6 +452,9 @@ fn main() -> anyhow::Result<()> {
                 ..FsConfig::default()
             };
             let recovery_dir = recovery_dir.unwrap_or_else(fs_client::mount::default_recovery_dir);
+            let Some(mountpoint) = mountpoint.or_else(fs_client::defaults::mountpoint) else {
+                bail!("where to mount? give MOUNTPOINT (or set P2PFS_STATE to a state directory scripts/up.sh made)");
+            };
             fs_client::mount::run(MountConfig {
                 dirsvc,
                 identity,
@@ -661,6 +707,22 @@ async fn reencrypt(
     Ok(())
 }
 
+/// `mount -t fuse.p2pfs` (see `fs_client::mount_helper`): exits 0 once
+/// mounted, 1 with the reason otherwise.
+fn mount_helper(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let mut options: Vec<String> =
+        cli.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+    if let Some(mount) = cli.find_subcommand("mount") {
+        options.extend(mount.get_arguments().filter_map(|a| a.get_long().map(str::to_string)));
+    }
+    let plan = fs_client::mount_helper::plan(&args, &options)?;
+    let program = std::env::current_exe().context("cannot find this program")?;
+    fs_client::mount_helper::run(&program, &plan)?;
+    Ok(())
+}
+
 async fn connect(dirsvc: &str, tls: std::sync::Arc<common::tls::Tls>) -> anyhow::Result<DirClient> {
     DirClient::connect(dirsvc, tls).await.with_context(|| format!("cannot reach dirsvc at {dirsvc}"))
 }
@@ -727,4 +789,14 @@ async fn print_peers(dir: &DirClient) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_config_names_every_option_and_parses() {
+        let text = include_str!("../../dist/config/client.toml");
+        let problems = common::settings::check_example::<super::Cli>(text, &["mount"]);
+        assert!(problems.is_empty(), "dist/config/client.toml: {problems:#?}");
+    }
 }

@@ -37,7 +37,7 @@ pub struct MountConfig {
 
 /// Whether `path` is a mount point listed in /proc/self/mounts, with its
 /// filesystem type.
-fn mounted_type(path: &Path) -> Option<String> {
+pub(crate) fn mounted_type(path: &Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     let want = path.to_string_lossy();
     mounts.lines().find_map(|l| {
@@ -316,16 +316,13 @@ pub fn run(config: MountConfig) -> Result<()> {
     Err(keep_unstored(&mountpoint, &keeper.with_keys(fs.keys()), &unstored))
 }
 
-/// The default recovery directory: `$XDG_STATE_HOME/p2pfs/recovery`, else
+/// The default recovery directory: `$P2PFS_STATE/recovery`, else
+/// `$XDG_STATE_HOME/p2pfs/recovery`, else
 /// `$HOME/.local/state/p2pfs/recovery`, else `/var/lib/p2pfs/recovery`.
 pub fn default_recovery_dir() -> PathBuf {
-    let state =
-        std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
-            std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".local/state"))
-        });
-    match state {
-        Some(s) => s.join("p2pfs").join("recovery"),
-        None => PathBuf::from("/var/lib/p2pfs/recovery"),
+    match crate::defaults::state_dir() {
+        Some(state) => state.join("recovery"),
+        None => crate::defaults::user_state_dir().join("recovery"),
     }
 }
 

@@ -32,6 +32,7 @@ mod integration {
     mod scripted;
     mod scrub_repair;
     mod security;
+    mod service;
     mod told_errors;
     mod tools;
     mod two_mounts;

@@ -13,6 +13,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// TOML config file: keys are the long option names (`listen =
+    /// "0.0.0.0:7700"`). Precedence: flag, then environment, then this
+    /// file, then the default. Example: dist/config/peerd.toml.
+    #[arg(long, env = "P2PFS_PEERD_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address to serve PeerService on (`ip:port`; port 0 picks a free one).
     #[arg(long, env = "P2PFS_PEERD_LISTEN")]
     listen: String,
@@ -63,9 +68,21 @@ struct Args {
     join: Option<String>,
 }
 
+/// Runs [`run`]; an error is printed as one line with its causes
+/// (`peerd: error: what: why: …`) and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn run() -> anyhow::Result<()> {
+    let args: Args = common::settings::parse("P2PFS_PEERD_CONFIG", None).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         // tarpc's server warns of every connection a client ends without a
         // TLS close_notify (each `fs-client status`): frames are length
@@ -133,4 +150,14 @@ async fn main() -> anyhow::Result<()> {
     }
     handle.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_config_names_every_option_and_parses() {
+        let text = include_str!("../../dist/config/peerd.toml");
+        let problems = common::settings::check_example::<super::Args>(text, &[]);
+        assert!(problems.is_empty(), "dist/config/peerd.toml: {problems:#?}");
+    }
 }

@@ -159,3 +159,61 @@ fn binary_keeps_serving_when_its_log_cannot_be_written() {
     });
     assert!(child.0.try_wait().unwrap().is_none(), "dirsvc exited while its log could not be written");
 }
+
+/// Runs dirsvc in `cwd` with `args` and `env` until it exits (it cannot
+/// start: no TLS identity anywhere); returns its stderr.
+fn failed_start(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dirsvc"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("P2PFS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(cwd).args(["--listen", "127.0.0.1:0", "--db", "x.redb"]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "dirsvc started without a TLS identity");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn options_come_from_flag_then_environment_then_config_file_then_default() {
+    let dir = tmp();
+    let d = dir.path();
+    let config = d.join("dirsvc.toml");
+    std::fs::write(&config, format!("tls-dir = \"{}\"\n", d.join("from-file").display())).unwrap();
+    let config_arg = ["--config", config.to_str().unwrap()];
+    // Default: ./tls.
+    let err = failed_start(d, &[], &[]);
+    assert!(err.contains("TLS identity from tls:"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l
+                .starts_with("dirsvc: error: loading the TLS identity from tls: cannot read tls/node.key")),
+        "one line per error, with its causes: {err}"
+    );
+    assert!(!err.contains("Caused by"), "{err}");
+    // The file over the default (named by flag, then by environment).
+    let err = failed_start(d, &config_arg, &[]);
+    assert!(err.contains("from-file"), "{err}");
+    let err = failed_start(d, &[], &[("P2PFS_DIRSVC_CONFIG", &config)]);
+    assert!(err.contains("from-file"), "{err}");
+    // The environment over the file.
+    let env_dir = d.join("from-env");
+    let err = failed_start(d, &config_arg, &[("P2PFS_DIRSVC_TLS_DIR", &env_dir)]);
+    assert!(err.contains("from-env"), "{err}");
+    // The flag over the environment.
+    let flag_dir = d.join("from-flag");
+    let err = failed_start(
+        d,
+        &[&config_arg[..], &["--tls-dir", flag_dir.to_str().unwrap()]].concat(),
+        &[("P2PFS_DIRSVC_TLS_DIR", &env_dir)],
+    );
+    assert!(err.contains("from-flag"), "{err}");
+    // A key that names no option is refused, by name.
+    std::fs::write(&config, "tls-dirs = \"x\"\n").unwrap();
+    let err = failed_start(d, &config_arg, &[]);
+    assert!(err.contains("tls-dirs: no such option"), "{err}");
+}

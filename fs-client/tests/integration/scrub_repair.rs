@@ -61,6 +61,9 @@ fn twenty_rotten_chunk_files_are_scrubbed_and_repaired_to_r_good_copies() {
     assert!(short.is_empty(), "chunks on fewer than {R} peers before any damage: {short:?}");
     assert!(holders.len() >= ROTTEN, "only {} chunks stored", holders.len());
 
+    // Read before the first flip: scrub runs all the time, and a rotten
+    // chunk found and repaired before a later read would go uncounted.
+    let repaired_before = c.status().get("repaired_total");
     // Rot one copy of 20 different chunks, each time on the peer with the
     // fewest rotten files so far: every peer loses some.
     let mut per_peer = [0usize; PEERS];
@@ -75,7 +78,6 @@ fn twenty_rotten_chunk_files_are_scrubbed_and_repaired_to_r_good_copies() {
     for (id, peer) in &rotten {
         assert!(!chunk_verifies(&chunk_path(&c, *peer, id), id), "the flip did not break {id}");
     }
-    let repaired_before = c.status().get("repaired_total");
     let marks = c.log_marks();
 
     // No client reads: only scrub can find the rot. Done when each rotten

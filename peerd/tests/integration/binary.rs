@@ -251,3 +251,48 @@ async fn flags_set_labels_heartbeat_interval_and_scrub() {
     })
     .await;
 }
+
+/// Runs peerd with `args` and `env` until it exits (it cannot start: no
+/// certificate and no join token); returns its stderr.
+fn failed_start(data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peerd"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("P2PFS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["--listen", "127.0.0.1:0", "--dirsvc", &closed_port(), "--data-dir"]).arg(data_dir).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "peerd started without a certificate");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn options_come_from_flag_then_environment_then_config_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let config = d.join("peerd.toml");
+    std::fs::write(&config, format!("tls-dir = \"{}\"\n", d.join("from-file").display())).unwrap();
+    let config_arg = ["--config", config.to_str().unwrap()];
+    // Default: <data-dir>/tls.
+    let err = failed_start(&data, &[], &[]);
+    assert!(err.contains(&format!("no certificate in {}", data.join("tls").display())), "{err}");
+    // The file over the default (named by flag, then by environment).
+    let err = failed_start(&data, &config_arg, &[]);
+    assert!(err.contains("from-file"), "{err}");
+    let err = failed_start(&data, &[], &[("P2PFS_PEERD_CONFIG", &config)]);
+    assert!(err.contains("from-file"), "{err}");
+    // The environment over the file.
+    let env_dir = d.join("from-env");
+    let err = failed_start(&data, &config_arg, &[("P2PFS_PEERD_TLS_DIR", &env_dir)]);
+    assert!(err.contains("from-env"), "{err}");
+    // The flag over the environment.
+    let flag_dir = d.join("from-flag");
+    let args = [&config_arg[..], &["--tls-dir", flag_dir.to_str().unwrap()]].concat();
+    let err = failed_start(&data, &args, &[("P2PFS_PEERD_TLS_DIR", &env_dir)]);
+    assert!(err.contains("from-flag"), "{err}");
+}
