@@ -90,6 +90,15 @@ enum Cmd {
         /// ~/.local/state/p2pfs/recovery).
         #[arg(long, env = "P2PFS_RECOVERY_DIR")]
         recovery_dir: Option<PathBuf>,
+        /// Serve this mount's Prometheus metrics (/metrics) over plain HTTP
+        /// on this address (host:port; port 0 picks a free one). Off unless
+        /// given; keep it on loopback (docs/OPERATIONS.md).
+        #[arg(long, env = "P2PFS_METRICS_ADDR", value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+        /// After binding the metrics address, write the bound ip:port to
+        /// this file (atomically).
+        #[arg(long, requires = "metrics_addr")]
+        metrics_addr_file: Option<PathBuf>,
         #[command(flatten)]
         pins: PinArgs,
         /// Where to mount.
@@ -399,6 +408,8 @@ fn main() -> anyhow::Result<()> {
             uploads_in_flight,
             min_replicas,
             recovery_dir,
+            metrics_addr,
+            metrics_addr_file,
             pins,
             mountpoint,
         } => {
@@ -418,6 +429,8 @@ fn main() -> anyhow::Result<()> {
                 tls_dir: fs_client::admin::tls_dir(tls_dir.clone(), Role::Client),
                 pin_dir: pins.dir(),
                 fs,
+                metrics_listen: metrics_addr,
+                metrics_addr_file,
             })?;
         }
         Cmd::Peers { dirsvc } => {
