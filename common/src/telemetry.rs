@@ -20,8 +20,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tarpc::server::Serve;
-use tarpc::ServerError;
 use tarpc::RequestName;
+use tarpc::ServerError;
 
 /// Requests received by a tarpc server (counter; labels `service`, `rpc`).
 pub const RPC_REQUESTS: &str = "p2pfs_rpc_requests_total";
@@ -36,8 +36,9 @@ pub const RPC_DURATION: &str = "p2pfs_rpc_duration_seconds";
 pub const RPC_IN_FLIGHT: &str = "p2pfs_rpc_in_flight";
 
 /// Bucket bounds of every `_seconds` histogram: 100 µs to 60 s.
-pub const SECONDS_BUCKETS: &[f64] =
-    &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes (bounds the memory held by samples).
@@ -168,7 +169,8 @@ impl Finish {
         metrics::histogram!(RPC_DURATION, "service" => service.clone(), "rpc" => rpc.clone())
             .record(self.started.elapsed().as_secs_f64());
         if let Some(kind) = error {
-            metrics::counter!(RPC_ERRORS, "service" => service.clone(), "rpc" => rpc, "kind" => kind).increment(1);
+            metrics::counter!(RPC_ERRORS, "service" => service.clone(), "rpc" => rpc, "kind" => kind)
+                .increment(1);
         }
         metrics::gauge!(RPC_IN_FLIGHT, "service" => service).decrement(1.0);
     }

@@ -242,7 +242,8 @@ pub struct DirsvcConfig {
     /// heartbeat); a `placement` past it is `Limit`, and the client then
     /// picks peers itself. Default
     /// [`limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL`].
-    pub max_promised_bytes_per_principal: u64,    /// Plain-HTTP address (`host:port`, port 0 picks one) serving
+    pub max_promised_bytes_per_principal: u64,
+    /// Plain-HTTP address (`host:port`, port 0 picks one) serving
     /// Prometheus metrics (`/metrics`) and the read-only status page (`/`,
     /// `/status.json`, module [`web`]); the bound address is in
     /// [`DirsvcHandle::metrics_addr`]. `None` (default): not served.

@@ -99,7 +99,9 @@ pub struct GcView {
 /// draining), each shared disk counted once.
 #[derive(Clone, Debug, Serialize)]
 pub struct CapacityView {
-    /// Bytes offered.
+    /// Bytes usable for chunks: used plus free (so a disk shared by
+    /// several peers, or partly used by other programs, is not counted
+    /// at its full size once per peer).
     pub capacity_bytes: u64,
     /// Bytes used by chunks.
     pub used_bytes: u64,
@@ -203,13 +205,13 @@ pub(crate) async fn gather(shared: &Arc<Shared>) -> ClusterView {
                 .map_or(0.0, |d| d.as_secs_f64()),
         })
         .collect();
-    let capacity_bytes = peers
-        .iter()
-        .filter(|p| p.state == "up" || p.state == "suspect")
-        .map(|p| p.capacity_bytes)
-        .fold(0u64, u64::saturating_add);
-    let peers_by_state =
-        StateCounts { up: counts[0], suspect: counts[1], down: counts[2], draining: counts[3], drained: counts[4] };
+    let peers_by_state = StateCounts {
+        up: counts[0],
+        suspect: counts[1],
+        down: counts[2],
+        draining: counts[3],
+        drained: counts[4],
+    };
     let health = match &replication {
         None => "unknown",
         Some(r) if r.lost > 0 => "lost",
@@ -227,8 +229,16 @@ pub(crate) async fn gather(shared: &Arc<Shared>) -> ClusterView {
             repaired_chunks_total: stats.repaired_total.load(Ordering::Relaxed),
             repaired_bytes_total: stats.repaired_bytes_total.load(Ordering::Relaxed),
         },
-        gc: GcView { pending_chunks: gc_pending, deleted_total: stats.gc_deleted_total.load(Ordering::Relaxed) },
-        capacity: CapacityView { capacity_bytes, used_bytes: used, free_bytes: free, peers: live },
+        gc: GcView {
+            pending_chunks: gc_pending,
+            deleted_total: stats.gc_deleted_total.load(Ordering::Relaxed),
+        },
+        capacity: CapacityView {
+            capacity_bytes: used.saturating_add(free),
+            used_bytes: used,
+            free_bytes: free,
+            peers: live,
+        },
         peers_by_state,
         peers,
     }
@@ -251,9 +261,13 @@ fn set_gauges(v: &ClusterView) {
         gauge!("p2pfs_dirsvc_survey_age_seconds").set(r.survey_age_secs);
     }
     let s = &v.peers_by_state;
-    for (state, n) in
-        [("up", s.up), ("suspect", s.suspect), ("down", s.down), ("draining", s.draining), ("drained", s.drained)]
-    {
+    for (state, n) in [
+        ("up", s.up),
+        ("suspect", s.suspect),
+        ("down", s.down),
+        ("draining", s.draining),
+        ("drained", s.drained),
+    ] {
         gauge!("p2pfs_dirsvc_peers", "state" => state).set(f64::from(n));
     }
     gauge!("p2pfs_dirsvc_capacity_bytes").set(v.capacity.capacity_bytes as f64);
@@ -280,7 +294,9 @@ pub(crate) fn pages(shared: Arc<Shared>) -> Handler {
         let shared = shared.clone();
         Box::pin(async move {
             match req.path.as_str() {
-                "/" | "/index.html" => Response::ok("text/html; charset=utf-8", render(&gather(&shared).await)),
+                "/" | "/index.html" => {
+                    Response::ok("text/html; charset=utf-8", render(&gather(&shared).await))
+                }
                 "/status.json" => match serde_json::to_vec_pretty(&gather(&shared).await) {
                     Ok(body) => Response::ok("application/json", body),
                     Err(e) => Response::text(500, format!("cannot encode the status: {e}\n")),
@@ -415,8 +431,10 @@ pub fn render(v: &ClusterView) -> String {
     if v.peers.is_empty() {
         h.push_str("<tr><td colspan=\"10\">no peer registered</td></tr>");
     }
-    h.push_str("</table><p><small>Read-only. Machine-readable: <a href=\"/status.json\">/status.json</a>, \
-                <a href=\"/metrics\">/metrics</a>.</small></p></body></html>\n");
+    h.push_str(
+        "</table><p><small>Read-only. Machine-readable: <a href=\"/status.json\">/status.json</a>, \
+                <a href=\"/metrics\">/metrics</a>.</small></p></body></html>\n",
+    );
     h
 }
 

@@ -323,8 +323,12 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
                 pages: None,
             };
             let server = common::telemetry::start(listen, endpoint).await.map_err(|e| match e {
-                common::telemetry::TelemetryError::Bind(source) => Error::Bind { addr: listen.clone(), source },
-                other => Error::Bind { addr: listen.clone(), source: std::io::Error::other(other.to_string()) },
+                common::telemetry::TelemetryError::Bind(source) => {
+                    Error::Bind { addr: listen.clone(), source }
+                }
+                other => {
+                    Error::Bind { addr: listen.clone(), source: std::io::Error::other(other.to_string()) }
+                }
             })?;
             Some(server)
         }
