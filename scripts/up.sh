@@ -12,6 +12,9 @@
 #   CARGO_TARGET_DIR  where cargo puts binaries [<repo>/target]
 #   P2PFS_BIN       directory with dirsvc, peerd and fs-client to use as they
 #                   are, without building [$CARGO_TARGET_DIR/release]
+# Each daemon and the mount serve Prometheus metrics on 127.0.0.1 (a free
+# port, written to $P2PFS_STATE/run/<name>.metrics); dirsvc's address also
+# serves the status page (printed at the end).
 # Data the mount could not store by its unmount (peers full or unreachable)
 # is kept, sealed, in $P2PFS_STATE/recovery and stored by the next up.sh.
 # Stop everything with scripts/down.sh (same P2PFS_STATE).
@@ -20,7 +23,7 @@ set -euo pipefail
 die() { echo "up.sh: $*" >&2; exit 1; }
 
 [[ $# -eq 1 && $1 != -h && $1 != --help ]] || {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -160,10 +163,11 @@ export P2PFS_TLS_DIR=$STATE/admin-tls
 if pid=$(live_pid dirsvc dirsvc); then
     echo "dirsvc already running (pid $pid)"
 else
-    rm -f "$STATE/run/dirsvc.addr"
+    rm -f "$STATE/run/dirsvc.addr" "$STATE/run/dirsvc.metrics"
     start_daemon dirsvc "$BIN/dirsvc" \
         --listen "$DIRSVC_ADDR" --db "$STATE/dirsvc/dirsvc.redb" \
         --addr-file "$STATE/run/dirsvc.addr" \
+        --metrics-addr 127.0.0.1:0 --metrics-addr-file "$STATE/run/dirsvc.metrics" \
         --tls-dir "$STATE/dirsvc/tls" --ca-dir "$CA"
     wait_addr dirsvc "$STATE/run/dirsvc.addr"
 fi
@@ -177,10 +181,11 @@ for i in $(seq 1 "$PEERS"); do
         echo "$name already running (pid $pid)"
         continue
     fi
-    rm -f "$STATE/run/$name.addr"
+    rm -f "$STATE/run/$name.addr" "$STATE/run/$name.metrics"
     start_daemon "$name" "$BIN/peerd" \
         --listen "$addr" --data-dir "$STATE/$name" --dirsvc "$DIRSVC_ADDR" \
-        --addr-file "$STATE/run/$name.addr"
+        --addr-file "$STATE/run/$name.addr" \
+        --metrics-addr 127.0.0.1:0 --metrics-addr-file "$STATE/run/$name.metrics"
     wait_addr "$name" "$STATE/run/$name.addr"
 done
 
@@ -240,9 +245,11 @@ else
     [[ -z $mtype ]] || umount -l "$MNT"
     mkdir -p "$MNT"
     log_mark=$(log_size fs-client)
+    rm -f "$STATE/run/mount.metrics"
     start_daemon fs-client "$BIN/fs-client" --tls-dir "$STATE/client-tls" \
         mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" --recovery-dir "$STATE/recovery" \
-        --pin-dir "$STATE/pins" "$MNT"
+        --pin-dir "$STATE/pins" \
+        --metrics-addr 127.0.0.1:0 --metrics-addr-file "$STATE/run/mount.metrics" "$MNT"
     pid=$(<"$STATE/pids/fs-client.pid")
     deadline=$((SECONDS + 30))
     until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do
@@ -272,8 +279,14 @@ for i in $(seq 1 "$PEERS"); do
     printf '  %-10s pid %-8s %s\n' "peerd-$i" "$(live_pid "peerd-$i" peerd || echo '?')" "127.0.0.1:$((PORT + i))"
 done
 printf '  %-10s pid %-8s %s\n' fs-client "$(live_pid fs-client fs-client || echo '?')" "$MNT"
+echo "  metrics:  http://HOST:PORT/metrics, HOST:PORT in $STATE/run/*.metrics"
 echo "  logs:     $STATE/logs/"
 echo "  identity: $IDENTITY"
 echo "  admin:    P2PFS_STATE=$STATE $BIN/fs-client status --dirsvc $DIRSVC_ADDR"
 echo "  CA:       $CA (ca.key admits nodes: keep it private)"
+if [[ -s $STATE/run/dirsvc.metrics ]]; then
+    echo "status page: http://$(<"$STATE/run/dirsvc.metrics")/"
+else
+    echo "status page: not served (dirsvc was started without --metrics-addr; restart it with down.sh and up.sh)"
+fi
 echo "Stop with: P2PFS_STATE=$STATE $ROOT/scripts/down.sh"

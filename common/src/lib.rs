@@ -7,7 +7,8 @@
 //! enums ([`rpc`]), cluster identity (certificates, join tokens: [`pki`]),
 //! mutual TLS ([`tls`]), the one framed transport and server accept loop
 //! ([`transport`]) with its frame encoding ([`wire`]) and shared limits and
-//! defaults ([`config`]).
+//! defaults ([`config`]); the Prometheus metrics every server records
+//! ([`telemetry`]) and the small HTTP server that exposes them ([`http`]).
 //!
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod http;
 pub mod ids;
 pub mod join;
 pub mod keyring;
@@ -28,6 +30,7 @@ pub mod net;
 pub mod pki;
 pub mod rpc;
 pub mod settings;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -462,7 +462,9 @@ pub fn idle_probe<In, Out>(
 
 /// Serves one tarpc service on every connection accepted from `listener`
 /// until `shutdown` is cancelled, with mutual TLS and the limits of
-/// [`serve`]. Each request runs in its own task.
+/// [`serve`]. Each request runs in its own task, instrumented by
+/// [`crate::telemetry::Instrumented`] (requests, errors and latency per
+/// method).
 ///
 /// `$listener`: a `tokio::net::TcpListener`; `$config`: the
 /// `Arc<rustls::ServerConfig>`; `$limits`: `ServerLimits`; `$conns`:
@@ -494,7 +496,10 @@ macro_rules! serve_tarpc {
                     let idle_of = $crate::transport::idle_probe(&transport);
                     let channel = ::tarpc::server::BaseChannel::with_defaults(transport)
                         .max_concurrent_requests(in_flight);
-                    let work = channel.execute(server.serve()).for_each(|fut| async {
+                    // Every request of every server passes here: counted,
+                    // timed and its errors classified (crate::telemetry).
+                    let serve = $crate::telemetry::Instrumented::new(server.serve());
+                    let work = channel.execute(serve).for_each(|fut| async {
                         ::tokio::spawn(fut);
                     });
                     $crate::transport::run_connection(work, &guard, idle, idle_of).await;

@@ -91,6 +91,7 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod survey;
+pub mod web;
 
 mod peers;
 mod ratelimit;
@@ -242,6 +243,11 @@ pub struct DirsvcConfig {
     /// picks peers itself. Default
     /// [`limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL`].
     pub max_promised_bytes_per_principal: u64,
+    /// Plain-HTTP address (`host:port`, port 0 picks one) serving
+    /// Prometheus metrics (`/metrics`) and the read-only status page (`/`,
+    /// `/status.json`, module [`web`]); the bound address is in
+    /// [`DirsvcHandle::metrics_addr`]. `None` (default): not served.
+    pub metrics_listen: Option<String>,
 }
 
 impl DirsvcConfig {
@@ -280,6 +286,7 @@ impl Default for DirsvcConfig {
             max_xattrs_per_inode: limits::DEFAULT_MAX_XATTRS_PER_INODE,
             max_placement_bytes_per_call: limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL,
             max_promised_bytes_per_principal: limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL,
+            metrics_listen: None,
         }
     }
 }
@@ -291,6 +298,11 @@ impl Default for DirsvcConfig {
 pub struct DirsvcHandle {
     /// The address the service is bound to.
     pub addr: SocketAddr,
+    /// The address metrics and the status page are served on, if
+    /// [`DirsvcConfig::metrics_listen`] was set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics and status-page server (stops when dropped).
+    http: Option<common::http::HttpServer>,
     cancel: CancellationToken,
     /// The accept loop and the workers, by name.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -310,6 +322,9 @@ impl DirsvcHandle {
     /// the database to close, so the same file can be opened again at once.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
         for (name, task) in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.await {
                 warn!(task = name, error = %e, "dirsvc task ended abnormally");
@@ -383,10 +398,25 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     let repair =
         tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));
     let gc = tokio::spawn(gc::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("gc")));
+    let http = match &config.metrics_listen {
+        Some(listen) => {
+            let endpoint = common::telemetry::Endpoint {
+                refresh: Some(web::refresh(shared.clone())),
+                pages: Some(web::pages(shared.clone())),
+            };
+            Some(common::telemetry::start(listen, endpoint).await.map_err(|e| {
+                cancel.cancel();
+                Error::Io(std::io::Error::other(format!("metrics address {listen}: {e}")))
+            })?)
+        }
+        None => None,
+    };
     let sessions =
         tokio::spawn(sessions::run(shared, cancel.clone()).instrument(tracing::info_span!("sessions")));
     Ok(DirsvcHandle {
         addr,
+        metrics_addr: http.as_ref().map(|h| h.addr()),
+        http,
         cancel,
         tasks: vec![
             ("accept", accept),

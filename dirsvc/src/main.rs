@@ -32,6 +32,16 @@ struct Args {
     /// After binding, write the bound ip:port to this file (atomically).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and the read-only status page
+    /// (/ and /status.json) over plain HTTP on this address (host:port;
+    /// port 0 picks a free one). Off unless given; keep it on loopback or a
+    /// trusted network (docs/OPERATIONS.md).
+    #[arg(long, env = "P2PFS_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// After binding the metrics address, write the bound ip:port to this
+    /// file (atomically).
+    #[arg(long, requires = "metrics_addr")]
+    metrics_addr_file: Option<PathBuf>,
     /// Seconds without a heartbeat after which a peer counts as down.
     #[arg(long, default_value_t = common::config::PEER_DOWN_AFTER.as_secs(), conflicts_with = "peer_down_after_ms")]
     peer_down_after_secs: u64,
@@ -162,6 +172,7 @@ async fn run() -> anyhow::Result<()> {
         max_xattrs_per_inode: args.max_xattrs_per_inode,
         max_placement_bytes_per_call: args.max_placement_bytes_per_call,
         max_promised_bytes_per_principal: args.max_promised_bytes_per_principal,
+        metrics_listen: args.metrics_addr,
         ..DirsvcConfig::default()
     };
     let tls = common::tls::Tls::load(&args.tls_dir)
@@ -185,6 +196,12 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting dirsvc with database {}", db_path.display()))?;
     info!(addr = %handle.addr, db = %db_path.display(), "dirsvc listening");
+    // The metrics address first: the RPC address file is what scripts
+    // wait for, so once it exists the metrics file does too.
+    if let (Some(file), Some(addr)) = (&args.metrics_addr_file, handle.metrics_addr) {
+        common::fsutil::write_atomic(file, addr.to_string().as_bytes(), 0o644)
+            .with_context(|| format!("writing the metrics address file {}", file.display()))?;
+    }
     if let Some(file) = &args.addr_file {
         common::fsutil::write_atomic(file, handle.addr.to_string().as_bytes(), 0o644)
             .with_context(|| format!("writing the address file {}", file.display()))?;

@@ -143,6 +143,7 @@ impl Repair {
             }
         };
         self.shared.peers().set_survey(&view, &s.peers);
+        self.shared.stats.note_survey(&s);
         self.log_health(&s);
         if s.work.is_empty() || self.shared.config.repair_concurrency == 0 {
             return;

@@ -30,6 +30,40 @@ pub(crate) struct Stats {
     pub repaired_bytes_total: AtomicU64,
     /// Replica deletions acknowledged by peers.
     pub gc_deleted_total: AtomicU64,
+    /// The counts of the repair worker's last survey (the status page and
+    /// the metrics read them instead of surveying on every refresh).
+    pub last_survey: Mutex<Option<SurveyCounts>>,
+}
+
+/// The counts of one survey of the chunk index ([`crate::survey`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SurveyCounts {
+    /// Referenced chunks.
+    pub chunks: u64,
+    /// Referenced chunks with fewer than R good replicas (lost included).
+    pub under_replicated: u64,
+    /// Referenced chunks with no reachable replica.
+    pub lost: u64,
+    /// When the survey ran.
+    pub at: std::time::Instant,
+}
+
+impl Stats {
+    /// Keeps the counts of survey `s`, just made.
+    pub(crate) fn note_survey(&self, s: &crate::survey::Survey) {
+        let counts = SurveyCounts {
+            chunks: s.chunks,
+            under_replicated: s.under_replicated,
+            lost: s.lost,
+            at: std::time::Instant::now(),
+        };
+        *self.last_survey.lock().unwrap_or_else(PoisonError::into_inner) = Some(counts);
+    }
+
+    /// The counts of the last survey, if one ran.
+    pub(crate) fn last_survey(&self) -> Option<SurveyCounts> {
+        *self.last_survey.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Counts one copy in flight for as long as it lives (also when the copy's

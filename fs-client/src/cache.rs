@@ -54,8 +54,10 @@ impl BlockCache {
         F: Future<Output = Result<Block>> + Send + 'static,
     {
         if let Some(b) = self.get(&id) {
+            metrics::counter!(crate::telemetry::CACHE_HITS).increment(1);
             return Ok(b);
         }
+        metrics::counter!(crate::telemetry::CACHE_MISSES).increment(1);
         let fut = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             in_flight.entry(id).or_insert_with(|| fetch.boxed().shared()).clone()

@@ -25,6 +25,7 @@ pub mod mount;
 pub mod mount_helper;
 pub mod pins;
 pub mod remote;
+pub mod telemetry;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -102,6 +102,15 @@ enum Cmd {
         /// $XDG_STATE_HOME/p2pfs/recovery, or ~/.local/state/p2pfs/recovery).
         #[arg(long, env = "P2PFS_RECOVERY_DIR")]
         recovery_dir: Option<PathBuf>,
+        /// Serve this mount's Prometheus metrics (/metrics) over plain HTTP
+        /// on this address (host:port; port 0 picks a free one). Off unless
+        /// given; keep it on loopback (docs/OPERATIONS.md).
+        #[arg(long, env = "P2PFS_METRICS_ADDR", value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+        /// After binding the metrics address, write the bound ip:port to
+        /// this file (atomically).
+        #[arg(long, requires = "metrics_addr")]
+        metrics_addr_file: Option<PathBuf>,
         #[command(flatten)]
         pins: PinArgs,
         /// Where to mount (default: the mountpoint scripts/up.sh recorded in
@@ -442,6 +451,8 @@ fn run() -> anyhow::Result<()> {
             uploads_in_flight,
             min_replicas,
             recovery_dir,
+            metrics_addr,
+            metrics_addr_file,
             pins,
             mountpoint,
         } => {
@@ -464,6 +475,8 @@ fn run() -> anyhow::Result<()> {
                 tls_dir: fs_client::admin::tls_dir(tls_dir.clone(), Role::Client),
                 pin_dir: pins.dir(),
                 fs,
+                metrics_listen: metrics_addr,
+                metrics_addr_file,
             })?;
         }
         Cmd::Peers { dirsvc } => {

@@ -33,6 +33,13 @@ pub struct MountConfig {
     pub pin_dir: PathBuf,
     /// Tunables of the core.
     pub fs: FsConfig,
+    /// Plain-HTTP address (`host:port`, port 0 picks one) serving this
+    /// mount's Prometheus metrics at `/metrics` ([`crate::telemetry`]);
+    /// `None`: not served.
+    pub metrics_listen: Option<String>,
+    /// Where to write the bound metrics address (`ip:port`, atomically)
+    /// once it listens.
+    pub metrics_addr_file: Option<PathBuf>,
 }
 
 /// Whether `path` is a mount point listed in /proc/self/mounts, with its
@@ -108,6 +115,26 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Serves this mount's metrics on `listen` and writes the bound address
+/// to `addr_file` (if given).
+///
+/// Errors: [`Error::Io`] naming the address or the file.
+async fn start_metrics(listen: &str, addr_file: Option<&Path>) -> Result<common::http::HttpServer> {
+    let server = common::telemetry::start(listen, common::telemetry::Endpoint::default())
+        .await
+        .map_err(|e| Error::Io(format!("cannot serve metrics on {listen}: {e}")))?;
+    if let Some(file) = addr_file {
+        let (file, addr) = (file.to_path_buf(), server.addr().to_string());
+        tokio::task::spawn_blocking(move || {
+            common::fsutil::write_atomic(&file, addr.as_bytes(), 0o644)
+                .map_err(|e| Error::Io(format!("cannot write the metrics address file: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Io(format!("writing the metrics address file: {e}")))??;
+    }
+    Ok(server)
+}
+
 /// How long one change-feed poll waits at dirsvc, in milliseconds.
 const CHANGE_POLL_MS: u32 = 5_000;
 
@@ -165,6 +192,12 @@ pub fn run(config: MountConfig) -> Result<()> {
         Ok(_) => return Err(Error::Io(format!("mount point {} is not a directory", mountpoint.display()))),
         Err(e) => return Err(Error::Io(format!("mount point {}: {e}", mountpoint.display()))),
     }
+    // Served from before the mount appears to after it is gone, so a
+    // scrape sees the final flush too.
+    let _metrics = match &config.metrics_listen {
+        Some(listen) => Some(rt.block_on(start_metrics(listen, config.metrics_addr_file.as_deref()))?),
+        None => None,
+    };
     let fs = rt.block_on(async {
         let tls = crate::admin::load_tls(&config.tls_dir)?;
         let dir = DirClient::connect(&config.dirsvc, tls)

@@ -141,22 +141,44 @@ impl PeerPool {
     /// Errors: [`Error::Peer`] for the peer's refusal, [`Error::Rpc`] when
     /// it cannot be reached.
     pub async fn put(&self, peer: &PeerLoc, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
+        let len = bytes.len() as u64;
         let bytes = Bytes::from(bytes);
-        self.call(peer, |c, ctx| {
-            let bytes = bytes.clone();
-            async move { c.put(ctx, id, bytes).await }
-        })
-        .await
+        let started = std::time::Instant::now();
+        let r = self
+            .call(peer, |c, ctx| {
+                let bytes = bytes.clone();
+                async move { c.put(ctx, id, bytes).await }
+            })
+            .await;
+        record_peer_call("put", started, r.is_ok());
+        if r.is_ok() {
+            metrics::counter!(crate::telemetry::UPLOADED_BYTES).increment(len);
+        }
+        r
     }
 
     /// Fetches a whole sealed chunk from `peer`; the caller verifies it.
     ///
     /// Errors: as [`PeerPool::put`].
     pub async fn get(&self, peer: &PeerLoc, id: ChunkId) -> Result<Vec<u8>> {
+        let started = std::time::Instant::now();
         let r = self.call(peer, |c, ctx| async move { c.get(ctx, id).await }).await;
+        record_peer_call("get", started, r.is_ok());
+        if let Ok(b) = &r {
+            metrics::counter!(crate::telemetry::DOWNLOADED_BYTES).increment(b.len() as u64);
+        }
         if let Err(e) = &r {
             warn!(peer = %peer.id, addr = %peer.addr, chunk = %id, error = %e, "replica read failed");
         }
         r.map(|b| b.into_vec())
     }
+}
+
+/// Counts one chunk put or get (`op`) to a peer and its latency
+/// ([`crate::telemetry`]).
+fn record_peer_call(op: &'static str, started: std::time::Instant, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(crate::telemetry::PEER_REQUESTS, "op" => op, "result" => result).increment(1);
+    metrics::histogram!(crate::telemetry::PEER_REQUEST_DURATION, "op" => op)
+        .record(started.elapsed().as_secs_f64());
 }

@@ -8,7 +8,9 @@
 //! (`workloads`), two mounts of one volume (`two_mounts`), and keys that
 //! are never replaced: `scripts/up.sh`, mount, init and keygen with a
 //! missing or wrong identity (`keys`); a directory service that moves
-//! chunks and symlink targets, and a removed member (`untrusted_dirsvc`).
+//! chunks and symlink targets, and a removed member (`untrusted_dirsvc`);
+//! every metrics endpoint and the status page in headless Chromium
+//! (`observability`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. Two
@@ -26,6 +28,7 @@ mod integration {
     mod keys;
     mod kills;
     mod multihost;
+    mod observability;
     mod peer_faults;
     mod posix_edges;
     mod posix_suites;

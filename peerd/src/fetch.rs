@@ -89,6 +89,7 @@ pub async fn fetch_from<S: ChunkStore>(
     let failed = |reason: String| Error::SourceFailed { addr: source.addr.clone(), reason };
     let bytes = get_chunk(pool, source, id, deadline).await.map_err(failed)?;
     let len = bytes.len();
+    metrics::counter!(crate::telemetry::RECEIVED_BYTES, "rpc" => "fetch_from").increment(len as u64);
     match store.put(id, bytes).await {
         Ok(()) => {
             debug!(chunk = %id, source = %source.addr, bytes = len, "chunk copied from source");

@@ -54,6 +54,7 @@ pub mod revoked;
 pub mod scrub;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use error::Error;
 pub use report::CorruptQueue;
@@ -123,6 +124,10 @@ pub struct PeerdConfig {
     pub join_token: Option<String>,
     /// Limits of the listener.
     pub limits: ServerLimits,
+    /// Plain-HTTP address (`host:port`, port 0 picks one) serving
+    /// Prometheus metrics at `/metrics` ([`telemetry`]); the bound address
+    /// is in [`PeerdHandle::metrics_addr`]. `None` (default): not served.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for PeerdConfig {
@@ -142,6 +147,7 @@ impl Default for PeerdConfig {
             tls_dir: None,
             join_token: None,
             limits: ServerLimits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -155,6 +161,11 @@ pub struct PeerdHandle {
     pub id: PeerId,
     /// The address registered with dirsvc.
     pub advertised: String,
+    /// Where metrics are served, if [`PeerdConfig::metrics_listen`] was
+    /// set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics server (stops when dropped).
+    http: Option<common::http::HttpServer>,
     store: FsChunkStore,
     scrub_stats: Arc<Mutex<ScrubStats>>,
     /// The named worker tasks, in shutdown order.
@@ -305,7 +316,36 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         stats: scrub_stats.clone(),
     };
     tasks.push(("scrub", tokio::spawn(scrub.run(cancel.clone()))));
-    Ok(PeerdHandle { addr, id, advertised, store, scrub_stats, tasks, cancel: cancel.drop_guard() })
+    let http = match &config.metrics_listen {
+        Some(listen) => {
+            let endpoint = common::telemetry::Endpoint {
+                refresh: Some(telemetry::refresh(store.clone(), scrub_stats.clone())),
+                pages: None,
+            };
+            let server = common::telemetry::start(listen, endpoint).await.map_err(|e| match e {
+                common::telemetry::TelemetryError::Bind(source) => {
+                    Error::Bind { addr: listen.clone(), source }
+                }
+                other => {
+                    Error::Bind { addr: listen.clone(), source: std::io::Error::other(other.to_string()) }
+                }
+            })?;
+            Some(server)
+        }
+        None => None,
+    };
+    let metrics_addr = http.as_ref().map(|h| h.addr());
+    Ok(PeerdHandle {
+        addr,
+        id,
+        advertised,
+        metrics_addr,
+        http,
+        store,
+        scrub_stats,
+        tasks,
+        cancel: cancel.drop_guard(),
+    })
 }
 
 /// The address to advertise for a bound socket: itself, or loopback with
@@ -342,8 +382,11 @@ impl PeerdHandle {
     /// requests have released the store, so the data directory is unlocked
     /// when this returns (unless a blocking file operation is stuck).
     pub async fn shutdown(self) {
-        let PeerdHandle { store, tasks, cancel, .. } = self;
+        let PeerdHandle { store, tasks, cancel, http, .. } = self;
         drop(cancel); // fires the token
+        if let Some(h) = http {
+            h.shutdown().await;
+        }
         for (name, task) in tasks {
             if let Err(e) = task.await {
                 warn!(task = name, error = %e, "task ended abnormally");

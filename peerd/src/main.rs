@@ -36,6 +36,15 @@ struct Args {
     /// After binding, write the bound `ip:port` to this file (atomically).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) over plain HTTP on this address
+    /// (`host:port`; port 0 picks a free one). Off unless given; keep it on
+    /// loopback or a trusted network (docs/OPERATIONS.md).
+    #[arg(long, env = "P2PFS_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// After binding the metrics address, write the bound `ip:port` to this
+    /// file (atomically).
+    #[arg(long, requires = "metrics_addr")]
+    metrics_addr_file: Option<PathBuf>,
     /// Milliseconds between heartbeats to dirsvc (also the longest retry
     /// delay while dirsvc is unreachable).
     #[arg(long, env = "P2PFS_PEERD_HEARTBEAT_INTERVAL_MS", default_value_t = 2000,
@@ -123,12 +132,21 @@ async fn run() -> anyhow::Result<()> {
         zone_label: args.zone_label,
         tls_dir: args.tls_dir,
         join_token: args.join,
+        metrics_listen: args.metrics_addr,
         ..PeerdConfig::default()
     };
     let handle = peerd::spawn(config).await.context("starting peerd")?;
 
-    if let Some(path) = &args.addr_file {
-        let addr = handle.addr.to_string();
+    // The metrics address first: the RPC address file is what scripts wait
+    // for, so once it exists the metrics file does too.
+    let files = args
+        .metrics_addr_file
+        .as_ref()
+        .zip(handle.metrics_addr)
+        .into_iter()
+        .chain(args.addr_file.as_ref().map(|p| (p, handle.addr)));
+    for (path, addr) in files {
+        let addr = addr.to_string();
         let written = tokio::task::spawn_blocking({
             let path = path.clone();
             move || peerd::fsutil::write_atomic(&path, addr.as_bytes())

@@ -99,19 +99,28 @@ impl<S: ChunkStore> PeerService for PeerServer<S> {
     #[instrument(skip_all, fields(chunk = %id, bytes = bytes.len()))]
     async fn put(self, _: Context, id: ChunkId, bytes: Bytes) -> Result<(), PeerError> {
         self.allow("put", READERS)?;
+        metrics::counter!(crate::telemetry::RECEIVED_BYTES, "rpc" => "put").increment(bytes.len() as u64);
         reply("put", self.store.put(id, bytes.into_vec()).await)
     }
 
     #[instrument(skip_all, fields(chunk = %id))]
     async fn get(self, _: Context, id: ChunkId) -> Result<Bytes, PeerError> {
         self.allow("get", READERS)?;
-        reply("get", self.store.get(id).await.map(Bytes::from))
+        let r = reply("get", self.store.get(id).await.map(Bytes::from));
+        if let Ok(b) = &r {
+            metrics::counter!(crate::telemetry::SENT_BYTES, "rpc" => "get").increment(b.len() as u64);
+        }
+        r
     }
 
     #[instrument(skip_all, fields(chunk = %id, offset, len))]
     async fn get_range(self, _: Context, id: ChunkId, offset: u64, len: u32) -> Result<Bytes, PeerError> {
         self.allow("get_range", READERS)?;
-        reply("get_range", self.store.get_range(id, offset, len).await.map(Bytes::from))
+        let r = reply("get_range", self.store.get_range(id, offset, len).await.map(Bytes::from));
+        if let Ok(b) = &r {
+            metrics::counter!(crate::telemetry::SENT_BYTES, "rpc" => "get_range").increment(b.len() as u64);
+        }
+        r
     }
 
     #[instrument(skip_all, fields(count = ids.len()))]

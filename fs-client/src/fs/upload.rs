@@ -48,6 +48,9 @@ impl Fs {
             st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
             return;
         }
+        // In the backlog from here (waiting for a slot) until stored or
+        // failed.
+        let backlog = crate::telemetry::BacklogGuard::new(data.len());
         let permit = match self.uploads.clone().acquire_owned().await {
             Ok(p) => p,
             Err(_) => return,
@@ -55,7 +58,17 @@ impl Fs {
         let me = self.clone();
         let d = data.clone();
         let ino = st.ino;
-        let task = tokio::spawn(async move { me.upload(ino, idx, d, permit).await });
+        let task = tokio::spawn(async move {
+            let r = me.upload(ino, idx, d, permit).await;
+            let counter = if r.is_ok() {
+                crate::telemetry::BLOCKS_UPLOADED
+            } else {
+                crate::telemetry::BLOCK_UPLOAD_FAILURES
+            };
+            metrics::counter!(counter).increment(1);
+            drop(backlog);
+            r
+        });
         st.uploading.insert(idx, (data, task));
     }
 
