@@ -170,7 +170,13 @@ fn fuse() -> Finding {
     const CHECK: &str = "FUSE";
     match std::fs::metadata("/dev/fuse") {
         Ok(m) if m.file_type().is_char_device() => {}
-        Ok(_) => return Finding::fail(CHECK, "/dev/fuse is not a character device", "run `modprobe fuse` (as root)"),
+        Ok(_) => {
+            return Finding::fail(
+                CHECK,
+                "/dev/fuse is not a character device",
+                "run `modprobe fuse` (as root)",
+            )
+        }
         Err(e) => {
             return Finding::fail(
                 CHECK,
@@ -291,7 +297,9 @@ async fn clock(dir: &DirClient) -> Finding {
     let rtt = started.elapsed();
     let theirs = match r.map(|t| t.to_system_time()) {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Finding::fail(CHECK, format!("dirsvc sent a bad time: {e}"), "set dirsvc's clock right"),
+        Ok(Err(e)) => {
+            return Finding::fail(CHECK, format!("dirsvc sent a bad time: {e}"), "set dirsvc's clock right")
+        }
         Err(e) => {
             return Finding::fail(
                 CHECK,
@@ -331,7 +339,11 @@ async fn peers(dir: &DirClient, tls: &Arc<Tls>) -> Vec<Finding> {
         }
     };
     if list.is_empty() {
-        return vec![Finding::fail("peers", "dirsvc knows no peer", "start peerd (scripts/up.sh starts three)")];
+        return vec![Finding::fail(
+            "peers",
+            "dirsvc knows no peer",
+            "start peerd (scripts/up.sh starts three)",
+        )];
     }
     let pool: Pool<PeerServiceClient> = Pool::new(tls.clone());
     let pool = &pool;
@@ -419,7 +431,10 @@ async fn scratch(vol: &Volume) -> Result<(), String> {
     let name = format!(".p2pfs-doctor-{}", hex::encode(rand::random::<[u8; 8]>()));
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let (attr, fh) = fs.create(InodeId::ROOT, name.as_bytes(), 0o600, uid, gid).await.map_err(|e| format!("create /{name}: {e}"))?;
+    let (attr, fh) = fs
+        .create(InodeId::ROOT, name.as_bytes(), 0o600, uid, gid)
+        .await
+        .map_err(|e| format!("create /{name}: {e}"))?;
     let written = async {
         fs.write(fh, 0, &data, false).await.map_err(|e| format!("write: {e}"))?;
         Ok::<_, String>(())
@@ -431,7 +446,9 @@ async fn scratch(vol: &Volume) -> Result<(), String> {
             let mut back = Vec::with_capacity(SCRATCH_BYTES);
             match vol.stream(attr.ino, &format!("/{name}"), &mut back, &|_| {}).await {
                 Ok(_) if back == data => Ok(()),
-                Ok(_) => Err(format!("read back {} bytes that differ from the {} written", back.len(), data.len())),
+                Ok(_) => {
+                    Err(format!("read back {} bytes that differ from the {} written", back.len(), data.len()))
+                }
                 Err(e) => Err(format!("read back: {e}")),
             }
         }

@@ -246,7 +246,8 @@ impl Volume {
     /// Errors: as [`Volume::stat`]; `EINVAL` for the root.
     async fn parent(&self, path: &str) -> Result<(Attr, Vec<u8>)> {
         let mut c = components(path)?;
-        let name = c.pop().ok_or_else(|| Error::Errno(libc::EINVAL, format!("{path}: is the volume's root")))?;
+        let name =
+            c.pop().ok_or_else(|| Error::Errno(libc::EINVAL, format!("{path}: is the volume's root")))?;
         let mut dir = self.fs.getattr(InodeId::ROOT).await.map_err(|e| about(path, e))?;
         for p in c {
             if dir.kind != FileKind::Dir {
@@ -309,10 +310,7 @@ impl Volume {
     ) -> Result<Moved> {
         let meta = tokio::fs::symlink_metadata(local).await.map_err(|e| self::local(local, e))?;
         if meta.is_dir() && !recursive {
-            return Err(Error::Errno(
-                libc::EISDIR,
-                format!("{}: is a directory (use -r)", local.display()),
-            ));
+            return Err(Error::Errno(libc::EISDIR, format!("{}: is a directory (use -r)", local.display())));
         }
         let base = local
             .file_name()
@@ -409,14 +407,24 @@ impl Volume {
                 self.put_symlink(dir, &name, &to, target.as_os_str().as_bytes(), force).await?;
             } else {
                 tracing::warn!(path = %from.display(), "not a regular file, directory or symlink; skipped");
-                eprintln!("fs-client: {}: skipped (not a regular file, directory or symlink)", from.display());
+                eprintln!(
+                    "fs-client: {}: skipped (not a regular file, directory or symlink)",
+                    from.display()
+                );
             }
         }
         Ok(())
     }
 
     /// Makes the symlink `name` → `target` in `dir`.
-    async fn put_symlink(&self, dir: InodeId, name: &[u8], path: &str, target: &[u8], force: bool) -> Result<()> {
+    async fn put_symlink(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        path: &str,
+        target: &[u8],
+        force: bool,
+    ) -> Result<()> {
         if let Some(a) = self.child(dir, name, path).await? {
             if !force || a.kind == FileKind::Dir {
                 return Err(err(path, if a.kind == FileKind::Dir { libc::EISDIR } else { libc::EEXIST }));
@@ -443,10 +451,7 @@ impl Volume {
         moved: &mut Moved,
     ) -> Result<()> {
         if !meta.is_file() {
-            return Err(Error::Errno(
-                libc::EINVAL,
-                format!("{}: not a regular file", local.display()),
-            ));
+            return Err(Error::Errno(libc::EINVAL, format!("{}: not a regular file", local.display())));
         }
         match self.child(dir, name, path).await? {
             Some(a) if a.kind == FileKind::Dir => return Err(err(path, libc::EISDIR)),
@@ -501,7 +506,12 @@ impl Volume {
                 let flags = if force { 0 } else { common::rpc::dir::rename_flags::NOREPLACE };
                 match self.fs.setattr(attr.ino, set).await {
                     Err(e) => Err(about(path, e)),
-                    Ok(_) => self.fs.rename(dir, &tmp, dir, name, flags).await.map(|()| n).map_err(|e| about(path, e)),
+                    Ok(_) => self
+                        .fs
+                        .rename(dir, &tmp, dir, name, flags)
+                        .await
+                        .map(|()| n)
+                        .map_err(|e| about(path, e)),
                 }
             }
             Err(e) => Err(e),
@@ -546,7 +556,8 @@ impl Volume {
         let name = components(remote)?.pop().unwrap_or_else(|| b"p2pfs".to_vec());
         let into_dir = local.as_os_str().as_bytes().ends_with(b"/")
             || std::fs::metadata(local).is_ok_and(|m| m.is_dir());
-        let target = if into_dir { local.join(std::ffi::OsStr::from_bytes(&name)) } else { local.to_path_buf() };
+        let target =
+            if into_dir { local.join(std::ffi::OsStr::from_bytes(&name)) } else { local.to_path_buf() };
         let mut moved = Moved::default();
         self.get_any(&attr, remote, &target, force, progress, &mut moved).await?;
         Ok(moved)
@@ -569,7 +580,10 @@ impl Volume {
                     Ok(_) => return Err(local(target, std::io::Error::from_raw_os_error(libc::EEXIST))),
                     Err(_) => {
                         tokio::fs::create_dir(target).await.map_err(|e| local(target, e))?;
-                        let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(attr.perm & 0o7777));
+                        let _ = std::fs::set_permissions(
+                            target,
+                            std::fs::Permissions::from_mode(attr.perm & 0o7777),
+                        );
                     }
                 }
                 for e in self.entries(attr.ino, remote).await? {
@@ -589,7 +603,9 @@ impl Volume {
                     }
                     tokio::fs::remove_file(target).await.map_err(|e| local(target, e))?;
                 }
-                tokio::fs::symlink(std::ffi::OsStr::from_bytes(&t), target).await.map_err(|e| local(target, e))
+                tokio::fs::symlink(std::ffi::OsStr::from_bytes(&t), target)
+                    .await
+                    .map_err(|e| local(target, e))
             }
             _ => {
                 eprintln!("fs-client: {remote}: skipped (not a regular file, directory or symlink)");
@@ -609,7 +625,9 @@ impl Volume {
         moved: &mut Moved,
     ) -> Result<()> {
         match std::fs::symlink_metadata(target) {
-            Ok(m) if m.is_dir() => return Err(local(target, std::io::Error::from_raw_os_error(libc::EISDIR))),
+            Ok(m) if m.is_dir() => {
+                return Err(local(target, std::io::Error::from_raw_os_error(libc::EISDIR)))
+            }
             Ok(_) if !force => return Err(local(target, std::io::Error::from_raw_os_error(libc::EEXIST))),
             _ => {}
         }
@@ -795,7 +813,9 @@ pub fn mode_text(attr: &Attr) -> String {
     let p = attr.perm;
     let mut s = String::with_capacity(10);
     s.push(t);
-    for (shift, special, set_x, set_nox) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, set_x, set_nox) in
+        [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')]
+    {
         let bits = (p >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });

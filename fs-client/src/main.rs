@@ -591,7 +591,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Put { vol, recursive, force, local, remote } => {
             files_cmd(vol, tls(Role::Client)?, |v| async move {
-                let total = if recursive { 0 } else { std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0) };
+                let total =
+                    if recursive { 0 } else { std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0) };
                 let bar = progress_bar(total);
                 let inc = |n: u64| {
                     if let Some(b) = &bar {
@@ -629,8 +630,11 @@ fn main() -> anyhow::Result<()> {
                     let name = String::from_utf8_lossy(&e.name);
                     if long {
                         let a = &e.attr;
-                        let target =
-                            e.target.as_deref().map(|t| format!(" -> {}", String::from_utf8_lossy(t))).unwrap_or_default();
+                        let target = e
+                            .target
+                            .as_deref()
+                            .map(|t| format!(" -> {}", String::from_utf8_lossy(t)))
+                            .unwrap_or_default();
                         out.push_str(&format!(
                             "{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}\n",
                             fs_client::files::mode_text(a),
@@ -649,7 +653,11 @@ fn main() -> anyhow::Result<()> {
             });
         }
         Cmd::Rm { vol, recursive, remote } => {
-            files_cmd(vol, tls(Role::Client)?, |v| async move { v.remove(&remote, recursive).await.map(|_| ()) });
+            files_cmd(
+                vol,
+                tls(Role::Client)?,
+                |v| async move { v.remove(&remote, recursive).await.map(|_| ()) },
+            );
         }
         Cmd::Cat { vol, remote } => {
             files_cmd(vol, tls(Role::Client)?, |v| async move {
@@ -660,7 +668,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Doctor { vol, json } => {
             let client_tls_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Client);
             let admin_tls_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Admin);
-            let other_tls_dirs = if admin_tls_dir == client_tls_dir { Vec::new() } else { vec![admin_tls_dir] };
+            let other_tls_dirs =
+                if admin_tls_dir == client_tls_dir { Vec::new() } else { vec![admin_tls_dir] };
             let config = fs_client::doctor::DoctorConfig {
                 dirsvc: vol.dirsvc,
                 identity: vol.identity,
@@ -934,7 +943,8 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
         (indicatif::ProgressBar::no_length(), "{spinner} {bytes} {binary_bytes_per_sec}")
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
 }
