@@ -220,13 +220,16 @@ impl PeerTable {
         }
     }
 
-    /// Records a registration that was just stored. The drain flag only
-    /// ever goes from false to true, so a registration racing a drain
-    /// cannot clear it here.
+    /// Records a registration that was just stored. The drain flag of a
+    /// known peer is owned by `drain_peer` and `undrain_peer` (each updates
+    /// this mirror after its own transaction), so a registration racing
+    /// either keeps the flag the mirror has; a new peer takes the stored one.
     pub(crate) fn registered(&mut self, id: PeerId, mut rec: PeerRecord) {
         let old = self.peers.remove(&id);
         let survey = old.as_ref().and_then(|o| o.survey);
-        rec.draining |= old.is_some_and(|o| o.rec.draining);
+        if let Some(o) = &old {
+            rec.draining = o.rec.draining;
+        }
         self.peers.insert(
             id,
             Entry { rec, promised: 0, by_principal: HashMap::new(), persisted: Instant::now(), survey },
@@ -239,6 +242,18 @@ impl PeerTable {
         if let Some(e) = self.peers.get_mut(&id) {
             if !e.rec.draining {
                 e.rec.draining = true;
+                e.survey = None;
+            }
+        }
+    }
+
+    /// Records that peer `id` no longer drains (`undrain_peer`): it shows
+    /// its liveness again and is a placement candidate while up. Its survey
+    /// figures are forgotten until the next survey.
+    pub(crate) fn clear_draining(&mut self, id: PeerId) {
+        if let Some(e) = self.peers.get_mut(&id) {
+            if e.rec.draining {
+                e.rec.draining = false;
                 e.survey = None;
             }
         }
@@ -622,6 +637,16 @@ mod tests {
         t.registered(d, rec(800, Duration::ZERO));
         assert_eq!(t.list()[1].state, PeerState::Drained);
         assert_eq!(t.state_counts(), [1, 0, 0, 0, 1]);
+        // Undrain: placed on again, shown up; a survey from before the
+        // undrain does not make it drained again.
+        let before = t.view();
+        t.clear_draining(d);
+        t.set_survey(&before, &HashMap::from([(d, PeerSurvey { indexed: 4, needed: false })]));
+        assert_eq!(t.list()[1].state, PeerState::Up);
+        assert_eq!(t.place(2, 1, 1, &who(), PlacementCaps::NONE).map(|v| v[0].len()), Ok(2));
+        // A re-registration keeps the undrained flag.
+        t.registered(d, PeerRecord { draining: true, ..rec(800, Duration::ZERO) });
+        assert_eq!(t.list()[1].state, PeerState::Up);
         // A survey taken before a drain does not mark the peer drained.
         let mut t = table(vec![(1, rec(800, Duration::ZERO))]);
         let before = t.view();

@@ -1046,6 +1046,25 @@ impl DirService for DirServer {
         .await;
         reply("poll_changes", r)
     }
+
+    #[instrument(skip_all, fields(peer = %id))]
+    async fn undrain_peer(self, _: Context, id: PeerId) -> Result<(), DirError> {
+        self.allow("undrain_peer", ADMINS)?;
+        let r = async {
+            let rec = self.blocking(move |s| s.clear_draining(id)).await?;
+            self.peers().clear_draining(id);
+            info!(addr = %rec.addr, "drain taken back: the peer gets new chunks again while it is up");
+            self.shared.repair_kick.notify_one();
+            Ok(())
+        }
+        .await;
+        reply("undrain_peer", r)
+    }
+
+    async fn server_time(self, _: Context) -> Result<Timestamp, DirError> {
+        self.allow("server_time", ANY)?;
+        Ok(Timestamp::now())
+    }
 }
 
 /// A peer address must look like `host:port`.

@@ -16,7 +16,9 @@
 pub mod admin;
 pub mod cache;
 pub mod defaults;
+pub mod doctor;
 pub mod error;
+pub mod files;
 pub mod fs;
 pub mod fuse;
 pub mod identity;

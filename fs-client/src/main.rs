@@ -17,9 +17,10 @@ use std::path::PathBuf;
 struct Cli {
     /// Directory of this client's TLS identity (node.key, node.crt,
     /// ca.crt). Default when P2PFS_STATE is set (as scripts/up.sh makes
-    /// them): $P2PFS_STATE/client-tls for `mount` and `join`,
-    /// $P2PFS_STATE/admin-tls for the other commands (client-tls if it has
-    /// no certificate); else ~/.config/p2pfs/tls.
+    /// them): $P2PFS_STATE/client-tls for `mount`, `join`, the file
+    /// commands (put, get, ls, rm, cat) and `doctor`; $P2PFS_STATE/admin-tls
+    /// for the other commands (client-tls if it has no certificate); else
+    /// ~/.config/p2pfs/tls.
     #[arg(long, global = true, env = "P2PFS_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     /// TOML config file: keys are the long option names (`dirsvc =
@@ -190,6 +191,91 @@ enum Cmd {
         /// The peer's id (32 hex digits, as `fs-client peers` shows).
         peer: String,
     },
+    /// Take a drain back (admin): the peer gets new chunks again while it
+    /// is up (a draining peer, or a drained one still running).
+    Undrain {
+        /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+        /// says, else 127.0.0.1:7700).
+        #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
+        dirsvc: String,
+        /// The peer's id (32 hex digits, as `fs-client peers` shows).
+        peer: String,
+    },
+    /// Copy a local file (or, with -r, a directory tree) into the volume,
+    /// without a mount. Durable and visible to every mount when it exits 0.
+    Put {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Copy a directory tree.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Replace existing files.
+        #[arg(short, long)]
+        force: bool,
+        /// The local file or directory.
+        local: PathBuf,
+        /// Volume path (`/dir/file`); an existing directory or a path
+        /// ending in `/` receives the copy under the local name.
+        remote: String,
+    },
+    /// Copy a file (or, with -r, a directory tree) out of the volume,
+    /// without a mount; every block is verified.
+    Get {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Copy a directory tree.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Replace existing local files.
+        #[arg(short, long)]
+        force: bool,
+        /// Volume path (`/dir/file`).
+        remote: String,
+        /// Local path; an existing directory receives the copy under the
+        /// remote name.
+        local: PathBuf,
+    },
+    /// List a volume directory (or show one file), without a mount.
+    Ls {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Long format: mode, links, owner, group, size, mtime (UTC), name.
+        #[arg(short, long)]
+        long: bool,
+        /// Volume path (default `/`).
+        #[arg(default_value = "/")]
+        remote: String,
+    },
+    /// Remove a volume file (or, with -r, a directory tree), without a
+    /// mount.
+    Rm {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Remove a directory and everything in it.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Volume path (`/dir/file`).
+        remote: String,
+    },
+    /// Write a volume file's content to stdout, without a mount.
+    Cat {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Volume path (`/dir/file`).
+        remote: String,
+    },
+    /// Check this machine and the cluster: FUSE, key and certificate
+    /// files, dirsvc, clock, every peer, and a write → read → verify round
+    /// trip. One line per check (`ok`, `warn`, `FAIL … — fix: …`); exit
+    /// status 1 if any check fails.
+    Doctor {
+        #[command(flatten)]
+        vol: VolArgs,
+        /// Print one JSON object {"ok": bool, "checks": [{check, status,
+        /// detail, fix}]} instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// The cluster's certificate authority: create it, issue certificates
     /// offline.
     #[command(subcommand)]
@@ -270,6 +356,21 @@ enum TokenCmd {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+}
+
+/// What the file commands need: dirsvc, the member's identity, the pins.
+#[derive(clap::Args)]
+struct VolArgs {
+    /// dirsvc address, host:port (default: what $P2PFS_STATE/run/dirsvc.addr
+    /// says, else 127.0.0.1:7700).
+    #[arg(long, env = "P2PFS_DIRSVC", default_value_t = fs_client::defaults::dirsvc_addr())]
+    dirsvc: String,
+    /// age identity file (default: $P2PFS_STATE/identity.txt, else
+    /// ~/.config/p2pfs/identity.txt).
+    #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
+    identity: PathBuf,
+    #[command(flatten)]
+    pins: PinArgs,
 }
 
 /// Where volumes are pinned at first use.
@@ -529,6 +630,135 @@ fn run() -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>(())
             })?;
         }
+        Cmd::Undrain { dirsvc, peer } => {
+            let id: common::PeerId = peer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad peer id {peer:?} (32 hex digits expected): {e}"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let dir = connect(&dirsvc, tls(Role::Admin)?).await?;
+                dir.call(|c, ctx| async move { c.undrain_peer(ctx, id).await }).await?;
+                let peers = dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+                let state = peers.iter().find(|p| p.loc.id == id).map(|p| p.state);
+                match state {
+                    Some(common::rpc::dir::PeerState::Up) | None => {
+                        println!("peer {} is no longer draining; it gets new chunks again", id.to_hex())
+                    }
+                    Some(s) => println!(
+                        "peer {} is no longer draining, but dirsvc sees it {s:?}: it gets new chunks once it is up",
+                        id.to_hex()
+                    ),
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+        Cmd::Put { vol, recursive, force, local, remote } => {
+            files_cmd(vol, tls(Role::Client)?, |v| async move {
+                let total =
+                    if recursive { 0 } else { std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0) };
+                let bar = progress_bar(total);
+                let inc = |n: u64| {
+                    if let Some(b) = &bar {
+                        b.inc(n)
+                    }
+                };
+                let r = v.put(&local, &remote, recursive, force, &inc).await;
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                r.map(|_| ())
+            });
+        }
+        Cmd::Get { vol, recursive, force, remote, local } => {
+            files_cmd(vol, tls(Role::Client)?, |v| async move {
+                let total = if recursive { 0 } else { v.stat(&remote).await.map(|a| a.size).unwrap_or(0) };
+                let bar = progress_bar(total);
+                let inc = |n: u64| {
+                    if let Some(b) = &bar {
+                        b.inc(n)
+                    }
+                };
+                let r = v.get(&remote, &local, recursive, force, &inc).await;
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                r.map(|_| ())
+            });
+        }
+        Cmd::Ls { vol, long, remote } => {
+            files_cmd(vol, tls(Role::Client)?, |v| async move {
+                let entries = v.list(&remote, long).await?;
+                let mut out = String::new();
+                for e in entries {
+                    let name = String::from_utf8_lossy(&e.name);
+                    if long {
+                        let a = &e.attr;
+                        let target = e
+                            .target
+                            .as_deref()
+                            .map(|t| format!(" -> {}", String::from_utf8_lossy(t)))
+                            .unwrap_or_default();
+                        out.push_str(&format!(
+                            "{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}\n",
+                            fs_client::files::mode_text(a),
+                            a.nlink,
+                            a.uid,
+                            a.gid,
+                            a.size,
+                            fs_client::files::time_text(a.mtime.secs),
+                        ));
+                    } else {
+                        out.push_str(&format!("{name}\n"));
+                    }
+                }
+                print!("{out}");
+                Ok(())
+            });
+        }
+        Cmd::Rm { vol, recursive, remote } => {
+            files_cmd(
+                vol,
+                tls(Role::Client)?,
+                |v| async move { v.remove(&remote, recursive).await.map(|_| ()) },
+            );
+        }
+        Cmd::Cat { vol, remote } => {
+            files_cmd(vol, tls(Role::Client)?, |v| async move {
+                let mut out = tokio::io::stdout();
+                v.cat(&remote, &mut out).await.map(|_| ())
+            });
+        }
+        Cmd::Doctor { vol, json } => {
+            let client_tls_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Client);
+            let admin_tls_dir = fs_client::admin::tls_dir(tls_dir.clone(), Role::Admin);
+            let other_tls_dirs =
+                if admin_tls_dir == client_tls_dir { Vec::new() } else { vec![admin_tls_dir] };
+            let config = fs_client::doctor::DoctorConfig {
+                dirsvc: vol.dirsvc,
+                identity: vol.identity,
+                client_tls_dir,
+                other_tls_dirs,
+                pin_dir: vol.pins.dir(),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let print = |f: &fs_client::doctor::Finding| {
+                if !json {
+                    println!("{}", f.line());
+                }
+            };
+            let findings = rt.block_on(fs_client::doctor::run(&config, &print));
+            let failed = findings.iter().filter(|f| f.outcome == fs_client::doctor::Outcome::Fail).count();
+            if json {
+                let checks: Vec<_> = findings.iter().map(|f| f.json()).collect();
+                println!("{}", serde_json::json!({ "ok": failed == 0, "checks": checks }));
+            } else if failed == 0 {
+                println!("all {} checks passed", findings.len());
+            } else {
+                println!("{failed} of {} checks failed", findings.len());
+            }
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            std::process::exit(if failed == 0 { 0 } else { 1 });
+        }
         Cmd::Ca(CaCmd::Init { dir, name }) => {
             let fp = fs_client::admin::ca_init(&dir, &name)?;
             println!("cluster CA created in {} (fingerprint {fp})", dir.display());
@@ -734,6 +964,68 @@ fn mount_helper(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("cannot find this program")?;
     fs_client::mount_helper::run(&program, &plan)?;
     Ok(())
+}
+
+/// Runs a file command (`put`, `get`, `ls`, `rm`, `cat`) on the volume and
+/// exits: 0 on success, 1 with `fs-client: MESSAGE` on stderr otherwise.
+fn files_cmd<F, Fut>(vol: VolArgs, tls: std::sync::Arc<common::tls::Tls>, f: F) -> !
+where
+    F: FnOnce(std::sync::Arc<fs_client::files::Volume>) -> Fut,
+    Fut: std::future::Future<Output = fs_client::Result<()>>,
+{
+    let code = match tokio::runtime::Runtime::new() {
+        Err(e) => {
+            eprintln!("fs-client: cannot start a runtime: {e}");
+            1
+        }
+        Ok(rt) => {
+            let r = rt.block_on(async {
+                let config = fs_client::files::VolumeConfig {
+                    dirsvc: vol.dirsvc,
+                    identity: vol.identity,
+                    pin_dir: vol.pins.dir(),
+                    tls,
+                    label: format!("fs-client files pid={}", std::process::id()),
+                };
+                let v = std::sync::Arc::new(fs_client::files::Volume::open(config).await?);
+                let r = f(v.clone()).await;
+                if let Ok(v) = std::sync::Arc::try_unwrap(v) {
+                    v.close().await;
+                }
+                r
+            });
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fs-client: {e}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code)
+}
+
+/// A bytes progress bar (bytes, rate, ETA) on stderr when it is a terminal;
+/// `total` 0 shows bytes and rate only.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let (bar, template) = if total > 0 {
+        (
+            indicatif::ProgressBar::new(total),
+            "{bytes}/{total_bytes} [{bar:30}] {binary_bytes_per_sec}, eta {eta}",
+        )
+    } else {
+        (indicatif::ProgressBar::no_length(), "{spinner} {bytes} {binary_bytes_per_sec}")
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
 }
 
 async fn connect(dirsvc: &str, tls: std::sync::Arc<common::tls::Tls>) -> anyhow::Result<DirClient> {

@@ -20,6 +20,7 @@
 mod integration {
     mod chaos;
     mod cli_contract;
+    mod cli_files;
     mod cluster;
     mod confidentiality;
     mod copy_tree;

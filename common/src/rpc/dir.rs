@@ -985,4 +985,14 @@ pub trait DirService {
     /// knows them. `Limit` for a waiting poll when the session (or dirsvc)
     /// has its maximum of waiting calls.
     async fn poll_changes(session: SessionId, after: u64, wait_ms: u32) -> Result<ChangeBatch, DirError>;
+    /// Takes a drain back (admin): the peer is no longer draining, durably,
+    /// and gets new chunks again once it is up (a `Draining` or `Drained`
+    /// peer that heartbeats shows `Up` at once; one that stopped shows its
+    /// liveness). Chunks already copied away keep their extra replicas.
+    /// `NotFound` for an unknown peer. Idempotent.
+    async fn undrain_peer(id: PeerId) -> Result<(), DirError>;
+    /// dirsvc's wall-clock time when it answered (`fs-client doctor`
+    /// compares it with its own clock). Any node with a certificate of the
+    /// cluster.
+    async fn server_time() -> Result<Timestamp, DirError>;
 }

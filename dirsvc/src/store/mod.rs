@@ -1308,6 +1308,21 @@ impl Store {
         })
     }
 
+    /// Clears peer `id`'s drain flag (`undrain_peer`); a no-op for a peer
+    /// that is not draining. Returns the record.
+    ///
+    /// Errors: `NotFound` for an unknown peer; storage errors.
+    pub fn clear_draining(&self, id: PeerId) -> Result<PeerRecord, Error> {
+        self.write(|w| {
+            let mut rec = w.peer_rec(id)?.ok_or(DirError::NotFound)?;
+            if rec.draining {
+                rec.draining = false;
+                w.peers.insert(id.0, rec.to_bytes()?.as_slice())?;
+            }
+            Ok(rec)
+        })
+    }
+
     /// Removes `peer` from the replica list of each of `ids` (a corruption
     /// report) in one transaction; unknown chunks are skipped. Returns how
     /// many replicas were removed.

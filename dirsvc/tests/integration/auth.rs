@@ -89,6 +89,8 @@ async fn without_a_certificate_only_hello_and_join_are_answered() {
         unauthorized("heartbeat", anon.heartbeat(ctx(), someone, usage()).await);
         unauthorized("report_corrupt", anon.report_corrupt(ctx(), someone, vec![]).await);
         unauthorized("drain_peer", anon.drain_peer(ctx(), svc.peers[0]).await);
+        unauthorized("undrain_peer", anon.undrain_peer(ctx(), svc.peers[0]).await);
+        unauthorized("server_time", anon.server_time(ctx()).await);
         unauthorized("create_join_token", anon.create_join_token(ctx(), Role::Client, 60).await);
         unauthorized("revoke", anon.revoke(ctx(), NodeId::random(), "no".into()).await);
         unauthorized("revocations", anon.revocations(ctx()).await);
@@ -210,6 +212,7 @@ async fn clients_may_not_act_as_peers_or_operators() {
         unauthorized("heartbeat", c.heartbeat(ctx(), svc.peers[0], usage()).await);
         unauthorized("report_corrupt", c.report_corrupt(ctx(), svc.peers[0], vec![ChunkId::of(&[1])]).await);
         unauthorized("drain_peer", c.drain_peer(ctx(), svc.peers[0]).await);
+        unauthorized("undrain_peer", c.undrain_peer(ctx(), svc.peers[0]).await);
         unauthorized("create_join_token", c.create_join_token(ctx(), Role::Client, 60).await);
         unauthorized("create_join_token", c.create_join_token(ctx(), Role::Peer, 60).await);
         let (_, victim) = svc.connect_as(Role::Client).await;
@@ -300,6 +303,15 @@ async fn an_admin_drains_makes_join_tokens_and_revokes() {
         let peers = ok(admin.list_peers(ctx()).await);
         let drained = peers.iter().find(|p| p.loc.id == svc.peers[0]).unwrap();
         assert!(matches!(drained.state, PeerState::Draining | PeerState::Drained), "{:?}", drained.state);
+        // Taken back (no longer draining), idempotently.
+        ok(admin.undrain_peer(ctx(), svc.peers[0]).await);
+        ok(admin.undrain_peer(ctx(), svc.peers[0]).await);
+        let peers = ok(admin.list_peers(ctx()).await);
+        let back = peers.iter().find(|p| p.loc.id == svc.peers[0]).unwrap();
+        assert!(!matches!(back.state, PeerState::Draining | PeerState::Drained), "{:?}", back.state);
+        assert_eq!(admin.undrain_peer(ctx(), PeerId([99; 16])).await.unwrap(), Err(DirError::NotFound));
+        let t = ok(admin.server_time(ctx()).await);
+        assert!((t.secs - Timestamp::now().secs).abs() <= 5, "server_time {t:?}");
 
         for role in [Role::Peer, Role::Client] {
             let text = ok(admin.create_join_token(ctx(), role, 60).await);

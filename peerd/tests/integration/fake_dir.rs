@@ -352,4 +352,10 @@ impl DirService for FakeDir {
     async fn poll_changes(self, _: Context, _: SessionId, _: u64, _: u32) -> Result<ChangeBatch, DirError> {
         unsupported()
     }
+    async fn undrain_peer(self, _: Context, _: PeerId) -> Result<(), DirError> {
+        unsupported()
+    }
+    async fn server_time(self, _: Context) -> Result<common::time::Timestamp, DirError> {
+        unsupported()
+    }
 }
