@@ -23,6 +23,7 @@ pub mod members;
 pub mod mount;
 pub mod pins;
 pub mod remote;
+pub mod status;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -8,7 +8,9 @@
 //! (`workloads`), two mounts of one volume (`two_mounts`), and keys that
 //! are never replaced: `scripts/up.sh`, mount, init and keygen with a
 //! missing or wrong identity (`keys`); a directory service that moves
-//! chunks and symlink targets, and a removed member (`untrusted_dirsvc`).
+//! chunks and symlink targets, and a removed member (`untrusted_dirsvc`);
+//! `fs-client status` and per-file durability through a peer's death and
+//! repair (`status_report`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. Two
@@ -32,6 +34,7 @@ mod integration {
     mod scripted;
     mod scrub_repair;
     mod security;
+    mod status_report;
     mod told_errors;
     mod tools;
     mod two_mounts;
