@@ -482,8 +482,7 @@ fn main() -> anyhow::Result<()> {
                 print_peers(&dir).await
             })?;
         }
-        Cmd::Status { dirsvc, json, path: Some(path) } => {
-            let _ = dirsvc;
+        Cmd::Status { json, path: Some(path), .. } => {
             let r = fs_client::status::read_durability(&path)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
