@@ -118,8 +118,8 @@ fn checked_before(cursor: Option<ChunkId>, total: u64) -> u64 {
     let Some(c) = cursor else { return 0 };
     let mut head = [0u8; 8];
     head.copy_from_slice(&c.0[..8]);
-    let frac = u64::from_be_bytes(head) as f64 / 18_446_744_073_709_551_616.0;
-    ((total as f64) * frac) as u64
+    // total × head / 2⁶⁴, below total for any head.
+    ((u128::from(total) * u128::from(u64::from_be_bytes(head))) >> 64) as u64
 }
 
 /// One complete scrub pass.
