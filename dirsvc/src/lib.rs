@@ -384,6 +384,7 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     let store = Arc::downgrade(server.store());
     let cancel = CancellationToken::new();
     let shared = server.shared().clone();
+    let _ = shared.addr.set(addr.to_string());
     let token = cancel.clone();
     let conns = shared.conns.clone();
     let limits = config.limits.clone();

@@ -502,6 +502,8 @@ impl PeerTable {
                 state: self.state(e, now),
                 labels: e.rec.labels(),
                 indexed_chunks: e.survey.map_or(0, |s| s.indexed),
+                heartbeat_age_ms: u64::try_from(Self::silent_for(&e.rec, now).as_millis())
+                    .unwrap_or(u64::MAX),
             })
             .collect();
         out.sort_by_key(|s| s.loc.id);
@@ -573,6 +575,7 @@ mod tests {
                 used_bytes: 1000 - free,
                 chunks: 0,
                 fs: None,
+                scrub: None,
             },
             Timestamp::from(SystemTime::now() - age),
             PeerLabels::default(),

@@ -131,7 +131,7 @@ impl Repair {
             return;
         }
         self.skipped = 0;
-        self.last_inputs = Some(inputs);
+        self.last_inputs = Some(inputs.clone());
         let snapshot = view.clone();
         let s = match self.shared.blocking(move |st: &Store| survey(st, &snapshot, r, REPAIR_ROUND_MAX)).await
         {
@@ -144,6 +144,7 @@ impl Repair {
         };
         self.shared.peers().set_survey(&view, &s.peers);
         self.shared.stats.note_survey(&s);
+        self.shared.record_survey(crate::shared::SurveyFigures::of(inputs, &s));
         self.log_health(&s);
         if s.work.is_empty() || self.shared.config.repair_concurrency == 0 {
             return;

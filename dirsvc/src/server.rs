@@ -5,7 +5,7 @@
 use crate::error::{invalid, Error};
 use crate::limits::Principal;
 use crate::peers::{PeerTable, PlacementCaps};
-use crate::shared::Shared;
+use crate::shared::{Shared, SurveyFigures};
 use crate::store::tables::JoinTokenRecord;
 use crate::store::Store;
 use crate::survey::survey;
@@ -16,7 +16,7 @@ use common::rpc::dir::{
     PeerStatus, PeerUsage, ReadDirPage, Reseal, SessionGrant, SessionId, SessionOpen, SetAttr, StatFs,
     VolumeInfo,
 };
-use common::rpc::dir::{HeartbeatReply, JoinGrant, Renewal, RevocationList};
+use common::rpc::dir::{DirsvcStatus, HeartbeatReply, JoinGrant, Renewal, RevocationList};
 use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::tls::{Caller, Tls};
@@ -26,6 +26,14 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 use tarpc::context::Context;
 use tracing::{debug, error, info, instrument, warn};
+
+/// An index of more than this many chunks is "big" for `cluster_status`:
+/// it then reports the repair worker's last survey while that is younger
+/// than [`STATUS_SURVEY_MAX_AGE`], even if something changed since.
+pub const STATUS_BIG_INDEX: u64 = 100_000;
+
+/// Oldest survey `cluster_status` reports on a big index.
+pub const STATUS_SURVEY_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Most chunks one `placement` call may ask for.
 pub const MAX_PLACEMENT_COUNT: u32 = 4096;
@@ -812,8 +820,13 @@ impl DirService for DirServer {
         reply("drain_peer", r)
     }
 
-    /// Cost: one survey of the whole chunk index per call (see
-    /// [`crate::survey`]: about half a second per million chunks).
+    /// Cost: the inode, unreferenced and tombstone counts (constant
+    /// time) and, for the chunk-index figures, the last survey when its
+    /// inputs (peer liveness and drain flags, chunk generation) are
+    /// unchanged or, on an index of more than [`STATUS_BIG_INDEX`] chunks,
+    /// when it is younger than [`STATUS_SURVEY_MAX_AGE`]; otherwise one
+    /// survey of the whole index (see [`crate::survey`]: about half a
+    /// second per million chunks), which is kept for the next call.
     async fn cluster_status(self, _: Context) -> Result<ClusterStatus, DirError> {
         self.member("cluster_status")?;
         let r = async {
@@ -822,6 +835,15 @@ impl DirService for DirServer {
                 (peers.view(), peers.state_counts())
             };
             let stats = &self.shared.stats;
+            let (started_at, started) = self.shared.started;
+            let me = DirsvcStatus {
+                addr: self.shared.addr.get().cloned().unwrap_or_else(|| self.shared.config.listen.clone()),
+                leader: true,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: PROTOCOL_VERSION,
+                started: started_at,
+                uptime_secs: started.elapsed().as_secs(),
+            };
             let mut st = ClusterStatus {
                 repairs_in_flight: stats.repairs_in_flight.load(Ordering::Relaxed),
                 repaired_total: stats.repaired_total.load(Ordering::Relaxed),
@@ -832,18 +854,38 @@ impl DirService for DirServer {
                 peers_down: counts[2],
                 peers_draining: counts[3],
                 peers_drained: counts[4],
+                dirsvc: vec![me],
                 ..ClusterStatus::default()
             };
+            let (inodes, pending, tombstones) = self
+                .blocking(|s| Ok((s.inode_count()?, s.unreferenced_count()?, s.tombstone_count()?)))
+                .await?;
+            st.inodes = inodes;
+            st.gc_pending = pending;
+            st.gc_tombstones = tombstones;
             if let Ok(vol) = self.store.volume_info() {
-                let snapshot = view.clone();
-                let (s, pending) = self
-                    .blocking(move |s| Ok((survey(s, &snapshot, vol.replicas, 0)?, s.unreferenced_count()?)))
-                    .await?;
-                self.peers().set_survey(&view, &s.peers);
-                st.chunks = s.chunks;
-                st.under_replicated = s.under_replicated;
-                st.lost = s.lost;
-                st.gc_pending = pending;
+                let inputs = (view.fingerprint(), self.store.chunk_generation());
+                let cached = self.shared.last_survey().filter(|c| {
+                    c.inputs == inputs
+                        || (c.chunks > STATUS_BIG_INDEX && c.taken.elapsed() < STATUS_SURVEY_MAX_AGE)
+                });
+                let figures = match cached {
+                    Some(c) => c,
+                    None => {
+                        let snapshot = view.clone();
+                        let s = self.blocking(move |s| survey(s, &snapshot, vol.replicas, 0)).await?;
+                        self.peers().set_survey(&view, &s.peers);
+                        let f = SurveyFigures::of(inputs, &s);
+                        self.shared.record_survey(f.clone());
+                        f
+                    }
+                };
+                st.chunks = figures.chunks;
+                st.under_replicated = figures.under_replicated;
+                st.lost = figures.lost;
+                st.referenced_bytes = figures.referenced_bytes;
+                st.stored_bytes = figures.stored_bytes;
+                st.surveyed_at = figures.at;
             }
             Ok(st)
         }

@@ -2,21 +2,24 @@
 
 use crate::changes::ChangeFeed;
 use crate::error::Error;
-use crate::peers::PeerTable;
+use crate::peers::{Fingerprint, PeerTable};
 use crate::ratelimit::TokenBucket;
 use crate::sessions::{SessionLimits, Sessions};
 use crate::store::Store;
+use crate::survey::Survey;
 use crate::DirsvcConfig;
 use common::net::Pool;
 use common::pki::Ca;
 use common::rpc::peer::PeerServiceClient;
+use common::time::Timestamp;
 use common::tls::Tls;
 use common::transport::Connections;
 
 /// `join` calls dirsvc takes per second, at most (a short burst more).
 pub(crate) const JOINS_PER_SEC: u64 = 20;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 /// Counters since the process started (reported by `cluster_status`).
@@ -66,6 +69,45 @@ impl Stats {
     }
 }
 
+/// The chunk-index figures of one survey, kept for `cluster_status` so
+/// that it does not walk the index again while nothing changed.
+#[derive(Clone, Debug)]
+pub(crate) struct SurveyFigures {
+    /// What the survey's outcome depended on: the peers' liveness and
+    /// drain flags, and the chunk generation.
+    pub inputs: (Fingerprint, u64),
+    /// When it was taken (wall clock, reported).
+    pub at: Timestamp,
+    /// When it was taken (monotonic, for its age).
+    pub taken: Instant,
+    /// See [`crate::survey::Survey`].
+    pub chunks: u64,
+    /// See [`crate::survey::Survey`].
+    pub under_replicated: u64,
+    /// See [`crate::survey::Survey`].
+    pub lost: u64,
+    /// See [`crate::survey::Survey`].
+    pub referenced_bytes: u64,
+    /// See [`crate::survey::Survey`].
+    pub stored_bytes: u64,
+}
+
+impl SurveyFigures {
+    /// The figures of survey `s`, taken now with `inputs`.
+    pub(crate) fn of(inputs: (Fingerprint, u64), s: &Survey) -> Self {
+        SurveyFigures {
+            inputs,
+            at: Timestamp::now(),
+            taken: Instant::now(),
+            chunks: s.chunks,
+            under_replicated: s.under_replicated,
+            lost: s.lost,
+            referenced_bytes: s.referenced_bytes,
+            stored_bytes: s.stored_bytes,
+        }
+    }
+}
+
 /// Counts one copy in flight for as long as it lives (also when the copy's
 /// future is dropped on shutdown).
 pub(crate) struct InFlight<'a>(&'a AtomicU32);
@@ -112,6 +154,13 @@ pub(crate) struct Shared {
     pub sessions: Sessions,
     /// The change feed clients poll.
     pub changes: ChangeFeed,
+    /// When this dirsvc started (wall clock and monotonic).
+    pub started: (Timestamp, Instant),
+    /// The address it serves on, once bound.
+    pub addr: OnceLock<String>,
+    /// The figures of the last survey of the chunk index (repair worker or
+    /// `cluster_status`).
+    pub last_survey: Mutex<Option<SurveyFigures>>,
 }
 
 impl Shared {
@@ -144,6 +193,9 @@ impl Shared {
             joins: TokenBucket::new(JOINS_PER_SEC),
             sessions,
             changes: ChangeFeed::new(config.change_feed_capacity),
+            started: (Timestamp::now(), Instant::now()),
+            addr: OnceLock::new(),
+            last_survey: Mutex::new(None),
         })
     }
 
@@ -152,6 +204,16 @@ impl Shared {
         // Nothing in PeerTable can be left half-updated by a panic that
         // matters more than stopping service, so take the data as is.
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the figures of a survey just taken for `cluster_status`.
+    pub(crate) fn record_survey(&self, figures: SurveyFigures) {
+        *self.last_survey.lock().unwrap_or_else(PoisonError::into_inner) = Some(figures);
+    }
+
+    /// The figures of the last survey, if any.
+    pub(crate) fn last_survey(&self) -> Option<SurveyFigures> {
+        self.last_survey.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Runs `f` on the blocking pool with the store, so no redb

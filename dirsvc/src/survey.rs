@@ -53,6 +53,11 @@ pub(crate) struct Survey {
     pub under_replicated: u64,
     /// Referenced chunks with no reachable replica.
     pub lost: u64,
+    /// Stored (sealed) bytes of one copy of every referenced chunk.
+    pub referenced_bytes: u64,
+    /// Stored bytes of every copy of a referenced chunk on a reachable
+    /// peer (up or suspect).
+    pub stored_bytes: u64,
     /// Per-peer figures, for every peer named by some replica list.
     pub peers: HashMap<PeerId, PeerSurvey>,
     /// The most endangered repairable chunks, fewest good replicas first,
@@ -96,6 +101,10 @@ pub(crate) fn survey(store: &Store, view: &PeerView, r: u32, cap: usize) -> Resu
             return;
         }
         out.chunks += 1;
+        let len = u64::from(rec.len);
+        let reachable = class.iter().filter(|c| c.1).count() as u64;
+        out.referenced_bytes = out.referenced_bytes.saturating_add(len);
+        out.stored_bytes = out.stored_bytes.saturating_add(len.saturating_mul(reachable));
         if good >= r {
             return;
         }
@@ -215,6 +224,8 @@ mod tests {
         };
         let got = survey(&s, &view, 3, 100).unwrap();
         assert_eq!((got.chunks, got.under_replicated, got.lost), (6, 6, 1));
+        // Reachable copies: 3 + 2 + 0 + 1 + 1 + 3, 100 bytes each.
+        assert_eq!((got.referenced_bytes, got.stored_bytes), (600, 1000));
         assert_eq!(got.lost_ids, vec![ChunkId::of(&[2])]);
         let order: Vec<(ChunkId, u32)> = got.work.iter().map(|w| (w.id, w.good)).collect();
         assert_eq!(order[0], (ChunkId::of(&[3]), 0), "only a draining copy: most endangered");

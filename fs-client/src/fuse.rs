@@ -46,13 +46,43 @@ const READDIR_PAGE: u32 = 512;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
+    /// The last durability report computed for a size query (`getxattr`
+    /// with size 0): (inode, when, value). The read that follows gets the
+    /// same bytes, so a report whose length changed in between is not
+    /// `ERANGE`.
+    durability: std::sync::Mutex<Option<(InodeId, std::time::Instant, Vec<u8>)>>,
 }
+
+/// How long a durability report computed for a size query is kept for the
+/// read that follows it.
+const DURABILITY_REUSE: Duration = Duration::from_secs(2);
 
 impl FuseAdapter {
     /// Wraps `fs`; `rt` must be a multi-threaded runtime not driven by the
     /// FUSE threads.
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        FuseAdapter { fs, rt }
+        FuseAdapter { fs, rt, durability: std::sync::Mutex::new(None) }
+    }
+
+    /// The durability report of `ino` for a `getxattr` of `size` bytes: a
+    /// size query computes it and keeps it; the read that follows (within
+    /// [`DURABILITY_REUSE`]) takes the kept one.
+    fn durability(&self, ino: InodeId, size: u32) -> Result<Vec<u8>, Error> {
+        let mut kept = self.durability.lock().unwrap_or_else(|p| p.into_inner());
+        if size > 0 {
+            if let Some((i, at, v)) = kept.take() {
+                if i == ino && at.elapsed() < DURABILITY_REUSE {
+                    return Ok(v);
+                }
+            }
+        }
+        drop(kept);
+        let v = self.rt.block_on(self.fs.durability(ino))?;
+        if size == 0 {
+            *self.durability.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((ino, std::time::Instant::now(), v.clone()));
+        }
+        Ok(v)
     }
 }
 
@@ -481,7 +511,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.rt.block_on(self.fs.getxattr(InodeId(ino.0), name.as_bytes())) {
+        let r = if name.as_bytes() == crate::fs::DURABILITY_XATTR {
+            self.durability(InodeId(ino.0), size)
+        } else {
+            self.rt.block_on(self.fs.getxattr(InodeId(ino.0), name.as_bytes()))
+        };
+        match r {
             Ok(v) => reply_xattr(v, size, reply),
             Err(e) => reply.error(errno("getxattr", &e)),
         }

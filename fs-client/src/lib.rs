@@ -28,6 +28,7 @@ pub mod mount_helper;
 pub mod pins;
 pub mod remote;
 pub mod telemetry;
+pub mod status;
 pub mod volume;
 
 pub use error::{Error, Result};

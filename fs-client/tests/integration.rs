@@ -11,6 +11,8 @@
 //! chunks and symlink targets, and a removed member (`untrusted_dirsvc`);
 //! every metrics endpoint and the status page in headless Chromium
 //! (`observability`).
+//! `fs-client status` and per-file durability through a peer's death and
+//! repair (`status_report`).
 //!
 //! One test binary (see `integration/`). The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. Two
@@ -37,6 +39,7 @@ mod integration {
     mod scrub_repair;
     mod security;
     mod service;
+    mod status_report;
     mod told_errors;
     mod tools;
     mod two_mounts;

@@ -64,6 +64,9 @@ pub(crate) struct Heartbeat<S> {
     /// so a dirsvc that cannot renew (no `--ca-dir`) is asked, and logged
     /// about, once per [`RENEW_RETRY`] rather than every heartbeat.
     pub(crate) renew_not_before: std::sync::Mutex<Option<Instant>>,
+    /// The scrub worker's progress, sent with the usage (`None`: scrub is
+    /// disabled).
+    pub(crate) scrub: Option<Arc<std::sync::Mutex<crate::ScrubStats>>>,
 }
 
 /// How long after a refused renewal the peer asks again (seconds: 1 h).
@@ -235,12 +238,14 @@ impl<S: ChunkStore> Heartbeat<S> {
     /// Current usage; if the store cannot say, zeros (logged) so the peer
     /// still shows as alive.
     async fn current_usage(&self) -> PeerUsage {
-        match self.store.usage().await {
+        let mut usage = match self.store.usage().await {
             Ok(u) => u,
             Err(e) => {
                 warn!(error = %e, "cannot read store usage for heartbeat");
                 PeerUsage::default()
             }
-        }
+        };
+        usage.scrub = self.scrub.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).progress());
+        usage
     }
 }

@@ -283,6 +283,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
     };
     tasks.push(("serve", serve));
     let dir_pool = Arc::new(Pool::new(tls.clone()));
+    let scrub_stats = Arc::new(Mutex::new(ScrubStats::default()));
     let heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
         id,
@@ -297,6 +298,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         conns,
         peer_pool,
         renew_not_before: std::sync::Mutex::new(None),
+        scrub: (config.scrub_bytes_per_sec > 0).then(|| scrub_stats.clone()),
     };
     tasks.push(("heartbeat", tokio::spawn(heartbeat.run(cancel.clone()))));
     let reporter = report::Reporter {
@@ -307,7 +309,6 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
         retry_cap: config.heartbeat_interval,
     };
     tasks.push(("corrupt-reporter", tokio::spawn(reporter.run(cancel.clone()))));
-    let scrub_stats = Arc::new(Mutex::new(ScrubStats::default()));
     let scrub = scrub::Scrub {
         store: store.clone(),
         bytes_per_sec: config.scrub_bytes_per_sec,

@@ -35,6 +35,8 @@
 use crate::error::Error;
 use crate::fsutil::write_atomic;
 use crate::store::{ChunkStore, Verified};
+use common::rpc::dir::ScrubProgress;
+use common::time::Timestamp;
 use common::ChunkId;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,45 @@ pub struct ScrubStats {
     pub corrupt_found: u64,
     /// The last complete pass, if any.
     pub last_pass: Option<PassSummary>,
+    /// Whether a pass is under way.
+    pub running: bool,
+    /// Chunks checked in the pass under way (or the last one), counting
+    /// the part before a resumed pass's saved position as checked
+    /// (estimated from the position).
+    pub pass_checked: u64,
+    /// Chunks stored when the pass under way (or the last one) started.
+    pub pass_total: u64,
+    /// When the pass under way started or was resumed.
+    pub pass_started: Option<Timestamp>,
+    /// When the last complete pass ended (also one before a restart, as
+    /// saved in the state file).
+    pub last_pass_end: Option<Timestamp>,
+}
+
+impl ScrubStats {
+    /// The progress a heartbeat reports.
+    pub fn progress(&self) -> ScrubProgress {
+        ScrubProgress {
+            running: self.running,
+            checked: self.pass_checked,
+            total: self.pass_total,
+            pass_started: self.pass_started,
+            last_pass_end: self.last_pass_end,
+            passes: self.passes_completed,
+            corrupt_found: self.corrupt_found,
+        }
+    }
+}
+
+/// The share of a pass done once chunk `cursor` is checked, of `total`
+/// chunks: chunk ids are BLAKE3 hashes, uniformly spread, and a pass goes
+/// in ascending id order, so the first 8 bytes of the cursor tell it.
+fn checked_before(cursor: Option<ChunkId>, total: u64) -> u64 {
+    let Some(c) = cursor else { return 0 };
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&c.0[..8]);
+    // total × head / 2⁶⁴, below total for any head.
+    ((u128::from(total) * u128::from(u64::from_be_bytes(head))) >> 64) as u64
 }
 
 /// One complete scrub pass.
@@ -242,6 +283,7 @@ impl<S: ChunkStore> Scrub<S> {
             "scrub worker started"
         );
         let mut state = self.load_state().await;
+        self.lock_stats().last_pass_end = state.last_pass_end.map(|secs| Timestamp { secs, nanos: 0 });
         let mut wait = match state {
             ScrubState { cursor: None, last_pass_end: Some(end) } => {
                 let left = end.saturating_add(self.interval.as_secs() as i64).saturating_sub(unix_now());
@@ -254,7 +296,9 @@ impl<S: ChunkStore> Scrub<S> {
             if sleep_or_cancel(wait, &cancel).await {
                 break;
             }
-            match self.pass(&mut state, &cancel).await {
+            let end = self.pass(&mut state, &cancel).await;
+            self.lock_stats().running = false;
+            match end {
                 PassEnd::Complete => wait = self.interval,
                 PassEnd::Cancelled => break,
                 PassEnd::Failed(e) => {
@@ -277,6 +321,21 @@ impl<S: ChunkStore> Scrub<S> {
             debug!("scrub pass started");
         }
         let started = Instant::now();
+        let total = match self.store.usage().await {
+            Ok(u) => u.chunks,
+            Err(e) => {
+                debug!(error = %e, "scrub cannot count the stored chunks; progress shows no total");
+                0
+            }
+        };
+        {
+            let mut s = self.lock_stats();
+            s.running = true;
+            s.pass_total = total;
+            s.pass_checked = checked_before(state.cursor, total);
+            s.pass_started = Some(Timestamp::now());
+            s.last_pass_end = state.last_pass_end.map(|secs| Timestamp { secs, nanos: 0 });
+        }
         let mut pacer = Pacer::new(self.bytes_per_sec);
         let mut last_checkpoint = Instant::now();
         let (mut chunks, mut bytes, mut corrupt) = (0u64, 0u64, 0u64);
@@ -313,6 +372,7 @@ impl<S: ChunkStore> Scrub<S> {
                     s.chunks_verified += 1;
                     s.bytes_verified += n;
                     s.corrupt_found += u64::from(bad);
+                    s.pass_checked += 1;
                 }
                 state.cursor = Some(id);
                 if pacer.pace(n, cancel).await {
@@ -331,6 +391,9 @@ impl<S: ChunkStore> Scrub<S> {
             let mut s = self.lock_stats();
             s.passes_completed += 1;
             s.last_pass = Some(summary);
+            s.running = false;
+            s.pass_started = None;
+            s.last_pass_end = state.last_pass_end.map(|secs| Timestamp { secs, nanos: 0 });
         }
         info!(
             chunks,
@@ -399,6 +462,15 @@ impl<S: ChunkStore> Scrub<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_pass_counts_the_chunks_before_its_position() {
+        assert_eq!(checked_before(None, 1000), 0);
+        let mut half = [0u8; 32];
+        half[0] = 0x80;
+        assert_eq!(checked_before(Some(ChunkId(half)), 1000), 500);
+        assert_eq!(checked_before(Some(ChunkId([0xff; 32])), 1000), 999);
+    }
 
     #[test]
     fn state_round_trips_and_rejects_garbage() {

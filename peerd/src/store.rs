@@ -544,6 +544,7 @@ impl Inner {
             used_bytes: acct.used,
             chunks: acct.chunks,
             fs: Some(StorageFs { id: self.fs_id, total_bytes: fs.total, avail_bytes: fs.avail }),
+            scrub: None,
         })
     }
 

@@ -372,6 +372,36 @@ pub struct PeerUsage {
     /// shared by several peers once (`statfs`, placement headroom). `None`
     /// if the peer cannot tell: it then counts as a disk of its own.
     pub fs: Option<StorageFs>,
+    /// Where the peer's scrub stands (protocol 6). `None` if the peer does
+    /// not scrub (rate limit 0). dirsvc keeps it in memory only (it is not
+    /// part of the stored peer record): after a dirsvc restart it is
+    /// `None` until the peer's next heartbeat.
+    pub scrub: Option<ScrubProgress>,
+}
+
+/// A peer's scrub progress, sent with its usage in every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubProgress {
+    /// Whether a pass is under way (false: pausing between passes).
+    pub running: bool,
+    /// Chunks checked in the pass under way; between passes, in the last
+    /// pass. A pass resumed after a restart of the peer counts the chunks
+    /// before its saved position as checked (estimated from the position:
+    /// chunk ids are uniformly spread).
+    pub checked: u64,
+    /// Chunks the peer held when the pass under way (or the last one)
+    /// started: the pass's total.
+    pub total: u64,
+    /// When the pass under way started, or was resumed after a restart of
+    /// the peer; `None` between passes.
+    pub pass_started: Option<Timestamp>,
+    /// When the last complete pass ended; `None` before the first one.
+    pub last_pass_end: Option<Timestamp>,
+    /// Passes completed since the peer started.
+    pub passes: u64,
+    /// Corrupt chunks found (moved aside and reported) since the peer
+    /// started.
+    pub corrupt_found: u64,
 }
 
 /// The filesystem a peer stores its chunks on.
@@ -403,6 +433,27 @@ pub struct PeerStatus {
     pub labels: PeerLabels,
     /// Replicas the chunk index records on this peer.
     pub indexed_chunks: u64,
+    /// Milliseconds since its last heartbeat, by dirsvc's clock at the
+    /// time of the answer (protocol 6).
+    pub heartbeat_age_ms: u64,
+}
+
+/// One dirsvc instance, as `cluster_status` reports it (protocol 6).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirsvcStatus {
+    /// `host:port` it serves `DirService` on (its bound listen address).
+    pub addr: String,
+    /// Whether it is the leader: the instance that runs repair, garbage
+    /// collection and session expiry. A lone dirsvc always is.
+    pub leader: bool,
+    /// Its version (the `dirsvc --version` string).
+    pub version: String,
+    /// The RPC protocol it speaks ([`super::PROTOCOL_VERSION`]).
+    pub protocol: u32,
+    /// When it started.
+    pub started: Timestamp,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
 }
 
 /// Cluster-wide health and background work (admin query).
@@ -435,6 +486,26 @@ pub struct ClusterStatus {
     pub peers_draining: u32,
     /// See `peers_up`.
     pub peers_drained: u32,
+    /// The dirsvc instances of the cluster, the answering one first
+    /// (today there is one) (protocol 6).
+    pub dirsvc: Vec<DirsvcStatus>,
+    /// Inodes in use (files, directories, links, orphans).
+    pub inodes: u64,
+    /// Sealed bytes of one copy of every referenced chunk (what the
+    /// volume's data takes before replication, with encryption overhead).
+    pub referenced_bytes: u64,
+    /// Sealed bytes of every copy of a referenced chunk on an up or
+    /// suspect peer (replicas included).
+    pub stored_bytes: u64,
+    /// Chunks collected by garbage collection that are still tracked:
+    /// deletions on peers not all acknowledged yet, or waiting to expire.
+    pub gc_tombstones: u64,
+    /// When the chunk-index figures (`chunks`, `under_replicated`, `lost`,
+    /// `referenced_bytes`, `stored_bytes`) were counted: at the call, or
+    /// by the last survey of the repair worker when nothing changed since
+    /// (or, on an index of more than 100,000 chunks, when that survey is
+    /// under 30 s old).
+    pub surveyed_at: Timestamp,
 }
 
 /// A client session: one mounted fs-client, known to dirsvc while it renews

@@ -328,7 +328,9 @@ impl Record for ChunkRecord {
 pub struct PeerRecord {
     /// `host:port` where the peer serves `PeerService`.
     pub addr: String,
-    /// Last reported usage.
+    /// Last reported usage. Stored without its scrub progress (which
+    /// dirsvc keeps in memory only): reads as `scrub: None`.
+    #[serde(with = "usage_v3")]
     pub usage: PeerUsage,
     /// Last registration or persisted heartbeat.
     pub last_heartbeat: Timestamp,
@@ -381,6 +383,47 @@ impl Record for PeerRecord {
     }
 }
 
+/// A peer's usage as peer record v3 stores it: the wire [`PeerUsage`]
+/// without its scrub progress, so the record's format did not change when
+/// heartbeats began to carry one.
+mod usage_v3 {
+    use common::rpc::dir::{PeerUsage, StorageFs};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// The stored fields, in order.
+    #[derive(Serialize, Deserialize)]
+    struct UsageV3 {
+        capacity_bytes: u64,
+        free_bytes: u64,
+        used_bytes: u64,
+        chunks: u64,
+        fs: Option<StorageFs>,
+    }
+
+    pub(super) fn serialize<S: Serializer>(u: &PeerUsage, s: S) -> Result<S::Ok, S::Error> {
+        UsageV3 {
+            capacity_bytes: u.capacity_bytes,
+            free_bytes: u.free_bytes,
+            used_bytes: u.used_bytes,
+            chunks: u.chunks,
+            fs: u.fs,
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PeerUsage, D::Error> {
+        let v = UsageV3::deserialize(d)?;
+        Ok(PeerUsage {
+            capacity_bytes: v.capacity_bytes,
+            free_bytes: v.free_bytes,
+            used_bytes: v.used_bytes,
+            chunks: v.chunks,
+            fs: v.fs,
+            scrub: None,
+        })
+    }
+}
+
 /// A peer's usage as peer records v1 and v2 stored it (before the
 /// filesystem identity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +446,7 @@ impl From<UsageV1> for PeerUsage {
             used_bytes: u.used_bytes,
             chunks: u.chunks,
             fs: None,
+            scrub: None,
         }
     }
 }
@@ -842,6 +886,7 @@ impl RecordKind {
             used_bytes: 1 << 39,
             chunks: 12,
             fs: Some(common::rpc::dir::StorageFs { id: [7; 16], total_bytes: 1 << 41, avail_bytes: 1 << 38 }),
+            scrub: None,
         };
         let usage_v1 = UsageV1 { capacity_bytes: 10, free_bytes: 7, used_bytes: 3, chunks: 2 };
         let peers = vec![PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16])];

@@ -55,7 +55,14 @@ async fn anonymous(addr: &str) -> DirServiceClient {
 }
 
 fn usage() -> PeerUsage {
-    PeerUsage { capacity_bytes: 1 << 30, free_bytes: 1 << 30, used_bytes: 0, chunks: 0, fs: None }
+    PeerUsage {
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 30,
+        used_bytes: 0,
+        chunks: 0,
+        fs: None,
+        scrub: None,
+    }
 }
 
 #[tokio::test]

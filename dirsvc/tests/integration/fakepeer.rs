@@ -88,6 +88,7 @@ impl Inner {
             used_bytes: used,
             chunks: chunks.len() as u64,
             fs: None,
+            scrub: None,
         }
     }
 }

@@ -81,6 +81,7 @@ async fn server(dir: &std::path::Path, tune: impl FnOnce(&mut DirsvcConfig)) -> 
                 used_bytes: 0,
                 chunks: 0,
                 fs: None,
+                scrub: None,
             },
             labels: PeerLabels::default(),
         };
@@ -250,8 +251,14 @@ async fn placement_promises_are_capped_per_call_and_per_principal() {
                                                                     // Another caller has its own budget.
         assert_eq!(ok(b.placement(ctx(), 8, 4096).await).len(), 8);
         // The peers' next heartbeats end the promises.
-        let usage =
-            PeerUsage { capacity_bytes: 1 << 30, free_bytes: 1 << 30, used_bytes: 0, chunks: 0, fs: None };
+        let usage = PeerUsage {
+            capacity_bytes: 1 << 30,
+            free_bytes: 1 << 30,
+            used_bytes: 0,
+            chunks: 0,
+            fs: None,
+            scrub: None,
+        };
         for k in 1..=2u8 {
             ok(client_as(&s, &format!("peer-{k}")).heartbeat(ctx(), peer_id(k), usage).await);
         }

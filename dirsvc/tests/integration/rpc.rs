@@ -43,7 +43,14 @@ async fn client(h: &DirsvcHandle) -> DirServiceClient {
 }
 
 fn usage(free: u64) -> PeerUsage {
-    PeerUsage { capacity_bytes: 4 * GIB, free_bytes: free, used_bytes: 4 * GIB - free, chunks: 0, fs: None }
+    PeerUsage {
+        capacity_bytes: 4 * GIB,
+        free_bytes: free,
+        used_bytes: 4 * GIB - free,
+        chunks: 0,
+        fs: None,
+        scrub: None,
+    }
 }
 
 /// Registers a fresh peer (its own certificate and connection) at

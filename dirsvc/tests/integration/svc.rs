@@ -81,6 +81,7 @@ impl Svc {
                 used_bytes: 0,
                 chunks: 0,
                 fs: None,
+                scrub: None,
             };
             ok(p.c
                 .register_peer(context::current(), p.registration(&format!("127.0.0.1:{}", 9000 + k), usage))

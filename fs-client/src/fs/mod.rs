@@ -54,6 +54,7 @@
 //! - `extents.rs`: fallocate, copy_file_range, SEEK_DATA/SEEK_HOLE;
 //! - `locks.rs`, `session.rs`, `xattr.rs`: locks, the dirsvc session and
 //!   extended attributes;
+//! - `durability.rs`: the per-file durability report (a virtual xattr);
 //! - `names.rs`: the last known path of inodes, for messages;
 //! - `recovery.rs`: keeping data that could not be stored at unmount, and
 //!   storing it at the next mount;
@@ -612,10 +613,12 @@ pub fn layout_entry_verifies(
     Ok(k.layout_mac.verify(&e, &loc.mac))
 }
 
+pub use durability::{BlockRun, DurabilityReport, DURABILITY_XATTR};
 pub use extents::Seek;
 pub use locks::{LockRequest, LockType};
 pub use reencrypt::{ReencryptProgress, ReencryptReport};
 
+mod durability;
 mod extents;
 mod locks;
 mod names;

@@ -15,7 +15,11 @@
 //! CAP_SYS_ADMIN for `trusted.`); listing hides `trusted.` names from
 //! everyone but root, as ext4 does. Limits as Linux: names up to 255 bytes
 //! (`ERANGE` past it), values up to 64 KiB (`E2BIG`).
+//!
+//! One name is virtual: `user.p2pfs.durability` is computed on `getxattr`
+//! ([`super::durability`]), never listed, and `EPERM` to set or remove.
 
+use super::durability::DURABILITY_XATTR;
 use super::Fs;
 use crate::error::{Error, Result};
 use common::codec;
@@ -47,6 +51,17 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `EPERM` for the read-only virtual attribute [`DURABILITY_XATTR`].
+fn refuse_virtual(name: &[u8]) -> Result<()> {
+    if name == DURABILITY_XATTR {
+        return Err(Error::Errno(
+            libc::EPERM,
+            "user.p2pfs.durability is a read-only report computed by the mount".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Fs {
     /// Associated data binding a sealed value to its inode and sealed name.
     pub(super) fn xattr_ad(ino: InodeId, sealed_name: &[u8]) -> Vec<u8> {
@@ -56,12 +71,16 @@ impl Fs {
         ad
     }
 
-    /// The value of attribute `name` of `ino`.
+    /// The value of attribute `name` of `ino`; for
+    /// [`DURABILITY_XATTR`], the durability report ([`Fs::durability`]).
     ///
     /// Errors: `ENODATA` if it has no such attribute, `EOPNOTSUPP` for an
     /// unsupported namespace, `ERANGE` for a name over 255 bytes, `EIO` if
     /// the stored value does not open.
     pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
+        if name == DURABILITY_XATTR {
+            return self.durability(ino).await;
+        }
         check_name(name)?;
         let sealed_name = self.name_key.seal_xattr(ino, name);
         let sealed = self
@@ -93,6 +112,9 @@ impl Fs {
         for s in sealed {
             match self.name_key.open_xattr(ino, &s) {
                 Ok(n) if uid != 0 && n.starts_with(b"trusted.") => {}
+                // Virtual; one stored by a client before it was reserved
+                // is hidden (and shadowed by getxattr).
+                Ok(n) if n == DURABILITY_XATTR => {}
                 Ok(n) => names.push(n),
                 Err(_) => warn!(ino = %ino, "an attribute name does not open with the volume key; skipped"),
             }
@@ -115,6 +137,7 @@ impl Fs {
     /// attributes would pass dirsvc's per-inode limit, `EOPNOTSUPP`,
     /// `ERANGE`, `EINVAL` for unknown flags.
     pub async fn setxattr(&self, ino: InodeId, name: &[u8], value: &[u8], flags: i32) -> Result<Attr> {
+        refuse_virtual(name)?;
         check_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(Error::Errno(libc::E2BIG, format!("attribute value of {} bytes", value.len())));
@@ -150,6 +173,7 @@ impl Fs {
     ///
     /// Errors: `ENODATA` if there is none, `EOPNOTSUPP`, `ERANGE`.
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<Attr> {
+        refuse_virtual(name)?;
         check_name(name)?;
         let sealed_name = self.name_key.seal_xattr(ino, name);
         self.dir

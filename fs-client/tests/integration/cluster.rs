@@ -410,72 +410,75 @@ impl ClusterOpts {
     }
 }
 
-/// One row of the peers table of `fs-client status` (or `fs-client peers`).
+/// One peer of `fs-client status --json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRow {
-    /// The PEER column: the peer id in hex.
+    /// The peer id in hex.
     pub id: String,
-    /// The ADDRESS column.
+    /// Its address.
     pub addr: String,
-    /// The STATE column, lowercase: up, suspect, down, draining, drained.
+    /// Its state, lowercase: up, suspect, down, draining, drained.
     pub state: String,
 }
 
-/// `fs-client status` parsed: the `key: value` fields of `ClusterStatus`
-/// and the peers table that follows the blank line.
+/// `fs-client status --json` parsed: the figures of `ClusterStatus` under
+/// their text names (`chunks`, `under_replicated`, `peers_down`, …), the
+/// peers, and the whole object.
 #[derive(Clone, Debug)]
 pub struct Status {
-    /// Every `key: value` line before the blank line.
+    /// Numeric figures by their `fs-client status` text names.
     pub fields: BTreeMap<String, String>,
-    /// The peers table rows.
+    /// The peers.
     pub peers: Vec<PeerRow>,
     /// The whole output, for failure messages.
     pub raw: String,
+    /// The parsed JSON object (shape: `fs-client status --help`).
+    pub json: serde_json::Value,
 }
 
+/// Text name of a figure ← (object, key) in the JSON of `fs-client status
+/// --json`.
+const STATUS_FIELDS: &[(&str, &str, &str)] = &[
+    ("chunks", "replication", "chunks"),
+    ("under_replicated", "replication", "under_r"),
+    ("lost", "replication", "lost"),
+    ("at_r", "replication", "at_r"),
+    ("repairs_in_flight", "repair", "in_flight"),
+    ("repair_waiting", "repair", "waiting"),
+    ("repaired_total", "repair", "repaired_total"),
+    ("repaired_bytes_total", "repair", "repaired_bytes_total"),
+    ("gc_pending", "gc", "pending"),
+    ("gc_tombstones", "gc", "tombstones"),
+    ("gc_deleted_total", "gc", "deleted_total"),
+    ("peers_up", "peer_states", "up"),
+    ("peers_suspect", "peer_states", "suspect"),
+    ("peers_down", "peer_states", "down"),
+    ("peers_draining", "peer_states", "draining"),
+    ("peers_drained", "peer_states", "drained"),
+];
+
 impl Status {
-    /// Parses the output of `fs-client status`.
+    /// Parses the output of `fs-client status --json`.
     ///
     /// # Errors
-    /// A description if a field line is not `key: value` or the table lacks
-    /// a PEER, ADDRESS or STATE column.
-    pub fn parse(out: &str) -> Result<Status, String> {
+    /// A description if it is not JSON or lacks a figure or a peer's id,
+    /// address or state.
+    pub fn from_json(out: &str) -> Result<Status, String> {
+        let json: serde_json::Value =
+            serde_json::from_str(out).map_err(|e| format!("not JSON ({e}):\n{out}"))?;
         let mut fields = BTreeMap::new();
-        let mut lines = out.lines();
-        for line in lines.by_ref() {
-            if line.trim().is_empty() {
-                break;
-            }
-            let (k, v) =
-                line.split_once(':').ok_or_else(|| format!("not a `key: value` line: {line:?} in\n{out}"))?;
-            fields.insert(k.trim().to_string(), v.trim().to_string());
+        for (name, obj, key) in STATUS_FIELDS {
+            let v = json[*obj][*key].as_u64().ok_or_else(|| format!("no number at {obj}.{key} in\n{out}"))?;
+            fields.insert(name.to_string(), v.to_string());
         }
         let mut peers = Vec::new();
-        let mut cols: Option<(usize, usize, usize)> = None;
-        for line in lines {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.is_empty() {
-                continue;
-            }
-            match cols {
-                None => {
-                    let at = |name: &str| words.iter().position(|w| w.eq_ignore_ascii_case(name));
-                    match (at("PEER"), at("ADDRESS"), at("STATE")) {
-                        (Some(p), Some(a), Some(s)) => cols = Some((p, a, s)),
-                        _ => {
-                            return Err(format!("peers table header lacks PEER, ADDRESS or STATE: {line:?}"))
-                        }
-                    }
-                }
-                Some((p, a, s)) => {
-                    let get = |i: usize| {
-                        words.get(i).map(|w| w.to_string()).ok_or_else(|| format!("short row {line:?}"))
-                    };
-                    peers.push(PeerRow { id: get(p)?, addr: get(a)?, state: get(s)?.to_lowercase() });
-                }
-            }
+        for p in json["peers"].as_array().ok_or_else(|| format!("no peers list in\n{out}"))? {
+            let get = |k: &str| {
+                p[k].as_str().map(str::to_string).ok_or_else(|| format!("peer without {k}: {p} in\n{out}"))
+            };
+            peers.push(PeerRow { id: get("id")?, addr: get("addr")?, state: get("state")? });
         }
-        Ok(Status { fields, peers, raw: out.to_string() })
+        Ok(Status { fields, peers, raw: out.to_string(), json })
     }
 
     /// The numeric field `key`; panics, showing the whole output, if it is
@@ -903,15 +906,16 @@ impl TestCluster {
         took.unwrap_or_else(|| panic!("{what}: not within {timeout:?}; last `fs-client status`:\n{last}"))
     }
 
-    /// `fs-client status`, parsed, or why it failed (dirsvc down, bad output).
+    /// `fs-client status --json`, parsed, or why it failed (dirsvc down,
+    /// bad output).
     pub fn try_status(&self) -> Result<Status, String> {
         let addr = self.dirsvc_addr().to_string();
-        let out = output(self.fs_client().args(["status", "--dirsvc", &addr]), CLI_TIMEOUT);
+        let out = output(self.fs_client().args(["status", "--json", "--dirsvc", &addr]), CLI_TIMEOUT);
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
         }
-        Status::parse(&stdout)
+        Status::from_json(&stdout)
     }
 
     /// Bytes in the files under peer `i`'s `data/` (chunks and any temp

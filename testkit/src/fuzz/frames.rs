@@ -84,6 +84,7 @@ fn usage() -> PeerUsage {
         used_bytes: 1 << 39,
         chunks: 7,
         fs: Some(StorageFs { id: [4; 16], total_bytes: 1 << 41, avail_bytes: 1 << 38 }),
+        scrub: None,
     }
 }
 
