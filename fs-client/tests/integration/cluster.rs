@@ -140,8 +140,8 @@ pub fn bin_dir() -> PathBuf {
     bins().fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf()
 }
 
-/// Runs `cargo build` for the daemon binaries in the same profile and target
-/// directory as this test binary (`dir` is `<target>/<profile>`). Does
+/// Builds the daemon binaries (`cargo test --workspace --no-run`) in the
+/// same profile and target directory as this test binary (`dir` is `<target>/<profile>`). Does
 /// nothing when not run under cargo or when the layout is not recognised;
 /// [`bins`] then reports any missing binary.
 fn build_sibling_binaries(dir: &Path) {
@@ -154,9 +154,15 @@ fn build_sibling_binaries(dir: &Path) {
     if !target_dir.join("CACHEDIR.TAG").exists() {
         return;
     }
+    // The README's test command without running anything: it builds the
+    // daemons with the very features `cargo test --workspace` gives them,
+    // so under that command (CI) this is a no-op. A narrower `cargo build
+    // -p …` resolves features differently, rebuilt common, dirsvc, peerd
+    // and ring on every run (minutes) and swapped the binaries under the
+    // other test binaries.
     let mut cmd = Command::new(cargo);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--bins", "-p", "p2pfs-dirsvc", "-p", "p2pfs-peerd"])
+        .args(["test", "--workspace", "--no-run"])
         .arg("--target-dir")
         .arg(target_dir);
     match profile.to_str() {
