@@ -27,8 +27,8 @@ pub mod mount;
 pub mod mount_helper;
 pub mod pins;
 pub mod remote;
-pub mod telemetry;
 pub mod status;
+pub mod telemetry;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -23,6 +23,7 @@
 //! - mount(8)'s and systemd's generic options (`rw`, `defaults`, `noauto`,
 //!   `nofail`, `_netdev`, `x-systemd.*`, `nosuid`, `nodev`, `noatime`, …)
 //!   are accepted and left to them (p2pfs always mounts nosuid, nodev).
+//!
 //! Any other option is refused, naming it.
 
 use std::ffi::OsString;

@@ -105,7 +105,7 @@ fn mount_processes(dir: &Path) -> usize {
                 .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
                 .filter(|c| {
                     let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                    args.first().is_some_and(|a| a.ends_with(b"fs-client")) && args.iter().any(|a| *a == want)
+                    args.first().is_some_and(|a| a.ends_with(b"fs-client")) && args.contains(&want)
                 })
                 .count()
         })
