@@ -9,6 +9,13 @@
 # Usage: scripts/down.sh        (P2PFS_STATE as for up.sh [./.p2pfs])
 set -euo pipefail
 
+for a in "$@"; do
+    case $a in
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "down.sh: takes no arguments (got $a); see --help" >&2; exit 2 ;;
+    esac
+done
+
 STATE=${P2PFS_STATE:-./.p2pfs}
 if [[ ! -d $STATE ]]; then
     echo "nothing to stop: no state dir $STATE"

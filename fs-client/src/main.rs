@@ -520,12 +520,18 @@ fn run() -> anyhow::Result<()> {
     if fs_client::mount_helper::HELPER_NAMES.contains(&name.as_str()) {
         return mount_helper(argv.collect());
     }
+    let cli: Cli = common::settings::parse("P2PFS_CLIENT_CONFIG", Some(fs_client::defaults::config_file()))
+        .unwrap_or_else(|e| e.exit());
+    // The mount logs what it does (info); a command prints its results and
+    // logs only warnings and errors, so that its output stays its own.
+    let default_filter =
+        if matches!(cli.cmd, Cmd::Mount { .. }) { "info,fuser=error,fuser::reply=off" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // fuser::reply logs ERROR for every reply to a request the
                 // kernel already dropped (its process was interrupted): normal.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error,fuser::reply=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         // A log that cannot be written (a full disk under the log file) is
@@ -534,8 +540,6 @@ fn run() -> anyhow::Result<()> {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli: Cli = common::settings::parse("P2PFS_CLIENT_CONFIG", Some(fs_client::defaults::config_file()))
-        .unwrap_or_else(|e| e.exit());
     let tls_dir = cli.tls_dir.clone();
     let tls = |role: common::rpc::Role| -> anyhow::Result<std::sync::Arc<common::tls::Tls>> {
         Ok(fs_client::admin::load_tls(&fs_client::admin::tls_dir(tls_dir.clone(), role))?)

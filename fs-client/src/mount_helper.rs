@@ -119,6 +119,11 @@ pub fn plan(args: &[OsString], mount_options: &[String]) -> Result<HelperPlan, H
         let flag = key.replace('_', "-");
         match (flag.as_str(), value) {
             ("state", Some(v)) => {
+                if !Path::new(&v).is_dir() {
+                    return Err(HelperError(format!(
+                        "state directory {v} does not exist (state= names a directory scripts/up.sh made)"
+                    )));
+                }
                 env.push(("P2PFS_STATE".to_string(), OsString::from(&v)));
                 state = Some(PathBuf::from(v));
             }
@@ -238,18 +243,13 @@ mod tests {
     #[test]
     fn fstab_options_become_mount_flags_and_the_state_directory_its_environment() {
         let p = plan(
-            &os(&[
-                "p2pfs",
-                "/mnt/p",
-                "-o",
-                "rw,state=/var/lib/p2pfs,cache_mib=64,_netdev,nofail,x-systemd.automount",
-            ]),
+            &os(&["p2pfs", "/mnt/p", "-o", "rw,state=/tmp,cache_mib=64,_netdev,nofail,x-systemd.automount"]),
             &mount_opts(),
         )
         .unwrap();
         assert_eq!(p.args, os(&["mount", "--cache-mib=64", "/mnt/p"]));
-        assert_eq!(p.env, vec![("P2PFS_STATE".to_string(), OsString::from("/var/lib/p2pfs"))]);
-        assert_eq!(p.log, Path::new("/var/lib/p2pfs/logs/mount.log"));
+        assert_eq!(p.env, vec![("P2PFS_STATE".to_string(), OsString::from("/tmp"))]);
+        assert_eq!(p.log, Path::new("/tmp/logs/mount.log"));
         assert!(!p.fake);
     }
 
@@ -267,5 +267,7 @@ mod tests {
         assert!(e.0.contains("cahce_mib"), "{e}");
         assert!(plan(&os(&["p2pfs"]), &mount_opts()).is_err());
         assert!(plan(&os(&["p2pfs", "/m", "-q"]), &mount_opts()).is_err());
+        let e = plan(&os(&["p2pfs", "/m", "-o", "state=/nonexistent/p2pfs"]), &mount_opts()).unwrap_err();
+        assert!(e.0.contains("state directory /nonexistent/p2pfs does not exist"), "{e}");
     }
 }

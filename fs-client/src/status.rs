@@ -295,11 +295,18 @@ pub fn read_durability(path: &Path) -> Result<DurabilityReport> {
         unsafe { libc::getxattr(c_path.as_ptr(), name.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         let e = std::io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => " (not a regular file on a p2pfs mount)",
-            _ => "",
-        };
-        return Err(Error::Io(format!("{}: cannot read user.p2pfs.durability: {e}{hint}", path.display())));
+        if let Err(missing) = std::fs::symlink_metadata(path) {
+            return Err(Error::Io(format!("{}: {missing}", path.display())));
+        }
+        return Err(Error::Io(match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::ENOENT) => {
+                format!(
+                    "{}: not a regular file on a p2pfs mount (it has no user.p2pfs.durability)",
+                    path.display()
+                )
+            }
+            _ => format!("{}: cannot read user.p2pfs.durability: {e}", path.display()),
+        }));
     }
     buf.truncate(n as usize);
     serde_json::from_slice(&buf)
