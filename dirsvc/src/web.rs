@@ -155,13 +155,7 @@ pub struct PeerView {
 
 /// The lower-case name of a peer state.
 pub fn state_name(s: PeerState) -> &'static str {
-    match s {
-        PeerState::Up => "up",
-        PeerState::Suspect => "suspect",
-        PeerState::Down => "down",
-        PeerState::Draining => "draining",
-        PeerState::Drained => "drained",
-    }
+    s.as_str()
 }
 
 /// Gathers the view from `shared` (one blocking read of the GC table).

@@ -42,30 +42,13 @@ pub async fn fetch_cluster(dir: &DirClient) -> Result<ClusterReport> {
 /// The lowercase name of a peer state (`up`, `suspect`, `down`,
 /// `draining`, `drained`).
 pub fn state_name(s: PeerState) -> &'static str {
-    match s {
-        PeerState::Up => "up",
-        PeerState::Suspect => "suspect",
-        PeerState::Down => "down",
-        PeerState::Draining => "draining",
-        PeerState::Drained => "drained",
-    }
+    s.as_str()
 }
 
 /// `ts` as RFC 3339 in UTC with second precision (`2026-12-06T13:50:01Z`).
 pub fn rfc3339(ts: Timestamp) -> String {
-    let days = ts.secs.div_euclid(86_400);
-    let rem = ts.secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let (y, m, d, h, min, sec) = common::time::utc_fields(ts.secs);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}Z")
 }
 
 fn time_or_null(ts: Option<Timestamp>) -> Value {

@@ -357,6 +357,20 @@ pub enum PeerState {
     Drained,
 }
 
+impl PeerState {
+    /// The lowercase name (`up`, `suspect`, `down`, `draining`,
+    /// `drained`), as status output, JSON and the status page show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Up => "up",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+            PeerState::Draining => "draining",
+            PeerState::Drained => "drained",
+        }
+    }
+}
+
 /// A peer's disk usage, sent on register and with every heartbeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerUsage {
