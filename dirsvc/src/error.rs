@@ -46,6 +46,34 @@ pub enum Error {
     /// A blocking database task panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),
+    /// The metadata engine cannot be reached or has no quorum right now
+    /// (etcd down, a timeout); the same call may succeed later.
+    #[error("metadata engine unavailable: {0}")]
+    Unavailable(String),
+    /// This dirsvc is not (or no longer) the leader: its commits are
+    /// fenced off. Carries what the engine said.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// One transaction wrote more keys than the engine takes in one commit.
+    #[error("transaction too large: {ops} writes, the engine takes {max}")]
+    TooLarge {
+        /// Writes the transaction made.
+        ops: usize,
+        /// Most the engine accepts ([`crate::kv::Engine::max_ops`]).
+        max: usize,
+    },
+    /// The engine refused a commit for good (not retryable); nothing of it
+    /// was applied.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+}
+
+impl Error {
+    /// Whether the same operation may succeed if run again later: only
+    /// [`Error::Unavailable`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
 }
 
 /// An error of the embedded database engine. Opaque, so the engine can be

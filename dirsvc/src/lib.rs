@@ -83,6 +83,7 @@
 pub mod changes;
 pub mod error;
 pub mod gc;
+pub mod kv;
 pub mod limits;
 pub mod locks;
 pub mod placement;
