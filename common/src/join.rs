@@ -33,21 +33,53 @@ pub enum JoinError {
     Refused(String),
 }
 
-/// Joins the cluster of the dirsvc at `dirsvc` (`host:port`) as a node of
-/// role `role` with the join token `token` (its text form). Returns the
-/// new node's files (key, certificate, CA), not yet saved.
+/// Joins the cluster of the dirsvc at `dirsvc` (`host:port`, or the
+/// instances of one cluster separated by commas: the call goes to the
+/// leader, following `NotLeader` and trying the next address when one
+/// cannot be reached) as a node of role `role` with the join token `token`
+/// (its text form). Returns the new node's files (key, certificate, CA),
+/// not yet saved.
 ///
 /// Errors: [`JoinError`]; `Refused` (and the token is not spent) when the
-/// token grants another role.
+/// token grants another role; `Connect` when no instance could be reached
+/// (the last failure).
 pub async fn join(dirsvc: &str, token: &str, role: Role) -> Result<NodeFiles, JoinError> {
     let token = JoinToken::from_str(token)?;
+    let addrs = crate::net::DirAddrs::parse(dirsvc).map_err(JoinError::Connect)?;
     let (key_pem, csr) = pki::new_key_and_csr()?;
-    let client = joiner_dir_client(dirsvc, token.ca).await.map_err(|e| JoinError::Connect(e.to_string()))?;
-    let grant = client
-        .join(deadline(JOIN_DEADLINE), token.id, token.secret, role, csr)
-        .await
-        .map_err(|e| JoinError::Connect(e.to_string()))?
-        .map_err(|e| JoinError::Refused(e.to_string()))?;
+    // Every address once, plus a redirect or two per address.
+    let mut attempts = 3 * addrs.len();
+    let grant = loop {
+        attempts -= 1;
+        let addr = addrs.current();
+        let answer = match joiner_dir_client(&addr, token.ca).await {
+            Ok(client) => {
+                client.join(deadline(JOIN_DEADLINE), token.id, token.secret, role, csr.clone()).await
+            }
+            Err(e) => {
+                addrs.failed(&addr);
+                if attempts == 0 {
+                    return Err(JoinError::Connect(e.to_string()));
+                }
+                continue;
+            }
+        };
+        match answer {
+            Ok(Err(crate::rpc::dir::DirError::NotLeader { leader })) if attempts > 0 => match leader {
+                Some(l) if l != addr => addrs.redirect(&l),
+                _ => {
+                    addrs.failed(&addr);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Ok(r) => break r.map_err(|e| JoinError::Refused(e.to_string()))?,
+            Err(e) if attempts > 0 => {
+                tracing::debug!(%addr, error = %e, "join call failed; trying the next dirsvc");
+                addrs.failed(&addr);
+            }
+            Err(e) => return Err(JoinError::Connect(e.to_string())),
+        }
+    };
     let ca_der = pki::certs_from_pem(&grant.ca_pem)?.swap_remove(0);
     if pki::fingerprint(&ca_der) != token.ca {
         return Err(PkiError::Invalid("dirsvc sent a CA certificate other than the token's".into()).into());

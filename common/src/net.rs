@@ -7,6 +7,12 @@
 //! call dials again; domain errors (the service's own `Err`) are returned
 //! as they are and keep the connection.
 //!
+//! [`DirAddrs`] is what a process knows of its cluster's dirsvc instances
+//! (one, or several over one etcd): [`Pool::call_dir`] sends each call to
+//! the one believed to be the leader, follows `DirError::NotLeader`
+//! redirects and moves on to the next address when one cannot be reached,
+//! all within the caller's retry policy, so a failover is a pause.
+//!
 //! [`RetryPolicy`] says how often and how long a caller retries transport
 //! failures: a number of attempts, or a time window, with exponential
 //! backoff between them ([`Backoff`]). Only transport failures are retried
@@ -14,7 +20,7 @@
 //! even an error, is final.
 
 use crate::ids::{NodeId, PeerId};
-use crate::rpc::dir::DirServiceClient;
+use crate::rpc::dir::{DirError, DirServiceClient};
 use crate::rpc::peer::PeerServiceClient;
 use crate::rpc::Role;
 use crate::tls::{Expect, Tls};
@@ -269,6 +275,186 @@ impl<C: Dial> Pool<C> {
     }
 }
 
+/// Most dirsvc addresses a [`DirAddrs`] keeps (configured ones plus
+/// leaders learnt from redirects).
+pub const DIR_ADDRS_MAX: usize = 16;
+
+/// The dirsvc instances of one cluster, as this process knows them: the
+/// configured addresses, plus leaders named by redirects, and which one
+/// calls go to now. Shared by all calls of a process (interior
+/// mutability; cheap to clone behind an `Arc`).
+#[derive(Debug)]
+pub struct DirAddrs {
+    state: Mutex<DirAddrsState>,
+}
+
+#[derive(Debug)]
+struct DirAddrsState {
+    addrs: Vec<String>,
+    current: usize,
+}
+
+impl std::fmt::Display for DirAddrs {
+    /// The known addresses, comma-separated (for logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.list())
+    }
+}
+
+impl DirAddrs {
+    /// Parses a comma-separated list of `host:port` addresses (spaces
+    /// around commas allowed; duplicates dropped; at most
+    /// [`DIR_ADDRS_MAX`]).
+    ///
+    /// Errors: a message naming the problem (an empty list or entry, an
+    /// entry without a port, too many).
+    pub fn parse(list: &str) -> Result<DirAddrs, String> {
+        let mut addrs: Vec<String> = Vec::new();
+        for a in list.split(',').map(str::trim) {
+            if a.is_empty() {
+                return Err(format!("empty dirsvc address in '{list}'"));
+            }
+            let port_ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!("dirsvc address '{a}' is not host:port"));
+            }
+            if !addrs.iter().any(|x| x == a) {
+                addrs.push(a.to_string());
+            }
+        }
+        if addrs.len() > DIR_ADDRS_MAX {
+            return Err(format!("{} dirsvc addresses; at most {DIR_ADDRS_MAX}", addrs.len()));
+        }
+        Ok(DirAddrs { state: Mutex::new(DirAddrsState { addrs, current: 0 }) })
+    }
+
+    /// One address (no parsing; for tests and single-instance callers).
+    pub fn single(addr: &str) -> DirAddrs {
+        DirAddrs { state: Mutex::new(DirAddrsState { addrs: vec![addr.to_string()], current: 0 }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirAddrsState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The address calls go to now.
+    pub fn current(&self) -> String {
+        let s = self.lock();
+        s.addrs[s.current].clone()
+    }
+
+    /// Every known address, configured ones first, as one comma-separated
+    /// string (the form [`DirAddrs::parse`] reads).
+    pub fn list(&self) -> String {
+        self.lock().addrs.join(",")
+    }
+
+    /// How many addresses are known.
+    pub fn len(&self) -> usize {
+        self.lock().addrs.len()
+    }
+
+    /// Always false: a `DirAddrs` holds at least one address.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// `addr` could not be reached: if it is the current one, move on to
+    /// the next address.
+    pub fn failed(&self, addr: &str) {
+        let mut s = self.lock();
+        if s.addrs[s.current] == addr {
+            s.current = (s.current + 1) % s.addrs.len();
+        }
+    }
+
+    /// A dirsvc named `leader` as the leader: send calls there (it is
+    /// added if unknown, replacing the oldest learnt address past the
+    /// limit).
+    pub fn redirect(&self, leader: &str) {
+        let mut s = self.lock();
+        match s.addrs.iter().position(|a| a == leader) {
+            Some(i) => s.current = i,
+            None => {
+                if s.addrs.len() >= DIR_ADDRS_MAX {
+                    s.addrs.pop();
+                }
+                s.addrs.push(leader.to_string());
+                s.current = s.addrs.len() - 1;
+            }
+        }
+    }
+}
+
+impl Pool<DirServiceClient> {
+    /// Runs one DirService call `f` on the dirsvc [`DirAddrs`] believes is
+    /// the leader, with a context whose deadline is `timeout`, retrying as
+    /// `policy` says: after a transport failure (on the next address when
+    /// there are several, where a passed deadline counts as a failure too,
+    /// since the instance may be cut off) and after `NotLeader` (on the
+    /// leader it names; after a backoff while none is elected).
+    ///
+    /// Errors: `Ok(Err(domain))` is dirsvc's answer; `Err(CallError)` when
+    /// no instance answered within the policy (a `NotLeader` that lasts
+    /// the whole policy is returned as its answer).
+    pub async fn call_dir<T, F, Fut>(
+        &self,
+        addrs: &DirAddrs,
+        timeout: Duration,
+        policy: &RetryPolicy,
+        f: F,
+    ) -> Result<Result<T, DirError>, CallError>
+    where
+        F: Fn(DirServiceClient, Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, DirError>, RpcError>>,
+    {
+        const DIRSVC: Expect = Expect::Role(crate::rpc::Role::Dirsvc);
+        let several = addrs.len() > 1;
+        let last_not_leader: Mutex<Option<DirError>> = Mutex::new(None);
+        let r = policy
+            .run(|attempt| {
+                let f = &f;
+                let last_not_leader = &last_not_leader;
+                async move {
+                    let addr = addrs.current();
+                    let c = match self.get(&addr, DIRSVC).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            addrs.failed(&addr);
+                            return Err((e, true));
+                        }
+                    };
+                    match f(c, deadline(timeout)).await {
+                        Ok(Err(DirError::NotLeader { leader })) => {
+                            debug!(%addr, ?leader, attempt, "not the leader; following");
+                            match &leader {
+                                Some(l) if *l != addr => addrs.redirect(l),
+                                _ => addrs.failed(&addr),
+                            }
+                            let detail = format!("{addr} is not the leader");
+                            *last_not_leader.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(DirError::NotLeader { leader });
+                            Err((CallError { addr, detail }, true))
+                        }
+                        Ok(r) => Ok(r),
+                        Err(e) => {
+                            let retry = transient(&e) || several;
+                            self.forget(&addr, DIRSVC);
+                            addrs.failed(&addr);
+                            debug!(%addr, error = %e, attempt, retry, "dirsvc rpc failed");
+                            Err((CallError { addr, detail: e.to_string() }, retry))
+                        }
+                    }
+                }
+            })
+            .await;
+        match (r, last_not_leader.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            (Err(e), Some(nl)) if e.detail.ends_with("is not the leader") => Ok(Err(nl)),
+            (r, _) => r,
+        }
+    }
+}
+
 impl Pool<PeerServiceClient> {
     /// The client for peer `peer` at `addr` (its certificate must name it).
     ///
@@ -287,6 +473,39 @@ impl Pool<PeerServiceClient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_addrs_parse_lists_and_refuse_malformed_ones() {
+        let a = DirAddrs::parse(" 10.0.0.1:7700, 10.0.0.2:7700,10.0.0.1:7700 ,[::1]:7701").unwrap();
+        assert_eq!(a.list(), "10.0.0.1:7700,10.0.0.2:7700,[::1]:7701");
+        assert_eq!(a.current(), "10.0.0.1:7700");
+        for bad in ["", "a:1,", "host", "host:port", ":7700", "a:70000"] {
+            assert!(DirAddrs::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let many: Vec<String> = (0..=DIR_ADDRS_MAX).map(|i| format!("h{i}:1")).collect();
+        assert!(DirAddrs::parse(&many.join(",")).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn dir_addrs_rotate_past_failures_and_follow_redirects() {
+        let a = DirAddrs::parse("a:1,b:2,c:3").unwrap();
+        a.failed("b:2"); // not the current one: no change
+        assert_eq!(a.current(), "a:1");
+        a.failed("a:1");
+        assert_eq!(a.current(), "b:2");
+        a.failed("b:2");
+        a.failed("c:3");
+        assert_eq!(a.current(), "a:1", "wraps around");
+        a.redirect("c:3");
+        assert_eq!(a.current(), "c:3");
+        a.redirect("d:4"); // a leader not configured is learnt
+        assert_eq!((a.current(), a.len()), ("d:4".to_string(), 4));
+        let full =
+            DirAddrs::parse(&(0..DIR_ADDRS_MAX).map(|i| format!("h{i}:1")).collect::<Vec<_>>().join(","))
+                .unwrap();
+        full.redirect("new:1");
+        assert_eq!((full.current(), full.len()), ("new:1".to_string(), DIR_ADDRS_MAX));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {

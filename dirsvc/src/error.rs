@@ -106,6 +106,9 @@ impl From<Error> for DirError {
     fn from(e: Error) -> Self {
         match e {
             Error::Dir(d) => d,
+            Error::Unavailable(why) => DirError::Unavailable(why),
+            // The server replaces `None` with the leader it knows of.
+            Error::NotLeader(_) => DirError::NotLeader { leader: None },
             other => DirError::Internal(other.to_string()),
         }
     }

@@ -123,6 +123,8 @@ impl Error {
                     | DirError::StaleEpoch { .. }
                     | DirError::NotReserved(_)
                     | DirError::KeyringChanged { .. }
+                    | DirError::NotLeader { .. }
+                    | DirError::Unavailable(_)
             ),
             Error::Errno(e, _) => *e != libc::EIO,
             _ => false,

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use common::config::{CHUNK_DEADLINE, META_DEADLINE};
-use common::net::{CallError, Pool, RetryPolicy};
+use common::net::{CallError, DirAddrs, Pool, RetryPolicy};
 use common::rpc::dir::{DirError, DirServiceClient};
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
 use common::rpc::{PeerLoc, Role};
@@ -35,30 +35,37 @@ impl From<CallError> for Error {
     }
 }
 
-/// A reconnecting client of dirsvc.
+/// A reconnecting client of a cluster's dirsvc (one instance, or several
+/// over one etcd: calls go to the leader, following redirects, see
+/// `common::net::DirAddrs`).
 ///
-/// Transport failures (connection refused or lost) are retried with
-/// backoff until the retry window ends, so a dirsvc restart is a pause, not
-/// an error. A call that was sent but whose answer was lost is sent again:
-/// a mutation can then report `Exists` or `NotFound` for its own first
-/// attempt (documented in docs/OPERATIONS.md).
+/// Transport failures (connection refused or lost, and with several
+/// instances a passed deadline), `NotLeader` and `Unavailable` answers are
+/// retried with backoff until the retry window ends, so a dirsvc restart or
+/// failover is a pause, not an error. A call that was sent but whose answer
+/// was lost is sent again: a mutation can then report `Exists` or
+/// `NotFound` for its own first attempt (documented in
+/// docs/OPERATIONS.md).
 pub struct DirClient {
+    /// The addresses as configured (comma-separated).
     addr: String,
+    addrs: DirAddrs,
     pool: Pool<DirServiceClient>,
     retry: RetryPolicy,
 }
 
-const DIRSVC: Expect = Expect::Role(Role::Dirsvc);
-
 impl DirClient {
-    /// Connects to dirsvc at `addr` (`host:port`) as `tls` and checks the
-    /// protocol version.
+    /// Connects to dirsvc at `addr` (`host:port`, or several separated by
+    /// commas) as `tls` and checks the protocol version.
     ///
-    /// Errors: [`Error::Rpc`] if it cannot connect (also when dirsvc's
-    /// certificate is refused, or ours is) or speaks another version.
+    /// Errors: [`Error::Rpc`] if the address list is malformed, if no
+    /// instance can be reached (also when dirsvc's certificate is refused,
+    /// or ours is) or one speaks another version.
     pub async fn connect(addr: &str, tls: Arc<Tls>) -> Result<Self> {
+        let addrs = DirAddrs::parse(addr).map_err(|detail| Error::Rpc { addr: addr.to_string(), detail })?;
         let me = DirClient {
             addr: addr.to_string(),
+            addrs,
             pool: Pool::new(tls),
             retry: RetryPolicy::for_window(DEFAULT_RETRY_WINDOW),
         };
@@ -81,9 +88,14 @@ impl DirClient {
         self
     }
 
-    /// The address this client talks to.
+    /// The dirsvc address(es) this client was given, as configured.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The dirsvc instance calls go to now (the leader, as far as known).
+    pub fn current_addr(&self) -> String {
+        self.addrs.current()
     }
 
     /// This client's TLS identity (and the revocation list it enforces).
@@ -91,17 +103,32 @@ impl DirClient {
         self.pool.tls()
     }
 
-    /// Runs one DirService call with reconnects and retries on transport
-    /// failures. `f` gets a client and a context with the metadata deadline.
+    /// Runs one DirService call on the leader with reconnects, redirects
+    /// and retries (see the type's documentation). `f` gets a client and a
+    /// context with the metadata deadline.
     ///
-    /// Errors: [`Error::Dir`] for dirsvc's answer, [`Error::Rpc`] when the
-    /// transport kept failing for the retry window, or the deadline passed.
+    /// Errors: [`Error::Dir`] for dirsvc's answer (`Unavailable` once it
+    /// lasted the retry window), [`Error::Rpc`] when the transport kept
+    /// failing for the retry window, or the deadline passed.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(DirServiceClient, Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, DirError>, RpcError>>,
     {
-        self.pool.call(&self.addr, DIRSVC, META_DEADLINE, &self.retry, f).await?.map_err(Error::Dir)
+        let started = tokio::time::Instant::now();
+        let mut backoff = common::net::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            let r = self.pool.call_dir(&self.addrs, META_DEADLINE, &self.retry, &f).await?;
+            match r {
+                Err(DirError::Unavailable(why))
+                    if self.retry.window.is_some_and(|w| started.elapsed() < w) =>
+                {
+                    warn!(reason = %why, "dirsvc's metadata store is unavailable; retrying");
+                    tokio::time::sleep(backoff.step()).await;
+                }
+                other => return other.map_err(Error::Dir),
+            }
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub enum Error {
     /// The TLS identity is missing or unusable, or joining failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A setting is malformed (e.g. the dirsvc address list), with why.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A chunk is larger than any sealed chunk can be.
     #[error("chunk of {len} bytes is larger than the limit of {limit} bytes")]
     TooLarge {

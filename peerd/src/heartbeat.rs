@@ -20,7 +20,7 @@
 //! directory and uses it from the next handshake on.
 
 use crate::store::ChunkStore;
-use common::net::{Backoff, Pool};
+use common::net::{Backoff, DirAddrs, Pool};
 use common::rpc::dir::{DirError, DirServiceClient, PeerLabels, PeerRegistration, PeerUsage};
 use common::rpc::peer::PeerServiceClient;
 use common::tls::Tls;
@@ -41,8 +41,8 @@ pub(crate) struct Heartbeat<S> {
     pub(crate) id: PeerId,
     /// `host:port` sent to dirsvc for clients to reach this peer.
     pub(crate) advertise: String,
-    /// dirsvc's `host:port`.
-    pub(crate) dirsvc: String,
+    /// The cluster's dirsvc instances (calls go to the leader).
+    pub(crate) dirsvc: Arc<DirAddrs>,
     /// Failure-domain labels sent with every registration.
     pub(crate) labels: PeerLabels,
     pub(crate) interval: Duration,
@@ -88,9 +88,11 @@ impl<S: ChunkStore> Heartbeat<S> {
         let mut failing = false;
         loop {
             let expect = common::tls::Expect::Role(common::rpc::Role::Dirsvc);
-            let client = match self.dir_pool.get(&self.dirsvc, expect).await {
+            let addr = self.dirsvc.current();
+            let client = match self.dir_pool.get(&addr, expect).await {
                 Ok(c) => c,
                 Err(e) => {
+                    self.dirsvc.failed(&addr);
                     if !failing {
                         warn!(dirsvc = %self.dirsvc, error = %e, "cannot reach dirsvc; retrying");
                         failing = true;
@@ -101,15 +103,22 @@ impl<S: ChunkStore> Heartbeat<S> {
                     continue;
                 }
             };
-            self.session(&client, &mut backoff, &mut failing).await;
-            self.dir_pool.forget(&self.dirsvc, expect);
+            self.session(&client, &addr, &mut backoff, &mut failing).await;
+            self.dir_pool.forget(&addr, expect);
             tokio::time::sleep(backoff.step()).await;
         }
     }
 
-    /// Registers then heartbeats on one connection; returns when the
-    /// connection fails and a new one is needed.
-    async fn session(&self, client: &DirServiceClient, backoff: &mut Backoff, failing: &mut bool) {
+    /// Registers then heartbeats on one connection to `addr`; returns when
+    /// the connection fails or `addr` is not the leader, and a new one is
+    /// needed (the next address, or the leader it named).
+    async fn session(
+        &self,
+        client: &DirServiceClient,
+        addr: &str,
+        backoff: &mut Backoff,
+        failing: &mut bool,
+    ) {
         let mut registered = false;
         loop {
             let usage = self.current_usage().await;
@@ -127,6 +136,10 @@ impl<S: ChunkStore> Heartbeat<S> {
                         *failing = false;
                         backoff.reset();
                     }
+                    Ok(Err(DirError::NotLeader { leader })) => {
+                        self.follow(addr, leader);
+                        return;
+                    }
                     Ok(Err(e)) => {
                         warn!(dirsvc = %self.dirsvc, error = %e, "dirsvc refused registration; retrying");
                         tokio::time::sleep(backoff.step()).await;
@@ -137,6 +150,7 @@ impl<S: ChunkStore> Heartbeat<S> {
                             warn!(dirsvc = %self.dirsvc, error = %e, "registration call failed; reconnecting");
                             *failing = true;
                         }
+                        self.dirsvc.failed(addr);
                         return;
                     }
                 }
@@ -155,15 +169,36 @@ impl<S: ChunkStore> Heartbeat<S> {
                         registered = false;
                         continue;
                     }
+                    Ok(Err(DirError::NotLeader { leader })) => {
+                        // A failover: the new leader has not seen this
+                        // peer's registration in its memory yet.
+                        self.follow(addr, leader);
+                        return;
+                    }
                     Ok(Err(e)) => warn!(dirsvc = %self.dirsvc, error = %e, "heartbeat refused"),
                     Err(e) => {
                         warn!(dirsvc = %self.dirsvc, error = %e, "heartbeat failed; reconnecting");
                         *failing = true;
+                        self.dirsvc.failed(addr);
                         return;
                     }
                 }
             }
             tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// `addr` answered that it is not the leader: go to the one it named,
+    /// or to the next address while none is elected.
+    fn follow(&self, addr: &str, leader: Option<String>) {
+        info!(
+            not_leader = addr,
+            leader = leader.as_deref().unwrap_or("none yet"),
+            "following the dirsvc leader"
+        );
+        match leader {
+            Some(l) if l != addr => self.dirsvc.redirect(&l),
+            _ => self.dirsvc.failed(addr),
         }
     }
 

@@ -61,7 +61,7 @@ pub use report::CorruptQueue;
 pub use scrub::{PassSummary, ScrubStats, DEFAULT_SCRUB_BYTES_PER_SEC, DEFAULT_SCRUB_INTERVAL};
 pub use store::{ChunkStore, FsChunkStore, StoreConfig, Verified};
 
-use common::net::Pool;
+use common::net::{DirAddrs, Pool};
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::PeerService as _;
 use common::tls::Tls;
@@ -90,7 +90,9 @@ pub struct PeerdConfig {
     /// Data directory: chunks, the peer id and the lock file (layout in
     /// [`store`]). Created if missing. Default `peerd-data`.
     pub data_dir: PathBuf,
-    /// dirsvc's `host:port`. Default `127.0.0.1:7700`.
+    /// dirsvc's `host:port`, or several separated by commas (the
+    /// instances of one cluster; heartbeats go to the leader). Default
+    /// `127.0.0.1:7700`.
     pub dirsvc: String,
     /// Most bytes of chunks to keep; `None` means the size of the
     /// filesystem holding `data_dir`. Default `None`.
@@ -283,12 +285,13 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
     };
     tasks.push(("serve", serve));
     let dir_pool = Arc::new(Pool::new(tls.clone()));
+    let dirsvc = Arc::new(DirAddrs::parse(&config.dirsvc).map_err(Error::Config)?);
     let scrub_stats = Arc::new(Mutex::new(ScrubStats::default()));
     let heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
         id,
         advertise: advertised.clone(),
-        dirsvc: config.dirsvc.clone(),
+        dirsvc: dirsvc.clone(),
         labels: PeerLabels { host: config.host_label.clone(), zone: config.zone_label.clone() },
         interval: config.heartbeat_interval,
         tls: tls.clone(),
@@ -304,7 +307,7 @@ pub async fn spawn(config: PeerdConfig) -> Result<PeerdHandle, Error> {
     let reporter = report::Reporter {
         queue: store.corrupt_queue().clone(),
         peer: id,
-        dirsvc: config.dirsvc.clone(),
+        dirsvc,
         dir_pool,
         retry_cap: config.heartbeat_interval,
     };

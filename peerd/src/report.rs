@@ -18,8 +18,8 @@
 //! report was sent is taken off the queue: this peer's replica is good
 //! again, and reporting it would make dirsvc forget a good copy.
 
-use common::net::{Backoff, Pool};
-use common::rpc::dir::DirServiceClient;
+use common::net::{Backoff, DirAddrs, Pool};
+use common::rpc::dir::{DirError, DirServiceClient};
 use common::rpc::Role;
 use common::tls::Expect;
 use common::transport::deadline;
@@ -129,8 +129,8 @@ impl CorruptQueue {
 pub(crate) struct Reporter {
     pub(crate) queue: CorruptQueue,
     pub(crate) peer: PeerId,
-    /// dirsvc's `host:port`.
-    pub(crate) dirsvc: String,
+    /// The cluster's dirsvc instances (reports go to the leader).
+    pub(crate) dirsvc: Arc<DirAddrs>,
     /// Connections to dirsvc (this peer's certificate).
     pub(crate) dir_pool: Arc<Pool<DirServiceClient>>,
     /// Longest delay between retries while dirsvc is unreachable.
@@ -156,9 +156,11 @@ impl Reporter {
                 self.queue.pushed().await;
                 continue;
             }
-            let c = match self.dir_pool.get(&self.dirsvc, expect).await {
+            let addr = self.dirsvc.current();
+            let c = match self.dir_pool.get(&addr, expect).await {
                 Ok(c) => c,
                 Err(e) => {
+                    self.dirsvc.failed(&addr);
                     self.note_failure(&mut failing, &e.to_string(), batch.len());
                     tokio::time::sleep(backoff.step()).await;
                     continue;
@@ -177,12 +179,20 @@ impl Reporter {
                     failing = false;
                     backoff.reset();
                 }
+                Ok(Err(DirError::NotLeader { leader })) => match leader {
+                    Some(l) if l != addr => self.dirsvc.redirect(&l),
+                    _ => {
+                        self.dirsvc.failed(&addr);
+                        tokio::time::sleep(backoff.step()).await;
+                    }
+                },
                 Ok(Err(e)) => {
                     self.note_failure(&mut failing, &format!("refused: {e}"), batch.len());
                     tokio::time::sleep(backoff.step()).await;
                 }
                 Err(e) => {
-                    self.dir_pool.forget(&self.dirsvc, expect);
+                    self.dir_pool.forget(&addr, expect);
+                    self.dirsvc.failed(&addr);
                     self.note_failure(&mut failing, &e.to_string(), batch.len());
                     tokio::time::sleep(backoff.step()).await;
                 }

@@ -821,6 +821,20 @@ pub enum DirError {
         /// The current keyring version.
         version: u64,
     },
+    /// This dirsvc is not the leader of its cluster (several dirsvc over
+    /// one etcd): send the call to `leader` (its `host:port`; `None` while
+    /// no leader is elected, retry shortly). Nothing was changed. Clients
+    /// follow it without surfacing it (`common::net::DirAddrs`).
+    #[error("not the leader; the leader is {}", leader.as_deref().unwrap_or("not elected yet"))]
+    NotLeader {
+        /// The leader's RPC address, if one is elected.
+        leader: Option<String>,
+    },
+    /// The metadata engine is unavailable (etcd without quorum): nothing
+    /// was changed; retry later (EAGAIN if it lasts past the client's
+    /// retry window).
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
     /// Anything else (storage failure); the server's message.
     #[error("internal error: {0}")]
     Internal(String),
