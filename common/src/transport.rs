@@ -280,6 +280,19 @@ impl Connections {
         conns.len()
     }
 
+    /// Ends every registered connection (a dirsvc's term of leadership
+    /// began or ended: its clients reconnect and meet the new state).
+    /// Returns how many were ended.
+    pub fn close_all(&self) -> usize {
+        let g = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut n = 0;
+        for c in g.values().flatten() {
+            c.1.cancel();
+            n += 1;
+        }
+        n
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::SeqCst)

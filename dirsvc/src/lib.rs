@@ -39,7 +39,10 @@
 //!     sessions whose lease ran out; it ends the grace period.
 //! - [`spawn`] opens the store, binds the listener, serves every
 //!   connection with `common::serve_tarpc!` in a background task and starts
-//!   the workers, returning a [`DirsvcHandle`]. [`DirsvcHandle::shutdown`]
+//!   the workers, returning a [`DirsvcHandle`]. [`spawn_with`] is the
+//!   general form: any store and any [`leader::Leadership`]; the state held
+//!   in memory and the workers belong to a *term* of leadership, and
+//!   between terms every call is answered with `NotLeader` ([`leader`]). [`DirsvcHandle::shutdown`]
 //!   stops accepting, stops the workers, closes every connection, waits for
 //!   in-flight requests and returns once the database is closed; dropping
 //!   the handle stops the service without waiting.
@@ -84,6 +87,7 @@ pub mod changes;
 pub mod error;
 pub mod gc;
 pub mod kv;
+pub mod leader;
 pub mod limits;
 pub mod locks;
 pub mod placement;
@@ -351,15 +355,26 @@ impl Drop for DirsvcHandle {
     }
 }
 
-/// Opens the database, binds `config.listen`, serves `DirService` over
-/// mutual TLS in a background task on the current tokio runtime and starts
-/// the repair, garbage-collection, sessions and certificate-renewal
-/// workers.
+/// Opens the redb database at `config.db_path`, binds `config.listen`,
+/// serves `DirService` over mutual TLS in a background task on the current
+/// tokio runtime and starts the repair, garbage-collection, sessions and
+/// certificate-renewal workers: the only dirsvc of its volume
+/// ([`leader::Sole`]). See [`spawn_with`] for the general form.
 ///
 /// Errors: [`Error::Tls`] without a TLS identity or with one that is not a
 /// dirsvc certificate; [`Error::Db`], [`Error::Schema`], [`Error::Corrupt`]
 /// from opening the database; [`Error::Io`] if the address cannot be bound.
 pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
+    check_identity(&config)?;
+    let path = config.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path).map(Arc::new)).await??;
+    spawn_with(config, store, Arc::new(leader::Sole::default())).await
+}
+
+/// The TLS identity of `config`, if it is a dirsvc certificate.
+///
+/// Errors: [`Error::Tls`].
+fn check_identity(config: &DirsvcConfig) -> Result<Arc<Tls>, Error> {
     let tls =
         config.tls.clone().ok_or_else(|| Error::Tls("dirsvc needs a TLS identity (--tls-dir)".into()))?;
     if tls.me().role != Role::Dirsvc {
@@ -368,43 +383,78 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
             tls.me().role
         )));
     }
-    let path = config.db_path.clone();
+    Ok(tls)
+}
+
+/// The server that answers new connections now, and the state of its term
+/// (shared by the accept loop, the term loop and the status page).
+type Current = Arc<std::sync::RwLock<DirServer>>;
+
+fn current_server(current: &Current) -> DirServer {
+    current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
+
+/// Serves the volume in `store` as `leadership` allows: binds
+/// `config.listen` and serves `DirService` over mutual TLS; during each
+/// term of leadership ([`leader`]) it runs the term's state and workers
+/// (repair, garbage collection, sessions), and between terms it answers
+/// `NotLeader`. The metrics server and the certificate renewal run for the
+/// whole process. With [`leader::Sole`] the one term starts before this
+/// returns, so errors of loading the state are returned here.
+///
+/// Errors: [`Error::Tls`] without a dirsvc TLS identity; [`Error::Io`] if
+/// an address cannot be bound; the store's errors of loading the first
+/// term's (or the follower's) state.
+pub async fn spawn_with(
+    config: DirsvcConfig,
+    store: Arc<Store>,
+    leadership: Arc<dyn leader::Leadership>,
+) -> Result<DirsvcHandle, Error> {
+    let tls = check_identity(&config)?;
+    let conns = Arc::new(common::transport::Connections::new(tls.revocations().clone()));
+    let cancel = CancellationToken::new();
+    // The first server: the one term of a sole dirsvc, or a follower's
+    // (an ended term) until an election is won.
+    let first_term = if leadership.elective() {
+        let ended = CancellationToken::new();
+        ended.cancel();
+        leader::Term { ended }
+    } else {
+        leadership.campaign().await?
+    };
     let server = {
-        let config = config.clone();
-        let tls = tls.clone();
-        tokio::task::spawn_blocking(move || {
-            let store = Arc::new(Store::open(&path)?);
-            DirServer::new(store, &config, tls)
-        })
-        .await??
+        let (config, tls, conns, store, leadership) =
+            (config.clone(), tls.clone(), conns.clone(), store.clone(), leadership.clone());
+        let term = first_term.clone();
+        tokio::task::spawn_blocking(move || DirServer::for_term(store, &config, tls, conns, term, leadership))
+            .await??
     };
     let server_config =
         tls.server_config(config.ca.is_some()).map_err(|e| Error::Tls(format!("TLS configuration: {e}")))?;
     let listener = TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?;
-    let store = Arc::downgrade(server.store());
-    let cancel = CancellationToken::new();
-    let shared = server.shared().clone();
-    let _ = shared.addr.set(addr.to_string());
-    let token = cancel.clone();
-    let conns = shared.conns.clone();
-    let limits = config.limits.clone();
-    let accept = tokio::spawn(async move {
-        common::serve_tarpc!(listener, server_config, limits, conns, token, move |caller| server
-            .for_connection(caller));
-    });
+    let _ = server.shared().addr.set(addr.to_string());
+    let weak_store = Arc::downgrade(&store);
+    let first_shared = server.shared().clone();
+    let current: Current = Arc::new(std::sync::RwLock::new(server));
+    let accept = {
+        let (token, conns, limits, current) =
+            (cancel.clone(), conns.clone(), config.limits.clone(), current.clone());
+        tokio::spawn(async move {
+            common::serve_tarpc!(listener, server_config, limits, conns, token, move |caller| {
+                current_server(&current).for_connection(caller)
+            });
+        })
+    };
     let renewal = tokio::spawn(
-        renew_own_certificate(shared.clone(), config.tls_dir.clone(), cancel.clone())
+        renew_own_certificate(first_shared.clone(), config.tls_dir.clone(), cancel.clone())
             .instrument(tracing::info_span!("cert-renewal")),
     );
-    let repair =
-        tokio::spawn(repair::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("repair")));
-    let gc = tokio::spawn(gc::run(shared.clone(), cancel.clone()).instrument(tracing::info_span!("gc")));
     let http = match &config.metrics_listen {
         Some(listen) => {
             let endpoint = common::telemetry::Endpoint {
-                refresh: Some(web::refresh(shared.clone())),
-                pages: Some(web::pages(shared.clone())),
+                refresh: Some(web::refresh(current.clone())),
+                pages: Some(web::pages(current.clone())),
             };
             Some(common::telemetry::start(listen, endpoint).await.map_err(|e| {
                 cancel.cancel();
@@ -413,22 +463,115 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
         }
         None => None,
     };
-    let sessions =
-        tokio::spawn(sessions::run(shared, cancel.clone()).instrument(tracing::info_span!("sessions")));
+    let terms = {
+        let run = Terms { config, tls, conns, store, leadership, current, addr: addr.to_string() };
+        tokio::spawn(run.run(first_term, cancel.clone()).instrument(tracing::info_span!("terms")))
+    };
     Ok(DirsvcHandle {
         addr,
         metrics_addr: http.as_ref().map(|h| h.addr()),
         http,
         cancel,
-        tasks: vec![
-            ("accept", accept),
-            ("repair", repair),
-            ("gc", gc),
-            ("sessions", sessions),
-            ("cert-renewal", renewal),
-        ],
-        store,
+        tasks: vec![("accept", accept), ("terms", terms), ("cert-renewal", renewal)],
+        store: weak_store,
     })
+}
+
+/// The loop of terms: runs each term's workers, and between terms
+/// campaigns for the next.
+struct Terms {
+    config: DirsvcConfig,
+    tls: Arc<Tls>,
+    conns: Arc<common::transport::Connections>,
+    store: Arc<Store>,
+    leadership: Arc<dyn leader::Leadership>,
+    current: Current,
+    /// The bound RPC address (for status).
+    addr: String,
+}
+
+impl Terms {
+    /// Runs until `cancel` fires. `first` is the term of the server already
+    /// installed (ended: a follower's).
+    async fn run(self, first: leader::Term, cancel: CancellationToken) {
+        let mut term = first;
+        loop {
+            if !term.ended.is_cancelled() {
+                self.serve_term(&term, &cancel).await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+                warn!("this dirsvc is no longer the leader; serving as a follower");
+                if let Err(e) = self.install(leader::Term { ended: term.ended.clone() }).await {
+                    warn!(error = %e, "cannot load the follower's state");
+                }
+            }
+            term = tokio::select! {
+                _ = cancel.cancelled() => return,
+                t = self.leadership.campaign() => match t {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(error = %e, "the election failed; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            tracing::info!("elected leader; loading the volume's state");
+            if let Err(e) = self.install(term.clone()).await {
+                warn!(error = %e, "cannot load the leader's state; giving the term up");
+                term.ended.cancel();
+            }
+        }
+    }
+
+    /// Makes a server for `term` from the store and answers new connections
+    /// with it; closes the connections of the previous one (their clients
+    /// reconnect and meet the new state).
+    async fn install(&self, term: leader::Term) -> Result<(), Error> {
+        let server = {
+            let (config, tls, conns, store, leadership) = (
+                self.config.clone(),
+                self.tls.clone(),
+                self.conns.clone(),
+                self.store.clone(),
+                self.leadership.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                DirServer::for_term(store, &config, tls, conns, term, leadership)
+            })
+            .await??
+        };
+        let _ = server.shared().addr.set(self.addr.clone());
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = server;
+        self.conns.close_all();
+        Ok(())
+    }
+
+    /// Runs the workers of the installed term until it ends or `cancel`
+    /// fires.
+    async fn serve_term(&self, term: &leader::Term, cancel: &CancellationToken) {
+        let shared = current_server(&self.current).shared().clone();
+        let stop = cancel.child_token();
+        let repair =
+            tokio::spawn(repair::run(shared.clone(), stop.clone()).instrument(tracing::info_span!("repair")));
+        let gc = tokio::spawn(gc::run(shared.clone(), stop.clone()).instrument(tracing::info_span!("gc")));
+        let sessions =
+            tokio::spawn(sessions::run(shared, stop.clone()).instrument(tracing::info_span!("sessions")));
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = term.ended.cancelled() => {}
+        }
+        stop.cancel();
+        for (name, task) in [("repair", repair), ("gc", gc), ("sessions", sessions)] {
+            if let Err(e) = task.await {
+                warn!(task = name, error = %e, "dirsvc worker ended abnormally");
+            }
+        }
+    }
 }
 
 /// How often dirsvc checks whether its own certificate needs renewing.

@@ -3,6 +3,7 @@
 //! turned into `DirError`s.
 
 use crate::error::{invalid, Error};
+use crate::leader::{Leadership, Term};
 use crate::limits::Principal;
 use crate::peers::{PeerTable, PlacementCaps};
 use crate::shared::{Shared, SurveyFigures};
@@ -20,11 +21,13 @@ use common::rpc::dir::{DirsvcStatus, HeartbeatReply, JoinGrant, Renewal, Revocat
 use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::tls::{Caller, Tls};
+use common::transport::Connections;
 use common::{ChunkId, InodeId, NodeId, PeerId};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 use tarpc::context::Context;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
 /// An index of more than this many chunks is "big" for `cluster_status`:
@@ -102,12 +105,34 @@ pub struct DirServer {
 }
 
 impl DirServer {
-    /// A server over `store`, loading the peer registry from it. Blocking
-    /// (one read transaction).
+    /// The server of the only dirsvc of a volume (an endless term, see
+    /// [`crate::leader::Sole`]) over `store`, loading the peer registry
+    /// from it. Blocking (read transactions).
     ///
     /// Errors: as [`Store::peers`].
     pub fn new(store: Arc<Store>, config: &DirsvcConfig, tls: Arc<Tls>) -> Result<Self, Error> {
-        let shared = Arc::new(Shared::new(store.clone(), config, tls)?);
+        let conns = Arc::new(Connections::new(tls.revocations().clone()));
+        let sole: Arc<dyn Leadership> = Arc::new(crate::leader::Sole::default());
+        let term = Term { ended: CancellationToken::new() };
+        DirServer::for_term(store, config, tls, conns, term, sole)
+    }
+
+    /// The server of one term of leadership (`term`; an already ended term
+    /// makes a follower's server, which answers every call but `hello`
+    /// with `NotLeader`), loading the peer registry, sessions and
+    /// revocations from `store` as at a start. `conns` is the registry of
+    /// the listener's connections. Blocking (read transactions).
+    ///
+    /// Errors: as [`Store::peers`].
+    pub fn for_term(
+        store: Arc<Store>,
+        config: &DirsvcConfig,
+        tls: Arc<Tls>,
+        conns: Arc<Connections>,
+        term: Term,
+        leadership: Arc<dyn Leadership>,
+    ) -> Result<Self, Error> {
+        let shared = Arc::new(Shared::new(store.clone(), config, tls, conns, term, leadership)?);
         let (version, revoked) = store.revocations()?;
         shared.tls.revocations().replace(version, revoked);
         Ok(DirServer { shared, store, caller: None, connection: Arc::default() })
@@ -123,6 +148,7 @@ impl DirServer {
     ///
     /// Errors: `Unauthorized`, also without a certificate.
     fn allow(&self, op: &'static str, roles: &[Role]) -> Result<&Caller, DirError> {
+        self.leading()?;
         match &self.caller {
             Some(c) if roles.contains(&c.role) => Ok(c),
             Some(c) => {
@@ -134,6 +160,16 @@ impl DirServer {
                 Err(DirError::Unauthorized(format!("{op} needs a certificate of the cluster")))
             }
         }
+    }
+
+    /// Ok while this server's term of leadership lasts.
+    ///
+    /// Errors: `NotLeader` with the leader's address as last seen.
+    fn leading(&self) -> Result<(), DirError> {
+        if self.shared.term.ended.is_cancelled() {
+            return Err(DirError::NotLeader { leader: self.shared.leadership.leader() });
+        }
+        Ok(())
     }
 
     /// The caller, if it is a client or an admin.
@@ -242,6 +278,10 @@ fn reply<T>(op: &'static str, r: Result<T, Error>) -> Result<T, DirError> {
             debug!(op, error = %e, "request refused");
             Err(e)
         }
+        Err(e @ (Error::NotLeader(_) | Error::Unavailable(_))) => {
+            warn!(op, error = %e, "request not served");
+            Err(e.into())
+        }
         Err(e) => {
             error!(op, error = %e, "request failed");
             Err(e.into())
@@ -264,6 +304,7 @@ impl DirService for DirServer {
         csr: Vec<u8>,
     ) -> Result<JoinGrant, DirError> {
         let r = async {
+            self.leading()?;
             self.shared.joins.acquire(1).await;
             let ca = self.shared.ca.clone().ok_or_else(|| {
                 DirError::Unauthorized("this dirsvc holds no CA; ask an operator for a certificate".into())

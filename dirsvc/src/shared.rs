@@ -2,6 +2,7 @@
 
 use crate::changes::ChangeFeed;
 use crate::error::Error;
+use crate::leader::{Leadership, Term};
 use crate::peers::{Fingerprint, PeerTable};
 use crate::ratelimit::TokenBucket;
 use crate::sessions::{SessionLimits, Sessions};
@@ -161,6 +162,11 @@ pub(crate) struct Shared {
     /// The figures of the last survey of the chunk index (repair worker or
     /// `cluster_status`).
     pub last_survey: Mutex<Option<SurveyFigures>>,
+    /// The term of leadership this state belongs to (see [`crate::leader`]):
+    /// once it ended, calls are answered with `NotLeader`.
+    pub term: Term,
+    /// The election, for the leader's address in `NotLeader` answers.
+    pub leadership: Arc<dyn Leadership>,
 }
 
 impl Shared {
@@ -169,7 +175,14 @@ impl Shared {
     /// leftover orphans if there is none). Blocking.
     ///
     /// Errors: as [`Store::peers`] and [`Sessions::new`].
-    pub(crate) fn new(store: Arc<Store>, config: &DirsvcConfig, tls: Arc<Tls>) -> Result<Self, Error> {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        config: &DirsvcConfig,
+        tls: Arc<Tls>,
+        conns: Arc<Connections>,
+        term: Term,
+        leadership: Arc<dyn Leadership>,
+    ) -> Result<Self, Error> {
         let stored = store.peers()?;
         let peers = PeerTable::new(
             stored,
@@ -179,7 +192,6 @@ impl Shared {
         );
         let sessions =
             Sessions::new(&store, config.session_lease, config.grace(), SessionLimits::of(config))?;
-        let conns = Arc::new(Connections::new(tls.revocations().clone()));
         Ok(Shared {
             store,
             config: config.clone(),
@@ -196,6 +208,8 @@ impl Shared {
             started: (Timestamp::now(), Instant::now()),
             addr: OnceLock::new(),
             last_survey: Mutex::new(None),
+            term,
+            leadership,
         })
     }
 

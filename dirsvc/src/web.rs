@@ -275,17 +275,17 @@ fn set_gauges(v: &ClusterView) {
 }
 
 /// The `/metrics` refresh: dirsvc's gauges from its current state.
-pub(crate) fn refresh(shared: Arc<Shared>) -> Refresh {
+pub(crate) fn refresh(current: crate::Current) -> Refresh {
     Arc::new(move || {
-        let shared = shared.clone();
+        let shared = crate::current_server(&current).shared().clone();
         Box::pin(async move { set_gauges(&gather(&shared).await) })
     })
 }
 
 /// The pages: `/` (HTML) and `/status.json`; anything else is 404.
-pub(crate) fn pages(shared: Arc<Shared>) -> Handler {
+pub(crate) fn pages(current: crate::Current) -> Handler {
     Arc::new(move |req: Request| {
-        let shared = shared.clone();
+        let shared = crate::current_server(&current).shared().clone();
         Box::pin(async move {
             match req.path.as_str() {
                 "/" | "/index.html" => {

@@ -24,5 +24,6 @@ mod integration {
     mod sessions;
     mod support;
     mod svc;
+    mod terms;
     mod xattrs;
 }
