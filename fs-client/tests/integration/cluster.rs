@@ -15,7 +15,7 @@
 //! kill -9 of dirsvc or fs-client and their restart. [`ClusterOpts`] passes
 //! extra flags to each daemon (short timeouts for tests: [`ClusterOpts::fast`]).
 
-use super::tools::{dir_bytes, output, run, wait_until};
+use super::tools::{dir_bytes, output, run};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -29,6 +29,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::wait_until;
 
 /// How many clusters may run at once. Most tests spend their time waiting
 /// (heartbeats, leases, repair rounds), so two share the 2 cores of the
