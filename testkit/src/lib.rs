@@ -14,8 +14,10 @@
 //!   count of a server's open sockets.
 //! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
-//! - [`wait_until`] and [`within`]: bounded waiting, so a broken test fails
-//!   with a message instead of hanging.
+//! - [`wait`]: bounded waiting, so a broken test fails with a message
+//!   instead of hanging: [`wait_until`] (blocking), [`wait_until_async`]
+//!   and [`within`] (a deadline on a future). The only copies in the
+//!   workspace: every crate's tests use these.
 //!
 //! Never a dependency of production code.
 
@@ -25,13 +27,15 @@ use common::rpc::peer::PeerServiceClient;
 use common::rpc::Role;
 use common::tls::{Caller, Tls};
 use common::{NodeId, PeerId};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub mod fuzz;
 pub mod hostile;
+pub mod wait;
+
+pub use wait::{wait_until, wait_until_async, within};
 
 /// The [`Caller`] a server sees after a TLS handshake with `tls`: for
 /// services driven over in-memory channels in tests.
@@ -157,28 +161,4 @@ pub async fn peer_client(addr: &str, tls: &Tls, peer: PeerId) -> PeerServiceClie
 /// Panics if it cannot connect.
 pub async fn peer_client_as(addr: &str, peer: PeerId, role: Role) -> PeerServiceClient {
     peer_client(addr, &pki().node(role), peer).await
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns
-/// how long it took, or `None` on timeout.
-pub fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `f` with a deadline of `timeout`; panics with `what` if it is not
-/// done by then.
-pub async fn within<F: Future>(timeout: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(timeout, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {timeout:?}"),
-    }
 }

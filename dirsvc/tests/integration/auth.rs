@@ -23,6 +23,7 @@ use std::fmt::Debug;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::within;
 use testkit::TestPki;
 
 fn ctx() -> context::Context {
@@ -67,7 +68,7 @@ fn usage() -> PeerUsage {
 
 #[tokio::test]
 async fn without_a_certificate_only_hello_and_join_are_answered() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let s = svc.session("mine").await;
@@ -120,7 +121,7 @@ async fn without_a_certificate_only_hello_and_join_are_answered() {
 
 #[tokio::test]
 async fn certificates_of_another_cluster_and_expired_ones_fail_the_handshake() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let other = TestPki::new();
@@ -159,7 +160,7 @@ async fn certificates_of_another_cluster_and_expired_ones_fail_the_handshake() {
 
 #[tokio::test]
 async fn a_revoked_node_is_refused_from_the_revoke_on_and_its_open_connections_close() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let (admin, admin_tls) = svc.connect_as(Role::Admin).await;
@@ -203,7 +204,7 @@ async fn a_revoked_node_is_refused_from_the_revoke_on_and_its_open_connections_c
 
 #[tokio::test]
 async fn clients_may_not_act_as_peers_or_operators() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         // Not even under their own node id.
@@ -238,7 +239,7 @@ async fn clients_may_not_act_as_peers_or_operators() {
 
 #[tokio::test]
 async fn peers_may_not_use_the_namespace_nor_speak_for_another_peer() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let f = svc.file_with_chunk("f", 1).await;
@@ -301,7 +302,7 @@ async fn peers_may_not_use_the_namespace_nor_speak_for_another_peer() {
 
 #[tokio::test]
 async fn an_admin_drains_makes_join_tokens_and_revokes() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let (admin, _) = svc.connect_as(Role::Admin).await;
         // An admin is a member too.
@@ -346,7 +347,7 @@ async fn an_admin_drains_makes_join_tokens_and_revokes() {
 
 #[tokio::test]
 async fn sessions_belong_to_the_node_that_opened_them() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let s = svc.session("owner").await;
@@ -410,7 +411,7 @@ async fn token(svc: &Svc, role: Role, ttl_secs: u64) -> (String, JoinToken) {
 
 #[tokio::test]
 async fn a_join_token_admits_one_node_with_the_tokens_role_and_the_requests_key() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let anon = anonymous(&addr).await;
@@ -491,7 +492,7 @@ async fn a_join_token_admits_one_node_with_the_tokens_role_and_the_requests_key(
 
 #[tokio::test]
 async fn common_join_gets_a_working_identity_with_only_the_token() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         let (text, t) = token(&svc, Role::Client, 60).await;
@@ -533,7 +534,7 @@ async fn common_join_gets_a_working_identity_with_only_the_token() {
 
 #[tokio::test]
 async fn a_node_renews_its_own_certificate_and_a_dirsvc_without_the_ca_admits_no_one() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let old = svc.me.me();
         let pem = ok(svc.c.renew_certificate(ctx()).await);
@@ -567,7 +568,7 @@ async fn a_node_renews_its_own_certificate_and_a_dirsvc_without_the_ca_admits_no
 
 #[tokio::test]
 async fn a_thousand_garbage_and_half_open_connections_neither_stop_service_nor_stay_open() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         // Half-open handshakes hold a handshake slot until the deadline:
         // a short one keeps the test short (the default is 10 s).
         let deadline = Duration::from_secs(1);
@@ -637,7 +638,7 @@ async fn a_thousand_garbage_and_half_open_connections_neither_stop_service_nor_s
 /// connections are not touched.
 #[tokio::test]
 async fn half_open_handshakes_and_idle_joiners_do_not_lock_new_clients_or_joins_out() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let addr = svc.config_addr();
         // As many half-open handshakes as dirsvc runs at once, and more.

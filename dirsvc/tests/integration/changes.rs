@@ -12,6 +12,7 @@ use common::time::Timestamp;
 use common::InodeId;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::within;
 
 fn ctx() -> context::Context {
     context::current()
@@ -27,7 +28,7 @@ fn attr(ino: InodeId) -> Change {
 
 #[tokio::test]
 async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         // The watcher's session speaks on `svc.c`; the mutations come from
         // another connection (its own would not be in its feed).
@@ -91,7 +92,7 @@ async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
 
 #[tokio::test]
 async fn a_poll_waits_for_a_change_made_by_another_client() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let s = svc.session("watcher").await;
         let last = ok(svc.c.poll_changes(ctx(), s, 0, 0).await).last;
@@ -134,7 +135,7 @@ async fn a_poll_waits_for_a_change_made_by_another_client() {
 
 #[tokio::test]
 async fn a_reader_that_fell_behind_the_bounded_log_is_told_to_drop_its_caches() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|c| c.change_feed_capacity = 8).await;
         let s = svc.session("slow").await;
         let m = svc.connect_as(Role::Client).await.0;
@@ -162,7 +163,7 @@ async fn a_reader_that_fell_behind_the_bounded_log_is_told_to_drop_its_caches() 
 
 #[tokio::test]
 async fn sequence_numbers_of_an_earlier_run_report_overflow_after_a_restart() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let s = svc.session("watcher").await;
         ok(svc.c.create(ctx(), ROOT, n("before"), file()).await);
@@ -183,7 +184,7 @@ async fn sequence_numbers_of_an_earlier_run_report_overflow_after_a_restart() {
 
 #[tokio::test]
 async fn a_sessions_own_mutations_are_left_out_of_its_feed() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         // `svc.c` carries the session, so its mutations are its own.
         let s = svc.session("self").await;

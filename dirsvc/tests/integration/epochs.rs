@@ -15,6 +15,7 @@ use common::rpc::dir::{
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, NodeId};
 use tarpc::context;
+use testkit::within;
 
 fn commit(size: u64, blocks: Vec<(u64, Option<StoredChunk>)>) -> CommitLayout {
     CommitLayout { size, mtime: Timestamp::now(), blocks }
@@ -160,7 +161,7 @@ fn resealed_blocks_replace_only_what_is_still_there() {
 
 #[tokio::test]
 async fn inode_numbers_are_reserved_per_session_and_used_once() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let ctx = context::current;

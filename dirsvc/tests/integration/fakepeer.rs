@@ -24,24 +24,23 @@ use common::transport::{Connections, ServerLimits};
 use common::{ChunkId, InodeId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tarpc::context::{self, Context};
+use testkit::wait_until_async;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Deadline of every cluster test.
+/// Deadline of every cluster test (with [`testkit::within`]).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a test waits for the cluster's state to change (with
+/// [`testkit::wait_until_async`]).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often fake peers heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
-
-/// Runs a test body under a deadline so a hang fails instead of stalling.
-pub async fn within<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out");
-}
 
 /// What every fake peer of a cluster reports to the test.
 #[derive(Debug, Default)]
@@ -455,8 +454,9 @@ impl Cluster {
 
     /// Polls until `id` is listed in state `want` (fails after 20 s).
     pub async fn wait_state(&self, id: PeerId, want: PeerState) {
-        wait_until(&format!("peer {id} to be {want:?}"), || async { self.try_state(id).await == Some(want) })
-            .await;
+        wait_until_async(|| async { self.try_state(id).await == Some(want) }, WAIT_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("timed out waiting for peer {id} to be {want:?}"));
     }
 
     /// Creates file `name` whose block i is chunk `chunks[i]` with the
@@ -524,19 +524,6 @@ impl Cluster {
             p.kill();
         }
         self.stop_dirsvc().await;
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds; panics after 20 s.
-pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -11,6 +11,7 @@ use dirsvc::Store;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::{wait_until_async, within};
 
 /// A cutoff after every unreferenced row written so far.
 fn future() -> i64 {
@@ -195,7 +196,7 @@ async fn gc_cluster(peers: usize) -> Cluster {
 
 #[tokio::test]
 async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = gc_cluster(3).await;
         let chunks: Vec<(Vec<u8>, Vec<usize>)> =
             contents(20, 5, 700).into_iter().map(|b| (b, vec![1, 2, 3])).collect();
@@ -207,14 +208,18 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         let unlinked = Instant::now();
         c.client.unlink(context::current(), ROOT, n("f")).await.unwrap().unwrap();
         assert_eq!(c.status().await.gc_pending, 5);
-        wait_until("peers 1 and 2 to delete", || async {
-            ids.iter().all(|id| !c.peer(1).has(id) && !c.peer(2).has(id))
-        })
-        .await;
+        wait_until_async(
+            || async { ids.iter().all(|id| !c.peer(1).has(id) && !c.peer(2).has(id)) },
+            WAIT_TIMEOUT,
+        )
+        .await
+        .expect("timed out waiting for peers 1 and 2 to delete");
         let took = unlinked.elapsed();
         assert!(took >= Duration::from_secs(1), "deleted {took:?} after the unlink, within the grace period");
         assert!(ids.iter().all(|id| c.peer(3).has(id)), "a down peer is not asked");
-        wait_until("10 deletes counted", || async { c.status().await.gc_deleted_total == 10 }).await;
+        wait_until_async(|| async { c.status().await.gc_deleted_total == 10 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for 10 deletes counted");
         let st = c.status().await;
         assert_eq!((st.gc_pending, st.chunks), (0, 0));
         // A commit naming a collected chunk is refused.
@@ -229,14 +234,20 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         );
         // Peer 3 comes back and gets its deletes.
         c.peer(3).speak_again();
-        wait_until("peer 3 to delete", || async { ids.iter().all(|id| !c.peer(3).has(id)) }).await;
-        wait_until("15 deletes counted", || async { c.status().await.gc_deleted_total == 15 }).await;
+        wait_until_async(|| async { ids.iter().all(|id| !c.peer(3).has(id)) }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for peer 3 to delete");
+        wait_until_async(|| async { c.status().await.gc_deleted_total == 15 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for 15 deletes counted");
         // Tombstones expire two grace periods after the collection, once
         // every delete was acknowledged: the id is usable again.
-        wait_until("the tombstone to expire", || async {
-            c.client.commit_layout(context::current(), g, commit.clone()).await.unwrap().is_ok()
-        })
-        .await;
+        wait_until_async(
+            || async { c.client.commit_layout(context::current(), g, commit.clone()).await.unwrap().is_ok() },
+            WAIT_TIMEOUT,
+        )
+        .await
+        .expect("timed out waiting for the tombstone to expire");
         c.shutdown().await;
     })
     .await;
@@ -244,7 +255,7 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
 
 #[tokio::test]
 async fn orphans_older_than_the_grace_period_are_deleted() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = gc_cluster(2).await;
         let now = Timestamp::now().secs;
         // An upload nobody committed long ago, one that was just made (its
@@ -258,16 +269,20 @@ async fn orphans_older_than_the_grace_period_are_deleted() {
         // Many orphans on peer 2, over several inventory pages.
         let many: Vec<ChunkId> =
             contents(21, 2500, 64).iter().map(|b| c.peer(2).insert(b, now - 3600)).collect();
-        wait_until("orphans deleted", || async {
-            !c.peer(1).has(&old_orphan) && many.iter().all(|id| !c.peer(2).has(id))
-        })
-        .await;
+        wait_until_async(
+            || async { !c.peer(1).has(&old_orphan) && many.iter().all(|id| !c.peer(2).has(id)) },
+            WAIT_TIMEOUT,
+        )
+        .await
+        .expect("timed out waiting for orphans deleted");
         // A few more rounds change nothing for the others.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(c.peer(1).has(&young_orphan));
         assert!(c.peer(1).has(&committed) && c.peer(2).has(&committed));
         assert_eq!(c.peer(2).len(), 1);
-        wait_until("2501 deletes counted", || async { c.status().await.gc_deleted_total == 2501 }).await;
+        wait_until_async(|| async { c.status().await.gc_deleted_total == 2501 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for 2501 deletes counted");
         // The collected orphan cannot be committed any more.
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
         let late =

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tarpc::context;
 use tarpc::server::{BaseChannel, Channel as _};
+use testkit::within;
 
 fn ctx() -> context::Context {
     context::current()
@@ -97,7 +98,7 @@ async fn open(c: &DirServiceClient, label: &str) -> Result<common::rpc::dir::Ses
 
 #[tokio::test]
 async fn sessions_are_capped_per_principal_and_in_total() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let s = server(dir.path(), |c| {
             c.max_sessions_per_principal = 2;
@@ -128,7 +129,7 @@ async fn sessions_are_capped_per_principal_and_in_total() {
 
 #[tokio::test]
 async fn locks_per_session_are_capped_and_reclaims_past_the_cap_are_lost() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|c| c.max_locks_per_session = 2).await;
         let c = &svc.c;
         let f = svc.file_with_chunk("f", 1).await;
@@ -159,7 +160,7 @@ async fn locks_per_session_are_capped_and_reclaims_past_the_cap_are_lost() {
 
 #[tokio::test]
 async fn waiting_calls_are_capped_per_session_and_in_total() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|c| {
             c.max_waiters_per_session = 1;
             c.max_waiters = 2;
@@ -208,7 +209,7 @@ async fn waiting_calls_are_capped_per_session_and_in_total() {
 
 #[tokio::test]
 async fn extended_attributes_per_inode_are_capped_by_count() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|c| c.max_xattrs_per_inode = 3).await;
         let c = &svc.c;
         let f = svc.file_with_chunk("f", 1).await;
@@ -231,7 +232,7 @@ async fn extended_attributes_per_inode_are_capped_by_count() {
 
 #[tokio::test]
 async fn placement_promises_are_capped_per_call_and_per_principal() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         // R = 2: one 4 KiB chunk promises 8 KiB.
         let s = server(dir.path(), |c| {
@@ -272,7 +273,7 @@ async fn placement_promises_are_capped_per_call_and_per_principal() {
 /// `SystemTime`. dirsvc now refuses every invalid time a caller sends.
 #[tokio::test]
 async fn invalid_timestamps_are_refused_and_change_nothing() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let f = svc.file_with_chunk("f", 1).await;

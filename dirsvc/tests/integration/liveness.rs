@@ -8,6 +8,7 @@ use common::PeerId;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::within;
 
 fn labels(host: &str, zone: &str) -> PeerLabels {
     PeerLabels { host: host.into(), zone: zone.into() }
@@ -15,7 +16,7 @@ fn labels(host: &str, zone: &str) -> PeerLabels {
 
 #[tokio::test]
 async fn silent_peers_turn_suspect_then_down_and_recover_when_heard_again() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |_| {}).await;
         c.add_peers(2).await;
         let (p, other) = (c.peer(1).id, c.peer(2).id);
@@ -49,7 +50,7 @@ async fn silent_peers_turn_suspect_then_down_and_recover_when_heard_again() {
 
 #[tokio::test]
 async fn placement_never_picks_suspect_down_or_draining_peers() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |cfg| {
             // A wide suspect window, so the suspect peer stays suspect while
             // the placement runs.
@@ -108,7 +109,7 @@ async fn placement_never_picks_suspect_down_or_draining_peers() {
 
 #[tokio::test]
 async fn placement_spreads_replicas_over_hosts_then_zones_and_labels_persist() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(3, |_| {}).await;
         let gib = 1u64 << 30;
         // Two peers share host a; host c is the only one in zone z2. Peer 1
@@ -147,7 +148,7 @@ async fn placement_spreads_replicas_over_hosts_then_zones_and_labels_persist() {
 
 #[tokio::test]
 async fn new_data_goes_to_peers_in_proportion_to_free_space() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(1, |_| {}).await;
         let gib = 1u64 << 30;
         let big = c.add_peer_with(PeerLabels::default(), 3 * gib).await;

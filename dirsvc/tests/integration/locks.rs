@@ -7,6 +7,7 @@ use common::rpc::dir::{DirError, LockFlavor, LockKind};
 use common::InodeId;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::within;
 
 fn ctx() -> context::Context {
     context::current()
@@ -14,7 +15,7 @@ fn ctx() -> context::Context {
 
 #[tokio::test]
 async fn readers_share_a_writer_is_refused_and_get_lock_names_the_holder() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let (a, b) = (svc.session("a").await, svc.session("b").await);
@@ -46,7 +47,7 @@ async fn readers_share_a_writer_is_refused_and_get_lock_names_the_holder() {
 
 #[tokio::test]
 async fn the_same_owner_upgrades_splits_and_merges_its_ranges() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let (a, b) = (svc.session("a").await, svc.session("b").await);
@@ -86,7 +87,7 @@ async fn the_same_owner_upgrades_splits_and_merges_its_ranges() {
 
 #[tokio::test]
 async fn flock_and_posix_locks_are_independent() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let (a, b) = (svc.session("a").await, svc.session("b").await);
@@ -122,7 +123,7 @@ async fn flock_and_posix_locks_are_independent() {
 
 #[tokio::test]
 async fn a_waiter_gets_the_lock_as_soon_as_it_is_released_or_gives_up_at_its_deadline() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let (a, b) = (svc.session("a").await, svc.session("b").await);
@@ -190,7 +191,7 @@ async fn a_waiter_gets_the_lock_as_soon_as_it_is_released_or_gives_up_at_its_dea
 
 #[tokio::test]
 async fn bad_lock_requests_are_refused() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let a = svc.session("a").await;

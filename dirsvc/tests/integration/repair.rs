@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::{wait_until_async, within};
 
 /// The ids of some chunk contents.
 fn ids(chunks: &[Vec<u8>]) -> Vec<ChunkId> {
@@ -30,12 +31,14 @@ async fn good_replicas(c: &Cluster, id: ChunkId, draining: &[PeerId]) -> usize {
 
 /// Waits until the cluster reports no under-replicated chunk.
 async fn wait_repaired(c: &Cluster) {
-    wait_until("every chunk back at R", || async { c.status().await.under_replicated == 0 }).await;
+    wait_until_async(|| async { c.status().await.under_replicated == 0 }, WAIT_TIMEOUT)
+        .await
+        .expect("timed out waiting for every chunk back at R");
 }
 
 #[tokio::test]
 async fn repair_restores_r_after_peers_go_down_most_endangered_first() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(3, |cfg| cfg.repair_concurrency = 1).await;
         c.fetch_delay = Duration::from_millis(10);
         c.add_peers(5).await;
@@ -78,7 +81,7 @@ async fn repair_restores_r_after_peers_go_down_most_endangered_first() {
 
 #[tokio::test]
 async fn repair_respects_its_concurrency_bound() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |cfg| cfg.repair_concurrency = 3).await;
         c.fetch_delay = Duration::from_millis(60);
         c.add_peers(4).await;
@@ -107,7 +110,7 @@ async fn repair_respects_its_concurrency_bound() {
 
 #[tokio::test]
 async fn repair_bandwidth_is_limited() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         // 64 kB/s (burst a quarter second); 12 copies of 8000 bytes need at
         // least (96000 - 16000) / 64000 = 1.25 s.
         let mut c = Cluster::start(2, |cfg| cfg.repair_bandwidth_bytes_per_sec = 64_000).await;
@@ -115,9 +118,13 @@ async fn repair_bandwidth_is_limited() {
         let chunks = contents(4, 12, 8000);
         c.write_file("f", &on(&chunks, &[1, 2])).await;
         c.peer(1).kill();
-        wait_until("the first copy", || async { !c.probe.fetched().is_empty() }).await;
+        wait_until_async(|| async { !c.probe.fetched().is_empty() }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the first copy");
         let first = Instant::now();
-        wait_until("all copies", || async { c.probe.fetched().len() == 12 }).await;
+        wait_until_async(|| async { c.probe.fetched().len() == 12 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for all copies");
         let took = first.elapsed();
         assert!(took >= Duration::from_millis(1000), "12 copies in {took:?}: not rate limited");
         wait_repaired(&c).await;
@@ -129,7 +136,7 @@ async fn repair_bandwidth_is_limited() {
 
 #[tokio::test]
 async fn repair_finishes_after_a_dirsvc_restart() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |cfg| cfg.repair_concurrency = 1).await;
         c.fetch_delay = Duration::from_millis(150);
         c.add_peers(3).await;
@@ -137,7 +144,9 @@ async fn repair_finishes_after_a_dirsvc_restart() {
         c.wait_state(c.peer(1).id, PeerState::Down).await;
         let chunks = contents(5, 12, 700);
         c.write_file("f", &on(&chunks, &[1, 2])).await;
-        wait_until("a few copies", || async { c.probe.fetched().len() >= 3 }).await;
+        wait_until_async(|| async { c.probe.fetched().len() >= 3 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for a few copies");
         c.stop_dirsvc().await;
         let before = c.probe.fetched().len();
         assert!(before < 12, "repair finished before the restart ({before} copies)");
@@ -159,7 +168,7 @@ async fn repair_finishes_after_a_dirsvc_restart() {
 
 #[tokio::test]
 async fn a_corrupt_replica_is_dropped_and_repair_restores_r() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |_| {}).await;
         c.add_peers(3).await;
         let chunks = contents(6, 3, 900);
@@ -200,7 +209,7 @@ async fn a_corrupt_replica_is_dropped_and_repair_restores_r() {
 
 #[tokio::test]
 async fn a_drained_peer_holds_nothing_that_is_needed() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(2, |_| {}).await;
         c.add_peers(4).await;
         let mut chunks = on(&contents(7, 8, 800), &[1, 2]);
@@ -236,7 +245,7 @@ async fn a_drained_peer_holds_nothing_that_is_needed() {
 
 #[tokio::test]
 async fn cluster_status_counts_chunks_redundancy_and_peers() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         // Repair paused, so the figures hold still.
         let mut c = Cluster::start(3, |cfg| cfg.repair_concurrency = 0).await;
         c.add_peers(4).await;

@@ -12,19 +12,14 @@ use common::time::Timestamp;
 use common::{ChunkId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 use tarpc::context;
+use testkit::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const GIB: u64 = 1 << 30;
-
-/// Runs a test body under a deadline so a hang fails instead of stalling.
-async fn within<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out");
-}
 
 async fn start(dir: &Path, down_after: Duration) -> DirsvcHandle {
     dirsvc::spawn(DirsvcConfig {
@@ -64,7 +59,7 @@ async fn register(h: &DirsvcHandle, k: u8, free: u64) -> TestPeer {
 
 #[tokio::test]
 async fn namespace_calls_work_over_tcp_and_domain_errors_pass_through() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_secs(10)).await;
         let c = client(&h).await;
@@ -98,7 +93,7 @@ async fn namespace_calls_work_over_tcp_and_domain_errors_pass_through() {
 
 #[tokio::test]
 async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_secs(10)).await;
         let c = client(&h).await;
@@ -187,7 +182,7 @@ async fn placement_spreads_chunks_over_peers_and_reports_too_few() {
 
 #[tokio::test]
 async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_millis(800)).await;
         let c = client(&h).await;
@@ -231,7 +226,7 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
 
 #[tokio::test]
 async fn state_survives_a_restart_of_the_service() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_secs(10)).await;
         let c = client(&h).await;
@@ -261,7 +256,7 @@ async fn state_survives_a_restart_of_the_service() {
 
 #[tokio::test]
 async fn concurrent_clients_all_get_their_entries() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_secs(10)).await;
         let c = client(&h).await;
@@ -349,7 +344,7 @@ fn far_deadline_request() -> Vec<u8> {
 
 #[tokio::test]
 async fn garbage_and_oversize_frames_close_only_their_connection() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let h = start(dir.path(), Duration::from_secs(10)).await;
         let addr = h.addr.to_string();

@@ -8,6 +8,7 @@ use common::rpc::dir::{rename_flags, DirError, LockKind, SessionId, SessionOpen}
 use common::InodeId;
 use std::time::{Duration, Instant};
 use tarpc::context;
+use testkit::within;
 
 fn ctx() -> context::Context {
     context::current()
@@ -15,7 +16,7 @@ fn ctx() -> context::Context {
 
 #[tokio::test]
 async fn an_unlinked_open_file_stays_readable_until_its_last_release_then_its_chunk_is_freed() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let a = svc.session("a").await;
@@ -54,7 +55,7 @@ async fn an_unlinked_open_file_stays_readable_until_its_last_release_then_its_ch
 
 #[tokio::test]
 async fn a_file_replaced_by_rename_is_kept_while_open_and_unopened_ones_are_freed_at_once() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let a = svc.session("a").await;
@@ -93,7 +94,7 @@ async fn a_file_replaced_by_rename_is_kept_while_open_and_unopened_ones_are_free
 
 #[tokio::test]
 async fn session_calls_need_a_live_session_and_close_is_idempotent() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let c = &svc.c;
         let f = svc.file_with_chunk("f", 1).await;
@@ -133,7 +134,7 @@ async fn session_calls_need_a_live_session_and_close_is_idempotent() {
 
 #[tokio::test]
 async fn an_expired_session_loses_its_orphans_and_locks_while_a_renewing_one_lives_on() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let lease = Duration::from_millis(400);
         let svc = Svc::start(|c| c.session_lease = lease).await;
         let c = &svc.c;
@@ -182,7 +183,7 @@ async fn open_file_racing_unlink_either_keeps_the_file_or_finds_it_gone() {
     // Regression guard for the race the open-marks mutex closes: an
     // open_file that checks the inode before an unlink commits and marks
     // it after must never leave a mark on a freed inode.
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let a = svc.session("racer").await;
         // Two connections, so neither request queues behind the other.
@@ -230,7 +231,7 @@ async fn open_file_racing_unlink_either_keeps_the_file_or_finds_it_gone() {
 
 #[tokio::test]
 async fn after_a_restart_a_reclaimed_orphan_survives_and_new_locks_wait_for_the_grace_period() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let a = svc.session("client-a").await;
         let f = svc.file_with_chunk("f", 1).await;
@@ -289,7 +290,7 @@ async fn after_a_restart_a_reclaimed_orphan_survives_and_new_locks_wait_for_the_
 
 #[tokio::test]
 async fn an_orphan_not_reclaimed_within_the_grace_period_is_freed_and_reported_lost() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let a = svc.session("gone-for-long").await;
         let f = svc.file_with_chunk("f", 1).await;
@@ -342,7 +343,7 @@ async fn an_orphan_not_reclaimed_within_the_grace_period_is_freed_and_reported_l
 
 #[tokio::test]
 async fn a_restart_with_no_live_session_has_no_grace_period_and_frees_leftover_orphans() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut svc = Svc::start(|_| {}).await;
         let a = svc.session("closes").await;
         let f = svc.file_with_chunk("f", 1).await;

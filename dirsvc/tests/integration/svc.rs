@@ -15,18 +15,12 @@ use common::time::Timestamp;
 use common::tls::Tls;
 use common::{ChunkId, InodeId, PeerId};
 use dirsvc::{DirsvcConfig, DirsvcHandle};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tarpc::context;
 
-/// Deadline of every test here.
+/// Deadline of every test here (with [`testkit::within`]).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs a test body under a deadline so a hang fails instead of stalling.
-pub async fn within<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out");
-}
 
 /// The value of a call that must succeed.
 pub fn ok<T, E: std::fmt::Debug>(r: Result<Result<T, DirError>, E>) -> T {

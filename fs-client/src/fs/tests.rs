@@ -6,6 +6,7 @@ use crate::identity;
 use crate::volume;
 use common::rpc::dir::Attr;
 use std::time::Duration;
+use testkit::within;
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -181,13 +182,12 @@ async fn read_all(fs: &Arc<Fs>, ino: InodeId) -> Vec<u8> {
     out
 }
 
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(120), f).await.expect("test timed out")
-}
+/// Deadline of every test here (with [`testkit::within`]).
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_at_block_boundaries_read_back_identical_from_another_client() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(3, 2, B as u32).await;
         let writer = c.client().await;
         let mut files = Vec::new();
@@ -209,7 +209,7 @@ async fn files_at_block_boundaries_read_back_identical_from_another_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_truncate_and_holes_follow_posix() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(2, 2, B as u32).await;
         let fs = c.client().await;
         let mut model = pattern(3 * B, 9);
@@ -251,7 +251,7 @@ async fn overwrite_truncate_and_holes_follow_posix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_fall_back_to_another_replica_when_a_peer_is_gone() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(3, 2, B as u32).await;
         let fs = c.client().await;
         let data = pattern(20 * B, 3);
@@ -267,7 +267,7 @@ async fn reads_fall_back_to_another_replica_when_a_peer_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_sealed_and_namespace_calls_work() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(2, 1, B as u32).await;
         let fs = c.client().await;
         let d = fs.mkdir(InodeId::ROOT, b"docs", 0o755, 0, 0).await.unwrap();
@@ -305,7 +305,7 @@ async fn names_are_sealed_and_namespace_calls_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_with_no_live_peer_fails_with_an_error_instead_of_hanging() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let (_, fh) = fs.create(InodeId::ROOT, b"f", 0o644, 0, 0).await.unwrap();
@@ -320,7 +320,7 @@ async fn a_write_with_no_live_peer_fails_with_an_error_instead_of_hanging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start(3, 3, B as u32).await;
         let fs = c.client().await;
         c.peers[2].take().unwrap().shutdown().await;
@@ -363,7 +363,7 @@ fn stored_chunk_files(c: &Cluster) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(2, 2, B as u32).await;
         let a = c.client().await;
         let b = c.client().await;
@@ -388,7 +388,7 @@ async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_open_file_keeps_its_old_data_for_the_open_handle() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(2, 2, B as u32).await;
         let fs = c.client().await;
         let old = pattern(2 * B, 1);
@@ -409,7 +409,7 @@ async fn a_replaced_open_file_keeps_its_old_data_for_the_open_handle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_attributes_round_trip_sealed_with_posix_errors() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let ino = write_file(&fs, b"f", b"x", B).await;
@@ -444,7 +444,7 @@ async fn extended_attributes_round_trip_sealed_with_posix_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_conflict_across_clients_and_go_with_the_session() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let a = c.client().await;
         let b = c.client().await;
@@ -476,7 +476,7 @@ async fn locks_conflict_across_clients_and_go_with_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punched_and_zero_blocks_are_holes_and_copies_share_chunks() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let mut model = pattern(8 * B, 6);
@@ -534,7 +534,7 @@ async fn punched_and_zero_blocks_are_holes_and_copies_share_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_after_a_hole_longer_than_a_layout_page_is_read_back() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let (f, fh) = fs.create(InodeId::ROOT, b"sparse", 0o644, 0, 0).await.unwrap();
@@ -557,7 +557,7 @@ async fn a_block_after_a_hole_longer_than_a_layout_page_is_read_back() {
 async fn full_peers_give_enospc_to_the_writer_and_nothing_to_a_reader() {
     // Regression: with every peer full, write/fsync/close failed with EIO,
     // and a handle that had only read the file got EIO from its own close.
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         // Two peers of 40 KiB each, R = 2: about eight 4 KiB blocks fit.
         let c = Cluster::start_with_capacity(2, 2, B as u32, Some(40 << 10)).await;
         let fs = c.client().await;
@@ -588,7 +588,7 @@ async fn full_peers_give_enospc_to_the_writer_and_nothing_to_a_reader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn some_peers_down_and_the_rest_full_is_enospc() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start_with_capacity(3, 3, B as u32, Some(24 << 10)).await;
         let fs = c.client().await;
         // Fill the peers, then stop one of them.
@@ -614,7 +614,7 @@ async fn some_peers_down_and_the_rest_full_is_enospc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_that_could_not_be_stored_is_kept_and_stored_by_the_next_client() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let mut c = Cluster::start_with_capacity(2, 2, B as u32, Some(40 << 10)).await;
         let fs = c.client().await;
         let (attr, w) = fs.create(InodeId::ROOT, b"kept", 0o644, 0, 0).await.unwrap();
@@ -668,7 +668,7 @@ async fn read_at(fs: &Arc<Fs>, ino: InodeId, offset: u64, len: u32) -> std::resu
 /// EIO, never wrong bytes, and the blocks around it still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_moved_to_another_file_or_block_reads_as_eio() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let a = pattern(3 * B, 1);
@@ -709,7 +709,7 @@ async fn a_chunk_moved_to_another_file_or_block_reads_as_eio() {
 /// (inode, sealed name); this checks that still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_symlink_targets_and_attribute_values_read_as_eio() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let l1 = fs.symlink(InodeId::ROOT, b"l1", b"/etc/passwd", 0, 0).await.unwrap().ino;
@@ -754,7 +754,7 @@ async fn swapped_symlink_targets_and_attribute_values_read_as_eio() {
 /// is not the copy's, and moving the copy's entry is caught like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflinked_copies_read_back_and_are_bound_to_their_own_place() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let data = pattern(4 * B + 100, 3);
@@ -793,7 +793,7 @@ async fn reflinked_copies_read_back_and_are_bound_to_their_own_place() {
 /// refuses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_without_a_mac_pass_only_on_a_legacy_volume() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client().await;
         let data = pattern(2 * B, 4);
@@ -815,7 +815,7 @@ async fn entries_without_a_mac_pass_only_on_a_legacy_volume() {
 /// dirsvc that rolls the keyring back is caught by the pin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_keeps_only_the_old_epoch_and_writers_move_to_the_new_one() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(2, 1, B as u32).await;
         let pins = tempfile::tempdir().unwrap();
         let dir = DirClient::connect(&c.addr, admin_tls()).await.unwrap();

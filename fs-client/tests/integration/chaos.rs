@@ -4,11 +4,12 @@
 //! on the three that remain. Prints the repair figures to stderr.
 
 use super::cluster::{ClusterOpts, TestCluster};
-use super::tools::{chunk_holders, run, sha256, stage_system_tree, wait_until, Background, Pattern, Rng};
+use super::tools::{chunk_holders, run, sha256, stage_system_tree, Background, Pattern, Rng};
 use std::fs;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::wait_until;
 
 /// Size of the big file in bytes.
 const BIG_LEN: u64 = 1 << 30;

@@ -15,7 +15,7 @@
 //! kill -9 of dirsvc or fs-client and their restart. [`ClusterOpts`] passes
 //! extra flags to each daemon (short timeouts for tests: [`ClusterOpts::fast`]).
 
-use super::tools::{dir_bytes, output, run, wait_until};
+use super::tools::{dir_bytes, output, run};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -29,6 +29,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::wait_until;
 
 /// How many clusters may run at once. Most tests spend their time waiting
 /// (heartbeats, leases, repair rounds), so two share the 2 cores of the
@@ -1124,6 +1125,24 @@ impl Drop for TestCluster {
             p.take();
         }
         self.dirsvc.take();
+        record_time(self.opts.exclusive, self.started.elapsed());
+    }
+}
+
+/// With `P2PFS_E2E_TIMES=FILE`, appends `TEST<TAB>SECONDS<TAB>WEIGHT` to
+/// FILE: the test (its thread's name), how long its cluster held its slots
+/// (from [`TestCluster::elapsed`]'s start to the end of its teardown) and
+/// whether it ran alone (`exclusive`) or beside another (`shared`). For
+/// measuring the suite's cost per test; best effort, never fails a test.
+fn record_time(exclusive: bool, held: Duration) {
+    let Some(file) = std::env::var_os("P2PFS_E2E_TIMES") else {
+        return;
+    };
+    let name = thread::current().name().unwrap_or("?").to_string();
+    let weight = if exclusive { "exclusive" } else { "shared" };
+    let line = format!("{name}\t{:.1}\t{weight}\n", held.as_secs_f64());
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(file) {
+        let _ = std::io::Write::write_all(&mut f, line.as_bytes());
     }
 }
 

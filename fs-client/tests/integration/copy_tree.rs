@@ -1,9 +1,10 @@
-//! `cp -a` of a real source tree and a 1 GiB file through the mount, checked
+//! `cp -a` of a real source tree (1,000–2,000 files and symlinks of
+//! `/usr/include`) and a 1 GiB file through the mount, checked
 //! with `diff -r`, `sha256sum` and `stat`, before and after a restart of
 //! every process. Prints the copy speeds to stderr.
 
 use super::cluster::{ClusterOpts, TestCluster};
-use super::tools::{run, sha256, Pattern};
+use super::tools::{run, sha256, stage_system_tree, Pattern};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,34 +14,13 @@ use std::time::{Duration, Instant};
 /// Size of the big file in bytes.
 const BIG_LEN: u64 = 1 << 30;
 
+/// The tree copied has at least this many files and symlinks (and at most
+/// twice as many): a real system tree, as issue 2 asks, not all of
+/// `/usr/include` (7,900 files cost ~40 s per pass at ~200 creates/s).
+const MIN_FILES: usize = 1_000;
+
 /// Timeout for any one tool run over the tree or the big file.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// A system tree of at least 1,000 files with real-world names, modes,
-/// symlinks and nesting.
-fn source_tree() -> PathBuf {
-    for cand in ["/usr/include", "/usr/share/doc"] {
-        let n = count_files(Path::new(cand));
-        if n >= 1000 {
-            eprintln!("source tree: {cand} ({n} files)");
-            return PathBuf::from(cand);
-        }
-    }
-    panic!("this test needs a tree of at least 1,000 files: neither /usr/include nor /usr/share/doc has one");
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
-        })
-        .sum()
-}
 
 /// Every path under `dir`, relative to it, parents before children.
 fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
@@ -136,8 +116,10 @@ fn diff_r(a: &Path, b: &Path) {
 #[test]
 fn cp_a_of_a_real_tree_and_a_1gib_file_reads_back_identical() {
     let mut c = TestCluster::start_with(ClusterOpts::new(3, 2).exclusive());
-    let src_tree = source_tree();
     let work = c.work_dir();
+    // Outside `work`, whose stat is compared with the mount's root below.
+    let src_tree = c.work_dir().with_file_name("src-tree");
+    let n_files = stage_system_tree(&src_tree, MIN_FILES);
     let big_src = work.join("big.bin");
     Pattern::write_file(&big_src, 42, BIG_LEN);
     fs::set_permissions(&big_src, fs::Permissions::from_mode(0o640)).expect("chmod");
@@ -155,8 +137,7 @@ fn cp_a_of_a_real_tree_and_a_1gib_file_reads_back_identical() {
     run(Command::new("cp").arg("-a").arg(&big_src).arg(&big), TOOL_TIMEOUT);
     let cp_in = t.elapsed();
     eprintln!(
-        "cp -a of {} took {:.1} s; cp -a of the 1 GiB file into the mount: {:.1} s = {:.0} MB/s",
-        src_tree.display(),
+        "cp -a of {n_files} files took {:.1} s; cp -a of the 1 GiB file into the mount: {:.1} s = {:.0} MB/s",
         tree_secs.as_secs_f64(),
         cp_in.as_secs_f64(),
         mb_per_s(BIG_LEN, cp_in)
@@ -164,7 +145,7 @@ fn cp_a_of_a_real_tree_and_a_1gib_file_reads_back_identical() {
 
     diff_r(&src_tree, &tree);
     let n = assert_same_stat(&src_tree, &tree);
-    assert!(n >= 1000, "only {n} entries compared");
+    assert!(n >= MIN_FILES, "only {n} entries compared");
     assert_same_stat(&work, &mnt); // big.bin: size, mode 0640, mtime
 
     // Namespace operations through ordinary tools.

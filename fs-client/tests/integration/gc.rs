@@ -6,12 +6,13 @@
 //! not bite a file that is still being written.
 
 use super::cluster::{ClusterOpts, TestCluster, FAST_GC_GRACE};
-use super::tools::{assert_files, df, wait_until, write_files, Background, Pattern};
+use super::tools::{assert_files, df, write_files, Background, Pattern};
 use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::wait_until;
 
 const PEERS: usize = 3;
 const R: u64 = 2;

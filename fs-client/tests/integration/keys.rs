@@ -216,7 +216,7 @@ impl BareDirsvc {
             .spawn()
             .expect("start dirsvc");
         let mut me = BareDirsvc { child, addr: String::new(), dir };
-        let found = super::tools::wait_until(
+        let found = testkit::wait_until(
             || {
                 me.addr = fs::read_to_string(&addr_file).unwrap_or_default().trim().to_string();
                 !me.addr.is_empty()

@@ -90,7 +90,9 @@ fn kill_9_of_a_peer_during_writes_loses_no_acknowledged_file() {
         c.kill9_peer(victim);
         // Writes go on while the peer is dead, through suspect and down.
         expect_progress(&w, PROGRESS, &format!("round {round}, with peer {victim} dead"));
-        thread::sleep(Duration::from_millis(2500));
+        c.wait_status(&format!("round {round}: peer {victim} shown down"), Duration::from_secs(30), |st| {
+            st.get("peers_down") == 1
+        });
         expect_progress(&w, 1, &format!("round {round}, with peer {victim} down"));
         c.restart_peer(victim);
     }

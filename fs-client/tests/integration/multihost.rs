@@ -5,13 +5,14 @@
 //! when the test fails.
 
 use super::cluster::{bin_dir, check_environment, tail, wait_addr_file, Proc};
-use super::tools::{output, run, wait_until, Pattern};
+use super::tools::{output, run, Pattern};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use testkit::wait_until;
 
 const CLI: Duration = Duration::from_secs(30);
 

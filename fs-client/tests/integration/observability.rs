@@ -6,13 +6,14 @@
 //! screenshot is kept at `target/test-artifacts/status-page.png`.
 
 use super::cluster::{bin_dir, ClusterOpts, TestCluster};
-use super::tools::{output, wait_until};
+use super::tools::output;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::wait_until;
 
 /// How long dirsvc may take to list a killed peer as down (fast timeouts:
 /// down after 2 s).

@@ -83,7 +83,7 @@ fn twenty_rotten_chunk_files_are_scrubbed_and_repaired_to_r_good_copies() {
     // No client reads: only scrub can find the rot. Done when each rotten
     // chunk has R copies in data/ that verify and none that does not.
     let mut pending = rotten.len();
-    let healed = super::tools::wait_until(
+    let healed = testkit::wait_until(
         || {
             pending = rotten
                 .iter()

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use testkit::wait_until;
 
 const CALL: Duration = Duration::from_secs(10);
 
@@ -276,7 +277,10 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
         .spawn()
         .expect("tcpdump (Debian package tcpdump) must be installed");
     let _stop = KillOnDrop(capture.id());
-    std::thread::sleep(Duration::from_millis(1500));
+    // The capture is live once a canary sent in clear over loopback is in
+    // the file (tcpdump -U writes each packet as it comes).
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    see_canary(&sock, &pcap, b"CANARY-capture-started-9e1d");
     c.mount();
     let mut content = Vec::new();
     for _ in 0..2000 {
@@ -289,11 +293,9 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     let listing: Vec<_> =
         fs::read_dir(c.mountpoint()).expect("ls").flatten().map(|e| e.file_name()).collect();
     assert!(listing.iter().any(|n| n == marker_name));
-    // A canary sent in clear over loopback proves the capture sees it.
+    // A last canary in the file: every packet before it is written too.
     let canary = b"CANARY-plaintext-on-lo-4f3a";
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    sock.send_to(canary, "127.0.0.1:9").expect("send canary");
-    std::thread::sleep(Duration::from_millis(1500));
+    see_canary(&sock, &pcap, canary);
     // SAFETY: kill of the tcpdump we started (its pid), to flush and stop.
     unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
     let _ = capture.wait();
@@ -309,6 +311,23 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     }
     c.unmount();
     c.stop_all();
+}
+
+/// Sends `canary` in a UDP datagram over loopback until it shows up in the
+/// capture file `pcap`; panics after 30 s.
+fn see_canary(sock: &std::net::UdpSocket, pcap: &std::path::Path, canary: &[u8]) {
+    let seen = wait_until(
+        || {
+            sock.send_to(canary, "127.0.0.1:9").expect("send canary");
+            fs::read(pcap).is_ok_and(|b| contains(&b, canary))
+        },
+        Duration::from_secs(30),
+    );
+    assert!(
+        seen.is_some(),
+        "tcpdump never wrote the canary {:?} to its capture",
+        String::from_utf8_lossy(canary)
+    );
 }
 
 /// Kills a process by pid when dropped (if the test fails early).

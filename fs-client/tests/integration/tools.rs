@@ -1,7 +1,8 @@
 //! Helpers the end-to-end tests share: running tools with a deadline,
 //! deterministic test data, reading and damaging chunk files on peers'
-//! disks, polling for a condition, and a writer that records which files
-//! the mount acknowledged (for the crash tests).
+//! disks, and a writer that records which files the mount acknowledged
+//! (for the crash tests). Polling for a condition is
+//! `testkit::wait_until`.
 
 use super::cluster::TestCluster;
 use std::collections::BTreeMap;
@@ -223,22 +224,6 @@ pub fn boundary_files() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes. Returns the
-/// time it took, or `None` on timeout (the caller fails with its own
-/// message, usually with the last state it saw).
-pub fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Apparent size in bytes of every regular file under `dir` (0 if it does
 /// not exist), like `du -sb --apparent-size` without the directories.
 pub fn dir_bytes(dir: &Path) -> u64 {
@@ -452,7 +437,7 @@ impl AckWriter {
 
     /// Waits until at least `n` files are acknowledged; `false` on timeout.
     pub fn wait_acked(&self, n: usize, timeout: Duration) -> bool {
-        wait_until(|| self.acked_count() >= n, timeout).is_some()
+        testkit::wait_until(|| self.acked_count() >= n, timeout).is_some()
     }
 
     /// Stops the writer and waits (up to `timeout`) for the file in progress

@@ -7,7 +7,7 @@
 //! fs-client is killed.
 
 use super::cluster::{ClusterOpts, TestCluster};
-use super::tools::{run, wait_until, Background, Pattern};
+use super::tools::{run, Background, Pattern};
 use super::workloads::{pread_all, report, Interactive, TOOL_TIMEOUT};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::wait_until;
 
 /// How soon a rename or unlink on one mount must show on the other: the
 /// kernel may keep a directory entry for the entry TTL (1 s) unless it is

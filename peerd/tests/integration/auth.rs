@@ -7,7 +7,7 @@
 //! seconds, through the peer's heartbeat; and a thousand hostile
 //! connections neither stop the peer nor stay open.
 
-use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, TEST_TIMEOUT};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError, PeerService, PeerServiceClient};
 use common::rpc::{PeerLoc, Role};
@@ -17,6 +17,7 @@ use common::{ChunkId, PeerId};
 use peerd::PeerdHandle;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
+use testkit::within;
 use testkit::TestPki;
 
 /// The reason of a call refused as `Unauthorized`; panics on anything else.
@@ -87,7 +88,7 @@ async fn check_role(c: &PeerServiceClient, role: Role, source: &PeerLoc) {
 
 #[tokio::test]
 async fn only_dirsvc_deletes_lists_and_orders_copies_and_only_dirsvc_and_admins_ask_usage() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = closed_port();
         let (dir, src_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let peer = spawn_peer(dir.path(), &dirsvc).await;
@@ -109,7 +110,7 @@ async fn only_dirsvc_deletes_lists_and_orders_copies_and_only_dirsvc_and_admins_
 
 #[tokio::test]
 async fn another_clusters_and_expired_certificates_fail_the_handshake_and_clients_check_the_peer() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
         let other = TestPki::new();
@@ -137,7 +138,7 @@ async fn another_clusters_and_expired_certificates_fail_the_handshake_and_client
 
 #[tokio::test]
 async fn a_copy_is_fetched_only_from_the_peer_dirsvc_named() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = closed_port();
         let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let src = spawn_peer(src_dir.path(), &dirsvc).await;
@@ -247,7 +248,7 @@ impl PeerService for Relay {
 
 #[tokio::test]
 async fn a_node_revoked_at_dirsvc_is_refused_by_a_peer_within_seconds_and_after_its_restart() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         // A real dirsvc and a real peer with the default heartbeat.
         let dir = tempfile::tempdir().unwrap();
         let dirsvc = dirsvc::spawn(dirsvc::DirsvcConfig {
@@ -329,7 +330,7 @@ async fn a_node_revoked_at_dirsvc_is_refused_by_a_peer_within_seconds_and_after_
 
 #[tokio::test]
 async fn a_thousand_garbage_and_half_open_connections_neither_stop_a_peer_nor_stay_open() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let deadline_ = Duration::from_secs(1);
         let data = tempfile::tempdir().unwrap();
         let peer = peerd::spawn(peerd::PeerdConfig {

@@ -3,7 +3,7 @@
 //! TLS session of a client of the cluster, so they reach the framing and
 //! decoding (bytes that are not TLS are the flood test's, in `auth`).
 
-use super::util::{chunk, closed_port, connect, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, spawn_peer, TEST_TIMEOUT};
 use common::config::{CHUNK_DEADLINE, MAX_FRAME_BYTES};
 use common::rpc::peer::{Bytes, PeerServiceClient};
 use common::rpc::Role;
@@ -11,6 +11,7 @@ use common::tls::Expect;
 use common::transport::deadline;
 use common::{ChunkId, PeerId};
 use std::net::SocketAddr;
+use testkit::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `bytes` on a fresh TLS connection (as a client) to the peer `id`
@@ -38,7 +39,7 @@ async fn round_trip(client: &PeerServiceClient, id: ChunkId, bytes: &[u8]) {
 
 #[tokio::test]
 async fn garbage_and_oversize_frames_close_only_their_connection() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
         let good = connect(&peer, Role::Client).await;

@@ -4,7 +4,7 @@
 //! for labels, heartbeat and scrub take effect.
 
 use super::fake_dir::FakeDirServer;
-use super::util::{chunk, closed_port, timeout};
+use super::util::{chunk, closed_port, TEST_TIMEOUT};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::Bytes;
@@ -16,6 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
+use testkit::within;
 
 /// A peerd child process, SIGKILLed on drop if still running.
 struct Peerd {
@@ -119,7 +120,7 @@ async fn wait_addr(p: &mut Peerd, file: &Path) -> SocketAddr {
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_chunk() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let addr_file = tmp.path().join("addr");
@@ -172,7 +173,7 @@ async fn kill_9_loses_no_acknowledged_chunk() {
 
 #[tokio::test]
 async fn sigint_exits_cleanly_and_keeps_the_peer_id() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let addr_file = tmp.path().join("addr");
@@ -197,7 +198,7 @@ async fn sigint_exits_cleanly_and_keeps_the_peer_id() {
 
 #[tokio::test]
 async fn flags_set_labels_heartbeat_interval_and_scrub() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let tmp = tempfile::tempdir().unwrap();
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let flags = [

@@ -1,7 +1,7 @@
 //! A chunk file altered on disk is detected on read, moved to `corrupted/`
 //! and never served again; a later put of the good bytes repairs it.
 
-use super::util::{chunk, closed_port, connect, flip_byte, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, flip_byte, spawn_peer, TEST_TIMEOUT};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError};
 use common::rpc::Role;
@@ -9,6 +9,7 @@ use common::transport::deadline;
 use peerd::{ChunkStore, Error, FsChunkStore, StoreConfig};
 use std::fs;
 use std::path::Path;
+use testkit::within;
 
 async fn open(dir: &Path) -> FsChunkStore {
     FsChunkStore::open(StoreConfig { data_dir: dir.to_path_buf(), capacity_bytes: None }).await.unwrap()
@@ -91,7 +92,7 @@ async fn put_over_a_corrupt_copy_replaces_it() {
 
 #[tokio::test]
 async fn corrupt_chunk_is_reported_over_tcp_as_hash_mismatch() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
         let client = connect(&peer, Role::Client).await;

@@ -12,6 +12,7 @@ use common::{ChunkId, InodeId, NodeId, PeerId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tarpc::context::Context;
+use testkit::wait_until_async;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -106,15 +107,12 @@ impl FakeDirServer {
         self.dir.calls.lock().unwrap().reported()
     }
 
-    /// Polls `cond` every 10 ms until it holds.
+    /// Polls `cond` on the calls seen until it holds; panics naming `what`
+    /// after 10 s.
     pub async fn wait_for(&self, what: &str, cond: impl Fn(&Calls) -> bool) {
-        for _ in 0..1000 {
-            if cond(&self.dir.calls.lock().unwrap()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting for {what}");
+        wait_until_async(|| async { cond(&self.dir.calls.lock().unwrap()) }, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("timed out waiting for {what}"));
     }
 }
 

@@ -6,7 +6,7 @@
 //! replaced.
 
 use super::util::{
-    chunk, chunk_file, closed_port, connect, file_names, flip_byte, peer_config, spawn_peer, timeout,
+    chunk, chunk_file, closed_port, connect, file_names, flip_byte, peer_config, spawn_peer, TEST_TIMEOUT,
 };
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerUsage;
@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tarpc::context::Context;
 use tempfile::TempDir;
+use testkit::within;
 
 /// Two peers (no dirsvc), a client of each, and dirsvc's connection to
 /// the destination (which orders the copies).
@@ -85,7 +86,7 @@ async fn assert_nothing_stored(
 
 #[tokio::test]
 async fn fetch_from_copies_a_verified_chunk_durably_and_then_needs_no_source() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let p = pair().await;
         let (id, bytes) = chunk((1 << 20) + 48, 1);
         put(&p.src_client, id, &bytes).await;
@@ -112,7 +113,7 @@ async fn fetch_from_copies_a_verified_chunk_durably_and_then_needs_no_source() {
 
 #[tokio::test]
 async fn unreachable_missing_or_corrupt_source_is_source_failed_and_stores_nothing() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let p = pair().await;
         let src = loc(&p.src);
 
@@ -188,7 +189,7 @@ impl PeerService for LyingPeer {
 
 #[tokio::test]
 async fn bytes_that_do_not_hash_to_the_id_are_refused_and_not_stored() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         // The liar is a peer of the cluster: its certificate is in order,
         // only its bytes are wrong.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -229,7 +230,7 @@ async fn bytes_that_do_not_hash_to_the_id_are_refused_and_not_stored() {
 
 #[tokio::test]
 async fn a_corrupt_local_copy_is_moved_aside_and_replaced_by_the_fetch() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let p = pair().await;
         let (id, bytes) = chunk(70_000, 6);
         put(&p.src_client, id, &bytes).await;
@@ -251,7 +252,7 @@ async fn a_corrupt_local_copy_is_moved_aside_and_replaced_by_the_fetch() {
 
 #[tokio::test]
 async fn a_pooled_connection_to_a_restarted_source_is_replaced() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let p = pair().await;
         let src = loc(&p.src);
         let src_addr = src.addr.clone();

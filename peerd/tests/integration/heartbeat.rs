@@ -4,17 +4,18 @@
 //! recording test double here.
 
 use super::fake_dir::FakeDirServer;
-use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, TEST_TIMEOUT};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerLabels;
 use common::rpc::peer::Bytes;
 use common::rpc::Role;
 use common::transport::deadline;
 use std::time::Duration;
+use testkit::within;
 
 #[tokio::test]
 async fn registers_then_heartbeats_with_current_usage() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let data = tempfile::tempdir().unwrap();
         let peer = spawn_peer(data.path(), &dirsvc.addr).await;
@@ -55,7 +56,7 @@ async fn registers_then_heartbeats_with_current_usage() {
 
 #[tokio::test]
 async fn heartbeat_not_found_leads_to_a_new_registration() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let data = tempfile::tempdir().unwrap();
         let peer = spawn_peer(data.path(), &dirsvc.addr).await;
@@ -72,7 +73,7 @@ async fn heartbeat_not_found_leads_to_a_new_registration() {
 
 #[tokio::test]
 async fn waits_for_a_late_dirsvc_and_re_registers_after_its_restart() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let addr = closed_port();
         let data = tempfile::tempdir().unwrap();
         let peer = spawn_peer(data.path(), &addr).await;
@@ -106,7 +107,7 @@ async fn waits_for_a_late_dirsvc_and_re_registers_after_its_restart() {
 
 #[tokio::test]
 async fn host_and_zone_labels_arrive_in_every_registration() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let data = tempfile::tempdir().unwrap();
         let peer = peerd::spawn(peerd::PeerdConfig {

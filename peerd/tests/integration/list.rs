@@ -2,7 +2,7 @@
 //! strictly after the cursor, with sane mtimes, capped at 10,000 per page,
 //! ignoring files that are not chunks.
 
-use super::util::{chunk, chunk_file, closed_port, connect, spawn_peer, timeout, write_chunk_files};
+use super::util::{chunk, chunk_file, closed_port, connect, spawn_peer, write_chunk_files, TEST_TIMEOUT};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::PeerServiceClient;
 use common::rpc::Role;
@@ -11,6 +11,7 @@ use common::ChunkId;
 use peerd::store::LIST_CHUNKS_MAX;
 use peerd::{ChunkStore, FsChunkStore, StoreConfig};
 use std::time::{SystemTime, UNIX_EPOCH};
+use testkit::within;
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -22,7 +23,7 @@ async fn list(c: &PeerServiceClient, after: Option<ChunkId>, limit: u32) -> Vec<
 
 #[tokio::test]
 async fn list_chunks_pages_through_every_chunk_in_ascending_order() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let before = unix_now();
         let chunks: Vec<_> = (0..1000).map(|i| chunk(32 + (i % 200), i as u64)).collect();

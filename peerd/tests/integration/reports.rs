@@ -4,7 +4,9 @@
 //! again in good shape before its report went out is not reported.
 
 use super::fake_dir::FakeDirServer;
-use super::util::{chunk, chunk_file, closed_port, connect, flip_byte, spawn_peer, timeout, wait_until};
+use super::util::{
+    chunk, chunk_file, closed_port, connect, flip_byte, spawn_peer, TEST_TIMEOUT, WAIT_TIMEOUT,
+};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
 use common::rpc::Role;
@@ -12,6 +14,7 @@ use common::transport::deadline;
 use common::ChunkId;
 use std::path::Path;
 use std::time::Duration;
+use testkit::{wait_until_async, within};
 
 /// Puts a chunk, alters it on disk and reads it, so the peer finds it
 /// corrupt; returns its id and good bytes.
@@ -26,7 +29,7 @@ async fn rot(client: &PeerServiceClient, data_dir: &Path, seed: u64) -> (ChunkId
 
 #[tokio::test]
 async fn a_report_made_while_dirsvc_is_down_is_delivered_when_it_comes_up() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let addr = closed_port();
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &addr).await;
@@ -39,7 +42,9 @@ async fn a_report_made_while_dirsvc_is_down_is_delivered_when_it_comes_up() {
         let dirsvc = FakeDirServer::start(&addr).await;
         dirsvc.wait_for("the report", |c| c.reported() == [id]).await;
         assert_eq!(dirsvc.dir.calls.lock().unwrap().reports[0].0, peer.id);
-        wait_until("the queue to drain", || peer.corrupt_reports_pending().is_empty()).await;
+        wait_until_async(|| async { peer.corrupt_reports_pending().is_empty() }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the queue to drain");
         peer.shutdown().await;
         dirsvc.stop().await;
     })
@@ -48,7 +53,7 @@ async fn a_report_made_while_dirsvc_is_down_is_delivered_when_it_comes_up() {
 
 #[tokio::test]
 async fn a_refused_report_is_retried_until_dirsvc_accepts_it() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         dirsvc.dir.calls.lock().unwrap().refuse_reports = true;
         let dir = tempfile::tempdir().unwrap();
@@ -61,7 +66,9 @@ async fn a_refused_report_is_retried_until_dirsvc_accepts_it() {
 
         dirsvc.dir.calls.lock().unwrap().refuse_reports = false;
         dirsvc.wait_for("the report", |c| c.reported() == [id]).await;
-        wait_until("the queue to drain", || peer.corrupt_reports_pending().is_empty()).await;
+        wait_until_async(|| async { peer.corrupt_reports_pending().is_empty() }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the queue to drain");
         peer.shutdown().await;
         dirsvc.stop().await;
     })
@@ -70,7 +77,7 @@ async fn a_refused_report_is_retried_until_dirsvc_accepts_it() {
 
 #[tokio::test]
 async fn reports_cut_short_by_a_restart_are_sent_after_it_but_not_for_chunks_stored_again() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let addr = closed_port();
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &addr).await;

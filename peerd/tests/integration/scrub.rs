@@ -4,8 +4,8 @@
 
 use super::fake_dir::FakeDirServer;
 use super::util::{
-    chunk, chunk_file, closed_port, connect, file_names, flip_byte, peer_config, timeout, wait_until,
-    write_chunk_files,
+    chunk, chunk_file, closed_port, connect, file_names, flip_byte, peer_config, write_chunk_files,
+    TEST_TIMEOUT, WAIT_TIMEOUT,
 };
 use common::config::CHUNK_DEADLINE;
 use common::rpc::peer::Bytes;
@@ -13,12 +13,13 @@ use common::rpc::Role;
 use common::transport::deadline;
 use common::ChunkId;
 use std::time::Duration;
+use testkit::{wait_until_async, within};
 
 const MIB: u64 = 1 << 20;
 
 #[tokio::test]
 async fn scrub_finds_flipped_chunks_at_the_rate_limit_and_reports_them() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = FakeDirServer::start("127.0.0.1:0").await;
         let dir = tempfile::tempdir().unwrap();
         // 8 MiB of chunks, 3 of them altered on disk.
@@ -33,7 +34,9 @@ async fn scrub_finds_flipped_chunks_at_the_rate_limit_and_reports_them() {
         let mut config = peer_config(dir.path(), &dirsvc.addr);
         config.scrub_bytes_per_sec = 4 * MIB;
         let peer = peerd::spawn(config).await.unwrap();
-        wait_until("one scrub pass", || peer.scrub_stats().passes_completed == 1).await;
+        wait_until_async(|| async { peer.scrub_stats().passes_completed == 1 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for one scrub pass");
         let stats = peer.scrub_stats();
         let pass = stats.last_pass.unwrap();
         assert_eq!((pass.chunks, pass.bytes, pass.corrupt), (8, 8 * MIB, 3));
@@ -56,7 +59,9 @@ async fn scrub_finds_flipped_chunks_at_the_rate_limit_and_reports_them() {
         // Reported to dirsvc, by this peer.
         dirsvc.wait_for("the reports", |c| c.reported() == bad).await;
         assert!(dirsvc.dir.calls.lock().unwrap().reports.iter().all(|(p, _)| *p == peer.id));
-        wait_until("the queue to drain", || peer.corrupt_reports_pending().is_empty()).await;
+        wait_until_async(|| async { peer.corrupt_reports_pending().is_empty() }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the queue to drain");
 
         // The good chunks are still served; the bad ones are gone.
         // An admin reads chunks and usage.
@@ -79,7 +84,7 @@ async fn scrub_finds_flipped_chunks_at_the_rate_limit_and_reports_them() {
 
 #[tokio::test]
 async fn scrub_passes_repeat_after_the_interval_and_rate_zero_turns_scrub_off() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = closed_port();
         // Off: a rotten chunk stays where it is.
         let off_dir = tempfile::tempdir().unwrap();
@@ -95,12 +100,16 @@ async fn scrub_passes_repeat_after_the_interval_and_rate_zero_turns_scrub_off() 
         config.scrub_bytes_per_sec = 1 << 30;
         config.scrub_interval = Duration::from_millis(200);
         let on = peerd::spawn(config).await.unwrap();
-        wait_until("the first pass", || on.scrub_stats().passes_completed >= 1).await;
+        wait_until_async(|| async { on.scrub_stats().passes_completed >= 1 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the first pass");
         let client = connect(&on, Role::Client).await;
         let (b, bbytes) = chunk(30_000, 21);
         client.put(deadline(CHUNK_DEADLINE), b, Bytes::from(bbytes)).await.unwrap().unwrap();
         flip_byte(&chunk_file(on_dir.path(), &b), 29_999);
-        wait_until("a later pass to find it", || on.scrub_stats().corrupt_found == 1).await;
+        wait_until_async(|| async { on.scrub_stats().corrupt_found == 1 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for a later pass to find it");
         assert_eq!(on.corrupt_reports_pending(), [b], "queued while dirsvc is down");
         assert!(!chunk_file(on_dir.path(), &b).exists());
 
@@ -115,7 +124,7 @@ async fn scrub_passes_repeat_after_the_interval_and_rate_zero_turns_scrub_off() 
 
 #[tokio::test]
 async fn a_restarted_peer_resumes_its_pass_and_then_waits_out_the_pause() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dirsvc = closed_port();
         let dir = tempfile::tempdir().unwrap();
         let chunks: Vec<_> = (0..16).map(|i| chunk(256 << 10, 40 + i)).collect();
@@ -135,7 +144,9 @@ async fn a_restarted_peer_resumes_its_pass_and_then_waits_out_the_pause() {
         // Restarted fast: finishes the same pass with the remaining chunks.
         config.scrub_bytes_per_sec = 1 << 30;
         let peer = peerd::spawn(config.clone()).await.unwrap();
-        wait_until("the resumed pass", || peer.scrub_stats().passes_completed == 1).await;
+        wait_until_async(|| async { peer.scrub_stats().passes_completed == 1 }, WAIT_TIMEOUT)
+            .await
+            .expect("timed out waiting for the resumed pass");
         let pass = peer.scrub_stats().last_pass.unwrap();
         assert!(pass.resumed);
         // Only what follows the saved position (a chunk or so may have been
@@ -166,7 +177,9 @@ async fn scrub_rate_unlimited() {
     config.scrub_bytes_per_sec = u64::MAX;
     config.scrub_interval = Duration::from_millis(10);
     let peer = peerd::spawn(config).await.unwrap();
-    wait_until("3 passes", || peer.scrub_stats().passes_completed >= 3).await;
+    wait_until_async(|| async { peer.scrub_stats().passes_completed >= 3 }, WAIT_TIMEOUT)
+        .await
+        .expect("timed out waiting for 3 passes");
     let pass = peer.scrub_stats().last_pass.unwrap();
     println!(
         "scrub, no limit: {:.0} MB/s ({} chunks, {} bytes in {:?})",

@@ -3,7 +3,7 @@
 //! for the chunk calls, dirsvc's for `delete` and `usage`, which only it
 //! may call): both must give the same answers, with the same `PeerError`s.
 
-use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, timeout};
+use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, TEST_TIMEOUT};
 use common::codec::{MAX_PLAINTEXT, OVERHEAD};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerUsage;
@@ -12,6 +12,7 @@ use common::rpc::Role;
 use common::transport::deadline;
 use common::ChunkId;
 use peerd::{ChunkStore, FsChunkStore, StoreConfig};
+use testkit::within;
 
 /// The operations under test, with wire errors.
 trait Target {
@@ -160,12 +161,12 @@ async fn store_contract_holds_for_fs_chunk_store() {
     let store = FsChunkStore::open(StoreConfig { data_dir: dir.path().to_path_buf(), capacity_bytes: None })
         .await
         .unwrap();
-    timeout(run_suite(&store)).await;
+    within(TEST_TIMEOUT, "the test", run_suite(&store)).await;
 }
 
 #[tokio::test]
 async fn store_contract_holds_over_tcp() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let peer = spawn_peer(dir.path(), &closed_port()).await;
         run_suite(&Remote::of(&peer).await).await;
@@ -176,7 +177,7 @@ async fn store_contract_holds_over_tcp() {
 
 #[tokio::test]
 async fn configured_capacity_is_reported_and_enforced_over_tcp() {
-    timeout(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tempfile::tempdir().unwrap();
         let peer = peerd::spawn(peerd::PeerdConfig {
             capacity_bytes: Some(10_000),

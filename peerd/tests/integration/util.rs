@@ -1,22 +1,21 @@
 //! Shared helpers: test chunks, chunk files written straight to disk, a peer
 //! on an ephemeral port with a peer certificate of the test CA, clients of
-//! it in each role, polling and timeouts.
+//! it in each role, and the time limits of polling and of whole tests
+//! (the waiting itself is `testkit`'s).
 
 use common::rpc::peer::PeerServiceClient;
 use common::rpc::Role;
 use common::ChunkId;
 use peerd::{PeerdConfig, PeerdHandle};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Upper bound for any one socket test.
+/// Upper bound for any one socket test (with [`testkit::within`]).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs `f`, failing the test if it takes longer than [`TEST_TIMEOUT`].
-pub async fn timeout<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out")
-}
+/// How long a test waits for a peer's state to change (with
+/// [`testkit::wait_until_async`]).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `len` pseudo-random bytes derived from `seed`, and their id.
 pub fn chunk(len: usize, seed: u64) -> (ChunkId, Vec<u8>) {
@@ -101,16 +100,4 @@ pub fn file_names(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     names
-}
-
-/// Polls `cond` every 10 ms for up to 20 s; panics naming `what` if it
-/// never holds.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
