@@ -6,7 +6,8 @@
 //! election itself is tested with real etcd in `kv_etcd.rs`.
 
 use super::support::*;
-use super::svc::{ok, refused, within};
+use super::svc::{ok, refused, TEST_TIMEOUT};
+use testkit::within;
 use common::rpc::dir::{DirError, FileKind, NewInode};
 use common::rpc::Role;
 
@@ -66,7 +67,7 @@ async fn until_served(addr: &str) -> common::rpc::dir::DirServiceClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_names_the_leader_and_each_term_serves_what_the_last_one_committed() {
-    within(async {
+    within(TEST_TIMEOUT, "the test", async {
         let dir = tmp();
         let config = DirsvcConfig { gc_interval: Duration::from_secs(3600), ..config(dir.path()) };
         let store = Arc::new(Store::open(&config.db_path).unwrap());
