@@ -14,6 +14,8 @@
 //!   count of a server's open sockets.
 //! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
+//! - [`etcd`]: real etcd clusters on loopback ([`etcd::EtcdCluster`]),
+//!   plain or with mutual TLS on the client ports.
 //! - [`wait_until`] and [`within`]: bounded waiting, so a broken test fails
 //!   with a message instead of hanging.
 //!
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod etcd;
 pub mod fuzz;
 pub mod hostile;
 
