@@ -223,11 +223,16 @@ impl Failure {
                 let lower = s.message().to_ascii_lowercase();
                 if lower.contains("compacted") {
                     Failure::Compacted(msg)
-                } else if lower.contains("no leader") {
-                    Failure::NotSent(msg)
-                } else if s.code() == Code::Unavailable
-                    && (lower.contains("connect") || lower.contains("refused") || lower.contains("dns"))
+                } else if lower.contains("no leader")
+                    || (s.code() == Code::Unavailable
+                        && (lower.contains("error trying to connect")
+                            || lower.contains("tcp connect error")
+                            || lower.contains("connection refused")
+                            || lower.contains("dns error")))
                 {
+                    // Refused before any byte of the request left (no
+                    // connection), or by a member that proposes nothing
+                    // without a leader (`require-leader`).
                     Failure::NotSent(msg)
                 } else {
                     match s.code() {
@@ -498,7 +503,7 @@ impl Inner {
             let t = txn.clone();
             let (i, r) = self.once(|m| kv_txn(m, t)).await;
             match r {
-                Ok(resp) => return self.judge(&mut w, &resp, &fence),
+                Ok(resp) => return self.judge(&mut w, &resp, &fence, &id),
                 Err(Failure::NotSent(m)) => {
                     self.rotate(i);
                     last = m;
@@ -527,7 +532,7 @@ impl Inner {
     }
 
     /// The outcome of a commit transaction that etcd answered.
-    fn judge(&self, w: &mut Writer, resp: &TxnResponse, fence: &Fence) -> Result<(), Error> {
+    fn judge(&self, w: &mut Writer, resp: &TxnResponse, fence: &Fence, id: &str) -> Result<(), Error> {
         if resp.succeeded() {
             w.marker_rev = resp.header().map(|h| h.revision());
             return Ok(());
@@ -540,7 +545,14 @@ impl Inner {
                 _ => None,
             })
             .collect();
-        let marker_rev = gets.first().and_then(|kv| kv.as_ref()).map_or(0, |kv| kv.mod_revision());
+        let marker = gets.first().and_then(|kv| kv.as_ref());
+        let marker_rev = marker.map_or(0, |kv| kv.mod_revision());
+        if marker.is_some_and(|kv| kv.value() == id.as_bytes()) {
+            // An earlier attempt of this very commit applied (its answer
+            // was lost on the way to another member).
+            w.marker_rev = Some(marker_rev);
+            return Ok(());
+        }
         if let Fence::Leader { revision, .. } = fence {
             let now = gets.get(1).and_then(|kv| kv.as_ref()).map_or(0, |kv| kv.create_revision());
             if now != *revision {

@@ -33,6 +33,14 @@ fn engine(cluster: &EtcdCluster, prefix: &str) -> Arc<EtcdEngine> {
     Arc::new(EtcdEngine::connect(&config(cluster, prefix)).unwrap())
 }
 
+/// One write transaction that puts `key`.
+fn put1(kv: &Kv, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+    kv.write(|w| {
+        w.put(key.clone(), value.clone());
+        Ok(())
+    })
+}
+
 fn counter(v: Option<Vec<u8>>) -> u64 {
     v.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()))
 }
@@ -210,7 +218,7 @@ async fn election_has_one_winner_fences_the_deposed_leader_and_fails_over() {
     let b_kv = Arc::new(Kv::new(b_engine.clone()));
 
     // Before anyone wins, nobody may commit.
-    let r = tokio::task::block_in_place(|| a_kv.write(|w| Ok(w.put(k("x"), k("a")))));
+    let r = tokio::task::block_in_place(|| put1(&a_kv, k("x"), k("a")));
     assert!(matches!(r, Err(Error::NotLeader(_))), "{r:?}");
 
     let ca = tokio::spawn({
@@ -249,8 +257,8 @@ async fn election_has_one_winner_fences_the_deposed_leader_and_fails_over() {
     assert_eq!(loser.leader().await.unwrap().as_deref(), Some(w_addr));
 
     // The leader commits; the follower may not.
-    tokio::task::block_in_place(|| w_kv.write(|w| Ok(w.put(k("x"), k("leader-1"))))).unwrap();
-    let r = tokio::task::block_in_place(|| l_kv.write(|w| Ok(w.put(k("x"), k("follower")))));
+    tokio::task::block_in_place(|| put1(&w_kv, k("x"), k("leader-1"))).unwrap();
+    let r = tokio::task::block_in_place(|| put1(&l_kv, k("x"), k("follower")));
     assert!(matches!(r, Err(Error::NotLeader(_))), "{r:?}");
 
     // Revoke the winner's lease behind its back: the loser's campaign wins.
@@ -272,9 +280,9 @@ async fn election_has_one_winner_fences_the_deposed_leader_and_fails_over() {
     // ... and even acting on its old fence, as if it had not, etcd refuses
     // its commit and nothing changes.
     w_engine.set_fence(old_fence);
-    let r = tokio::task::block_in_place(|| w_kv.write(|w| Ok(w.put(k("x"), k("deposed")))));
+    let r = tokio::task::block_in_place(|| put1(&w_kv, k("x"), k("deposed")));
     assert!(matches!(r, Err(Error::NotLeader(_))), "{r:?}");
-    tokio::task::block_in_place(|| l_kv.write(|w| Ok(w.put(k("y"), k("leader-2"))))).unwrap();
+    tokio::task::block_in_place(|| put1(&l_kv, k("y"), k("leader-2"))).unwrap();
     let seen = tokio::task::block_in_place(|| l_kv.read(|r| Ok((r.get(b"x")?, r.get(b"y")?)))).unwrap();
     assert_eq!(seen, (Some(k("leader-1")), Some(k("leader-2"))));
     assert_eq!(l_engine.fence(), Fence::Leader { key: l_engine.election_key("dirsvc"), revision: new_rev });
@@ -294,7 +302,7 @@ async fn election_has_one_winner_fences_the_deposed_leader_and_fails_over() {
     drop(l_engine);
     testkit::within(Duration::from_secs(10), "the lapsed lease's successor", again).await.unwrap().unwrap();
     eprintln!("took over {:?} after the leader stopped (ttl {ttl:?})", started.elapsed());
-    tokio::task::block_in_place(|| w_kv.write(|w| Ok(w.put(k("x"), k("leader-3"))))).unwrap();
+    tokio::task::block_in_place(|| put1(&w_kv, k("x"), k("leader-3"))).unwrap();
 
     // Resigning hands over at once (no TTL wait) and closes the fence.
     winner.resign().await.unwrap();
@@ -342,7 +350,7 @@ fn three_members_commit_with_one_down_refuse_without_quorum_and_lose_nothing() {
     let mut write = |kv: &Kv, acked: &mut Vec<u32>| {
         n += 1;
         let key = format!("q/{n:05}").into_bytes();
-        let r = kv.write(|w| Ok(w.put(key.clone(), vec![1])));
+        let r = put1(kv, key.clone(), vec![1]);
         if r.is_ok() {
             acked.push(n);
         }
@@ -396,7 +404,7 @@ async fn the_engine_speaks_mutual_tls_to_an_etcd_that_demands_client_certificate
     c.tls = Some(pki.node(Role::Dirsvc));
     let kv = Kv::new(Arc::new(EtcdEngine::connect(&c).unwrap()));
     tokio::task::block_in_place(|| {
-        kv.write(|w| Ok(w.put(k("tls"), k("yes")))).unwrap();
+        put1(&kv, k("tls"), k("yes")).unwrap();
         assert_eq!(kv.read(|r| r.get(b"tls")).unwrap(), Some(k("yes")));
     });
     // Without a certificate, and with another cluster's, it is refused.
