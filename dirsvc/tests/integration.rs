@@ -3,7 +3,8 @@
 //! real TCP and mutual TLS (who may call what, sessions, locks, the change
 //! feed), peer liveness and placement, repair and garbage collection
 //! against in-process fake peers, key epochs, members and layout MACs as
-//! dirsvc enforces them, and the binary.
+//! dirsvc enforces them, the binary, and the kv layer's etcd engine and
+//! leader election against real etcd processes.
 
 mod integration {
     mod auth;
@@ -13,6 +14,7 @@ mod integration {
     mod fakepeer;
     mod gc;
     mod hostile;
+    mod kv_etcd;
     mod layout;
     mod liveness;
     mod locks;

@@ -14,6 +14,8 @@
 //!   count of a server's open sockets.
 //! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
+//! - [`etcd`]: real etcd clusters on loopback ([`etcd::EtcdCluster`]),
+//!   plain or with mutual TLS on the client ports.
 //! - [`wait`]: bounded waiting, so a broken test fails with a message
 //!   instead of hanging: [`wait_until`] (blocking), [`wait_until_async`]
 //!   and [`within`] (a deadline on a future). The only copies in the
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+pub mod etcd;
 pub mod fuzz;
 pub mod hostile;
 pub mod wait;

@@ -33,6 +33,7 @@
 //! Readers ([`Kv::read`]) see only committed data: a read view of the
 //! engine, never the pending queue.
 
+pub mod etcd;
 pub mod redb;
 
 use crate::error::Error;
@@ -125,6 +126,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Largest value accepted, in bytes.
     fn max_value_bytes(&self) -> usize;
+
+    /// Most bytes (keys plus values) one [`Engine::commit`] should carry:
+    /// the group committer stops adding write sets to a commit before it
+    /// passes this (a single larger set is still sent alone). etcd limits
+    /// the size of a request; embedded engines have no such limit.
+    fn max_batch_bytes(&self) -> usize {
+        usize::MAX
+    }
 
     /// A read view of everything committed so far. Errors: the engine's.
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error>;
@@ -504,15 +513,22 @@ impl Kv {
     /// whether the commit failed.
     fn commit_queued(&self) -> (Vec<(u64, Outcome)>, u64, bool) {
         let max = self.engine.max_ops();
+        let max_bytes = self.engine.max_batch_bytes();
         let (seqs, batch, next) = {
             let queue = lock(&self.queue);
             let mut batch = Batch::new();
             let mut seqs = Vec::new();
+            let mut bytes = 0usize;
             for (seq, set) in &queue.sets {
                 let added = set.keys().filter(|k| !batch.contains_key(*k)).count();
-                if !seqs.is_empty() && batch.len() + added > max {
+                let set_bytes: usize =
+                    set.iter().map(|(k, op)| k.len() + if let Op::Put(v) = op { v.len() } else { 0 }).sum();
+                if !seqs.is_empty()
+                    && (batch.len() + added > max || bytes.saturating_add(set_bytes) > max_bytes)
+                {
                     break;
                 }
+                bytes = bytes.saturating_add(set_bytes);
                 for (k, op) in set {
                     batch.insert(k.clone(), op.clone());
                 }
