@@ -95,8 +95,10 @@ impl Store {
 
     /// Changes the given attributes. Any change sets ctime to now; a size
     /// change also sets mtime to now unless `set.mtime` is given. Shrinking
-    /// drops the layout blocks with index ≥ ⌈size / B⌉ (their chunks lose a
-    /// reference). `kill_suid_sgid` clears setuid (and setgid with
+    /// sets the size and a trim marker, then drops the layout blocks with
+    /// index ≥ ⌈size / B⌉ (their chunks lose a reference) in bounded
+    /// transactions before returning; growing a file whose trim is
+    /// unfinished finishes it first. `kill_suid_sgid` clears setuid (and setgid with
     /// group-execute) from the stored mode after `perm` is applied; on a
     /// mode without those bits it changes nothing, ctime included.
     ///
@@ -375,10 +377,13 @@ impl Store {
 
     /// Removes the non-directory entry `name` from `parent`. The inode loses
     /// a link (ctime now). At nlink 0, if `keep(ino)` (asked inside the
-    /// transaction: the inode is held open) it becomes an orphan (listed in
-    /// `orphans-v1`, see [`tables`]); otherwise it is freed: its record,
-    /// layout rows (each chunk loses a reference), symlink target and
-    /// extended attributes are deleted.
+    /// transaction: the inode is held open) it becomes an orphan (an `O`
+    /// key, see [`super::keys`]); otherwise it is freed: the first
+    /// transaction removes the name and lists the inode as an orphan, then
+    /// bounded transactions delete its layout entries (each chunk loses a
+    /// reference), extended attributes, symlink target and record before
+    /// this returns (a crash in between leaves an orphan that
+    /// [`Store::free_orphans`] finishes).
     ///
     /// Errors: `NotFound`, `NotDir` (parent), `IsDir` (the entry is a
     /// directory), `Invalid`, `NameTooLong`, `NotInitialized`.
@@ -908,5 +913,33 @@ impl W<'_, '_> {
         }
         self.touch_dir(parent, 0)?;
         self.touch_dir(new_parent, 0)
+    }
+}
+
+/// What a malicious dirsvc could do to symlinks and extended attributes
+/// (feature `tamper`).
+#[cfg(feature = "tamper")]
+impl Store {
+    /// Swaps the sealed targets of symlinks `a` and `b`. Errors: `NotFound`.
+    pub fn tamper_swap_symlink_targets(&self, a: InodeId, b: InodeId) -> Result<(), Error> {
+        self.write(|w| {
+            let ta = w.get(&keys::symlink(a.0))?.ok_or(DirError::NotFound)?;
+            let tb = w.get(&keys::symlink(b.0))?.ok_or(DirError::NotFound)?;
+            w.put(keys::symlink(a.0), tb);
+            w.put(keys::symlink(b.0), ta);
+            Ok(())
+        })
+    }
+
+    /// Swaps the sealed values of extended attributes `(ino, sealed name)`
+    /// `a` and `b`. Errors: `NoAttr`.
+    pub fn tamper_swap_xattr_values(&self, a: (InodeId, &[u8]), b: (InodeId, &[u8])) -> Result<(), Error> {
+        self.write(|w| {
+            let va = w.get(&keys::xattr(a.0 .0, a.1))?.ok_or(DirError::NoAttr)?;
+            let vb = w.get(&keys::xattr(b.0 .0, b.1))?.ok_or(DirError::NoAttr)?;
+            w.put(keys::xattr(a.0 .0, a.1), vb);
+            w.put(keys::xattr(b.0 .0, b.1), va);
+            Ok(())
+        })
     }
 }
