@@ -35,9 +35,10 @@ pub(super) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("ino
 pub(super) const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8)> = TableDefinition::new("dirents-v1");
 /// `dircookies-v1`: `(parent, cookie)` → sealed name.
 pub(super) const DIRCOOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dircookies-v1");
-/// `layouts-v2` (schema 5): `(ino, index)` → `(chunk, len, epoch, MAC)`.
-pub(super) const LAYOUTS: TableDefinition<(u64, u64), ([u8; 32], u32, u32, [u8; 32])> =
-    TableDefinition::new("layouts-v2");
+/// A `layouts-v2` row: `(chunk, len, epoch, MAC)`.
+pub(super) type LayoutRowV2 = ([u8; 32], u32, u32, [u8; 32]);
+/// `layouts-v2` (schema 5): `(ino, index)` → [`LayoutRowV2`].
+pub(super) const LAYOUTS: TableDefinition<(u64, u64), LayoutRowV2> = TableDefinition::new("layouts-v2");
 /// `layouts-v1` (schemas 1 to 4): `(ino, index)` → `(chunk, len)`.
 pub(super) const LAYOUTS_V1: TableDefinition<(u64, u64), ([u8; 32], u32)> =
     TableDefinition::new("layouts-v1");

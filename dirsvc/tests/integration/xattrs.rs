@@ -18,8 +18,7 @@ fn raw_xattr_rows(path: &Path) -> u64 {
     let db = redb::Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
     let table = txn.open_table(t).unwrap();
-    let rows = table.range::<&[u8]>(&b"X"[..]..&b"Y"[..]).unwrap().count() as u64;
-    rows
+    table.range::<&[u8]>(&b"X"[..]..&b"Y"[..]).unwrap().count() as u64
 }
 
 #[test]

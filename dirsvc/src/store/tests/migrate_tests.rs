@@ -37,15 +37,13 @@ fn raw(path: &Path, key: &[u8]) -> Option<Vec<u8>> {
     let db = Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
     let t = txn.open_table(KV).unwrap();
-    let v = t.get(key).unwrap().map(|g| g.value().to_vec());
-    v
+    t.get(key).unwrap().map(|g| g.value().to_vec())
 }
 
 fn table_names(path: &Path) -> Vec<String> {
     let db = Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
-    let names = txn.list_tables().unwrap().map(|h| h.name().to_string()).collect();
-    names
+    txn.list_tables().unwrap().map(|h| h.name().to_string()).collect()
 }
 
 fn stored_schema(path: &Path) -> u32 {
