@@ -3,9 +3,11 @@
 //! over tarpc.
 //!
 //! Architecture:
-//! - [`store::Store`] owns the redb database and is the only code that
-//!   touches it. Its methods are synchronous; each mutating one is exactly
-//!   one durable write transaction. Table formats: [`store::tables`].
+//! - [`store::Store`] owns the key-value layer ([`kv`]: redb or etcd) and
+//!   is the only code that touches it. Its methods are synchronous; each
+//!   mutating one is a durable write transaction (plus bounded follow-up
+//!   transactions where one operation frees unboundedly many keys). Key
+//!   schema: [`store::keys`]; value formats: [`store::records`].
 //! - [`server::DirServer`] implements `common::rpc::dir::DirService`. Every
 //!   handler runs its store call on tokio's blocking pool
 //!   (`spawn_blocking`), so no transaction is ever held across an `.await`

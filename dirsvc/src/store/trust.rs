@@ -1,19 +1,16 @@
 //! The cluster-trust tables of the store: join tokens and revocations.
 //!
-//! Each call is one transaction of its own over its table (and the
-//! revocation version in `meta-v1`); they touch no namespace table.
+//! Join tokens (`J`) and revocations (`R`, with the revocation version
+//! under `M`). Each call is one transaction of its own over these keys;
+//! they touch no namespace key.
 
-use super::tables::{
-    role_from_byte, role_to_byte, JoinTokenRecord, Record, RevokedRecord, JOIN_TOKENS, META,
-    META_REVOCATIONS, REVOKED,
-};
-use super::{decode_u64, Store};
+use super::records::{role_from_byte, role_to_byte, JoinTokenRecord, Record, RevokedRecord};
+use super::{decode_u64, keys, scan_all, Get, Store};
 use crate::error::Error;
 use common::rpc::dir::DirError;
 use common::rpc::Role;
 use common::time::Timestamp;
 use common::NodeId;
-use redb::{ReadableDatabase, ReadableTable};
 
 /// What a refused join is told, whatever the reason (unknown, used,
 /// expired or wrong secret), so the answer says nothing about which.
@@ -26,33 +23,31 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl Store {
     /// Records a new join token `id` (its secret's hash, role, expiry) and
-    /// removes tokens that expired.
+    /// removes tokens that expired (as many as fit the transaction; the
+    /// rest go with the next token).
     ///
     /// Errors: store errors; `Invalid` if the id is taken.
     pub fn add_join_token(&self, id: [u8; 8], rec: &JoinTokenRecord) -> Result<(), Error> {
         let bytes = rec.to_bytes()?;
         let now = Timestamp::now().secs;
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(JOIN_TOKENS)?;
-            let expired: Vec<[u8; 8]> = t
-                .iter()?
-                .filter_map(|row| {
-                    let (k, v) = row.ok()?;
-                    let r = JoinTokenRecord::from_bytes(v.value()).ok()?;
-                    (r.expires_at < now).then(|| k.value())
-                })
-                .collect();
-            for k in expired {
-                t.remove(k)?;
-            }
-            if t.get(id)?.is_some() {
+        let room = self.max_ops().saturating_sub(1);
+        self.write(|w| {
+            if w.get(&keys::join_token(&id))?.is_some() {
                 return Err(crate::error::invalid("join token id already in use"));
             }
-            t.insert(id, bytes.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+            let mut expired = Vec::new();
+            scan_all(w, &keys::family(keys::JOIN_TOKEN), |k, v| {
+                if JoinTokenRecord::from_bytes(&v).is_ok_and(|r| r.expires_at < now) {
+                    expired.push(keys::parse_join_token(&k)?);
+                }
+                Ok(expired.len() < room)
+            })?;
+            for k in expired {
+                w.delete(keys::join_token(&k));
+            }
+            w.put(keys::join_token(&id), bytes.clone());
+            Ok(())
+        })
     }
 
     /// Uses join token `id` for `node`: checks that it exists, is unused
@@ -68,11 +63,9 @@ impl Store {
         node: NodeId,
     ) -> Result<Role, Error> {
         let now = Timestamp::now().secs;
-        let txn = self.db.begin_write()?;
-        let role = {
-            let mut t = txn.open_table(JOIN_TOKENS)?;
-            let rec = match t.get(id)? {
-                Some(g) => JoinTokenRecord::from_bytes(g.value())?,
+        self.write(|w| {
+            let rec = match w.get(&keys::join_token(&id))? {
+                Some(v) => JoinTokenRecord::from_bytes(&v)?,
                 None => return Err(DirError::Unauthorized(BAD_TOKEN.into()).into()),
             };
             if !same(&rec.secret_hash, secret_hash) || rec.used.is_some() || rec.expires_at < now {
@@ -86,11 +79,9 @@ impl Store {
                 .into());
             }
             let used = JoinTokenRecord { used: Some((now, node.0)), ..rec };
-            t.insert(id, used.to_bytes()?.as_slice())?;
-            role
-        };
-        txn.commit()?;
-        Ok(role)
+            w.put(keys::join_token(&id), used.to_bytes()?);
+            Ok(role)
+        })
     }
 
     /// The role byte stored for `role`, for callers building a
@@ -105,40 +96,38 @@ impl Store {
     ///
     /// Errors: store errors.
     pub fn revoke(&self, node: NodeId, reason: &str) -> Result<u64, Error> {
-        let txn = self.db.begin_write()?;
-        let version = {
-            let mut t = txn.open_table(REVOKED)?;
-            let mut meta = txn.open_table(META)?;
-            let current = match meta.get(META_REVOCATIONS)? {
-                Some(g) => decode_u64(g.value())?,
+        self.write(|w| {
+            let current = match w.get(&keys::meta(keys::META_REVOCATIONS))? {
+                Some(v) => decode_u64(&v)?,
                 None => 0,
             };
-            if t.get(node.0)?.is_some() {
+            if w.get(&keys::revoked(&node.0))?.is_some() {
                 return Ok(current);
             }
             let rec = RevokedRecord { at: Timestamp::now().secs, reason: reason.to_string() };
-            t.insert(node.0, rec.to_bytes()?.as_slice())?;
+            w.put(keys::revoked(&node.0), rec.to_bytes()?);
             let next = current + 1;
-            meta.insert(META_REVOCATIONS, &next.to_le_bytes()[..])?;
-            next
-        };
-        txn.commit()?;
-        Ok(version)
+            w.put(keys::meta(keys::META_REVOCATIONS), next.to_le_bytes().to_vec());
+            Ok(next)
+        })
     }
 
     /// The revocation list's version and the revoked nodes.
     ///
     /// Errors: store errors.
     pub fn revocations(&self) -> Result<(u64, Vec<NodeId>), Error> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let version = match meta.get(META_REVOCATIONS)? {
-            Some(g) => decode_u64(g.value())?,
-            None => 0,
-        };
-        let t = txn.open_table(REVOKED)?;
-        let nodes = t.iter()?.map(|row| Ok(NodeId(row?.0.value()))).collect::<Result<Vec<_>, Error>>()?;
-        Ok((version, nodes))
+        self.read(|t| {
+            let version = match t.get(&keys::meta(keys::META_REVOCATIONS))? {
+                Some(v) => decode_u64(&v)?,
+                None => 0,
+            };
+            let mut nodes = Vec::new();
+            scan_all(t, &keys::family(keys::REVOKED), |k, _| {
+                nodes.push(NodeId(keys::parse_id16(&k)?));
+                Ok(true)
+            })?;
+            Ok((version, nodes))
+        })
     }
 }
 

@@ -10,14 +10,15 @@ use common::InodeId;
 use dirsvc::Store;
 use std::path::Path;
 
-/// Rows of `xattrs-v1` in the database file at `path` (the store must be
-/// closed), read with redb directly.
+/// Extended-attribute keys (tag `X`) in the database file at `path` (the
+/// store must be closed), read with redb directly from `kv-v1`.
 fn raw_xattr_rows(path: &Path) -> u64 {
-    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
-    let t: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs-v1");
+    use redb::{ReadableDatabase, TableDefinition};
+    let t: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv-v1");
     let db = redb::Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
-    txn.open_table(t).unwrap().len().unwrap()
+    let table = txn.open_table(t).unwrap();
+    table.range::<&[u8]>(&b"X"[..]..&b"Y"[..]).unwrap().count() as u64
 }
 
 #[test]

@@ -1,32 +1,12 @@
-//! The redb tables of dirsvc: names, key/value shapes, record formats.
+//! The record formats of dirsvc's store: the bytes of every value under
+//! the keys of [`super::keys`]. Formats are unchanged from the typed redb
+//! tables of schema 5 (the migration copies values byte for byte), except
+//! the layout group record, new in schema 6.
 //!
-//! Every table name ends in a version suffix (`-v1`); an incompatible change
-//! to a table's key or value *type* gets a new name and a migration, never an
-//! in-place reinterpretation. A record stored as bytes (below) evolves
-//! inside its table through its format-version byte instead: readers decode
-//! every older version (each record type's `from_older` is its migration),
+//! A record evolves through its format-version byte: readers decode every
+//! older version (each record type's `from_older` is its migration),
 //! writers always write the newest, and [`SCHEMA_VERSION`] is bumped so an
-//! older dirsvc refuses the database rather than misread it. Integers in
-//! keys are redb's fixed-width little-endian encodings, ordered numerically;
-//! tuples order element by element.
-//!
-//! | table | key | value |
-//! |---|---|---|
-//! | `inodes-v1` | `u64` inode number | inode record |
-//! | `dirents-v1` | `(u64 parent, &[u8] sealed name)` | `(u64 ino, u64 cookie, u8 kind)` |
-//! | `dircookies-v1` | `(u64 parent, u64 cookie)` | `&[u8]` sealed name |
-//! | `layouts-v2` | `(u64 ino, u64 block index)` | `([u8; 32] chunk id, u32 stored len, u32 key epoch, [u8; 32] MAC)` |
-//! | `chunks-v1` | `[u8; 32]` chunk id | chunk record |
-//! | `chunks-unreferenced-v1` | `[u8; 32]` chunk id | `i64` Unix seconds when its refcount reached 0 |
-//! | `symlinks-v1` | `u64` inode number | `&[u8]` sealed target |
-//! | `peers-v1` | `[u8; 16]` peer id | peer record |
-//! | `chunk-tombstones-v1` | `[u8; 32]` chunk id | tombstone record |
-//! | `orphans-v1` | `u64` inode number | `i64` Unix seconds when its last link went |
-//! | `xattrs-v1` | `(u64 ino, &[u8] sealed name)` | `&[u8]` sealed value |
-//! | `sessions-v1` | `u64` session id | session record |
-//! | `join-tokens-v1` | `[u8; 8]` token id | join-token record |
-//! | `revoked-v1` | `[u8; 16]` node id | revocation record |
-//! | `meta-v1` | `&str` | `&[u8]` (see below) |
+//! older dirsvc refuses the database rather than misread it.
 //!
 //! Records are one format-version byte followed by the record's fields, in
 //! the order below, encoded with bincode 1 (fixed-width little-endian
@@ -35,14 +15,22 @@
 //! byte is refused as corrupt rather than misread.
 //! Timestamps are `(i64 secs, u32 nanos)` since the Unix epoch. Kinds are
 //! one byte: 1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char device,
-//! 7 block device (the same byte in `dirents-v1`).
+//! 7 block device (the same byte in directory entries).
 //!
 //! - inode record v1: `kind u8, perm u32 (mode & 0o7777), uid u32,
 //!   gid u32, size u64, nlink u32, atime, mtime, ctime, crtime (timestamps),
 //!   rdev u32, parent u64, stored_bytes u64`. `parent` is, for a directory,
 //!   the directory holding its entry (root: 1); for other kinds the
 //!   directory it was created in (informational). `stored_bytes` is the sum
-//!   of the file's layout rows' stored lengths (one replica).
+//!   of the file's layout entries' stored lengths (one replica).
+//! - directory entry (`D` keys, not a versioned record): `ino u64 LE,
+//!   cookie u64 LE, kind u8` (17 bytes, redb's encoding of the schema-5
+//!   tuple).
+//! - layout group record v1 (schema 6): `entries: list of (offset u8,
+//!   chunk id [u8; 32], stored len u32, key epoch u32, MAC [u8; 32])`, the
+//!   non-hole blocks `64 g + offset` of group `g`, ascending by offset, at
+//!   least one (an empty group has no key). An all-zero MAC marks an entry
+//!   migrated from `layouts-v1` (schemas 1 to 4).
 //! - chunk record v1: `replicas: list of [u8; 16] peer ids, refcount u64,
 //!   len u32` (stored length in bytes). `replicas` is the union of the
 //!   peers named by every commit that referenced the chunk.
@@ -51,23 +39,22 @@
 //!   u64, fs: option of (id [u8; 16], total_bytes u64, avail_bytes u64)),
 //!   last_heartbeat timestamp, host: string, zone: string, draining: bool`.
 //!   `host`/`zone` are the failure-domain labels the peer registered with
-//!   (empty = unknown); `draining` is set by `drain_peer` and never
-//!   cleared; `fs` identifies the filesystem the peer stores on (an option
-//!   is one byte 0/1, then the value).
+//!   (empty = unknown); `draining` is set by `drain_peer` and cleared by
+//!   `undrain_peer`; `fs` identifies the filesystem the peer stores on (an
+//!   option is one byte 0/1, then the value).
 //! - peer record v2 (schemas 2 and 3, read only): as v3 without `fs`. It
 //!   migrates to v3 with `fs` unknown when read; the next heartbeat that
 //!   is persisted rewrites it.
 //! - peer record v1 (schema 1, read only): `addr, usage, last_heartbeat` as
-//!   in v2. It migrates with empty labels and `draining = false`; opening a
-//!   schema-1 database rewrites every peer record in the same transaction
-//!   that sets the schema.
+//!   in v2. It migrates with empty labels and `draining = false`; migrating
+//!   a schema-1 database rewrites every peer record.
 //! - tombstone record v1: `deleted_at i64` (Unix seconds when garbage
 //!   collection removed the chunk from the index), `pending: list of
 //!   [u8; 16] peer ids` (peers still to be told to delete their copy).
 //! - session record v2: `label: string` (what the client called itself),
 //!   `opened: timestamp`, `owner: [u8; 16]` (the node id of the client
 //!   certificate that opened it; only that node may use, renew, reclaim or
-//!   close the session). A row exists while the session is alive (from
+//!   close the session). A key exists while the session is alive (from
 //!   `open_session` to `close_session` or lease expiry), so after a
 //!   restart dirsvc knows which clients may come back to reclaim opens and
 //!   locks; the opens and locks themselves are held in memory only (the
@@ -80,22 +67,7 @@
 //!   node id)`. A used token stays until it expires, so a second use is
 //!   refused; expired ones are removed when a new token is made.
 //! - revocation record v1: `at i64` (Unix seconds), `reason: string`.
-//!
-//! `layouts-v2` holds the client's MAC of each entry (see
-//! `common::keys::LayoutMacKey`) and the key epoch its chunk was sealed
-//! under; an all-zero MAC marks an entry migrated from `layouts-v1`
-//! (schemas 1 to 4: `(ino, index) → ([u8; 32] chunk id, u32 stored len)`),
-//! which opening an older database copies over (epoch 0, zero MAC) and
-//! then deletes, in the transaction that sets the schema.
-//!
-//! `meta-v1` keys:
-//! - `schema_version`: `u32` LE, the version of this whole layout (5; 4
-//!   before join tokens, revocations, session owners, `layouts-v2` and
-//!   volume record v3; 3 before peer record v3 and volume record v2, which
-//!   older versions cannot read; 2 before orphans, extended attributes and
-//!   sessions; 1 before tombstones and peer record v2; all migrated at open
-//!   or when read).
-//! - `volume`: the volume record, version 3: `id [u8; 16], block_size u32,
+//! - volume record v3 (`M` + `volume`): `id [u8; 16], block_size u32,
 //!   replicas u32, keyring: (version u64, epochs: list of (epoch u32,
 //!   wrapped: bytes, check [u8; 32], link [u8; 32]), members: list of
 //!   (name: string, recipient: string, nodes: list of [u8; 16])),
@@ -105,113 +77,29 @@
 //!   to version 3 as key epoch 0 (the wrapped secret, a zero check: dirsvc
 //!   cannot compute it, a zero link), one member per recipient (named by
 //!   the recipient itself, no node ids), keyring version 0, and
-//!   `legacy_layouts = true`; opening such a database rewrites the record.
-//!   Absent until `init_volume`.
-//! - `key_epoch`: `u32` LE, the newest key epoch (the last epoch of the
-//!   volume record, kept apart so every `commit_layout` can check it
-//!   without decoding the keyring). Written with the volume record.
-//! - `next_inode`: `u64` LE, the next inode number to hand out (root is 1;
-//!   numbers are never reused).
-//! - `revocation_version`: `u64` LE, grows with every revocation (0 or
-//!   absent: none yet); peers and clients compare it to theirs.
-//! - `next_cookie`: `u64` LE, the next directory cookie, shared by all
-//!   directories of the volume (starts at 1; never reused, so a cookie
-//!   stays a valid resume point while entries come and go).
+//!   `legacy_layouts = true`; migrating such a database rewrites the
+//!   record.
 //!
-//! Invariants kept by every write transaction:
-//! - `dirents-v1` and `dircookies-v1` hold the same set of entries: a row
-//!   `(p, name) → (ino, c, k)` exists iff `(p, c) → name` does. An entry
-//!   gets a fresh cookie when it is created or renamed into place;
-//!   `RENAME_EXCHANGE` keeps both names' cookies and swaps what they name.
-//! - A directory's `parent` field names the directory holding its entry
-//!   (root: itself); `nlink` of a directory is 2 + its subdirectories.
-//! - `layouts-v2` rows of a file have index < ⌈size / block size⌉, and the
-//!   file's `stored_bytes` is the sum of its rows' stored lengths.
-//! - A chunk's `refcount` is the number of `layouts-v2` rows naming it. A
-//!   chunk at refcount 0 stays in `chunks-v1` and is listed in
-//!   `chunks-unreferenced-v1` (for garbage collection); it leaves that table
-//!   when a layout references it again.
-//! - A chunk id is never both in `chunks-v1` and in `chunk-tombstones-v1`:
-//!   garbage collection removes the chunk record and writes the tombstone in
-//!   one transaction (after re-checking refcount 0, or for an orphan that
-//!   the id is not indexed), and `commit_layout` refuses a tombstoned id
-//!   with `ChunkGone`. A tombstone leaves when every pending delete was
-//!   acknowledged and it is older than twice the grace period.
-//! - An inode has nlink 0 iff it is listed in `orphans-v1`: a non-directory
-//!   whose last name went while a session held it open (or during the
-//!   reclaim grace period after a start). It keeps its record, layout rows,
-//!   symlink target and extended attributes, and no directory entry names
-//!   it. Freeing it (the last open mark went) removes all of those and the
-//!   orphan row in one transaction.
-//! - `xattrs-v1` rows exist only for inodes in `inodes-v1`; the sealed names
-//!   and values of one inode total at most
-//!   `common::rpc::dir::XATTR_INODE_MAX` bytes.
+//! Plain values: unreferenced-since and orphan-since are `i64` LE Unix
+//! seconds; symlink targets, xattr values and sealed names are raw bytes;
+//! meta counters are `u64` LE, `schema_version` and `key_epoch` `u32` LE;
+//! a trim marker is a `u64` LE block index.
 
 use crate::error::Error;
 use bincode::Options;
 use common::rpc::dir::{FileKind, KeyEpoch, Keyring, Member, PeerLabels, PeerUsage, MEMBER_NAME_MAX};
 use common::time::Timestamp;
 use common::{NodeId, PeerId};
-use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Version of the whole table layout, stored under `meta-v1/schema_version`.
-pub const SCHEMA_VERSION: u32 = 5;
+/// Version of the whole key schema, stored under `M` + `schema_version`
+/// (6: one ordered keyspace, see [`super::keys`]; 5 and before: typed redb
+/// tables, migrated at open by [`super::migrate`]).
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The oldest schema version [`crate::Store::open`] migrates from.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
-
-/// Inode number → [`InodeRecord`] bytes.
-pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes-v1");
-/// `(parent, sealed name)` → `(ino, cookie, kind byte)`.
-pub(crate) const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8)> = TableDefinition::new("dirents-v1");
-/// `(parent, cookie)` → sealed name: the readdir order.
-pub(crate) const DIRCOOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dircookies-v1");
-/// A layout row: `(chunk id, stored length in bytes, key epoch, MAC)`.
-pub(crate) type LayoutRow = ([u8; 32], u32, u32, [u8; 32]);
-/// `(ino, block index)` → [`LayoutRow`].
-pub(crate) const LAYOUTS: TableDefinition<(u64, u64), LayoutRow> = TableDefinition::new("layouts-v2");
-/// The layouts of schemas 1 to 4: `(ino, block index)` → `(chunk id,
-/// stored length)`. Read only by the migration to `layouts-v2`.
-pub(crate) const LAYOUTS_V1: TableDefinition<(u64, u64), ([u8; 32], u32)> =
-    TableDefinition::new("layouts-v1");
-/// Chunk id → [`ChunkRecord`] bytes.
-pub(crate) const CHUNKS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunks-v1");
-/// Chunk id → Unix seconds at which its refcount dropped to 0.
-pub(crate) const CHUNKS_UNREFERENCED: TableDefinition<[u8; 32], i64> =
-    TableDefinition::new("chunks-unreferenced-v1");
-/// Inode number → sealed symlink target.
-pub(crate) const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks-v1");
-/// Peer id → [`PeerRecord`] bytes.
-pub(crate) const PEERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("peers-v1");
-/// Chunk id → [`TombstoneRecord`] bytes: chunks garbage collection deleted.
-pub(crate) const TOMBSTONES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunk-tombstones-v1");
-/// Inode number → Unix seconds at which it lost its last link while open.
-pub(crate) const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orphans-v1");
-/// `(ino, sealed name)` → sealed value of an extended attribute.
-pub(crate) const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs-v1");
-/// Session id → [`SessionRecord`] bytes: the sessions alive.
-pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions-v1");
-/// Join token id → [`JoinTokenRecord`] bytes.
-pub(crate) const JOIN_TOKENS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("join-tokens-v1");
-/// Node id → [`RevokedRecord`] bytes: revoked certificates' nodes.
-pub(crate) const REVOKED: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("revoked-v1");
-/// Volume-wide settings and counters (keys listed in the module doc).
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
-
-/// `meta-v1` key of the schema version.
-pub(crate) const META_SCHEMA: &str = "schema_version";
-/// `meta-v1` key of the volume record.
-pub(crate) const META_VOLUME: &str = "volume";
-/// `meta-v1` key of the inode counter.
-pub(crate) const META_NEXT_INODE: &str = "next_inode";
-/// `meta-v1` key of the cookie counter.
-pub(crate) const META_NEXT_COOKIE: &str = "next_cookie";
-/// `meta-v1` key of the revocation list's version.
-pub(crate) const META_REVOCATIONS: &str = "revocation_version";
-/// `meta-v1` key of the newest key epoch.
-pub(crate) const META_KEY_EPOCH: &str = "key_epoch";
 
 /// Largest encoded record accepted when decoding, in bytes: bounds the
 /// allocation a corrupt length prefix could ask for.
@@ -267,6 +155,59 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
 /// Decodes a record body (the bytes after the version byte).
 fn decode_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, Error> {
     bincode_options().deserialize(body).map_err(|e| Error::Corrupt { what, reason: e.to_string() })
+}
+
+/// Blocks per layout group: block `i` of a file lives in group `i / 64`
+/// at offset `i % 64`.
+pub(crate) const GROUP_BLOCKS: u64 = 64;
+
+/// One non-hole block of a layout group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayoutEntry {
+    /// Block index within the group (`index % 64`).
+    pub offset: u8,
+    /// The chunk holding the block.
+    pub chunk: [u8; 32],
+    /// Stored length of the chunk in bytes.
+    pub len: u32,
+    /// Key epoch the chunk was sealed under.
+    pub epoch: u32,
+    /// The writer's MAC of the entry (all zero: migrated, no MAC).
+    pub mac: [u8; 32],
+}
+
+/// The non-hole blocks of 64 consecutive blocks of a file (`L` value,
+/// format version 1), ascending by offset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayoutGroupRecord {
+    /// The entries, ascending by offset, offsets unique.
+    pub entries: Vec<LayoutEntry>,
+}
+
+impl Record for LayoutGroupRecord {
+    const WHAT: &'static str = "layout group";
+    const VERSION: u8 = 1;
+}
+
+impl LayoutGroupRecord {
+    /// The entry at `offset`, if any.
+    pub fn get(&self, offset: u8) -> Option<&LayoutEntry> {
+        self.entries.binary_search_by_key(&offset, |e| e.offset).ok().map(|i| &self.entries[i])
+    }
+
+    /// Sets the entry at its offset (replacing one there).
+    pub fn set(&mut self, entry: LayoutEntry) {
+        match self.entries.binary_search_by_key(&entry.offset, |e| e.offset) {
+            Ok(i) => self.entries[i] = entry,
+            Err(i) => self.entries.insert(i, entry),
+        }
+    }
+
+    /// Removes and returns the entry at `offset`.
+    pub fn remove(&mut self, offset: u8) -> Option<LayoutEntry> {
+        let i = self.entries.binary_search_by_key(&offset, |e| e.offset).ok()?;
+        Some(self.entries.remove(i))
+    }
 }
 
 /// One inode (`inodes-v1` value, format version 1).
