@@ -42,6 +42,12 @@ pub trait Leadership: std::fmt::Debug + Send + Sync + 'static {
     /// Whether terms can end and others can lead (false for [`Sole`]: the
     /// one instance leads from start to stop).
     fn elective(&self) -> bool;
+
+    /// Gives the current term up (this instance cannot serve it: its state
+    /// did not load), so another can lead. Default: nothing.
+    fn resign(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }
 
 /// The only dirsvc of an embedded (redb) volume: leader from start to stop.
@@ -62,5 +68,70 @@ impl Leadership for Sole {
 
     fn elective(&self) -> bool {
         false
+    }
+}
+
+/// Leadership decided by an etcd election ([`crate::kv::etcd::election`]):
+/// a term lasts while the election says this process leads; its end is
+/// noticed from the election's state (lease lost, key gone), and etcd
+/// itself refuses the deposed leader's commits (the fence).
+pub struct EtcdLeadership {
+    election: crate::kv::etcd::election::Election,
+}
+
+impl std::fmt::Debug for EtcdLeadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdLeadership").field("election", &self.election).finish()
+    }
+}
+
+impl EtcdLeadership {
+    /// Leadership through `election` (made by
+    /// [`crate::kv::etcd::EtcdEngine::election`] on the store's engine).
+    pub fn new(election: crate::kv::etcd::election::Election) -> EtcdLeadership {
+        EtcdLeadership { election }
+    }
+}
+
+impl Leadership for EtcdLeadership {
+    fn campaign(&self) -> Pin<Box<dyn Future<Output = Result<Term, Error>> + Send + '_>> {
+        use crate::kv::etcd::election::LeaderState;
+        Box::pin(async move {
+            let mut state = self.election.state();
+            self.election.campaign().await?;
+            let ended = CancellationToken::new();
+            let end = ended.clone();
+            tokio::spawn(async move {
+                loop {
+                    if !matches!(*state.borrow_and_update(), LeaderState::Leader { .. }) {
+                        break;
+                    }
+                    if state.changed().await.is_err() {
+                        break;
+                    }
+                }
+                end.cancel();
+            });
+            Ok(Term { ended })
+        })
+    }
+
+    fn leader(&self) -> Option<String> {
+        match &*self.election.state().borrow() {
+            crate::kv::etcd::election::LeaderState::Follower { leader } => leader.clone(),
+            crate::kv::etcd::election::LeaderState::Leader { .. } => None,
+        }
+    }
+
+    fn elective(&self) -> bool {
+        true
+    }
+
+    fn resign(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Err(e) = self.election.resign().await {
+                tracing::warn!(error = %e, "resigning from the election failed; the lease will lapse");
+            }
+        })
     }
 }

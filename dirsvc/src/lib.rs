@@ -373,6 +373,46 @@ pub async fn spawn(config: DirsvcConfig) -> Result<DirsvcHandle, Error> {
     spawn_with(config, store, Arc::new(leader::Sole::default())).await
 }
 
+/// How a dirsvc of a cluster of several over one etcd runs
+/// ([`spawn_etcd`]).
+#[derive(Clone, Debug)]
+pub struct EtcdMember {
+    /// The etcd cluster and how to reach it (the store's keys live under
+    /// its prefix). Its TLS identity is usually this dirsvc's own.
+    pub etcd: kv::etcd::EtcdConfig,
+    /// The address clients and peers reach this dirsvc at (`host:port`),
+    /// handed out by the others while this one leads.
+    pub advertise: String,
+    /// The election lease: a leader that cannot renew it for this long
+    /// loses its term (whole seconds, at least 1).
+    pub lease: Duration,
+}
+
+/// Name of the election the dirsvc of one volume hold (under the etcd
+/// prefix).
+pub const ELECTION: &str = "dirsvc-leader";
+
+/// Serves the volume kept in etcd as one of several dirsvc: connects the
+/// etcd engine, opens the store on it and campaigns in the election
+/// ([`ELECTION`]); leads while it wins (see [`spawn_with`]).
+///
+/// Errors: as [`spawn_with`]; the engine's connection errors; the store's
+/// ([`Error::Schema`] for a keyspace of another schema).
+pub async fn spawn_etcd(config: DirsvcConfig, member: EtcdMember) -> Result<DirsvcHandle, Error> {
+    check_identity(&config)?;
+    let etcd = member.etcd.clone();
+    // The election first: it closes the engine's fence, so nothing is
+    // written before this instance wins (the store only reads to attach).
+    let (election, store) = tokio::task::spawn_blocking(move || {
+        let engine = Arc::new(kv::etcd::EtcdEngine::connect(&etcd)?);
+        let election = engine.election(ELECTION, member.advertise.clone(), member.lease);
+        let store = Arc::new(Store::attach(engine)?);
+        Ok::<_, Error>((election, store))
+    })
+    .await??;
+    spawn_with(config, store, Arc::new(leader::EtcdLeadership::new(election))).await
+}
+
 /// The TLS identity of `config`, if it is a dirsvc certificate.
 ///
 /// Errors: [`Error::Tls`].
@@ -523,9 +563,19 @@ impl Terms {
                 },
             };
             tracing::info!("elected leader; loading the volume's state");
-            if let Err(e) = self.install(term.clone()).await {
+            let store = self.store.clone();
+            let began = match tokio::task::spawn_blocking(move || store.begin_term()).await {
+                Ok(r) => r,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = began {
+                warn!(error = %e, "cannot begin the term; giving it up");
+                term.ended.cancel();
+                self.leadership.resign().await;
+            } else if let Err(e) = self.install(term.clone()).await {
                 warn!(error = %e, "cannot load the leader's state; giving the term up");
                 term.ended.cancel();
+                self.leadership.resign().await;
             }
         }
     }

@@ -14,6 +14,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+/// Where the metadata lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Meta {
+    /// One redb file, one dirsvc.
+    Redb,
+    /// An etcd cluster, several dirsvc.
+    Etcd,
+}
+
 /// p2pfs directory service.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -26,9 +35,36 @@ struct Args {
     /// Address to listen on (host:port; port 0 picks a free one).
     #[arg(long, env = "P2PFS_DIRSVC_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
-    /// Path of the redb database file (created if missing).
+    /// Path of the redb database file (created if missing; with `--meta
+    /// redb` only).
     #[arg(long, env = "P2PFS_DIRSVC_DB", default_value = DEFAULT_DB_PATH)]
     db: PathBuf,
+    /// Where the metadata lives: `redb` (the file `--db`, one dirsvc) or
+    /// `etcd` (the cluster `--etcd-endpoints`, shared by several dirsvc of
+    /// which an election picks the leader; docs/OPERATIONS.md).
+    #[arg(long, env = "P2PFS_DIRSVC_META", value_enum, default_value_t = Meta::Redb)]
+    meta: Meta,
+    /// The etcd members' client addresses, comma-separated (`host:port`);
+    /// with `--meta etcd`. dirsvc connects with its own TLS identity and
+    /// expects the members to present dirsvc certificates of the cluster.
+    #[arg(long, env = "P2PFS_DIRSVC_ETCD", value_name = "HOST:PORT,...")]
+    etcd_endpoints: Option<String>,
+    /// Prefix of every etcd key of this volume (several volumes can share
+    /// one etcd cluster under different prefixes).
+    #[arg(long, env = "P2PFS_DIRSVC_ETCD_PREFIX", default_value = "/p2pfs/")]
+    etcd_prefix: String,
+    /// Speak plain TCP to etcd instead of mutual TLS (loopback tests only).
+    #[arg(long)]
+    etcd_plaintext: bool,
+    /// The address clients and peers reach this dirsvc at (`host:port`),
+    /// handed out by the other dirsvc while this one leads; with `--meta
+    /// etcd`. Default: `--listen`, which must then name a host and a port.
+    #[arg(long, env = "P2PFS_DIRSVC_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Seconds of the leader's election lease: a leader cut off from etcd
+    /// for this long loses its term and another dirsvc takes over.
+    #[arg(long, default_value_t = 5)]
+    leader_lease_secs: u64,
     /// After binding, write the bound ip:port to this file (atomically).
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -152,8 +188,8 @@ async fn run() -> anyhow::Result<()> {
         None => Duration::from_secs(args.peer_down_after_secs),
     };
     let config = DirsvcConfig {
-        listen: args.listen,
-        db_path: args.db,
+        listen: args.listen.clone(),
+        db_path: args.db.clone(),
         peer_suspect_after: Duration::from_millis(args.peer_suspect_after_ms),
         peer_down_after,
         repair_interval: Duration::from_millis(args.repair_interval_ms),
@@ -172,7 +208,7 @@ async fn run() -> anyhow::Result<()> {
         max_xattrs_per_inode: args.max_xattrs_per_inode,
         max_placement_bytes_per_call: args.max_placement_bytes_per_call,
         max_promised_bytes_per_principal: args.max_promised_bytes_per_principal,
-        metrics_listen: args.metrics_addr,
+        metrics_listen: args.metrics_addr.clone(),
         ..DirsvcConfig::default()
     };
     let tls = common::tls::Tls::load(&args.tls_dir)
@@ -190,12 +226,26 @@ async fn run() -> anyhow::Result<()> {
         ca,
         ..config
     };
-    let db_path = config.db_path.clone();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let handle = dirsvc::spawn(config)
-        .await
-        .with_context(|| format!("starting dirsvc with database {}", db_path.display()))?;
-    info!(addr = %handle.addr, db = %db_path.display(), "dirsvc listening");
+    let handle = match args.meta {
+        Meta::Redb => {
+            let db_path = config.db_path.clone();
+            let handle = dirsvc::spawn(config)
+                .await
+                .with_context(|| format!("starting dirsvc with database {}", db_path.display()))?;
+            info!(addr = %handle.addr, db = %db_path.display(), "dirsvc listening");
+            handle
+        }
+        Meta::Etcd => {
+            let member = etcd_member(&args, &config)?;
+            let endpoints = member.etcd.endpoints.join(",");
+            let handle = dirsvc::spawn_etcd(config, member)
+                .await
+                .with_context(|| format!("starting dirsvc on etcd {endpoints}"))?;
+            info!(addr = %handle.addr, etcd = %endpoints, "dirsvc listening (leader by election)");
+            handle
+        }
+    };
     // The metrics address first: the RPC address file is what scripts
     // wait for, so once it exists the metrics file does too.
     if let (Some(file), Some(addr)) = (&args.metrics_addr_file, handle.metrics_addr) {
@@ -213,6 +263,37 @@ async fn run() -> anyhow::Result<()> {
     info!("shutting down");
     handle.shutdown().await;
     Ok(())
+}
+
+/// The etcd settings of `args`, with this dirsvc's TLS identity from
+/// `config` (unless `--etcd-plaintext`) and its node id as the engine's
+/// instance name (stable across restarts).
+fn etcd_member(args: &Args, config: &DirsvcConfig) -> anyhow::Result<dirsvc::EtcdMember> {
+    let list = args.etcd_endpoints.as_deref().context("--meta etcd needs --etcd-endpoints")?;
+    let endpoints: Vec<String> =
+        list.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--etcd-endpoints lists no address");
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None => {
+            let l = &args.listen;
+            let host_port = l.rsplit_once(':').filter(|(h, p)| {
+                !h.is_empty()
+                    && !["0.0.0.0", "[::]", "::"].contains(h)
+                    && p.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            anyhow::ensure!(
+                host_port.is_some(),
+                "--listen {l} does not say where clients reach this dirsvc; give --advertise HOST:PORT"
+            );
+            l.clone()
+        }
+    };
+    let tls = config.tls.clone().context("dirsvc needs a TLS identity")?;
+    let mut etcd = dirsvc::kv::etcd::EtcdConfig::new(endpoints, args.etcd_prefix.as_bytes().to_vec());
+    etcd.instance = format!("dirsvc-{}", tls.node().to_hex());
+    etcd.tls = (!args.etcd_plaintext).then_some(tls);
+    Ok(dirsvc::EtcdMember { etcd, advertise, lease: Duration::from_secs(args.leader_lease_secs.max(1)) })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod integration {
     mod binary;
     mod changes;
     mod epochs;
+    mod failover;
     mod fakepeer;
     mod gc;
     mod hostile;

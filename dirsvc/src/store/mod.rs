@@ -235,35 +235,76 @@ impl Store {
     /// with keys but no schema version; [`Error::Corrupt`] for an
     /// unreadable volume record; the engine's.
     pub fn with_engine(engine: Arc<dyn kv::Engine>) -> Result<Store, Error> {
-        let kv = Kv::new(engine);
-        let volume = kv.write(|t| {
-            match t.get(&keys::meta(keys::META_SCHEMA))? {
-                None => {
-                    if !t.scan(&(Bound::Unbounded, Bound::Unbounded), 1, false)?.is_empty() {
-                        return Err(Error::Schema { found: 0, supported: SCHEMA_VERSION });
-                    }
+        let store = Store::attach(engine)?;
+        store.begin_term()?;
+        Ok(store)
+    }
+
+    /// The store on `engine` without writing anything: checks the schema
+    /// (an empty keyspace is accepted: [`Store::begin_term`] writes it) and
+    /// loads the volume settings. For a dirsvc that may not write yet (a
+    /// follower of an etcd election).
+    ///
+    /// Errors: [`Error::Schema`] for another schema version, or a keyspace
+    /// with keys but no schema version; [`Error::Corrupt`] for an
+    /// unreadable volume record; the engine's.
+    pub fn attach(engine: Arc<dyn kv::Engine>) -> Result<Store, Error> {
+        let store = Store { kv: Kv::new(engine), volume: RwLock::new(None), chunk_gen: AtomicU64::new(0) };
+        store.check_schema_and_load(false)?;
+        Ok(store)
+    }
+
+    /// What the writer does before it serves (at open, and at the start of
+    /// every term of leadership): writes the schema version into an empty
+    /// keyspace, reloads the volume settings (another leader may have
+    /// changed the keyring) and finishes pending trims.
+    ///
+    /// Errors: as [`Store::attach`]; `NotLeader` if this process may not
+    /// write.
+    pub fn begin_term(&self) -> Result<(), Error> {
+        self.check_schema_and_load(true)?;
+        for ino in self.pending_trims()? {
+            self.finish_trim(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the schema version (writing it into an empty keyspace if
+    /// `write`) and loads the volume settings.
+    fn check_schema_and_load(&self, write: bool) -> Result<(), Error> {
+        // Whether the schema version is there (and right); an empty
+        // keyspace may lack it.
+        let check = |stored: Option<Vec<u8>>, empty: bool| match stored {
+            None if !empty => Err(Error::Schema { found: 0, supported: SCHEMA_VERSION }),
+            None => Ok(false),
+            Some(v) => {
+                let found = decode_u32(&v)?;
+                if found != SCHEMA_VERSION {
+                    return Err(Error::Schema { found, supported: SCHEMA_VERSION });
+                }
+                Ok(true)
+            }
+        };
+        let volume = if write {
+            self.kv.write(|t| {
+                let empty = t.scan(&(Bound::Unbounded, Bound::Unbounded), 1, false)?.is_empty();
+                if !check(t.get(&keys::meta(keys::META_SCHEMA))?, empty)? {
                     t.put(keys::meta(keys::META_SCHEMA), SCHEMA_VERSION.to_le_bytes().to_vec());
                 }
-                Some(v) => {
-                    let found = decode_u32(&v)?;
-                    if found != SCHEMA_VERSION {
-                        return Err(Error::Schema { found, supported: SCHEMA_VERSION });
-                    }
-                }
-            }
-            match t.get(&keys::meta(keys::META_VOLUME))? {
-                Some(v) => Ok(Some(VolumeRecord::from_bytes(&v)?)),
-                None => Ok(None),
-            }
-        })?;
-        let store = Store { kv, volume: RwLock::new(None), chunk_gen: AtomicU64::new(0) };
+                t.get(&keys::meta(keys::META_VOLUME))
+            })?
+        } else {
+            self.kv.read(|t| {
+                let empty = t.scan(&(Bound::Unbounded, Bound::Unbounded), 1, false)?.is_empty();
+                check(t.get(&keys::meta(keys::META_SCHEMA))?, empty)?;
+                t.get(&keys::meta(keys::META_VOLUME))
+            })?
+        };
+        *self.volume.write().unwrap_or_else(PoisonError::into_inner) = None;
         if let Some(v) = volume {
-            store.set_volume(v);
+            self.set_volume(VolumeRecord::from_bytes(&v)?);
         }
-        for ino in store.pending_trims()? {
-            store.finish_trim(ino)?;
-        }
-        Ok(store)
+        Ok(())
     }
 
     /// The engine's name (`"redb"`, `"etcd"`), for logs and status.

@@ -7,9 +7,9 @@
 
 use super::support::*;
 use super::svc::{ok, refused, TEST_TIMEOUT};
-use testkit::within;
 use common::rpc::dir::{DirError, FileKind, NewInode};
 use common::rpc::Role;
+use testkit::within;
 
 use dirsvc::leader::{Leadership, Term};
 use dirsvc::{DirsvcConfig, Store};
