@@ -27,6 +27,7 @@ pub mod join;
 pub mod keyring;
 pub mod keys;
 pub mod net;
+pub mod panic;
 pub mod pki;
 pub mod rpc;
 pub mod settings;

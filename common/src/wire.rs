@@ -7,7 +7,7 @@
 //! deadline of at most [`MAX_DEADLINE`] from now. tarpc turns the relative
 //! deadline it receives into an `Instant` with `Instant::now() + d`, which
 //! panics for a large enough `d`: one frame with a deadline of 2⁶³ seconds
-//! would abort a daemon built with `panic = "abort"`. Such a frame is now
+//! would abort a daemon (every binary aborts on a panic, `common::panic`). Such a frame is now
 //! refused as bad data, which closes that connection only, like any frame
 //! that does not decode.
 //!

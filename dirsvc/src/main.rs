@@ -178,10 +178,11 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         // A log that cannot be written (a full disk under the log file) is
         // dropped: tracing would otherwise report it with eprintln!, whose
-        // failure panics and, with panic = "abort", kills the daemon.
+        // failure panics and, with the abort-on-panic hook, kills the daemon.
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    common::panic::abort_on_panic(env!("CARGO_PKG_VERSION"));
     let args: Args = common::settings::parse("P2PFS_DIRSVC_CONFIG", None).unwrap_or_else(|e| e.exit());
     let peer_down_after = match args.peer_down_after_ms {
         Some(ms) => Duration::from_millis(ms),

@@ -536,10 +536,11 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         // A log that cannot be written (a full disk under the log file) is
         // dropped: tracing would otherwise report it with eprintln!, whose
-        // failure panics and, with panic = "abort", kills the daemon.
+        // failure panics and, with the abort-on-panic hook, kills the daemon.
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    common::panic::abort_on_panic(env!("CARGO_PKG_VERSION"));
     let tls_dir = cli.tls_dir.clone();
     let tls = |role: common::rpc::Role| -> anyhow::Result<std::sync::Arc<common::tls::Tls>> {
         Ok(fs_client::admin::load_tls(&fs_client::admin::tls_dir(tls_dir.clone(), role))?)

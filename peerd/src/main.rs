@@ -102,17 +102,11 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         // A log that cannot be written (a full disk under the log file) is
         // dropped: tracing would otherwise report it with eprintln!, whose
-        // failure panics and, with panic = "abort", kills the daemon.
+        // failure panics and, with the abort-on-panic hook, kills the daemon.
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!(
-            version = env!("CARGO_PKG_VERSION"),
-            backtrace = %std::backtrace::Backtrace::force_capture(),
-            "panic: {info}"
-        );
-    }));
+    common::panic::abort_on_panic(env!("CARGO_PKG_VERSION"));
 
     // Installed before anything is announced (the address file), so a
     // signal sent as soon as the address is known already stops us cleanly.

@@ -25,6 +25,9 @@ mod migrate_tests;
 pub(super) struct Fixture {
     pub store: Store,
     _dir: tempfile::TempDir,
+    /// The etcd cluster of an etcd fixture (dropped after the store: its
+    /// processes are killed then).
+    _etcd: Option<testkit::etcd::EtcdCluster>,
 }
 
 impl std::ops::Deref for Fixture {
@@ -68,7 +71,7 @@ impl Engine for Limited {
 pub(super) fn redb() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db.redb")).unwrap();
-    Fixture { store, _dir: dir }
+    Fixture { store, _dir: dir, _etcd: None }
 }
 
 /// A fresh store on redb limited to 127 writes per commit.
@@ -76,7 +79,18 @@ pub(super) fn redb_127() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let inner = RedbEngine::open(&dir.path().join("db.redb")).unwrap();
     let store = Store::with_engine(Arc::new(Limited { inner, max_ops: 127 })).unwrap();
-    Fixture { store, _dir: dir }
+    Fixture { store, _dir: dir, _etcd: None }
+}
+
+/// A fresh store on the etcd engine, on a one-member etcd of its own (a
+/// real etcd process, killed when the fixture drops).
+pub(super) fn etcd() -> Fixture {
+    let cluster = testkit::etcd::EtcdCluster::start(1, None);
+    let mut config = crate::kv::etcd::EtcdConfig::new(cluster.endpoints(), b"/conformance/".to_vec());
+    config.request_timeout = std::time::Duration::from_secs(5);
+    let engine = crate::kv::etcd::EtcdEngine::connect(&config).unwrap();
+    let store = Store::with_engine(Arc::new(engine)).unwrap();
+    Fixture { store, _dir: tempfile::tempdir().unwrap(), _etcd: Some(cluster) }
 }
 
 /// Generates one `#[test]` per engine and test function.
@@ -88,7 +102,9 @@ macro_rules! conformance {
         mod on_redb_127 {
             $(#[test] fn $name() { super::$name(&super::redb_127()) })*
         }
-        // mod on_etcd { $(#[test] fn $name() { super::$name(&super::etcd()) })* }
+        mod on_etcd {
+            $(#[test] fn $name() { super::$name(&super::etcd()) })*
+        }
     };
 }
 
