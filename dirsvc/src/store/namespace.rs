@@ -243,13 +243,7 @@ impl Store {
         gid: u32,
     ) -> Result<Attr, Error> {
         self.vol()?;
-        check_name(name)?;
-        if target.is_empty() {
-            return Err(invalid("empty symlink target"));
-        }
-        if target.len() > MAX_TARGET_BYTES || size > SYMLINK_MAX as u64 {
-            return Err(DirError::NameTooLong.into());
-        }
+        check_symlink(name, target, size)?;
         self.write(|w| {
             let mut rec = new_record(KIND_SYMLINK, 0o777, uid, gid, 0, parent.0, w.now);
             rec.size = size;
@@ -279,13 +273,7 @@ impl Store {
         gid: u32,
     ) -> Result<Attr, Error> {
         self.vol()?;
-        check_name(name)?;
-        if target.is_empty() {
-            return Err(invalid("empty symlink target"));
-        }
-        if target.len() > MAX_TARGET_BYTES || size > SYMLINK_MAX as u64 {
-            return Err(DirError::NameTooLong.into());
-        }
+        check_symlink(name, target, size)?;
         self.write(|w| {
             let next = w.meta_u64(keys::META_NEXT_INODE)?;
             if ino.0 <= InodeId::ROOT.0 || ino.0 >= next || w.get(&keys::inode(ino.0))?.is_some() {
@@ -942,4 +930,18 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The checks of a new symlink `name` with sealed `target` of plaintext
+/// length `size`. Errors: as `check_name`; `Invalid` for an empty target;
+/// `NameTooLong` for a target over the limits.
+fn check_symlink(name: &[u8], target: &[u8], size: u64) -> Result<(), Error> {
+    check_name(name)?;
+    if target.is_empty() {
+        return Err(invalid("empty symlink target"));
+    }
+    if target.len() > MAX_TARGET_BYTES || size > SYMLINK_MAX as u64 {
+        return Err(DirError::NameTooLong.into());
+    }
+    Ok(())
 }

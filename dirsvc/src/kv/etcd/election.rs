@@ -133,6 +133,19 @@ impl Drop for Abandon {
     }
 }
 
+/// A watch of `key` from revision `from`, on the first member that takes
+/// it.
+async fn watch_from(sh: &Shared, key: &[u8], from: i64) -> Result<etcd_client::WatchStream, Failure> {
+    let opts = WatchOptions::new().with_start_revision(from);
+    sh.inner
+        .call(|m| {
+            let mut w = m.client.watch_client();
+            let (key, opts) = (key.to_vec(), opts.clone());
+            async move { w.watch(key, Some(opts)).await }
+        })
+        .await
+}
+
 async fn revoke(inner: &Inner, lease: i64) -> Result<(), Failure> {
     inner
         .call(|m| {
@@ -305,15 +318,7 @@ impl Election {
     async fn await_change(&self, from: i64, lease: i64) {
         let sh = &self.sh;
         let key = sh.key.clone();
-        let opts = WatchOptions::new().with_start_revision(from);
-        let stream = sh
-            .inner
-            .call(|m| {
-                let mut w = m.client.watch_client();
-                let (key, opts) = (key.clone(), opts.clone());
-                async move { w.watch(key, Some(opts)).await }
-            })
-            .await;
+        let stream = watch_from(sh, &key, from).await;
         let Ok(mut stream) = stream else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             return;
@@ -429,15 +434,7 @@ async fn monitor(sh: Arc<Shared>, lease: i64, revision: i64) {
                 continue;
             }
         };
-        let opts = WatchOptions::new().with_start_revision(from);
-        let stream = sh
-            .inner
-            .call(|m| {
-                let mut w = m.client.watch_client();
-                let (key, opts) = (key.clone(), opts.clone());
-                async move { w.watch(key, Some(opts)).await }
-            })
-            .await;
+        let stream = watch_from(&sh, &key, from).await;
         let Ok(mut stream) = stream else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
