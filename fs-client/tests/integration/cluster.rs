@@ -552,7 +552,7 @@ impl TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("p2pfs-e2e-")
             .disable_cleanup(keep)
-            .tempdir()
+            .tempdir_in(scratch_parent())
             .expect("create tempdir");
         if keep {
             eprintln!("P2PFS_E2E_KEEP=1: keeping {}", dir.path().display());
@@ -1143,6 +1143,27 @@ fn record_time(exclusive: bool, held: Duration) {
     let line = format!("{name}\t{:.1}\t{weight}\n", held.as_secs_f64());
     if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(file) {
         let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+    }
+}
+
+/// Where clusters make their tempdirs: `P2PFS_E2E_DIR` if set, else
+/// `/dev/shm` (tmpfs) when it exists, else the system temp directory.
+///
+/// tmpfs because these tests check behaviour, not survival of a power
+/// cut: a `kill -9` leaves the page cache intact, so what a test can
+/// observe is the same on tmpfs and on a disk, while every dirsvc commit
+/// and chunk write (each fsynced) stops waiting for the disk (on the
+/// test machines an fsync costs ~1.4 ms; a suite run makes hundreds of
+/// thousands).
+pub fn scratch_parent() -> PathBuf {
+    if let Some(dir) = std::env::var_os("P2PFS_E2E_DIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
     }
 }
 

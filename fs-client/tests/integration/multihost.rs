@@ -4,7 +4,7 @@
 //! refused. The namespace, its link and every process are removed even
 //! when the test fails.
 
-use super::cluster::{bin_dir, check_environment, tail, wait_addr_file, Proc};
+use super::cluster::{bin_dir, check_environment, scratch_parent, tail, wait_addr_file, Proc};
 use super::tools::{output, run, Pattern};
 use std::fs;
 use std::net::SocketAddr;
@@ -117,7 +117,7 @@ fn token(root: &Path, dirsvc: &str, ttl: &str) -> String {
 #[test]
 fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expired_tokens_are_refused() {
     check_environment();
-    let dir = tempfile::Builder::new().prefix("p2pfs-multihost-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("p2pfs-multihost-").tempdir_in(scratch_parent()).expect("tempdir");
     let root = fs::canonicalize(dir.path()).expect("canonical");
     run(fs_client(&root, "admin-tls").args(["ca", "init", "--dir"]).arg(root.join("ca")), CLI);
     for (role, out) in

@@ -5,7 +5,7 @@
 //! files), lazily unmounts what is still mounted and unmounts the tmpfs
 //! filesystems the test asked for, whether the test passed or not.
 
-use super::cluster::{bin_dir, check_environment, hermetic, mount_entry, tail};
+use super::cluster::{bin_dir, check_environment, hermetic, mount_entry, scratch_parent, tail};
 use super::tools::{output, Rng};
 use std::fs;
 use std::net::TcpListener;
@@ -53,7 +53,10 @@ impl Scripted {
     /// tests can act on the mount as another user.
     pub fn new(peers: usize, replicas: u32) -> Scripted {
         check_environment();
-        let dir = tempfile::Builder::new().prefix("p2pfs-scripted-").tempdir().expect("create tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("p2pfs-scripted-")
+            .tempdir_in(scratch_parent())
+            .expect("create tempdir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
         fs::create_dir_all(dir.path().join("state")).expect("create state dir");
         let port = free_ports(u16::try_from(peers).expect("few peers"));
