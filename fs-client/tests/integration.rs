@@ -14,7 +14,8 @@
 //! `fs-client status` and per-file durability through a peer's death and
 //! repair (`status_report`).
 //!
-//! One test binary (see `integration/`). The tests need root and
+//! One test binary (see `integration/`); the cluster kit is
+//! `testkit::cluster`. The tests need root and
 //! `/dev/fuse`; without them they fail with a message saying so. Two
 //! clusters run at once (most tests wait on heartbeats and leases); the
 //! POSIX suites, chaos and bulk copies run alone (`ClusterOpts::exclusive`).
@@ -23,7 +24,6 @@ mod integration {
     mod chaos;
     mod cli_contract;
     mod cli_files;
-    mod cluster;
     mod confidentiality;
     mod copy_tree;
     mod drain;

@@ -16,6 +16,11 @@
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
 //! - [`etcd`]: real etcd clusters on loopback ([`etcd::EtcdCluster`]),
 //!   plain or with mutual TLS on the client ports.
+//! - [`cluster`]: a real p2pfs cluster for end-to-end tests (the built
+//!   `dirsvc`, `peerd` and `fs-client` binaries under one tempdir on
+//!   tmpfs, FUSE mounts that are always unmounted, failures injected on
+//!   purpose); at most two run at once per test process.
+//! - [`cmd`]: running a program with a deadline.
 //! - [`wait`]: bounded waiting, so a broken test fails with a message
 //!   instead of hanging: [`wait_until`] (blocking), [`wait_until_async`]
 //!   and [`within`] (a deadline on a future). The only copies in the
@@ -33,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+pub mod cluster;
+pub mod cmd;
 pub mod etcd;
 pub mod fuzz;
 pub mod hostile;

@@ -3,12 +3,12 @@
 //! peers are removed for good and repair must bring every chunk back to R
 //! on the three that remain. Prints the repair figures to stderr.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{chunk_holders, run, sha256, stage_system_tree, Background, Pattern, Rng};
 use std::fs;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, TestCluster};
 use testkit::wait_until;
 
 /// Size of the big file in bytes.

@@ -1,11 +1,11 @@
 //! The parts of the command-line contract that scripts and users rely on:
 //! how a mount shows up, and how identity files are guarded.
 
-use super::cluster::{mount_entry, TestCluster, FSTYPE};
 use super::tools::output;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
+use testkit::cluster::{mount_entry, TestCluster, FSTYPE};
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 

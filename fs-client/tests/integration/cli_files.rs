@@ -10,13 +10,13 @@
 //! - a drained peer taken back with `undrain` is `up` again and gets new
 //!   chunks.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{chunk_files, output, run, Pattern};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, TestCluster};
 use testkit::wait_until;
 
 const CLI: Duration = Duration::from_secs(60);

@@ -1,13 +1,13 @@
 //! No plaintext content, name or symlink target reaches a peer's disk or
 //! dirsvc's database (DESIGN invariant 1), checked with `grep -r -a`.
 
-use super::cluster::TestCluster;
 use super::tools::output;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::cluster::TestCluster;
 
 const GREP_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -3,13 +3,13 @@
 //! with `diff -r`, `sha256sum` and `stat`, before and after a restart of
 //! every process. Prints the copy speeds to stderr.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{run, sha256, stage_system_tree, Pattern};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, TestCluster};
 
 /// Size of the big file in bytes.
 const BIG_LEN: u64 = 1 << 30;

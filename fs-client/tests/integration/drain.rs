@@ -3,10 +3,10 @@
 //! for good and every file still reads back identical from a cold mount,
 //! with every chunk at R replicas on the peers that remain.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{assert_files, boundary_files, chunk_holders, run, write_files};
 use std::fs;
 use std::time::Duration;
+use testkit::cluster::{ClusterOpts, TestCluster};
 
 const PEERS: usize = 4;
 const R: usize = 2;

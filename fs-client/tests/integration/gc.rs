@@ -5,13 +5,13 @@
 //! files that were kept still read back intact. And the grace period does
 //! not bite a file that is still being written.
 
-use super::cluster::{ClusterOpts, TestCluster, FAST_GC_GRACE};
 use super::tools::{assert_files, df, write_files, Background, Pattern};
 use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, TestCluster, FAST_GC_GRACE};
 use testkit::wait_until;
 
 const PEERS: usize = 3;

@@ -6,13 +6,13 @@
 //! init and keygen ask dirsvc first and say which key the volume is wrapped
 //! to, and no new key is written next to an existing volume.
 
-use super::cluster::{bin_dir, hermetic, mount_entry, TestCluster};
 use super::scripted::Scripted;
 use super::tools::output;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+use testkit::cluster::{bin_dir, hermetic, mount_entry, TestCluster};
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -4,10 +4,10 @@
 //! back intact from a fresh mount; the mount must keep working across a
 //! dirsvc restart, and a killed client must be mountable again at once.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{assert_acked_intact, AckWriter, AckedFile, Rng};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, TestCluster};
 
 /// Kill-and-restart rounds per test.
 const ROUNDS: usize = 2;

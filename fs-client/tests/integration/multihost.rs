@@ -4,7 +4,6 @@
 //! refused. The namespace, its link and every process are removed even
 //! when the test fails.
 
-use super::cluster::{bin_dir, check_environment, scratch_parent, tail, wait_addr_file, Proc};
 use super::tools::{output, run, Pattern};
 use std::fs;
 use std::net::SocketAddr;
@@ -12,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use testkit::cluster::{bin_dir, check_environment, scratch_parent, tail, wait_addr_file, Proc};
 use testkit::wait_until;
 
 const CLI: Duration = Duration::from_secs(30);
@@ -117,7 +117,8 @@ fn token(root: &Path, dirsvc: &str, ttl: &str) -> String {
 #[test]
 fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expired_tokens_are_refused() {
     check_environment();
-    let dir = tempfile::Builder::new().prefix("p2pfs-multihost-").tempdir_in(scratch_parent()).expect("tempdir");
+    let dir =
+        tempfile::Builder::new().prefix("p2pfs-multihost-").tempdir_in(scratch_parent()).expect("tempdir");
     let root = fs::canonicalize(dir.path()).expect("canonical");
     run(fs_client(&root, "admin-tls").args(["ca", "init", "--dir"]).arg(root.join("ca")), CLI);
     for (role, out) in
@@ -197,7 +198,7 @@ fn a_peer_on_another_host_joins_with_a_token_and_serves_chunks_and_spent_or_expi
         let p = Proc::spawn("mount", c, &root.join("mount.log"));
         assert!(
             wait_until(
-                || super::cluster::mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()),
+                || testkit::cluster::mount_entry(&mnt).is_some_and(|m| m.is_p2pfs()),
                 Duration::from_secs(30)
             )
             .is_some(),

@@ -5,7 +5,6 @@
 //! and then a killed peer as down. One cluster for all of it. The last
 //! screenshot is kept at `target/test-artifacts/status-page.png`.
 
-use super::cluster::{bin_dir, ClusterOpts, TestCluster};
 use super::tools::output;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,6 +12,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::cluster::{bin_dir, ClusterOpts, TestCluster};
 use testkit::wait_until;
 
 /// How long dirsvc may take to list a killed peer as down (fast timeouts:

@@ -1,8 +1,8 @@
 //! Reads through the mount when a peer dies or a stored replica rots.
 
-use super::cluster::TestCluster;
 use super::tools::{assert_files, assert_replicated, boundary_files, flip_middle_byte, write_files};
 use std::collections::BTreeMap;
+use testkit::cluster::TestCluster;
 
 #[test]
 fn reads_survive_kill_9_of_one_peer() {

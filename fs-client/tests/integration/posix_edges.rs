@@ -4,7 +4,6 @@
 //! second mount, and block-aligned `copy_file_range` sharing chunks instead
 //! of storing new ones.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{chunk_files, Pattern};
 use super::workloads::{pread_all, report};
 use std::collections::BTreeSet;
@@ -16,6 +15,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Instant;
+use testkit::cluster::{ClusterOpts, TestCluster};
 
 /// 1 MiB, the volume's block size.
 const MIB: u64 = 1 << 20;

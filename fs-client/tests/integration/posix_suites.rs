@@ -12,7 +12,6 @@
 //! one client's cache is caught. Both tools are `cargo install`ed (see
 //! `.ci/run`); configs live in `tests/posix/`.
 
-use super::cluster::{tail, ClusterOpts, TestCluster};
 use super::tools::output;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -24,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::cluster::{tail, ClusterOpts, TestCluster};
 
 /// The suites' config files (`tests/posix/` of this crate).
 fn posix_dir() -> PathBuf {

@@ -5,7 +5,6 @@
 //! files), lazily unmounts what is still mounted and unmounts the tmpfs
 //! filesystems the test asked for, whether the test passed or not.
 
-use super::cluster::{bin_dir, check_environment, hermetic, mount_entry, scratch_parent, tail};
 use super::tools::{output, Rng};
 use std::fs;
 use std::net::TcpListener;
@@ -13,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use testkit::cluster::{bin_dir, check_environment, hermetic, mount_entry, scratch_parent, tail};
 
 /// How long up.sh or down.sh may take (up.sh waits up to 30 s per daemon;
 /// down.sh gives the mount 60 s to store what it buffers).

@@ -3,11 +3,11 @@
 //! find them, move them aside and report them; dirsvc must copy each chunk
 //! back until it has R good replicas; a cold mount then reads 0 wrong bytes.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{chunk_files, chunk_holders, chunk_path, chunk_verifies, flip_middle_byte, Pattern};
 use std::collections::BTreeMap;
 use std::fs;
 use std::time::Duration;
+use testkit::cluster::{ClusterOpts, TestCluster};
 
 const PEERS: usize = 4;
 const R: usize = 3;

@@ -9,7 +9,6 @@
 //! chmod anything through dirsvc, take over another client's session, and
 //! a capture showed names and metadata in clear.
 
-use super::cluster::TestCluster;
 use super::tools::{output, Pattern};
 use common::pki::{Ca, NODE_CERT_VALIDITY};
 use common::rpc::dir::{
@@ -26,6 +25,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use testkit::cluster::TestCluster;
 use testkit::wait_until;
 
 const CALL: Duration = Duration::from_secs(10);
@@ -263,9 +263,9 @@ fn a_capture_of_loopback_traffic_shows_no_plaintext_path_name_or_content() {
     let marker_dir = "MNTMARKER-5b1e9c";
     let marker_name = "NAMEMARKER-7d42aa.txt";
     let marker_content = b"CONTENTMARKER-c0ffee-this-must-never-be-seen-on-the-wire";
-    let opts = super::cluster::ClusterOpts {
+    let opts = testkit::cluster::ClusterOpts {
         mnt_name: Some(marker_dir.into()),
-        ..super::cluster::ClusterOpts::new(2, 2)
+        ..testkit::cluster::ClusterOpts::new(2, 2)
     };
     let mut c = TestCluster::start_with(opts);
     let pcap = c.work_dir().join("lo.pcap");

@@ -4,13 +4,13 @@
 //! nothing but `P2PFS_STATE` set; the client's options come from flag,
 //! environment, config file and default, in that order.
 
-use super::cluster::{bin_dir, hermetic};
 use super::scripted::{text, Scripted};
 use super::tools::output;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::cluster::{bin_dir, hermetic};
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(90);
 

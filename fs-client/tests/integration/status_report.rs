@@ -8,7 +8,6 @@
 //! copy: the state "peer down, nothing repaired yet" lasts long enough to
 //! be observed on a loaded machine.
 
-use super::cluster::{ClusterOpts, Status, TestCluster};
 use super::tools::{chunk_holders, output, Pattern};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -16,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::cluster::{ClusterOpts, Status, TestCluster};
 
 /// Replication factor of the volume.
 const R: u64 = 2;

@@ -12,7 +12,6 @@
 //! - `df` counts a disk shared by several peers once (it counted it once
 //!   per peer, and other programs' data as used).
 
-use super::cluster::TestCluster;
 use super::scripted::{text, Scripted};
 use super::tools::{output, Pattern};
 use std::fs::{self, File, OpenOptions};
@@ -22,6 +21,7 @@ use std::os::unix::io::IntoRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::cluster::TestCluster;
 
 const MIB: usize = 1 << 20;
 

@@ -1,81 +1,20 @@
-//! Helpers the end-to-end tests share: running tools with a deadline,
-//! deterministic test data, reading and damaging chunk files on peers'
+//! Helpers the end-to-end tests share: deterministic test data, reading and damaging chunk files on peers'
 //! disks, and a writer that records which files the mount acknowledged
 //! (for the crash tests). Polling for a condition is
-//! `testkit::wait_until`.
+//! `testkit::wait_until`; running a tool with a deadline is
+//! `testkit::cmd` (re-exported here).
 
-use super::cluster::TestCluster;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// Runs `cmd` to completion within `timeout` and returns its output,
-/// whatever the exit status. Panics on timeout (after SIGKILL; it does not
-/// wait for a child stuck in the kernel, the cluster's drop unblocks it).
-pub fn output(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let mut so = child.stdout.take().expect("piped stdout");
-    let mut se = child.stderr.take().expect("piped stderr");
-    let t_out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(1);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for child") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{desc} did not finish within {timeout:?}");
-        }
-        thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: t_out.join().expect("stdout reader"),
-        stderr: t_err.join().expect("stderr reader"),
-    }
-}
-
-/// Runs `cmd` within `timeout`, expecting exit 0; returns its stdout.
-pub fn run(cmd: &mut Command, timeout: Duration) -> String {
-    let out = output(cmd, timeout);
-    let clip = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b);
-        let start = s.len().saturating_sub(4000);
-        let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-        s[start..].to_string()
-    };
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout (tail):\n{}\nstderr (tail):\n{}",
-        out.status,
-        clip(&out.stdout),
-        clip(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use testkit::cluster::TestCluster;
+pub use testkit::cmd::{output, run};
 
 /// `sha256sum FILE`, as lowercase hex.
 pub fn sha256(path: &Path, timeout: Duration) -> String {
@@ -224,21 +163,6 @@ pub fn boundary_files() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Apparent size in bytes of every regular file under `dir` (0 if it does
-/// not exist), like `du -sb --apparent-size` without the directories.
-pub fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
-}
-
 /// What `df` shows for the filesystem holding `path`: (size, used) in bytes
 /// from `statvfs` (used = blocks − free blocks, times the fragment size).
 pub fn df(path: &Path) -> (u64, u64) {
@@ -321,12 +245,12 @@ impl Background {
                 panic!(
                     "{} did not finish within {timeout:?}\n{}",
                     self.desc,
-                    super::cluster::tail(&self.log, 40)
+                    testkit::cluster::tail(&self.log, 40)
                 );
             }
             thread::sleep(Duration::from_millis(50));
         };
-        assert!(st.success(), "{} failed with {st}\n{}", self.desc, super::cluster::tail(&self.log, 40));
+        assert!(st.success(), "{} failed with {st}\n{}", self.desc, testkit::cluster::tail(&self.log, 40));
     }
 }
 

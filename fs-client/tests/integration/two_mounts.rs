@@ -6,7 +6,6 @@
 //! across mounts through dirsvc, released when the holder exits or its
 //! fs-client is killed.
 
-use super::cluster::{ClusterOpts, TestCluster};
 use super::tools::{run, Background, Pattern};
 use super::workloads::{pread_all, report, Interactive, TOOL_TIMEOUT};
 use std::collections::BTreeSet;
@@ -16,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::cluster::{ClusterOpts, TestCluster};
 use testkit::wait_until;
 
 /// How soon a rename or unlink on one mount must show on the other: the

@@ -12,7 +12,6 @@
 //! after the removal is sealed under a key epoch it never had, and
 //! `fs-client reencrypt` moves older data to the new epoch.
 
-use super::cluster::TestCluster;
 use super::tools::{chunk_files, output, run, Pattern};
 use common::codec;
 use common::rpc::dir::VolumeInfo;
@@ -22,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use testkit::cluster::TestCluster;
 
 /// 1 MiB, the volume's block size.
 const MIB: u64 = 1 << 20;

@@ -14,7 +14,6 @@
 //! the two-mount tests share: [`Interactive`], xattr and time setters, and
 //! [`assert_same_tree`].
 
-use super::cluster::TestCluster;
 use super::tools::{output, run, Pattern};
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -27,6 +26,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::cluster::TestCluster;
 
 /// Bound on any one tool run (clone, rsync, tar, a sqlite3 script).
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);

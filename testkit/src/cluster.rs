@@ -15,7 +15,8 @@
 //! kill -9 of dirsvc or fs-client and their restart. [`ClusterOpts`] passes
 //! extra flags to each daemon (short timeouts for tests: [`ClusterOpts::fast`]).
 
-use super::tools::{dir_bytes, output, run};
+use crate::cmd::{output, run};
+use crate::wait_until;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -29,7 +30,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
-use testkit::wait_until;
 
 /// How many clusters may run at once. Most tests spend their time waiting
 /// (heartbeats, leases, repair rounds), so two share the 2 cores of the
@@ -109,19 +109,19 @@ struct Bins {
 
 /// The binaries under test, located once per test process.
 ///
-/// `fs-client` is the one cargo built for this test. `dirsvc` and `peerd`
-/// sit next to it, but cargo only builds a package's binaries when that
+/// They sit in the profile directory of the test binary (see
+/// [`profile_dir`]), but cargo only builds a package's binaries when that
 /// package's own integration tests need them, so this asks the cargo that
 /// runs the tests to build (or refresh) them first: the tests must never
 /// run stale daemons against a fresh client.
 fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let fs_client = PathBuf::from(env!("CARGO_BIN_EXE_fs-client"));
-        let dir = fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf();
+        let dir = profile_dir();
         build_sibling_binaries(&dir);
-        let bins = Bins { dirsvc: dir.join("dirsvc"), peerd: dir.join("peerd"), fs_client };
-        for b in [&bins.dirsvc, &bins.peerd] {
+        let bins =
+            Bins { dirsvc: dir.join("dirsvc"), peerd: dir.join("peerd"), fs_client: dir.join("fs-client") };
+        for b in [&bins.dirsvc, &bins.peerd, &bins.fs_client] {
             assert!(
                 b.is_file(),
                 "{} is missing: build the daemons with `cargo build --workspace` \
@@ -139,6 +139,17 @@ fn bins() -> &'static Bins {
 /// `scripts/up.sh` takes as `P2PFS_BIN`.
 pub fn bin_dir() -> PathBuf {
     bins().fs_client.parent().expect("the fs-client binary has a parent directory").to_path_buf()
+}
+
+/// `<target>/<profile>`: where cargo puts the workspace's binaries. A test
+/// binary runs from `<target>/<profile>/deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let deps = exe.parent().expect("the test binary has a parent directory");
+    match deps.file_name() {
+        Some(name) if name == "deps" => deps.parent().expect("deps has a parent").to_path_buf(),
+        _ => deps.to_path_buf(),
+    }
 }
 
 /// Builds the daemon binaries (`cargo test --workspace --no-run`) in the
@@ -1381,4 +1392,19 @@ fn lazy_umount(mnt: &Path) {
     if rc != 0 {
         eprintln!("lazy unmount of {} failed: {}", mnt.display(), std::io::Error::last_os_error());
     }
+}
+
+/// Apparent size in bytes of every regular file under `dir` (0 if it does
+/// not exist), like `du -sb --apparent-size` without the directories.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
