@@ -30,6 +30,15 @@ async fn start(cluster: &EtcdCluster, dir: &std::path::Path, name: &str) -> (Dir
     (dirsvc::spawn_etcd(config, member).await.unwrap(), addr)
 }
 
+/// The create revision of the election key under this test's prefix (0
+/// when nobody holds it), read straight from etcd.
+async fn election_key_revision(cluster: &EtcdCluster) -> i64 {
+    let mut etcd = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let key = format!("/failover/election/{}", dirsvc::ELECTION);
+    let got = etcd.get(key, None).await.unwrap();
+    got.kvs().first().map_or(0, |kv| kv.create_revision())
+}
+
 fn file() -> NewInode {
     NewInode { kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0 }
 }
@@ -61,6 +70,17 @@ async fn two_dirsvc_over_etcd_elect_one_leader_and_a_client_rides_out_its_death(
             .unwrap()
             .unwrap();
         let leader = addrs.current();
+
+        // The leader keeps its term while alive: its election key (held on
+        // its lease, renewed every TTL/3) is the same key three TTLs later.
+        let held = election_key_revision(&cluster).await;
+        assert!(held > 0, "a leader holds the election key");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            election_key_revision(&cluster).await,
+            held,
+            "the leader lost its term while alive: its lease was not renewed in time"
+        );
 
         // The other one is a follower that names the leader.
         let follower = if leader == a_addr { &b_addr } else { &a_addr };

@@ -376,19 +376,30 @@ async fn keep_alive(sh: Arc<Shared>, lease: i64) {
     loop {
         tokio::time::sleep(sh.ttl / 3).await;
         let sent = Instant::now();
+        // etcd-client's `keep_alive` sends one renewal and waits for its
+        // answer itself: `Ok` means renewed; an answer of TTL 0 (the lease
+        // expired) comes back as the error "lease not found". Waiting on the
+        // returned stream for more would wait for an answer to a request
+        // never sent, until the request timeout: renewals then came a
+        // timeout apart and a lease shorter than that expired every term.
         let r = sh
             .inner
             .call(|m| {
                 let mut c = m.client.lease_client();
                 async move {
-                    let (_keeper, mut stream) = c.keep_alive(lease).await?;
-                    stream.message().await
+                    match c.keep_alive(lease).await {
+                        Ok(_) => Ok(true),
+                        Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             })
             .await;
         match r {
-            Ok(Some(resp)) if resp.ttl() > 0 => last_ok = sent,
-            Ok(_) => {
+            Ok(true) => last_ok = sent,
+            Ok(false) => {
                 sh.lose(lease, "the lease expired");
                 lapse_campaign(&sh, lease);
                 return;
