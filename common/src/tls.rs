@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock};
 pub const SERVER_NAME: &str = "p2pfs.invalid";
 
 /// The ALPN protocol both ends must speak.
-pub const ALPN: &[u8] = b"p2pfs/7";
+pub const ALPN: &[u8] = b"p2pfs/8";
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,10 @@
 //! 4. **Expiry**: tombstones with nothing pending that are older than
 //!    twice the grace period are removed.
 //!
+//! Each round also removes the recorded answers of `mutate` request ids
+//! older than `common::rpc::dir::REQUEST_MEMORY_SECS`
+//! ([`Store::expire_requests`]), in bounded transactions.
+//!
 //! Why tombstones: `commit_layout` refuses a tombstoned chunk with
 //! `ChunkGone`. The collection transaction and a commit serialize in redb,
 //! so either the commit came first (the re-check sees the reference and
@@ -138,6 +142,10 @@ impl Gc {
         let expired = self.shared.blocking(move |s: &Store| s.expire_tombstones(expire_before)).await?;
         if expired > 0 {
             debug!(expired, "tombstones expired");
+        }
+        let requests = self.shared.blocking(|s: &Store| s.expire_old_requests()).await?;
+        if requests > 0 {
+            debug!(requests, "answered request ids expired");
         }
         Ok(())
     }

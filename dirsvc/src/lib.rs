@@ -241,6 +241,11 @@ pub struct DirsvcConfig {
     /// budget `XATTR_INODE_MAX`); a `setxattr` adding one more is `Limit`.
     /// Default [`limits::DEFAULT_MAX_XATTRS_PER_INODE`].
     pub max_xattrs_per_inode: usize,
+    /// Most block entries one `commit_layout` may carry, below the store
+    /// engine's own limit ([`Store::max_commit_entries`]); `None` (the
+    /// default) leaves the engine's. Announced to clients in their session
+    /// grant; a larger commit is `Invalid`. For tests and operators.
+    pub max_commit_entries: Option<usize>,
     /// Most bytes one `placement` call may promise, in bytes: count × chunk
     /// bytes × R. Default [`limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL`].
     pub max_placement_bytes_per_call: u64,
@@ -291,6 +296,7 @@ impl Default for DirsvcConfig {
             max_waiters_per_session: limits::DEFAULT_MAX_WAITERS_PER_SESSION,
             max_waiters: limits::DEFAULT_MAX_WAITERS,
             max_xattrs_per_inode: limits::DEFAULT_MAX_XATTRS_PER_INODE,
+            max_commit_entries: None,
             max_placement_bytes_per_call: limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL,
             max_promised_bytes_per_principal: limits::DEFAULT_MAX_PROMISED_BYTES_PER_PRINCIPAL,
             metrics_listen: None,

@@ -145,6 +145,10 @@ struct Args {
     /// Most extended attributes per inode.
     #[arg(long, default_value_t = limits::DEFAULT_MAX_XATTRS_PER_INODE)]
     max_xattrs_per_inode: usize,
+    /// Most block entries one commit may carry, below the store's own limit
+    /// (announced to clients; default: the store's).
+    #[arg(long, value_name = "ENTRIES")]
+    max_commit_entries: Option<usize>,
     /// Most bytes one placement call may promise (count x chunk bytes x R).
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_PLACEMENT_BYTES_PER_CALL)]
     max_placement_bytes_per_call: u64,
@@ -207,6 +211,7 @@ async fn run() -> anyhow::Result<()> {
         max_waiters_per_session: args.max_waiters_per_session,
         max_waiters: args.max_waiters,
         max_xattrs_per_inode: args.max_xattrs_per_inode,
+        max_commit_entries: args.max_commit_entries,
         max_placement_bytes_per_call: args.max_placement_bytes_per_call,
         max_promised_bytes_per_principal: args.max_promised_bytes_per_principal,
         metrics_listen: args.metrics_addr.clone(),

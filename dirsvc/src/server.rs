@@ -8,7 +8,7 @@ use crate::limits::Principal;
 use crate::peers::{PeerTable, PlacementCaps};
 use crate::shared::{Shared, SurveyFigures};
 use crate::store::tables::JoinTokenRecord;
-use crate::store::Store;
+use crate::store::{Once, RequestKey, Store};
 use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
@@ -17,7 +17,7 @@ use common::rpc::dir::{
     PeerStatus, PeerUsage, ReadDirPage, Reseal, SessionGrant, SessionId, SessionOpen, SetAttr, StatFs,
     VolumeInfo,
 };
-use common::rpc::dir::{DirsvcStatus, HeartbeatReply, JoinGrant, Renewal, RevocationList};
+use common::rpc::dir::{DirsvcStatus, HeartbeatReply, JoinGrant, Mutated, Mutation, Renewal, RevocationList};
 use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
 use common::time::Timestamp;
 use common::tls::{Caller, Tls};
@@ -258,6 +258,168 @@ impl DirServer {
     }
 }
 
+impl DirServer {
+    /// Serves one [`Mutation`], once per request id `request` if given
+    /// (see `DirService::mutate`; the id is keyed by the caller's node id).
+    async fn apply(&self, request: Option<u64>, op: Mutation) -> Result<Mutated, DirError> {
+        let name = op.op();
+        let caller = match &op {
+            Mutation::Symlink { session, .. } => {
+                self.session_owner(name, *session)?;
+                self.member(name)?
+            }
+            _ => self.member(name)?,
+        };
+        let req = request.map(|id| RequestKey { node: caller.node, id });
+        let origin = self.origin();
+        let r = self.with_shared(move |sh| apply(sh, origin, req, op)).await;
+        reply(name, r)
+    }
+}
+
+/// Most entries one `commit_layout` may carry here: the store's limit,
+/// or the configured one if lower.
+fn commit_limit(sh: &Shared) -> usize {
+    let engine = sh.store.max_commit_entries();
+    sh.config.max_commit_entries.map_or(engine, |c| c.min(engine))
+}
+
+/// Applies `op` (once per `req`) and records its changes from `origin`
+/// when it was applied now. Blocking.
+fn apply(
+    sh: &Shared,
+    origin: Option<SessionId>,
+    req: Option<RequestKey>,
+    op: Mutation,
+) -> Result<Mutated, Error> {
+    let store = &sh.store;
+    match op {
+        Mutation::Mkdir { parent, name, perm, uid, gid } => {
+            match store.mkdir_once(req, parent, &name, perm, uid, gid)? {
+                Once::Fresh(attr) => {
+                    sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                    Ok(Mutated::Attr(attr))
+                }
+                Once::Replayed(a) => Ok(a?),
+            }
+        }
+        Mutation::Create { parent, name, new } => match store.create_once(req, parent, &name, &new)? {
+            Once::Fresh(attr) => {
+                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                Ok(Mutated::Attr(attr))
+            }
+            Once::Replayed(a) => Ok(a?),
+        },
+        Mutation::Symlink { session, parent, name, new } => {
+            let recorded = || req.map(|r| store.request_answer(r)).transpose().map(Option::flatten);
+            if let Some(a) = recorded()? {
+                return Ok(a?);
+            }
+            if let Err(e) = sh.sessions.take_reserved(session, new.ino) {
+                // A first attempt may have used the number meanwhile.
+                return match recorded()? {
+                    Some(a) => Ok(a?),
+                    None => Err(e),
+                };
+            }
+            let made =
+                store.symlink_at_once(req, parent, &name, new.ino, &new.target, new.size, new.uid, new.gid);
+            match made {
+                Ok(Once::Fresh(attr)) => {
+                    sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                    Ok(Mutated::Attr(attr))
+                }
+                Ok(Once::Replayed(a)) => {
+                    sh.sessions.give_back(session, new.ino);
+                    Ok(a?)
+                }
+                // The number exists: it is spent.
+                Err(e @ Error::Dir(DirError::NotReserved(_))) => Err(e),
+                Err(e) => {
+                    sh.sessions.give_back(session, new.ino);
+                    Err(e)
+                }
+            }
+        }
+        Mutation::Link { ino, new_parent, new_name } => {
+            match store.link_once(req, ino, new_parent, &new_name)? {
+                Once::Fresh(attr) => {
+                    sh.changes.record_from(origin, entry_changes(new_parent, &new_name, ino));
+                    Ok(Mutated::Attr(attr))
+                }
+                Once::Replayed(a) => Ok(a?),
+            }
+        }
+        Mutation::Unlink { parent, name } => {
+            match sh.sessions.with_keep(|keep| store.unlink_once(req, parent, &name, keep))? {
+                Once::Fresh(removed) => {
+                    if removed.orphaned {
+                        debug!(ino = %removed.ino, "unlinked while open: kept as an orphan");
+                    }
+                    sh.changes.record_from(
+                        origin,
+                        [
+                            Change { ino: removed.ino, entry: Some((parent, name)) },
+                            Change { ino: parent, entry: None },
+                        ],
+                    );
+                    Ok(Mutated::Done)
+                }
+                Once::Replayed(a) => Ok(a?),
+            }
+        }
+        Mutation::Rmdir { parent, name } => match store.rmdir_once(req, parent, &name)? {
+            Once::Fresh(ino) => {
+                sh.changes.record_from(
+                    origin,
+                    [Change { ino, entry: Some((parent, name)) }, Change { ino: parent, entry: None }],
+                );
+                Ok(Mutated::Done)
+            }
+            Once::Replayed(a) => Ok(a?),
+        },
+        Mutation::Rename { parent, name, new_parent, new_name, flags } => {
+            let done = sh.sessions.with_keep(|keep| {
+                store.rename_once(req, parent, &name, new_parent, &new_name, flags, keep)
+            })?;
+            match done {
+                Once::Fresh(renamed) => {
+                    let mut changes = vec![
+                        Change { ino: renamed.moved, entry: Some((parent, name)) },
+                        Change { ino: renamed.moved, entry: Some((new_parent, new_name)) },
+                        Change { ino: parent, entry: None },
+                    ];
+                    if new_parent != parent {
+                        changes.push(Change { ino: new_parent, entry: None });
+                    }
+                    if let Some(replaced) = renamed.replaced {
+                        changes.push(Change { ino: replaced, entry: None });
+                    }
+                    sh.changes.record_from(origin, changes);
+                    Ok(Mutated::Ino(renamed.moved))
+                }
+                Once::Replayed(a) => Ok(a?),
+            }
+        }
+        Mutation::SetXattr { ino, name, value, flags } => {
+            match store.setxattr_once(req, ino, &name, &value, flags, sh.config.max_xattrs_per_inode)? {
+                Once::Fresh(attr) => {
+                    sh.changes.record_from(origin, ino_change(ino));
+                    Ok(Mutated::Attr(attr))
+                }
+                Once::Replayed(a) => Ok(a?),
+            }
+        }
+        Mutation::RemoveXattr { ino, name } => match store.removexattr_once(req, ino, &name)? {
+            Once::Fresh(attr) => {
+                sh.changes.record_from(origin, ino_change(ino));
+                Ok(Mutated::Attr(attr))
+            }
+            Once::Replayed(a) => Ok(a?),
+        },
+    }
+}
+
 /// The changes of a new entry `(parent, name)` naming `ino` (create, mkdir,
 /// symlink, link): the entry and inode, and the parent's attributes.
 fn entry_changes(parent: InodeId, name: &[u8], ino: InodeId) -> [Change; 2] {
@@ -468,16 +630,7 @@ impl DirService for DirServer {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, DirError> {
-        self.member("mkdir")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let attr = sh.store.mkdir(parent, &name, perm, uid, gid)?;
-                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
-                Ok(attr)
-            })
-            .await;
-        reply("mkdir", r)
+        self.apply(None, Mutation::Mkdir { parent, name, perm, uid, gid }).await?.attr()
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent, kind = ?new.kind))]
@@ -488,56 +641,17 @@ impl DirService for DirServer {
         name: Vec<u8>,
         new: NewInode,
     ) -> Result<Attr, DirError> {
-        self.member("create")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let attr = sh.store.create(parent, &name, &new)?;
-                sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
-                Ok(attr)
-            })
-            .await;
-        reply("create", r)
+        self.apply(None, Mutation::Create { parent, name, new }).await?.attr()
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn unlink(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
-        self.member("unlink")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let removed = sh.sessions.with_keep(|keep| sh.store.unlink_keeping(parent, &name, keep))?;
-                if removed.orphaned {
-                    debug!(ino = %removed.ino, "unlinked while open: kept as an orphan");
-                }
-                sh.changes.record_from(
-                    origin,
-                    [
-                        Change { ino: removed.ino, entry: Some((parent, name)) },
-                        Change { ino: parent, entry: None },
-                    ],
-                );
-                Ok(())
-            })
-            .await;
-        reply("unlink", r)
+        self.apply(None, Mutation::Unlink { parent, name }).await.map(drop)
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent))]
     async fn rmdir(self, _: Context, parent: InodeId, name: Vec<u8>) -> Result<(), DirError> {
-        self.member("rmdir")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let ino = sh.store.rmdir(parent, &name)?;
-                sh.changes.record_from(
-                    origin,
-                    [Change { ino, entry: Some((parent, name)) }, Change { ino: parent, entry: None }],
-                );
-                Ok(())
-            })
-            .await;
-        reply("rmdir", r)
+        self.apply(None, Mutation::Rmdir { parent, name }).await.map(drop)
     }
 
     #[instrument(level = "debug", skip_all, fields(%parent, %new_parent, flags))]
@@ -550,29 +664,7 @@ impl DirService for DirServer {
         new_name: Vec<u8>,
         flags: u32,
     ) -> Result<InodeId, DirError> {
-        self.member("rename")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let renamed = sh.sessions.with_keep(|keep| {
-                    sh.store.rename_keeping(parent, &name, new_parent, &new_name, flags, keep)
-                })?;
-                let mut changes = vec![
-                    Change { ino: renamed.moved, entry: Some((parent, name)) },
-                    Change { ino: renamed.moved, entry: Some((new_parent, new_name)) },
-                    Change { ino: parent, entry: None },
-                ];
-                if new_parent != parent {
-                    changes.push(Change { ino: new_parent, entry: None });
-                }
-                if let Some(replaced) = renamed.replaced {
-                    changes.push(Change { ino: replaced, entry: None });
-                }
-                sh.changes.record_from(origin, changes);
-                Ok(renamed.moved)
-            })
-            .await;
-        reply("rename", r)
+        self.apply(None, Mutation::Rename { parent, name, new_parent, new_name, flags }).await?.ino()
     }
 
     #[instrument(level = "debug", skip_all, fields(%dir, after, limit))]
@@ -609,28 +701,7 @@ impl DirService for DirServer {
         name: Vec<u8>,
         new: NewSymlink,
     ) -> Result<Attr, DirError> {
-        self.session_owner("symlink", session)?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                sh.sessions.take_reserved(session, new.ino)?;
-                let made =
-                    sh.store.symlink_at(parent, &name, new.ino, &new.target, new.size, new.uid, new.gid);
-                match made {
-                    Ok(attr) => {
-                        sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
-                        Ok(attr)
-                    }
-                    // The number exists: it is spent.
-                    Err(e @ Error::Dir(DirError::NotReserved(_))) => Err(e),
-                    Err(e) => {
-                        sh.sessions.give_back(session, new.ino);
-                        Err(e)
-                    }
-                }
-            })
-            .await;
-        reply("symlink", r)
+        self.apply(None, Mutation::Symlink { session, parent, name, new }).await?.attr()
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
@@ -648,16 +719,12 @@ impl DirService for DirServer {
         new_parent: InodeId,
         new_name: Vec<u8>,
     ) -> Result<Attr, DirError> {
-        self.member("link")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let attr = sh.store.link(ino, new_parent, &new_name)?;
-                sh.changes.record_from(origin, entry_changes(new_parent, &new_name, ino));
-                Ok(attr)
-            })
-            .await;
-        reply("link", r)
+        self.apply(None, Mutation::Link { ino, new_parent, new_name }).await?.attr()
+    }
+
+    #[instrument(level = "debug", skip_all, fields(request, op = op.op()))]
+    async fn mutate(self, _: Context, request: u64, op: Mutation) -> Result<Mutated, DirError> {
+        self.apply(Some(request), op).await
     }
 
     async fn statfs(self, _: Context) -> Result<StatFs, DirError> {
@@ -709,6 +776,13 @@ impl DirService for DirServer {
         let origin = self.origin();
         let r = self
             .with_shared(move |sh| {
+                let max = commit_limit(sh);
+                if commit.blocks.len() > max {
+                    return Err(invalid(format!(
+                        "a commit carries at most {max} entries here, this one {}",
+                        commit.blocks.len()
+                    )));
+                }
                 let attr = sh.store.commit_layout(ino, &commit)?;
                 sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)
@@ -976,7 +1050,13 @@ impl DirService for DirServer {
     #[instrument(skip_all, fields(label = %open.label, reclaim = ?open.reclaim))]
     async fn open_session(self, _: Context, open: SessionOpen) -> Result<SessionGrant, DirError> {
         let owner = self.member("open_session")?.node;
-        let r = self.with_shared(move |sh| sh.sessions.open(&sh.store, open, owner)).await;
+        let r = self
+            .with_shared(move |sh| {
+                let mut grant = sh.sessions.open(&sh.store, open, owner)?;
+                grant.max_commit_entries = u32::try_from(commit_limit(sh)).unwrap_or(u32::MAX);
+                Ok(grant)
+            })
+            .await;
         if let Ok(grant) = &r {
             self.bind(grant.id);
         }
@@ -1082,31 +1162,12 @@ impl DirService for DirServer {
         value: Vec<u8>,
         flags: u32,
     ) -> Result<Attr, DirError> {
-        self.member("setxattr")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let attr =
-                    sh.store.setxattr_within(ino, &name, &value, flags, sh.config.max_xattrs_per_inode)?;
-                sh.changes.record_from(origin, ino_change(ino));
-                Ok(attr)
-            })
-            .await;
-        reply("setxattr", r)
+        self.apply(None, Mutation::SetXattr { ino, name, value, flags }).await?.attr()
     }
 
     #[instrument(level = "debug", skip_all, fields(%ino))]
     async fn removexattr(self, _: Context, ino: InodeId, name: Vec<u8>) -> Result<Attr, DirError> {
-        self.member("removexattr")?;
-        let origin = self.origin();
-        let r = self
-            .with_shared(move |sh| {
-                let attr = sh.store.removexattr(ino, &name)?;
-                sh.changes.record_from(origin, ino_change(ino));
-                Ok(attr)
-            })
-            .await;
-        reply("removexattr", r)
+        self.apply(None, Mutation::RemoveXattr { ino, name }).await?.attr()
     }
 
     #[instrument(level = "debug", skip_all, fields(%session, after, wait_ms))]

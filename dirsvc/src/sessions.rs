@@ -389,7 +389,13 @@ impl Sessions {
             "session {}",
             if reclaim { "reclaimed" } else { "opened" }
         );
-        Ok(SessionGrant { id, lease_ms: self.lease.as_millis() as u64, lost_inodes, lost_locks })
+        Ok(SessionGrant {
+            id,
+            lease_ms: self.lease.as_millis() as u64,
+            lost_inodes,
+            lost_locks,
+            max_commit_entries: u32::try_from(store.max_commit_entries()).unwrap_or(u32::MAX),
+        })
     }
 
     /// `Limit` unless session `id` is live already or node `owner` and

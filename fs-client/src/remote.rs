@@ -10,12 +10,13 @@
 use crate::error::{Error, Result};
 use common::config::{CHUNK_DEADLINE, META_DEADLINE};
 use common::net::{CallError, DirAddrs, Pool, RetryPolicy};
-use common::rpc::dir::{DirError, DirServiceClient};
+use common::rpc::dir::{Attr, DirError, DirServiceClient, Mutated, Mutation};
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
 use common::rpc::{PeerLoc, Role};
 use common::tls::{Expect, Tls};
 use common::{ChunkId, NodeId};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tarpc::client::RpcError;
@@ -43,15 +44,17 @@ impl From<CallError> for Error {
 /// instances a passed deadline), `NotLeader` and `Unavailable` answers are
 /// retried with backoff until the retry window ends, so a dirsvc restart or
 /// failover is a pause, not an error. A call that was sent but whose answer
-/// was lost is sent again: a mutation can then report `Exists` or
-/// `NotFound` for its own first attempt (documented in
-/// docs/OPERATIONS.md).
+/// was lost is sent again; namespace mutations go through
+/// [`DirClient::mutate`], whose request id makes dirsvc apply them once
+/// and answer a retry as the first attempt was answered.
 pub struct DirClient {
     /// The addresses as configured (comma-separated).
     addr: String,
     addrs: DirAddrs,
     pool: Pool<DirServiceClient>,
     retry: RetryPolicy,
+    /// The next `mutate` request id: a random start, then a counter.
+    next_request: AtomicU64,
 }
 
 impl DirClient {
@@ -68,6 +71,7 @@ impl DirClient {
             addrs,
             pool: Pool::new(tls),
             retry: RetryPolicy::for_window(DEFAULT_RETRY_WINDOW),
+            next_request: AtomicU64::new(rand::random()),
         };
         let version = me.call(|c, ctx| async move { c.hello(ctx).await.map(Ok) }).await?;
         if version != common::rpc::PROTOCOL_VERSION {
@@ -129,6 +133,31 @@ impl DirClient {
                 other => return other.map_err(Error::Dir),
             }
         }
+    }
+}
+
+impl DirClient {
+    /// Applies a namespace mutation under a fresh request id, which every
+    /// retry of this call (transport failure, redirect, `Unavailable`)
+    /// reuses: dirsvc applies it once and answers a retry as it answered
+    /// the first attempt (`DirService::mutate`).
+    ///
+    /// Errors: as [`DirClient::call`], with the answers of the call `op`
+    /// stands for.
+    pub async fn mutate(&self, op: Mutation) -> Result<Mutated> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.call(|c, ctx| {
+            let op = op.clone();
+            async move { c.mutate(ctx, request, op).await }
+        })
+        .await
+    }
+
+    /// [`DirClient::mutate`] of a call that answers attributes.
+    ///
+    /// Errors: as [`DirClient::mutate`]; `Invalid` for another answer.
+    pub async fn mutate_attr(&self, op: Mutation) -> Result<Attr> {
+        self.mutate(op).await?.attr().map_err(Error::Dir)
     }
 }
 

@@ -291,6 +291,153 @@ pub struct NewSymlink {
     pub gid: u32,
 }
 
+/// A namespace or attribute mutation whose retry could answer differently
+/// from its first attempt (protocol 8), sent with a request id through
+/// [`DirService::mutate`]. Each variant takes the arguments of the call of
+/// the same name and answers as it does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// [`DirService::mkdir`]; answers [`Mutated::Attr`].
+    Mkdir {
+        /// The directory to make it in.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+        /// Permission bits, after the umask.
+        perm: u32,
+        /// Owner user id.
+        uid: u32,
+        /// Owner group id.
+        gid: u32,
+    },
+    /// [`DirService::create`]; answers [`Mutated::Attr`].
+    Create {
+        /// The directory to make it in.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+        /// What to create.
+        new: NewInode,
+    },
+    /// [`DirService::symlink`]; answers [`Mutated::Attr`].
+    Symlink {
+        /// The session that reserved `new.ino` (the caller's own).
+        session: SessionId,
+        /// The directory to make it in.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+        /// The reserved inode number and sealed target.
+        new: NewSymlink,
+    },
+    /// [`DirService::link`]; answers [`Mutated::Attr`].
+    Link {
+        /// The inode to name again.
+        ino: InodeId,
+        /// The directory of the new name.
+        new_parent: InodeId,
+        /// The new sealed name.
+        new_name: Vec<u8>,
+    },
+    /// [`DirService::unlink`]; answers [`Mutated::Done`].
+    Unlink {
+        /// The directory holding the entry.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+    },
+    /// [`DirService::rmdir`]; answers [`Mutated::Done`].
+    Rmdir {
+        /// The directory holding the entry.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+    },
+    /// [`DirService::rename`]; answers [`Mutated::Ino`].
+    Rename {
+        /// The directory holding the source.
+        parent: InodeId,
+        /// The sealed source name.
+        name: Vec<u8>,
+        /// The directory of the target.
+        new_parent: InodeId,
+        /// The sealed target name.
+        new_name: Vec<u8>,
+        /// Flags from [`rename_flags`].
+        flags: u32,
+    },
+    /// [`DirService::setxattr`]; answers [`Mutated::Attr`].
+    SetXattr {
+        /// The inode.
+        ino: InodeId,
+        /// The sealed attribute name.
+        name: Vec<u8>,
+        /// The sealed value.
+        value: Vec<u8>,
+        /// Flags from [`xattr_flags`].
+        flags: u32,
+    },
+    /// [`DirService::removexattr`]; answers [`Mutated::Attr`].
+    RemoveXattr {
+        /// The inode.
+        ino: InodeId,
+        /// The sealed attribute name.
+        name: Vec<u8>,
+    },
+}
+
+impl Mutation {
+    /// The name of the call this mutation stands for (`"mkdir"`, …), for
+    /// logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Mutation::Mkdir { .. } => "mkdir",
+            Mutation::Create { .. } => "create",
+            Mutation::Symlink { .. } => "symlink",
+            Mutation::Link { .. } => "link",
+            Mutation::Unlink { .. } => "unlink",
+            Mutation::Rmdir { .. } => "rmdir",
+            Mutation::Rename { .. } => "rename",
+            Mutation::SetXattr { .. } => "setxattr",
+            Mutation::RemoveXattr { .. } => "removexattr",
+        }
+    }
+}
+
+/// The answer of a [`Mutation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutated {
+    /// The new attributes (mkdir, create, symlink, link, setxattr,
+    /// removexattr).
+    Attr(Attr),
+    /// The inode that now has the new name (rename).
+    Ino(InodeId),
+    /// Done, nothing to return (unlink, rmdir).
+    Done,
+}
+
+impl Mutated {
+    /// The attributes of an `Attr` answer.
+    ///
+    /// Errors: `Invalid` naming the answer for any other.
+    pub fn attr(self) -> Result<Attr, DirError> {
+        match self {
+            Mutated::Attr(a) => Ok(a),
+            other => Err(DirError::Invalid(format!("expected attributes, dirsvc answered {other:?}"))),
+        }
+    }
+
+    /// The inode of an `Ino` answer.
+    ///
+    /// Errors: `Invalid` naming the answer for any other.
+    pub fn ino(self) -> Result<InodeId, DirError> {
+        match self {
+            Mutated::Ino(i) => Ok(i),
+            other => Err(DirError::Invalid(format!("expected an inode, dirsvc answered {other:?}"))),
+        }
+    }
+}
+
 /// One block re-sealed under a newer key epoch (`reseal_blocks`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reseal {
@@ -564,6 +711,10 @@ pub struct SessionGrant {
     /// Reclaimed locks that another session took meanwhile; the client no
     /// longer holds them.
     pub lost_locks: Vec<Lock>,
+    /// Most block entries one `commit_layout` may carry at this dirsvc (its
+    /// store engine's transaction limit: 25 on etcd, 13,106 on redb, or
+    /// less if configured); clients batch their commits by it (protocol 8).
+    pub max_commit_entries: u32,
 }
 
 /// Whether a lock is shared or exclusive.
@@ -711,6 +862,12 @@ pub const WRAPPED_SECRET_MAX: usize = 64 << 10;
 pub const RECIPIENT_MAX: usize = 1024;
 /// Most blocks one `reseal_blocks` call replaces.
 pub const RESEAL_BATCH_MAX: usize = 1024;
+
+/// How long dirsvc remembers the answer of a [`DirService::mutate`]
+/// request id at least, in seconds (10 minutes): a retry within it gets
+/// the first answer. Entries are removed some time after (garbage
+/// collection rounds).
+pub const REQUEST_MEMORY_SECS: u64 = 600;
 
 /// Errors of `DirService` calls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -951,6 +1108,18 @@ pub trait DirService {
     async fn readlink(ino: InodeId) -> Result<Vec<u8>, DirError>;
     /// Adds a hard link to a non-directory. Returns its new attributes.
     async fn link(ino: InodeId, new_parent: InodeId, new_name: Vec<u8>) -> Result<Attr, DirError>;
+    /// Applies `op` once per request id (protocol 8): `request` is a
+    /// number the caller picks, unique among its calls (a random start
+    /// plus a counter per process), and keeps across every retry of one
+    /// call. dirsvc keys it by the caller's node id (from its
+    /// certificate), records the answer (success, or a refusal such as
+    /// `Exists`) in the same transaction as the change, and answers a
+    /// request id it has recorded with that answer without applying
+    /// anything again, for at least [`REQUEST_MEMORY_SECS`] seconds. The
+    /// calls of [`Mutation`] made directly have no such protection (a
+    /// retry after a lost answer may report `Exists` or `NotFound` for its
+    /// own first attempt). Errors: those of the call `op` stands for.
+    async fn mutate(request: u64, op: Mutation) -> Result<Mutated, DirError>;
     /// Capacity and usage over the live peers.
     async fn statfs() -> Result<StatFs, DirError>;
     /// Chooses replica sets for `count` new chunks of about `chunk_bytes`

@@ -15,7 +15,7 @@ use tracing::warn;
 impl Store {
     /// Chunks one garbage-collection transaction handles: [`GC_BATCH`], or
     /// fewer if the engine takes fewer writes (three per chunk).
-    fn gc_batch(&self) -> usize {
+    pub(super) fn gc_batch(&self) -> usize {
         (self.max_ops() / 3).clamp(1, GC_BATCH)
     }
 

@@ -25,6 +25,7 @@
 //! | `J` | `token id [8]` | join-token record |
 //! | `R` | `node id [16]` | revocation record |
 //! | `Z` | `ino u64` | trim marker: `u64` LE, the first block index still to drop |
+//! | `Q` | `node id [16], request u64` | request record: when, and the encoded first answer of a `mutate` request (kept about 10 minutes) |
 //! | `M` | `name` (ASCII) | meta: `schema_version` (`u32` LE, 6), `volume` (volume record), `key_epoch` (`u32` LE), `next_inode`, `next_cookie`, `revocation_version` (`u64` LE) |
 //!
 //! A file's layout is one key per 64 blocks, never one per block: an etcd
@@ -88,6 +89,8 @@ pub(crate) const JOIN_TOKEN: u8 = b'J';
 pub(crate) const REVOKED: u8 = b'R';
 /// Trim markers.
 pub(crate) const TRIM: u8 = b'Z';
+/// Answered requests (`mutate` request ids).
+pub(crate) const REQUEST: u8 = b'Q';
 /// Meta values.
 pub(crate) const META: u8 = b'M';
 
@@ -248,6 +251,11 @@ pub(crate) fn parse_join_token(key: &[u8]) -> Result<[u8; 8], Error> {
 /// `R` + node id.
 pub(crate) fn revoked(node: &[u8; 16]) -> Vec<u8> {
     with(REVOKED, &[node])
+}
+
+/// `Q` + node id + request id.
+pub(crate) fn request(node: &[u8; 16], id: u64) -> Vec<u8> {
+    with(REQUEST, &[node, &id.to_be_bytes()])
 }
 
 /// `M` + name.

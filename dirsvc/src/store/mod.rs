@@ -18,7 +18,8 @@
 //!   the garbage-collection and repair steps;
 //! - `peers.rs`, `sessions.rs` (sessions and orphans, and the bounded
 //!   freeing of inodes), `keyring.rs` (volume record, keyring, members,
-//!   key epoch), `trust.rs` (join tokens, revocations), `migrate.rs`
+//!   key epoch), `trust.rs` (join tokens, revocations), `requests.rs`
+//!   (the answers of `mutate` request ids), `migrate.rs`
 //!   (schemas 1 to 5, typed redb tables, to this keyspace).
 //!
 //! Every mutating step is one [`kv::Kv::write`] transaction, durable before
@@ -69,6 +70,7 @@ pub mod migrate;
 mod namespace;
 mod peers;
 pub mod records;
+mod requests;
 mod sessions;
 mod trust;
 
@@ -78,6 +80,7 @@ mod tests;
 /// The record formats under their schema-5 name (`records`), kept so
 /// callers need not change.
 pub use self::records as tables;
+pub use requests::{Once, RequestKey};
 
 use crate::error::{invalid, Error};
 use crate::kv::{self, KeyRange, Kv, Pair, ReadTxn, WriteTxn};

@@ -7,12 +7,13 @@
 use super::records::{kind_from_byte, kind_to_byte, InodeRecord, Record, KIND_DIR, KIND_FILE, KIND_SYMLINK};
 use super::{
     blocks_for, check_name, check_time, check_xattr_name, count, keys, kill_bits, new_record, scan_all,
-    to_attr, Get, Keep, Removed, Renamed, Store, MAX_DEPTH, MAX_READDIR_ENTRIES, MAX_TARGET_BYTES, W,
+    to_attr, Get, Keep, Once, Removed, Renamed, RequestKey, Store, MAX_DEPTH, MAX_READDIR_ENTRIES,
+    MAX_TARGET_BYTES, W,
 };
 use crate::error::{invalid, Error};
 use common::config::SYMLINK_MAX;
 use common::rpc::dir::{
-    rename_flags, xattr_flags, Attr, DirEntry, DirError, FileKind, NewInode, ReadDirPage, SetAttr,
+    rename_flags, xattr_flags, Attr, DirEntry, DirError, FileKind, Mutated, NewInode, ReadDirPage, SetAttr,
     XATTR_INODE_MAX, XATTR_SEALED_VALUE_MAX,
 };
 use common::InodeId;
@@ -60,6 +61,11 @@ fn get_dir<G: Get + ?Sized>(t: &G, ino: u64) -> Result<InodeRecord, Error> {
         return Err(DirError::NotDir.into());
     }
     Ok(rec)
+}
+
+/// The recorded answer of a call that returns attributes.
+fn attr_answer(a: &Attr) -> Mutated {
+    Mutated::Attr(a.clone())
 }
 
 fn get_entry<G: Get + ?Sized>(t: &G, parent: u64, name: &[u8]) -> Result<Option<Dirent>, Error> {
@@ -197,9 +203,22 @@ impl Store {
     /// Errors: `Exists`, `NotDir`, `NotFound`, `Invalid`, `NameTooLong`,
     /// `NotInitialized`.
     pub fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr, Error> {
+        self.mkdir_once(None, parent, name, perm, uid, gid)?.fresh()
+    }
+
+    /// [`Store::mkdir`] once per request `req` (see [`Once`]).
+    pub fn mkdir_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_name(name)?;
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let mut rec = new_record(KIND_DIR, perm, uid, gid, 0, parent.0, w.now);
             rec.nlink = 2;
             w.make_entry(parent.0, name, rec)
@@ -211,6 +230,17 @@ impl Store {
     /// Errors: `Invalid` for kind `Dir` or `Symlink`, then as
     /// [`Store::mkdir`].
     pub fn create(&self, parent: InodeId, name: &[u8], new: &NewInode) -> Result<Attr, Error> {
+        self.create_once(None, parent, name, new)?.fresh()
+    }
+
+    /// [`Store::create`] once per request `req` (see [`Once`]).
+    pub fn create_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+        new: &NewInode,
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_name(name)?;
         let rdev = match new.kind {
@@ -221,7 +251,7 @@ impl Store {
             }
         };
         let kind = kind_to_byte(new.kind);
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let rec = new_record(kind, new.perm, new.uid, new.gid, rdev, parent.0, w.now);
             w.make_entry(parent.0, name, rec)
         })
@@ -272,9 +302,25 @@ impl Store {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, Error> {
+        self.symlink_at_once(None, parent, name, ino, target, size, uid, gid)?.fresh()
+    }
+
+    /// [`Store::symlink_at`] once per request `req` (see [`Once`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn symlink_at_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        target: &[u8],
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_symlink(name, target, size)?;
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let next = w.meta_u64(keys::META_NEXT_INODE)?;
             if ino.0 <= InodeId::ROOT.0 || ino.0 >= next || w.get(&keys::inode(ino.0))?.is_some() {
                 return Err(DirError::NotReserved(ino).into());
@@ -331,9 +377,20 @@ impl Store {
     /// orphan (nlink 0), `Invalid` at `u32::MAX` links, then as
     /// [`Store::mkdir`].
     pub fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr, Error> {
+        self.link_once(None, ino, new_parent, new_name)?.fresh()
+    }
+
+    /// [`Store::link`] once per request `req` (see [`Once`]).
+    pub fn link_once(
+        &self,
+        req: Option<RequestKey>,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: &[u8],
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_name(new_name)?;
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let mut rec = w.inode(ino.0)?;
             if rec.kind == KIND_DIR {
                 return Err(DirError::IsDir.into());
@@ -376,19 +433,34 @@ impl Store {
     /// Errors: `NotFound`, `NotDir` (parent), `IsDir` (the entry is a
     /// directory), `Invalid`, `NameTooLong`, `NotInitialized`.
     pub fn unlink_keeping(&self, parent: InodeId, name: &[u8], keep: Keep<'_>) -> Result<Removed, Error> {
+        self.unlink_once(None, parent, name, keep)?.fresh()
+    }
+
+    /// [`Store::unlink_keeping`] once per request `req` (see [`Once`]).
+    pub fn unlink_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+        keep: Keep<'_>,
+    ) -> Result<Once<Removed>, Error> {
         self.vol()?;
         check_name(name)?;
-        self.write(|w| {
-            w.dir(parent.0)?;
-            let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
-            if e.kind == KIND_DIR {
-                return Err(DirError::IsDir.into());
-            }
-            w.remove_entry(parent.0, name, e.cookie)?;
-            let orphaned = w.drop_link(e.ino, keep)?;
-            w.touch_dir(parent.0, 0)?;
-            Ok(Removed { ino: InodeId(e.ino), orphaned })
-        })
+        self.write_once(
+            req,
+            |_| Mutated::Done,
+            |w| {
+                w.dir(parent.0)?;
+                let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
+                if e.kind == KIND_DIR {
+                    return Err(DirError::IsDir.into());
+                }
+                w.remove_entry(parent.0, name, e.cookie)?;
+                let orphaned = w.drop_link(e.ino, keep)?;
+                w.touch_dir(parent.0, 0)?;
+                Ok(Removed { ino: InodeId(e.ino), orphaned })
+            },
+        )
     }
 
     /// Removes the empty directory entry `name` from `parent` (the parent
@@ -398,22 +470,36 @@ impl Store {
     /// Errors: `NotFound`, `NotDir` (parent, or the entry is not a
     /// directory), `NotEmpty`, `Invalid`, `NameTooLong`, `NotInitialized`.
     pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<InodeId, Error> {
+        self.rmdir_once(None, parent, name)?.fresh()
+    }
+
+    /// [`Store::rmdir`] once per request `req` (see [`Once`]).
+    pub fn rmdir_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<Once<InodeId>, Error> {
         self.vol()?;
         check_name(name)?;
-        self.write(|w| {
-            w.dir(parent.0)?;
-            let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
-            if e.kind != KIND_DIR {
-                return Err(DirError::NotDir.into());
-            }
-            if !w.dir_is_empty(e.ino)? {
-                return Err(DirError::NotEmpty.into());
-            }
-            w.remove_entry(parent.0, name, e.cookie)?;
-            w.drop_dir(e.ino)?;
-            w.touch_dir(parent.0, -1)?;
-            Ok(InodeId(e.ino))
-        })
+        self.write_once(
+            req,
+            |_| Mutated::Done,
+            |w| {
+                w.dir(parent.0)?;
+                let e = w.entry(parent.0, name)?.ok_or(DirError::NotFound)?;
+                if e.kind != KIND_DIR {
+                    return Err(DirError::NotDir.into());
+                }
+                if !w.dir_is_empty(e.ino)? {
+                    return Err(DirError::NotEmpty.into());
+                }
+                w.remove_entry(parent.0, name, e.cookie)?;
+                w.drop_dir(e.ino)?;
+                w.touch_dir(parent.0, -1)?;
+                Ok(InodeId(e.ino))
+            },
+        )
     }
 
     /// Moves entry `name` of `parent` to `new_name` in `new_parent`,
@@ -457,6 +543,21 @@ impl Store {
         flags: u32,
         keep: Keep<'_>,
     ) -> Result<Renamed, Error> {
+        self.rename_once(None, parent, name, new_parent, new_name, flags, keep)?.fresh()
+    }
+
+    /// [`Store::rename_keeping`] once per request `req` (see [`Once`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_once(
+        &self,
+        req: Option<RequestKey>,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+        keep: Keep<'_>,
+    ) -> Result<Once<Renamed>, Error> {
         self.vol()?;
         check_name(name)?;
         check_name(new_name)?;
@@ -467,7 +568,11 @@ impl Store {
         if flags == known {
             return Err(invalid("NOREPLACE and EXCHANGE together"));
         }
-        self.write(|w| w.rename(parent.0, name, new_parent.0, new_name, flags, keep))
+        self.write_once(
+            req,
+            |r: &Renamed| Mutated::Ino(r.moved),
+            |w| w.rename(parent.0, name, new_parent.0, new_name, flags, keep),
+        )
     }
 
     /// Lists the entries of `dir` with cookie > `after`, ascending, at most
@@ -563,6 +668,19 @@ impl Store {
         flags: u32,
         max_count: usize,
     ) -> Result<Attr, Error> {
+        self.setxattr_once(None, ino, name, value, flags, max_count)?.fresh()
+    }
+
+    /// [`Store::setxattr_within`] once per request `req` (see [`Once`]).
+    pub fn setxattr_once(
+        &self,
+        req: Option<RequestKey>,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        max_count: usize,
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_xattr_name(name)?;
         if value.len() > XATTR_SEALED_VALUE_MAX {
@@ -572,7 +690,7 @@ impl Store {
         if flags & !known != 0 {
             return Err(invalid(format!("unknown setxattr flags {flags:#x}")));
         }
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let mut rec = w.inode(ino.0)?;
             let old = w.get(&keys::xattr(ino.0, name))?.map(|v| v.len());
             if flags & xattr_flags::CREATE != 0 && old.is_some() {
@@ -605,9 +723,19 @@ impl Store {
     /// Errors: `NotFound`, `NoAttr`, `Invalid` (empty name), `TooBig`,
     /// `NotInitialized`.
     pub fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<Attr, Error> {
+        self.removexattr_once(None, ino, name)?.fresh()
+    }
+
+    /// [`Store::removexattr`] once per request `req` (see [`Once`]).
+    pub fn removexattr_once(
+        &self,
+        req: Option<RequestKey>,
+        ino: InodeId,
+        name: &[u8],
+    ) -> Result<Once<Attr>, Error> {
         self.vol()?;
         check_xattr_name(name)?;
-        self.write(|w| {
+        self.write_once(req, attr_answer, |w| {
             let mut rec = w.inode(ino.0)?;
             if w.get(&keys::xattr(ino.0, name))?.is_none() {
                 return Err(DirError::NoAttr.into());

@@ -997,6 +997,21 @@ pub(crate) const KIND_FILE: u8 = 1;
 /// Stored kind byte of a symlink.
 pub(crate) const KIND_SYMLINK: u8 = 3;
 
+/// The value of a `Q` key: a `mutate` request dirsvc answered, and the
+/// answer it gave (replayed to a retry of the same request id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Unix seconds when it was answered (expiry counts from it).
+    pub at: i64,
+    /// The first answer, success or refusal.
+    pub answer: Result<common::rpc::dir::Mutated, common::rpc::dir::DirError>,
+}
+
+impl Record for RequestRecord {
+    const WHAT: &'static str = "request record";
+    const VERSION: u8 = 1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

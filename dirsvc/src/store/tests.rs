@@ -13,8 +13,8 @@ use super::*;
 use crate::kv::redb::RedbEngine;
 use crate::kv::{Batch, Engine, Snapshot};
 use common::rpc::dir::{
-    rename_flags, xattr_flags, CommitLayout, FileKind, KeyEpoch, Keyring, Member, NewInode, PeerLabels,
-    PeerUsage, Reseal, SessionId, SetAttr, StoredChunk,
+    rename_flags, xattr_flags, CommitLayout, FileKind, KeyEpoch, Keyring, Member, Mutated, NewInode,
+    PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk,
 };
 use common::rpc::Role;
 use common::NodeId;
@@ -127,6 +127,7 @@ conformance!(
     xattrs_flags_and_limits,
     keyring_members_and_epochs,
     join_tokens_and_revocations,
+    requests_apply_once_and_replay_their_first_answer,
 );
 
 const B: u32 = 4096;
@@ -724,4 +725,72 @@ fn a_store_reopens_with_its_data_and_refuses_another_schema() {
         Err(Error::Schema { found: 7, supported: SCHEMA_VERSION }) => {}
         other => panic!("expected a schema error, got {other:?}"),
     }
+}
+
+/// The answer a request id replays.
+fn replayed<T: std::fmt::Debug>(o: Once<T>) -> Result<Mutated, DirError> {
+    match o {
+        Once::Replayed(a) => a,
+        Once::Fresh(v) => panic!("applied again: {v:?}"),
+    }
+}
+
+fn requests_apply_once_and_replay_their_first_answer(s: &Store) {
+    init(s);
+    let me = NodeId([3; 16]);
+    let req = |id| Some(RequestKey { node: me, id });
+    let root = InodeId::ROOT;
+    let new = NewInode { kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0 };
+    // create: the retry answers the first attempt's attributes; nothing
+    // new is made.
+    let Once::Fresh(a) = s.create_once(req(1), root, b"f", &new).unwrap() else { panic!("replayed") };
+    assert_eq!(replayed(s.create_once(req(1), root, b"f", &new).unwrap()), Ok(Mutated::Attr(a.clone())));
+    assert_eq!(s.readdir(root, 0, 100).unwrap().entries.len(), 1);
+    // The same number from another node is another request.
+    let other = Some(RequestKey { node: NodeId([4; 16]), id: 1 });
+    assert_eq!(dir_err(s.create_once(other, root, b"f", &new)), DirError::Exists);
+    // A refusal is an answer too: it replays even once the name is free.
+    assert_eq!(dir_err(s.create_once(req(2), root, b"f", &new)), DirError::Exists);
+    // link, rename, unlink, mkdir, rmdir, xattrs: applied once each.
+    let Once::Fresh(l) = s.link_once(req(3), a.ino, root, b"g").unwrap() else { panic!("replayed") };
+    assert_eq!(l.nlink, 2);
+    assert_eq!(replayed(s.link_once(req(3), a.ino, root, b"g").unwrap()), Ok(Mutated::Attr(l)));
+    assert_eq!(s.getattr(a.ino).unwrap().nlink, 2);
+    let keep = |_| false;
+    let Once::Fresh(r) = s.rename_once(req(4), root, b"g", root, b"h", 0, &keep).unwrap() else {
+        panic!("replayed")
+    };
+    assert_eq!(r.moved, a.ino);
+    assert_eq!(
+        replayed(s.rename_once(req(4), root, b"g", root, b"h", 0, &keep).unwrap()),
+        Ok(Mutated::Ino(a.ino))
+    );
+    assert!(matches!(s.unlink_once(req(5), root, b"f", &keep).unwrap(), Once::Fresh(_)));
+    assert_eq!(replayed(s.unlink_once(req(5), root, b"f", &keep).unwrap()), Ok(Mutated::Done));
+    assert_eq!(s.getattr(a.ino).unwrap().nlink, 1, "one unlink, not two");
+    assert_eq!(replayed(s.create_once(req(2), root, b"f", &new).unwrap()), Err(DirError::Exists));
+    let Once::Fresh(d) = s.mkdir_once(req(6), root, b"d", 0o755, 0, 0).unwrap() else { panic!("replayed") };
+    assert_eq!(replayed(s.mkdir_once(req(6), root, b"d", 0o755, 0, 0).unwrap()), Ok(Mutated::Attr(d)));
+    assert!(matches!(s.rmdir_once(req(7), root, b"d").unwrap(), Once::Fresh(_)));
+    assert_eq!(replayed(s.rmdir_once(req(7), root, b"d").unwrap()), Ok(Mutated::Done));
+    let create = xattr_flags::CREATE;
+    assert!(matches!(s.setxattr_once(req(8), a.ino, b"x", b"v", create, 10).unwrap(), Once::Fresh(_)));
+    assert!(replayed(s.setxattr_once(req(8), a.ino, b"x", b"v", create, 10).unwrap()).is_ok());
+    assert!(matches!(s.removexattr_once(req(9), a.ino, b"x").unwrap(), Once::Fresh(_)));
+    assert!(replayed(s.removexattr_once(req(9), a.ino, b"x").unwrap()).is_ok());
+    // Without an id nothing is recorded; with ids, one record each.
+    s.mkdir(root, b"e", 0o755, 0, 0).unwrap();
+    assert_eq!(s.request_count().unwrap(), 10);
+    assert_eq!(s.request_answer(RequestKey { node: me, id: 2 }).unwrap(), Some(Err(DirError::Exists)));
+    // Expiry: nothing is older than a minute ago; everything is older
+    // than a minute from now, and goes (in batches on small engines).
+    let now = Timestamp::now().secs;
+    assert_eq!(s.expire_requests(now - 60).unwrap(), 0);
+    assert_eq!(s.expire_requests(now + 60).unwrap(), 10);
+    assert_eq!(s.request_count().unwrap(), 0);
+    for id in 100..400 {
+        s.create_once(req(id), root, format!("n{id}").as_bytes(), &new).unwrap();
+    }
+    assert_eq!(s.expire_requests(now + 60).unwrap(), 300);
+    assert_eq!(s.request_answer(RequestKey { node: me, id: 1 }).unwrap(), None);
 }

@@ -7,7 +7,8 @@
 //! flush/fsync/release, is sealed ([`common::codec`]), placed by dirsvc and
 //! put on R peers in parallel, bounded by a semaphore of in-flight uploads.
 //! Finished uploads are committed to dirsvc in one `commit_layout` on flush
-//! (and every [`COMMIT_BATCH`] blocks for very large files). `fsync` and
+//! (and every [`COMMIT_BATCH`] blocks for very large files, fewer if
+//! dirsvc's session grant says it takes fewer per commit). `fsync` and
 //! `flush` return only after that commit, and return the upload error if any
 //! upload failed (the data stays dirty and is retried on the next flush).
 //!
@@ -79,7 +80,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-/// Most blocks one `commit_layout` carries; larger flushes commit in batches.
+/// Most blocks one `commit_layout` carries; larger flushes commit in batches
+/// (of fewer blocks if dirsvc's `SessionGrant::max_commit_entries` is
+/// lower).
 pub const COMMIT_BATCH: usize = 1024;
 
 /// How long a peer whose put failed is avoided by new uploads (5 s, about

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use common::codec;
 use common::config::SYMLINK_MAX;
 use common::keys::symlink_ad;
-use common::rpc::dir::{Attr, DirError, FileKind, NewInode, NewSymlink, SetAttr, StatFs};
+use common::rpc::dir::{Attr, DirError, FileKind, Mutation, NewInode, NewSymlink, SetAttr, StatFs};
 use common::InodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,13 +99,7 @@ impl Fs {
     /// Makes a directory.
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let s = sealed.clone();
-                async move { c.mkdir(ctx, parent, s, perm, uid, gid).await }
-            })
-            .await?;
+        let attr = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await?;
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -113,13 +107,7 @@ impl Fs {
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let (s, n) = (sealed.clone(), new.clone());
-                async move { c.create(ctx, parent, s, n).await }
-            })
-            .await?;
+        let attr = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await?;
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -143,23 +131,13 @@ impl Fs {
     /// Removes a file, symlink or node.
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
-        self.dir
-            .call(|c, ctx| {
-                let s = sealed.clone();
-                async move { c.unlink(ctx, parent, s).await }
-            })
-            .await
+        self.dir.mutate(Mutation::Unlink { parent, name: sealed }).await.map(drop)
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
-        self.dir
-            .call(|c, ctx| {
-                let s = sealed.clone();
-                async move { c.rmdir(ctx, parent, s).await }
-            })
-            .await
+        self.dir.mutate(Mutation::Rmdir { parent, name: sealed }).await.map(drop)
     }
 
     /// Renames atomically; `flags` as `renameat2` (NOREPLACE, EXCHANGE).
@@ -173,13 +151,8 @@ impl Fs {
     ) -> Result<()> {
         let from = self.seal_name(parent, name)?;
         let to = self.seal_name(new_parent, new_name)?;
-        let moved = self
-            .dir
-            .call(|c, ctx| {
-                let (f, t) = (from.clone(), to.clone());
-                async move { c.rename(ctx, parent, f, new_parent, t, flags).await }
-            })
-            .await?;
+        let op = Mutation::Rename { parent, name: from, new_parent, new_name: to, flags };
+        let moved = self.dir.mutate(op).await?.ino().map_err(Error::Dir)?;
         self.names.record(moved, new_parent, new_name);
         Ok(())
     }
@@ -187,13 +160,7 @@ impl Fs {
     /// Adds a hard link.
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(new_parent, new_name)?;
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let s = sealed.clone();
-                async move { c.link(ctx, ino, new_parent, s).await }
-            })
-            .await?;
+        let attr = self.dir.mutate_attr(Mutation::Link { ino, new_parent, new_name: sealed }).await?;
         self.names.record(ino, new_parent, new_name);
         Ok(attr)
     }
@@ -233,12 +200,7 @@ impl Fs {
                 .with_session(|s| {
                     let (n, new) = (sealed.clone(), new.clone());
                     async move {
-                        self.dir
-                            .call(|c, ctx| {
-                                let (n, new) = (n.clone(), new.clone());
-                                async move { c.symlink(ctx, s, parent, n, new).await }
-                            })
-                            .await
+                        self.dir.mutate_attr(Mutation::Symlink { session: s, parent, name: n, new }).await
                     }
                 })
                 .await;

@@ -8,7 +8,7 @@
 //! [`Fs::with_session`], which reopens the session with a reclaim of what
 //! this client holds and retries once when dirsvc answers `NoSession`.
 
-use super::{lock, Fs};
+use super::{lock, Fs, COMMIT_BATCH};
 use crate::error::{Error, Result};
 use common::rpc::dir::{DirError, Lock, SessionGrant, SessionId, SessionOpen};
 use common::InodeId;
@@ -29,6 +29,9 @@ pub(crate) struct SessionState {
     id: tokio::sync::Mutex<Option<SessionId>>,
     /// The lease dirsvc granted, in milliseconds.
     lease_ms: AtomicU64,
+    /// Most entries one `commit_layout` may carry at this dirsvc, from the
+    /// last session grant (until one arrives: [`COMMIT_BATCH`]).
+    max_commit_entries: AtomicU64,
     /// Handles open per inode in this client; an inode is marked open at
     /// dirsvc while its count is above zero. The async mutex serializes mark
     /// and unmark RPCs of one client so they reach dirsvc in order.
@@ -46,13 +49,26 @@ impl SessionState {
             label,
             id: tokio::sync::Mutex::new(None),
             lease_ms: AtomicU64::new(DEFAULT_LEASE_MS),
+            max_commit_entries: AtomicU64::new(COMMIT_BATCH as u64),
             marks: tokio::sync::Mutex::new(HashMap::new()),
             locks: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
+/// Block entries per `commit_layout`: this client's [`COMMIT_BATCH`], or
+/// dirsvc's limit `server` if lower (at least 1).
+pub(crate) fn commit_batch_size(server: u64) -> usize {
+    usize::try_from(server).unwrap_or(usize::MAX).clamp(1, COMMIT_BATCH)
+}
+
 impl Fs {
+    /// Block entries per `commit_layout` now ([`commit_batch_size`] of the
+    /// last session grant's limit).
+    pub(crate) fn commit_batch(&self) -> usize {
+        commit_batch_size(self.session.max_commit_entries.load(Ordering::Relaxed))
+    }
+
     /// The current session id, opening a session first if there is none.
     ///
     /// Errors: transport errors from dirsvc.
@@ -85,6 +101,7 @@ impl Fs {
             })
             .await?;
         self.session.lease_ms.store(grant.lease_ms.max(300), Ordering::Relaxed);
+        self.session.max_commit_entries.store(u64::from(grant.max_commit_entries), Ordering::Relaxed);
         match reclaim {
             None => info!(session = %grant.id, lease_ms = grant.lease_ms, "session opened"),
             Some(old) => info!(

@@ -2,7 +2,7 @@
 //! to [`super::upload`]; flush waits for the uploads and commits the new
 //! layout to dirsvc in batches.
 
-use super::{lock, FileState, Fs, Source, COMMIT_BATCH, FAILED_RETRY_INTERVAL};
+use super::{lock, FileState, Fs, Source, FAILED_RETRY_INTERVAL};
 use crate::error::{Error, Result};
 use common::rpc::dir::{CommitLayout, DirError, SetAttr, StoredChunk};
 use common::time::Timestamp;
@@ -125,7 +125,7 @@ impl Fs {
             let Some(&idx) = st.dirty.keys().next() else { break };
             self.start_upload(st, idx).await;
         }
-        if st.uncommitted.len() >= COMMIT_BATCH {
+        if st.uncommitted.len() >= self.commit_batch() {
             if let Err(e) = self.commit(st).await {
                 st.fail_writers(e.clone());
                 return Err(e);
@@ -191,9 +191,10 @@ impl Fs {
             return Ok(());
         }
         let ino = st.ino;
+        let per_commit = self.commit_batch();
         loop {
             let batch: Vec<(u64, Option<StoredChunk>)> =
-                st.uncommitted.iter().take(COMMIT_BATCH).map(|(i, c)| (*i, c.clone())).collect();
+                st.uncommitted.iter().take(per_commit).map(|(i, c)| (*i, c.clone())).collect();
             let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
             let r = self
                 .dir

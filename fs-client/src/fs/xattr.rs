@@ -23,7 +23,7 @@ use super::durability::DURABILITY_XATTR;
 use super::Fs;
 use crate::error::{Error, Result};
 use common::codec;
-use common::rpc::dir::{xattr_flags, Attr};
+use common::rpc::dir::{xattr_flags, Attr, Mutation};
 use common::InodeId;
 use tracing::warn;
 
@@ -161,12 +161,8 @@ impl Fs {
             XATTR_SIZE_MAX,
             &Self::xattr_ad(ino, &sealed_name),
         )?;
-        self.dir
-            .call(|c, ctx| {
-                let (n, v) = (sealed_name.clone(), sealed_value.clone());
-                async move { c.setxattr(ctx, ino, n, v, wire).await }
-            })
-            .await
+        let op = Mutation::SetXattr { ino, name: sealed_name, value: sealed_value, flags: wire };
+        self.dir.mutate_attr(op).await
     }
 
     /// Removes attribute `name` of `ino`. Returns the new attributes.
@@ -176,12 +172,7 @@ impl Fs {
         refuse_virtual(name)?;
         check_name(name)?;
         let sealed_name = self.name_key.seal_xattr(ino, name);
-        self.dir
-            .call(|c, ctx| {
-                let n = sealed_name.clone();
-                async move { c.removexattr(ctx, ino, n).await }
-            })
-            .await
+        self.dir.mutate_attr(Mutation::RemoveXattr { ino, name: sealed_name }).await
     }
 }
 

@@ -245,6 +245,9 @@ impl DirService for FakeDir {
     async fn link(self, _: Context, _: InodeId, _: InodeId, _: Vec<u8>) -> Result<Attr, DirError> {
         unsupported()
     }
+    async fn mutate(self, _: Context, _: u64, _: Mutation) -> Result<Mutated, DirError> {
+        unsupported()
+    }
     async fn statfs(self, _: Context) -> Result<StatFs, DirError> {
         unsupported()
     }
