@@ -70,6 +70,7 @@ mod namespace;
 mod peers;
 pub mod records;
 mod sessions;
+pub mod transfer;
 mod trust;
 
 #[cfg(test)]
