@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops what scripts/up.sh started: unmounts (SIGTERM to fs-client, then a
-# lazy unmount if the mount is still there), then stops the peers and dirsvc.
+# lazy unmount if the mount is still there), then stops the peers, dirsvc
+# (or dirsvc-1..3) and the etcd members of P2PFS_META=etcd.
 # Processes are found only by their PID files in $P2PFS_STATE/pids (and
 # checked to run the expected binary), never by name. Harmless when nothing
 # runs. Exits 1, naming the files, when the mount could not store all its
@@ -76,6 +77,15 @@ for f in "$PIDS"/peerd-*.pid; do
     stop "${name%.pid}" peerd 30
 done
 stop dirsvc dirsvc 30
+for f in "$PIDS"/dirsvc-*.pid; do
+    name=${f##*/}
+    stop "${name%.pid}" dirsvc 30
+done
+# 3. etcd last: the dirsvc above needed it to shut down cleanly.
+for f in "$PIDS"/etcd-*.pid; do
+    name=${f##*/}
+    stop "${name%.pid}" etcd 30
+done
 if pending=$(pending_recovery) && [[ -n $pending ]]; then
     echo "down.sh: the mount could not store all data it had buffered:" >&2
     notices fs-client "$log_mark" ||

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Brings up a local p2pfs cluster (dirsvc + N peers on loopback) and mounts
 # the volume at MOUNTPOINT. Idempotent: what already runs is left alone.
+# With P2PFS_META=etcd: a 3-member etcd cluster and 3 dirsvc (one leads, by
+# election) instead of one dirsvc on a redb file.
 #
 # Usage: scripts/up.sh MOUNTPOINT
 #
 # Environment (defaults in brackets):
 #   P2PFS_STATE     state dir: pids/, logs/, dirsvc/, peerd-N/, identity.txt [./.p2pfs]
-#   P2PFS_PORT      dirsvc port; peers use PORT+1..PORT+N [7700]
+#   P2PFS_META      where dirsvc keeps the metadata: redb (one dirsvc, one
+#                   file) or etcd (etcd-1..3 and dirsvc-1..3) [redb]
+#   P2PFS_PORT      dirsvc port; peers use PORT+1..PORT+N [7700]; with etcd,
+#                   dirsvc-2,3 use PORT+N+1,2, etcd clients PORT+N+11..13,
+#                   etcd peers PORT+N+21..23, etcd metrics PORT+N+31..33
 #   P2PFS_PEERS     number of peers N [3]
 #   P2PFS_REPLICAS  replicas R for a new volume [2]
 #   CARGO_TARGET_DIR  where cargo puts binaries [<repo>/target]
@@ -23,7 +29,7 @@ set -euo pipefail
 die() { echo "up.sh: $*" >&2; exit 1; }
 
 [[ $# -eq 1 && $1 != -h && $1 != --help ]] || {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -36,6 +42,12 @@ for v in PORT PEERS REPLICAS; do
 done
 (( PEERS >= 1 )) || die "P2PFS_PEERS must be at least 1"
 (( PORT + PEERS <= 65535 )) || die "P2PFS_PORT + P2PFS_PEERS exceeds 65535"
+META=${P2PFS_META:-redb}
+[[ $META == redb || $META == etcd ]] || die "P2PFS_META must be redb or etcd, got '$META'"
+if [[ $META == etcd ]]; then
+    (( PORT + PEERS + 33 <= 65535 )) || die "P2PFS_PORT + P2PFS_PEERS + 33 exceeds 65535"
+    ETCD_BIN=$(command -v etcd) || die "P2PFS_META=etcd needs etcd (Debian: apt-get install etcd-server)"
+fi
 
 STATE=${P2PFS_STATE:-./.p2pfs}
 mkdir -p "$STATE"
@@ -49,6 +61,15 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$PWD/$TARGET
 BIN=${P2PFS_BIN:-$TARGET/release}
 DIRSVC_ADDR=127.0.0.1:$PORT
+if [[ $META == etcd ]]; then
+    # Every peer and the mount get all three; they follow the leader.
+    dirsvc_port() { if (( $1 == 1 )); then echo "$PORT"; else echo $((PORT + PEERS + $1 - 1)); fi; }
+    etcd_client_port() { echo $((PORT + PEERS + 10 + $1)); }
+    etcd_peer_port() { echo $((PORT + PEERS + 20 + $1)); }
+    etcd_metrics_port() { echo $((PORT + PEERS + 30 + $1)); }
+    DIRSVC_ADDR=127.0.0.1:$(dirsvc_port 1),127.0.0.1:$(dirsvc_port 2),127.0.0.1:$(dirsvc_port 3)
+    ETCD_ENDPOINTS=127.0.0.1:$(etcd_client_port 1),127.0.0.1:$(etcd_client_port 2),127.0.0.1:$(etcd_client_port 3)
+fi
 IDENTITY=$STATE/identity.txt
 
 MNT=$(realpath -m -- "$1")
@@ -148,6 +169,15 @@ if [[ ! -f $CA/ca.crt ]]; then
     echo "created the cluster CA in $CA (keep ca.key private: it admits nodes)"
 fi
 issue dirsvc "$STATE/dirsvc/tls"
+if [[ $META == etcd ]]; then
+    # etcd members present dirsvc certificates of the cluster CA on their
+    # client ports (dirsvc's etcd engine checks the role, not a host name)
+    # and demand a client certificate of that CA; each dirsvc has its own.
+    for i in 1 2 3; do
+        issue dirsvc "$STATE/etcd-$i/tls"
+        issue dirsvc "$STATE/dirsvc-$i/tls"
+    done
+fi
 for i in $(seq 1 "$PEERS"); do
     if [[ -f $STATE/peerd-$i/peer-id && ! -f $STATE/peerd-$i/tls/node.crt ]]; then
         die "$STATE/peerd-$i holds the data of a peer from before certificates; its chunks are indexed under its old id and cannot move to a certificate's id: start a new state directory (P2PFS_STATE) and copy your files over"
@@ -159,8 +189,77 @@ issue admin "$STATE/admin-tls"
 # The commands below act as the admin; the mount as the client.
 export P2PFS_TLS_DIR=$STATE/admin-tls
 
+# ---------------------------------------------------------------- etcd
+# Whether the etcd member with metrics port $1 reports itself healthy.
+etcd_healthy() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null | grep -q '"health":"true"'
+}
+if [[ $META == etcd ]]; then
+    cluster=
+    for i in 1 2 3; do
+        cluster+=${cluster:+,}etcd-$i=http://127.0.0.1:$(etcd_peer_port "$i")
+    done
+    for i in 1 2 3; do
+        name=etcd-$i
+        if pid=$(live_pid "$name" etcd); then
+            echo "$name already running (pid $pid)"
+            continue
+        fi
+        mkdir -p "$STATE/$name"
+        client=https://127.0.0.1:$(etcd_client_port "$i")
+        peer=http://127.0.0.1:$(etcd_peer_port "$i")
+        # Peer traffic is plain HTTP on loopback: etcd 3.4 checks a peer's
+        # certificate against its IP or DNS name, which p2pfs certificates
+        # do not carry (docs/OPERATIONS.md).
+        start_daemon "$name" "$ETCD_BIN" --name "$name" --data-dir "$STATE/$name/data" \
+            --listen-client-urls "$client" --advertise-client-urls "$client" \
+            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+            --listen-metrics-urls "http://127.0.0.1:$(etcd_metrics_port "$i")" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token p2pfs-local \
+            --cert-file "$STATE/$name/tls/node.crt" --key-file "$STATE/$name/tls/node.key" \
+            --trusted-ca-file "$STATE/$name/tls/ca.crt" --client-cert-auth \
+            --auto-compaction-mode periodic --auto-compaction-retention 1h \
+            --quota-backend-bytes $((8 << 30)) --logger zap --log-outputs stderr
+        echo "127.0.0.1:$(etcd_client_port "$i")" >"$STATE/run/$name.addr"
+    done
+    # A member is healthy once the cluster has a leader (a quorum runs).
+    for i in 1 2 3; do
+        deadline=$((SECONDS + 30))
+        pid=$(<"$STATE/pids/etcd-$i.pid")
+        until etcd_healthy "$(etcd_metrics_port "$i")"; do
+            if ! alive "$pid"; then
+                show_log "$STATE/logs/etcd-$i.log"
+                die "etcd-$i (pid $pid) exited during start-up"
+            fi
+            if (( SECONDS >= deadline )); then
+                show_log "$STATE/logs/etcd-$i.log"
+                die "etcd-$i (pid $pid) is not healthy after 30 s"
+            fi
+            sleep 0.2
+        done
+    done
+fi
+
 # ---------------------------------------------------------------- dirsvc
-if pid=$(live_pid dirsvc dirsvc); then
+if [[ $META == etcd ]]; then
+    for i in 1 2 3; do
+        name=dirsvc-$i
+        if pid=$(live_pid "$name" dirsvc); then
+            echo "$name already running (pid $pid)"
+            continue
+        fi
+        rm -f "$STATE/run/$name.addr" "$STATE/run/$name.metrics"
+        start_daemon "$name" "$BIN/dirsvc" --meta etcd --etcd-endpoints "$ETCD_ENDPOINTS" \
+            --listen "127.0.0.1:$(dirsvc_port "$i")" \
+            --addr-file "$STATE/run/$name.addr" \
+            --metrics-addr 127.0.0.1:0 --metrics-addr-file "$STATE/run/$name.metrics" \
+            --tls-dir "$STATE/$name/tls" --ca-dir "$CA"
+    done
+    for i in 1 2 3; do
+        wait_addr "dirsvc-$i" "$STATE/run/dirsvc-$i.addr"
+    done
+elif pid=$(live_pid dirsvc dirsvc); then
     echo "dirsvc already running (pid $pid)"
 else
     rm -f "$STATE/run/dirsvc.addr" "$STATE/run/dirsvc.metrics"
@@ -274,7 +373,19 @@ fi
 # ---------------------------------------------------------------- summary
 echo
 echo "p2pfs is up (state in $STATE)"
-printf '  %-10s pid %-8s %s\n' dirsvc "$(live_pid dirsvc dirsvc || echo '?')" "$DIRSVC_ADDR"
+if [[ $META == etcd ]]; then
+    for i in 1 2 3; do
+        printf '  %-10s pid %-8s %s (peers: 127.0.0.1:%s, plain)\n' "etcd-$i" "$(live_pid "etcd-$i" etcd || echo '?')" \
+            "https://127.0.0.1:$(etcd_client_port "$i")" "$(etcd_peer_port "$i")"
+    done
+    for i in 1 2 3; do
+        printf '  %-10s pid %-8s %s\n' "dirsvc-$i" "$(live_pid "dirsvc-$i" dirsvc || echo '?')" \
+            "127.0.0.1:$(dirsvc_port "$i")"
+    done
+    echo "  meta:     etcd (one dirsvc leads by election; the others redirect)"
+else
+    printf '  %-10s pid %-8s %s\n' dirsvc "$(live_pid dirsvc dirsvc || echo '?')" "$DIRSVC_ADDR"
+fi
 for i in $(seq 1 "$PEERS"); do
     printf '  %-10s pid %-8s %s\n' "peerd-$i" "$(live_pid "peerd-$i" peerd || echo '?')" "127.0.0.1:$((PORT + i))"
 done
@@ -284,7 +395,11 @@ echo "  logs:     $STATE/logs/"
 echo "  identity: $IDENTITY"
 echo "  admin:    P2PFS_STATE=$STATE $BIN/fs-client status --dirsvc $DIRSVC_ADDR"
 echo "  CA:       $CA (ca.key admits nodes: keep it private)"
-if [[ -s $STATE/run/dirsvc.metrics ]]; then
+if [[ $META == etcd ]]; then
+    for i in 1 2 3; do
+        [[ -s $STATE/run/dirsvc-$i.metrics ]] && echo "status page (dirsvc-$i): http://$(<"$STATE/run/dirsvc-$i.metrics")/"
+    done
+elif [[ -s $STATE/run/dirsvc.metrics ]]; then
     echo "status page: http://$(<"$STATE/run/dirsvc.metrics")/"
 else
     echo "status page: not served (dirsvc was started without --metrics-addr; restart it with down.sh and up.sh)"

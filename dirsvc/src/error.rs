@@ -66,6 +66,11 @@ pub enum Error {
     /// was applied.
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// `dirsvc migrate` refused to start (the target holds keys, the
+    /// source is in use by a running dirsvc) or found the copy different
+    /// from its source. Says which and why.
+    #[error("migrate: {0}")]
+    Migrate(String),
 }
 
 impl Error {

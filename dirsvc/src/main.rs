@@ -14,6 +14,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod migrate_cmd;
+
 /// Where the metadata lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Meta {
@@ -25,7 +27,11 @@ enum Meta {
 
 /// p2pfs directory service.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "To move a volume between redb and etcd: dirsvc migrate --help (docs/OPERATIONS.md)"
+)]
 struct Args {
     /// TOML config file: keys are the long option names (`listen =
     /// "0.0.0.0:7700"`). Precedence: flag, then environment, then this
@@ -161,6 +167,18 @@ struct Args {
 /// Runs [`run`]; an error is printed as one line with its causes
 /// (`dirsvc: error: what: why: …`) and the exit status is 1.
 fn main() -> std::process::ExitCode {
+    // `dirsvc migrate ...` (see `dirsvc migrate --help`): a one-shot
+    // command, not the service.
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == "migrate") {
+        return match migrate_cmd::run(argv.collect()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dirsvc migrate: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -30,6 +30,7 @@ mod integration {
     mod gc;
     mod keys;
     mod kills;
+    mod migrate;
     mod multihost;
     mod observability;
     mod peer_faults;

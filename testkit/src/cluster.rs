@@ -883,6 +883,18 @@ impl TestCluster {
         self.root.join("pins")
     }
 
+    /// Replaces dirsvc's extra flags for its next start (e.g. `--meta etcd
+    /// ...` after `dirsvc migrate`); the kit's own flags stay.
+    pub fn set_dirsvc_args(&mut self, args: &[String]) {
+        self.opts.dirsvc_args = args.to_vec();
+    }
+
+    /// The dirsvc binary under test (for its one-shot commands such as
+    /// `dirsvc migrate`).
+    pub fn dirsvc_bin(&self) -> PathBuf {
+        self.bins.dirsvc.clone()
+    }
+
     /// Starts dirsvc again on its address with its database (after
     /// [`Self::kill9_dirsvc`] or a stop) and waits until it listens.
     pub fn restart_dirsvc(&mut self) {

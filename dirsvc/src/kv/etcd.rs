@@ -857,6 +857,20 @@ impl EtcdEngine {
         election::Election::new(self.inner.clone(), name, address.into(), ttl)
     }
 
+    /// The value of election `name`'s key (the leader's advertised
+    /// address) if a leader holds it now, else `None` (`dirsvc migrate`
+    /// refuses a prefix in use).
+    ///
+    /// Errors: [`Error::Unavailable`] if no member answers.
+    pub fn election_holder(&self, name: &str) -> Result<Option<String>, Error> {
+        let key = self.inner.election_key(name);
+        let inner = self.inner.clone();
+        self.inner.block(async move {
+            let mut resp = inner.call(|m| kv_get(m, key.clone(), None)).await.map_err(|f| unavailable(&f))?;
+            Ok(resp.take_kvs().into_iter().next().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+    }
+
     /// Whether a commit's outcome is still unknown (see the module
     /// documentation).
     pub fn in_doubt(&self) -> bool {

@@ -72,6 +72,7 @@ mod peers;
 pub mod records;
 mod requests;
 mod sessions;
+pub mod transfer;
 mod trust;
 
 #[cfg(test)]
