@@ -14,8 +14,12 @@
 //!   count of a server's open sockets.
 //! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
-//! - [`etcd`]: real etcd clusters on loopback ([`etcd::EtcdCluster`]),
-//!   plain or with mutual TLS on the client ports.
+//! - [`etcd`]: real etcd clusters ([`etcd::EtcdCluster`]) on loopback or
+//!   one member per host of a [`netns::Lan`], plain or with mutual TLS on
+//!   the client ports.
+//! - [`netns`]: network namespaces as hosts: one linked to this namespace
+//!   ([`netns::Netns`]), or a LAN of hosts on a bridge whose links can be
+//!   cut and healed ([`netns::Lan`]).
 //! - [`wait`]: bounded waiting, so a broken test fails with a message
 //!   instead of hanging: [`wait_until`] (blocking), [`wait_until_async`]
 //!   and [`within`] (a deadline on a future). The only copies in the
@@ -36,6 +40,7 @@ use std::time::{Duration, SystemTime};
 pub mod etcd;
 pub mod fuzz;
 pub mod hostile;
+pub mod netns;
 pub mod wait;
 
 pub use wait::{wait_until, wait_until_async, within};
