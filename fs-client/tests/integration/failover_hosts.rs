@@ -278,7 +278,14 @@ fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_
     );
     let identity = root.join("identity.txt");
     run(fs_client("admin-tls").arg("keygen").arg("-o").arg(&identity), CLI);
-    run(admin(&["init", "--dirsvc", &dirsvc_list, "--replicas", "3", "-i"]).arg(&identity), CLI);
+    let pins = root.join("pins");
+    run(
+        admin(&["init", "--dirsvc", &dirsvc_list, "--replicas", "3", "-i"])
+            .arg(&identity)
+            .arg("--pin-dir")
+            .arg(&pins),
+        CLI,
+    );
 
     // The source: a real tree and a random file.
     let src = root.join("src");
