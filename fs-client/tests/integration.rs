@@ -11,6 +11,9 @@
 //! chunks and symlink targets, and a removed member (`untrusted_dirsvc`);
 //! every metrics endpoint and the status page in headless Chromium
 //! (`observability`).
+//! Three hosts in network namespaces (etcd, dirsvc, peerd each) riding out
+//! a killed leader dirsvc, a cut-off leader host and a dead etcd member
+//! during an rsync, a lock held throughout (`failover_hosts`).
 //! `fs-client status` and per-file durability through a peer's death and
 //! repair (`status_report`).
 //!
@@ -27,6 +30,7 @@ mod integration {
     mod confidentiality;
     mod copy_tree;
     mod drain;
+    mod failover_hosts;
     mod gc;
     mod keys;
     mod kills;

@@ -47,7 +47,7 @@ struct Slots {
 static SLOTS: Slots = Slots { state: Mutex::new((0, 0)), freed: Condvar::new() };
 
 /// `weight` slots of [`SLOTS`], given back on drop.
-struct SlotGuard {
+pub struct SlotGuard {
     weight: u32,
 }
 
@@ -74,6 +74,13 @@ impl SlotGuard {
         }
         SlotGuard { weight }
     }
+}
+
+/// Every cluster slot, for a test that starts its own daemons instead of
+/// a [`TestCluster`] (several hosts in network namespaces): waits until
+/// running clusters end; no other starts until the guard is dropped.
+pub fn exclusive_slots() -> SlotGuard {
+    SlotGuard::acquire(CLUSTER_SLOTS)
 }
 
 impl Drop for SlotGuard {

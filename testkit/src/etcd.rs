@@ -1,5 +1,8 @@
 //! Real etcd clusters for tests: [`EtcdCluster`] starts `etcd` processes
-//! (Debian's `etcd-server`, 3.4) on 127.0.0.1 with free ports, one data
+//! (Debian's `etcd-server`, 3.4) on 127.0.0.1 with free ports
+//! ([`EtcdCluster::start`]) or one per host of a [`crate::netns::Lan`] on
+//! that host's address, ports 2379 (clients), 2380 (peers) and 2381
+//! (health) ([`EtcdCluster::start_on`]), one data
 //! directory and one log file per member in a temporary directory, waits
 //! until every member reports healthy, and kills them (SIGKILL, by the PID
 //! it started) when dropped; the directory is on /dev/shm when there is
@@ -13,6 +16,7 @@
 //! "x509: cannot validate certificate for 127.0.0.1 because it doesn't
 //! contain any IP SANs").
 
+use crate::netns::Host;
 use crate::TestPki;
 use common::rpc::Role;
 use std::io::{Read, Write};
@@ -27,6 +31,10 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 
 struct Member {
     name: String,
+    /// The host (namespace) it runs in; `None`: this namespace, loopback.
+    host: Option<Host>,
+    /// The address it listens on.
+    ip: String,
     client_port: u16,
     peer_port: u16,
     /// Plain-HTTP `/health` (and `/metrics`) port, TLS or not.
@@ -59,10 +67,12 @@ fn etcd_binary() -> PathBuf {
     PathBuf::from("etcd")
 }
 
-/// `GET /health` on `port` (plain HTTP): whether it says healthy.
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-    else {
+/// `GET /health` on `ip:port` (plain HTTP): whether it says healthy.
+fn healthy(ip: &str, port: u16) -> bool {
+    let Ok(addr) = format!("{ip}:{port}").parse() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -83,6 +93,24 @@ impl EtcdCluster {
     /// cluster is not healthy within 20 s.
     pub fn start(members: usize, tls: Option<&TestPki>) -> EtcdCluster {
         assert!(members >= 1, "an etcd cluster needs a member");
+        EtcdCluster::start_members(&vec![None; members], tls)
+    }
+
+    /// Starts one member on each of `hosts` (in its network namespace, on
+    /// its address; ports 2379, 2380 and 2381) as one cluster and waits
+    /// until each is healthy. `tls` as in [`EtcdCluster::start`].
+    ///
+    /// Panics (printing the members' logs) if `hosts` is empty, `etcd` is
+    /// missing or the cluster is not healthy within 20 s.
+    pub fn start_on(hosts: &[Host], tls: Option<&TestPki>) -> EtcdCluster {
+        assert!(!hosts.is_empty(), "an etcd cluster needs a member");
+        let hosts: Vec<Option<Host>> = hosts.iter().cloned().map(Some).collect();
+        EtcdCluster::start_members(&hosts, tls)
+    }
+
+    /// One member per entry of `hosts` (`None`: loopback, free ports).
+    fn start_members(hosts: &[Option<Host>], tls: Option<&TestPki>) -> EtcdCluster {
+        let members = hosts.len();
         // On tmpfs when there is one: etcd fsyncs its log on every commit.
         let shm = Path::new("/dev/shm");
         let builder = {
@@ -99,18 +127,25 @@ impl EtcdCluster {
             if let Some(pki) = tls {
                 pki.write_node(Role::Dirsvc, &mdir.join("tls"));
             }
+            let host = hosts[i].clone();
+            let (ip, ports) = match &host {
+                Some(h) => (h.ip.clone(), [2379, 2380, 2381]),
+                None => ("127.0.0.1".to_string(), [free_port(), free_port(), free_port()]),
+            };
             ms.push(Member {
                 name,
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
+                host,
+                ip,
+                client_port: ports[0],
+                peer_port: ports[1],
+                metrics_port: ports[2],
                 dir: mdir,
                 child: None,
             });
         }
         let initial_cluster = ms
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EtcdCluster { dir, members: ms, initial_cluster, tls: tls.is_some() };
@@ -126,14 +161,17 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) {
         let scheme = if self.tls { "https" } else { "http" };
         let m = &self.members[i];
-        let client_url = format!("{scheme}://127.0.0.1:{}", m.client_port);
-        let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
+        let client_url = format!("{scheme}://{}:{}", m.ip, m.client_port);
+        let peer_url = format!("http://{}:{}", m.ip, m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(m.dir.join("etcd.log"))
             .expect("etcd log file");
-        let mut cmd = Command::new(etcd_binary());
+        let mut cmd = match &m.host {
+            Some(h) => h.command(etcd_binary()),
+            None => Command::new(etcd_binary()),
+        };
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -147,7 +185,7 @@ impl EtcdCluster {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--listen-metrics-urls")
-            .arg(format!("http://127.0.0.1:{}", m.metrics_port))
+            .arg(format!("http://{}:{}", m.ip, m.metrics_port))
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
             .arg("--initial-cluster-state")
@@ -185,7 +223,7 @@ impl EtcdCluster {
 
     fn wait_healthy(&mut self, i: usize) {
         let deadline = Instant::now() + HEALTHY_WITHIN;
-        while !healthy(self.members[i].metrics_port) {
+        while !self.is_healthy(i) {
             if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(|c| c.try_wait()) {
                 self.print_logs();
                 panic!("etcd member {} exited: {status}", self.members[i].name);
@@ -198,9 +236,25 @@ impl EtcdCluster {
         }
     }
 
-    /// The members' client addresses, `127.0.0.1:port` (in member order).
+    /// The members' client addresses, `ip:port` (in member order).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
+        self.members.iter().map(|m| format!("{}:{}", m.ip, m.client_port)).collect()
+    }
+
+    /// Whether member `i` answers its `/health` as healthy now (it needs
+    /// a quorum for that).
+    pub fn is_healthy(&self, i: usize) -> bool {
+        let m = &self.members[i];
+        let (ip, port) = (m.ip.clone(), m.metrics_port);
+        match &m.host {
+            Some(h) => h.enter(move || healthy(&ip, port)),
+            None => healthy(&ip, port),
+        }
+    }
+
+    /// The process id of member `i` (`None` when it is not running).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
     }
 
     /// Number of members.

@@ -14,8 +14,12 @@
 //!   count of a server's open sockets.
 //! - [`fuzz`]: one fuzz target per decoder of bytes from the network or a
 //!   disk, for the CI pass (`tests/fuzz.rs`) and cargo-fuzz (`fuzz/`).
-//! - [`etcd`]: real etcd clusters on loopback ([`etcd::EtcdCluster`]),
-//!   plain or with mutual TLS on the client ports.
+//! - [`etcd`]: real etcd clusters ([`etcd::EtcdCluster`]) on loopback or
+//!   one member per host of a [`netns::Lan`], plain or with mutual TLS on
+//!   the client ports.
+//! - [`netns`]: network namespaces as hosts: one linked to this namespace
+//!   ([`netns::Netns`]), or a LAN of hosts on a bridge whose links can be
+//!   cut and healed ([`netns::Lan`]).
 //! - [`cluster`]: a real p2pfs cluster for end-to-end tests (the built
 //!   `dirsvc`, `peerd` and `fs-client` binaries under one tempdir on
 //!   tmpfs, FUSE mounts that are always unmounted, failures injected on
@@ -43,6 +47,7 @@ pub mod cmd;
 pub mod etcd;
 pub mod fuzz;
 pub mod hostile;
+pub mod netns;
 pub mod wait;
 
 pub use wait::{wait_until, wait_until_async, within};

@@ -3,7 +3,7 @@
 //! mount (paths, types, modes, sizes, contents, symlink targets, xattrs,
 //! hard-link groups) is the same on every engine.
 
-use super::cluster::{ClusterOpts, TestCluster, FAST_DIRSVC_ARGS};
+use testkit::cluster::{ClusterOpts, TestCluster, FAST_DIRSVC_ARGS};
 use super::workloads::{set_xattr, xattrs};
 use std::collections::BTreeMap;
 use std::fs;

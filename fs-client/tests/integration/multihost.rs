@@ -9,64 +9,12 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use testkit::cluster::{bin_dir, check_environment, scratch_parent, tail, wait_addr_file, Proc};
+use testkit::netns::Netns;
 use testkit::wait_until;
 
 const CLI: Duration = Duration::from_secs(30);
-
-/// A network namespace with one veth link to this one: `host_ip` here,
-/// `ns_ip` inside (/24). Deleted on drop (which removes the link too).
-pub struct Netns {
-    /// The namespace's name (for `ip netns exec`).
-    pub name: String,
-    /// This side's address.
-    pub host_ip: String,
-    /// The namespace's address.
-    pub ns_ip: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = output(Command::new("ip").args(args), CLI);
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl Netns {
-    /// Makes a namespace with a fresh name and a random 10.x.y.0/24 subnet.
-    pub fn new() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{:x}{n}", std::process::id() & 0xffff);
-        let name = format!("p2pfs-t-{tag}");
-        let (a, b) = (200 + (std::process::id() % 50) as u8, ((n + 1) * 7 % 250) as u8);
-        let (host_ip, ns_ip) = (format!("10.{a}.{b}.1"), format!("10.{a}.{b}.2"));
-        let (h, n) = (format!("p2h{tag}"), format!("p2n{tag}"));
-        let ns = Netns { name: name.clone(), host_ip: host_ip.clone(), ns_ip: ns_ip.clone() };
-        ip(&["netns", "add", &name]);
-        ip(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
-        ip(&["link", "set", &n, "netns", &name]);
-        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &h]);
-        ip(&["link", "set", &h, "up"]);
-        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{ns_ip}/24"), "dev", &n]);
-        ip(&["netns", "exec", &name, "ip", "link", "set", &n, "up"]);
-        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A command run inside the namespace.
-    pub fn exec(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
 
 fn fs_client(root: &Path, tls: &str) -> Command {
     let mut c = Command::new(bin_dir().join("fs-client"));
