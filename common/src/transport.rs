@@ -55,6 +55,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take, on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection may keep sent bytes unacknowledged before the
+/// kernel drops it (`TCP_USER_TIMEOUT`), and about how long keepalive
+/// probes take to find a silent peer while we wait for an answer (first
+/// probe after 3 s idle, then every 2 s). A host that vanishes without a
+/// reset (link down, power cut, a partition) is noticed in ~10 s instead
+/// of at the call's deadline (30 s for dirsvc calls, 60 s for chunks), so
+/// clients move on to another dirsvc or peer about as fast as the
+/// election does.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Socket options of every connection, both sides: no Nagle delay for
+/// small RPCs; keepalive probes and a user timeout that turn a silent
+/// peer into a connection error within [`DEAD_PEER_TIMEOUT`]. Best
+/// effort: a socket that refuses an option keeps the kernel's default.
+fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(3))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT));
+}
+
 /// A stream that notes when it last read bytes, for the idle timeout.
 pub struct Activity<S> {
     inner: S,
@@ -126,7 +151,7 @@ pub async fn connect_with(addr: &str, config: Arc<rustls::ClientConfig>) -> io::
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     };
-    let _ = tcp.set_nodelay(true);
+    tune(&tcp);
     let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -398,7 +423,7 @@ pub async fn serve<F, Fut>(
             }
         };
         let (handshake, evicted) = conns.start_handshake(limits.max_handshakes);
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp);
         let (acceptor, conns, limits, shutdown, handle) =
             (acceptor.clone(), conns.clone(), limits.clone(), shutdown.clone(), handle.clone());
         tokio::spawn(async move {

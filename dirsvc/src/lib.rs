@@ -320,6 +320,7 @@ pub struct DirsvcHandle {
     /// The accept loop and the workers, by name.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     store: Weak<Store>,
+    leadership: Arc<dyn leader::Leadership>,
 }
 
 impl DirsvcHandle {
@@ -330,9 +331,20 @@ impl DirsvcHandle {
         self.store.upgrade()
     }
 
+    /// A graceful stop: gives up leadership first (on etcd: deletes the
+    /// election key, so another dirsvc leads at once instead of after the
+    /// lease, and `dirsvc migrate` may open the volume), then
+    /// [`DirsvcHandle::shutdown`]. What the binary does on SIGTERM.
+    pub async fn stop(self) {
+        self.leadership.resign().await;
+        self.shutdown().await;
+    }
+
     /// Stops accepting and the workers, closes every connection and waits
     /// (at most [`SHUTDOWN_GRACE`]) for in-flight requests to finish and
     /// the database to close, so the same file can be opened again at once.
+    /// Keeps any leadership until its lease lapses, as a crash would (see
+    /// [`DirsvcHandle::stop`]).
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         if let Some(http) = self.http.take() {
@@ -512,6 +524,7 @@ pub async fn spawn_with(
         None => None,
     };
     let terms = {
+        let leadership = leadership.clone();
         let run = Terms { config, tls, conns, store, leadership, current, addr: addr.to_string() };
         tokio::spawn(run.run(first_term, cancel.clone()).instrument(tracing::info_span!("terms")))
     };
@@ -522,6 +535,7 @@ pub async fn spawn_with(
         cancel,
         tasks: vec![("accept", accept), ("terms", terms), ("cert-renewal", renewal)],
         store: weak_store,
+        leadership,
     })
 }
 

@@ -285,7 +285,7 @@ async fn run() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     info!("shutting down");
-    handle.shutdown().await;
+    handle.stop().await;
     Ok(())
 }
 

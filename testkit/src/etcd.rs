@@ -120,14 +120,14 @@ impl EtcdCluster {
         };
         let dir = if shm.is_dir() { builder.tempdir_in(shm) } else { builder.tempdir() }.expect("tempdir");
         let mut ms = Vec::new();
-        for i in 0..members {
+        for (i, host) in hosts.iter().take(members).enumerate() {
             let name = format!("m{i}");
             let mdir = dir.path().join(&name);
             std::fs::create_dir_all(&mdir).expect("member directory");
             if let Some(pki) = tls {
                 pki.write_node(Role::Dirsvc, &mdir.join("tls"));
             }
-            let host = hosts[i].clone();
+            let host = host.clone();
             let (ip, ports) = match &host {
                 Some(h) => (h.ip.clone(), [2379, 2380, 2381]),
                 None => ("127.0.0.1".to_string(), [free_port(), free_port(), free_port()]),

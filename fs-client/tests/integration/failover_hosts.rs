@@ -13,14 +13,14 @@
 //!
 //! Every mount, process and namespace is removed even when it fails.
 
-use testkit::cluster::{
-    bin_dir, check_environment, exclusive_slots, mount_entry, tail, wait_addr_file, Proc, FAST_DIRSVC_ARGS,
-};
 use super::tools::{assert_acked_intact, output, run, stage_system_tree, AckWriter, Background};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::cluster::{
+    bin_dir, check_environment, exclusive_slots, mount_entry, tail, wait_addr_file, Proc, FAST_DIRSVC_ARGS,
+};
 use testkit::etcd::EtcdCluster;
 use testkit::netns::{Host, Lan};
 use testkit::wait_until;
@@ -169,10 +169,11 @@ fn first_write_after(w: &AckWriter, t0: Instant, within: Duration) -> Duration {
 }
 
 #[test]
-#[ignore = "fails on a product gap: with the leader's host cut off (link down, no RST), in-flight \
-            dirsvc calls wait out META_DEADLINE (30 s) and chunk puts to the cut-off peer \
-            CHUNK_DEADLINE (60 s) before failing over, so no write completes within 60 s; \
-            run with --ignored once connections detect a dead path sooner"]
+#[ignore = "fails on a product gap still open: after the leader's kill -9 the mount reclaims and \
+            writes go on (first write 3.2 s after), the cut-off of the new leader's host is ridden out \
+            (first write 37 s after) and an etcd member's death too, but in both runs so far the \
+            fs-client process then vanished without a log line while re-storing blocks the new \
+            term's GC had taken (rsync: ENOTCONN); run with --include-ignored while fixing it"]
 fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_during_rsync() {
     check_environment();
     let _slots = exclusive_slots();
