@@ -359,6 +359,14 @@ impl DirAddrs {
         false
     }
 
+    /// Every known address, the current one first, then the others in
+    /// list order after it (the order [`Pool::connect_dir`] dials them).
+    pub fn rotation(&self) -> Vec<String> {
+        let s = self.lock();
+        let n = s.addrs.len();
+        (0..n).map(|i| s.addrs[(s.current + i) % n].clone()).collect()
+    }
+
     /// `addr` could not be reached: if it is the current one, move on to
     /// the next address.
     pub fn failed(&self, addr: &str) {
@@ -386,7 +394,67 @@ impl DirAddrs {
     }
 }
 
+/// How long a dial of one dirsvc address runs alone before the next
+/// address is dialled too (RFC 8305's "connection attempt delay"): a
+/// dead or cut-off instance then costs this, not a connect timeout.
+pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
+
 impl Pool<DirServiceClient> {
+    /// A connection to a dirsvc of `addrs`: the pooled one to the current
+    /// address if there is one; otherwise the current address is dialled,
+    /// then every [`DIAL_STAGGER`] (or as soon as a dial fails) the next
+    /// one as well, and the first that connects becomes the current
+    /// address (a follower then redirects the call to the leader). So a
+    /// failover never waits a connect timeout per dead instance.
+    ///
+    /// Errors: the last [`CallError`] when no address connects.
+    pub async fn connect_dir(&self, addrs: &DirAddrs) -> Result<(String, DirServiceClient), CallError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        const DIRSVC: Expect = Expect::Role(crate::rpc::Role::Dirsvc);
+        let order = addrs.rotation();
+        if let Some(c) = self.lock().get(&(order[0].clone(), DIRSVC)) {
+            return Ok((order[0].clone(), c.clone()));
+        }
+        let failed_early = tokio::sync::Notify::new();
+        let mut dials: FuturesUnordered<_> = order
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let failed_early = &failed_early;
+                async move {
+                    if i > 0 {
+                        // Start at the stagger, or when an earlier dial fails.
+                        let stagger = DIAL_STAGGER * u32::try_from(i).unwrap_or(u32::MAX);
+                        let _ = tokio::time::timeout(stagger, failed_early.notified()).await;
+                    }
+                    let r = self.get(a, DIRSVC).await;
+                    if r.is_err() {
+                        failed_early.notify_one();
+                    }
+                    (a, r)
+                }
+            })
+            .collect();
+        let mut last = None;
+        while let Some((a, r)) = dials.next().await {
+            match r {
+                Ok(c) => {
+                    if *a != order[0] {
+                        debug!(from = %order[0], to = %a, "dirsvc address switched");
+                        addrs.redirect(a);
+                    }
+                    return Ok((a.clone(), c));
+                }
+                Err(e) => {
+                    debug!(addr = %a, error = %e, "cannot connect to dirsvc");
+                    addrs.failed(a);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| CallError { addr: addrs.list(), detail: "no dirsvc address".into() }))
+    }
+
     /// Runs one DirService call `f` on the dirsvc [`DirAddrs`] believes is
     /// the leader, with a context whose deadline is `timeout`, retrying as
     /// `policy` says: after a transport failure (on the next address when
@@ -416,14 +484,7 @@ impl Pool<DirServiceClient> {
                 let f = &f;
                 let last_not_leader = &last_not_leader;
                 async move {
-                    let addr = addrs.current();
-                    let c = match self.get(&addr, DIRSVC).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            addrs.failed(&addr);
-                            return Err((e, true));
-                        }
-                    };
+                    let (addr, c) = self.connect_dir(addrs).await.map_err(|e| (e, true))?;
                     match f(c, deadline(timeout)).await {
                         Ok(Err(DirError::NotLeader { leader })) => {
                             debug!(%addr, ?leader, attempt, "not the leader; following");

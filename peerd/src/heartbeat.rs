@@ -32,8 +32,19 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Deadline of one register or heartbeat call.
+/// Deadline of one register call (and the longest of a heartbeat).
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Shortest deadline of a heartbeat call.
+const MIN_HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The deadline of one heartbeat every `interval`: three intervals, from
+/// 2 s to 10 s. A leader that cannot answer that soon is treated as gone
+/// (a new connection, the next address), so a cut-off leader costs a few
+/// heartbeats, not a long deadline, before the peer finds the new one.
+fn heartbeat_deadline(interval: Duration) -> Duration {
+    (interval * 3).clamp(MIN_HEARTBEAT_DEADLINE, CALL_DEADLINE)
+}
 
 /// What the heartbeat task needs to know.
 pub(crate) struct Heartbeat<S> {
@@ -88,11 +99,9 @@ impl<S: ChunkStore> Heartbeat<S> {
         let mut failing = false;
         loop {
             let expect = common::tls::Expect::Role(common::rpc::Role::Dirsvc);
-            let addr = self.dirsvc.current();
-            let client = match self.dir_pool.get(&addr, expect).await {
+            let (addr, client) = match self.dir_pool.connect_dir(&self.dirsvc).await {
                 Ok(c) => c,
                 Err(e) => {
-                    self.dirsvc.failed(&addr);
                     if !failing {
                         warn!(dirsvc = %self.dirsvc, error = %e, "cannot reach dirsvc; retrying");
                         failing = true;
@@ -155,7 +164,7 @@ impl<S: ChunkStore> Heartbeat<S> {
                     }
                 }
             } else {
-                match client.heartbeat(deadline(CALL_DEADLINE), self.id, usage).await {
+                match client.heartbeat(deadline(heartbeat_deadline(self.interval)), self.id, usage).await {
                     Ok(Ok(reply)) => {
                         if reply.revocations != self.tls.revocations().version() {
                             self.sync_revocations(client).await;
@@ -282,5 +291,17 @@ impl<S: ChunkStore> Heartbeat<S> {
         };
         usage.scrub = self.scrub.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).progress());
         usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_deadline_is_three_intervals_within_two_to_ten_seconds() {
+        assert_eq!(heartbeat_deadline(Duration::from_millis(300)), Duration::from_secs(2));
+        assert_eq!(heartbeat_deadline(Duration::from_secs(2)), Duration::from_secs(6));
+        assert_eq!(heartbeat_deadline(Duration::from_secs(60)), CALL_DEADLINE);
     }
 }
