@@ -6,7 +6,11 @@
 //! The session is opened lazily by the first call that needs it and kept
 //! alive by [`Fs::keep_session`]. Every session-bound call goes through
 //! [`Fs::with_session`], which reopens the session with a reclaim of what
-//! this client holds and retries once when dirsvc answers `NoSession`.
+//! this client holds and retries when dirsvc answers `NoSession` (a few
+//! times: during a failover a reclaim can race the new leader's grace
+//! period). A reclaimed session keeps its id, so concurrent callers that
+//! saw `NoSession` tell "already reclaimed" by the session's generation,
+//! which every (re)open increases: one reclaim serves them all.
 
 use super::{lock, Fs, COMMIT_BATCH};
 use crate::error::{Error, Result};
@@ -21,21 +25,32 @@ use tracing::{debug, error, info, warn};
 /// Lease assumed until dirsvc grants one (15 s, dirsvc's default), in ms.
 const DEFAULT_LEASE_MS: u64 = 15_000;
 
+/// Reclaims one session-bound call may trigger before its `NoSession` is
+/// returned (as EIO): a failover can end the new leader's grace period
+/// between a reclaim and the retried call, which then needs another.
+const RECLAIMS_PER_CALL: u32 = 3;
+
 /// Session state of one [`Fs`].
 pub(crate) struct SessionState {
     /// Label sent to dirsvc (`host pid=… mountpoint`).
     label: String,
     /// The current session, once opened.
     id: tokio::sync::Mutex<Option<SessionId>>,
+    /// How many times a session was (re)opened; changed only while `id`
+    /// is locked.
+    generation: AtomicU64,
     /// The lease dirsvc granted, in milliseconds.
     lease_ms: AtomicU64,
     /// Most entries one `commit_layout` may carry at this dirsvc, from the
     /// last session grant (until one arrives: [`COMMIT_BATCH`]).
     max_commit_entries: AtomicU64,
     /// Handles open per inode in this client; an inode is marked open at
-    /// dirsvc while its count is above zero. The async mutex serializes mark
-    /// and unmark RPCs of one client so they reach dirsvc in order.
-    marks: tokio::sync::Mutex<HashMap<InodeId, usize>>,
+    /// dirsvc while its count is above zero. Read by a reclaim, which may
+    /// run inside a mark RPC, so it is only ever locked briefly.
+    marks: std::sync::Mutex<HashMap<InodeId, usize>>,
+    /// Serializes the mark and unmark RPCs of one client so they reach
+    /// dirsvc in order.
+    mark_calls: tokio::sync::Mutex<()>,
     /// Locks granted to this client, as dirsvc holds them (POSIX range
     /// semantics applied locally too), for reclaim.
     pub(crate) locks: std::sync::Mutex<Vec<Lock>>,
@@ -48,9 +63,11 @@ impl SessionState {
         SessionState {
             label,
             id: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
             lease_ms: AtomicU64::new(DEFAULT_LEASE_MS),
             max_commit_entries: AtomicU64::new(COMMIT_BATCH as u64),
-            marks: tokio::sync::Mutex::new(HashMap::new()),
+            marks: std::sync::Mutex::new(HashMap::new()),
+            mark_calls: tokio::sync::Mutex::new(()),
             locks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -73,13 +90,21 @@ impl Fs {
     ///
     /// Errors: transport errors from dirsvc.
     pub(crate) async fn session_id(&self) -> Result<SessionId> {
+        Ok(self.session_ticket().await?.0)
+    }
+
+    /// The current session id and its generation, opening a session first
+    /// if there is none.
+    ///
+    /// Errors: transport errors from dirsvc.
+    async fn session_ticket(&self) -> Result<(SessionId, u64)> {
         let mut id = self.session.id.lock().await;
         if let Some(s) = *id {
-            return Ok(s);
+            return Ok((s, self.session.generation.load(Ordering::Acquire)));
         }
         let grant = self.open_session(None).await?;
         *id = Some(grant.id);
-        Ok(grant.id)
+        Ok((grant.id, self.session.generation.fetch_add(1, Ordering::AcqRel) + 1))
     }
 
     /// Opens a session at dirsvc; with `reclaim`, re-registers every open
@@ -87,7 +112,7 @@ impl Fs {
     pub(super) async fn open_session(&self, reclaim: Option<SessionId>) -> Result<SessionGrant> {
         let (open_inodes, locks) = match reclaim {
             Some(_) => {
-                let marks: Vec<InodeId> = self.session.marks.lock().await.keys().copied().collect();
+                let marks: Vec<InodeId> = lock(&self.session.marks).keys().copied().collect();
                 (marks, lock(&self.session.locks).clone())
             }
             None => (Vec::new(), Vec::new()),
@@ -122,35 +147,43 @@ impl Fs {
         Ok(grant)
     }
 
-    /// Replaces the session `stale` (dirsvc said `NoSession`) by a reclaimed
-    /// one, unless another task already did.
-    pub(super) async fn reopen_session(&self, stale: SessionId) -> Result<SessionId> {
+    /// Replaces the session `stale` of generation `generation` (dirsvc
+    /// said `NoSession`) by a reclaimed one, unless another task already
+    /// did (the generation moved on).
+    ///
+    /// Errors: dirsvc's and transport errors of the reclaim.
+    async fn reopen_session(&self, stale: SessionId, generation: u64) -> Result<()> {
         let mut id = self.session.id.lock().await;
-        if let Some(s) = *id {
-            if s != stale {
-                return Ok(s);
-            }
+        if self.session.generation.load(Ordering::Acquire) != generation {
+            return Ok(());
         }
         warn!(session = %stale, "dirsvc no longer knows this client's session; reclaiming opens and locks");
         let grant = self.open_session(Some(stale)).await?;
         *id = Some(grant.id);
-        Ok(grant.id)
+        self.session.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Runs `f` with the session id; if dirsvc says the session is gone,
-    /// reclaims it and runs `f` once more.
+    /// reclaims it and runs `f` again (at most [`RECLAIMS_PER_CALL`]
+    /// times).
+    ///
+    /// Errors: `f`'s, and the reclaim's.
     pub(crate) async fn with_session<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(SessionId) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let id = self.session_id().await?;
-        match f(id).await {
-            Err(Error::Dir(DirError::NoSession)) => {
-                let id = self.reopen_session(id).await?;
-                f(id).await
+        let mut reclaims = 0;
+        loop {
+            let (id, generation) = self.session_ticket().await?;
+            match f(id).await {
+                Err(Error::Dir(DirError::NoSession)) if reclaims < RECLAIMS_PER_CALL => {
+                    reclaims += 1;
+                    self.reopen_session(id, generation).await?;
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 
@@ -211,14 +244,14 @@ impl Fs {
     ///
     /// Errors: `ENOENT` if the inode is gone.
     pub(crate) async fn mark_open(&self, ino: InodeId) -> Result<()> {
-        let mut marks = self.session.marks.lock().await;
-        if !marks.contains_key(&ino) {
+        let _calls = self.session.mark_calls.lock().await;
+        if !lock(&self.session.marks).contains_key(&ino) {
             self.with_session(|s| async move {
                 self.dir.call(|c, ctx| async move { c.open_file(ctx, s, ino).await }).await
             })
             .await?;
         }
-        *marks.entry(ino).or_insert(0) += 1;
+        *lock(&self.session.marks).entry(ino).or_insert(0) += 1;
         Ok(())
     }
 
@@ -226,13 +259,16 @@ impl Fs {
     /// frees the inode if it was unlinked meanwhile and no other client holds
     /// it open. Failures are logged: the mark then ends with the session.
     pub(crate) async fn unmark_open(&self, ino: InodeId) {
-        let mut marks = self.session.marks.lock().await;
-        let Some(n) = marks.get_mut(&ino) else { return };
-        *n -= 1;
-        if *n > 0 {
-            return;
+        let _calls = self.session.mark_calls.lock().await;
+        {
+            let mut marks = lock(&self.session.marks);
+            let Some(n) = marks.get_mut(&ino) else { return };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            marks.remove(&ino);
         }
-        marks.remove(&ino);
         let r = self
             .with_session(|s| async move {
                 self.dir.call(|c, ctx| async move { c.release_file(ctx, s, ino).await }).await
