@@ -12,7 +12,10 @@
 //!    tombstone (`chunk-tombstones-v1`) listing its replicas as pending
 //!    deletes ([`Store::collect_unreferenced`]).
 //! 2. **Orphans** (uploaded but never committed, e.g. by a client that
-//!    crashed): each up peer's inventory is paged with
+//!    crashed): only once a whole grace period has passed since the term's
+//!    session grace period ended (a client could not commit while no
+//!    dirsvc led, so that time does not count against its uploads).
+//!    Then each up peer's inventory is paged with
 //!    `PeerService::list_chunks` (at most [`ORPHAN_PAGES_PER_ROUND`] pages
 //!    of up to [`ORPHAN_PAGE`] per peer per round, resuming where the last
 //!    round stopped; an empty page ends a pass). A chunk stored longer ago than the grace period and absent
@@ -97,12 +100,27 @@ struct Gc {
     shared: Arc<Shared>,
     /// Where step 2 resumes on each peer.
     cursors: HashMap<PeerId, ChunkId>,
+    /// When this worker first saw the term's session grace period over
+    /// (clients that reclaimed can commit again from then on).
+    commits_since: Option<tokio::time::Instant>,
+}
+
+impl Gc {
+    /// Whether step 2 may run: a whole GC grace period has passed since
+    /// the term's session grace period ended, so every upload made before
+    /// the term had that long to be committed under a leader.
+    fn orphans_allowed(&mut self) -> bool {
+        if self.commits_since.is_none() && !self.shared.sessions.in_grace() {
+            self.commits_since = Some(tokio::time::Instant::now());
+        }
+        self.commits_since.is_some_and(|t| t.elapsed() >= self.shared.config.gc_grace)
+    }
 }
 
 /// Runs the garbage-collection worker until `cancel` fires. The first
 /// round starts one interval after start.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut w = Gc { shared, cursors: HashMap::new() };
+    let mut w = Gc { shared, cursors: HashMap::new(), commits_since: None };
     loop {
         let interval = w.shared.config.gc_interval.max(MIN_INTERVAL);
         tokio::select! {
@@ -136,7 +154,9 @@ impl Gc {
                 break;
             }
         }
-        self.orphans(cutoff).await?;
+        if self.orphans_allowed() {
+            self.orphans(cutoff).await?;
+        }
         self.deletes(grace).await?;
         let expire_before = now.saturating_sub(grace.saturating_mul(2));
         let expired = self.shared.blocking(move |s: &Store| s.expire_tombstones(expire_before)).await?;

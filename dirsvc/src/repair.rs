@@ -91,8 +91,8 @@ struct Repair {
     last_logged_under: u64,
 }
 
-/// Runs the repair worker until `cancel` fires. The first round starts at
-/// once.
+/// Runs the repair worker until `cancel` fires. The first round starts
+/// `peer_down_after` into the term, once live peers have heartbeated.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let bucket = TokenBucket::new(shared.config.repair_bandwidth_bytes_per_sec);
     let mut w = Repair {
@@ -103,6 +103,14 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         logged_lost: HashSet::new(),
         last_logged_under: 0,
     };
+    // Peer liveness at a term's start comes from heartbeats persisted by
+    // the previous leader (up to `heartbeat_persist_every` old): every
+    // peer may look down. After `peer_down_after` each live peer has
+    // heartbeated to this term, so nothing is judged lost before then.
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(w.shared.config.peer_down_after) => {}
+    }
     let mut force = true;
     loop {
         tokio::select! {

@@ -382,21 +382,23 @@ async fn keep_alive(sh: Arc<Shared>, lease: i64) {
         // returned stream for more would wait for an answer to a request
         // never sent, until the request timeout: renewals then came a
         // timeout apart and a lease shorter than that expired every term.
-        let r = sh
-            .inner
-            .call(|m| {
-                let mut c = m.client.lease_client();
-                async move {
-                    match c.keep_alive(lease).await {
-                        Ok(_) => Ok(true),
-                        Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                            Ok(false)
-                        }
-                        Err(e) => Err(e),
-                    }
+        // A renewal stuck on a silent connection must not outlive the
+        // lease: past `last_ok + ttl` etcd has let it lapse anyway.
+        let renewal = sh.inner.call(|m| {
+            let mut c = m.client.lease_client();
+            async move {
+                match c.keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(false),
+                    Err(e) => Err(e),
                 }
-            })
-            .await;
+            }
+        });
+        let Ok(r) = tokio::time::timeout_at((last_ok + sh.ttl).into(), renewal).await else {
+            sh.lose(lease, "the lease could not be renewed within its TTL");
+            lapse_campaign(&sh, lease);
+            return;
+        };
         match r {
             Ok(true) => last_ok = sent,
             Ok(false) => {
