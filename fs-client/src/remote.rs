@@ -230,6 +230,19 @@ impl PeerPool {
     }
 }
 
+impl PeerPool {
+    /// Which of `ids` `peer` holds, in order.
+    ///
+    /// Errors: as [`PeerPool::put`].
+    pub async fn has(&self, peer: &PeerLoc, ids: Vec<ChunkId>) -> Result<Vec<bool>> {
+        self.call(peer, |c, ctx| {
+            let ids = ids.clone();
+            async move { c.has(ctx, ids).await }
+        })
+        .await
+    }
+}
+
 /// Counts one chunk put or get (`op`) to a peer and its latency
 /// ([`crate::telemetry`]).
 fn record_peer_call(op: &'static str, started: std::time::Instant, ok: bool) {

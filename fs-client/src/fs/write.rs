@@ -5,10 +5,19 @@
 use super::{lock, FileState, Fs, Source, FAILED_RETRY_INTERVAL};
 use crate::error::{Error, Result};
 use common::rpc::dir::{CommitLayout, DirError, SetAttr, StoredChunk};
+use common::rpc::PeerLoc;
 use common::time::Timestamp;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::{debug, error, info, warn};
+
+/// How long blocks may wait uncommitted before a commit first checks that
+/// their replicas still hold them ([`Fs::verify_uncommitted`]): well
+/// beyond a normal commit's delay (about a second), well below three GC
+/// grace periods (the earliest an orphan's tombstone can expire after its
+/// upload).
+const VERIFY_UNCOMMITTED_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Fs {
     /// Writes `data` at `offset` through handle `fh`; returns bytes written.
@@ -190,6 +199,9 @@ impl Fs {
         if st.uncommitted.is_empty() && !st.meta_dirty {
             return Ok(());
         }
+        if st.uncommitted_since.is_some_and(|t| t.elapsed() >= VERIFY_UNCOMMITTED_AFTER) {
+            self.verify_uncommitted(st).await?;
+        }
         let ino = st.ino;
         let per_commit = self.commit_batch();
         loop {
@@ -283,6 +295,59 @@ impl Fs {
                 }
             }
         }
+    }
+
+    /// Before a late commit: asks the replicas of every uncommitted chunk
+    /// whether they still hold it, and stores again (from the block cache)
+    /// every chunk none of them holds. A commit held up by a failover or
+    /// an outage may come after garbage collection took the upload for an
+    /// orphan and its tombstone expired, when dirsvc would accept the
+    /// commit of a chunk no peer has; this check closes that gap. A
+    /// replica that cannot be asked counts as holding the chunk (the
+    /// commit's tombstone check still guards it).
+    ///
+    /// Errors: those of [`Fs::restore_gone`].
+    pub(super) async fn verify_uncommitted(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        let mut by_peer: HashMap<common::PeerId, (PeerLoc, Vec<common::ChunkId>)> = HashMap::new();
+        let mut held: HashMap<common::ChunkId, bool> = HashMap::new();
+        for (idx, c) in &st.uncommitted {
+            let Some(c) = c else { continue };
+            let Some(loc) = st.layout.get(idx) else { continue };
+            if loc.chunk != c.id || loc.replicas.is_empty() {
+                continue;
+            }
+            held.entry(c.id).or_insert(false);
+            for p in &loc.replicas {
+                by_peer.entry(p.id).or_insert_with(|| (p.clone(), Vec::new())).1.push(c.id);
+            }
+        }
+        let asks = by_peer.into_values().map(|(p, ids)| async move {
+            let r = self.peers.has(&p, ids.clone()).await;
+            (ids, r)
+        });
+        for (ids, r) in futures::future::join_all(asks).await {
+            match r {
+                Ok(found) => {
+                    for (id, f) in ids.iter().zip(found) {
+                        if f {
+                            held.insert(*id, true);
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot ask a replica for its chunks; assuming it holds them");
+                    for id in ids {
+                        held.insert(id, true);
+                    }
+                }
+            }
+        }
+        for (id, h) in held {
+            if !h {
+                self.restore_gone(st, id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Re-stores every uncommitted block that names the collected chunk
