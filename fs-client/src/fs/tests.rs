@@ -1119,3 +1119,42 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
     })
     .await
 }
+
+/// A listener that accepts connections and never answers (a host whose
+/// dirsvc hangs, or a cut-off one whose SYN-ACK still came): a TLS
+/// handshake with it waits for its timeout.
+async fn black_hole() -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_dirsvc_address_costs_a_dial_stagger_not_a_handshake_timeout() {
+    within(TEST_TIMEOUT, "the test", async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let (dead, task) = black_hole().await;
+        // The hanging address first: dialled first, then the real one
+        // after the stagger; the first to connect wins.
+        let started = std::time::Instant::now();
+        let dir = DirClient::connect(&format!("{dead},{}", c.addr), client_tls()).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < common::transport::HANDSHAKE_TIMEOUT / 2,
+            "connecting took {took:?}: the hanging address was waited for"
+        );
+        assert_eq!(dir.current_addr(), c.addr, "calls go to the address that answered");
+        // Later calls keep using it without dialling again.
+        let t = std::time::Instant::now();
+        dir.call(|c, ctx| async move { c.hello(ctx).await.map(Ok) }).await.unwrap();
+        assert!(t.elapsed() < common::transport::HANDSHAKE_TIMEOUT / 2);
+        task.abort();
+    })
+    .await;
+}
