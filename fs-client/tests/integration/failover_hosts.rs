@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::cluster::{
-    bin_dir, check_environment, exclusive_slots, mount_entry, tail, wait_addr_file, Proc, FAST_DIRSVC_ARGS,
+    bin_dir, check_environment, mount_entry, shared_slot, tail, wait_addr_file, Proc, FAST_DIRSVC_ARGS,
 };
 use testkit::etcd::EtcdCluster;
 use testkit::netns::{Host, Lan};
@@ -36,9 +36,16 @@ const CUT_OFF: Duration = Duration::from_secs(30);
 /// Size of the random file copied with the tree, bytes.
 const BIG: u64 = 256 << 20;
 
-/// rsync's bandwidth limit (KiB/s): the copy (~280 MB) must outlast the
-/// failovers (~45 s), not finish before them.
-const RSYNC_BWLIMIT_KIB: u32 = 5_000;
+/// rsync's bandwidth limit (KiB/s): the random file takes ~13 s; the
+/// small files (tens per second on etcd) outlast the failovers (~60 s).
+const RSYNC_BWLIMIT_KIB: u32 = 20_000;
+
+/// The acknowledged writer's pause between files: a steady trickle that
+/// measures each gap without starving rsync.
+const WRITER_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long rsync may take after the faults.
+const RSYNC_AFTER_FAULTS: Duration = Duration::from_secs(420);
 
 /// The fcntl lock holder: locks, says so, unlocks once `release` exists.
 const HOLDER: &str = r#"
@@ -169,14 +176,16 @@ fn first_write_after(w: &AckWriter, t0: Instant, within: Duration) -> Duration {
 }
 
 #[test]
-#[ignore = "fails on a product gap still open: after the leader's kill -9 the mount reclaims and \
-            writes go on (first write 3.2 s after), the cut-off of the new leader's host is ridden out \
-            (first write 37 s after) and an etcd member's death too, but in both runs so far the \
-            fs-client process then vanished without a log line while re-storing blocks the new \
-            term's GC had taken (rsync: ENOTCONN); run with --include-ignored while fixing it"]
+#[ignore = "fails on a product gap still open: after the new leader's host is cut off, uploads wait \
+            NO_LIVE_PEER_WAIT (10 s) per block with two peers up at the new leader, so writes stall \
+            past the 60 s this test allows (first write 31-56 s after the cut) and rsync outlasts its \
+            deadline; kill -9 of the leader (first write 3.4 s after), the reclaim of the fcntl lock \
+            and an etcd member's death pass; run with --include-ignored while fixing it"]
 fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_during_rsync() {
     check_environment();
-    let _slots = exclusive_slots();
+    // Shares the machine with one other cluster: most of its time is
+    // spent waiting out faults.
+    let _slot = shared_slot();
     let started = Instant::now();
     bin_dir();
     // P2PFS_E2E_KEEP=1 keeps the tempdir (logs, data) for a post-mortem.
@@ -330,11 +339,13 @@ fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_
         Command::new("rsync")
             .arg("-a")
             .arg(format!("--bwlimit={RSYNC_BWLIMIT_KIB}"))
+            // One line per file with the time: where the copy was when.
+            .arg("--out-format=%t %n")
             .arg(format!("{}/", src.display()))
             .arg(&dst),
         &work.join("rsync.log"),
     );
-    let writer = AckWriter::start(&m1.at.join("acked"), &work, 9);
+    let writer = AckWriter::start_paced(&m1.at.join("acked"), &work, 9, WRITER_PAUSE);
     assert!(writer.wait_acked(3, CLI), "the writer got no write through before the faults");
     std::thread::sleep(Duration::from_secs(3));
 
@@ -375,7 +386,7 @@ fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_
         tail(&work.join("rsync.log"), 30)
     );
 
-    rsync.expect_success(Duration::from_secs(300));
+    rsync.expect_success(RSYNC_AFTER_FAULTS);
     let (acked, failed) = writer.stop(Duration::from_secs(60));
     let copy_done = started.elapsed();
 

@@ -300,6 +300,13 @@ impl AckWriter {
     /// first); file `i` holds a header line and [`Pattern`] bytes from seed
     /// `seed + i % 7`. Its bookkeeping files go to `work` (off the mount).
     pub fn start(dir: &Path, work: &Path, seed: u64) -> AckWriter {
+        Self::start_paced(dir, work, seed, Duration::ZERO)
+    }
+
+    /// As [`AckWriter::start`], with a `pause` after each acknowledged
+    /// file (a steady trickle of writes that leaves the cluster to other
+    /// work).
+    pub fn start_paced(dir: &Path, work: &Path, seed: u64, pause: Duration) -> AckWriter {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let pool_dir = work.join("writer-pool");
         fs::create_dir_all(&pool_dir).expect("create writer pool dir");
@@ -315,7 +322,7 @@ impl AckWriter {
         }
         // Bounded: stops at the stop file, or after 100,000 files.
         let script = r#"
-            dir=$1 pool=$2 ack=$3 err=$4 stop=$5 n=$6
+            dir=$1 pool=$2 ack=$3 err=$4 stop=$5 n=$6 pause=$7
             i=0
             while [ ! -e "$stop" ] && [ "$i" -lt 100000 ]; do
                 k=$((i % n))
@@ -324,6 +331,7 @@ impl AckWriter {
 ' "$f"; cat "$pool/$k"; } |
                         dd of="$dir/$f" bs=1M iflag=fullblock conv=fsync status=none 2>>"$err"; then
                     echo "$f $k" >>"$ack"
+                    sleep "$pause"
                 else
                     echo "FAILED $f" >>"$err"
                     sleep 0.05
@@ -341,7 +349,8 @@ impl AckWriter {
                 .arg(&ack_file)
                 .arg(&err_file)
                 .arg(&stop_file)
-                .arg(WRITER_SIZES.len().to_string()),
+                .arg(WRITER_SIZES.len().to_string())
+                .arg(format!("{:.3}", pause.as_secs_f64())),
             &work.join("writer.log"),
         );
         AckWriter { proc, pool, ack_file, err_file, stop_file }
