@@ -10,8 +10,9 @@
 //! [`DirAddrs`] is what a process knows of its cluster's dirsvc instances
 //! (one, or several over one etcd): [`Pool::call_dir`] sends each call to
 //! the one believed to be the leader, follows `DirError::NotLeader`
-//! redirects and moves on to the next address when one cannot be reached,
-//! all within the caller's retry policy, so a failover is a pause.
+//! redirects and, when that one cannot be reached, dials the others
+//! staggered ([`Pool::connect_dir`]), all within the caller's retry
+//! policy, so a failover is a pause.
 //!
 //! [`RetryPolicy`] says how often and how long a caller retries transport
 //! failures: a number of attempts, or a time window, with exponential

@@ -33,7 +33,7 @@
 //! by shutdown is simply not recorded; the target may hold the chunk, and
 //! the next `fetch_from` to it succeeds at once.
 
-use crate::peers::{Fingerprint, PeerView};
+use crate::peers::{Fingerprint, Liveness, PeerView};
 use crate::ratelimit::TokenBucket;
 use crate::shared::{InFlight, Shared};
 use crate::store::Store;
@@ -46,6 +46,7 @@ use rand::seq::SliceRandom;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, Level};
 
@@ -91,8 +92,12 @@ struct Repair {
     last_logged_under: u64,
 }
 
+/// How often the start of a term checks whether every peer looks up.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
 /// Runs the repair worker until `cancel` fires. The first round starts
-/// `peer_down_after` into the term, once live peers have heartbeated.
+/// once every known peer looks up, at most `peer_down_after` into the
+/// term.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let bucket = TokenBucket::new(shared.config.repair_bandwidth_bytes_per_sec);
     let mut w = Repair {
@@ -104,12 +109,18 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         last_logged_under: 0,
     };
     // Peer liveness at a term's start comes from heartbeats persisted by
-    // the previous leader (up to `heartbeat_persist_every` old): every
-    // peer may look down. After `peer_down_after` each live peer has
-    // heartbeated to this term, so nothing is judged lost before then.
-    tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = tokio::time::sleep(w.shared.config.peer_down_after) => {}
+    // the previous leader (up to `heartbeat_persist_every` old): a live
+    // peer may look down until it heartbeats to this term. Nothing is
+    // judged until every known peer looks up, or `peer_down_after` has
+    // passed (by then each live peer has heartbeated).
+    let settle = tokio::time::Instant::now() + w.shared.config.peer_down_after;
+    while tokio::time::Instant::now() < settle
+        && w.shared.peers().view().peers.values().any(|p| p.liveness != Liveness::Up)
+    {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SETTLE_POLL) => {}
+        }
     }
     let mut force = true;
     loop {
