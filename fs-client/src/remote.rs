@@ -228,9 +228,7 @@ impl PeerPool {
         }
         r.map(|b| b.into_vec())
     }
-}
 
-impl PeerPool {
     /// Which of `ids` `peer` holds, in order.
     ///
     /// Errors: as [`PeerPool::put`].
