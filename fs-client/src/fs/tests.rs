@@ -337,9 +337,17 @@ async fn a_degraded_write_is_acknowledged_at_the_minimum_and_refused_below_it() 
         let mut c = Cluster::start(3, 3, B as u32).await;
         let fs = c.client().await;
         c.peers[2].take().unwrap().shutdown().await;
-        // R = 3 with one peer gone: a majority (2) is enough to acknowledge.
+        // R = 3 with one peer gone: a majority (2) is enough to acknowledge,
+        // at once: no block waits for a third live peer to appear (that
+        // wait is for fewer than the minimum).
         let data = pattern(3 * B, 5);
+        let t = std::time::Instant::now();
         let ino = write_file(&fs, b"degraded", &data, B).await;
+        assert!(
+            t.elapsed() < super::upload::NO_LIVE_PEER_WAIT,
+            "a degraded write waited {:?} for a third peer",
+            t.elapsed()
+        );
         assert_eq!(read_all(&c.client().await, ino).await, data);
         // Asking for all three replicas makes the same write fail with EIO.
         let dir = DirClient::connect(&c.addr, client_tls()).await.unwrap();

@@ -17,9 +17,9 @@ use tracing::{debug, info, warn};
 
 /// Longest time one block's upload waits for dirsvc to list a live peer
 /// (seconds: 10), the window in which peers heartbeat again after a dirsvc
-/// restart (every 2 s, after a reconnect backoff). Past it the write fails
-/// with EIO.
-const NO_LIVE_PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// restart (every 2 s, after a reconnect backoff), while fewer than the
+/// minimum replicas are stored. Past it the write fails with EIO.
+pub(super) const NO_LIVE_PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a block waiting for a live peer asks dirsvc again (1 s).
 const NO_LIVE_PEER_STEP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -119,11 +119,14 @@ impl Fs {
                     Ok((t, full)) => (t.into_iter().take(want - stored.len()).collect::<Vec<_>>(), full),
                     Err(e) => break (Err(e), false),
                 };
-                // No live peer at all, full or not: dirsvc has just
-                // restarted and the peers' next heartbeats (every 2 s) are
-                // still to come, or the peers are restarting. Wait for them
-                // rather than failing the write at once.
-                if targets.is_empty() && !full && no_peer_waited < NO_LIVE_PEER_WAIT {
+                // Too few live peers for an acknowledged write, full or
+                // not: dirsvc has just restarted and the peers' next
+                // heartbeats (every 2 s) are still to come, or the peers are
+                // restarting. Wait for them rather than failing the write
+                // at once. Once `min` replicas are stored, a missing live
+                // peer is not worth a wait: the block is stored degraded
+                // and repair adds the rest.
+                if targets.is_empty() && !full && stored.len() < min && no_peer_waited < NO_LIVE_PEER_WAIT {
                     if no_peer_waited.is_zero() {
                         info!(ino = %ino, block = idx, "no live peer listed; waiting for peers to heartbeat");
                     }
@@ -145,6 +148,10 @@ impl Fs {
                 tally.full += 1;
             }
             if targets.is_empty() {
+                if stored.len() >= min {
+                    // No other live peer to take a replica now: degraded.
+                    break;
+                }
                 errors.push(if full_seen {
                     "no live peer has room for the block".to_string()
                 } else {
@@ -245,11 +252,20 @@ impl Fs {
             }
             // `Limit`: this client holds its share of promised space;
             // choosing peers itself stores the block all the same.
-            Ok(_) | Err(Error::Dir(DirError::NoPeers { .. } | DirError::Limit(_))) => {}
+            Ok(_) => debug!("placement named only peers to skip"),
+            Err(Error::Dir(e @ (DirError::NoPeers { .. } | DirError::Limit(_)))) => {
+                debug!(error = %e, "placement refused")
+            }
             Err(Error::Dir(DirError::PeersFull { .. })) => full = true,
             Err(e) => return Err(e),
         }
         let mut peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+        debug!(
+            listed = ?peers.iter().map(|p| (p.loc.id, p.state, p.usage.free_bytes)).collect::<Vec<_>>(),
+            ?recent,
+            ?skip,
+            "placement could not help; choosing among the listed peers"
+        );
         peers.retain(|p| p.state == PeerState::Up && fresh(&p.loc));
         full |= peers.iter().any(|p| p.usage.free_bytes < len);
         peers.retain(|p| p.usage.free_bytes >= len);
