@@ -83,13 +83,6 @@ pub fn exclusive_slots() -> SlotGuard {
     SlotGuard::acquire(CLUSTER_SLOTS)
 }
 
-/// One cluster slot, for a test that starts its own daemons but shares
-/// the machine with one other cluster (it waits mostly on faults and
-/// timeouts, not on the CPU).
-pub fn shared_slot() -> SlotGuard {
-    SlotGuard::acquire(1)
-}
-
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let mut state = SLOTS.state.lock().unwrap_or_else(PoisonError::into_inner);
