@@ -3,9 +3,11 @@
 # ports), one run: creates per second (`touch` of empty files), `tar x` of
 # P2PFS_BENCH_FILES small files (64 B-64 KiB, 100 per directory) + sync in
 # files per second, a cold `find -ls` of that tree (stats per second, after
-# a remount-free cache drop), and a 1 GiB write (`dd bs=1M conv=fsync`,
-# MB/s). Prints one line per figure and, with --tsv, a tab-separated
-# summary line (label, creates/s, untar files/s, stats/s, write MB/s).
+# a remount-free cache drop), and a 1 GiB write of random bytes (`dd
+# bs=1M conv=fsync` from a file in the scratch dir, MB/s; zeros would be
+# holes, never stored). Prints one line per figure and, with --tsv, a
+# tab-separated summary line (label, creates/s, untar files/s, stats/s,
+# write MB/s).
 #
 # Usage: scripts/bench-meta.sh [--tsv] [LABEL]
 # Environment: P2PFS_BIN binaries to run (default: build as up.sh does);
@@ -63,6 +65,8 @@ for i in range(n):
         f.write(rng.randbytes(size))
 EOF
 tar -C "$WORK/src" -cf "$WORK/tree.tar" .
+# The write's input: random bytes (zeros would be holes, never stored).
+head -c "$((WRITE_MIB * 1048576))" /dev/urandom >"$WORK/big.src"
 
 "$ROOT/scripts/up.sh" "$MNT" >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "up.sh failed"; }
 
@@ -90,7 +94,7 @@ stats=$(rate "$entries" "$t0" "$t1")
 echo "$LABEL cold find -ls stats/s: $stats ($entries entries)"
 
 t0=$(now)
-dd if=/dev/zero of="$MNT/big" bs=1M count="$WRITE_MIB" conv=fsync status=none
+dd if="$WORK/big.src" of="$MNT/big" bs=1M count="$WRITE_MIB" conv=fsync status=none
 t1=$(now)
 write=$(awk -v b="$((WRITE_MIB * 1048576))" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", b / 1e6 / (t1 - t0) }')
 echo "$LABEL write MB/s: $write"
