@@ -122,18 +122,12 @@ start_peer() {
     wait_addr "$name" "$STATE/run/$name.addr"
 }
 
-# The fstype mounted at the mountpoint, or nothing (fuse + source p2pfs
-# counts as fuse.p2pfs).
-mount_type() {
-    M="$MNT" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
-}
-
 mount_volume() {
     start_daemon fs-client "$BIN/fs-client" mount --dirsvc "$DIRSVC_ADDR" -i "$IDENTITY" \
         --pin-dir "$STATE/pins" "$MNT"
     local pid deadline=$((SECONDS + 30))
     pid=$(<"$PIDS/fs-client.pid")
-    until [[ $(mount_type) == fuse.p2pfs ]]; do
+    until [[ $(mount_type "$MNT") == fuse.p2pfs ]]; do
         alive "$pid" || { show_log "$STATE/logs/fs-client.log"; die "fs-client exited before mounting"; }
         (( SECONDS < deadline )) || { show_log "$STATE/logs/fs-client.log"; die "no mount after 30 s"; }
         sleep 0.05
@@ -142,7 +136,7 @@ mount_volume() {
 
 unmount_volume() {
     stop fs-client fs-client TERM 120
-    if [[ -n $(mount_type) ]]; then
+    if [[ -n $(mount_type "$MNT") ]]; then
         umount -l "$MNT" || true
     fi
 }
@@ -201,7 +195,7 @@ for name in fs-client dirsvc peerd-1 peerd-2 peerd-3 peerd-4 peerd-5; do
         die "$name from an earlier run still runs (pid $pid); stop it (or use another P2PFS_STATE)"
     fi
 done
-if [[ -n $(mount_type) ]]; then umount -l "$MNT"; fi
+if [[ -n $(mount_type "$MNT") ]]; then umount -l "$MNT"; fi
 rm -rf "$STATE"/peerd-* "$STATE/dirsvc" "$STATE/run" "$PIDS" "$STATE/logs" "$IDENTITY"
 mkdir -p "$PIDS" "$STATE/logs" "$STATE/dirsvc" "$STATE/run" "$MNT"
 

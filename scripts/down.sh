@@ -50,19 +50,16 @@ stop() {
     rm -f "$PIDS/$name.pid"
 }
 
-# The fstype mounted at $1 per /proc/mounts, or nothing (a plain `fuse` mount
-# whose source is p2pfs counts as fuse.p2pfs).
-mount_type() {
-    local s=$1
-    s=${s//\\/\\134}; s=${s// /\\040}; s=${s//$'\t'/\\011}; s=${s//$'\n'/\\012}
-    M="$s" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
-}
-
 # 1. The client first: on SIGTERM it flushes and unmounts. What it could not
 # store it keeps under $STATE/recovery and says so in its log.
+# A mount left behind is detached only if this state dir's client made it
+# (its PID file was there): a p2pfs mount of another cluster at the same
+# path is not ours to remove.
 log_mark=$(log_size fs-client)
+ours=false
+[[ -f $PIDS/fs-client.pid ]] && ours=true
 stop fs-client fs-client 60
-if [[ -f $STATE/mountpoint ]]; then
+if $ours && [[ -f $STATE/mountpoint ]]; then
     mnt=$(<"$STATE/mountpoint")
     if [[ $(mount_type "$mnt") == fuse.p2pfs ]]; then
         echo "$mnt is still mounted: lazy unmount"

@@ -47,3 +47,17 @@ pending_recovery() {
     (( n > 0 )) && echo "$n"
     return 0
 }
+
+# The /proc/mounts form of a path (octal escapes for space, tab, newline, \).
+mounts_escape() {
+    local s=$1
+    s=${s//\\/\\134}; s=${s// /\\040}; s=${s//$'\t'/\\011}; s=${s//$'\n'/\\012}
+    printf '%s' "$s"
+}
+
+# The fstype mounted at path $1 per /proc/mounts, or nothing. A plain `fuse`
+# mount whose source is p2pfs counts as fuse.p2pfs (fuser drops the subtype
+# on its mount(2) path).
+mount_type() {
+    M="$(mounts_escape "$1")" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
+}

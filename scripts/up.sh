@@ -29,7 +29,7 @@ set -euo pipefail
 die() { echo "up.sh: $*" >&2; exit 1; }
 
 [[ $# -eq 1 && $1 != -h && $1 != --help ]] || {
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -56,6 +56,23 @@ STATE=$(cd "$STATE" && pwd -P)
 # shape, sizes, wrapped volume keys) and logs that name paths in clear.
 chmod 700 "$STATE"
 mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/dirsvc" "$STATE/run"
+# One volume per state dir: its peers (peerd-N/) hold that volume's chunks,
+# and a second volume on them would take those for orphans and delete them.
+# So the engine a state dir was made with is the only one it runs.
+if [[ -f $STATE/meta ]]; then
+    made=$(<"$STATE/meta")
+elif [[ -e $STATE/dirsvc/dirsvc.redb ]]; then
+    made=redb
+elif [[ -d $STATE/etcd-1 ]]; then
+    made=etcd
+else
+    made=$META
+fi
+[[ $made == "$META" ]] ||
+    die "$STATE holds a volume on $made; P2PFS_META=$META would make a second volume on its peers," \
+        "whose garbage collection would delete the first one's chunks. Run with P2PFS_META=$made," \
+        "or give the $META cluster its own P2PFS_STATE (to move the volume: dirsvc migrate, docs/OPERATIONS.md)"
+echo "$META" >"$STATE/meta"
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$PWD/$TARGET
@@ -97,6 +114,15 @@ fi
 PIDS=$STATE/pids
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# The mountpoint first, before anything starts: another kind of mount there
+# is refused, and so is a p2pfs mount this state dir did not make (its own,
+# live or left by a dead client, is dealt with below).
+mtype=$(mount_type "$MNT")
+[[ -z $mtype || $mtype == fuse.p2pfs ]] || die "$MNT is already a $mtype mount"
+if [[ $mtype == fuse.p2pfs && $(cat "$STATE/mountpoint" 2>/dev/null) != "$MNT" ]]; then
+    die "$MNT is a p2pfs mount this state dir ($STATE) did not make; unmount it or choose another mountpoint"
+fi
 
 # Prints the last lines of a log, for a failed start (backtrace frames left
 # out, so the error itself stays in view).
@@ -140,19 +166,6 @@ wait_addr() {
         fi
         sleep 0.1
     done
-}
-
-# The /proc/mounts form of a path (octal escapes for space, tab, newline, \).
-mounts_escape() {
-    local s=$1
-    s=${s//\\/\\134}; s=${s// /\\040}; s=${s//$'\t'/\\011}; s=${s//$'\n'/\\012}
-    printf '%s' "$s"
-}
-
-# The fstype mounted at MNT, or nothing. A plain `fuse` mount whose source is
-# p2pfs counts as fuse.p2pfs (fuser drops the subtype on its mount(2) path).
-mount_type() {
-    M="$(mounts_escape "$1")" awk '$2 == ENVIRON["M"] { t = $3; if (t == "fuse" && $1 == "p2pfs") t = "fuse.p2pfs" } END { if (t) print t }' /proc/mounts
 }
 
 # ---------------------------------------------------------------- identity
