@@ -349,7 +349,6 @@ mtype=$(mount_type "$MNT")
 if [[ $mtype == fuse.p2pfs ]] && timeout 10 stat -f -- "$MNT" >/dev/null 2>&1; then
     echo "$MNT already mounted (fs-client pid ${client_pid:-not started by up.sh})"
 else
-    [[ -z $mtype || $mtype == fuse.p2pfs ]] || die "$MNT is already a $mtype mount"
     # A client without a working mount is stuck; it is ours (checked by pid
     # file and binary), so stop it.
     [[ -z $client_pid ]] || stop_pid "$client_pid"
