@@ -12,10 +12,10 @@ use crate::store::{Once, RequestKey, Store};
 use crate::survey::survey;
 use crate::DirsvcConfig;
 use common::rpc::dir::{
-    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, KeyEpoch,
-    Keyring, LayoutPage, Lock, LockConflict, LockFlavor, Member, NewInode, NewSymlink, PeerRegistration,
-    PeerStatus, PeerUsage, ReadDirPage, Reseal, SessionGrant, SessionId, SessionOpen, SetAttr, StatFs,
-    VolumeInfo,
+    Attr, BlockLoc, Change, ChangeBatch, ClusterStatus, CommitLayout, DirError, DirService, FileKind,
+    KeyEpoch, Keyring, LayoutPage, Lock, LockConflict, LockFlavor, Member, NewInode, NewSymlink,
+    PeerRegistration, PeerStatus, PeerUsage, ReadDirPage, ReadDirPlusPage, Reseal, SessionGrant, SessionId,
+    SessionOpen, SetAttr, StatFs, VolumeInfo,
 };
 use common::rpc::dir::{DirsvcStatus, HeartbeatReply, JoinGrant, Mutated, Mutation, Renewal, RevocationList};
 use common::rpc::{PeerLoc, Role, PROTOCOL_VERSION};
@@ -238,6 +238,27 @@ impl DirServer {
         self.shared.peers()
     }
 
+    /// A layout page as sent: each block's replicas as peer locations.
+    fn layout_page(&self, page: crate::store::LayoutBlocks) -> LayoutPage {
+        let peers = self.peers();
+        LayoutPage {
+            attr: page.attr,
+            blocks: page
+                .blocks
+                .into_iter()
+                .map(|b| BlockLoc {
+                    index: b.index,
+                    chunk: b.chunk,
+                    len: b.len,
+                    replicas: peers.locs(&b.replicas),
+                    epoch: b.epoch,
+                    mac: b.mac,
+                })
+                .collect(),
+            eof: page.eof,
+        }
+    }
+
     /// Runs `f` on the blocking pool with the store.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -264,7 +285,7 @@ impl DirServer {
     async fn apply(&self, request: Option<u64>, op: Mutation) -> Result<Mutated, DirError> {
         let name = op.op();
         let caller = match &op {
-            Mutation::Symlink { session, .. } => {
+            Mutation::Symlink { session, .. } | Mutation::CreateOpen { session, .. } => {
                 self.session_owner(name, *session)?;
                 self.member(name)?
             }
@@ -310,6 +331,23 @@ fn apply(
             }
             Once::Replayed(a) => Ok(a?),
         },
+        Mutation::CreateOpen { session, parent, name, new } => {
+            if new.kind != FileKind::File {
+                return Err(invalid(format!(
+                    "create_open of a {:?}: only regular files are opened",
+                    new.kind
+                )));
+            }
+            let attr = match store.create_once(req, parent, &name, &new)? {
+                Once::Fresh(attr) => {
+                    sh.changes.record_from(origin, entry_changes(parent, &name, attr.ino));
+                    attr
+                }
+                Once::Replayed(a) => a?.attr()?,
+            };
+            sh.sessions.open_file(store, session, attr.ino)?;
+            Ok(Mutated::Attr(attr))
+        }
         Mutation::Symlink { session, parent, name, new } => {
             let recorded = || req.map(|r| store.request_answer(r)).transpose().map(Option::flatten);
             if let Some(a) = recorded()? {
@@ -822,25 +860,7 @@ impl DirService for DirServer {
     ) -> Result<LayoutPage, DirError> {
         self.member("get_layout")?;
         let r = self.blocking(move |s| s.get_layout(ino, first, max)).await;
-        let r = r.map(|page| {
-            let peers = self.peers();
-            LayoutPage {
-                attr: page.attr,
-                blocks: page
-                    .blocks
-                    .into_iter()
-                    .map(|b| BlockLoc {
-                        index: b.index,
-                        chunk: b.chunk,
-                        len: b.len,
-                        replicas: peers.locs(&b.replicas),
-                        epoch: b.epoch,
-                        mac: b.mac,
-                    })
-                    .collect(),
-                eof: page.eof,
-            }
-        });
+        let r = r.map(|page| self.layout_page(page));
         reply("get_layout", r)
     }
 
@@ -1208,6 +1228,44 @@ impl DirService for DirServer {
     async fn server_time(self, _: Context) -> Result<Timestamp, DirError> {
         self.allow("server_time", ANY)?;
         Ok(Timestamp::now())
+    }
+
+    async fn readdir_plus(
+        self,
+        _: Context,
+        dir: InodeId,
+        after: u64,
+        limit: u32,
+    ) -> Result<ReadDirPlusPage, DirError> {
+        self.member("readdir_plus")?;
+        let r = self.blocking(move |s| s.readdir_plus(dir, after, limit)).await;
+        reply("readdir_plus", r)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(%session, %ino))]
+    async fn open_layout(
+        self,
+        _: Context,
+        session: SessionId,
+        ino: InodeId,
+        max: u32,
+    ) -> Result<LayoutPage, DirError> {
+        self.session_owner("open_layout", session)?;
+        self.bind(session);
+        let r = self
+            .with_shared(move |sh| {
+                sh.sessions.open_file(&sh.store, session, ino)?;
+                let page = sh.store.get_layout(ino, 0, max);
+                if page.is_err() {
+                    // No layout to open (a directory, a special node) or
+                    // the inode went: the mark goes with the failed open.
+                    sh.sessions.release_file(&sh.store, session, ino)?;
+                }
+                page
+            })
+            .await;
+        let r = r.map(|page| self.layout_page(page));
+        reply("open_layout", r)
     }
 }
 

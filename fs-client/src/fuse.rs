@@ -13,8 +13,8 @@ use common::InodeId;
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -23,21 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
-/// How long the kernel may cache entries, and attributes of anything but a
-/// regular file (1 s).
+/// How long the kernel may cache entries and attributes (1 s). Changes made
+/// through other mounts reach this one sooner, through dirsvc's change feed
+/// (see `mount::watch_changes`), which drops the kernel's copy; `open`
+/// always fetches the size and layout from dirsvc (close-to-open), so the
+/// TTL only bounds how stale a `stat` can be when the feed lags or lost
+/// changes.
 const TTL: Duration = Duration::from_secs(1);
-
-/// How long the kernel may cache a regular file's attributes: not at all, so
-/// every open (its permission check) fetches the size and mtime that another
-/// client may have committed — close-to-open consistency, which `O_APPEND`
-/// depends on. `stat` costs one RPC.
-fn attr_ttl(kind: FileKind) -> Duration {
-    if kind == FileKind::File {
-        Duration::ZERO
-    } else {
-        TTL
-    }
-}
 
 /// Directory entries fetched per `readdir` RPC.
 const READDIR_PAGE: u32 = 512;
@@ -139,6 +131,28 @@ fn to_attr(a: &Attr, blksize: u32) -> Result<FileAttr, Error> {
     })
 }
 
+/// Attributes for the "." and ".." entries of a READDIRPLUS reply, which
+/// the kernel ignores.
+fn dot_attr(ino: INodeNo) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 /// A time `utimensat` asked for, clamped into the range p2pfs stores (as
 /// ext4 clamps a time it cannot store).
 fn time(t: TimeOrNow) -> Timestamp {
@@ -177,15 +191,15 @@ impl FuseAdapter {
     }
 
     fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
-        match r.and_then(|a| Ok((attr_ttl(a.kind), to_attr(&a, self.blksize())?))) {
-            Ok((ttl, attr)) => reply.entry_with_ttls(&ttl, &TTL, &attr, Generation(0)),
+        match r.and_then(|a| to_attr(&a, self.blksize())) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(errno(op, &e)),
         }
     }
 
     fn reply_attr(&self, op: &str, r: Result<Attr, Error>, reply: ReplyAttr) {
-        match r.and_then(|a| Ok((attr_ttl(a.kind), to_attr(&a, self.blksize())?))) {
-            Ok((ttl, attr)) => reply.attr(&ttl, &attr),
+        match r.and_then(|a| to_attr(&a, self.blksize())) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(errno(op, &e)),
         }
     }
@@ -206,6 +220,14 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_background(64);
         // Locks are held at dirsvc so they hold across mounts; without these
         // capabilities the kernel would keep them local to this machine.
+        // Listings carry each entry's attributes (READDIRPLUS), so `ls -l`
+        // and `find` need no lookup per entry; the kernel picks plain
+        // READDIR when it sees no use for them.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+        {
+            debug!(?missing, "the kernel lacks READDIRPLUS; listings use READDIR and lookups");
+        }
         if let Err(missing) =
             config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
         {
@@ -480,6 +502,54 @@ impl Filesystem for FuseAdapter {
             }
             match entries.last() {
                 Some(last) if !eof => cookie = last.cookie,
+                _ => break,
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        // Offsets as `readdir`. The kernel takes no attributes from "." and
+        // ".." entries; they get placeholders.
+        let dir = InodeId(ino.0);
+        let dot = dot_attr(ino);
+        if offset == 0 && reply.add(ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
+            return reply.ok();
+        }
+        if offset <= 1 && reply.add(ino, 2, "..", &Duration::ZERO, &dot, Generation(0)) {
+            return reply.ok();
+        }
+        let mut cookie = offset.saturating_sub(2);
+        loop {
+            let (entries, eof) = match self.rt.block_on(self.fs.readdir_plus(dir, cookie, READDIR_PAGE)) {
+                Ok(p) => p,
+                Err(e) => return reply.error(errno("readdirplus", &e)),
+            };
+            for (e, a) in &entries {
+                let attr = match to_attr(a, self.blksize()) {
+                    Ok(attr) => attr,
+                    Err(err) => return reply.error(errno("readdirplus", &err)),
+                };
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie + 2,
+                    OsStr::from_bytes(&e.name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+            }
+            match entries.last() {
+                Some((last, _)) if !eof => cookie = last.cookie,
                 _ => break,
             }
         }

@@ -148,10 +148,14 @@ async fn watch_changes(fs: std::sync::Arc<Fs>, notifier: fuser::Notifier) {
             Ok((changes, next, overflow)) => {
                 if overflow {
                     debug!(after = last, "change feed overflowed or dirsvc restarted; caches expire by TTL");
+                    fs.forget_all_cached();
                 }
                 last = next;
                 if changes.is_empty() {
                     continue;
+                }
+                for c in &changes {
+                    fs.forget_cached(c.ino);
                 }
                 let n = notifier.clone();
                 // Notifications write to /dev/fuse and may wait on the

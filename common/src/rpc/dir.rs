@@ -131,6 +131,17 @@ pub struct ReadDirPage {
     pub eof: bool,
 }
 
+/// One page of a directory listing with each entry's attributes
+/// (`readdir_plus`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadDirPlusPage {
+    /// Entries in cookie order (`.` and `..` are not included), each with
+    /// the attributes of the inode it names.
+    pub entries: Vec<(DirEntry, Attr)>,
+    /// True if no entries follow the last one.
+    pub eof: bool,
+}
+
 /// A member of a volume: someone whose age key every current key epoch
 /// is wrapped to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +395,21 @@ pub enum Mutation {
         /// The sealed attribute name.
         name: Vec<u8>,
     },
+    /// [`DirService::create`] of a regular file and
+    /// [`DirService::open_file`] of it by `session` in one round trip (a
+    /// FUSE `create`); answers [`Mutated::Attr`]. A retry of an applied
+    /// request marks the file open again (marks are counted once per
+    /// session). `NoSession` for a session the caller does not own.
+    CreateOpen {
+        /// The caller's own session, which holds the new file open.
+        session: SessionId,
+        /// The directory to make it in.
+        parent: InodeId,
+        /// The sealed name.
+        name: Vec<u8>,
+        /// What to create (`kind` must be [`FileKind::File`]).
+        new: NewInode,
+    },
 }
 
 impl Mutation {
@@ -400,6 +426,7 @@ impl Mutation {
             Mutation::Rename { .. } => "rename",
             Mutation::SetXattr { .. } => "setxattr",
             Mutation::RemoveXattr { .. } => "removexattr",
+            Mutation::CreateOpen { .. } => "create_open",
         }
     }
 }
@@ -1263,4 +1290,17 @@ pub trait DirService {
     /// compares it with its own clock). Any node with a certificate of the
     /// cluster.
     async fn server_time() -> Result<Timestamp, DirError>;
+    /// `open_file` and the first page of `get_layout(ino, 0, max)` in one
+    /// round trip: marks `ino` open by `session` (as `open_file`) and
+    /// returns its attributes and its first non-hole blocks (at most `max`,
+    /// capped as `get_layout`). A client continues with `get_layout` when
+    /// the page is not `eof`. `NotFound`, `NoSession`, `Invalid` for a
+    /// directory or another kind that has no layout (the mark is then
+    /// dropped again).
+    async fn open_layout(session: SessionId, ino: InodeId, max: u32) -> Result<LayoutPage, DirError>;
+    /// `readdir` with each entry's attributes (one page; `limit` capped as
+    /// `readdir`), so a client lists a directory and stats its entries
+    /// without one `lookup` each (FUSE `READDIRPLUS`). `NotFound`,
+    /// `NotDir`.
+    async fn readdir_plus(dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPlusPage, DirError>;
 }

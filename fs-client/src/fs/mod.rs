@@ -57,6 +57,7 @@
 //!   extended attributes;
 //! - `durability.rs`: the per-file durability report (a virtual xattr);
 //! - `names.rs`: the last known path of inodes, for messages;
+//! - `known.rs`: extended attributes known to be absent (no round trip);
 //! - `recovery.rs`: keeping data that could not be stored at unmount, and
 //!   storing it at the next mount;
 //! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
@@ -345,6 +346,10 @@ pub struct Fs {
     /// Drops the kernel's cached attributes and pages of an inode (set by
     /// the mount; tests without FUSE have none).
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// Extended attributes known to be absent, answered without dirsvc.
+    known: known::Known,
+    /// The last small-block placement, reused for a moment.
+    placements: upload::PlacementReuse,
 }
 
 /// A callback that drops the kernel's caches of an inode.
@@ -387,6 +392,8 @@ impl Fs {
             kept: Mutex::new(HashMap::new()),
             session: session::SessionState::new(config.session_label.clone()),
             invalidator: std::sync::OnceLock::new(),
+            known: known::Known::default(),
+            placements: upload::PlacementReuse::default(),
             config,
         })
     }
@@ -623,6 +630,7 @@ pub use reencrypt::{ReencryptProgress, ReencryptReport};
 
 mod durability;
 mod extents;
+mod known;
 mod locks;
 mod names;
 mod namespace;

@@ -99,7 +99,9 @@ impl Fs {
     /// Makes a directory.
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        let generation = self.known.generation();
         let attr = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await?;
+        self.known.record_bare(attr.ino, generation);
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -107,7 +109,9 @@ impl Fs {
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        let generation = self.known.generation();
         let attr = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await?;
+        self.known.record_bare(attr.ino, generation);
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -122,8 +126,19 @@ impl Fs {
         gid: u32,
     ) -> Result<(Attr, u64)> {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
-        let attr = self.mknod(parent, name, new).await?;
-        self.mark_open(attr.ino).await?;
+        let sealed = self.seal_name(parent, name)?;
+        let generation = self.known.generation();
+        // The create and the open mark in one round trip.
+        let attr = self
+            .mark_open_with(|session| Mutation::CreateOpen {
+                session,
+                parent,
+                name: sealed.clone(),
+                new: new.clone(),
+            })
+            .await?;
+        self.known.record_bare(attr.ino, generation);
+        self.names.record(attr.ino, parent, name);
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
     }
@@ -279,6 +294,36 @@ impl Fs {
         for e in page.entries {
             match self.name_key.open(dir, &e.name) {
                 Ok(name) => out.push(Entry { name, ino: e.ino, kind: e.kind, cookie: e.cookie }),
+                Err(_) => {
+                    warn!(dir = %dir, ino = %e.ino, "directory entry name does not open with the volume key; skipped")
+                }
+            }
+        }
+        Ok((out, page.eof))
+    }
+
+    /// One page of `dir`'s listing after `cookie`, each entry with its
+    /// attributes (with the local size of files that have unflushed
+    /// writes): `readdir` and a `lookup` of every entry in one round trip.
+    /// Names that do not open with the volume key are skipped and logged.
+    ///
+    /// Errors: `ENOENT`, `ENOTDIR`, transport errors.
+    pub async fn readdir_plus(
+        &self,
+        dir: InodeId,
+        cookie: u64,
+        limit: u32,
+    ) -> Result<(Vec<(Entry, Attr)>, bool)> {
+        let page =
+            self.dir.call(|c, ctx| async move { c.readdir_plus(ctx, dir, cookie, limit).await }).await?;
+        let mut out = Vec::with_capacity(page.entries.len());
+        for (e, attr) in page.entries {
+            match self.name_key.open(dir, &e.name) {
+                Ok(name) => {
+                    self.names.record(e.ino, dir, &name);
+                    let attr = self.overlay(attr).await;
+                    out.push((Entry { name, ino: e.ino, kind: e.kind, cookie: e.cookie }, attr));
+                }
                 Err(_) => {
                     warn!(dir = %dir, ino = %e.ino, "directory entry name does not open with the volume key; skipped")
                 }

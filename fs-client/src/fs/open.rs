@@ -3,22 +3,41 @@
 
 use super::{lock, FileState, Fs, Handle, OpenFile};
 use crate::error::{Error, Result};
-use common::rpc::dir::{Attr, BlockLoc, FileKind};
+use common::rpc::dir::{Attr, BlockLoc, FileKind, LayoutPage};
 use common::InodeId;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::error;
 
+/// Layout entries asked per `get_layout`/`open_layout` page.
+const LAYOUT_PAGE: u32 = 4096;
+
 impl Fs {
     // ----- open / close ------------------------------------------------------
 
+    /// The attributes and whole layout of `ino`, from dirsvc.
+    ///
+    /// Errors: dirsvc's (`ENOENT`, `EINVAL` for a non-file) and transport
+    /// errors.
     pub(super) async fn load_layout(&self, ino: InodeId) -> Result<(Attr, BTreeMap<u64, BlockLoc>)> {
+        let page =
+            self.dir.call(|c, ctx| async move { c.get_layout(ctx, ino, 0, LAYOUT_PAGE).await }).await?;
+        self.load_rest(ino, page).await
+    }
+
+    /// The whole layout of `ino` given its first page: the pages that
+    /// follow are fetched from dirsvc.
+    ///
+    /// Errors: as [`Fs::load_layout`].
+    pub(super) async fn load_rest(
+        &self,
+        ino: InodeId,
+        mut page: LayoutPage,
+    ) -> Result<(Attr, BTreeMap<u64, BlockLoc>)> {
         let mut layout = BTreeMap::new();
         let mut first = 0u64;
         loop {
-            let page =
-                self.dir.call(|c, ctx| async move { c.get_layout(ctx, ino, first, 4096).await }).await?;
             let last = page.blocks.last().map(|b| b.index);
             for b in page.blocks {
                 layout.insert(b.index, b);
@@ -26,12 +45,16 @@ impl Fs {
             if page.eof {
                 return Ok((page.attr, layout));
             }
-            // A page covers block indexes [first, first + 4096): an empty one
-            // that is not the end means a long hole; skip past it.
+            // A page covers block indexes [first, first + LAYOUT_PAGE): an
+            // empty one that is not the end means a long hole; skip past it.
             first = match last {
                 Some(l) => l + 1,
-                None => first + 4096,
+                None => first + u64::from(LAYOUT_PAGE),
             };
+            page = self
+                .dir
+                .call(|c, ctx| async move { c.get_layout(ctx, ino, first, LAYOUT_PAGE).await })
+                .await?;
         }
     }
 
@@ -64,8 +87,13 @@ impl Fs {
     /// unless this process holds unflushed changes to the file; `truncate`
     /// empties it (`O_TRUNC`). Returns the handle.
     pub async fn open(self: &Arc<Self>, ino: InodeId, truncate: bool) -> Result<u64> {
-        self.mark_open(ino).await?;
-        let (attr, layout) = match self.load_layout(ino).await {
+        // One round trip for a file this mount does not hold open yet: the
+        // open mark and the first layout page together.
+        let loaded = match self.mark_open_loading(ino).await? {
+            Some(page) => self.load_rest(ino, page).await,
+            None => self.load_layout(ino).await,
+        };
+        let (attr, layout) = match loaded {
             Ok(l) if l.0.kind == FileKind::File => l,
             Ok(_) => {
                 self.unmark_open(ino).await;

@@ -14,7 +14,7 @@
 
 use super::{lock, Fs, COMMIT_BATCH};
 use crate::error::{Error, Result};
-use common::rpc::dir::{DirError, Lock, SessionGrant, SessionId, SessionOpen};
+use common::rpc::dir::{Attr, DirError, Lock, SessionGrant, SessionId, SessionOpen};
 use common::InodeId;
 use std::collections::HashMap;
 use std::future::Future;
@@ -238,21 +238,47 @@ impl Fs {
         }
     }
 
-    /// Counts a new handle on `ino`; the first one marks the inode open at
-    /// dirsvc (so an unlink of its last name keeps it) and returns its
-    /// attributes.
+    /// Counts a new handle on `ino`; the first one marks it open at dirsvc
+    /// (so unlinking its last name keeps the inode until the last handle
+    /// here is released) and also returns the first page of its layout,
+    /// from the same round trip (`open_layout`, at most 4096 blocks).
+    /// `None`: the inode was marked already; the caller loads the layout
+    /// itself.
     ///
-    /// Errors: `ENOENT` if the inode is gone.
-    pub(crate) async fn mark_open(&self, ino: InodeId) -> Result<()> {
+    /// Errors: as `open_layout` (`ENOENT`, `EINVAL` for a non-file; the
+    /// mark is not taken then).
+    pub(crate) async fn mark_open_loading(
+        &self,
+        ino: InodeId,
+    ) -> Result<Option<common::rpc::dir::LayoutPage>> {
         let _calls = self.session.mark_calls.lock().await;
-        if !lock(&self.session.marks).contains_key(&ino) {
-            self.with_session(|s| async move {
-                self.dir.call(|c, ctx| async move { c.open_file(ctx, s, ino).await }).await
-            })
-            .await?;
-        }
+        let page = if lock(&self.session.marks).contains_key(&ino) {
+            None
+        } else {
+            let page = self
+                .with_session(|s| async move {
+                    self.dir.call(|c, ctx| async move { c.open_layout(ctx, s, ino, 4096).await }).await
+                })
+                .await?;
+            Some(page)
+        };
         *lock(&self.session.marks).entry(ino).or_insert(0) += 1;
-        Ok(())
+        Ok(page)
+    }
+
+    /// Applies the mutation `op(session)` that makes a file and marks it
+    /// open by this mount's session at dirsvc (`CreateOpen`), and counts
+    /// the mark here as [`Fs::mark_open_loading`] does. Returns the new attributes.
+    ///
+    /// Errors: the mutation's.
+    pub(crate) async fn mark_open_with(
+        &self,
+        op: impl Fn(SessionId) -> common::rpc::dir::Mutation,
+    ) -> Result<Attr> {
+        let _calls = self.session.mark_calls.lock().await;
+        let attr = self.with_session(|s| self.dir.mutate_attr(op(s))).await?;
+        *lock(&self.session.marks).entry(attr.ino).or_insert(0) += 1;
+        Ok(attr)
     }
 
     /// Drops a handle on `ino`; the last one unmarks it at dirsvc, which

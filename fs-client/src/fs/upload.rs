@@ -243,10 +243,17 @@ impl Fs {
         let (recent, recent_full) = self.recently_failed();
         let fresh = |p: &PeerLoc| !skip.contains(&p.id) && !recent.contains(&p.id);
         let mut full = recent_full;
+        if let Some(placed) = self.placements.take(len, |p| fresh(p)) {
+            return Ok((placed, full));
+        }
         match self.dir.call(|c, ctx| async move { c.placement(ctx, 1, len).await }).await {
             Ok(mut sets) if !sets.is_empty() => {
-                let placed: Vec<PeerLoc> = sets.swap_remove(0).into_iter().filter(|p| fresh(p)).collect();
+                let set = sets.swap_remove(0);
+                let placed: Vec<PeerLoc> = set.iter().filter(|p| fresh(p)).cloned().collect();
                 if !placed.is_empty() {
+                    if placed.len() == set.len() {
+                        self.placements.keep(set, len);
+                    }
                     return Ok((placed, full));
                 }
             }
@@ -317,6 +324,54 @@ impl Fs {
                     .unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
                 Self::apply_upload(st, idx, r, data);
             }
+        }
+    }
+}
+
+/// Blocks up to this many bytes may reuse a recent placement (256 KiB):
+/// small files then cost no placement round trip each, while big blocks
+/// still spread over the cluster one placement at a time.
+const REUSE_MAX_BLOCK: u64 = 256 << 10;
+
+/// How long a kept placement may be reused (1 s).
+const REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most bytes of blocks one kept placement takes (16 MiB): a burst of
+/// small files lands on one peer set for at most a second or 16 MiB.
+const REUSE_BYTES: u64 = 16 << 20;
+
+/// The last placement dirsvc gave for a small block, reused for the small
+/// blocks that follow within [`REUSE_FOR`] and [`REUSE_BYTES`] (one
+/// placement round trip per burst of small files instead of one per file).
+/// Peers that fail a put are avoided by the caller's filter, and a set
+/// with any such peer is not reused.
+#[derive(Default)]
+pub(super) struct PlacementReuse {
+    last: std::sync::Mutex<Option<(Vec<PeerLoc>, std::time::Instant, u64)>>,
+}
+
+impl PlacementReuse {
+    /// The kept peer set for a block of `len` bytes if it may be reused and
+    /// every peer in it passes `usable`; counts `len` against the set.
+    fn take(&self, len: u64, usable: impl Fn(&PeerLoc) -> bool) -> Option<Vec<PeerLoc>> {
+        if len > REUSE_MAX_BLOCK {
+            return None;
+        }
+        let mut g = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, at, used) = g.as_mut()?;
+        if at.elapsed() > REUSE_FOR || *used + len > REUSE_BYTES || !set.iter().all(&usable) {
+            *g = None;
+            return None;
+        }
+        *used += len;
+        Some(set.clone())
+    }
+
+    /// Keeps `set`, just placed for a block of `len` bytes, for reuse.
+    fn keep(&self, set: Vec<PeerLoc>, len: u64) {
+        if len <= REUSE_MAX_BLOCK {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((set, std::time::Instant::now(), len));
         }
     }
 }

@@ -82,6 +82,10 @@ impl Fs {
             return self.durability(ino).await;
         }
         check_name(name)?;
+        if self.known.lacks(ino, name) {
+            return Err(Error::Errno(libc::ENODATA, "no such attribute (known to this mount)".into()));
+        }
+        let generation = self.known.generation();
         let sealed_name = self.name_key.seal_xattr(ino, name);
         let sealed = self
             .dir
@@ -89,7 +93,12 @@ impl Fs {
                 let n = sealed_name.clone();
                 async move { c.getxattr(ctx, ino, n).await }
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if e.errno() == libc::ENODATA {
+                    self.known.record_absent(ino, name, generation);
+                }
+            })?;
         let bad = |why: String| {
             tracing::error!(ino = %ino, path = %self.path_of(ino), reason = %why, "extended attribute value does not open as this attribute's: dirsvc moved or altered it; refusing it (EIO)");
             Error::Integrity(format!("attribute value of inode {ino}: {why}"))
@@ -107,7 +116,11 @@ impl Fs {
     ///
     /// Errors: `ENOENT`, transport errors.
     pub async fn listxattr(&self, ino: InodeId, uid: u32) -> Result<Vec<u8>> {
+        let generation = self.known.generation();
         let sealed = self.dir.call(|c, ctx| async move { c.listxattr(ctx, ino).await }).await?;
+        if sealed.is_empty() {
+            self.known.record_bare(ino, generation);
+        }
         let mut names: Vec<Vec<u8>> = Vec::with_capacity(sealed.len());
         for s in sealed {
             match self.name_key.open_xattr(ino, &s) {
@@ -162,6 +175,7 @@ impl Fs {
             &Self::xattr_ad(ino, &sealed_name),
         )?;
         let op = Mutation::SetXattr { ino, name: sealed_name, value: sealed_value, flags: wire };
+        self.known.forget(ino);
         self.dir.mutate_attr(op).await
     }
 
@@ -172,7 +186,20 @@ impl Fs {
         refuse_virtual(name)?;
         check_name(name)?;
         let sealed_name = self.name_key.seal_xattr(ino, name);
+        self.known.forget(ino);
         self.dir.mutate_attr(Mutation::RemoveXattr { ino, name: sealed_name }).await
+    }
+
+    /// Drops what this mount caches about `ino`'s metadata because another
+    /// mount changed it (dirsvc's change feed named it).
+    pub fn forget_cached(&self, ino: InodeId) {
+        self.known.forget(ino);
+    }
+
+    /// Drops everything this mount caches about metadata (the change feed
+    /// lost changes: dirsvc restarted or this mount fell behind).
+    pub fn forget_all_cached(&self) {
+        self.known.forget_all();
     }
 }
 

@@ -359,4 +359,16 @@ impl DirService for FakeDir {
     async fn server_time(self, _: Context) -> Result<common::time::Timestamp, DirError> {
         unsupported()
     }
+    async fn open_layout(self, _: Context, _: SessionId, _: InodeId, _: u32) -> Result<LayoutPage, DirError> {
+        unsupported()
+    }
+    async fn readdir_plus(
+        self,
+        _: Context,
+        _: InodeId,
+        _: u64,
+        _: u32,
+    ) -> Result<common::rpc::dir::ReadDirPlusPage, DirError> {
+        unsupported()
+    }
 }
