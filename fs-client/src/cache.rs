@@ -3,8 +3,9 @@
 //!
 //! Keyed by [`ChunkId`]: chunks are immutable and content-addressed, so an
 //! entry can never be stale; layouts decide which chunk a block is. Bounded
-//! by a number of entries computed from a byte budget and the block size;
-//! least recently used entries go first.
+//! by a byte budget counted over the blocks' lengths (small files' blocks
+//! are as small as their data, so many more of them fit); least recently
+//! used entries go first.
 
 use crate::error::Result;
 use common::ChunkId;
@@ -12,7 +13,6 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::future::Future;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 /// A decrypted block shared between the cache and readers.
@@ -20,31 +20,59 @@ pub type Block = Arc<Vec<u8>>;
 
 type InFlight = Shared<BoxFuture<'static, Result<Block>>>;
 
+/// The cached blocks and the bytes they hold.
+struct Lru {
+    blocks: LruCache<ChunkId, Block>,
+    bytes: u64,
+}
+
 /// Bounded LRU cache of decrypted blocks.
 pub struct BlockCache {
-    blocks: Mutex<LruCache<ChunkId, Block>>,
+    lru: Mutex<Lru>,
+    /// Most bytes of blocks kept.
+    budget: u64,
     in_flight: Mutex<HashMap<ChunkId, InFlight>>,
 }
 
 impl BlockCache {
-    /// A cache holding about `budget_bytes` of blocks of `block_size` bytes
-    /// (at least 4 blocks).
+    /// A cache holding at most `budget_bytes` bytes of blocks (at least one
+    /// block of `block_size` bytes).
     pub fn new(budget_bytes: u64, block_size: u64) -> Self {
-        let n = (budget_bytes / block_size.max(1)).max(4) as usize;
         BlockCache {
-            blocks: Mutex::new(LruCache::new(NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN))),
+            lru: Mutex::new(Lru { blocks: LruCache::unbounded(), bytes: 0 }),
+            budget: budget_bytes.max(block_size),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The cached block, if present.
-    pub fn get(&self, id: &ChunkId) -> Option<Block> {
-        self.blocks.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Caches a block (used after an upload, so rereads need no fetch).
+    /// The cached block, if present.
+    pub fn get(&self, id: &ChunkId) -> Option<Block> {
+        self.lock().blocks.get(id).cloned()
+    }
+
+    /// Caches a block, dropping the least recently used ones past the
+    /// budget.
     pub fn insert(&self, id: ChunkId, block: Block) {
-        self.blocks.lock().unwrap_or_else(|p| p.into_inner()).put(id, block);
+        let mut g = self.lock();
+        g.bytes += block.len() as u64;
+        if let Some(old) = g.blocks.put(id, block) {
+            g.bytes -= old.len() as u64;
+        }
+        while g.bytes > self.budget {
+            match g.blocks.pop_lru() {
+                Some((_, b)) => g.bytes -= b.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes of blocks cached now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// Returns the cached block or runs `fetch` to get it. Concurrent callers
@@ -103,5 +131,22 @@ mod tests {
             cache.insert(ChunkId::of(&[i]), Arc::new(vec![i]));
         }
         assert!(cache.get(&id).is_none(), "oldest entry evicted");
+    }
+
+    #[test]
+    fn the_budget_counts_bytes_so_small_blocks_fit_many_and_big_ones_few() {
+        let cache = BlockCache::new(1000, 100);
+        for i in 0..50u8 {
+            cache.insert(ChunkId::of(&[i]), Arc::new(vec![i; 20]));
+        }
+        assert_eq!(cache.bytes(), 1000, "50 blocks of 20 bytes fill a 1000-byte budget exactly");
+        assert!(cache.get(&ChunkId::of(&[0])).is_some());
+        cache.insert(ChunkId::of(b"big"), Arc::new(vec![0; 600]));
+        assert!(cache.bytes() <= 1000);
+        assert!(cache.get(&ChunkId::of(b"big")).is_some(), "the newest block stays");
+        assert!(cache.get(&ChunkId::of(&[1])).is_none(), "least recently used small blocks went");
+        assert!(cache.get(&ChunkId::of(&[0])).is_some(), "a block read since stays");
+        cache.insert(ChunkId::of(b"big"), Arc::new(vec![0; 600]));
+        assert!(cache.bytes() <= 1000, "a block cached again is counted once");
     }
 }

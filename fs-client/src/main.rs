@@ -84,8 +84,9 @@ enum Cmd {
         /// ~/.config/p2pfs/identity.txt).
         #[arg(short, long = "identity", env = "P2PFS_IDENTITY_FILE", default_value_os_t = fs_client::defaults::identity_file())]
         identity: PathBuf,
-        /// Decrypted block cache in MiB.
-        #[arg(long, default_value_t = 256)]
+        /// Decrypted block cache in MiB (blocks read; and small blocks
+        /// written, up to 256 KiB each).
+        #[arg(long, default_value_t = 128)]
         cache_mib: u64,
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8)]

@@ -94,10 +94,18 @@ pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_s
 /// again in the background while no handle flushes it (15 s).
 pub const FAILED_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Written blocks up to this many bytes (256 KiB) are kept in the block
+/// cache after their upload, so small files read back at once need no
+/// fetch; bigger ones are not, so a large write does not push what was
+/// read out of the cache (the kernel's page cache holds what was just
+/// written anyway).
+pub const CACHE_WRITTEN_MAX: usize = 256 << 10;
+
 /// Tunables of the client core.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
-    /// Byte budget of the decrypted block cache (default 256 MiB).
+    /// Byte budget of the decrypted block cache (default 128 MiB): blocks
+    /// read, and written blocks of up to [`CACHE_WRITTEN_MAX`] bytes.
     pub cache_bytes: u64,
     /// Blocks being sealed and uploaded at once, over all files (default 8).
     pub uploads_in_flight: usize,
@@ -132,7 +140,7 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            cache_bytes: 256 << 20,
+            cache_bytes: 128 << 20,
             uploads_in_flight: 8,
             readahead_blocks: 8,
             dirty_blocks_per_file: 32,

@@ -199,7 +199,9 @@ impl Fs {
             info!(ino = %ino, block = idx, stored = stored.len(), want, "block stored degraded; repair will add the missing replicas");
         }
         debug!(ino = %ino, block = idx, chunk = %sealed.id, "block stored");
-        self.cache.insert(sealed.id, data);
+        if data.len() <= super::CACHE_WRITTEN_MAX {
+            self.cache.insert(sealed.id, data);
+        }
         Ok(Uploaded {
             stored: StoredChunk {
                 id: sealed.id,
