@@ -14,9 +14,11 @@
 //!
 //! Format v3 ("segmented", written by [`seal_segmented`], read by
 //! [`open`] and [`header`] like the others) seals a block as a run of
-//! 64 KiB segments, each authenticated on its own, so that [`open_segment`]
-//! opens one segment without the rest of the chunk. Layout in the
-//! `segmented` module's docs and `docs/FORMATS.md`.
+//! 64 KiB segments, each authenticated on its own, for verified range
+//! reads: [`outboard`], [`encode_segment_proof`], [`verify_segment_proof`]
+//! and [`open_segment`] fetch, check and open one segment of a chunk
+//! knowing only its id and stored length. Layout in the `segmented`
+//! module's docs and `docs/FORMATS.md`.
 //!
 //! The header (8, 12 or 44 bytes) is the AEAD's associated data, so a
 //! changed version byte or epoch fails authentication. The epoch names the
@@ -34,8 +36,13 @@
 //! for age) and needs no per-chunk X25519 exchange; age still wraps the
 //! epoch secrets (see [`crate::keys`]).
 
+mod proof;
 mod segmented;
 
+pub use proof::{
+    encode_range_proof, encode_segment_proof, outboard, outboard_len, verify_range, verify_segment_proof,
+    VerifiedSegment, OUTBOARD_GROUP_BYTES,
+};
 pub use segmented::{
     open_segment, seal_segmented, seal_segmented_with, segmented_header, SegmentLayout, SegmentedHeader,
     HEADER_LEN_V3, MAX_OVERHEAD_V3, MIN_SEGMENT_SIZE, SEGMENT_SIZE, VERSION_V3,

@@ -68,6 +68,21 @@ pub enum Error {
         /// Length in bytes of what the range refers to.
         len: u64,
     },
+    /// A range proof does not verify against the chunk id and stored
+    /// length: the prover's bytes or hashes are wrong, the proof is for
+    /// another range, or it is cut short or has trailing bytes.
+    #[error("range proof for chunk {id} does not verify: {reason}")]
+    BadProof {
+        /// The chunk the proof was checked against.
+        id: ChunkId,
+        /// What failed (bao-tree's decode error, or trailing bytes).
+        reason: String,
+    },
+    /// An outboard does not belong to the stored bytes it was given with
+    /// (the bytes themselves hash to their id): recompute it with
+    /// [`crate::codec::outboard`].
+    #[error("the outboard of chunk {0} does not match its bytes")]
+    OutboardMismatch(ChunkId),
     /// A plaintext is larger than the format allows.
     #[error("plaintext too large: {len} bytes, limit {limit}")]
     TooLarge {
