@@ -480,7 +480,32 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn garbage_is_refused_without_panics(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            seg_log in 10u32..24,
+            len in 0u32..(1 << 23),
+            start in 0u64..3000,
+            span in 1u64..3000,
+        ) {
+            // Untrusted bytes shaped like a v3 chunk, and untrusted proofs.
+            let mut bytes = b"P2PC\x03\0\0\0\x01\0\0\0".to_vec();
+            bytes.extend_from_slice(&(1u32 << seg_log).to_le_bytes());
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&body);
+            prop_assert!(crate::codec::open_bytes(&key(), &bytes).is_err());
+            let id = ChunkId::of(&bytes);
+            prop_assert!(crate::codec::open(&key(), &id, &bytes).is_err());
+            let n = bytes.len() as u64;
+            let _ = encode_segment_proof(&id, &bytes, &outboard(&bytes), 0);
+            let r = start.min(n - 1)..(start + span).min(n);
+            prop_assert!(verify_range(&id, n, r.clone(), &body).is_err());
+            if let Ok(layout) = SegmentLayout::from_stored_len(n, 1 << seg_log.max(12)) {
+                prop_assert!(verify_segment_proof(&id, &layout, 0, &body).is_err());
+            }
+        }
+
         #[test]
         fn random_ranges_verify(len in 1usize..200_000, a in 0.0f64..1.0, b in 0.0f64..1.0) {
             let s = seal(&key(), 0, &pattern(len)).unwrap();
