@@ -34,6 +34,55 @@ pub enum Error {
     /// Authenticated decryption failed: wrong key or tampered bytes.
     #[error("authenticated decryption failed (wrong volume key or tampered data)")]
     Decrypt,
+    /// A segmented (v3) chunk header has a known version but impossible
+    /// fields: a segment size that is not a power of two in
+    /// [`crate::codec::MIN_SEGMENT_SIZE`, `crate::codec::MAX_PLAINTEXT`], or a
+    /// plaintext length over [`crate::codec::MAX_PLAINTEXT`]. Says which.
+    #[error("malformed chunk header: {0}")]
+    MalformedHeader(String),
+    /// Sealed bytes (a whole segmented chunk, or one stored segment) are not
+    /// as long as their header says.
+    #[error("sealed bytes are {actual} bytes long, their header says {expected}")]
+    LengthMismatch {
+        /// Length in bytes the header (and segment index) implies.
+        expected: u64,
+        /// Length in bytes received.
+        actual: u64,
+    },
+    /// A segment index past the last segment of a segmented chunk.
+    #[error("segment {index} does not exist (the chunk has {segments})")]
+    NoSuchSegment {
+        /// The index asked for (0-based).
+        index: u32,
+        /// How many segments the chunk has.
+        segments: u32,
+    },
+    /// A byte range that is empty, reversed or reaches past the end of the
+    /// bytes it refers to.
+    #[error("byte range {start}..{end} is empty or outside the {len} bytes")]
+    BadRange {
+        /// First byte of the range.
+        start: u64,
+        /// One past the last byte of the range.
+        end: u64,
+        /// Length in bytes of what the range refers to.
+        len: u64,
+    },
+    /// A range proof does not verify against the chunk id and stored
+    /// length: the prover's bytes or hashes are wrong, the proof is for
+    /// another range, or it is cut short or has trailing bytes.
+    #[error("range proof for chunk {id} does not verify: {reason}")]
+    BadProof {
+        /// The chunk the proof was checked against.
+        id: ChunkId,
+        /// What failed (bao-tree's decode error, or trailing bytes).
+        reason: String,
+    },
+    /// An outboard does not belong to the stored bytes it was given with
+    /// (the bytes themselves hash to their id): recompute it with
+    /// [`crate::codec::outboard`].
+    #[error("the outboard of chunk {0} does not match its bytes")]
+    OutboardMismatch(ChunkId),
     /// A plaintext is larger than the format allows.
     #[error("plaintext too large: {len} bytes, limit {limit}")]
     TooLarge {
