@@ -27,12 +27,11 @@
 //! all fail authentication, and the header (version, epoch, segment size,
 //! plaintext length) is bound to every segment.
 
+use super::aead;
 use super::{MAGIC, MAX_PLAINTEXT, NONCE_LEN, TAG_LEN};
 use crate::error::Error;
 use crate::ids::ChunkId;
 use crate::keys::SubKey;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use std::ops::Range;
 
 use super::SealedChunk;
@@ -217,13 +216,13 @@ impl SegmentedHeader {
     }
 
     /// The XChaCha20 nonce of segment `k` (see the module docs).
-    fn segment_nonce(&self, k: u32) -> XNonce {
+    fn segment_nonce(&self, k: u32) -> [u8; NONCE_LEN] {
         let mut n = self.nonce;
         for (b, x) in n[19..23].iter_mut().zip(k.to_be_bytes()) {
             *b ^= x;
         }
         n[23] ^= u8::from(k + 1 == self.layout.segments());
-        n.into()
+        n
     }
 }
 
@@ -279,16 +278,13 @@ pub fn seal_segmented_with(
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
     let header = SegmentedHeader { epoch, layout, nonce };
     let hdr = header.to_bytes();
-    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let mut out = Vec::with_capacity(layout.stored_len() as usize);
     out.extend_from_slice(&hdr);
     for k in 0..layout.segments() {
         let plain = layout.plaintext_range(k)?;
         let at = out.len();
         out.extend_from_slice(&plaintext[plain.start as usize..plain.end as usize]);
-        let tag = cipher
-            .encrypt_in_place_detached(&header.segment_nonce(k), &hdr, &mut out[at..])
-            .map_err(|_| Error::TooLarge { len: plaintext.len(), limit: MAX_PLAINTEXT })?;
+        let tag = aead::seal_detached(key.as_bytes(), &header.segment_nonce(k), &hdr, &mut out[at..])?;
         out.extend_from_slice(&tag);
     }
     Ok(SealedChunk { id: ChunkId::of(&out), bytes: out })
@@ -328,15 +324,8 @@ fn open_segment_ad(
     }
     let body = stored.len() - TAG_LEN;
     let mut plain = stored[..body].to_vec();
-    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
-    cipher
-        .decrypt_in_place_detached(
-            &header.segment_nonce(k),
-            aad,
-            &mut plain,
-            Tag::from_slice(&stored[body..]),
-        )
-        .map_err(|_| Error::Decrypt)?;
+    let tag: &[u8; TAG_LEN] = stored[body..].try_into().map_err(|_| Error::Decrypt)?;
+    aead::open_detached(key.as_bytes(), &header.segment_nonce(k), aad, &mut plain, tag)?;
     Ok(plain)
 }
 
@@ -355,21 +344,14 @@ pub(super) fn open_segmented(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Ve
     let mut aad = Vec::with_capacity(HEADER_LEN_V3 + ad.len());
     aad.extend_from_slice(&bytes[..HEADER_LEN_V3]);
     aad.extend_from_slice(ad);
-    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let mut plain = Vec::with_capacity(layout.plaintext_len() as usize);
     for k in 0..layout.segments() {
         let r = layout.segment_range(k)?;
         let (start, end) = (r.start as usize, r.end as usize);
         let at = plain.len();
         plain.extend_from_slice(&bytes[start..end - TAG_LEN]);
-        cipher
-            .decrypt_in_place_detached(
-                &header.segment_nonce(k),
-                &aad,
-                &mut plain[at..],
-                Tag::from_slice(&bytes[end - TAG_LEN..end]),
-            )
-            .map_err(|_| Error::Decrypt)?;
+        let tag: &[u8; TAG_LEN] = bytes[end - TAG_LEN..end].try_into().map_err(|_| Error::Decrypt)?;
+        aead::open_detached(key.as_bytes(), &header.segment_nonce(k), &aad, &mut plain[at..], tag)?;
     }
     Ok(plain)
 }
