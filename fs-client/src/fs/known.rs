@@ -1,24 +1,42 @@
 //! What this mount knows about inodes without asking dirsvc: which
-//! extended attributes an inode does not have.
+//! extended attributes an inode does not have, and the attributes dirsvc
+//! last answered for it.
 //!
-//! The kernel asks for `security.capability` before every write to a file
-//! (to drop a file capability on write); on a volume where almost no file
-//! has extended attributes, each of those asks was a dirsvc round trip, five
-//! per small file that `tar` unpacks. The answer "none" is cached here:
+//! Extended attributes. The kernel asks for `security.capability` before
+//! every write to a file (to drop a file capability on write); on a volume
+//! where almost no file has extended attributes, each of those asks was a
+//! dirsvc round trip, five per small file that `tar` unpacks. The answer
+//! "none" is cached here:
 //! - an inode this mount made itself has no attributes;
 //! - a `getxattr` that dirsvc answered `ENODATA` records that one name,
 //!   a `listxattr` that listed nothing records the whole inode.
 //!
-//! Knowledge is dropped for an inode when this mount changes its attributes
-//! and when dirsvc's change feed names it (another mount changed it), and
-//! all of it when the feed overflowed or dirsvc restarted. An answer that
-//! raced with an invalidation is not recorded ([`Known::generation`]), so
-//! a stale "none" cannot outlive the change feed's delay (milliseconds,
-//! docs/SEMANTICS.md).
+//! Attributes. The kernel drops its cached attributes of a file it wrote
+//! to, and of a file whose owner changes, and asks again (`getattr`) at
+//! the next permission check: two round trips per unpacked file. The
+//! attributes of dirsvc's latest answer about an inode (lookup, listing,
+//! setattr, layout commit, create) answer such a `getattr` for
+//! [`ATTR_FRESH`] (1 s, the kernel's own attribute TTL, so no answer is
+//! staler than the kernel could have kept it).
+//!
+//! Knowledge is dropped for an inode when this mount starts a change of it
+//! (before the call, so an answer that raced with it is not recorded) and
+//! when dirsvc's change feed names it (another mount changed it), and all
+//! of it when the feed overflowed or dirsvc restarted. Calls that change
+//! inodes this mount cannot name (unlink, rmdir and rename change the link
+//! count and ctime of the inode behind a name) drop every cached attribute.
+//! An answer that raced with any invalidation is not recorded
+//! ([`Known::generation`]).
 
+use common::rpc::dir::Attr;
 use common::InodeId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a cached attribute answer serves `getattr` (1 s, as the
+/// kernel's attribute TTL).
+pub(crate) const ATTR_FRESH: Duration = Duration::from_secs(1);
 
 /// Most inodes (and names) remembered; past it everything is forgotten at
 /// once (a few MiB at most, and the next answers rebuild it).
@@ -30,6 +48,8 @@ struct Inner {
     bare: HashSet<InodeId>,
     /// Attribute names known to be absent from an inode.
     absent: HashMap<InodeId, HashSet<Vec<u8>>>,
+    /// dirsvc's latest answer about an inode's attributes, and when.
+    attrs: HashMap<InodeId, (Attr, Instant)>,
     /// Bumped by every invalidation.
     generation: u64,
 }
@@ -84,12 +104,52 @@ impl Known {
         g.absent.entry(ino).or_default().insert(name.to_vec());
     }
 
-    /// Forgets what is known about `ino` (its attributes changed).
+    /// The attributes dirsvc answered for `ino` less than [`ATTR_FRESH`]
+    /// ago, if nothing changed them since.
+    pub(crate) fn attr(&self, ino: InodeId) -> Option<Attr> {
+        let g = self.lock();
+        g.attrs.get(&ino).filter(|(_, at)| at.elapsed() < ATTR_FRESH).map(|(a, _)| a.clone())
+    }
+
+    /// Records `attr`, dirsvc's answer to a call made at `generation`
+    /// (not recorded if something was invalidated since).
+    pub(crate) fn record_attr(&self, attr: &Attr, generation: u64) {
+        let mut g = self.lock();
+        if g.generation != generation {
+            return;
+        }
+        if g.attrs.len() >= CAPACITY {
+            g.attrs.retain(|_, (_, at)| at.elapsed() < ATTR_FRESH);
+            if g.attrs.len() >= CAPACITY {
+                g.attrs.clear();
+            }
+        }
+        g.attrs.insert(attr.ino, (attr.clone(), Instant::now()));
+    }
+
+    /// Forgets the cached attributes of `ino` only (this mount is about to
+    /// change them; its extended attributes stay known).
+    pub(crate) fn forget_attr(&self, ino: InodeId) {
+        let mut g = self.lock();
+        g.generation += 1;
+        g.attrs.remove(&ino);
+    }
+
+    /// Forgets every cached attribute (a change of inodes this mount
+    /// cannot name: unlink, rmdir, rename).
+    pub(crate) fn forget_attrs(&self) {
+        let mut g = self.lock();
+        g.generation += 1;
+        g.attrs.clear();
+    }
+
+    /// Forgets what is known about `ino` (it changed).
     pub(crate) fn forget(&self, ino: InodeId) {
         let mut g = self.lock();
         g.generation += 1;
         g.bare.remove(&ino);
         g.absent.remove(&ino);
+        g.attrs.remove(&ino);
     }
 
     /// Forgets everything (the change feed lost changes).
@@ -98,6 +158,7 @@ impl Known {
         g.generation += 1;
         g.bare.clear();
         g.absent.clear();
+        g.attrs.clear();
     }
 }
 
@@ -118,6 +179,46 @@ mod tests {
         k.record_absent(ino, b"security.capability", g);
         assert!(k.lacks(ino, b"security.capability"));
         assert!(!k.lacks(ino, b"user.other"));
+    }
+
+    fn attr(ino: u64) -> Attr {
+        let t = common::time::Timestamp { secs: 1_700_000_000, nanos: 0 };
+        Attr {
+            ino: InodeId(ino),
+            kind: common::rpc::dir::FileKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            nlink: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: 0,
+            stored_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn cached_attributes_serve_until_a_change_starts_and_a_raced_answer_is_dropped() {
+        let k = Known::default();
+        let g = k.generation();
+        k.record_attr(&attr(3), g);
+        assert_eq!(k.attr(InodeId(3)).map(|a| a.size), Some(1));
+        // A change of this inode starts: the cached answer goes, and an
+        // answer to a call made before it is not recorded.
+        let before = k.generation();
+        k.forget_attr(InodeId(3));
+        assert!(k.attr(InodeId(3)).is_none());
+        k.record_attr(&attr(3), before);
+        assert!(k.attr(InodeId(3)).is_none());
+        // Unlink, rmdir and rename drop every cached attribute.
+        k.record_attr(&attr(4), k.generation());
+        k.record_bare(InodeId(4), k.generation());
+        k.forget_attrs();
+        assert!(k.attr(InodeId(4)).is_none());
+        assert!(k.lacks(InodeId(4), b"user.x"), "extended-attribute knowledge stays");
     }
 
     #[test]

@@ -27,6 +27,7 @@ impl Fs {
     /// Looks `name` up in `parent`. Errors: `ENOENT` and friends via dirsvc.
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        let generation = self.known.generation();
         let attr = self
             .dir
             .call(|c, ctx| {
@@ -34,14 +35,21 @@ impl Fs {
                 async move { c.lookup(ctx, parent, s).await }
             })
             .await?;
+        self.known.record_attr(&attr, generation);
         self.names.record(attr.ino, parent, name);
         Ok(self.overlay(attr).await)
     }
 
     /// Attributes of `ino`, with the local size and mtime of an open file
-    /// that has unflushed writes.
+    /// that has unflushed writes; from dirsvc, or from its answer of less
+    /// than a second ago that nothing has changed since ([`super::known`]).
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        if let Some(attr) = self.known.attr(ino) {
+            return Ok(self.overlay(attr).await);
+        }
+        let generation = self.known.generation();
         let attr = self.dir.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
+        self.known.record_attr(&attr, generation);
         Ok(self.overlay(attr).await)
     }
 
@@ -83,6 +91,8 @@ impl Fs {
         if rest == SetAttr::default() {
             return self.getattr(ino).await;
         }
+        self.known.forget_attr(ino);
+        let generation = self.known.generation();
         let attr = self
             .dir
             .call(|c, ctx| {
@@ -90,6 +100,7 @@ impl Fs {
                 async move { c.setattr(ctx, ino, r).await }
             })
             .await?;
+        self.known.record_attr(&attr, generation);
         if let Some(f) = &file {
             f.state.lock().await.perm = attr.perm;
         }
@@ -99,9 +110,11 @@ impl Fs {
     /// Makes a directory.
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attr(parent);
         let generation = self.known.generation();
         let attr = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await?;
         self.known.record_bare(attr.ino, generation);
+        self.known.record_attr(&attr, generation);
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -109,9 +122,11 @@ impl Fs {
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attr(parent);
         let generation = self.known.generation();
         let attr = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await?;
         self.known.record_bare(attr.ino, generation);
+        self.known.record_attr(&attr, generation);
         self.names.record(attr.ino, parent, name);
         Ok(attr)
     }
@@ -127,6 +142,7 @@ impl Fs {
     ) -> Result<(Attr, u64)> {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attr(parent);
         let generation = self.known.generation();
         // The create and the open mark in one round trip.
         let attr = self
@@ -138,6 +154,7 @@ impl Fs {
             })
             .await?;
         self.known.record_bare(attr.ino, generation);
+        self.known.record_attr(&attr, generation);
         self.names.record(attr.ino, parent, name);
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
@@ -146,12 +163,14 @@ impl Fs {
     /// Removes a file, symlink or node.
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attrs();
         self.dir.mutate(Mutation::Unlink { parent, name: sealed }).await.map(drop)
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attrs();
         self.dir.mutate(Mutation::Rmdir { parent, name: sealed }).await.map(drop)
     }
 
@@ -167,6 +186,7 @@ impl Fs {
         let from = self.seal_name(parent, name)?;
         let to = self.seal_name(new_parent, new_name)?;
         let op = Mutation::Rename { parent, name: from, new_parent, new_name: to, flags };
+        self.known.forget_attrs();
         let moved = self.dir.mutate(op).await?.ino().map_err(Error::Dir)?;
         self.names.record(moved, new_parent, new_name);
         Ok(())
@@ -175,6 +195,8 @@ impl Fs {
     /// Adds a hard link.
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(new_parent, new_name)?;
+        self.known.forget_attr(new_parent);
+        self.known.forget_attr(ino);
         let attr = self.dir.mutate_attr(Mutation::Link { ino, new_parent, new_name: sealed }).await?;
         self.names.record(ino, new_parent, new_name);
         Ok(attr)
@@ -196,6 +218,7 @@ impl Fs {
             ));
         }
         let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attr(parent);
         let size = target.len() as u64;
         // A reservation can be lost (dirsvc restarted, the session was
         // replaced): then reserve afresh and seal again, once.
@@ -314,12 +337,14 @@ impl Fs {
         cookie: u64,
         limit: u32,
     ) -> Result<(Vec<(Entry, Attr)>, bool)> {
+        let generation = self.known.generation();
         let page =
             self.dir.call(|c, ctx| async move { c.readdir_plus(ctx, dir, cookie, limit).await }).await?;
         let mut out = Vec::with_capacity(page.entries.len());
         for (e, attr) in page.entries {
             match self.name_key.open(dir, &e.name) {
                 Ok(name) => {
+                    self.known.record_attr(&attr, generation);
                     self.names.record(e.ino, dir, &name);
                     let attr = self.overlay(attr).await;
                     out.push((Entry { name, ino: e.ino, kind: e.kind, cookie: e.cookie }, attr));

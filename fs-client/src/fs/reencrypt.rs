@@ -143,6 +143,7 @@ impl Fs {
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let (reseals, lens): (Vec<Reseal>, Vec<u64>) = stored.into_iter().unzip();
+        self.known.forget_attr(ino);
         let r = self
             .dir
             .call(|c, ctx| {

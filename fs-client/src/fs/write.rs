@@ -61,6 +61,7 @@ impl Fs {
             return Ok(());
         }
         let ino = st.ino;
+        self.known.forget_attr(ino);
         let set = SetAttr { kill_suid_sgid: true, ..SetAttr::default() };
         let attr = self
             .dir
@@ -208,6 +209,8 @@ impl Fs {
             let batch: Vec<(u64, Option<StoredChunk>)> =
                 st.uncommitted.iter().take(per_commit).map(|(i, c)| (*i, c.clone())).collect();
             let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
+            self.known.forget_attr(ino);
+            let generation = self.known.generation();
             let r = self
                 .dir
                 .call(|c, ctx| {
@@ -242,6 +245,7 @@ impl Fs {
                 }
                 Err(e) => return Err(e),
             };
+            self.known.record_attr(&attr, generation);
             for (i, _) in &batch {
                 st.uncommitted.remove(i);
             }
