@@ -12,7 +12,6 @@ mod integration {
     mod reports;
     mod restart;
     mod scrub;
-    mod segments;
     mod suite;
     mod util;
 }

@@ -63,7 +63,7 @@
 //! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
 //!   newest (`fs-client reencrypt`).
 
-use crate::cache::{Block, BlockCache, SegmentCache};
+use crate::cache::{Block, BlockCache};
 use crate::error::{Error, Result};
 use crate::remote::{DirClient, PeerPool};
 use common::codec;
@@ -278,25 +278,15 @@ impl FileState {
     }
 }
 
-/// The plaintext length of a chunk of `stored_len` bytes: exact for v3
-/// chunks of 64 KiB segments (what uploads write), within 8 bytes for a v2
-/// chunk of the same stored length (the stored length alone does not say
-/// which format a chunk is).
-fn plaintext_estimate(stored_len: u32) -> u64 {
-    match codec::SegmentLayout::from_stored_len(u64::from(stored_len), codec::SEGMENT_SIZE) {
-        Ok(l) => u64::from(l.plaintext_len()),
-        Err(_) => u64::from(stored_len).saturating_sub(codec::OVERHEAD as u64),
-    }
-}
-
 impl FileState {
     /// Plaintext bytes in non-hole blocks, counting buffered ones: what
     /// `st_blocks` reports while the file has unflushed changes.
     fn stored_estimate(&self) -> u64 {
+        let overhead = codec::OVERHEAD as u64;
         let mut total = 0u64;
         for (idx, loc) in &self.layout {
             if !self.dirty.contains_key(idx) && !self.uploading.contains_key(idx) {
-                total += plaintext_estimate(loc.len);
+                total += u64::from(loc.len).saturating_sub(overhead);
             }
         }
         for d in self.dirty.values().chain(self.uploading.values().map(|(d, _)| d)) {
@@ -346,13 +336,6 @@ pub struct Fs {
     replicas: u32,
     config: FsConfig,
     cache: BlockCache,
-    /// Segments of v3 chunks fetched by random reads (a quarter of the
-    /// block cache's budget, besides it).
-    segments: SegmentCache,
-    /// Tests: seal uploads in format v2, as clients before segmented
-    /// chunks did.
-    #[cfg(test)]
-    seal_v2: std::sync::atomic::AtomicBool,
     uploads: Arc<Semaphore>,
     files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -408,9 +391,6 @@ impl Fs {
             block_size,
             replicas: volume.replicas,
             cache: BlockCache::new(config.cache_bytes, block_size),
-            segments: SegmentCache::new(config.cache_bytes / 4),
-            #[cfg(test)]
-            seal_v2: std::sync::atomic::AtomicBool::new(false),
             uploads: Arc::new(Semaphore::new(config.uploads_in_flight.max(1))),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

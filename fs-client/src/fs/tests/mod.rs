@@ -10,7 +10,6 @@ use testkit::within;
 
 mod failover;
 mod integrity;
-mod segments;
 
 struct Cluster {
     _dir: tempfile::TempDir,
