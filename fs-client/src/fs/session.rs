@@ -14,7 +14,7 @@
 
 use super::{lock, Fs, COMMIT_BATCH};
 use crate::error::{Error, Result};
-use common::rpc::dir::{Attr, DirError, Lock, SessionGrant, SessionId, SessionOpen};
+use common::rpc::dir::{DirError, Lock, SessionGrant, SessionId, SessionOpen};
 use common::InodeId;
 use std::collections::HashMap;
 use std::future::Future;
@@ -264,21 +264,6 @@ impl Fs {
         };
         *lock(&self.session.marks).entry(ino).or_insert(0) += 1;
         Ok(page)
-    }
-
-    /// Applies the mutation `op(session)` that makes a file and marks it
-    /// open by this mount's session at dirsvc (`CreateOpen`), and counts
-    /// the mark here as [`Fs::mark_open_loading`] does. Returns the new attributes.
-    ///
-    /// Errors: the mutation's.
-    pub(crate) async fn mark_open_with(
-        &self,
-        op: impl Fn(SessionId) -> common::rpc::dir::Mutation,
-    ) -> Result<Attr> {
-        let _calls = self.session.mark_calls.lock().await;
-        let attr = self.with_session(|s| self.dir.mutate_attr(op(s))).await?;
-        *lock(&self.session.marks).entry(attr.ino).or_insert(0) += 1;
-        Ok(attr)
     }
 
     /// Drops a handle on `ino`; the last one unmarks it at dirsvc, which
