@@ -180,6 +180,22 @@ fn build_sibling_binaries(dir: &Path) {
     // and ring on every run (minutes) and swapped the binaries under the
     // other test binaries.
     let mut cmd = Command::new(cargo);
+    // Cargo gives a test process the variables it gives a crate being
+    // built (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Passed on, they differ
+    // from what the outer build saw, and build scripts that track them
+    // (ring's tracks CARGO_MANIFEST_DIR) make that build stale: the
+    // nested build then recompiled ring, rustls and every workspace crate
+    // while each cluster test waited, minutes per CI run.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(name, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR")
+        {
+            cmd.env_remove(name);
+        }
+    }
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["test", "--workspace", "--no-run"])
         .arg("--target-dir")
