@@ -621,6 +621,8 @@ pub use extents::Seek;
 pub use locks::{LockRequest, LockType};
 pub use reencrypt::{ReencryptProgress, ReencryptReport};
 
+#[allow(dead_code)] // wired in by the next commits
+mod buffer;
 mod durability;
 mod extents;
 mod locks;
