@@ -121,6 +121,8 @@ pub struct Commit<L> {
     version: u64,
     /// The shrink this batch commits, if it is a shrink commit.
     shrink: Option<u64>,
+    /// The shrink's cut block, if the batch carries it (its last entry).
+    cut: Option<u64>,
     /// Which commit this is (one is in flight at a time).
     id: u64,
 }
@@ -344,11 +346,6 @@ impl<L: Clone> BlockBuffer<L> {
         self.size
     }
 
-    /// The block size in bytes.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
     /// Whether anything (data, holes, size, a shrink) is not committed yet.
     pub fn has_local_changes(&self) -> bool {
         self.meta_dirty || !self.local.is_empty() || !self.uncommitted.is_empty() || self.shrink.is_some()
@@ -360,10 +357,9 @@ impl<L: Clone> BlockBuffer<L> {
             || matches!(self.shrink, Some(Shrink { cut: Cut::Local { queued: true, .. }, .. }))
     }
 
-    /// Whether some data is neither stored nor being uploaded (a failed
-    /// upload, or a write not handed out yet).
-    pub fn has_dirty(&self) -> bool {
-        self.dirty > 0 || matches!(self.shrink, Some(Shrink { cut: Cut::Local { queued: false, .. }, .. }))
+    /// Whether something waits for a commit: entries, or a shrink.
+    pub fn has_pending_commit(&self) -> bool {
+        !self.uncommitted.is_empty() || self.shrink.is_some()
     }
 
     /// Entries waiting for a commit.
@@ -711,11 +707,13 @@ impl<L: Clone> BlockBuffer<L> {
             if let Some(d) = current {
                 if d.len() > cut {
                     self.put_local(c, Arc::new(d[..cut].to_vec()));
-                    // An older version waiting for a commit may be longer.
-                    if self.uncommitted.get(&c).is_some_and(|v| v.value.is_some()) {
-                        self.uncommitted.remove(&c);
-                    }
                 }
+            }
+            // An older version waiting for a commit may be longer than the
+            // cut (local bytes may be shorter than it: set whole by
+            // `set_block`); the local bytes replace it anyway.
+            if self.local.contains_key(&c) && self.uncommitted.get(&c).is_some_and(|v| v.value.is_some()) {
+                self.uncommitted.remove(&c);
             }
         }
         if below_dirsvc && self.shrink.as_ref().is_none_or(|s| s.size > new_size) {
@@ -853,15 +851,28 @@ impl<L: Clone> BlockBuffer<L> {
     pub fn flush(&mut self) -> Vec<Upload> {
         let dirty: Vec<u64> = self.local.iter().filter(|(_, l)| !l.queued).map(|(i, _)| *i).collect();
         let mut out: Vec<Upload> = dirty.into_iter().filter_map(|i| self.emit(i)).collect();
+        out.extend(self.upload_cut());
+        out
+    }
+
+    /// Hands the shrink commit's cut block to an upload if it waits for
+    /// one (so a periodic commit need not wait for a flush).
+    pub fn upload_cut(&mut self) -> Vec<Upload> {
+        let Some(Shrink { cut: Cut::Local { idx, gen, queued: false, .. }, .. }) = &self.shrink else {
+            return Vec::new();
+        };
+        let (idx, gen) = (*idx, *gen);
+        if self.local.get(&idx).is_some_and(|l| l.gen == gen) {
+            return self.emit(idx).into_iter().collect();
+        }
+        let mut out = Vec::new();
         if let Some(s) = &mut self.shrink {
-            if let Cut::Local { idx, gen, data, queued } = &mut s.cut {
-                if !*queued {
-                    if super::extents::all_zero(data) {
-                        s.cut = Cut::Ready { idx: *idx, gen: *gen, entry: None };
-                    } else {
-                        *queued = true;
-                        out.push(Upload { idx: *idx, gen: *gen, data: data.clone() });
-                    }
+            if let Cut::Local { data, queued, .. } = &mut s.cut {
+                if super::extents::all_zero(data) {
+                    s.cut = Cut::Ready { idx, gen, entry: None };
+                } else {
+                    *queued = true;
+                    out.push(Upload { idx, gen, data: data.clone() });
                 }
             }
         }
@@ -964,11 +975,20 @@ impl<L: Clone> BlockBuffer<L> {
                     blocks.push((*i, v.value.clone()));
                     gens.push(v.gen);
                 }
+                let cut_idx = cut.as_ref().map(|(idx, _, _)| *idx);
                 if let Some((idx, gen, entry)) = cut {
                     blocks.push((idx, entry));
                     gens.push(gen);
                 }
-                Commit { size: s.size, blocks, gens, version: self.version, shrink: Some(s.id), id }
+                Commit {
+                    size: s.size,
+                    blocks,
+                    gens,
+                    version: self.version,
+                    shrink: Some(s.id),
+                    cut: cut_idx,
+                    id,
+                }
             }
             None => {
                 if self.uncommitted.is_empty() && !self.meta_dirty {
@@ -976,7 +996,7 @@ impl<L: Clone> BlockBuffer<L> {
                 }
                 let (blocks, gens) =
                     self.uncommitted.iter().take(max).map(|(i, v)| ((*i, v.value.clone()), v.gen)).unzip();
-                Commit { size: self.size, blocks, gens, version: self.version, shrink: None, id }
+                Commit { size: self.size, blocks, gens, version: self.version, shrink: None, cut: None, id }
             }
         };
         self.in_flight = Some((id, commit.size));
@@ -994,6 +1014,23 @@ impl<L: Clone> BlockBuffer<L> {
         for ((idx, _), gen) in commit.blocks.iter().zip(&commit.gens) {
             if self.uncommitted.get(idx).is_some_and(|v| v.gen == *gen) {
                 self.uncommitted.remove(idx);
+            }
+        }
+        // The cut block's entry is what dirsvc has now. Unless a newer one
+        // waits for a commit, the stored view says so too, so that a later
+        // hole there is committed (local bytes still take precedence).
+        if let (Some(c), Some(((_, entry), gen))) =
+            (commit.cut, commit.blocks.iter().zip(&commit.gens).next_back())
+        {
+            if !self.uncommitted.contains_key(&c) && c < self.blocks_for(self.size) {
+                match entry {
+                    Some(l) => {
+                        self.layout.insert(c, Versioned { value: l.clone(), gen: *gen });
+                    }
+                    None => {
+                        self.layout.remove(&c);
+                    }
+                }
             }
         }
         if commit.shrink.is_some() && self.shrink.as_ref().map(|s| s.id) == commit.shrink {
@@ -1025,6 +1062,12 @@ impl<L: Clone> BlockBuffer<L> {
 
 #[cfg(test)]
 impl<L: Clone> BlockBuffer<L> {
+    /// Whether some data is neither stored nor being uploaded (a failed
+    /// upload, or a write not handed out yet).
+    fn has_dirty(&self) -> bool {
+        self.dirty > 0 || matches!(self.shrink, Some(Shrink { cut: Cut::Local { queued: false, .. }, .. }))
+    }
+
     /// Panics if an internal invariant does not hold (tests only).
     fn check_invariants(&self) {
         let n = self.blocks_for(self.size);

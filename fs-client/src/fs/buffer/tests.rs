@@ -195,6 +195,22 @@ enum Op {
         offset: u64,
         len: u64,
     },
+    /// The periodic commit: the shrink's cut block to an upload, then a
+    /// commit.
+    Periodic {
+        max: usize,
+    },
+    /// Kept data of an earlier mount applied to block `idx`: bytes, a hole
+    /// or a stored chunk.
+    SetBlock {
+        idx: u64,
+        kind: u8,
+        seed: u8,
+        len: usize,
+    },
+    /// Close-to-open reload when nothing is pending: what dirsvc has must
+    /// then be the file.
+    Reload,
 }
 
 fn simple_op() -> impl Strategy<Value = Op> {
@@ -208,6 +224,10 @@ fn simple_op() -> impl Strategy<Value = Op> {
         1 => (0..6u64, 1..=B, any::<usize>()).prop_map(|(idx, len, pick)| Op::Share { idx, len, pick }),
         1 => any::<usize>().prop_map(|pick| Op::Again { pick }),
         1 => (0..SPAN, 0..3 * B).prop_map(|(offset, len)| Op::Read { offset, len }),
+        1 => (1..4usize).prop_map(|max| Op::Periodic { max }),
+        1 => (0..8u64, 0..3u8, 0..4u8, 0..=B as usize)
+            .prop_map(|(idx, kind, seed, len)| Op::SetBlock { idx, kind, seed, len }),
+        1 => Just(Op::Reload),
     ]
 }
 
@@ -324,6 +344,40 @@ fn step(sim: &mut Sim, buf: &mut BlockBuffer<usize>, model: &mut Vec<u8>, op: &O
             let data = Arc::new(sim.chunks[id].clone());
             let ups = buf.again(idx, gen, data);
             sim.uploads.extend(ups);
+        }
+        Op::Periodic { max } => {
+            let ups = buf.upload_cut();
+            sim.uploads.extend(ups);
+            sim.commit(buf, *max, true);
+        }
+        Op::SetBlock { idx, kind, seed, len } => {
+            let start = (idx * B) as usize;
+            let valid = model.len().saturating_sub(start).min(B as usize);
+            let (content, bytes) = match kind {
+                0 => (Content::Hole, Vec::new()),
+                1 => {
+                    let d = pattern(*len, *seed);
+                    (Content::Data(Arc::new(d.clone())), d)
+                }
+                _ => {
+                    // A chunk kept by an earlier mount fits the size.
+                    let d = pattern((*len).min(valid).max(1), seed | 1);
+                    (Content::Stored(sim.store(&d)), d)
+                }
+            };
+            let ups = buf.set_block(*idx, content);
+            sim.uploads.extend(ups);
+            if valid > 0 {
+                model[start..start + valid].fill(0);
+                let n = bytes.len().min(valid);
+                model[start..start + n].copy_from_slice(&bytes[..n]);
+            }
+        }
+        Op::Reload => {
+            if !buf.has_local_changes() {
+                assert_eq!(sim.committed_file(), *model, "a clean buffer, but dirsvc differs");
+                assert!(buf.reset(sim.dir_size, sim.dir_layout.clone()));
+            }
         }
         Op::Read { offset, len } => {
             let got = sim.read(buf, *offset, *len);
@@ -624,8 +678,10 @@ fn bad_input_is_refused_without_a_panic() {
     assert!(!buf.share(0, None, 0));
     assert!(!buf.share(0, None, B + 1));
     assert!(buf.punch(u64::MAX, u64::MAX).unwrap().is_empty());
-    let zero = BlockBuffer::<usize>::new(0, 0, 10, vec![(0, 1)]);
-    assert_eq!(zero.block_size(), 1);
+    // A block size of 0 counts as 1.
+    let mut zero = BlockBuffer::<usize>::new(0, 0, 0, Vec::new());
+    let ups = zero.write(0, b"ab").unwrap();
+    assert_eq!(ups.iter().map(|u| (u.idx, u.data.len())).collect::<Vec<_>>(), vec![(0, 1), (1, 1)]);
 }
 
 /// Dirty blocks past the limit go to uploads, lowest first; blocks of
