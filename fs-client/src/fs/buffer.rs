@@ -35,6 +35,18 @@
 //! block order with the current size, or the pending shrink commit first.
 //! The caller reports the outcome with [`BlockBuffer::committed`] or
 //! [`BlockBuffer::commit_failed`].
+//!
+//! How the file system drives it (`FileState::buf`, under the file's
+//! lock): an operation that returns [`Blocked::Fetch`] is retried by
+//! `Fs::with_fetches`, which lets go of the lock for the fetches; each
+//! [`Upload`] becomes a task that waits for an upload slot, skips data
+//! that [`BlockBuffer::upload_started`] says is no longer wanted, and
+//! sends its result to the file's channel, applied with
+//! [`BlockBuffer::upload_finished`] by whoever holds the lock next
+//! (`Fs::reap`, `Fs::wait_uploads`); flush hands out
+//! [`BlockBuffer::flush`]'s uploads, waits for them and commits every
+//! batch; the periodic commit starts the shrink's cut block
+//! ([`BlockBuffer::upload_cut`]) and commits what is ready.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
-//! Storing blocks: seal a block, place it on R peers (dirsvc's placement,
-//! or the up peers with the most room when that cannot help), put it on
-//! them in parallel, and classify what went wrong when it could not be
-//! stored.
+//! Storing blocks: the upload tasks the write buffer asks for (each waits
+//! for an upload slot and reports to its file's result channel); seal a
+//! block, place it on R peers (dirsvc's placement, or the up peers with the
+//! most room when that cannot help), put it on them in parallel, and
+//! classify what went wrong when it could not be stored.
 
 use super::buffer::{Finished, Upload};
 use super::{lock, FileState, Fs, Stored, UploadResult, Uploaded, PEER_FAILURE_MEMORY};

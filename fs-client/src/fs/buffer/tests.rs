@@ -729,3 +729,65 @@ fn a_truncate_during_a_commit_that_grows_the_file_still_shrinks() {
     settle_all(&mut sim, &mut buf);
     assert_eq!(sim.committed_file(), pattern(3 * B as usize, 6)[..5]);
 }
+
+/// Found by the model: a block punched to a hole while the shrink commit
+/// still had to store it (trimmed) must be committed as a hole afterwards,
+/// though no stored entry of it was known here.
+#[test]
+fn a_hole_punched_in_a_cut_block_follows_the_shrink_commit() {
+    let (mut sim, mut buf) = committed_file_of(&[]);
+    sim.uploads.extend(buf.write(0, &pattern(2 * B as usize, 4)).unwrap());
+    sim.commit(&mut buf, 10, true);
+    assert_eq!(sim.dir_size, 2 * B, "the size is committed, no block yet");
+    run(&sim, &mut buf, |b| b.truncate(B + 1));
+    run(&sim, &mut buf, |b| b.punch(B, 1));
+    settle_all(&mut sim, &mut buf);
+    let mut want = pattern(B as usize, 4);
+    want.push(0);
+    assert_eq!(sim.committed_file(), want);
+}
+
+/// Found by the model: once the shrink commit stored the cut block as the
+/// truncate left it, a later hole there must be committed too, although a
+/// newer local version of the block was what this client read.
+#[test]
+fn a_hole_after_the_shrink_commit_replaces_its_cut_block() {
+    let (mut sim, mut buf) = committed_file_of(&[]);
+    sim.uploads.extend(buf.write(0, &pattern(2 * B as usize, 4)).unwrap());
+    sim.commit(&mut buf, 10, true);
+    run(&sim, &mut buf, |b| b.truncate(B + 1));
+    sim.uploads.extend(buf.flush());
+    sim.uploads.extend(buf.write(B, b"z").unwrap());
+    while !sim.uploads.is_empty() {
+        sim.finish(&mut buf, sim.uploads.len() - 1, false);
+    }
+    let c = buf.commit(10).unwrap();
+    assert!(c.is_shrink());
+    sim.apply(&c);
+    buf.committed(&c);
+    run(&sim, &mut buf, |b| b.punch(B, 1));
+    settle_all(&mut sim, &mut buf);
+    let mut want = pattern(B as usize, 4);
+    want.push(0);
+    assert_eq!(sim.committed_file(), want);
+}
+
+/// Found by the model: a block set whole to fewer bytes than its pending
+/// stored version, then cut by a truncate: the longer pending version must
+/// not be committed under the smaller size.
+#[test]
+fn a_longer_pending_version_of_the_cut_block_is_never_committed() {
+    let (mut sim, mut buf) = committed_file_of(&[]);
+    sim.uploads.extend(buf.write(0, &pattern(3 * B as usize, 6)).unwrap());
+    while !sim.uploads.is_empty() {
+        sim.finish(&mut buf, 0, false);
+    }
+    sim.uploads.extend(buf.set_block(2, Content::Data(Arc::new(Vec::new()))));
+    run(&sim, &mut buf, |b| b.truncate(2 * B + 1));
+    // A periodic commit before the next flush (dirsvc checks the sizes).
+    assert!(sim.commit(&mut buf, 10, true));
+    settle_all(&mut sim, &mut buf);
+    let mut want = pattern(2 * B as usize, 6);
+    want.push(0);
+    assert_eq!(sim.committed_file(), want);
+}
