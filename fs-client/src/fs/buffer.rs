@@ -975,32 +975,48 @@ impl<L: Clone> BlockBuffer<L> {
         let id = self.bump();
         let commit = match &self.shrink {
             Some(s) => {
-                let (mut blocks, mut gens) = (Vec::new(), Vec::new());
-                let cut = match &s.cut {
+                let snapshot = match &s.cut {
                     Cut::Local { .. } => return None,
                     Cut::Nothing => None,
                     Cut::Ready { idx, gen, entry } => Some((*idx, *gen, entry.clone())),
                 };
-                // Entries below the cut block fit any size past them.
-                let below = s.size / self.block_size;
-                for (i, v) in self.uncommitted.range(..below).take(max - usize::from(cut.is_some())) {
-                    blocks.push((*i, v.value.clone()));
-                    gens.push(v.gen);
-                }
+                // One commit for the shrink and everything after it when
+                // every block from the shrink's end to the current end has
+                // an entry (nothing of dirsvc's old content there can
+                // show) and all fits (a file truncated and written again).
+                // The cut block then goes as the truncate left it unless a
+                // newer stored version waits anyway.
+                let (keep, n) = (self.blocks_for(s.size), self.blocks_for(self.size));
+                let newer = snapshot.as_ref().is_some_and(|(idx, _, _)| self.uncommitted.contains_key(idx));
+                let all = self.uncommitted.len() + usize::from(snapshot.is_some() && !newer);
+                let covered = n <= keep
+                    || (n - keep <= max as u64 && self.uncommitted.range(keep..n).count() as u64 == n - keep);
+                let (mut blocks, mut gens) = (Vec::new(), Vec::new());
+                let (size, cut) = if covered && all <= max {
+                    for (i, v) in &self.uncommitted {
+                        blocks.push((*i, v.value.clone()));
+                        gens.push(v.gen);
+                    }
+                    (self.size, snapshot.filter(|_| !newer))
+                } else {
+                    // The shrink alone: entries below the cut block fit
+                    // any size past them; the cut block as the truncate
+                    // left it.
+                    let below = s.size / self.block_size;
+                    let room = max - usize::from(snapshot.is_some());
+                    for (i, v) in self.uncommitted.range(..below).take(room) {
+                        blocks.push((*i, v.value.clone()));
+                        gens.push(v.gen);
+                    }
+                    (s.size, snapshot)
+                };
                 let cut_idx = cut.as_ref().map(|(idx, _, _)| *idx);
                 if let Some((idx, gen, entry)) = cut {
-                    blocks.push((idx, entry));
-                    gens.push(gen);
+                    let at = blocks.partition_point(|(i, _)| *i < idx);
+                    blocks.insert(at, (idx, entry));
+                    gens.insert(at, gen);
                 }
-                Commit {
-                    size: s.size,
-                    blocks,
-                    gens,
-                    version: self.version,
-                    shrink: Some(s.id),
-                    cut: cut_idx,
-                    id,
-                }
+                Commit { size, blocks, gens, version: self.version, shrink: Some(s.id), cut: cut_idx, id }
             }
             None => {
                 if self.uncommitted.is_empty() && !self.meta_dirty {
@@ -1031,9 +1047,8 @@ impl<L: Clone> BlockBuffer<L> {
         // The cut block's entry is what dirsvc has now. Unless a newer one
         // waits for a commit, the stored view says so too, so that a later
         // hole there is committed (local bytes still take precedence).
-        if let (Some(c), Some(((_, entry), gen))) =
-            (commit.cut, commit.blocks.iter().zip(&commit.gens).next_back())
-        {
+        let cut = commit.cut.and_then(|c| commit.blocks.iter().zip(&commit.gens).find(|((i, _), _)| *i == c));
+        if let (Some(c), Some(((_, entry), gen))) = (commit.cut, cut) {
             if !self.uncommitted.contains_key(&c) && c < self.blocks_for(self.size) {
                 match entry {
                     Some(l) => {

@@ -539,11 +539,15 @@ fn a_write_into_the_cut_block_after_a_shrink_keeps_the_shrink_commit_exact() {
     assert_eq!(sim.read(&buf, 0, 100), want);
     // The trimmed version's upload is still wanted (by the shrink commit).
     assert_eq!(sim.finish(&mut buf, 0, false), Finished::Stored);
+    // The shrink goes with the size since (nothing of the old block past
+    // the cut can show): the cut block as the truncate left it.
     let c = buf.commit(10).unwrap();
-    assert!(c.is_shrink() && c.size == B + 4);
+    assert!(c.is_shrink());
     sim.apply(&c);
     buf.committed(&c);
-    assert_eq!(sim.committed_file(), data[..(B + 4) as usize]);
+    let mut first = data[..(B + 4) as usize].to_vec();
+    first.resize(c.size as usize, 0);
+    assert_eq!(sim.committed_file(), first);
     settle_all(&mut sim, &mut buf);
     assert_eq!(sim.committed_file(), want);
 }
@@ -789,5 +793,42 @@ fn a_longer_pending_version_of_the_cut_block_is_never_committed() {
     settle_all(&mut sim, &mut buf);
     let mut want = pattern(2 * B as usize, 6);
     want.push(0);
+    assert_eq!(sim.committed_file(), want);
+}
+
+/// A file truncated to zero and written again (`O_TRUNC` then writes)
+/// commits once: every block up to the new end has an entry, so nothing of
+/// the old content can show. With a block left out, the shrink goes alone
+/// first.
+#[test]
+fn a_file_written_again_after_o_trunc_commits_once() {
+    let (mut sim, mut buf) = committed_file_of(&pattern(4 * B as usize, 1));
+    buf.truncate(0).unwrap();
+    sim.uploads.extend(buf.write(0, &pattern(2 * B as usize + 3, 2)).unwrap());
+    sim.uploads.extend(buf.flush());
+    while !sim.uploads.is_empty() {
+        sim.finish(&mut buf, 0, false);
+    }
+    let c = buf.commit(10).unwrap();
+    assert!(c.is_shrink() && c.size == 2 * B + 3 && c.blocks.len() == 3, "{c:?}");
+    sim.apply(&c);
+    buf.committed(&c);
+    assert!(buf.commit(10).is_none() && !buf.has_local_changes());
+    assert_eq!(sim.committed_file(), pattern(2 * B as usize + 3, 2));
+
+    let (mut sim, mut buf) = committed_file_of(&pattern(4 * B as usize, 1));
+    buf.truncate(0).unwrap();
+    sim.uploads.extend(buf.write(B, &pattern(B as usize, 2)).unwrap());
+    sim.uploads.extend(buf.flush());
+    while !sim.uploads.is_empty() {
+        sim.finish(&mut buf, 0, false);
+    }
+    let c = buf.commit(10).unwrap();
+    assert!(c.is_shrink() && c.size == 0, "block 0 has no entry: the shrink goes alone");
+    sim.apply(&c);
+    buf.committed(&c);
+    settle_all(&mut sim, &mut buf);
+    let mut want = vec![0; B as usize];
+    want.extend(pattern(B as usize, 2));
     assert_eq!(sim.committed_file(), want);
 }
