@@ -443,7 +443,8 @@ impl Fs {
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
         let mut out = Vec::new();
         for f in files {
-            let st = f.state.lock().await;
+            let mut st = f.state.lock().await;
+            self.reap(&mut st);
             if !st.has_local_changes() {
                 continue;
             }
