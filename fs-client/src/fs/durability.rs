@@ -176,9 +176,8 @@ impl Fs {
         let file = lock(&self.files).get(&ino).cloned();
         let Some(f) = file else { return Some((0, 0, 0)) };
         let st = tokio::time::timeout(LOCAL_STATE_WAIT, f.state.lock()).await.ok()?;
-        let dirty = st.dirty.values().map(|b| b.len() as u64).sum();
-        let uploading = st.uploading.values().map(|(b, _)| b.len() as u64).sum();
-        Some((dirty, uploading, st.uncommitted.len() as u64))
+        let (dirty, uploading) = st.buf.local_bytes();
+        Some((dirty, uploading, st.buf.uncommitted_len() as u64))
     }
 }
 

@@ -12,9 +12,9 @@
 //! destination inode and block, so a shared chunk is bound to both places
 //! and sharing never launders an entry dirsvc moved.
 
-use super::{FileState, Fs, Source};
+use super::{FileState, Fs, Stored};
 use crate::error::{Error, Result};
-use common::rpc::dir::{BlockLoc, StoredChunk};
+use common::rpc::dir::BlockLoc;
 use common::time::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,54 +69,38 @@ impl Fs {
             return Err(e.clone());
         }
         st.writers.entry(fh).or_insert(None);
+        let mut changed = false;
         if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
-            let zero_to = end.min(st.size);
+            let zero_to = end.min(st.buf.size());
             if offset < zero_to {
-                self.zero_range(&mut st, offset, zero_to).await?;
-            }
-        }
-        if mode & KEEP_SIZE == 0 && end > st.size {
-            st.size = end;
-            st.meta_dirty = true;
-        }
-        if st.meta_dirty {
-            st.mtime = Timestamp::now();
-        }
-        let r = self.flush_locked(&mut st).await;
-        st.outcome_for(fh, r)
-    }
-
-    /// Makes bytes `[start, end)` (within the file's size) read as zeros.
-    pub(super) async fn zero_range(self: &Arc<Self>, st: &mut FileState, start: u64, end: u64) -> Result<()> {
-        let b = self.block_size;
-        for idx in start / b..end.div_ceil(b) {
-            let bs = idx * b;
-            let valid = st.size.saturating_sub(bs).min(b);
-            let (zs, ze) = (start.max(bs) - bs, end.min(bs + b) - bs);
-            if zs == 0 && ze >= valid {
-                st.dirty.remove(&idx);
-                st.uploading.remove(&idx);
-                if st.layout.remove(&idx).is_some() || st.uncommitted.contains_key(&idx) {
-                    st.uncommitted.insert(idx, None);
-                    st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+                // Whole blocks become holes, partial ones are rewritten
+                // (fetched without the lock if stored).
+                let (s, r) = self.with_fetches(&f, st, |st| st.buf.punch(offset, zero_to - offset)).await;
+                st = s;
+                for u in r? {
+                    self.spawn_upload(&mut st, u);
                 }
-                continue;
+                changed = true;
             }
-            let mut block = match Self::source(st, idx) {
-                Source::Hole => continue,
-                Source::Local(d) => d,
-                Source::Remote(loc) => self.fetch_block(st.ino, &loc).await?,
-            };
-            st.uploading.remove(&idx);
-            let buf = Arc::make_mut(&mut block);
-            let to = (ze as usize).min(buf.len());
-            if (zs as usize) < to {
-                buf[zs as usize..to].fill(0);
-            }
-            st.dirty.insert(idx, block);
         }
-        st.meta_dirty = true;
-        Ok(())
+        if mode & KEEP_SIZE == 0 && end > st.buf.size() {
+            let ups = match st.buf.truncate(end) {
+                Ok(ups) => ups,
+                Err(_) => {
+                    return Err(Error::Errno(libc::EFBIG, format!("size {end} past the largest file size")))
+                }
+            };
+            for u in ups {
+                self.spawn_upload(&mut st, u);
+            }
+            changed = true;
+        }
+        if changed {
+            st.mtime = Timestamp::now();
+            st.mark_uncommitted();
+        }
+        let (st, r) = self.flush_locked(&f, st).await;
+        st.outcome_for(fh, r)
     }
 
     /// `copy_file_range(2)`: copies up to `len` bytes from `fh_in` at
@@ -138,23 +122,14 @@ impl Fs {
         let (len, shareable) = {
             let mut st = fin.state.lock().await;
             self.reap(&mut st);
-            let len = len.min(st.size.saturating_sub(off_in));
+            let len = len.min(st.buf.size().saturating_sub(off_in));
             let aligned = off_in.is_multiple_of(b) && off_out.is_multiple_of(b) && hin.ino != hout.ino;
             let mut shareable = BTreeMap::new();
             if aligned {
                 for k in 0..len.div_ceil(b) {
-                    let idx = off_in / b + k;
-                    let clean = !st.dirty.contains_key(&idx)
-                        && !st.uploading.contains_key(&idx)
-                        && !st.uncommitted.contains_key(&idx);
-                    match st.layout.get(&idx) {
-                        Some(loc) if clean => {
-                            shareable.insert(k, Some(loc.clone()));
-                        }
-                        None if clean => {
-                            shareable.insert(k, None);
-                        }
-                        _ => {}
+                    // Only blocks as dirsvc has them (nothing pending here).
+                    if let Some(clean) = st.buf.clean(off_in / b + k) {
+                        shareable.insert(k, clean.map(|s| s.loc.clone()));
                     }
                 }
             }
@@ -214,41 +189,28 @@ impl Fs {
         dst_end: u64,
     ) -> Result<bool> {
         let b = self.block_size;
-        if piece < b && st.size > dst_end {
+        if piece < b && st.buf.size() > dst_end {
             return Ok(false);
         }
         let keys = self.keys();
-        let mac = match loc {
-            Some(l) => Some(self.entry_mac(&keys, st.ino, idx, l.chunk, l.len, l.epoch)?),
+        let stored = match loc {
+            Some(l) => Some(Stored {
+                loc: BlockLoc {
+                    index: idx,
+                    mac: self.entry_mac(&keys, st.ino, idx, l.chunk, l.len, l.epoch)?,
+                    ..l.clone()
+                },
+                // No replicas in the commit: dirsvc keeps the chunk's own
+                // list and adds a reference.
+                commit_replicas: Some(Vec::new()),
+            }),
             None => None,
         };
-        st.dirty.remove(&idx);
-        st.uploading.remove(&idx);
-        match (loc, mac) {
-            (Some(loc), Some(mac)) => {
-                st.layout.insert(idx, BlockLoc { index: idx, mac, ..loc.clone() });
-                // No replicas: dirsvc keeps the chunk's own list and adds a
-                // reference.
-                st.uncommitted.insert(
-                    idx,
-                    Some(StoredChunk {
-                        id: loc.chunk,
-                        len: loc.len,
-                        replicas: Vec::new(),
-                        epoch: loc.epoch,
-                        mac,
-                    }),
-                );
-            }
-            _ => {
-                st.layout.remove(&idx);
-                st.uncommitted.insert(idx, None);
-            }
+        if !st.buf.share(idx, stored, piece) {
+            return Ok(false);
         }
-        st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
-        st.size = st.size.max(idx * b + piece);
+        st.mark_uncommitted();
         st.mtime = Timestamp::now();
-        st.meta_dirty = true;
         Ok(true)
     }
 
@@ -262,29 +224,22 @@ impl Fs {
         let f = self.file(h.ino)?;
         let st = f.state.lock().await;
         let nxio = || Error::Errno(libc::ENXIO, "offset past the end of the file".into());
-        if offset >= st.size {
+        let size = st.buf.size();
+        if offset >= size {
             return Err(nxio());
         }
         let b = self.block_size;
-        let has_data = |idx: u64| {
-            st.dirty.contains_key(&idx)
-                || st.uploading.contains_key(&idx)
-                || match st.uncommitted.get(&idx) {
-                    Some(c) => c.is_some(),
-                    None => st.layout.contains_key(&idx),
-                }
-        };
-        let last = st.size.div_ceil(b);
+        let last = size.div_ceil(b);
         let mut idx = offset / b;
         while idx < last {
-            if has_data(idx) == (what == Seek::Data) {
+            if st.buf.has_data(idx) == (what == Seek::Data) {
                 return Ok((idx * b).max(offset));
             }
             idx += 1;
         }
         match what {
             Seek::Data => Err(nxio()),
-            Seek::Hole => Ok(st.size),
+            Seek::Hole => Ok(size),
         }
     }
 }

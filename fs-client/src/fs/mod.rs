@@ -3,9 +3,13 @@
 //!
 //! Write path: writes land in per-file block buffers (shared by every handle
 //! of the inode in this process, so a read through one handle sees a write
-//! through another). A block that a write completes, or any dirty block on
+//! through another), a pure state machine ([`buffer`]) whose operations say
+//! what to fetch, upload and commit; the I/O runs outside the file's lock
+//! (fetches and waits for upload slots always; commits under it, one at a
+//! time). A block that a write completes, or any dirty block on
 //! flush/fsync/release, is sealed ([`common::codec`]), placed by dirsvc and
-//! put on R peers in parallel, bounded by a semaphore of in-flight uploads.
+//! put on R peers in parallel, bounded by a semaphore of in-flight uploads;
+//! each upload reports back through the file's result channel.
 //! Finished uploads are committed to dirsvc in one `commit_layout` on flush
 //! (and every [`COMMIT_BATCH`] blocks for very large files, fewer if
 //! dirsvc's session grant says it takes fewer per commit). `fsync` and
@@ -46,6 +50,7 @@
 //!
 //! Layout of this module, one concern per file:
 //! - `mod.rs`: [`Fs`], its settings and the per-file state types;
+//! - `buffer.rs`: the per-file write buffer (no I/O);
 //! - `namespace.rs`: lookups, attributes and the namespace calls;
 //! - `open.rs`: open, flush, release, close-to-open reloads;
 //! - `write.rs`: the write path's block buffers and layout commits;
@@ -63,7 +68,7 @@
 //! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
 //!   newest (`fs-client reencrypt`).
 
-use crate::cache::{Block, BlockCache};
+use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::remote::{DirClient, PeerPool};
 use common::codec;
@@ -77,8 +82,7 @@ use common::{ChunkId, InodeId, VolumeId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::warn;
 
 /// Most blocks one `commit_layout` carries; larger flushes commit in batches
@@ -174,28 +178,69 @@ struct Uploaded {
     locs: Vec<PeerLoc>,
 }
 
-/// Where a block's current content comes from.
-enum Source {
-    Hole,
-    Local(Block),
-    Remote(BlockLoc),
+/// A finished upload of version `gen` of block `idx`, as the upload task
+/// reports it to the file's state.
+struct UploadResult {
+    idx: u64,
+    gen: u64,
+    result: Result<Uploaded>,
 }
+
+/// A stored block as the write buffer holds it: where to read it, and what
+/// its commit names as replicas.
+#[derive(Clone, Debug)]
+struct Stored {
+    loc: BlockLoc,
+    /// `None`: the replicas of `loc` (a committed entry, or an upload of
+    /// this client). `Some`: these ids, empty for a block shared from
+    /// another file (dirsvc keeps the chunk's own list and adds a
+    /// reference), or those a chunk kept by an earlier mount was stored on.
+    commit_replicas: Option<Vec<common::PeerId>>,
+}
+
+impl Stored {
+    /// A committed entry as dirsvc serves it.
+    fn committed(loc: BlockLoc) -> Self {
+        Stored { loc, commit_replicas: None }
+    }
+
+    /// The entry a commit carries for this block.
+    fn chunk(&self) -> StoredChunk {
+        StoredChunk {
+            id: self.loc.chunk,
+            len: self.loc.len,
+            replicas: match &self.commit_replicas {
+                Some(r) => r.clone(),
+                None => self.loc.replicas.iter().map(|p| p.id).collect(),
+            },
+            epoch: self.loc.epoch,
+            mac: self.loc.mac,
+        }
+    }
+
+    /// Whether this client stored the chunk (an upload, or kept data of an
+    /// earlier mount), rather than sharing another file's.
+    fn stored_here(&self) -> bool {
+        self.commit_replicas.as_ref().is_none_or(|r| !r.is_empty())
+    }
+}
+
+/// The guard of a file's state, passed along by the operations that let
+/// go of the lock while they wait for I/O.
+type Guard<'a> = tokio::sync::MutexGuard<'a, FileState>;
 
 /// Local state of one open regular file.
 struct FileState {
     ino: InodeId,
-    /// Size in bytes as this client sees it.
-    size: u64,
-    /// Blocks stored on peers (committed, or uploaded and awaiting commit).
-    layout: BTreeMap<u64, BlockLoc>,
-    /// Blocks written but not yet handed to an upload.
-    dirty: BTreeMap<u64, Block>,
-    /// Uploads in flight: the content being uploaded and the task.
-    uploading: BTreeMap<u64, (Block, JoinHandle<Result<Uploaded>>)>,
-    /// Finished uploads (and holes) not yet committed to dirsvc.
-    uncommitted: BTreeMap<u64, Option<StoredChunk>>,
-    /// Size or mtime changed locally and must be committed.
-    meta_dirty: bool,
+    /// Size, blocks and everything not committed yet.
+    buf: buffer::BlockBuffer<Stored>,
+    /// Where upload tasks report (cloned into each).
+    results_tx: mpsc::UnboundedSender<UploadResult>,
+    /// Upload results not applied yet (see `Fs::reap`).
+    results: mpsc::UnboundedReceiver<UploadResult>,
+    /// The file this state belongs to, for upload tasks to ask whether
+    /// their data is still wanted.
+    me: std::sync::Weak<OpenFile>,
     mtime: Timestamp,
     /// Permission bits (`mode & 0o7777`) as last seen, so a write by a caller
     /// without `CAP_FSETID` knows whether setuid/setgid must be cleared.
@@ -208,23 +253,30 @@ struct FileState {
     /// The last storage failure of this file, for the unmount report;
     /// cleared by a complete flush.
     failure: Option<Error>,
-    /// When `uncommitted` last went from empty to non-empty.
+    /// When the buffer last went from nothing to commit to something
+    /// (entries, or a shrink).
     uncommitted_since: Option<std::time::Instant>,
     /// When data of this file whose upload failed was last tried again.
     retried_at: Option<std::time::Instant>,
 }
 
 impl FileState {
-    /// The state of a file with no local changes, as dirsvc described it.
-    fn new(attr: &Attr, layout: BTreeMap<u64, BlockLoc>) -> Self {
+    /// The state of a file with no local changes, as dirsvc described it,
+    /// with blocks of `block_size` bytes and at most `max_dirty` dirty
+    /// blocks before the oldest are uploaded.
+    fn new(attr: &Attr, layout: BTreeMap<u64, BlockLoc>, block_size: u64, max_dirty: usize) -> Self {
+        let (results_tx, results) = mpsc::unbounded_channel();
         FileState {
             ino: attr.ino,
-            size: attr.size,
-            layout,
-            dirty: BTreeMap::new(),
-            uploading: BTreeMap::new(),
-            uncommitted: BTreeMap::new(),
-            meta_dirty: false,
+            buf: buffer::BlockBuffer::new(
+                block_size,
+                max_dirty,
+                attr.size,
+                layout.into_iter().map(|(i, l)| (i, Stored::committed(l))),
+            ),
+            results_tx,
+            results,
+            me: std::sync::Weak::new(),
             mtime: attr.mtime,
             perm: attr.perm,
             writers: HashMap::new(),
@@ -271,10 +323,15 @@ impl FileState {
     }
 
     fn has_local_changes(&self) -> bool {
-        self.meta_dirty
-            || !self.dirty.is_empty()
-            || !self.uploading.is_empty()
-            || !self.uncommitted.is_empty()
+        self.buf.has_local_changes()
+    }
+
+    /// Notes that the buffer may have something to commit now (for the
+    /// periodic commit).
+    fn mark_uncommitted(&mut self) {
+        if self.buf.has_pending_commit() {
+            self.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+        }
     }
 }
 
@@ -284,12 +341,12 @@ impl FileState {
     fn stored_estimate(&self) -> u64 {
         let overhead = codec::OVERHEAD as u64;
         let mut total = 0u64;
-        for (idx, loc) in &self.layout {
-            if !self.dirty.contains_key(idx) && !self.uploading.contains_key(idx) {
-                total += u64::from(loc.len).saturating_sub(overhead);
+        for (idx, s) in self.buf.layout() {
+            if !self.buf.is_local(idx) {
+                total += u64::from(s.loc.len).saturating_sub(overhead);
             }
         }
-        for d in self.dirty.values().chain(self.uploading.values().map(|(d, _)| d)) {
+        for (_, d) in self.buf.local_blocks() {
             total += d.len() as u64;
         }
         total
@@ -302,8 +359,11 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    fn new(state: FileState, opens: usize) -> Arc<Self> {
-        Arc::new(OpenFile { opens: AtomicUsize::new(opens), state: tokio::sync::Mutex::new(state) })
+    fn new(mut state: FileState, opens: usize) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            state.me = me.clone();
+            OpenFile { opens: AtomicUsize::new(opens), state: tokio::sync::Mutex::new(state) }
+        })
     }
 }
 
@@ -447,14 +507,12 @@ impl Fs {
             return Ok(false);
         }
         let (attr, layout) = self.load_layout(st.ino).await?;
-        let same = attr.size == st.size
+        let same = attr.size == st.buf.size()
             && attr.mtime == st.mtime
-            && layout.len() == st.layout.len()
-            && layout.iter().zip(&st.layout).all(|((i, a), (j, b))| i == j && a.chunk == b.chunk);
-        if !same {
-            st.size = attr.size;
+            && layout.len() == st.buf.layout().count()
+            && layout.iter().zip(st.buf.layout()).all(|((i, a), (j, b))| *i == j && a.chunk == b.loc.chunk);
+        if !same && st.buf.reset(attr.size, layout.into_iter().map(|(i, l)| (i, Stored::committed(l)))) {
             st.mtime = attr.mtime;
-            st.layout = layout;
         }
         Ok(!same)
     }
@@ -467,8 +525,8 @@ impl Fs {
         let file = lock(&self.files).get(&ino).cloned();
         match file {
             Some(f) => {
-                let mut st = f.state.lock().await;
-                self.flush_locked(&mut st).await
+                let st = f.state.lock().await;
+                self.flush_locked(&f, st).await.1
             }
             None => Ok(()),
         }
@@ -603,6 +661,11 @@ impl Fs {
         Err(Error::Integrity(format!("block {} of inode {ino}: layout entry MAC does not verify", loc.index)))
     }
 
+    /// The state of a file with no local changes, as dirsvc described it.
+    fn new_state(&self, attr: &Attr, layout: BTreeMap<u64, BlockLoc>) -> FileState {
+        FileState::new(attr, layout, self.block_size, self.config.dirty_blocks_per_file)
+    }
+
     fn seal_name(&self, parent: InodeId, name: &[u8]) -> Result<Vec<u8>> {
         if name.len() > NAME_MAX {
             return Err(Error::Errno(libc::ENAMETOOLONG, format!("name of {} bytes", name.len())));
@@ -636,6 +699,7 @@ pub use extents::Seek;
 pub use locks::{LockRequest, LockType};
 pub use reencrypt::{ReencryptProgress, ReencryptReport};
 
+mod buffer;
 mod durability;
 mod extents;
 mod known;

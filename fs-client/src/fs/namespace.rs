@@ -58,7 +58,7 @@ impl Fs {
         if let Some(f) = file {
             let st = f.state.lock().await;
             if st.has_local_changes() {
-                attr.size = st.size;
+                attr.size = st.buf.size();
                 attr.mtime = st.mtime;
                 // A write changes ctime too; dirsvc sets it at commit.
                 attr.ctime = attr.ctime.max(st.mtime);
@@ -78,10 +78,11 @@ impl Fs {
         let rest = SetAttr { size: None, ..set };
         let file = lock(&self.files).get(&ino).cloned();
         if let Some(f) = &file {
-            let mut st = f.state.lock().await;
+            let st = f.state.lock().await;
             // Data that cannot be stored now stays buffered (its writers are
             // told); it does not make a chmod or utime fail.
-            if let Err(e) = self.flush_locked(&mut st).await {
+            let (mut st, r) = self.flush_locked(f, st).await;
+            if let Err(e) = r {
                 tracing::debug!(%ino, error = %e, "setattr: buffered data not stored yet");
             }
             if let Some(m) = rest.mtime {

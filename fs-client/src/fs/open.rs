@@ -1,7 +1,7 @@
 //! Opening and closing files: loading a layout (close-to-open), the
 //! per-inode state shared by every handle, flush and release.
 
-use super::{lock, FileState, Fs, Handle, OpenFile};
+use super::{lock, Fs, Handle, OpenFile, Stored};
 use crate::error::{Error, Result};
 use common::rpc::dir::{Attr, BlockLoc, FileKind, LayoutPage};
 use common::InodeId;
@@ -71,7 +71,7 @@ impl Fs {
             let existed = files.contains_key(&attr.ino);
             let f = files
                 .entry(attr.ino)
-                .or_insert_with(|| OpenFile::new(FileState::new(attr, layout), 0))
+                .or_insert_with(|| OpenFile::new(self.new_state(attr, layout), 0))
                 .clone();
             // Counted under the map's lock so a concurrent last release
             // cannot drop the state this handle is about to use.
@@ -107,10 +107,9 @@ impl Fs {
         let (fh, f, existed) = self.open_loaded(&attr, layout.clone());
         if existed {
             let mut st = f.state.lock().await;
-            if !st.has_local_changes() {
-                st.size = attr.size;
+            self.reap(&mut st);
+            if st.buf.reset(attr.size, layout.into_iter().map(|(i, l)| (i, Stored::committed(l)))) {
                 st.mtime = attr.mtime;
-                st.layout = layout;
             }
             st.perm = attr.perm;
         }
@@ -147,8 +146,8 @@ impl Fs {
     pub async fn flush(self: &Arc<Self>, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
-        let mut st = f.state.lock().await;
-        let r = self.flush_locked(&mut st).await;
+        let st = f.state.lock().await;
+        let (st, r) = self.flush_locked(&f, st).await;
         st.outcome_for(fh, r)
     }
 
@@ -162,8 +161,8 @@ impl Fs {
         let Some(h) = lock(&self.handles).remove(&fh) else { return Ok(()) };
         let f = self.file(h.ino)?;
         let r = {
-            let mut st = f.state.lock().await;
-            let r = self.flush_locked(&mut st).await;
+            let st = f.state.lock().await;
+            let (mut st, r) = self.flush_locked(&f, st).await;
             let r = st.outcome_for(fh, r);
             st.writers.remove(&fh);
             let clean = !st.has_local_changes();
@@ -187,8 +186,9 @@ impl Fs {
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
         let mut failed = Vec::new();
         for f in files {
-            let mut st = f.state.lock().await;
-            if let Err(e) = self.flush_locked(&mut st).await {
+            let st = f.state.lock().await;
+            let (st, r) = self.flush_locked(&f, st).await;
+            if let Err(e) = r {
                 error!(ino = %st.ino, path = %self.path_of(st.ino), error = %e, "unflushed data could not be stored");
                 failed.push((st.ino, e));
             }

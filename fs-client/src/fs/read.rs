@@ -3,7 +3,7 @@
 //! once its layout entry's MAC verified ([`Fs::verify_entry`]); sequential
 //! readers prefetch the next blocks.
 
-use super::{Fs, Source};
+use super::Fs;
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec;
@@ -21,24 +21,27 @@ impl Fs {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let b = self.block_size;
-        let (size, sources, ahead) = {
+        let (mut plan, ahead) = {
             let mut st = f.state.lock().await;
             self.reap(&mut st);
-            let size = st.size;
-            let end = (offset + len as u64).min(size);
+            let end = offset.saturating_add(len as u64).min(st.buf.size());
             if offset >= end {
                 return Ok(Vec::new());
             }
-            let sources: Vec<(u64, Source)> =
-                (offset / b..end.div_ceil(b)).map(|i| (i, Self::source(&st, i))).collect();
+            // Local bytes now; stored blocks are fetched below, without the
+            // lock.
+            let plan = st.buf.read(offset, len as u64);
             let sequential = h.last_read_end.swap(end, Ordering::Relaxed) == offset;
             let ahead: Vec<BlockLoc> = if sequential && self.config.readahead_blocks > 0 {
                 let first = end.div_ceil(b);
-                st.layout.range(first..first + self.config.readahead_blocks).map(|(_, l)| l.clone()).collect()
+                st.buf
+                    .layout_range(first..first.saturating_add(self.config.readahead_blocks))
+                    .map(|(_, s)| s.loc.clone())
+                    .collect()
             } else {
                 Vec::new()
             };
-            (size, sources, ahead)
+            (plan, ahead)
         };
         for loc in ahead {
             if self.cache.get(&loc.chunk).is_none() {
@@ -49,29 +52,16 @@ impl Fs {
                 });
             }
         }
-        let end = (offset + len as u64).min(size);
         let ino = h.ino;
-        let fetches = sources.into_iter().map(|(i, s)| async move {
-            let block = match s {
-                Source::Hole => None,
-                Source::Local(d) => Some(d),
-                Source::Remote(loc) => Some(self.fetch_block(ino, &loc).await?),
-            };
-            Ok::<_, Error>((i, block))
+        let fetches = plan.fetches().iter().map(|(i, s)| {
+            let (i, loc) = (*i, s.loc.clone());
+            async move { Ok::<_, Error>((i, self.fetch_block(ino, &loc).await?)) }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
-        let mut out = vec![0u8; (end - offset) as usize];
         for (i, block) in blocks {
-            let Some(block) = block else { continue };
-            let bstart = i * b;
-            let from = offset.max(bstart);
-            let to = end.min(bstart + block.len() as u64);
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&block[(from - bstart) as usize..(to - bstart) as usize]);
-            }
+            plan.fill(i, &block);
         }
-        Ok(out)
+        Ok(plan.into_bytes())
     }
 
     /// The plaintext of block `loc.index` of `ino`: its layout entry is

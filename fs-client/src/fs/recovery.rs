@@ -30,7 +30,8 @@
 //! recovery v1" in the associated data, kept chunks without an epoch)
 //! still load.
 
-use super::{lock, FileState, Fs, OpenFile};
+use super::buffer::{Content, Pending};
+use super::{lock, Fs, OpenFile, Stored};
 use crate::error::{Error, Result};
 use bincode::Options;
 use common::codec;
@@ -442,24 +443,27 @@ impl Fs {
         let files: Vec<_> = lock(&self.files).values().cloned().collect();
         let mut out = Vec::new();
         for f in files {
-            let st = f.state.lock().await;
+            let mut st = f.state.lock().await;
+            self.reap(&mut st);
             if !st.has_local_changes() {
                 continue;
             }
-            let mut blocks: std::collections::BTreeMap<u64, KeptBlock> = std::collections::BTreeMap::new();
-            for (idx, c) in &st.uncommitted {
-                let b = match c {
-                    None => KeptBlock::Hole,
-                    Some(c) => match self.cache.get(&c.id) {
-                        Some(plain) => KeptBlock::Data(plain.to_vec()),
-                        None => KeptBlock::Chunk(c.clone()),
-                    },
-                };
-                blocks.insert(*idx, b);
-            }
-            for (idx, d) in st.dirty.iter().chain(st.uploading.iter().map(|(i, (d, _))| (i, d))) {
-                blocks.insert(*idx, KeptBlock::Data(d.to_vec()));
-            }
+            // Local bytes, else the entry waiting for a commit.
+            let blocks: Vec<(u64, KeptBlock)> = st
+                .buf
+                .pending()
+                .map(|(idx, p)| {
+                    let b = match p {
+                        Pending::Local(d) => KeptBlock::Data(d.to_vec()),
+                        Pending::Hole => KeptBlock::Hole,
+                        Pending::Stored(s) => match self.cache.get(&s.loc.chunk) {
+                            Some(plain) => KeptBlock::Data(plain.to_vec()),
+                            None => KeptBlock::Chunk(s.chunk()),
+                        },
+                    };
+                    (idx, b)
+                })
+                .collect();
             let error = failed
                 .iter()
                 .find(|(i, _)| *i == st.ino)
@@ -469,9 +473,9 @@ impl Fs {
             out.push(Unstored {
                 ino: st.ino,
                 path: self.path_of(st.ino),
-                size: st.size,
+                size: st.buf.size(),
                 mtime: st.mtime,
-                blocks: blocks.into_iter().collect(),
+                blocks,
                 error,
             });
         }
@@ -537,45 +541,47 @@ impl Fs {
         let (attr, layout) = self.load_layout(u.ino).await?;
         let f = {
             let mut files = lock(&self.files);
-            files.entry(u.ino).or_insert_with(|| OpenFile::new(FileState::new(&attr, layout), 0)).clone()
+            files.entry(u.ino).or_insert_with(|| OpenFile::new(self.new_state(&attr, layout), 0)).clone()
         };
         let mut st = f.state.lock().await;
+        // The size first when it grows (blocks past the size are ignored),
+        // last when it shrinks (the kept cut block then needs no fetch).
+        let grows = u.size >= st.buf.size();
+        if grows {
+            let (s, r) = self.set_size(&f, st, u.size).await;
+            st = s;
+            r?;
+        }
         for (idx, b) in &u.blocks {
-            st.dirty.remove(idx);
-            st.uploading.remove(idx);
-            match b {
-                KeptBlock::Hole => {
-                    st.layout.remove(idx);
-                    st.uncommitted.insert(*idx, None);
-                }
-                KeptBlock::Data(d) => {
-                    st.dirty.insert(*idx, Arc::new(d.clone()));
-                }
+            let content = match b {
+                KeptBlock::Hole => Content::Hole,
+                KeptBlock::Data(d) => Content::Data(Arc::new(d.clone())),
                 KeptBlock::Chunk(c) => {
                     // The entry's MAC is made here, for this file and block.
                     let mac = self.entry_mac(&self.keys(), u.ino, *idx, c.id, c.len, c.epoch)?;
-                    st.layout.insert(
-                        *idx,
-                        BlockLoc {
-                            index: *idx,
-                            chunk: c.id,
-                            len: c.len,
-                            replicas: Vec::new(),
-                            epoch: c.epoch,
-                            mac,
-                        },
-                    );
-                    st.uncommitted.insert(*idx, Some(StoredChunk { mac, ..c.clone() }));
+                    let loc = BlockLoc {
+                        index: *idx,
+                        chunk: c.id,
+                        len: c.len,
+                        replicas: Vec::new(),
+                        epoch: c.epoch,
+                        mac,
+                    };
+                    Content::Stored(Stored { loc, commit_replicas: Some(c.replicas.clone()) })
                 }
+            };
+            for up in st.buf.set_block(*idx, content) {
+                self.spawn_upload(&mut st, up);
             }
         }
-        let keep = u.size.div_ceil(self.block_size);
-        st.layout.retain(|i, _| *i < keep);
-        st.size = u.size;
+        if !grows {
+            let (s, r) = self.set_size(&f, st, u.size).await;
+            st = s;
+            r?;
+        }
         st.mtime = u.mtime;
-        st.meta_dirty = true;
-        st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
-        let r = self.flush_locked(&mut st).await;
+        st.mark_uncommitted();
+        let (mut st, r) = self.flush_locked(&f, st).await;
         if let Err(e) = &r {
             st.failure.get_or_insert_with(|| e.clone());
             st.retried_at = Some(std::time::Instant::now());

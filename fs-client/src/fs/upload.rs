@@ -1,9 +1,11 @@
-//! Storing blocks: seal a block, place it on R peers (dirsvc's placement,
-//! or the up peers with the most room when that cannot help), put it on
-//! them in parallel, and classify what went wrong when it could not be
-//! stored.
+//! Storing blocks: the upload tasks the write buffer asks for (each waits
+//! for an upload slot and reports to its file's result channel); seal a
+//! block, place it on R peers (dirsvc's placement, or the up peers with the
+//! most room when that cannot help), put it on them in parallel, and
+//! classify what went wrong when it could not be stored.
 
-use super::{lock, FileState, Fs, Uploaded, PEER_FAILURE_MEMORY};
+use super::buffer::{Finished, Upload};
+use super::{lock, FileState, Fs, Stored, UploadResult, Uploaded, PEER_FAILURE_MEMORY};
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec;
@@ -12,7 +14,7 @@ use common::rpc::peer::PeerError;
 use common::rpc::PeerLoc;
 use common::InodeId;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 
 /// Longest time one block's upload waits for dirsvc to list a live peer
@@ -37,29 +39,36 @@ struct Tally {
 }
 
 impl Fs {
-    /// Hands dirty block `idx` to a background upload, waiting for an upload
-    /// slot first (this is the write path's backpressure).
-    pub(super) async fn start_upload(self: &Arc<Self>, st: &mut FileState, idx: u64) {
-        let Some(data) = st.dirty.remove(&idx) else { return };
-        if super::extents::all_zero(&data) {
-            // A block of zeros is a hole: nothing to store.
-            st.layout.remove(&idx);
-            st.uncommitted.insert(idx, None);
-            st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
-            return;
-        }
+    /// Starts the upload the write buffer asked for: a task that waits for
+    /// an upload slot, stores the block and reports the result through the
+    /// file's result channel (applied by [`Fs::reap`] and
+    /// [`Fs::wait_uploads`]). The returned receiver fires once the upload
+    /// holds its slot (the write path's backpressure).
+    pub(super) fn spawn_upload(self: &Arc<Self>, st: &mut FileState, u: Upload) -> oneshot::Receiver<()> {
+        let (started_tx, started) = oneshot::channel();
         // In the backlog from here (waiting for a slot) until stored or
         // failed.
-        let backlog = crate::telemetry::BacklogGuard::new(data.len());
-        let permit = match self.uploads.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
+        let backlog = crate::telemetry::BacklogGuard::new(u.data.len());
+        let report = Report { tx: st.results_tx.clone(), idx: u.idx, gen: u.gen, sent: false };
         let me = self.clone();
-        let d = data.clone();
         let ino = st.ino;
-        let task = tokio::spawn(async move {
-            let r = me.upload(ino, idx, d, permit).await;
+        let file = st.me.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = me.uploads.clone().acquire_owned().await else { return };
+            let _ = started_tx.send(());
+            // A newer write may have replaced the data while this waited:
+            // then there is nothing to store (checked when the state is
+            // free; otherwise the result is dropped when it reports).
+            let file = file.upgrade();
+            let wanted = match file.as_ref().map(|f| f.state.try_lock()) {
+                Some(Ok(st)) => st.buf.upload_started(u.idx, u.gen),
+                _ => true,
+            };
+            if !wanted {
+                report.skip();
+                return;
+            }
+            let r = me.upload(ino, u.idx, u.data, permit).await;
             let counter = if r.is_ok() {
                 crate::telemetry::BLOCKS_UPLOADED
             } else {
@@ -67,9 +76,9 @@ impl Fs {
             };
             metrics::counter!(counter).increment(1);
             drop(backlog);
-            r
+            report.send(r);
         });
-        st.uploading.insert(idx, (data, task));
+        started
     }
 
     /// Seals one block under the newest key epoch and stores it on R
@@ -282,14 +291,15 @@ impl Fs {
         Ok((peers.into_iter().map(|p| p.loc).collect(), full))
     }
 
-    /// Applies the result of block `idx`'s upload of `data`. A failure keeps
-    /// the data for the next flush and is charged to the file's writers.
-    pub(super) fn apply_upload(st: &mut FileState, idx: u64, r: Result<Uploaded>, data: Block) {
-        match r {
+    /// Applies a finished upload to the buffer. A failure keeps the data
+    /// for the next flush and is charged to the file's writers; the result
+    /// of an upload a newer write overtook is dropped.
+    pub(super) fn apply_upload(st: &mut FileState, r: UploadResult) {
+        let UploadResult { idx, gen, result } = r;
+        match result {
             Ok(u) => {
-                st.layout.insert(
-                    idx,
-                    BlockLoc {
+                let stored = Stored {
+                    loc: BlockLoc {
                         index: idx,
                         chunk: u.stored.id,
                         len: u.stored.len,
@@ -297,14 +307,17 @@ impl Fs {
                         epoch: u.stored.epoch,
                         mac: u.stored.mac,
                     },
-                );
-                st.uncommitted.insert(idx, Some(u.stored));
-                st.uncommitted_since.get_or_insert_with(std::time::Instant::now);
+                    commit_replicas: None,
+                };
+                if st.buf.upload_finished(idx, gen, Ok(stored)) == Finished::Stored {
+                    st.mark_uncommitted();
+                }
             }
             Err(e) => {
-                // Keep the data so the next flush retries; a newer write to
-                // the same block (already in `dirty`) wins.
-                st.dirty.entry(idx).or_insert(data);
+                if st.buf.upload_finished(idx, gen, Err(())) != Finished::Failed {
+                    debug!(ino = %st.ino, block = idx, error = %e, "upload of data a newer write replaced failed");
+                    return;
+                }
                 if st.failure.is_none() {
                     warn!(ino = %st.ino, block = idx, error = %e, "block upload failed; the data stays buffered and is retried");
                 } else {
@@ -317,14 +330,19 @@ impl Fs {
 
     /// Applies finished uploads without waiting for running ones.
     pub(super) fn reap(&self, st: &mut FileState) {
-        let done: Vec<u64> =
-            st.uploading.iter().filter(|(_, (_, t))| t.is_finished()).map(|(i, _)| *i).collect();
-        for idx in done {
-            if let Some((data, task)) = st.uploading.remove(&idx) {
-                let r = futures::FutureExt::now_or_never(task)
-                    .unwrap_or_else(|| Ok(Err(Error::Upload("upload task vanished".into()))))
-                    .unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
-                Self::apply_upload(st, idx, r, data);
+        while let Ok(r) = st.results.try_recv() {
+            Self::apply_upload(st, r);
+        }
+    }
+
+    /// Waits (keeping the lock: uploads do not need it) until every upload
+    /// the buffer waits for has reported, applying the results.
+    pub(super) async fn wait_uploads(&self, st: &mut FileState) {
+        self.reap(st);
+        while st.buf.uploads_pending() {
+            match st.results.recv().await {
+                Some(r) => Self::apply_upload(st, r),
+                None => break,
             }
         }
     }
@@ -374,6 +392,37 @@ impl PlacementReuse {
         if len <= REUSE_MAX_BLOCK {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((set, std::time::Instant::now(), len));
+        }
+    }
+}
+
+/// Sends an upload's result to its file's state; dropped unsent (the task
+/// ended before it could upload), it reports a failure, so the buffer
+/// never waits for an upload that will not report.
+struct Report {
+    tx: mpsc::UnboundedSender<UploadResult>,
+    idx: u64,
+    gen: u64,
+    sent: bool,
+}
+
+impl Report {
+    /// Reports nothing: the buffer no longer waits for this upload.
+    fn skip(mut self) {
+        self.sent = true;
+    }
+
+    fn send(mut self, result: Result<Uploaded>) {
+        self.sent = true;
+        let _ = self.tx.send(UploadResult { idx: self.idx, gen: self.gen, result });
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !self.sent {
+            let result = Err(Error::Upload("the upload task ended before it stored the block".into()));
+            let _ = self.tx.send(UploadResult { idx: self.idx, gen: self.gen, result });
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The write path: writes land in per-file block buffers; full blocks go
-//! to [`super::upload`]; flush waits for the uploads and commits the new
-//! layout to dirsvc in batches.
+//! The write path: writes go through the file's write buffer
+//! ([`super::buffer`]), which says what to fetch and what to upload; the
+//! fetches run without the file's lock, uploads ([`super::upload`]) report
+//! back through the file's result channel; flush waits for the uploads and
+//! commits the buffer's batches to dirsvc.
 
-use super::{lock, FileState, Fs, Source, FAILED_RETRY_INTERVAL};
+use super::buffer::Blocked;
+use super::{lock, FileState, Fs, Guard, OpenFile, Stored, FAILED_RETRY_INTERVAL};
 use crate::error::{Error, Result};
-use common::rpc::dir::{CommitLayout, DirError, SetAttr, StoredChunk};
+use common::rpc::dir::{BlockLoc, CommitLayout, DirError, SetAttr};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use std::collections::HashMap;
@@ -19,6 +22,12 @@ use tracing::{debug, error, info, warn};
 /// upload).
 const VERIFY_UNCOMMITTED_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Most rounds of fetching the blocks an operation must merge with before
+/// it gives up: each round fetches only the blocks that changed since the
+/// last, so only a block rewritten again and again by others in between
+/// needs more than two.
+const FETCH_ROUNDS: usize = 16;
+
 impl Fs {
     /// Writes `data` at `offset` through handle `fh`; returns bytes written.
     /// `kill_suid`: the caller lacks `CAP_FSETID` (the kernel's
@@ -32,8 +41,7 @@ impl Fs {
     pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
-        let mut st = f.state.lock().await;
-        self.write_locked(&mut st, fh, offset, data, kill_suid).await
+        self.write_at(&f, fh, Some(offset), data, kill_suid).await
     }
 
     /// Writes `data` at the end of the file behind `fh` (`O_APPEND`), as this
@@ -45,9 +53,7 @@ impl Fs {
     pub async fn append(self: &Arc<Self>, fh: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
-        let mut st = f.state.lock().await;
-        let end = st.size;
-        self.write_locked(&mut st, fh, end, data, kill_suid).await
+        self.write_at(&f, fh, None, data, kill_suid).await
     }
 
     /// Clears setuid (and setgid with group-execute) at dirsvc if the mode
@@ -74,116 +80,125 @@ impl Fs {
         Ok(())
     }
 
-    /// Writes through handle `fh` into the locked state; see [`Fs::write`].
-    pub(super) async fn write_locked(
+    /// Writes `data` through handle `fh` at `offset` (`None`: at the end of
+    /// the file as this client knows it when the write applies); see
+    /// [`Fs::write`]. Blocks the write must merge with are fetched without
+    /// the lock; the write returns once its uploads hold an upload slot
+    /// (the write path's backpressure), also without the lock.
+    pub(super) async fn write_at(
         self: &Arc<Self>,
-        st: &mut FileState,
+        f: &OpenFile,
         fh: u64,
-        offset: u64,
+        offset: Option<u64>,
         data: &[u8],
         kill_suid: bool,
     ) -> Result<u32> {
-        self.reap(st);
+        let mut st = f.state.lock().await;
+        self.reap(&mut st);
         if let Some(Some(e)) = st.writers.get(&fh) {
             return Err(e.clone());
         }
+        if data.is_empty() {
+            // POSIX: a write of nothing changes nothing (not even the size,
+            // past the end).
+            return Ok(0);
+        }
         if kill_suid {
-            self.kill_suid(st).await?;
+            self.kill_suid(&mut st).await?;
         }
+        let (mut st, ups) = self
+            .with_fetches(f, st, |st| {
+                let at = offset.unwrap_or(st.buf.size());
+                st.buf.write(at, data)
+            })
+            .await;
+        let ups = ups?;
         st.writers.entry(fh).or_insert(None);
-        let b = self.block_size;
-        let end = offset + data.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / b;
-            let in_block = (pos % b) as usize;
-            let take = ((b - pos % b).min(end - pos)) as usize;
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + take];
-            // Bytes of this block that currently hold data (the rest are zeros).
-            let valid = st.size.saturating_sub(idx * b).min(b) as usize;
-            let covers_all = in_block == 0 && take >= valid;
-            let mut block = match st.dirty.remove(&idx) {
-                Some(d) => d,
-                None => match st.uploading.remove(&idx) {
-                    Some((d, _superseded)) => d,
-                    None if covers_all => Arc::new(Vec::new()),
-                    None => match Self::source(st, idx) {
-                        Source::Remote(loc) => self.fetch_block(st.ino, &loc).await?,
-                        Source::Local(d) => d,
-                        Source::Hole => Arc::new(Vec::new()),
-                    },
-                },
-            };
-            let buf = Arc::make_mut(&mut block);
-            if buf.len() < in_block + take {
-                buf.resize(in_block + take, 0);
-            }
-            buf[in_block..in_block + take].copy_from_slice(src);
-            let full = buf.len() as u64 == b && in_block + take == b as usize;
-            st.dirty.insert(idx, block);
-            pos += take as u64;
-            if full {
-                self.start_upload(st, idx).await;
-            }
-        }
-        if end > st.size {
-            st.size = end;
-        }
         st.mtime = Timestamp::now();
-        st.meta_dirty = true;
-        while st.dirty.len() > self.config.dirty_blocks_per_file {
-            let Some(&idx) = st.dirty.keys().next() else { break };
-            self.start_upload(st, idx).await;
-        }
-        if st.uncommitted.len() >= self.commit_batch() {
-            if let Err(e) = self.commit(st).await {
+        let started: Vec<_> = ups.into_iter().map(|u| self.spawn_upload(&mut st, u)).collect();
+        if st.buf.uncommitted_len() >= self.commit_batch() {
+            let (s, r) = self.commit(f, st).await;
+            st = s;
+            if let Err(e) = r {
                 st.fail_writers(e.clone());
                 return Err(e);
             }
         }
+        drop(st);
+        for s in started {
+            let _ = s.await;
+        }
         Ok(data.len() as u32)
     }
 
-    pub(super) fn source(st: &FileState, idx: u64) -> Source {
-        if let Some(d) = st.dirty.get(&idx) {
-            return Source::Local(d.clone());
+    /// Runs `op` on the file's state; when it asks for stored blocks, lets
+    /// go of the lock, fetches them (verified, in parallel), hands them to
+    /// the buffer and runs `op` again (each round fetches only what changed
+    /// meanwhile). Returns the guard with the outcome.
+    ///
+    /// Errors: `EFBIG` past the largest file size; fetch errors; `EIO` if
+    /// the blocks kept changing for [`FETCH_ROUNDS`] rounds.
+    pub(super) async fn with_fetches<'a, T>(
+        self: &Arc<Self>,
+        f: &'a OpenFile,
+        mut st: Guard<'a>,
+        mut op: impl FnMut(&mut FileState) -> std::result::Result<T, Blocked<Stored>>,
+    ) -> (Guard<'a>, Result<T>) {
+        for _ in 0..FETCH_ROUNDS {
+            let need = match op(&mut st) {
+                Ok(v) => return (st, Ok(v)),
+                Err(Blocked::TooLarge { end }) => {
+                    let e = Error::Errno(libc::EFBIG, format!("offset {end} is past the largest file size"));
+                    return (st, Err(e));
+                }
+                Err(Blocked::Fetch(need)) => need,
+            };
+            let ino = st.ino;
+            drop(st);
+            let fetched =
+                futures::future::try_join_all(need.iter().map(|n| self.fetch_block(ino, &n.loc.loc))).await;
+            st = f.state.lock().await;
+            match fetched {
+                Ok(blocks) => {
+                    for (n, block) in need.iter().zip(blocks) {
+                        st.buf.fill(n.idx, n.stamp(), block);
+                    }
+                }
+                Err(e) => return (st, Err(e)),
+            }
         }
-        if let Some((d, _)) = st.uploading.get(&idx) {
-            return Source::Local(d.clone());
-        }
-        match st.layout.get(&idx) {
-            Some(loc) => Source::Remote(loc.clone()),
-            None => Source::Hole,
-        }
+        let e = Error::Errno(libc::EIO, "the blocks to merge with kept changing".into());
+        (st, Err(e))
     }
 
-    /// Uploads everything dirty, waits for every upload, then commits what
-    /// was stored (also when some block failed, so stored data becomes
-    /// durable and collectable chunks are not left uncommitted). On success
-    /// nothing of the file is left unstored and its writers' errors are
-    /// cleared; on failure the data stays buffered and the error is charged
-    /// to the file's writers (see [`FileState::outcome_for`] for what each
-    /// handle is told).
+    /// Uploads everything dirty, waits for every upload (the uploads report
+    /// through the file's result channel, so the lock is kept), then
+    /// commits what was stored (also when some block failed, so stored
+    /// data becomes durable and collectable chunks are not left
+    /// uncommitted). On success nothing of the file is left unstored and
+    /// its writers' errors are cleared; on failure the data stays buffered
+    /// and the error is charged to the file's writers (see
+    /// [`FileState::outcome_for`] for what each handle is told).
     ///
     /// Errors: the first upload or commit error.
-    pub(super) async fn flush_locked(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
-        let dirty: Vec<u64> = st.dirty.keys().copied().collect();
-        for idx in dirty {
-            self.start_upload(st, idx).await;
+    pub(super) async fn flush_locked<'a>(
+        self: &Arc<Self>,
+        f: &'a OpenFile,
+        mut st: Guard<'a>,
+    ) -> (Guard<'a>, Result<()>) {
+        self.reap(&mut st);
+        for u in st.buf.flush() {
+            self.spawn_upload(&mut st, u);
         }
-        let uploading = std::mem::take(&mut st.uploading);
-        for (idx, (data, task)) in uploading {
-            let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
-            Self::apply_upload(st, idx, r, data);
-        }
-        let upload_failed = !st.dirty.is_empty();
-        if let Err(e) = self.commit(st).await {
+        self.wait_uploads(&mut st).await;
+        let (mut st, r) = self.commit(f, st).await;
+        if let Err(e) = r {
             st.fail_writers(e.clone());
-            return Err(e);
+            return (st, Err(e));
         }
-        if upload_failed {
+        if st.has_local_changes() {
             let e = st.failure.clone().unwrap_or_else(|| Error::Upload("a block could not be stored".into()));
-            return Err(e);
+            return (st, Err(e));
         }
         st.stored_all();
         let kept = lock(&self.kept).remove(&st.ino);
@@ -192,23 +207,35 @@ impl Fs {
                 warn!(file = %file.display(), error = %e, "cannot delete a recovery file whose data is stored");
             }
         }
-        Ok(())
+        (st, Ok(()))
     }
 
-    /// Commits finished uploads, size and mtime to dirsvc, in batches.
-    pub(super) async fn commit(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
-        if st.uncommitted.is_empty() && !st.meta_dirty {
-            return Ok(());
-        }
+    /// Commits what the buffer has to commit (size, mtime, finished
+    /// uploads, holes), batch after batch, until it has nothing more, or
+    /// waits for an upload (a shrink is committed with its cut block, never
+    /// without). Chunks dirsvc no longer has, or sealed under a key epoch
+    /// that is no longer the newest, are stored again and the commit
+    /// retried.
+    ///
+    /// Errors: dirsvc's; those of storing blocks again.
+    pub(super) async fn commit<'a>(
+        self: &Arc<Self>,
+        f: &'a OpenFile,
+        mut st: Guard<'a>,
+    ) -> (Guard<'a>, Result<()>) {
         if st.uncommitted_since.is_some_and(|t| t.elapsed() >= VERIFY_UNCOMMITTED_AFTER) {
-            self.verify_uncommitted(st).await?;
+            if let Err(e) = self.verify_uncommitted(&mut st).await {
+                return (st, Err(e));
+            }
         }
         let ino = st.ino;
         let per_commit = self.commit_batch();
-        loop {
-            let batch: Vec<(u64, Option<StoredChunk>)> =
-                st.uncommitted.iter().take(per_commit).map(|(i, c)| (*i, c.clone())).collect();
-            let commit = CommitLayout { size: st.size, mtime: st.mtime, blocks: batch.clone() };
+        while let Some(plan) = st.buf.commit(per_commit) {
+            let commit = CommitLayout {
+                size: plan.size,
+                mtime: st.mtime,
+                blocks: plan.blocks.iter().map(|(i, s)| (*i, s.as_ref().map(Stored::chunk))).collect(),
+            };
             self.known.forget_attr(ino);
             let generation = self.known.generation();
             let r = self
@@ -218,45 +245,54 @@ impl Fs {
                     async move { c.commit_layout(ctx, ino, cm).await }
                 })
                 .await;
-            let attr = match r {
-                Ok(a) => a,
+            match r {
+                Ok(attr) => {
+                    if plan.is_shrink() {
+                        debug!(ino = %ino, size = plan.size, "shrink committed with its cut block");
+                    }
+                    self.known.record_attr(&attr, generation);
+                    st.buf.committed(&plan);
+                    st.mtime = attr.mtime;
+                }
                 Err(Error::Dir(DirError::ChunkGone(gone))) => {
                     // Garbage collection deleted a chunk this commit names (it
                     // stayed uncommitted past the grace period). Store those
                     // blocks again from the cache, or fail loudly.
-                    self.restore_gone(st, gone).await?;
-                    continue;
+                    st.buf.commit_failed(&plan);
+                    if let Err(e) = self.restore_gone(&mut st, gone).await {
+                        return (st, Err(e));
+                    }
                 }
                 Err(Error::Dir(DirError::StaleEpoch { current })) => {
                     // A member was removed since these blocks were sealed:
                     // seal them again under the new epoch before they are
                     // committed.
-                    self.reseal_stale(st, current).await?;
-                    continue;
+                    st.buf.commit_failed(&plan);
+                    let (s, r) = self.reseal_stale(f, st, current).await;
+                    st = s;
+                    if let Err(e) = r {
+                        return (st, Err(e));
+                    }
                 }
                 Err(Error::Dir(DirError::NotFound)) => {
                     // The file was deleted (by this or another client): what
                     // was buffered for it has nowhere to go. Its stored
                     // chunks are orphans for garbage collection.
-                    debug!(ino = %ino, blocks = st.uncommitted.len(), "file deleted before its data was committed; dropping it");
-                    st.uncommitted.clear();
-                    st.meta_dirty = false;
-                    return Ok(());
+                    debug!(ino = %ino, blocks = st.buf.uncommitted_len(), "file deleted before its data was committed; dropping it");
+                    st.buf.forget_uncommitted();
+                    st.uncommitted_since = None;
+                    return (st, Ok(()));
                 }
-                Err(e) => return Err(e),
-            };
-            self.known.record_attr(&attr, generation);
-            for (i, _) in &batch {
-                st.uncommitted.remove(i);
-            }
-            st.mtime = attr.mtime;
-            if st.uncommitted.is_empty() {
-                break;
+                Err(e) => {
+                    st.buf.commit_failed(&plan);
+                    return (st, Err(e));
+                }
             }
         }
-        st.meta_dirty = false;
-        st.uncommitted_since = None;
-        Ok(())
+        if !st.buf.has_pending_commit() {
+            st.uncommitted_since = None;
+        }
+        (st, Ok(()))
     }
 
     /// Background upkeep of every file this client holds, run about twice
@@ -278,7 +314,8 @@ impl Fs {
                 && st.retried_at.is_none_or(|t| t.elapsed() >= FAILED_RETRY_INTERVAL);
             if retry {
                 st.retried_at = Some(std::time::Instant::now());
-                match self.flush_locked(&mut st).await {
+                let (st, r) = self.flush_locked(&f, st).await;
+                match r {
                     Ok(()) => {
                         info!(ino = %st.ino, path = %self.path_of(st.ino), "data that could not be stored earlier is stored now");
                         let mut files = lock(&self.files);
@@ -294,7 +331,13 @@ impl Fs {
             }
             let due = st.uncommitted_since.is_some_and(|t| t.elapsed() >= self.config.commit_interval);
             if due {
-                if let Err(e) = self.commit(&mut st).await {
+                // A shrink waits for its cut block: store it now rather than
+                // at the next flush, so the uploads behind it do not wait.
+                for u in st.buf.upload_cut() {
+                    self.spawn_upload(&mut st, u);
+                }
+                let (st, r) = self.commit(&f, st).await;
+                if let Err(e) = r {
                     warn!(ino = %st.ino, error = %e, "periodic commit failed; retried later");
                 }
             }
@@ -314,15 +357,14 @@ impl Fs {
     pub(super) async fn verify_uncommitted(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
         let mut by_peer: HashMap<common::PeerId, (PeerLoc, Vec<common::ChunkId>)> = HashMap::new();
         let mut held: HashMap<common::ChunkId, bool> = HashMap::new();
-        for (idx, c) in &st.uncommitted {
-            let Some(c) = c else { continue };
-            let Some(loc) = st.layout.get(idx) else { continue };
-            if loc.chunk != c.id || loc.replicas.is_empty() {
+        for (_, _, s) in st.buf.stored_pending() {
+            if s.loc.replicas.is_empty() {
                 continue;
             }
-            held.entry(c.id).or_insert(false);
-            for p in &loc.replicas {
-                by_peer.entry(p.id).or_insert_with(|| (p.clone(), Vec::new())).1.push(c.id);
+            let id = s.loc.chunk;
+            held.entry(id).or_insert(false);
+            for p in &s.loc.replicas {
+                by_peer.entry(p.id).or_insert_with(|| (p.clone(), Vec::new())).1.push(id);
             }
         }
         let asks = by_peer.into_values().map(|(p, ids)| async move {
@@ -354,102 +396,109 @@ impl Fs {
         Ok(())
     }
 
-    /// Re-stores every uncommitted block that names the collected chunk
-    /// `gone`, from the plaintext in the block cache.
+    /// Stores again every pending block that names the collected chunk
+    /// `gone`, from the plaintext in the block cache, and waits for those
+    /// uploads (a failed one leaves its data dirty).
     ///
-    /// Errors: `EIO` if the plaintext is no longer cached.
+    /// Errors: `EIO` if no pending block names it or the plaintext is no
+    /// longer cached.
     pub(super) async fn restore_gone(
         self: &Arc<Self>,
         st: &mut FileState,
         gone: common::ChunkId,
     ) -> Result<()> {
-        let idxs: Vec<u64> = st
-            .uncommitted
-            .iter()
-            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.id == gone))
-            .map(|(i, _)| *i)
+        let pending: Vec<(u64, u64)> = st
+            .buf
+            .stored_pending()
+            .into_iter()
+            .filter(|(_, _, s)| s.loc.chunk == gone)
+            .map(|(i, g, _)| (i, g))
             .collect();
-        if idxs.is_empty() {
+        if pending.is_empty() {
             return Err(Error::Upload(format!(
                 "dirsvc says chunk {gone} is gone, but no pending block names it"
             )));
         }
-        for &idx in &idxs {
-            if self.cache.get(&gone).is_none() {
-                error!(ino = %st.ino, block = idx, chunk = %gone, "an uncommitted block was garbage-collected and is no longer cached");
-                return Err(Error::Upload(format!(
-                    "block {idx} was garbage-collected before it was committed"
-                )));
-            }
+        let Some(data) = self.cache.get(&gone) else {
+            let idx = pending[0].0;
+            error!(ino = %st.ino, block = idx, chunk = %gone, "an uncommitted block was garbage-collected and is no longer cached");
+            return Err(Error::Upload(format!("block {idx} was garbage-collected before it was committed")));
+        };
+        for (idx, gen) in pending {
             warn!(ino = %st.ino, block = idx, chunk = %gone, "uncommitted block was garbage-collected; storing it again");
+            for u in st.buf.again(idx, gen, data.clone()) {
+                self.spawn_upload(st, u);
+            }
         }
-        self.store_again(st, &idxs).await
+        self.wait_uploads(st).await;
+        st.mark_uncommitted();
+        Ok(())
     }
 
-    /// Seals again, under the newest key epoch, every uncommitted block
-    /// that was newly stored under an older one (dirsvc answered
-    /// `StaleEpoch { current }`): the keyring is reloaded first if this
-    /// client does not know epoch `current` yet. Shared blocks keep their
-    /// epoch (dirsvc accepts those).
+    /// Seals again, under the newest key epoch, every pending block this
+    /// client stored under an older one (dirsvc answered `StaleEpoch {
+    /// current }`): the keyring is reloaded first if this client does not
+    /// know epoch `current` yet; plaintext not in the cache is fetched
+    /// without the lock. Shared blocks keep their epoch (dirsvc accepts
+    /// those). A newer write to such a block replaces it anyway.
     ///
     /// Errors: those of [`Fs::reload_keys`] (a removed member's mount can
-    /// no longer write); upload errors.
-    pub(super) async fn reseal_stale(self: &Arc<Self>, st: &mut FileState, current: u32) -> Result<()> {
+    /// no longer write); fetch errors.
+    pub(super) async fn reseal_stale<'a>(
+        self: &Arc<Self>,
+        f: &'a OpenFile,
+        mut st: Guard<'a>,
+        current: u32,
+    ) -> (Guard<'a>, Result<()>) {
         let mut keys = self.keys();
         if keys.newest() < current {
-            keys = self.reload_keys(keys.newest()).await?;
-        }
-        let newest = keys.newest();
-        let idxs: Vec<u64> = st
-            .uncommitted
-            .iter()
-            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.replicas.is_empty() && c.epoch < newest))
-            .map(|(i, _)| *i)
-            .collect();
-        if idxs.is_empty() {
-            return Err(Error::Upload(format!(
-                "dirsvc says key epoch {current} is the newest, but no pending block is older than {newest}"
-            )));
-        }
-        info!(ino = %st.ino, blocks = idxs.len(), epoch = newest, "blocks sealed under an old key epoch; sealing them again under the newest");
-        self.store_again(st, &idxs).await
-    }
-
-    /// Uploads uncommitted blocks `idxs` again (a new chunk each, under the
-    /// newest epoch) from their plaintext: the block cache, or the peers
-    /// that hold the chunk this client stored.
-    ///
-    /// Errors: `EIO` if the plaintext cannot be had; upload errors.
-    async fn store_again(self: &Arc<Self>, st: &mut FileState, idxs: &[u64]) -> Result<()> {
-        for &idx in idxs {
-            let Some(Some(c)) = st.uncommitted.get(&idx).cloned() else { continue };
-            let data = match self.cache.get(&c.id) {
-                Some(d) => d,
-                None => match st.layout.get(&idx).cloned() {
-                    Some(loc) if loc.chunk == c.id => self.fetch_block(st.ino, &loc).await?,
-                    _ => {
-                        return Err(Error::Upload(format!(
-                            "block {idx} must be stored again and its data is no longer at hand"
-                        )))
-                    }
-                },
-            };
-            st.uncommitted.remove(&idx);
-            st.dirty.insert(idx, data);
-            self.start_upload(st, idx).await;
-        }
-        let uploading = std::mem::take(&mut st.uploading);
-        for (idx, (data, task)) in uploading {
-            let r = task.await.unwrap_or_else(|e| Err(Error::Upload(format!("upload task failed: {e}"))));
-            Self::apply_upload(st, idx, r, data);
-        }
-        // Only these blocks count: other dirty blocks (written since, not
-        // yet due for upload) are not failures.
-        match idxs.iter().any(|i| st.dirty.contains_key(i)) {
-            false => Ok(()),
-            true => {
-                Err(st.failure.clone().unwrap_or_else(|| Error::Upload("a block could not be stored".into())))
+            match self.reload_keys(keys.newest()).await {
+                Ok(k) => keys = k,
+                Err(e) => return (st, Err(e)),
             }
         }
+        let newest = keys.newest();
+        let old: Vec<(u64, u64, BlockLoc)> = st
+            .buf
+            .stored_pending()
+            .into_iter()
+            .filter(|(_, _, s)| s.stored_here() && s.loc.epoch < newest)
+            .map(|(i, g, s)| (i, g, s.loc.clone()))
+            .collect();
+        if old.is_empty() {
+            let e = Error::Upload(format!(
+                "dirsvc says key epoch {current} is the newest, but no pending block is older than {newest}"
+            ));
+            return (st, Err(e));
+        }
+        info!(ino = %st.ino, blocks = old.len(), epoch = newest, "blocks sealed under an old key epoch; sealing them again under the newest");
+        let mut plain = Vec::new();
+        let mut missing = Vec::new();
+        for (idx, gen, loc) in old {
+            match self.cache.get(&loc.chunk) {
+                Some(d) => plain.push((idx, gen, d)),
+                None => missing.push((idx, gen, loc)),
+            }
+        }
+        if !missing.is_empty() {
+            let ino = st.ino;
+            drop(st);
+            let r =
+                futures::future::try_join_all(missing.iter().map(|(_, _, loc)| self.fetch_block(ino, loc)))
+                    .await;
+            st = f.state.lock().await;
+            match r {
+                Ok(blocks) => plain.extend(missing.into_iter().zip(blocks).map(|((i, g, _), d)| (i, g, d))),
+                Err(e) => return (st, Err(e)),
+            }
+        }
+        for (idx, gen, data) in plain {
+            for u in st.buf.again(idx, gen, data) {
+                self.spawn_upload(&mut st, u);
+            }
+        }
+        self.wait_uploads(&mut st).await;
+        st.mark_uncommitted();
+        (st, Ok(()))
     }
 }

@@ -3,6 +3,7 @@
 //! dirsvc address that accepts and never answers.
 
 use super::*;
+use tokio::task::JoinHandle;
 
 /// A TCP proxy to dirsvc that, once armed, forwards the next request and
 /// cuts the connection (both sides) when the first bytes of the answer

@@ -10,6 +10,7 @@ use testkit::within;
 
 mod failover;
 mod integrity;
+mod write_buffer;
 
 struct Cluster {
     _dir: tempfile::TempDir,
