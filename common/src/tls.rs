@@ -35,8 +35,9 @@ use std::sync::{Arc, RwLock};
 /// identity each and verifiers do not check names.
 pub const SERVER_NAME: &str = "p2pfs.invalid";
 
-/// The ALPN protocol both ends must speak.
-pub const ALPN: &[u8] = b"p2pfs/8";
+/// The ALPN protocol both ends must speak: `p2pfs/<PROTOCOL_VERSION>`
+/// (a unit test checks they agree).
+pub const ALPN: &[u8] = b"p2pfs/10";
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
@@ -515,4 +516,12 @@ pub fn joiner_config(ca: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, TlsError
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_alpn_names_the_rpc_protocol_version() {
+        assert_eq!(super::ALPN, format!("p2pfs/{}", crate::rpc::PROTOCOL_VERSION).as_bytes());
+    }
 }

@@ -300,6 +300,23 @@ impl DirServer {
 
 /// Most entries one `commit_layout` may carry here: the store's limit,
 /// or the configured one if lower.
+/// Refuses a commit whose newly stored chunks (entries with replicas)
+/// were last known held `gc_grace` or longer ago: garbage collection may
+/// have deleted them as orphans and their tombstones may have expired
+/// (after twice the grace), when the store's tombstone check could no
+/// longer refuse them. The client asks the replicas (`has`) and commits
+/// again with a fresh `held_ms`.
+///
+/// Errors: `UploadUnverified`.
+fn check_held(sh: &Shared, commit: &CommitLayout) -> Result<(), DirError> {
+    let limit_ms = u64::try_from(sh.config.gc_grace.as_millis()).unwrap_or(u64::MAX);
+    let stores_new = commit.blocks.iter().any(|(_, c)| c.as_ref().is_some_and(|c| !c.replicas.is_empty()));
+    if stores_new && commit.held_ms >= limit_ms {
+        return Err(DirError::UploadUnverified { limit_ms });
+    }
+    Ok(())
+}
+
 fn commit_limit(sh: &Shared) -> usize {
     let engine = sh.store.max_commit_entries();
     sh.config.max_commit_entries.map_or(engine, |c| c.min(engine))
@@ -821,6 +838,7 @@ impl DirService for DirServer {
                         commit.blocks.len()
                     )));
                 }
+                check_held(sh, &commit)?;
                 let attr = sh.store.commit_layout(ino, &commit)?;
                 sh.changes.record_from(origin, ino_change(ino));
                 Ok(attr)

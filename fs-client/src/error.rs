@@ -120,6 +120,7 @@ impl Error {
                     | DirError::NotInitialized
                     | DirError::NoSession
                     | DirError::ChunkGone(_)
+                    | DirError::UploadUnverified { .. }
                     | DirError::StaleEpoch { .. }
                     | DirError::NotReserved(_)
                     | DirError::KeyringChanged { .. }

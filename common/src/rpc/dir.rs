@@ -265,6 +265,15 @@ pub struct CommitLayout {
     pub mtime: Timestamp,
     /// `(block index, new content)`; `None` makes the block a hole.
     pub blocks: Vec<(u64, Option<StoredChunk>)>,
+    /// Milliseconds, when this attempt was sent, since every newly stored
+    /// chunk of the commit (an entry with replicas) was last known to be
+    /// held: its upload acknowledged, or a replica answering `has` for it.
+    /// dirsvc refuses a commit with new chunks when this reaches its GC
+    /// grace period ([`DirError::UploadUnverified`]): garbage collection
+    /// may have taken such a chunk for an orphan and its tombstone may
+    /// have expired, so the commit would name data no peer has. 0 when the
+    /// commit stores no new chunk.
+    pub held_ms: u64,
 }
 
 /// Where one block of a file lives.
@@ -975,6 +984,16 @@ pub enum DirError {
     /// again (a new chunk) and commit that.
     #[error("chunk {0} was garbage-collected; store the block again")]
     ChunkGone(ChunkId),
+    /// A commit names newly stored chunks last known held longer ago
+    /// than the GC grace period (`CommitLayout::held_ms` ≥ `limit_ms`):
+    /// garbage collection may have taken them for orphans. Nothing was
+    /// changed. Retryable: ask the replicas whether they still hold the
+    /// chunks (`has`), store again those none holds, and commit again.
+    #[error("the commit's new chunks were last known held over {limit_ms} ms ago; check them again")]
+    UploadUnverified {
+        /// The GC grace period, milliseconds.
+        limit_ms: u64,
+    },
     /// The caller's certificate does not allow this call (its role, or the
     /// node it names), with the reason (EACCES at the client).
     #[error("not allowed: {0}")]

@@ -172,7 +172,7 @@ fn commit(s: &Store, ino: InodeId, size: u64, indexes: impl IntoIterator<Item = 
     let mut attr = s.getattr(ino).unwrap();
     let max = s.max_commit_entries();
     for part in blocks.chunks(max) {
-        let c = CommitLayout { size, mtime: Timestamp::now(), blocks: part.to_vec() };
+        let c = CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: part.to_vec() };
         attr = s.commit_layout(ino, &c).unwrap();
     }
     attr
@@ -352,7 +352,12 @@ fn layouts_commit_overwrite_sparse_and_share_chunks(s: &Store) {
     // Overwrite one block, remove another.
     let mut c = chunk(5000);
     c.len = 200;
-    let cm = CommitLayout { size, mtime: Timestamp::now(), blocks: vec![(63, Some(c.clone())), (64, None)] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        size,
+        mtime: Timestamp::now(),
+        blocks: vec![(63, Some(c.clone())), (64, None)],
+    };
     let a = s.commit_layout(f, &cm).unwrap();
     assert_eq!(a.stored_bytes, 400);
     assert_eq!(indexes(s, f), vec![0, 63, 1000]);
@@ -363,16 +368,20 @@ fn layouts_commit_overwrite_sparse_and_share_chunks(s: &Store) {
     // or a block past the end is refused.
     let g = file(s, InodeId::ROOT, b"g");
     let shared = StoredChunk { replicas: vec![], ..c.clone() };
-    s.commit_layout(g, &CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(shared))] })
-        .unwrap();
+    s.commit_layout(
+        g,
+        &CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(shared))] },
+    )
+    .unwrap();
     assert_eq!(s.chunk(&c.id).unwrap().unwrap().refcount, 2);
     let bad = StoredChunk { len: 300, ..c.clone() };
-    let cm = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(bad))] };
+    let cm = CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(bad))] };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
-    let cm = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(1, Some(chunk(1)))] };
+    let cm =
+        CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(1, Some(chunk(1)))] };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
     let stale = StoredChunk { epoch: 1, ..chunk(9) };
-    let cm = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(stale))] };
+    let cm = CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(stale))] };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
     assert_eq!(dir_err(s.get_layout(InodeId::ROOT, 0, 1)), DirError::IsDir);
 }
@@ -392,7 +401,7 @@ fn truncate_down_trims_in_bounded_steps_and_growth_waits_for_it(s: &Store) {
     s.setattr(f, &SetAttr { size: Some(n * u64::from(B)), ..Default::default() }).unwrap();
     assert_eq!(indexes(s, f).len(), 11);
     // A shrinking commit trims too.
-    let cm = CommitLayout { size: 2 * u64::from(B), mtime: Timestamp::now(), blocks: vec![] };
+    let cm = CommitLayout { held_ms: 0, size: 2 * u64::from(B), mtime: Timestamp::now(), blocks: vec![] };
     assert_eq!(s.commit_layout(f, &cm).unwrap().stored_bytes, 200);
     assert_eq!(indexes(s, f), vec![0, 1]);
 }
@@ -471,7 +480,7 @@ fn commits_larger_than_the_engine_allows_are_refused_naming_the_limit(s: &Store)
     let f = file(s, InodeId::ROOT, b"f");
     let n = max as u64 + 1;
     let blocks = (0..n).map(|i| (i * 64, Some(chunk(i)))).collect();
-    let cm = CommitLayout { size: n * 64 * u64::from(B), mtime: Timestamp::now(), blocks };
+    let cm = CommitLayout { held_ms: 0, size: n * 64 * u64::from(B), mtime: Timestamp::now(), blocks };
     match dir_err(s.commit_layout(f, &cm)) {
         DirError::Invalid(m) => assert!(m.contains(&max.to_string()), "{m}"),
         other => panic!("{other:?}"),
@@ -481,11 +490,11 @@ fn commits_larger_than_the_engine_allows_are_refused_naming_the_limit(s: &Store)
     let n = max as u64;
     let first: Vec<_> = (0..n).map(|i| (i * 64, Some(chunk(i)))).collect();
     let size = n * 64 * u64::from(B);
-    s.commit_layout(f, &CommitLayout { size, mtime: Timestamp::now(), blocks: first }).unwrap();
+    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: first }).unwrap();
     // Make the first chunks unreferenced elsewhere? They are referenced
     // once; replacing them drops them to 0 (unreferenced key written).
     let second: Vec<_> = (0..n).map(|i| (i * 64, Some(chunk(100_000 + i)))).collect();
-    s.commit_layout(f, &CommitLayout { size, mtime: Timestamp::now(), blocks: second }).unwrap();
+    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: second }).unwrap();
     assert_eq!(s.unreferenced_count().unwrap(), n);
 }
 
@@ -524,7 +533,7 @@ fn gc_collects_tombstones_acks_and_expires(s: &Store) {
     assert!(s.chunk(&chunk(0).id).unwrap().is_none());
     // A tombstoned chunk cannot be committed again.
     let g = file(s, InodeId::ROOT, b"g");
-    let cm = CommitLayout { size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(0)))] };
+    let cm = CommitLayout { held_ms: 0, size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(0)))] };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::ChunkGone(_)));
     // The delete queue pages by id; acks empty it; expiry removes them.
     let first = s.pending_deletes(None, 10).unwrap();
@@ -656,10 +665,10 @@ fn keyring_members_and_epochs(s: &Store) {
     assert!(matches!(dir_err(s.remove_member(3, "bob", &e1)), DirError::Invalid(_)));
     // New chunks must be of the newest epoch now.
     let f = file(s, InodeId::ROOT, b"f");
-    let cm = CommitLayout { size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(1)))] };
+    let cm = CommitLayout { held_ms: 0, size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(1)))] };
     assert!(matches!(dir_err(s.commit_layout(f, &cm)), DirError::StaleEpoch { current: 1 }));
     let c = StoredChunk { epoch: 1, ..chunk(1) };
-    s.commit_layout(f, &CommitLayout { blocks: vec![(0, Some(c))], ..cm }).unwrap();
+    s.commit_layout(f, &CommitLayout { held_ms: 0, blocks: vec![(0, Some(c))], ..cm }).unwrap();
 }
 
 fn join_tokens_and_revocations(s: &Store) {

@@ -19,7 +19,10 @@ fn future() -> i64 {
 }
 
 fn commit_one(s: &Store, f: InodeId, c: StoredChunk) -> Result<Attr, dirsvc::Error> {
-    s.commit_layout(f, &CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] })
+    s.commit_layout(
+        f,
+        &CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] },
+    )
 }
 
 /// A store with peers 1 and 2 and chunk 1 committed to file "old" and then
@@ -70,6 +73,7 @@ fn a_commit_that_reuses_a_chunk_after_collection_is_refused_and_changes_nothing(
     assert_eq!(refcount(&s, 1), None, "the refused commit created no record");
     // Other chunks in the same commit are refused with it.
     let both = CommitLayout {
+        held_ms: 0,
         size: 2 * u64::from(B),
         mtime: Timestamp::now(),
         blocks: vec![(0, Some(chunk(2, 58, &ps))), (1, Some(chunk(1, 58, &ps)))],
@@ -226,8 +230,12 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
         let again =
             StoredChunk { id: ids[0], len: 700, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
-        let commit =
-            CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(again.clone()))] };
+        let commit = CommitLayout {
+            held_ms: 0,
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(again.clone()))],
+        };
         assert_eq!(
             c.client.commit_layout(context::current(), g, commit.clone()).await.unwrap(),
             Err(DirError::ChunkGone(ids[0]))
@@ -287,11 +295,56 @@ async fn orphans_older_than_the_grace_period_are_deleted() {
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
         let late =
             StoredChunk { id: old_orphan, len: 21, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
-        let commit = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(late))] };
+        let commit =
+            CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(late))] };
         assert_eq!(
             c.client.commit_layout(context::current(), g, commit).await.unwrap(),
             Err(DirError::ChunkGone(old_orphan))
         );
+        c.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_commit_of_new_chunks_last_known_held_a_grace_period_ago_is_refused_and_shared_ones_are_not() {
+    within(TEST_TIMEOUT, "the test", async {
+        let c = gc_cluster(1).await;
+        let grace_ms = 1000;
+        let now = Timestamp::now().secs;
+        // Stored "in the future", so GC leaves it alone during the test.
+        let id = c.peer(1).insert(b"uploaded before an outage", now + 3600);
+        let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
+        let chunk = StoredChunk { id, len: 25, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
+        let late = CommitLayout {
+            held_ms: grace_ms,
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(chunk.clone()))],
+        };
+        assert_eq!(
+            c.client.commit_layout(context::current(), g, late.clone()).await.unwrap(),
+            Err(DirError::UploadUnverified { limit_ms: grace_ms })
+        );
+        let size = |a: Attr| a.size;
+        assert_eq!(
+            size(c.client.getattr(context::current(), g).await.unwrap().unwrap()),
+            0,
+            "a refused commit changed the file"
+        );
+        // Checked again just now: accepted.
+        let fresh = CommitLayout { held_ms: grace_ms - 1, ..late };
+        assert_eq!(size(c.client.commit_layout(context::current(), g, fresh).await.unwrap().unwrap()), 10);
+        // A reference to a chunk the index holds stores nothing new: its
+        // age does not matter.
+        let shared = StoredChunk { replicas: vec![], ..chunk };
+        let again = CommitLayout {
+            held_ms: u64::MAX,
+            size: 20,
+            mtime: Timestamp::now(),
+            blocks: vec![(1, Some(shared))],
+        };
+        assert_eq!(size(c.client.commit_layout(context::current(), g, again).await.unwrap().unwrap()), 20);
         c.shutdown().await;
     })
     .await;

@@ -13,7 +13,8 @@ fn commit(
     size: u64,
     blocks: Vec<(u64, Option<StoredChunk>)>,
 ) -> common::rpc::dir::Attr {
-    s.commit_layout(f, &CommitLayout { size, mtime: Timestamp { secs: 77, nanos: 1 }, blocks }).unwrap()
+    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp { secs: 77, nanos: 1 }, blocks })
+        .unwrap()
 }
 
 fn indexes(s: &Store, f: InodeId) -> Vec<u64> {
@@ -152,7 +153,7 @@ fn bad_commits_are_refused_and_change_nothing() {
 }
 
 fn layout(size: u64, blocks: Vec<(u64, Option<StoredChunk>)>) -> CommitLayout {
-    CommitLayout { size, mtime: Timestamp::now(), blocks }
+    CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }
 }
 
 #[test]

@@ -86,7 +86,12 @@ fn unlink_frees_the_inode_and_refuses_directories() {
     let f = mkfile(&s, ROOT, "f");
     s.commit_layout(
         f,
-        &CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(1, 58, &[p])))] },
+        &CommitLayout {
+            held_ms: 0,
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(chunk(1, 58, &[p])))],
+        },
     )
     .unwrap();
     mkdir(&s, ROOT, "d");
@@ -126,6 +131,7 @@ fn rename_over_a_file_frees_the_old_target_and_its_chunks() {
     s.commit_layout(
         b,
         &CommitLayout {
+            held_ms: 0,
             size: 2 * u64::from(B),
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk(1, 100, &[p]))), (1, Some(chunk(2, 100, &[p])))],
@@ -321,7 +327,12 @@ fn hard_links_count_names_and_the_inode_survives_until_the_last_goes() {
     let f = mkfile(&s, ROOT, "f");
     s.commit_layout(
         f,
-        &CommitLayout { size: 5, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(1, 53, &[p])))] },
+        &CommitLayout {
+            held_ms: 0,
+            size: 5,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(chunk(1, 53, &[p])))],
+        },
     )
     .unwrap();
     let linked = s.link(f, d, &n("g")).unwrap();
@@ -441,6 +452,7 @@ fn everything_survives_closing_and_reopening_the_database() {
         s.commit_layout(
             f,
             &CommitLayout {
+                held_ms: 0,
                 size: 100,
                 mtime: Timestamp { secs: 42, nanos: 0 },
                 blocks: vec![(0, Some(chunk(1, 148, &[p])))],

@@ -14,8 +14,12 @@ const FREE: &dyn Fn(InodeId) -> bool = &|_| false;
 
 fn commit_chunk(s: &Store, f: InodeId, k: u8) {
     let ps = [peer(s, 1), peer(s, 2)];
-    let commit =
-        CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(k, 58, &ps)))] };
+    let commit = CommitLayout {
+        held_ms: 0,
+        size: 10,
+        mtime: Timestamp::now(),
+        blocks: vec![(0, Some(chunk(k, 58, &ps)))],
+    };
     s.commit_layout(f, &commit).unwrap();
 }
 

@@ -324,7 +324,7 @@ async fn measure_cluster_status_on_a_million_chunks() {
                 })
                 .collect();
             let size = (start + per_commit) * u64::from(B);
-            s.commit_layout(f, &CommitLayout { size, mtime: Timestamp::now(), blocks }).unwrap();
+            s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }).unwrap();
         }
     }
     eprintln!("built {CHUNKS} chunks in {:?}", build.elapsed());

@@ -137,7 +137,8 @@ impl Svc {
             epoch: 0,
             mac: [0x4d; 32],
         };
-        let commit = CommitLayout { size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] };
+        let commit =
+            CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] };
         ok(self.c.commit_layout(context::current(), f, commit).await);
         f
     }

@@ -184,6 +184,8 @@ struct UploadResult {
     idx: u64,
     gen: u64,
     result: Result<Uploaded>,
+    /// When the upload finished (its replicas acknowledged the put).
+    at: std::time::Instant,
 }
 
 /// A stored block as the write buffer holds it: where to read it, and what
@@ -256,6 +258,11 @@ struct FileState {
     /// When the buffer last went from nothing to commit to something
     /// (entries, or a shrink).
     uncommitted_since: Option<std::time::Instant>,
+    /// The oldest moment a newly stored chunk waiting for its commit was
+    /// last known held (its upload acknowledged, or a replica answering
+    /// `has`): what a commit reports as `CommitLayout::held_ms`. `None`
+    /// when nothing is waiting.
+    held_since: Option<std::time::Instant>,
     /// When data of this file whose upload failed was last tried again.
     retried_at: Option<std::time::Instant>,
 }
@@ -282,6 +289,7 @@ impl FileState {
             writers: HashMap::new(),
             failure: None,
             uncommitted_since: None,
+            held_since: None,
             retried_at: None,
         }
     }

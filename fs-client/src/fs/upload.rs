@@ -295,7 +295,7 @@ impl Fs {
     /// for the next flush and is charged to the file's writers; the result
     /// of an upload a newer write overtook is dropped.
     pub(super) fn apply_upload(st: &mut FileState, r: UploadResult) {
-        let UploadResult { idx, gen, result } = r;
+        let UploadResult { idx, gen, result, at } = r;
         match result {
             Ok(u) => {
                 let stored = Stored {
@@ -311,6 +311,7 @@ impl Fs {
                 };
                 if st.buf.upload_finished(idx, gen, Ok(stored)) == Finished::Stored {
                     st.mark_uncommitted();
+                    st.held_since = Some(st.held_since.map_or(at, |h| h.min(at)));
                 }
             }
             Err(e) => {
@@ -414,7 +415,12 @@ impl Report {
 
     fn send(mut self, result: Result<Uploaded>) {
         self.sent = true;
-        let _ = self.tx.send(UploadResult { idx: self.idx, gen: self.gen, result });
+        let _ = self.tx.send(UploadResult {
+            idx: self.idx,
+            gen: self.gen,
+            result,
+            at: std::time::Instant::now(),
+        });
     }
 }
 
@@ -422,7 +428,12 @@ impl Drop for Report {
     fn drop(&mut self) {
         if !self.sent {
             let result = Err(Error::Upload("the upload task ended before it stored the block".into()));
-            let _ = self.tx.send(UploadResult { idx: self.idx, gen: self.gen, result });
+            let _ = self.tx.send(UploadResult {
+                idx: self.idx,
+                gen: self.gen,
+                result,
+                at: std::time::Instant::now(),
+            });
         }
     }
 }

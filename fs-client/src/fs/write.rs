@@ -230,18 +230,25 @@ impl Fs {
         }
         let ino = st.ino;
         let per_commit = self.commit_batch();
+        let mut unverified = 0;
         while let Some(plan) = st.buf.commit(per_commit) {
             let commit = CommitLayout {
+                held_ms: 0,
                 size: plan.size,
                 mtime: st.mtime,
                 blocks: plan.blocks.iter().map(|(i, s)| (*i, s.as_ref().map(Stored::chunk))).collect(),
             };
             self.known.forget_attr(ino);
             let generation = self.known.generation();
+            let held_since = st.held_since;
             let r = self
                 .dir
                 .call(|c, ctx| {
-                    let cm = commit.clone();
+                    // Measured per attempt: retries across a failover can
+                    // outlast GC's grace period.
+                    let held_ms =
+                        held_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+                    let cm = CommitLayout { held_ms, ..commit.clone() };
                     async move { c.commit_layout(ctx, ino, cm).await }
                 })
                 .await;
@@ -274,6 +281,22 @@ impl Fs {
                         return (st, Err(e));
                     }
                 }
+                Err(Error::Dir(DirError::UploadUnverified { limit_ms })) => {
+                    // Held up past GC's grace period (a failover, an
+                    // outage): GC may have taken the new chunks for
+                    // orphans. Ask their replicas, store again what none
+                    // holds, and commit with the fresh answer.
+                    st.buf.commit_failed(&plan);
+                    unverified += 1;
+                    if unverified > 3 {
+                        let e = Error::Dir(DirError::UploadUnverified { limit_ms });
+                        return (st, Err(e));
+                    }
+                    info!(ino = %ino, limit_ms, "commit held up past GC's grace period; checking the new chunks with their replicas");
+                    if let Err(e) = self.verify_uncommitted(&mut st).await {
+                        return (st, Err(e));
+                    }
+                }
                 Err(Error::Dir(DirError::NotFound)) => {
                     // The file was deleted (by this or another client): what
                     // was buffered for it has nowhere to go. Its stored
@@ -281,6 +304,7 @@ impl Fs {
                     debug!(ino = %ino, blocks = st.buf.uncommitted_len(), "file deleted before its data was committed; dropping it");
                     st.buf.forget_uncommitted();
                     st.uncommitted_since = None;
+                    st.held_since = None;
                     return (st, Ok(()));
                 }
                 Err(e) => {
@@ -291,6 +315,7 @@ impl Fs {
         }
         if !st.buf.has_pending_commit() {
             st.uncommitted_since = None;
+            st.held_since = None;
         }
         (st, Ok(()))
     }
@@ -348,21 +373,27 @@ impl Fs {
     /// whether they still hold it, and stores again (from the block cache)
     /// every chunk none of them holds. A commit held up by a failover or
     /// an outage may come after garbage collection took the upload for an
-    /// orphan and its tombstone expired, when dirsvc would accept the
-    /// commit of a chunk no peer has; this check closes that gap. A
-    /// replica that cannot be asked counts as holding the chunk (the
-    /// commit's tombstone check still guards it).
+    /// orphan and its tombstone expired. When every chunk was confirmed
+    /// (or is stored again), the file's `held_since` becomes the moment of
+    /// this check: the commit reports it as `held_ms`, and dirsvc refuses
+    /// a commit whose new chunks were last known held a whole GC grace
+    /// period ago (`UploadUnverified`, answered by checking again). A
+    /// replica that cannot be asked counts as holding the chunk but does
+    /// not renew `held_since`.
     ///
     /// Errors: those of [`Fs::restore_gone`].
     pub(super) async fn verify_uncommitted(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        let asked_at = std::time::Instant::now();
         let mut by_peer: HashMap<common::PeerId, (PeerLoc, Vec<common::ChunkId>)> = HashMap::new();
-        let mut held: HashMap<common::ChunkId, bool> = HashMap::new();
+        // Per chunk: (a replica answered that it holds it, a replica
+        // could not be asked).
+        let mut held: HashMap<common::ChunkId, (bool, bool)> = HashMap::new();
         for (_, _, s) in st.buf.stored_pending() {
             if s.loc.replicas.is_empty() {
                 continue;
             }
             let id = s.loc.chunk;
-            held.entry(id).or_insert(false);
+            held.entry(id).or_insert((false, false));
             for p in &s.loc.replicas {
                 by_peer.entry(p.id).or_insert_with(|| (p.clone(), Vec::new())).1.push(id);
             }
@@ -376,20 +407,25 @@ impl Fs {
                 Ok(found) => {
                     for (id, f) in ids.iter().zip(found) {
                         if f {
-                            held.insert(*id, true);
+                            held.entry(*id).or_default().0 = true;
                         }
                     }
                 }
                 Err(e) => {
                     debug!(error = %e, "cannot ask a replica for its chunks; assuming it holds them");
                     for id in ids {
-                        held.insert(id, true);
+                        held.entry(id).or_default().1 = true;
                     }
                 }
             }
         }
-        for (id, h) in held {
-            if !h {
+        // Every chunk confirmed (or about to be stored again): the commit
+        // may report them held as of this check.
+        if held.values().all(|(confirmed, unknown)| *confirmed || !*unknown) {
+            st.held_since = Some(asked_at);
+        }
+        for (id, (confirmed, unknown)) in held {
+            if !confirmed && !unknown {
                 self.restore_gone(st, id).await?;
             }
         }

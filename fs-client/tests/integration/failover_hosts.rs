@@ -47,6 +47,23 @@ const WRITER_PAUSE: Duration = Duration::from_millis(100);
 /// How long rsync may take after the faults.
 const RSYNC_AFTER_FAULTS: Duration = Duration::from_secs(420);
 
+/// GC's grace period here (seconds): as in production, longer than any
+/// failover. Uploads wait uncommitted through a failover (~11 s for the
+/// cut-off leader), and with the 3 s of [`FAST_DIRSVC_ARGS`] GC would take
+/// them for orphans: the client then stores them again from its cache, or,
+/// for blocks it no longer caches, fails the write with EIO (loudly; a
+/// commit never names a deleted chunk: `UploadUnverified`). That is
+/// checked by fs-client's library tests and dirsvc's GC tests.
+const GC_GRACE_SECS: &str = "300";
+
+/// [`FAST_DIRSVC_ARGS`] with GC's grace period set to [`GC_GRACE_SECS`].
+fn dirsvc_args() -> Vec<&'static str> {
+    let mut args = FAST_DIRSVC_ARGS.to_vec();
+    let at = args.iter().position(|a| *a == "--gc-grace-secs").expect("FAST_DIRSVC_ARGS sets the grace");
+    args[at + 1] = GC_GRACE_SECS;
+    args
+}
+
 /// The fcntl lock holder: locks, says so, unlocks once `release` exists.
 const HOLDER: &str = r#"
 import fcntl, os, sys, time
@@ -243,7 +260,7 @@ fn three_hosts_ride_out_a_killed_leader_a_cut_off_leader_and_a_dead_etcd_member_
         .arg(root.join("ca"))
         .arg("--addr-file")
         .arg(&addr_file)
-        .args(FAST_DIRSVC_ARGS);
+        .args(dirsvc_args());
         let mut p = Proc::spawn(&format!("dirsvc-{i}"), c, &dirsvc_log(&root, i));
         wait_addr_file(&mut p, &addr_file);
         dirsvc.push(Some(p));

@@ -191,7 +191,12 @@ pub fn dir_request_seeds() -> Vec<Vec<u8>> {
         R::Placement { count: 1, chunk_bytes: (1 << 20) + 48 },
         R::CommitLayout {
             ino: InodeId(9),
-            commit: CommitLayout { size: 3 << 20, mtime: t(), blocks: vec![(0, Some(chunk())), (1, None)] },
+            commit: CommitLayout {
+                held_ms: 0,
+                size: 3 << 20,
+                mtime: t(),
+                blocks: vec![(0, Some(chunk())), (1, None)],
+            },
         },
         R::GetLayout { ino: InodeId(9), first: 0, max: 1024 },
         R::ChunkLocations { chunks: vec![ChunkId([1; 32]), ChunkId([2; 32])] },

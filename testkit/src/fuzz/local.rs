@@ -157,6 +157,7 @@ pub fn database_seeds() -> Vec<Vec<u8>> {
         let chunk =
             StoredChunk { id: ChunkId([9; 32]), len: 100, replicas: vec![peer], epoch: 0, mac: [7; 32] };
         let commit = common::rpc::dir::CommitLayout {
+            held_ms: 0,
             size: 10,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk))],

@@ -64,29 +64,28 @@ impl Cluster {
         block_size: u32,
         capacity: Option<u64>,
     ) -> Cluster {
-        Self::start_with(peers, replicas, block_size, capacity, None).await
+        Self::start_with(peers, replicas, block_size, capacity, |_| {}).await
     }
 
-    /// A cluster whose dirsvc takes at most `max_commit_entries` entries
-    /// per commit (`None`: its store's limit).
+    /// A cluster whose dirsvc configuration `configure` adjusts (a
+    /// commit limit, GC timings).
     async fn start_with(
         peers: usize,
         replicas: u32,
         block_size: u32,
         capacity: Option<u64>,
-        max_commit_entries: Option<usize>,
+        configure: impl FnOnce(&mut dirsvc::DirsvcConfig),
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let d = dirsvc::spawn(dirsvc::DirsvcConfig {
+        let mut config = dirsvc::DirsvcConfig {
             listen: "127.0.0.1:0".into(),
             db_path: dir.path().join("dir.redb"),
             tls: Some(testkit::pki().node(common::rpc::Role::Dirsvc)),
             ca: Some(testkit::pki().ca().clone()),
-            max_commit_entries,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        };
+        configure(&mut config);
+        let d = dirsvc::spawn(config).await.unwrap();
         let addr = d.addr.to_string();
         let mut ps = Vec::new();
         let peer_tls: Vec<_> = (0..peers).map(|_| testkit::pki().node(common::rpc::Role::Peer)).collect();
@@ -692,7 +691,7 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
     use common::rpc::dir::{CommitLayout, DirError};
     within(TEST_TIMEOUT, "the test", async {
         // dirsvc takes 4 entries per commit; the file has 23 blocks.
-        let c = Cluster::start_with(1, 1, B as u32, None, Some(4)).await;
+        let c = Cluster::start_with(1, 1, B as u32, None, |c| c.max_commit_entries = Some(4)).await;
         let fs = c.client().await;
         let data = pattern(22 * B + 100, 7);
         let ino = write_file(&fs, b"big", &data, 3 * B).await;
@@ -719,7 +718,7 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
                 (b.index, Some(chunk))
             })
             .collect();
-        let commit = CommitLayout { size: data.len() as u64, mtime: page.attr.mtime, blocks };
+        let commit = CommitLayout { held_ms: 0, size: data.len() as u64, mtime: page.attr.mtime, blocks };
         let r = dir
             .call(|c, ctx| {
                 let cm = commit.clone();
@@ -727,6 +726,46 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
             })
             .await;
         assert!(matches!(r, Err(Error::Dir(DirError::Invalid(_)))), "{r:?}");
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_held_up_past_the_gc_grace_period_checks_its_chunks_with_the_replicas_and_lands() {
+    within(TEST_TIMEOUT, "the test", async {
+        // GC's grace period is 1 s and this client commits only at flush:
+        // its uploads wait uncommitted for longer than the grace.
+        let c = Cluster::start_with(2, 2, B as u32, None, |c| c.gc_grace = Duration::from_secs(1)).await;
+        let dir = DirClient::connect(&c.addr, client_tls()).await.unwrap();
+        let (info, keys) = volume::open(&dir, &c.id).await.unwrap();
+        let config = FsConfig {
+            commit_interval: Duration::from_secs(3600),
+            identity: Some(c._dir.path().join("id.txt")),
+            ..FsConfig::default()
+        };
+        let fs = Fs::new(dir, &info, keys, config);
+        let data = pattern(6 * B, 5);
+        let (attr, fh) = fs.create(InodeId::ROOT, b"late", 0o644, 0, 0).await.unwrap();
+        fs.write(fh, 0, &data, false).await.unwrap();
+        // Full blocks upload at once; wait until they have, and past the grace.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let since = {
+            let f = fs.file(attr.ino).unwrap();
+            let mut st = f.state.lock().await;
+            fs.reap(&mut st);
+            st.held_since
+        };
+        assert!(
+            since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)),
+            "the uploads finished a grace period before the flush ({since:?})"
+        );
+        // dirsvc refuses the first commit (UploadUnverified); the client
+        // asks the replicas, and commits with their fresh answer.
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let reader = c.client().await;
+        assert_eq!(read_all(&reader, attr.ino).await, data);
         c.stop().await;
     })
     .await
