@@ -99,6 +99,57 @@ impl BlockCache {
     }
 }
 
+/// Bounded LRU cache of decrypted segments of segmented (v3) chunks, keyed
+/// by (chunk id, segment index): what random reads fetched by segment
+/// ([`crate::fs`]'s read path), so a re-read costs no round trip. Like
+/// [`BlockCache`], entries are immutable and never stale.
+pub struct SegmentCache {
+    lru: Mutex<SegmentLru>,
+    /// Most bytes of segments kept.
+    budget: u64,
+}
+
+/// The cached segments and the bytes they hold.
+struct SegmentLru {
+    segments: LruCache<(ChunkId, u32), Block>,
+    bytes: u64,
+}
+
+impl SegmentCache {
+    /// A cache holding at most `budget_bytes` bytes of segment plaintext.
+    pub fn new(budget_bytes: u64) -> Self {
+        SegmentCache {
+            lru: Mutex::new(SegmentLru { segments: LruCache::unbounded(), bytes: 0 }),
+            budget: budget_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SegmentLru> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached plaintext of segment `index` of chunk `id`, if present.
+    pub fn get(&self, id: &ChunkId, index: u32) -> Option<Block> {
+        self.lock().segments.get(&(*id, index)).cloned()
+    }
+
+    /// Caches a segment's plaintext, dropping the least recently used
+    /// segments past the budget.
+    pub fn insert(&self, id: ChunkId, index: u32, segment: Block) {
+        let mut g = self.lock();
+        g.bytes += segment.len() as u64;
+        if let Some(old) = g.segments.put((id, index), segment) {
+            g.bytes -= old.len() as u64;
+        }
+        while g.bytes > self.budget {
+            match g.segments.pop_lru() {
+                Some((_, b)) => g.bytes -= b.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +182,21 @@ mod tests {
             cache.insert(ChunkId::of(&[i]), Arc::new(vec![i]));
         }
         assert!(cache.get(&id).is_none(), "oldest entry evicted");
+    }
+
+    #[test]
+    fn segments_are_cached_by_chunk_and_index_within_a_byte_budget() {
+        let cache = SegmentCache::new(250);
+        let id = ChunkId::of(b"x");
+        cache.insert(id, 0, Arc::new(vec![0; 100]));
+        cache.insert(id, 1, Arc::new(vec![1; 100]));
+        assert_eq!(cache.get(&id, 1).unwrap()[0], 1);
+        assert!(cache.get(&ChunkId::of(b"y"), 1).is_none());
+        cache.get(&id, 0);
+        // Over the budget: segment 1, least recently used, goes.
+        cache.insert(id, 2, Arc::new(vec![2; 100]));
+        assert!(cache.get(&id, 1).is_none());
+        assert!(cache.get(&id, 0).is_some() && cache.get(&id, 2).is_some());
     }
 
     #[test]

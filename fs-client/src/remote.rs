@@ -229,6 +229,22 @@ impl PeerPool {
         r.map(|b| b.into_vec())
     }
 
+    /// Fetches the proof of segment `index` of the segmented chunk `id`
+    /// from `peer` (`PeerService::get_segment`); the caller verifies it
+    /// (`codec::verify_segment_proof`).
+    ///
+    /// Errors: as [`PeerPool::put`]; `Error::Peer(PeerError::Invalid)` for
+    /// a chunk that is not segmented (v1/v2) or an index past its end.
+    pub async fn get_segment(&self, peer: &PeerLoc, id: ChunkId, index: u32) -> Result<Vec<u8>> {
+        let started = std::time::Instant::now();
+        let r = self.call(peer, |c, ctx| async move { c.get_segment(ctx, id, index).await }).await;
+        record_peer_call("get_segment", started, r.is_ok());
+        if let Ok(b) = &r {
+            metrics::counter!(crate::telemetry::DOWNLOADED_BYTES).increment(b.len() as u64);
+        }
+        r.map(|b| b.into_vec())
+    }
+
     /// Which of `ids` `peer` holds, in order.
     ///
     /// Errors: as [`PeerPool::put`].

@@ -45,8 +45,7 @@ pub enum Error {
     TooLarge {
         /// Size of the refused chunk in bytes.
         len: u64,
-        /// Largest chunk accepted, in bytes
-        /// (`codec::MAX_PLAINTEXT + codec::OVERHEAD`).
+        /// Largest chunk accepted, in bytes (`codec::MAX_STORED`).
         limit: u64,
     },
     /// A range read starts past the end of the chunk.
@@ -58,6 +57,25 @@ pub enum Error {
         offset: u64,
         /// The chunk's length in bytes.
         len: u64,
+    },
+    /// `get_segment` of a chunk that has no segments: a v1/v2 chunk (read
+    /// it whole), or one whose v3 header does not describe its bytes.
+    #[error("chunk {id} cannot be read by segment: {reason}")]
+    NotSegmented {
+        /// The chunk asked for.
+        id: ChunkId,
+        /// Why (the format, or what is wrong with its header).
+        reason: String,
+    },
+    /// `get_segment` of an index past the chunk's last segment.
+    #[error("chunk {id} has {segments} segments, segment {index} was asked for")]
+    NoSuchSegment {
+        /// The chunk asked for.
+        id: ChunkId,
+        /// The index asked for (0-based).
+        index: u32,
+        /// How many segments the chunk has.
+        segments: u32,
     },
     /// A file system operation failed.
     #[error("{op} {path}: {source}")]
@@ -133,9 +151,10 @@ impl From<Error> for PeerError {
             Error::HashMismatch { expected, .. } => PeerError::HashMismatch(expected),
             Error::NoSpace { .. } => PeerError::NoSpace,
             e @ Error::SourceFailed { .. } => PeerError::SourceFailed(e.to_string()),
-            e @ (Error::TooLarge { .. } | Error::RangeOutOfBounds { .. }) => {
-                PeerError::Invalid(e.to_string())
-            }
+            e @ (Error::TooLarge { .. }
+            | Error::RangeOutOfBounds { .. }
+            | Error::NotSegmented { .. }
+            | Error::NoSuchSegment { .. }) => PeerError::Invalid(e.to_string()),
             e => PeerError::Internal(e.to_string()),
         }
     }

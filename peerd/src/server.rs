@@ -3,7 +3,7 @@
 //! each call from the caller's certificate, converts errors to
 //! [`PeerError`] and logs each failure once.
 //!
-//! Who may call what: `put`, `get`, `get_range`, `has` — clients, admins
+//! Who may call what: `put`, `get`, `get_range`, `get_segment`, `has` — clients, admins
 //! and peers (a peer reads from another for `fetch_from`); `delete`,
 //! `list_chunks`, `fetch_from` — dirsvc only (they destroy data or spend
 //! this peer's bandwidth); `usage` — dirsvc and admins.
@@ -83,7 +83,11 @@ impl<S: ChunkStore> PeerServer<S> {
 fn reply<T>(op: &'static str, r: Result<T, Error>) -> Result<T, PeerError> {
     r.map_err(|e| {
         match &e {
-            Error::NotFound(_) | Error::TooLarge { .. } | Error::RangeOutOfBounds { .. } => {
+            Error::NotFound(_)
+            | Error::TooLarge { .. }
+            | Error::RangeOutOfBounds { .. }
+            | Error::NotSegmented { .. }
+            | Error::NoSuchSegment { .. } => {
                 debug!(op, error = %e, "request refused")
             }
             Error::HashMismatch { .. } | Error::NoSpace { .. } | Error::SourceFailed { .. } => {
@@ -156,5 +160,15 @@ impl<S: ChunkStore> PeerService for PeerServer<S> {
     ) -> Result<Vec<(ChunkId, i64)>, PeerError> {
         self.allow("list_chunks", &[Role::Dirsvc])?;
         reply("list_chunks", self.store.list_chunks(after, limit).await)
+    }
+
+    #[instrument(skip_all, fields(chunk = %id, index))]
+    async fn get_segment(self, _: Context, id: ChunkId, index: u32) -> Result<Bytes, PeerError> {
+        self.allow("get_segment", READERS)?;
+        let r = reply("get_segment", self.store.get_segment(id, index).await.map(Bytes::from));
+        if let Ok(b) = &r {
+            metrics::counter!(crate::telemetry::SENT_BYTES, "rpc" => "get_segment").increment(b.len() as u64);
+        }
+        r
     }
 }

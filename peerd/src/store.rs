@@ -11,6 +11,7 @@
 //!   data/
 //!     00/ … ff/           256 shard directories, named by the first byte of the id
 //!       <64 hex digits>   one chunk: exactly its stored (sealed) bytes, no header
+//!       <64 hex digits>.ob  its BLAKE3 outboard (segmented chunks only; see below)
 //!       .tmp-<hex>.<pid>.<n>.<rand>   a put in progress (deleted at open)
 //!   corrupted/
 //!     <64 hex>.<unix secs>  a chunk file that failed verification, moved aside
@@ -19,7 +20,24 @@
 //! The file name is the chunk's [`ChunkId`] in lowercase hex; the file's
 //! content hashes (BLAKE3) to that name. Nothing else is stored: the file's
 //! length is the chunk's length. Chunks are at most [`MAX_CHUNK_BYTES`]
-//! (`codec::MAX_PLAINTEXT + codec::OVERHEAD`) long.
+//! (`codec::MAX_STORED`, the largest segmented v3 chunk) long.
+//!
+//! # Outboards (segment reads)
+//!
+//! A segmented (format v3) chunk has a sidecar `<hex id>.ob` beside it: its
+//! BLAKE3 outboard (`codec::outboard`, docs/FORMATS.md), from which
+//! [`ChunkStore::get_segment`] proves one segment without hashing the whole
+//! chunk. A put of a v3 chunk computes it while verifying the id (the
+//! outboard's root *is* the id, so that one pass replaces the hash) and
+//! writes it after the chunk's rename, via a temp file and rename but
+//! without fsync: it is a cache of the chunk's bytes, never the only copy
+//! of anything. A missing, short, torn or stale sidecar (a crash, a chunk
+//! stored before outboards) is found when a proof does not encode
+//! (`OutboardMismatch`), recomputed from the chunk and written again.
+//! Delete and the move to `corrupted/` remove it; open deletes orphans
+//! (a sidecar whose chunk is gone). Sidecars are not counted in the used
+//! bytes (0.4% of a chunk: 4 KiB for 1 MiB). v1/v2 chunks have none
+//! (they cannot be read by segment).
 //!
 //! # Durability protocol (put)
 //!
@@ -96,7 +114,7 @@
 use crate::error::{is_no_space, Error};
 use crate::fsutil::{fsync_dir, TempFile, TEMP_PREFIX};
 use crate::report::CorruptQueue;
-use common::codec::{MAX_PLAINTEXT, OVERHEAD};
+use common::codec::{self, MAX_STORED};
 use common::rpc::dir::{PeerUsage, StorageFs};
 use common::ChunkId;
 use std::ffi::CString;
@@ -110,8 +128,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
-/// Largest chunk a store accepts, in bytes: the largest sealed chunk.
-pub const MAX_CHUNK_BYTES: u64 = (MAX_PLAINTEXT + OVERHEAD) as u64;
+/// Largest chunk a store accepts, in bytes: the largest sealed chunk of any
+/// format ([`codec::MAX_STORED`]: a 4 MiB block in v3 with 4 KiB segments).
+pub const MAX_CHUNK_BYTES: u64 = MAX_STORED as u64;
+
+/// Suffix of a chunk's outboard sidecar file (`<hex id>.ob`).
+pub const OUTBOARD_SUFFIX: &str = ".ob";
 
 /// Directory (inside the data directory) holding the shard directories.
 pub const DATA_SUBDIR: &str = "data";
@@ -217,6 +239,17 @@ pub trait ChunkStore: Send + Sync + 'static {
         after: Option<ChunkId>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(ChunkId, i64)>, Error>> + Send;
+
+    /// The proof of segment `index` of the segmented (v3) chunk `id`
+    /// (`codec::encode_segment_proof`), made from the chunk's outboard
+    /// (recomputed and written again if missing or stale). Only the bytes
+    /// the proof covers are checked against the id; corrupt ones are found,
+    /// moved aside and reported as by [`ChunkStore::get`].
+    ///
+    /// Errors: [`Error::NotFound`]; [`Error::NotSegmented`] for a v1/v2
+    /// chunk; [`Error::NoSuchSegment`] for an index past the last segment;
+    /// [`Error::HashMismatch`]; [`Error::Io`].
+    fn get_segment(&self, id: ChunkId, index: u32) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
 }
 
 /// Settings of a [`FsChunkStore`].
@@ -368,6 +401,11 @@ impl ChunkStore for FsChunkStore {
         let inner = self.inner.clone();
         blocking(move || inner.list_chunks(after, limit)).await
     }
+
+    async fn get_segment(&self, id: ChunkId, index: u32) -> Result<Vec<u8>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.get_segment(id, index)).await
+    }
 }
 
 /// Space reserved for one put; given back on drop unless committed.
@@ -479,6 +517,16 @@ impl Inner {
                 if is_chunk {
                     acct.used = acct.used.saturating_add(meta.len());
                     acct.chunks += 1;
+                } else if let Some(chunk) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(OUTBOARD_SUFFIX))
+                    .filter(|n| parse_chunk_name(n).is_some())
+                {
+                    // A sidecar whose chunk is gone (a crash between the
+                    // chunk's removal and its own) is removed.
+                    if !shard_path.join(chunk).exists() {
+                        let _ = fs::remove_file(entry.path());
+                    }
                 } else {
                     warn!(path = %entry.path().display(), "unexpected file in shard directory ignored");
                 }
@@ -562,7 +610,14 @@ impl Inner {
         if len > MAX_CHUNK_BYTES {
             return Err(Error::TooLarge { len, limit: MAX_CHUNK_BYTES });
         }
-        let actual = ChunkId::of(bytes);
+        // A v3 chunk's outboard has the id as its root: computing it is
+        // the verification (one tree pass instead of a hash and a tree).
+        let (actual, outboard) = if bytes.get(4) == Some(&codec::VERSION_V3) {
+            let (root, ob) = codec::outboard_with_root(bytes);
+            (root, Some(ob))
+        } else {
+            (ChunkId::of(bytes), None)
+        };
         if actual != id {
             return Err(Error::HashMismatch { expected: id, actual });
         }
@@ -623,6 +678,9 @@ impl Inner {
             }
         }
         fsync_dir(&shard)?;
+        if let Some(ob) = outboard {
+            self.write_outboard(&id, &ob);
+        }
         tracing::event!(
             target: "p2pfs::_events::chunk_stored",
             tracing::Level::DEBUG,
@@ -754,6 +812,7 @@ impl Inner {
             }
             acct.used = acct.used.saturating_sub(seen.len());
             acct.chunks = acct.chunks.saturating_sub(1);
+            remove_outboard(path);
         }
         for dir in [shard_dir(path), self.corrupted.clone()] {
             if let Err(e) = fsync_dir(&dir) {
@@ -780,8 +839,111 @@ impl Inner {
             fs::remove_file(&path).map_err(Error::io("remove", &path))?;
             acct.used = acct.used.saturating_sub(meta.len());
             acct.chunks = acct.chunks.saturating_sub(1);
+            remove_outboard(&path);
         }
         fsync_dir(&shard_dir(&path))
+    }
+
+    /// See [`ChunkStore::get_segment`]. Reads the whole chunk file (from
+    /// the page cache, for a chunk read recently) but hashes only the
+    /// groups the proof covers.
+    fn get_segment(&self, id: ChunkId, index: u32) -> Result<Vec<u8>, Error> {
+        let path = self.chunk_path(&id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(id)),
+            Err(e) => return Err(Error::io("open", path)(e)),
+        };
+        let meta = file.metadata().map_err(Error::io("stat", &path))?;
+        let mut bytes = Vec::with_capacity(meta.len().min(MAX_CHUNK_BYTES + 1) as usize);
+        file.take(MAX_CHUNK_BYTES + 1).read_to_end(&mut bytes).map_err(Error::io("read", &path))?;
+        if bytes.len() as u64 > MAX_CHUNK_BYTES {
+            let actual = ChunkId::of(&bytes);
+            self.quarantine(id, &path, &meta);
+            return Err(Error::HashMismatch { expected: id, actual });
+        }
+        // A v1/v2 chunk has no segments. Its bytes are not hashed here: a
+        // corrupt header byte found here is found by the next get or scrub.
+        if bytes.get(4) != Some(&codec::VERSION_V3) {
+            return Err(Error::NotSegmented { id, reason: "it is not in the segmented format (v3)".into() });
+        }
+        let ob_path = outboard_path(&path);
+        let outboard = fs::read(&ob_path).unwrap_or_default();
+        let first = codec::encode_segment_proof(&id, &bytes, &outboard, index);
+        let retry = match first {
+            Ok(proof) => return Ok(proof),
+            Err(common::Error::OutboardMismatch(_)) => {
+                // Missing or stale sidecar over good bytes: rebuild it.
+                let (root, ob) = codec::outboard_with_root(&bytes);
+                if root != id {
+                    self.quarantine(id, &path, &meta);
+                    return Err(Error::HashMismatch { expected: id, actual: root });
+                }
+                let r = codec::encode_segment_proof(&id, &bytes, &ob, index);
+                self.write_outboard(&id, &ob);
+                r
+            }
+            e => e,
+        };
+        retry.map_err(|e| match e {
+            common::Error::HashMismatch { actual, .. } => {
+                self.quarantine(id, &path, &meta);
+                Error::HashMismatch { expected: id, actual }
+            }
+            common::Error::NoSuchSegment { index, segments } => Error::NoSuchSegment { id, index, segments },
+            // A v3 header that does not parse, or a length that is not the
+            // header's: these bytes are not the chunk (its id came from a
+            // well-formed one). Check the whole file to be sure.
+            other => {
+                let actual = ChunkId::of(&bytes);
+                if actual != id {
+                    self.quarantine(id, &path, &meta);
+                    Error::HashMismatch { expected: id, actual }
+                } else {
+                    Error::NotSegmented { id, reason: other.to_string() }
+                }
+            }
+        })
+    }
+
+    /// Writes chunk `id`'s outboard sidecar (temp file and rename, no
+    /// fsync: it is recomputed whenever it does not match). A failure is
+    /// logged only: the next segment read recomputes it.
+    fn write_outboard(&self, id: &ChunkId, outboard: &[u8]) {
+        let path = outboard_path(&self.chunk_path(id));
+        let shard = shard_dir(&path);
+        let r = TempFile::create(&shard, &format!("{}{OUTBOARD_SUFFIX}", id.to_hex())).and_then(
+            |(tmp, mut f)| {
+                f.write_all(outboard)?;
+                drop(f);
+                tmp.persist(&path)
+            },
+        );
+        if let Err(e) = r {
+            warn!(chunk = %id.to_hex(), error = %e, "cannot write chunk outboard; it is recomputed on the next segment read");
+        }
+        // The chunk may have been deleted meanwhile: drop an orphan.
+        if !self.chunk_path(id).exists() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// The outboard sidecar of the chunk file at `chunk_path`.
+fn outboard_path(chunk_path: &Path) -> PathBuf {
+    let mut p = chunk_path.as_os_str().to_owned();
+    p.push(OUTBOARD_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// Removes the outboard sidecar of the chunk file at `chunk_path`, if any;
+/// failures are logged (open removes orphans).
+fn remove_outboard(chunk_path: &Path) {
+    let p = outboard_path(chunk_path);
+    if let Err(e) = fs::remove_file(&p) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(path = %p.display(), error = %e, "cannot remove chunk outboard");
+        }
     }
 }
 

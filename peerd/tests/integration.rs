@@ -12,6 +12,7 @@ mod integration {
     mod reports;
     mod restart;
     mod scrub;
+    mod segments;
     mod suite;
     mod util;
 }

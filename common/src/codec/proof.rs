@@ -52,6 +52,14 @@ pub fn outboard(stored: &[u8]) -> Vec<u8> {
     PreOrderMemOutboard::create(stored, GROUP).data
 }
 
+/// [`outboard`] and the tree's root, which for any bytes is their
+/// [`ChunkId`] (BLAKE3 of them): a holder that needs both verifies the id
+/// and makes the outboard in one pass.
+pub fn outboard_with_root(stored: &[u8]) -> (ChunkId, Vec<u8>) {
+    let ob = PreOrderMemOutboard::create(stored, GROUP);
+    (ChunkId(*ob.root.as_bytes()), ob.data)
+}
+
 /// Encodes the proof of stored bytes `range` of the chunk `id` from its
 /// stored bytes and [`outboard`]: the hashes a reader needs and the bytes of
 /// the range, rounded out to whole 1 KiB BLAKE3 chunks (format in the

@@ -3,8 +3,8 @@
 //! Peers store opaque sealed chunks named by their BLAKE3 hash; they never
 //! hold keys. Every put is verified before it is acknowledged and is durable
 //! (fsync of file and directory) when acknowledged. Calls are authorized
-//! from the caller's certificate: `put`, `get`, `get_range` and `has` from
-//! clients, admins and peers; `delete`, `list_chunks` and `fetch_from` from
+//! from the caller's certificate: `put`, `get`, `get_range`, `has` and
+//! `get_segment` from clients, admins and peers; `delete`, `list_chunks` and `fetch_from` from
 //! dirsvc only; `usage` from dirsvc and admins (`Unauthorized` otherwise).
 
 use crate::ids::ChunkId;
@@ -70,4 +70,18 @@ pub trait PeerService {
     /// greater than `after` (all if `None`), ascending, each with its file's
     /// modification time in Unix seconds (when it was stored).
     async fn list_chunks(after: Option<ChunkId>, limit: u32) -> Result<Vec<(ChunkId, i64)>, PeerError>;
+    /// Segment `index` (0-based) of the segmented (format v3) chunk `id`
+    /// with its range proof: `codec::encode_segment_proof` of the stored
+    /// bytes, i.e. the chunk's 44-byte header and the segment's stored
+    /// bytes with the BLAKE3 tree hashes a reader needs to check them
+    /// against `id` alone (`codec::verify_segment_proof`; format in
+    /// docs/FORMATS.md "Outboards and range proofs"). The peer proves from
+    /// the chunk's outboard, which it keeps beside the chunk (recomputed
+    /// if missing). Same callers as `get` (protocol 10).
+    ///
+    /// Errors: `NotFound` for a chunk the peer does not hold; `Invalid`
+    /// for a chunk that is not segmented (v1/v2: read it with `get`) or an
+    /// index past its last segment; `HashMismatch` if the stored copy is
+    /// corrupt (moved aside, as for `get`).
+    async fn get_segment(id: ChunkId, index: u32) -> Result<Bytes, PeerError>;
 }

@@ -201,6 +201,15 @@ impl PeerService for Server {
         ids.truncate(limit as usize);
         Ok(ids)
     }
+
+    async fn get_segment(
+        self,
+        _: Context,
+        _: ChunkId,
+        _: u32,
+    ) -> Result<common::rpc::peer::Bytes, PeerError> {
+        Err(PeerError::Internal("fake peer: get_segment is not supported".into()))
+    }
 }
 
 /// One fake peer: serving and heartbeating until killed.

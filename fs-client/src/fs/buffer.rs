@@ -189,7 +189,14 @@ impl<L> ReadPlan<L> {
     /// inside the read; bytes past `data` stay zeros). Blocks not asked for
     /// are ignored.
     pub fn fill(&mut self, idx: u64, data: &[u8]) {
-        let Some(start) = idx.checked_mul(self.block_size) else { return };
+        self.fill_at(idx, 0, data);
+    }
+
+    /// Copies `data`, the plaintext of block `idx` from byte `at` of the
+    /// block on (a verified segment range), into the result, as
+    /// [`ReadPlan::fill`] does for a whole block.
+    pub fn fill_at(&mut self, idx: u64, at: u64, data: &[u8]) {
+        let Some(start) = idx.checked_mul(self.block_size).and_then(|s| s.checked_add(at)) else { return };
         let end = start.saturating_add(data.len() as u64);
         let (lo, hi) = (self.offset, self.offset + self.out.len() as u64);
         let (from, to) = (start.max(lo), end.min(hi));

@@ -68,7 +68,7 @@
 //! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
 //!   newest (`fs-client reencrypt`).
 
-use crate::cache::BlockCache;
+use crate::cache::{BlockCache, SegmentCache};
 use crate::error::{Error, Result};
 use crate::remote::{DirClient, PeerPool};
 use common::codec;
@@ -343,15 +343,25 @@ impl FileState {
     }
 }
 
+/// The plaintext length of a chunk of `stored_len` bytes: exact for v3
+/// chunks of 64 KiB segments (what uploads write), within 8 bytes for a v2
+/// chunk of the same stored length (the stored length alone does not say
+/// which format a chunk is).
+fn plaintext_estimate(stored_len: u32) -> u64 {
+    match codec::SegmentLayout::from_stored_len(u64::from(stored_len), codec::SEGMENT_SIZE) {
+        Ok(l) => u64::from(l.plaintext_len()),
+        Err(_) => u64::from(stored_len).saturating_sub(codec::OVERHEAD as u64),
+    }
+}
+
 impl FileState {
     /// Plaintext bytes in non-hole blocks, counting buffered ones: what
     /// `st_blocks` reports while the file has unflushed changes.
     fn stored_estimate(&self) -> u64 {
-        let overhead = codec::OVERHEAD as u64;
         let mut total = 0u64;
         for (idx, s) in self.buf.layout() {
             if !self.buf.is_local(idx) {
-                total += u64::from(s.loc.len).saturating_sub(overhead);
+                total += plaintext_estimate(s.loc.len);
             }
         }
         for (_, d) in self.buf.local_blocks() {
@@ -404,6 +414,13 @@ pub struct Fs {
     replicas: u32,
     config: FsConfig,
     cache: BlockCache,
+    /// Segments of v3 chunks fetched by random reads (a quarter of the
+    /// block cache's budget, besides it).
+    segments: SegmentCache,
+    /// Tests: seal uploads in format v2, as clients before segmented
+    /// chunks did.
+    #[cfg(test)]
+    seal_v2: std::sync::atomic::AtomicBool,
     uploads: Arc<Semaphore>,
     files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -459,6 +476,9 @@ impl Fs {
             block_size,
             replicas: volume.replicas,
             cache: BlockCache::new(config.cache_bytes, block_size),
+            segments: SegmentCache::new(config.cache_bytes / 4),
+            #[cfg(test)]
+            seal_v2: std::sync::atomic::AtomicBool::new(false),
             uploads: Arc::new(Semaphore::new(config.uploads_in_flight.max(1))),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

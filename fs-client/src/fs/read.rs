@@ -2,13 +2,24 @@
 //! the first replica whose bytes verify against the chunk id and open,
 //! once its layout entry's MAC verified ([`Fs::verify_entry`]); sequential
 //! readers prefetch the next blocks.
+//!
+//! A read that is not sequential (it does not start where the handle's
+//! last read ended) of a block that is not cached fetches only the 64 KiB
+//! segments it covers (`PeerService::get_segment`), each verified against
+//! the chunk id with its range proof and opened on its own, then kept in
+//! the segment cache. A chunk that is not segmented (v1/v2: a peer answers
+//! `Invalid`), or whose segments no replica gives verified, is read whole
+//! as before. No byte is served before it verified (invariant 3).
 
 use super::Fs;
 use crate::cache::Block;
 use crate::error::{Error, Result};
-use common::codec;
+use common::codec::{self, SegmentLayout, SEGMENT_SIZE};
 use common::rpc::dir::BlockLoc;
+use common::rpc::peer::PeerError;
+use common::rpc::PeerLoc;
 use common::InodeId;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::warn;
@@ -21,7 +32,7 @@ impl Fs {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let b = self.block_size;
-        let (mut plan, ahead) = {
+        let (mut plan, ahead, sequential, end) = {
             let mut st = f.state.lock().await;
             self.reap(&mut st);
             let end = offset.saturating_add(len as u64).min(st.buf.size());
@@ -41,7 +52,7 @@ impl Fs {
             } else {
                 Vec::new()
             };
-            (plan, ahead)
+            (plan, ahead, sequential, end)
         };
         for loc in ahead {
             if self.cache.get(&loc.chunk).is_none() {
@@ -55,11 +66,24 @@ impl Fs {
         let ino = h.ino;
         let fetches = plan.fetches().iter().map(|(i, s)| {
             let (i, loc) = (*i, s.loc.clone());
-            async move { Ok::<_, Error>((i, self.fetch_block(ino, &loc).await?)) }
+            async move {
+                // The part of block i inside the read, as offsets in the block.
+                let bstart = i * b;
+                let want = offset.max(bstart) - bstart..end.min(bstart + b) - bstart;
+                let part = if sequential || self.cache.get(&loc.chunk).is_some() {
+                    None
+                } else {
+                    self.read_segments(ino, &loc, want.clone()).await?
+                };
+                Ok::<_, Error>(match part {
+                    Some(bytes) => (i, want.start, Arc::new(bytes)),
+                    None => (i, 0, self.fetch_block(ino, &loc).await?),
+                })
+            }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
-        for (i, block) in blocks {
-            plan.fill(i, &block);
+        for (i, at, block) in blocks {
+            plan.fill_at(i, at, &block);
         }
         Ok(plan.into_bytes())
     }
@@ -77,17 +101,138 @@ impl Fs {
         self.cache.get_or_fetch(loc.chunk, async move { me.fetch_from_replicas(loc2).await }).await
     }
 
-    pub(super) async fn fetch_from_replicas(self: Arc<Self>, loc: BlockLoc) -> Result<Block> {
-        let mut replicas = loc.replicas.clone();
-        if replicas.is_empty() {
-            replicas = self
-                .dir
-                .call(|c, ctx| async move { c.chunk_locations(ctx, vec![loc.chunk]).await })
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+    /// The replicas of `loc`'s chunk: the layout entry's, or dirsvc's if
+    /// the entry names none.
+    ///
+    /// Errors: dirsvc's.
+    async fn replicas_of(&self, loc: &BlockLoc) -> Result<Vec<PeerLoc>> {
+        if !loc.replicas.is_empty() {
+            return Ok(loc.replicas.clone());
         }
+        let chunk = loc.chunk;
+        Ok(self
+            .dir
+            .call(|c, ctx| async move { c.chunk_locations(ctx, vec![chunk]).await })
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// Plaintext bytes `want` (offsets in the block) of block `loc.index`
+    /// of `ino`, read by segment: its layout entry verified first
+    /// ([`Fs::verify_entry`]), then each segment that `want` covers from
+    /// the segment cache or the first replica whose proof verifies against
+    /// the chunk id and whose segment opens. Returns fewer bytes than asked
+    /// when the block's plaintext ends first (the rest reads as zeros), and
+    /// `None` when the block must be read whole: its chunk is not
+    /// segmented, or no replica gave a verified segment.
+    ///
+    /// Errors: [`Error::Integrity`] for an entry that does not verify or
+    /// names an epoch this client has no key for.
+    pub(super) async fn read_segments(
+        self: &Arc<Self>,
+        ino: InodeId,
+        loc: &BlockLoc,
+        want: Range<u64>,
+    ) -> Result<Option<Vec<u8>>> {
+        self.verify_entry(ino, loc).await?;
+        // A length no v3 chunk of 64 KiB segments has: v1/v2 for sure.
+        let Ok(layout) = SegmentLayout::from_stored_len(u64::from(loc.len), SEGMENT_SIZE) else {
+            return Ok(None);
+        };
+        let want = want.start..want.end.min(u64::from(layout.plaintext_len()));
+        if want.start >= want.end {
+            return Ok(Some(Vec::new()));
+        }
+        let Ok(segments) = layout.segments_for(want.clone()) else { return Ok(None) };
+        let fetches = segments.map(|k| async move {
+            if let Some(p) = self.segments.get(&loc.chunk, k) {
+                metrics::counter!(crate::telemetry::CACHE_HITS).increment(1);
+                return Ok::<_, Error>(Some((k, p)));
+            }
+            metrics::counter!(crate::telemetry::CACHE_MISSES).increment(1);
+            let p = self.fetch_segment(loc, &layout, k).await?;
+            if let Some(p) = &p {
+                self.segments.insert(loc.chunk, k, p.clone());
+            }
+            Ok(p.map(|p| (k, p)))
+        });
+        let mut out = Vec::with_capacity((want.end - want.start) as usize);
+        for piece in futures::future::try_join_all(fetches).await? {
+            let Some((k, plain)) = piece else { return Ok(None) };
+            // Both ranges are inside the block's plaintext (≤ 4 MiB).
+            let seg = layout.plaintext_range(k).map_err(|e| Error::Integrity(e.to_string()))?;
+            let from = want.start.max(seg.start);
+            let to = want.end.min(seg.end);
+            if to > from && (to - seg.start) as usize <= plain.len() {
+                out.extend_from_slice(&plain[(from - seg.start) as usize..(to - seg.start) as usize]);
+            } else if to > from {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Segment `k` of `loc`'s segmented chunk from the first replica whose
+    /// proof verifies (against the id and `layout`, from the entry's
+    /// MAC-covered stored length) and whose segment opens under the key of
+    /// the entry's epoch; `None` if the chunk is not segmented or no
+    /// replica gave one. Bad replicas are logged and skipped, as whole-chunk
+    /// reads do.
+    ///
+    /// Errors: [`Error::Integrity`] if this client has no key for the
+    /// entry's epoch.
+    async fn fetch_segment(
+        self: &Arc<Self>,
+        loc: &BlockLoc,
+        layout: &SegmentLayout,
+        k: u32,
+    ) -> Result<Option<Block>> {
+        let replicas = match self.replicas_of(loc).await {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        let keys = self.keys_for(loc.epoch).await?;
+        let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
+            return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
+        };
+        for peer in &replicas {
+            let proof = match self.peers.get_segment(peer, loc.chunk, k).await {
+                Ok(p) => p,
+                // Not segmented (every replica holds the same bytes): the
+                // caller reads the chunk whole.
+                Err(Error::Peer(PeerError::Invalid(_))) => return Ok(None),
+                Err(e) => {
+                    warn!(chunk = %loc.chunk, peer = %peer.id, addr = %peer.addr, segment = k, error = %e, "replica segment read failed; trying the next replica");
+                    continue;
+                }
+            };
+            let (id, want, layout, key) = (loc.chunk, loc.epoch, *layout, key.clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                let seg = codec::verify_segment_proof(&id, &layout, k, &proof)?;
+                if seg.header.epoch != want {
+                    return Err(common::Error::Key(format!(
+                        "the chunk is sealed under key epoch {}, its layout entry says {want}",
+                        seg.header.epoch
+                    )));
+                }
+                seg.open(&key)
+            })
+            .await
+            .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
+            match opened {
+                Ok(plain) => return Ok(Some(Arc::new(plain))),
+                Err(e) => {
+                    warn!(chunk = %loc.chunk, peer = %peer.id, addr = %peer.addr, segment = k, error = %e, "bad replica: segment failed verification; trying the next replica");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn fetch_from_replicas(self: Arc<Self>, loc: BlockLoc) -> Result<Block> {
+        let replicas = self.replicas_of(&loc).await?;
         let mut detail = Vec::new();
         for peer in &replicas {
             let bytes = match self.peers.get(peer, loc.chunk).await {

@@ -2,7 +2,9 @@
 //! for an upload slot and reports to its file's result channel); seal a
 //! block, place it on R peers (dirsvc's placement, or the up peers with the
 //! most room when that cannot help), put it on them in parallel, and
-//! classify what went wrong when it could not be stored.
+//! classify what went wrong when it could not be stored. Blocks are sealed
+//! in the segmented format v3 (64 KiB segments, docs/FORMATS.md) so
+//! random reads can fetch single segments.
 
 use super::buffer::{Finished, Upload};
 use super::{lock, FileState, Fs, Stored, UploadResult, Uploaded, PEER_FAILURE_MEMORY};
@@ -102,9 +104,20 @@ impl Fs {
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
         let plain = data.clone();
-        let sealed = tokio::task::spawn_blocking(move || codec::seal(&key, epoch, &plain))
-            .await
-            .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
+        #[cfg(test)]
+        let v2 = self.seal_v2.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        let v2 = false;
+        // Segmented (v3) so random reads fetch 64 KiB segments, not blocks.
+        let sealed = tokio::task::spawn_blocking(move || {
+            if v2 {
+                codec::seal(&key, epoch, &plain)
+            } else {
+                codec::seal_segmented(&key, epoch, &plain)
+            }
+        })
+        .await
+        .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
         let len = sealed.bytes.len() as u64;
         let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
         let want = self.replicas as usize;

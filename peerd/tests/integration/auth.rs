@@ -244,6 +244,15 @@ impl PeerService for Relay {
     ) -> Result<Vec<(ChunkId, i64)>, PeerError> {
         Err(PeerError::Internal("relay".into()))
     }
+
+    async fn get_segment(
+        self,
+        _: tarpc::context::Context,
+        _: ChunkId,
+        _: u32,
+    ) -> Result<common::rpc::peer::Bytes, PeerError> {
+        Err(PeerError::Internal("relay".into()))
+    }
 }
 
 #[tokio::test]

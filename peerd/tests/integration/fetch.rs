@@ -185,6 +185,15 @@ impl PeerService for LyingPeer {
     ) -> Result<Vec<(ChunkId, i64)>, PeerError> {
         unsupported()
     }
+
+    async fn get_segment(
+        self,
+        _: Context,
+        _: ChunkId,
+        _: u32,
+    ) -> Result<common::rpc::peer::Bytes, PeerError> {
+        unsupported()
+    }
 }
 
 #[tokio::test]

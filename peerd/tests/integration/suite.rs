@@ -4,7 +4,7 @@
 //! may call): both must give the same answers, with the same `PeerError`s.
 
 use super::util::{chunk, closed_port, connect, peer_config, spawn_peer, TEST_TIMEOUT};
-use common::codec::{MAX_PLAINTEXT, OVERHEAD};
+use common::codec::{MAX_STORED, OVERHEAD};
 use common::config::CHUNK_DEADLINE;
 use common::rpc::dir::PeerUsage;
 use common::rpc::peer::{Bytes, PeerError, PeerServiceClient};
@@ -80,7 +80,8 @@ impl Target for Remote {
     }
 }
 
-const MAX_CHUNK: usize = MAX_PLAINTEXT + OVERHEAD;
+/// The largest chunk a peer accepts: the largest v3 chunk.
+const MAX_CHUNK: usize = MAX_STORED;
 
 /// Runs the contract against an empty store.
 async fn run_suite<T: Target>(t: &T) {

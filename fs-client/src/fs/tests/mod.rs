@@ -10,6 +10,7 @@ use testkit::within;
 
 mod failover;
 mod integrity;
+mod segments;
 mod write_buffer;
 
 struct Cluster {
