@@ -145,7 +145,21 @@ impl DirClient {
     /// Errors: as [`DirClient::call`], with the answers of the call `op`
     /// stands for.
     pub async fn mutate(&self, op: Mutation) -> Result<Mutated> {
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.mutate_as(self.next_request(), op).await
+    }
+
+    /// A fresh request id for [`DirClient::mutate_as`].
+    pub fn next_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`DirClient::mutate`] under request id `request`, which the caller
+    /// keeps across its own retries: a mutation naming the session
+    /// (`CreateOpen`), sent again under a reclaimed session, must be the
+    /// same request, or the create its first attempt made answers EEXIST.
+    ///
+    /// Errors: as [`DirClient::mutate`].
+    pub async fn mutate_as(&self, request: u64, op: Mutation) -> Result<Mutated> {
         self.call(|c, ctx| {
             let op = op.clone();
             async move { c.mutate(ctx, request, op).await }

@@ -409,3 +409,32 @@ async fn measure_session_call_rates_over_one_connection() {
     eprintln!("create: {create:?}, unlink: {:?} per call", t.elapsed() / N);
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_create_open_sent_again_with_its_request_id_under_a_new_session_opens_the_file_it_made() {
+    use common::rpc::dir::{FileKind, Mutation, NewInode};
+    within(TEST_TIMEOUT, "the test", async {
+        let svc = Svc::start(|_| {}).await;
+        let c = &svc.c;
+        let new = NewInode { kind: FileKind::File, perm: 0o644, uid: 0, gid: 0, rdev: 0 };
+        let op = |session| Mutation::CreateOpen { session, parent: ROOT, name: n("f"), new: new.clone() };
+        let a = svc.session("a").await;
+        let made = ok(c.mutate(ctx(), 77, op(a)).await).attr().unwrap();
+        // The session is lost before the answer reaches the client (a
+        // failover); the client reclaims a session and sends the same
+        // request again.
+        ok(c.close_session(ctx(), a).await);
+        let b = svc.session("b").await;
+        let again = ok(c.mutate(ctx(), 77, op(b)).await).attr().unwrap();
+        assert_eq!(again.ino, made.ino, "the replay answers the file the first attempt made");
+        // Another request for the same name is a new create.
+        assert_eq!(refused(c.mutate(ctx(), 78, op(b)).await), DirError::Exists);
+        // Session b holds it open: unlinked, it stays until b releases it.
+        ok(c.unlink(ctx(), ROOT, n("f")).await);
+        assert!(svc.exists(made.ino).await, "the replay marked the file open under session b");
+        ok(c.release_file(ctx(), b, made.ino).await);
+        assert!(!svc.exists(made.ino).await);
+        svc.shutdown().await;
+    })
+    .await;
+}

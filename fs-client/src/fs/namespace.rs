@@ -142,11 +142,21 @@ impl Fs {
         gid: u32,
     ) -> Result<(Attr, u64)> {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
-        // Two round trips, not `CreateOpen`: a `CreateOpen` retried after a
-        // failover under a new session got a new request id and answered
-        // EEXIST for the file its first attempt made (CI, 3-host test).
-        let attr = self.mknod(parent, name, new).await?;
-        self.mark_open_loading(attr.ino).await?;
+        let sealed = self.seal_name(parent, name)?;
+        self.known.forget_attr(parent);
+        let generation = self.known.generation();
+        // The create and the open mark in one round trip.
+        let attr = self
+            .mark_open_with(|session| Mutation::CreateOpen {
+                session,
+                parent,
+                name: sealed.clone(),
+                new: new.clone(),
+            })
+            .await?;
+        self.known.record_bare(attr.ino, generation);
+        self.known.record_attr(&attr, generation);
+        self.names.record(attr.ino, parent, name);
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
     }

@@ -14,7 +14,7 @@
 
 use super::{lock, Fs, COMMIT_BATCH};
 use crate::error::{Error, Result};
-use common::rpc::dir::{DirError, Lock, SessionGrant, SessionId, SessionOpen};
+use common::rpc::dir::{Attr, DirError, Lock, SessionGrant, SessionId, SessionOpen};
 use common::InodeId;
 use std::collections::HashMap;
 use std::future::Future;
@@ -264,6 +264,30 @@ impl Fs {
         };
         *lock(&self.session.marks).entry(ino).or_insert(0) += 1;
         Ok(page)
+    }
+
+    /// Applies the mutation `op(session)` that makes a file and marks it
+    /// open by this mount's session at dirsvc (`CreateOpen`), and counts
+    /// the mark here as [`Fs::mark_open_loading`] does. Returns the new
+    /// attributes. One request id for every attempt, also after a session
+    /// reclaim: the first attempt may have made the file (dirsvc replays
+    /// the create and marks it open under the new session).
+    ///
+    /// Errors: the mutation's.
+    pub(crate) async fn mark_open_with(
+        &self,
+        op: impl Fn(SessionId) -> common::rpc::dir::Mutation,
+    ) -> Result<Attr> {
+        let _calls = self.session.mark_calls.lock().await;
+        let request = self.dir.next_request();
+        let attr = self
+            .with_session(|s| {
+                let op = op(s);
+                async move { self.dir.mutate_as(request, op).await?.attr().map_err(Error::Dir) }
+            })
+            .await?;
+        *lock(&self.session.marks).entry(attr.ino).or_insert(0) += 1;
+        Ok(attr)
     }
 
     /// Drops a handle on `ino`; the last one unmarks it at dirsvc, which
