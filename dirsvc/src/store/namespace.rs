@@ -11,6 +11,7 @@ use super::{
     MAX_TARGET_BYTES, W,
 };
 use crate::error::{invalid, Error};
+use crate::kv::ReadTxn;
 use common::config::SYMLINK_MAX;
 use common::rpc::dir::{
     rename_flags, xattr_flags, Attr, DirEntry, DirError, FileKind, Mutated, NewInode, ReadDirPage,
@@ -52,6 +53,34 @@ pub(crate) fn get_inode<G: Get + ?Sized>(t: &G, ino: u64) -> Result<InodeRecord,
         Some(v) => InodeRecord::from_bytes(&v),
         None => Err(DirError::NotFound.into()),
     }
+}
+
+/// One page of `dir`'s entries with cookie > `after`, ascending, at most
+/// `limit` (clamped to [1, [`MAX_READDIR_ENTRIES`]]), read in `t`.
+/// Errors: `NotFound`, `NotDir`, `Corrupt`.
+fn dir_page(t: &ReadTxn<'_>, dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, Error> {
+    let limit = limit.clamp(1, MAX_READDIR_ENTRIES) as usize;
+    get_dir(t, dir.0)?;
+    let Some(start) = after.checked_add(1) else {
+        return Ok(ReadDirPage { entries: Vec::new(), eof: true });
+    };
+    // One more than the page: whether anything follows.
+    let mut rows = t.scan(&keys::cookies_from(dir.0, start), limit + 1, false)?;
+    let eof = rows.len() <= limit;
+    rows.truncate(limit);
+    let names: Vec<Vec<u8>> = rows.iter().map(|(_, name)| keys::dirent(dir.0, name)).collect();
+    let found = t.get_many(&names)?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for ((k, name), e) in rows.into_iter().zip(found) {
+        let cookie = keys::parse_cookie(&k)?;
+        let e = e.ok_or_else(|| Error::Corrupt {
+            what: "directory entry",
+            reason: format!("cookie {cookie} of directory {dir} names no entry"),
+        })?;
+        let e = Dirent::from_bytes(&e)?;
+        entries.push(DirEntry { name, ino: InodeId(e.ino), kind: kind_from_byte(e.kind)?, cookie });
+    }
+    Ok(ReadDirPage { entries, eof })
 }
 
 /// The record of directory `ino`. Errors: `NotFound`, `NotDir`.
@@ -581,30 +610,7 @@ impl Store {
     /// Errors: `NotFound`, `NotDir`, `NotInitialized`.
     pub fn readdir(&self, dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPage, Error> {
         self.vol()?;
-        let limit = limit.clamp(1, MAX_READDIR_ENTRIES) as usize;
-        self.read(|t| {
-            get_dir(t, dir.0)?;
-            let Some(start) = after.checked_add(1) else {
-                return Ok(ReadDirPage { entries: Vec::new(), eof: true });
-            };
-            // One more than the page: whether anything follows.
-            let mut rows = t.scan(&keys::cookies_from(dir.0, start), limit + 1, false)?;
-            let eof = rows.len() <= limit;
-            rows.truncate(limit);
-            let names: Vec<Vec<u8>> = rows.iter().map(|(_, name)| keys::dirent(dir.0, name)).collect();
-            let found = t.get_many(&names)?;
-            let mut entries = Vec::with_capacity(rows.len());
-            for ((k, name), e) in rows.into_iter().zip(found) {
-                let cookie = keys::parse_cookie(&k)?;
-                let e = e.ok_or_else(|| Error::Corrupt {
-                    what: "directory entry",
-                    reason: format!("cookie {cookie} of directory {dir} names no entry"),
-                })?;
-                let e = Dirent::from_bytes(&e)?;
-                entries.push(DirEntry { name, ino: InodeId(e.ino), kind: kind_from_byte(e.kind)?, cookie });
-            }
-            Ok(ReadDirPage { entries, eof })
-        })
+        self.read(|t| dir_page(t, dir, after, limit))
     }
 
     /// [`Store::readdir`] with each entry's attributes, read in the same
@@ -612,31 +618,12 @@ impl Store {
     /// entry. Errors: as `readdir`.
     pub fn readdir_plus(&self, dir: InodeId, after: u64, limit: u32) -> Result<ReadDirPlusPage, Error> {
         self.vol()?;
-        let limit = limit.clamp(1, MAX_READDIR_ENTRIES) as usize;
         self.read(|t| {
-            get_dir(t, dir.0)?;
-            let Some(start) = after.checked_add(1) else {
-                return Ok(ReadDirPlusPage { entries: Vec::new(), eof: true });
-            };
-            let mut rows = t.scan(&keys::cookies_from(dir.0, start), limit + 1, false)?;
-            let eof = rows.len() <= limit;
-            rows.truncate(limit);
-            let names: Vec<Vec<u8>> = rows.iter().map(|(_, name)| keys::dirent(dir.0, name)).collect();
-            let found = t.get_many(&names)?;
-            let mut dirents = Vec::with_capacity(rows.len());
-            for ((k, name), e) in rows.into_iter().zip(found) {
-                let cookie = keys::parse_cookie(&k)?;
-                let e = e.ok_or_else(|| Error::Corrupt {
-                    what: "directory entry",
-                    reason: format!("cookie {cookie} of directory {dir} names no entry"),
-                })?;
-                let e = Dirent::from_bytes(&e)?;
-                dirents.push(DirEntry { name, ino: InodeId(e.ino), kind: kind_from_byte(e.kind)?, cookie });
-            }
-            let inodes: Vec<Vec<u8>> = dirents.iter().map(|d| keys::inode(d.ino.0)).collect();
+            let page = dir_page(t, dir, after, limit)?;
+            let inodes: Vec<Vec<u8>> = page.entries.iter().map(|d| keys::inode(d.ino.0)).collect();
             let recs = t.get_many(&inodes)?;
-            let mut entries = Vec::with_capacity(dirents.len());
-            for (d, rec) in dirents.into_iter().zip(recs) {
+            let mut entries = Vec::with_capacity(page.entries.len());
+            for (d, rec) in page.entries.into_iter().zip(recs) {
                 let rec = rec.ok_or_else(|| Error::Corrupt {
                     what: "directory entry",
                     reason: format!("entry of directory {dir} names inode {} that does not exist", d.ino),
@@ -644,7 +631,7 @@ impl Store {
                 let attr = to_attr(d.ino.0, &InodeRecord::from_bytes(&rec)?)?;
                 entries.push((d, attr));
             }
-            Ok(ReadDirPlusPage { entries, eof })
+            Ok(ReadDirPlusPage { entries, eof: page.eof })
         })
     }
 
