@@ -340,11 +340,14 @@ async fn a_commit_of_new_chunks_last_known_held_a_grace_period_ago_is_refused_an
         let shared = StoredChunk { replicas: vec![], ..chunk };
         let again = CommitLayout {
             held_ms: u64::MAX,
-            size: 20,
+            size: u64::from(B) + 20,
             mtime: Timestamp::now(),
             blocks: vec![(1, Some(shared))],
         };
-        assert_eq!(size(c.client.commit_layout(context::current(), g, again).await.unwrap().unwrap()), 20);
+        assert_eq!(
+            size(c.client.commit_layout(context::current(), g, again).await.unwrap().unwrap()),
+            u64::from(B) + 20
+        );
         c.shutdown().await;
     })
     .await;
