@@ -581,6 +581,16 @@ impl Fs {
         }
         st.mtime = u.mtime;
         st.mark_uncommitted();
+        // Kept chunks were stored by an earlier mount, maybe longer ago
+        // than GC's grace period: GC may have taken them for orphans. Ask
+        // their replicas first; a chunk none holds cannot be stored again
+        // (its plaintext is gone with that mount) and fails loudly here,
+        // where committing it would name data no peer has.
+        if let Err(e) = self.verify_uncommitted(&mut st).await {
+            st.failure.get_or_insert_with(|| e.clone());
+            st.retried_at = Some(std::time::Instant::now());
+            return Err(e);
+        }
         let (mut st, r) = self.flush_locked(&f, st).await;
         if let Err(e) = &r {
             st.failure.get_or_insert_with(|| e.clone());

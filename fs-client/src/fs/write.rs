@@ -241,13 +241,20 @@ impl Fs {
             self.known.forget_attr(ino);
             let generation = self.known.generation();
             let held_since = st.held_since;
+            // New chunks with no time they were known held (kept by an
+            // earlier mount and not checked yet) count as held forever ago.
+            let never_checked = held_since.is_none()
+                && plan.blocks.iter().any(|(_, s)| s.as_ref().is_some_and(Stored::stored_here));
             let r = self
                 .dir
                 .call(|c, ctx| {
                     // Measured per attempt: retries across a failover can
                     // outlast GC's grace period.
-                    let held_ms =
-                        held_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+                    let held_ms = match held_since {
+                        _ if never_checked => u64::MAX,
+                        Some(t) => u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        None => 0,
+                    };
                     let cm = CommitLayout { held_ms, ..commit.clone() };
                     async move { c.commit_layout(ctx, ino, cm).await }
                 })
@@ -381,21 +388,48 @@ impl Fs {
     /// replica that cannot be asked counts as holding the chunk but does
     /// not renew `held_since`.
     ///
-    /// Errors: those of [`Fs::restore_gone`].
+    /// Chunks kept by an earlier mount (recovery) are asked too, at the
+    /// addresses dirsvc lists for their replica ids.
+    ///
+    /// Errors: dirsvc's peer list; those of [`Fs::restore_gone`].
     pub(super) async fn verify_uncommitted(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
         let asked_at = std::time::Instant::now();
         let mut by_peer: HashMap<common::PeerId, (PeerLoc, Vec<common::ChunkId>)> = HashMap::new();
         // Per chunk: (a replica answered that it holds it, a replica
         // could not be asked).
         let mut held: HashMap<common::ChunkId, (bool, bool)> = HashMap::new();
+        // Chunks kept by an earlier mount name their replicas by id only:
+        // their addresses come from dirsvc's peer list.
+        let kept =
+            st.buf.stored_pending().iter().any(|(_, _, s)| s.loc.replicas.is_empty() && s.stored_here());
+        let listed: HashMap<common::PeerId, PeerLoc> = if kept {
+            let peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
+            peers.into_iter().map(|p| (p.loc.id, p.loc)).collect()
+        } else {
+            HashMap::new()
+        };
         for (_, _, s) in st.buf.stored_pending() {
-            if s.loc.replicas.is_empty() {
+            if !s.stored_here() {
                 continue;
             }
             let id = s.loc.chunk;
             held.entry(id).or_insert((false, false));
-            for p in &s.loc.replicas {
-                by_peer.entry(p.id).or_insert_with(|| (p.clone(), Vec::new())).1.push(id);
+            let replicas: Vec<PeerLoc> = if s.loc.replicas.is_empty() {
+                s.chunk()
+                    .replicas
+                    .iter()
+                    .map(|p| listed.get(p).cloned())
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default()
+            } else {
+                s.loc.replicas.clone()
+            };
+            if replicas.is_empty() {
+                // A replica dirsvc no longer lists: cannot be asked.
+                held.entry(id).or_default().1 = true;
+            }
+            for p in replicas {
+                by_peer.entry(p.id).or_insert_with(|| (p, Vec::new())).1.push(id);
             }
         }
         let asks = by_peer.into_values().map(|(p, ids)| async move {
