@@ -690,7 +690,13 @@ impl Inner {
         Ok(())
     }
 
-    fn get(&self, id: ChunkId) -> Result<Vec<u8>, Error> {
+    /// The stored bytes of chunk `id`, unverified, with the file's path
+    /// and metadata (for [`Inner::quarantine`]). Reads at most one byte
+    /// more than any chunk can have: a longer file is corrupt whatever its
+    /// contents, and is not read into memory.
+    ///
+    /// Errors: `NotFound`; I/O errors.
+    fn read_chunk_file(&self, id: ChunkId) -> Result<(Vec<u8>, PathBuf, fs::Metadata), Error> {
         let path = self.chunk_path(&id);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -698,10 +704,13 @@ impl Inner {
             Err(e) => return Err(Error::io("open", path)(e)),
         };
         let meta = file.metadata().map_err(Error::io("stat", &path))?;
-        // Read at most one byte more than any chunk can have: a longer file
-        // is corrupt whatever its contents, and is not read into memory.
         let mut bytes = Vec::with_capacity(meta.len().min(MAX_CHUNK_BYTES + 1) as usize);
         file.take(MAX_CHUNK_BYTES + 1).read_to_end(&mut bytes).map_err(Error::io("read", &path))?;
+        Ok((bytes, path, meta))
+    }
+
+    fn get(&self, id: ChunkId) -> Result<Vec<u8>, Error> {
+        let (bytes, path, meta) = self.read_chunk_file(id)?;
         let actual = ChunkId::of(&bytes);
         if actual == id && bytes.len() as u64 <= MAX_CHUNK_BYTES {
             return Ok(bytes);
@@ -848,15 +857,7 @@ impl Inner {
     /// the page cache, for a chunk read recently) but hashes only the
     /// groups the proof covers.
     fn get_segment(&self, id: ChunkId, index: u32) -> Result<Vec<u8>, Error> {
-        let path = self.chunk_path(&id);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound(id)),
-            Err(e) => return Err(Error::io("open", path)(e)),
-        };
-        let meta = file.metadata().map_err(Error::io("stat", &path))?;
-        let mut bytes = Vec::with_capacity(meta.len().min(MAX_CHUNK_BYTES + 1) as usize);
-        file.take(MAX_CHUNK_BYTES + 1).read_to_end(&mut bytes).map_err(Error::io("read", &path))?;
+        let (bytes, path, meta) = self.read_chunk_file(id)?;
         if bytes.len() as u64 > MAX_CHUNK_BYTES {
             let actual = ChunkId::of(&bytes);
             self.quarantine(id, &path, &meta);
