@@ -44,8 +44,8 @@ mod proof;
 mod segmented;
 
 pub use proof::{
-    encode_range_proof, encode_segment_proof, outboard, outboard_len, outboard_with_root, verify_range,
-    verify_segment_proof, VerifiedSegment, OUTBOARD_GROUP_BYTES,
+    encode_range_proof, encode_segment_proof, encode_segment_proof_at, outboard, outboard_len,
+    outboard_with_root, verify_range, verify_segment_proof, VerifiedSegment, OUTBOARD_GROUP_BYTES,
 };
 pub use segmented::{
     open_segment, seal_segmented, seal_segmented_with, segmented_header, SegmentLayout, SegmentedHeader,

@@ -126,6 +126,39 @@ pub fn encode_segment_proof(id: &ChunkId, stored: &[u8], outboard: &[u8], k: u32
     encode(id, stored, outboard, &[0..HEADER_LEN_V3 as u64, layout.segment_range(k)?])
 }
 
+/// [`encode_segment_proof`] reading only what the proof covers from
+/// `data`, a chunk of `stored_len` bytes whose first [`HEADER_LEN_V3`]
+/// bytes are `header` (a peer passes its chunk file: the header, the
+/// segment's 16 KiB groups and the outboard are read, not the chunk).
+/// The bytes read are checked against the outboard as they are encoded.
+/// Returns `Ok(None)` when the bytes or the outboard disagree with `id`:
+/// the caller then reads the whole chunk to tell which
+/// ([`encode_segment_proof`]).
+///
+/// Errors: as [`encode_segment_proof`].
+pub fn encode_segment_proof_at(
+    id: &ChunkId,
+    data: impl bao_tree::io::sync::ReadAt,
+    stored_len: u64,
+    header: &[u8],
+    outboard: &[u8],
+    k: u32,
+) -> Result<Option<Vec<u8>>, Error> {
+    let layout = segmented_header(header)?.layout;
+    if stored_len != layout.stored_len() {
+        return Err(Error::LengthMismatch { expected: layout.stored_len(), actual: stored_len });
+    }
+    let ranges = [0..HEADER_LEN_V3 as u64, layout.segment_range(k)?];
+    let tree = BaoTree::new(stored_len, GROUP);
+    if outboard.len() as u64 != tree.outboard_size() {
+        return Ok(None);
+    }
+    let ob = PreOrderMemOutboard { root: blake3::Hash::from_bytes(id.0), tree, data: outboard };
+    let chunks = round_up_to_chunks(&byte_ranges(&ranges));
+    let mut proof = Vec::new();
+    Ok(encode_ranges_validated(data, &ob, &chunks, &mut proof).is_ok().then_some(proof))
+}
+
 /// A segment's stored bytes and its chunk's header, both verified against
 /// the chunk id by [`verify_segment_proof`]: ready to open.
 #[derive(Clone, Debug)]
@@ -320,6 +353,36 @@ mod tests {
             let plain = layout.plaintext_range(j).unwrap();
             assert_eq!(v.open(&k).unwrap(), slice(&p, &plain));
         }
+    }
+
+    #[test]
+    fn a_proof_read_from_a_file_equals_the_in_memory_one_and_bad_bytes_give_none() {
+        let s = seal_segmented(&key(), 1, &pattern((1 << 20) - 5000)).unwrap();
+        let ob = outboard(&s.bytes);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunk");
+        std::fs::write(&path, &s.bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let len = s.bytes.len() as u64;
+        let header = &s.bytes[..HEADER_LEN_V3];
+        let layout = SegmentLayout::from_stored_len(len, SEGMENT_SIZE).unwrap();
+        for j in 0..layout.segments() {
+            let at = encode_segment_proof_at(&s.id, &file, len, header, &ob, j).unwrap();
+            assert_eq!(at, Some(encode_segment_proof(&s.id, &s.bytes, &ob, j).unwrap()), "segment {j}");
+        }
+        // A stale outboard, or a flipped byte in the segment read: no proof.
+        let mut stale = ob.clone();
+        stale[100] ^= 1;
+        assert_eq!(encode_segment_proof_at(&s.id, &file, len, header, &stale, 3).unwrap(), None);
+        assert_eq!(encode_segment_proof_at(&s.id, &file, len, header, &ob[1..], 3).unwrap(), None);
+        let mut bad = s.bytes.clone();
+        let seg = layout.segment_range(3).unwrap();
+        bad[seg.start as usize + 10] ^= 1;
+        assert_eq!(encode_segment_proof_at(&s.id, bad.as_slice(), len, header, &ob, 3).unwrap(), None);
+        // Another segment of the same bytes is still fine.
+        assert!(encode_segment_proof_at(&s.id, bad.as_slice(), len, header, &ob, 5).unwrap().is_some());
+        // A length that is not the header's is refused.
+        assert!(encode_segment_proof_at(&s.id, &file, len - 1, header, &ob, 0).is_err());
     }
 
     #[test]
