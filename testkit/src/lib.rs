@@ -138,7 +138,20 @@ impl Default for TestPki {
 /// The cluster CA of this test process, made on first use.
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(TestPki::new)
+    PKI.get_or_init(|| {
+        let pki = TestPki::new();
+        // A static is never dropped: remove its directory when the test
+        // binary exits, or every run leaves one in the temp dir.
+        extern "C" fn remove_ca_dir() {
+            if let Some(p) = PKI.get() {
+                let _ = std::fs::remove_dir_all(p.dir.path());
+            }
+        }
+        // SAFETY: registers a plain function with no arguments; it only
+        // reads an initialised OnceLock and removes files.
+        unsafe { libc::atexit(remove_ca_dir) };
+        pki
+    })
 }
 
 /// A `DirService` client of the dirsvc at `addr`, connecting as `tls`.
