@@ -253,6 +253,7 @@ impl DirServer {
                     replicas: peers.locs(&b.replicas),
                     epoch: b.epoch,
                     mac: b.mac,
+                    inline: b.inline,
                 })
                 .collect(),
             eof: page.eof,

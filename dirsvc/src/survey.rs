@@ -200,6 +200,7 @@ mod tests {
                         replicas,
                         epoch: 0,
                         mac: [1; 32],
+                        inline: None,
                     }),
                 )
             })

@@ -98,6 +98,11 @@ enum Cmd {
         /// than R peers are up (default: a majority of R).
         #[arg(long)]
         min_replicas: Option<u32>,
+        /// Store every block on peers, also the only block of a file of up to
+        /// about 4 KiB, which is otherwise kept inline in its layout entry
+        /// at dirsvc (sealed, like any chunk).
+        #[arg(long)]
+        no_inline: bool,
         /// Where data that cannot be stored by unmount (peers full or
         /// unreachable) is kept, sealed, until the next mount stores it
         /// (default: $P2PFS_STATE/recovery, else
@@ -612,6 +617,7 @@ fn run() -> anyhow::Result<()> {
             threads,
             uploads_in_flight,
             min_replicas,
+            no_inline,
             recovery_dir,
             metrics_addr,
             metrics_addr_file,
@@ -622,6 +628,7 @@ fn run() -> anyhow::Result<()> {
                 cache_bytes: cache_mib << 20,
                 uploads_in_flight,
                 min_replicas,
+                inline: !no_inline,
                 ..FsConfig::default()
             };
             let recovery_dir = recovery_dir.unwrap_or_else(fs_client::mount::default_recovery_dir);

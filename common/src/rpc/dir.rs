@@ -252,7 +252,22 @@ pub struct StoredChunk {
     /// (`common::keys::LayoutMacKey`), computed for the inode and block
     /// index this entry is committed at. Never all zero in a commit.
     pub mac: [u8; 32],
+    /// The sealed chunk itself (`len` bytes, at most [`INLINE_MAX_LEN`]),
+    /// for block 0 kept inline in its layout entry: dirsvc stores these
+    /// bytes in the layout and no peer holds them, so `replicas` is empty.
+    /// dirsvc checks that they hash to `id`. `None` for a chunk stored on
+    /// peers.
+    pub inline: Option<Vec<u8>>,
 }
+
+/// Largest stored (sealed) length in bytes of a block kept inline in its
+/// layout entry ([`StoredChunk::inline`]): 4 KiB of data and the 60-byte
+/// sealing overhead of one v3 segment, with 4 bytes to spare. Only block 0 may
+/// be inline, so a file holds at most this much in dirsvc; clients inline
+/// a block 0 whose sealed length fits (files of up to about 4 KiB), which
+/// spares the R peer puts of a small file's close and the peer get of its
+/// first read.
+pub const INLINE_MAX_LEN: u32 = 4096 + 64;
 
 /// A layout update: the new content of some blocks of one file, applied in
 /// one transaction.
@@ -292,6 +307,10 @@ pub struct BlockLoc {
     /// The MAC the writer committed (see [`StoredChunk::mac`]); all zero
     /// for an entry migrated from before layout MACs.
     pub mac: [u8; 32],
+    /// The sealed chunk, for a block kept inline in its layout entry
+    /// ([`StoredChunk::inline`]; `replicas` is then empty). Verified
+    /// against `chunk` and opened like bytes from a replica.
+    pub inline: Option<Vec<u8>>,
 }
 
 /// What `symlink` creates: the inode number the client reserved and the

@@ -10,7 +10,7 @@ use super::{
 };
 use super::{MAX_CHUNK_OVERHEAD, MAX_LAYOUT_BLOCKS};
 use crate::error::{invalid, Error};
-use common::rpc::dir::{Attr, CommitLayout, DirError, Reseal, StoredChunk, RESEAL_BATCH_MAX};
+use common::rpc::dir::{Attr, CommitLayout, DirError, Reseal, StoredChunk, INLINE_MAX_LEN, RESEAL_BATCH_MAX};
 use common::{ChunkId, InodeId};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
@@ -155,12 +155,19 @@ impl Store {
                 }
                 Ok(true)
             })?;
-            let ids: Vec<Vec<u8>> = entries.iter().map(|(_, e)| keys::chunk(&e.chunk)).collect();
-            let recs = t.get_many(&ids)?;
+            // Inline chunks have no record to read.
+            let ids: Vec<Vec<u8>> = entries
+                .iter()
+                .filter(|(_, e)| e.inline.is_none())
+                .map(|(_, e)| keys::chunk(&e.chunk))
+                .collect();
+            let mut recs = t.get_many(&ids)?.into_iter();
             let mut blocks = Vec::with_capacity(entries.len());
-            for ((index, e), c) in entries.into_iter().zip(recs) {
+            for (index, e) in entries {
+                let c = if e.inline.is_some() { None } else { recs.next().flatten() };
                 let replicas = match c {
                     Some(v) => super::records::ChunkRecord::from_bytes(&v)?.replicas,
+                    None if e.inline.is_some() => Vec::new(),
                     None => {
                         warn!(%ino, index, chunk = %ChunkId(e.chunk), "layout names an unknown chunk");
                         Vec::new()
@@ -173,6 +180,7 @@ impl Store {
                     replicas,
                     epoch: e.epoch,
                     mac: e.mac,
+                    inline: e.inline,
                 });
             }
             Ok(LayoutBlocks { attr: to_attr(ino.0, &rec)?, blocks, eof })
@@ -250,6 +258,11 @@ impl Store {
     }
 }
 
+/// The entry at `offset` of its group that records `c`.
+fn layout_entry(offset: u8, c: &StoredChunk) -> LayoutEntry {
+    LayoutEntry { offset, chunk: c.id.0, len: c.len, epoch: c.epoch, mac: c.mac, inline: c.inline.clone() }
+}
+
 /// Layout group `g` of `ino` (empty if it has no key).
 pub(crate) fn group_of<G: Get + ?Sized>(t: &G, ino: u64, g: u64) -> Result<LayoutGroupRecord, Error> {
     match t.get(&keys::layout(ino, g))? {
@@ -259,6 +272,25 @@ pub(crate) fn group_of<G: Get + ?Sized>(t: &G, ino: u64, g: u64) -> Result<Layou
 }
 
 impl W<'_, '_> {
+    /// Counts a new layout entry's chunk: a reference (if `add_ref`) and its
+    /// replicas in the chunk's record; nothing for an inline chunk, which
+    /// lives in its entry alone.
+    fn entry_ref(&mut self, c: &StoredChunk, add_ref: bool) -> Result<(), Error> {
+        if c.inline.is_some() {
+            return Ok(());
+        }
+        self.chunk_ref(c, add_ref)
+    }
+
+    /// Drops a removed or replaced entry's reference to its chunk (nothing
+    /// for an inline chunk).
+    fn entry_unref(&mut self, e: &LayoutEntry) -> Result<(), Error> {
+        if e.inline.is_some() {
+            return Ok(());
+        }
+        self.chunk_unref(e.chunk)
+    }
+
     /// Writes layout group `g` of `ino` (deletes its key when empty).
     fn put_group(&mut self, ino: u64, g: u64, group: &LayoutGroupRecord) -> Result<(), Error> {
         if group.entries.is_empty() {
@@ -330,7 +362,7 @@ impl W<'_, '_> {
                     break;
                 }
                 let Some(e) = group.entries.pop() else { break };
-                self.chunk_unref(e.chunk)?;
+                self.entry_unref(&e)?;
                 freed = freed.saturating_add(u64::from(e.len));
                 changed = true;
             }
@@ -382,7 +414,7 @@ impl W<'_, '_> {
                     commit.size
                 )));
             }
-            self.check_new_entry(c, block_size, newest)?;
+            self.check_new_entry(*index, c, block_size, newest)?;
         }
         let mut stored = rec.stored_bytes;
         let mut groups: BTreeMap<u64, LayoutGroupRecord> = BTreeMap::new();
@@ -393,32 +425,25 @@ impl W<'_, '_> {
                 Entry::Vacant(e) => e.insert(group_of(self, ino, g)?),
             };
             let old = group.get(offset).cloned();
-            let entry = |c: &StoredChunk| LayoutEntry {
-                offset,
-                chunk: c.id.0,
-                len: c.len,
-                epoch: c.epoch,
-                mac: c.mac,
-            };
             match (block, old) {
-                (Some(c), Some(o)) if o.chunk == c.id.0 => {
+                (Some(c), Some(o)) if o.chunk == c.id.0 && o.inline.is_some() == c.inline.is_some() => {
                     // Same chunk again (a retried commit): only new
                     // replicas, and the entry as this commit describes it.
-                    group.set(entry(c));
-                    self.chunk_ref(c, false)?;
+                    group.set(layout_entry(offset, c));
+                    self.entry_ref(c, false)?;
                 }
                 (Some(c), old) => {
-                    group.set(entry(c));
-                    self.chunk_ref(c, true)?;
+                    group.set(layout_entry(offset, c));
+                    self.entry_ref(c, true)?;
                     if let Some(o) = old {
-                        self.chunk_unref(o.chunk)?;
+                        self.entry_unref(&o)?;
                         stored = stored.saturating_sub(u64::from(o.len));
                     }
                     stored = stored.saturating_add(u64::from(c.len));
                 }
                 (None, Some(o)) => {
                     group.remove(offset);
-                    self.chunk_unref(o.chunk)?;
+                    self.entry_unref(&o)?;
                     stored = stored.saturating_sub(u64::from(o.len));
                 }
                 (None, None) => {}
@@ -440,10 +465,18 @@ impl W<'_, '_> {
         Ok(Some((to_attr(ino, &rec)?, trims)))
     }
 
-    /// The checks every committed entry passes before anything changes:
-    /// its length, a MAC, its epoch (no later than `newest`; a newly
-    /// stored chunk exactly `newest`), its replicas, no tombstone.
-    pub(crate) fn check_new_entry(&self, c: &StoredChunk, block_size: u32, newest: u32) -> Result<(), Error> {
+    /// The checks every committed entry (block `index`) passes before
+    /// anything changes: its length, a MAC, its epoch (no later than
+    /// `newest`; a newly stored chunk exactly `newest`), its replicas, no
+    /// tombstone; an inline chunk instead: block 0, no replicas, at most
+    /// [`INLINE_MAX_LEN`] bytes that hash to its id.
+    pub(crate) fn check_new_entry(
+        &self,
+        index: u64,
+        c: &StoredChunk,
+        block_size: u32,
+        newest: u32,
+    ) -> Result<(), Error> {
         let max_len = u64::from(block_size) + u64::from(MAX_CHUNK_OVERHEAD);
         if c.len == 0 || u64::from(c.len) > max_len {
             return Err(invalid(format!(
@@ -459,6 +492,31 @@ impl W<'_, '_> {
                 "chunk {} names key epoch {}; the newest is {newest}",
                 c.id, c.epoch
             )));
+        }
+        if let Some(bytes) = &c.inline {
+            // Kept in the layout: dirsvc holds the only copy, so it must be
+            // the chunk the entry names, and small.
+            if index != 0 {
+                return Err(invalid(format!("block {index} is inline; only block 0 may be")));
+            }
+            if !c.replicas.is_empty() {
+                return Err(invalid(format!("inline chunk {} names replicas", c.id)));
+            }
+            if bytes.len() != c.len as usize || c.len > INLINE_MAX_LEN {
+                return Err(invalid(format!(
+                    "inline chunk {} has {} bytes for stored length {} (at most {INLINE_MAX_LEN})",
+                    c.id,
+                    bytes.len(),
+                    c.len
+                )));
+            }
+            if ChunkId::of(bytes) != c.id {
+                return Err(invalid(format!("inline bytes do not hash to chunk {}", c.id)));
+            }
+            if c.epoch < newest {
+                return Err(DirError::StaleEpoch { current: newest }.into());
+            }
+            return Ok(());
         }
         if c.replicas.is_empty() {
             // A reference to a chunk the index already holds (a shared
@@ -496,13 +554,13 @@ impl W<'_, '_> {
             if !seen.insert(r.index) {
                 return Err(invalid(format!("block {} listed twice", r.index)));
             }
-            if r.new.replicas.is_empty() {
+            if r.new.replicas.is_empty() && r.new.inline.is_none() {
                 return Err(invalid(format!("chunk {} has no replicas", r.new.id)));
             }
             if r.new.epoch != newest {
                 return Err(DirError::StaleEpoch { current: newest }.into());
             }
-            self.check_new_entry(&r.new, block_size, newest)?;
+            self.check_new_entry(r.index, &r.new, block_size, newest)?;
         }
         let mut stored = rec.stored_bytes;
         let mut applied = Vec::with_capacity(reseals.len());
@@ -520,15 +578,9 @@ impl W<'_, '_> {
                 applied.push(false);
                 continue;
             };
-            group.set(LayoutEntry {
-                offset,
-                chunk: r.new.id.0,
-                len: r.new.len,
-                epoch: r.new.epoch,
-                mac: r.new.mac,
-            });
-            self.chunk_ref(&r.new, true)?;
-            self.chunk_unref(o.chunk)?;
+            group.set(layout_entry(offset, &r.new));
+            self.entry_ref(&r.new, true)?;
+            self.entry_unref(&o)?;
             stored = stored.saturating_sub(u64::from(o.len)).saturating_add(u64::from(r.new.len));
             applied.push(true);
         }

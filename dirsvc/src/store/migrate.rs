@@ -270,7 +270,14 @@ fn pack_layouts(txn: &WriteTransaction, rows: Vec<Row>) -> Result<u64, Error> {
             current = Some((at, existing));
         }
         if let Some((_, group)) = current.as_mut() {
-            group.set(LayoutEntry { offset: (index % GROUP_BLOCKS) as u8, chunk, len, epoch, mac });
+            group.set(LayoutEntry {
+                offset: (index % GROUP_BLOCKS) as u8,
+                chunk,
+                len,
+                epoch,
+                mac,
+                inline: None,
+            });
         }
     }
     flush(&mut kv, current.take())?;

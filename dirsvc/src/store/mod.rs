@@ -147,6 +147,8 @@ pub struct LayoutBlock {
     pub epoch: u32,
     /// The writer's MAC of the entry (all zero: migrated, no MAC).
     pub mac: [u8; 32],
+    /// The sealed chunk of a block kept inline (no replicas).
+    pub inline: Option<Vec<u8>>,
 }
 
 /// A page of a file's layout, as [`Store::get_layout`] reads it.

@@ -26,11 +26,16 @@
 //! - directory entry (`D` keys, not a versioned record): `ino u64 LE,
 //!   cookie u64 LE, kind u8` (17 bytes, redb's encoding of the schema-5
 //!   tuple).
-//! - layout group record v1 (schema 6): `entries: list of (offset u8,
-//!   chunk id [u8; 32], stored len u32, key epoch u32, MAC [u8; 32])`, the
-//!   non-hole blocks `64 g + offset` of group `g`, ascending by offset, at
-//!   least one (an empty group has no key). An all-zero MAC marks an entry
-//!   migrated from `layouts-v1` (schemas 1 to 4).
+//! - layout group record v2 (protocol 12): `entries: list of (offset u8,
+//!   chunk id [u8; 32], stored len u32, key epoch u32, MAC [u8; 32],
+//!   inline: option of bytes)`, the non-hole blocks `64 g + offset` of
+//!   group `g`, ascending by offset, at least one (an empty group has no
+//!   key). An all-zero MAC marks an entry migrated from `layouts-v1`
+//!   (schemas 1 to 4). `inline` holds the sealed chunk of a block kept in
+//!   its layout entry (block 0 only, at most 4,160 bytes); such a chunk has
+//!   no chunk record. Version 1 (schema 6 before protocol 12, read only):
+//!   the same entries without `inline`. A dirsvc older than protocol 12
+//!   refuses a v2 group as corrupt rather than misreading it.
 //! - chunk record v1: `replicas: list of [u8; 16] peer ids, refcount u64,
 //!   len u32` (stored length in bytes). `replicas` is the union of the
 //!   peers named by every commit that referenced the chunk.
@@ -174,10 +179,24 @@ pub(crate) struct LayoutEntry {
     pub epoch: u32,
     /// The writer's MAC of the entry (all zero: migrated, no MAC).
     pub mac: [u8; 32],
+    /// The sealed chunk when the block is kept inline (block 0 only, at
+    /// most `common::rpc::dir::INLINE_MAX_LEN` bytes): no chunk record
+    /// counts it and no peer holds it.
+    pub inline: Option<Vec<u8>>,
+}
+
+/// A layout entry as layout group record v1 stored it (no inline data).
+#[derive(Deserialize)]
+struct LayoutEntryV1 {
+    offset: u8,
+    chunk: [u8; 32],
+    len: u32,
+    epoch: u32,
+    mac: [u8; 32],
 }
 
 /// The non-hole blocks of 64 consecutive blocks of a file (`L` value,
-/// format version 1), ascending by offset.
+/// format version 2), ascending by offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LayoutGroupRecord {
     /// The entries, ascending by offset, offsets unique.
@@ -186,7 +205,30 @@ pub(crate) struct LayoutGroupRecord {
 
 impl Record for LayoutGroupRecord {
     const WHAT: &'static str = "layout group";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    fn from_older(version: u8, body: &[u8]) -> Result<Self, Error> {
+        match version {
+            1 => {
+                let v1: Vec<LayoutEntryV1> = decode_body(Self::WHAT, body)?;
+                let entries = v1
+                    .into_iter()
+                    .map(|e| LayoutEntry {
+                        offset: e.offset,
+                        chunk: e.chunk,
+                        len: e.len,
+                        epoch: e.epoch,
+                        mac: e.mac,
+                        inline: None,
+                    })
+                    .collect();
+                Ok(LayoutGroupRecord { entries })
+            }
+            _ => {
+                Err(Error::Corrupt { what: Self::WHAT, reason: format!("unknown record version {version}") })
+            }
+        }
+    }
 }
 
 impl LayoutGroupRecord {
@@ -1116,6 +1158,29 @@ mod tests {
                 assert!(kind.decode(&s[..s.len() - 1]).is_err(), "{kind:?} truncated");
             }
         }
+    }
+
+    #[test]
+    fn layout_group_v1_reads_as_entries_without_inline_data_and_v2_round_trips() {
+        // v1: the version byte, then the list of (offset, chunk, len,
+        // epoch, MAC), as dirsvc wrote it before protocol 12.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&1u64.to_le_bytes());
+        v1.push(5);
+        v1.extend_from_slice(&[3; 32]);
+        v1.extend_from_slice(&100u32.to_le_bytes());
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(&[4; 32]);
+        let g = LayoutGroupRecord::from_bytes(&v1).unwrap();
+        let want = LayoutEntry { offset: 5, chunk: [3; 32], len: 100, epoch: 2, mac: [4; 32], inline: None };
+        assert_eq!(g.entries, vec![want.clone()]);
+        assert!(LayoutGroupRecord::from_bytes(&v1[..v1.len() - 1]).is_err());
+        let with_inline = LayoutGroupRecord {
+            entries: vec![LayoutEntry { offset: 0, inline: Some(vec![9; 100]), ..want }],
+        };
+        let bytes = with_inline.to_bytes().unwrap();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(LayoutGroupRecord::from_bytes(&bytes).unwrap(), with_inline);
     }
 
     #[test]

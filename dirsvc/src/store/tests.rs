@@ -14,7 +14,7 @@ use crate::kv::redb::RedbEngine;
 use crate::kv::{Batch, Engine, Snapshot};
 use common::rpc::dir::{
     rename_flags, xattr_flags, CommitLayout, FileKind, KeyEpoch, Keyring, Member, Mutated, NewInode,
-    PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk,
+    PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk, INLINE_MAX_LEN,
 };
 use common::rpc::Role;
 use common::NodeId;
@@ -114,6 +114,7 @@ conformance!(
     readdir_pages_by_cookie,
     hard_links_keep_the_inode_until_the_last_name,
     layouts_commit_overwrite_sparse_and_share_chunks,
+    inline_block_zero_lives_in_its_entry_without_a_chunk_record,
     truncate_down_trims_in_bounded_steps_and_growth_waits_for_it,
     an_interrupted_trim_is_finished_at_open_or_before_growth,
     unlinking_a_large_file_frees_everything_in_bounded_transactions,
@@ -163,7 +164,7 @@ fn file(s: &Store, parent: InodeId, name: &[u8]) -> InodeId {
 fn chunk(n: u64) -> StoredChunk {
     let mut b = [0u8; 8];
     b.copy_from_slice(&n.to_le_bytes());
-    StoredChunk { id: ChunkId::of(&b), len: 100, replicas: vec![PEER], epoch: 0, mac: [5; 32] }
+    StoredChunk { id: ChunkId::of(&b), len: 100, replicas: vec![PEER], epoch: 0, mac: [5; 32], inline: None }
 }
 
 /// Commits blocks `indexes` (chunk per index) at size `size`.
@@ -384,6 +385,75 @@ fn layouts_commit_overwrite_sparse_and_share_chunks(s: &Store) {
     let cm = CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(stale))] };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
     assert_eq!(dir_err(s.get_layout(InodeId::ROOT, 0, 1)), DirError::IsDir);
+}
+
+/// An inline chunk of `len` bytes (its id the hash of its bytes).
+fn inline_chunk(fill: u8, len: usize) -> StoredChunk {
+    let bytes = vec![fill; len];
+    StoredChunk {
+        id: ChunkId::of(&bytes),
+        len: len as u32,
+        replicas: vec![],
+        epoch: 0,
+        mac: [5; 32],
+        inline: Some(bytes),
+    }
+}
+
+fn inline_block_zero_lives_in_its_entry_without_a_chunk_record(s: &Store) {
+    init(s);
+    let f = file(s, InodeId::ROOT, b"f");
+    let one = |c: StoredChunk, index: u64, size: u64| CommitLayout {
+        held_ms: 0,
+        size,
+        mtime: Timestamp::now(),
+        blocks: vec![(index, Some(c))],
+    };
+    let small = inline_chunk(1, 300);
+    let a = s.commit_layout(f, &one(small.clone(), 0, 200)).unwrap();
+    assert_eq!((a.size, a.stored_bytes), (200, 300));
+    let l = s.get_layout(f, 0, 10).unwrap();
+    assert_eq!(l.blocks.len(), 1);
+    assert_eq!(l.blocks[0].inline, small.inline, "the entry serves the sealed bytes");
+    assert!(l.blocks[0].replicas.is_empty());
+    assert_eq!(s.chunk(&small.id).unwrap(), None, "no chunk record, so GC and repair never see it");
+    // A retried commit is the same entry.
+    assert_eq!(s.commit_layout(f, &one(small.clone(), 0, 200)).unwrap().stored_bytes, 300);
+    // Refused: past block 0, bytes that are not the chunk, longer than
+    // INLINE_MAX_LEN, replicas named, an older epoch.
+    let size = 2 * u64::from(B);
+    assert!(matches!(dir_err(s.commit_layout(f, &one(inline_chunk(2, 300), 1, size))), DirError::Invalid(_)));
+    let wrong = StoredChunk { id: ChunkId::of(b"other"), ..inline_chunk(3, 300) };
+    assert!(matches!(dir_err(s.commit_layout(f, &one(wrong, 0, 200))), DirError::Invalid(_)));
+    let long = inline_chunk(4, INLINE_MAX_LEN as usize + 1);
+    assert!(matches!(dir_err(s.commit_layout(f, &one(long, 0, 200))), DirError::Invalid(_)));
+    let short_len = StoredChunk { len: 299, ..inline_chunk(5, 300) };
+    assert!(matches!(dir_err(s.commit_layout(f, &one(short_len, 0, 200))), DirError::Invalid(_)));
+    let with_replicas = StoredChunk { replicas: vec![PEER], ..inline_chunk(6, 300) };
+    assert!(matches!(dir_err(s.commit_layout(f, &one(with_replicas, 0, 200))), DirError::Invalid(_)));
+    assert_eq!(s.get_layout(f, 0, 10).unwrap().blocks[0].inline, small.inline, "refusals changed nothing");
+    // Replaced by a chunk on peers: nothing to unreference; then back to
+    // inline: the peer chunk loses its reference.
+    let a = s.commit_layout(f, &one(chunk(1), 0, 200)).unwrap();
+    assert_eq!(a.stored_bytes, 100);
+    assert_eq!(s.unreferenced_count().unwrap(), 0);
+    let again = inline_chunk(7, 120);
+    s.commit_layout(f, &one(again.clone(), 0, 100)).unwrap();
+    assert_eq!(s.unreferenced_count().unwrap(), 1, "the peer chunk lost its reference");
+    // Reseal to an inline chunk, and truncation to 0 drops it.
+    let resealed = inline_chunk(8, 130);
+    let r = Reseal { index: 0, old: again.id, new: resealed.clone() };
+    assert_eq!(s.reseal_blocks(f, &[r]).unwrap(), vec![true]);
+    assert_eq!(s.get_layout(f, 0, 10).unwrap().blocks[0].inline, resealed.inline);
+    let cm = CommitLayout { held_ms: 0, size: 0, mtime: Timestamp::now(), blocks: vec![] };
+    s.commit_layout(f, &cm).unwrap();
+    s.finish_trim(f.0).unwrap();
+    assert!(indexes(s, f).is_empty());
+    assert_eq!(s.getattr(f).unwrap().stored_bytes, 0);
+    assert_eq!(s.unreferenced_count().unwrap(), 1, "dropping an inline entry unreferences nothing");
+    // Unlinking a file with an inline block frees it like any other.
+    s.commit_layout(f, &one(inline_chunk(9, 50), 0, 10)).unwrap();
+    s.unlink(InodeId::ROOT, b"f").unwrap();
 }
 
 fn truncate_down_trims_in_bounded_steps_and_growth_waits_for_it(s: &Store) {

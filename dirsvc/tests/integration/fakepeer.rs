@@ -486,6 +486,7 @@ impl Cluster {
                 replicas,
                 epoch: 0,
                 mac: [0x4d; 32],
+                inline: None,
             };
             blocks.push((i as u64, Some(c)));
         }

@@ -97,6 +97,7 @@ fn collection_racing_a_commit_never_leaves_a_layout_naming_a_deleted_chunk() {
             replicas: vec![p],
             epoch: 0,
             mac: [0x4d; 32],
+            inline: None,
         };
         commit_one(&s, old, c.clone()).unwrap();
         s.unlink(ROOT, &n(&name)).unwrap();
@@ -228,8 +229,14 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         assert_eq!((st.gc_pending, st.chunks), (0, 0));
         // A commit naming a collected chunk is refused.
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
-        let again =
-            StoredChunk { id: ids[0], len: 700, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
+        let again = StoredChunk {
+            id: ids[0],
+            len: 700,
+            replicas: vec![c.peer(1).id],
+            epoch: 0,
+            mac: [0x4d; 32],
+            inline: None,
+        };
         let commit = CommitLayout {
             held_ms: 0,
             size: 10,
@@ -293,8 +300,14 @@ async fn orphans_older_than_the_grace_period_are_deleted() {
             .expect("timed out waiting for 2501 deletes counted");
         // The collected orphan cannot be committed any more.
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
-        let late =
-            StoredChunk { id: old_orphan, len: 21, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
+        let late = StoredChunk {
+            id: old_orphan,
+            len: 21,
+            replicas: vec![c.peer(1).id],
+            epoch: 0,
+            mac: [0x4d; 32],
+            inline: None,
+        };
         let commit =
             CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(late))] };
         assert_eq!(
@@ -315,7 +328,14 @@ async fn a_commit_of_new_chunks_last_known_held_a_grace_period_ago_is_refused_an
         // Stored "in the future", so GC leaves it alone during the test.
         let id = c.peer(1).insert(b"uploaded before an outage", now + 3600);
         let g = c.client.create(context::current(), ROOT, n("g"), file()).await.unwrap().unwrap().ino;
-        let chunk = StoredChunk { id, len: 25, replicas: vec![c.peer(1).id], epoch: 0, mac: [0x4d; 32] };
+        let chunk = StoredChunk {
+            id,
+            len: 25,
+            replicas: vec![c.peer(1).id],
+            epoch: 0,
+            mac: [0x4d; 32],
+            inline: None,
+        };
         let late = CommitLayout {
             held_ms: grace_ms,
             size: 10,

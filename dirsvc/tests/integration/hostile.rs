@@ -298,6 +298,7 @@ async fn invalid_timestamps_are_refused_and_change_nothing() {
                 replicas: svc.peers.clone(),
                 epoch: 0,
                 mac: [0x4d; 32],
+                inline: None,
             };
             let commit = CommitLayout { held_ms: 0, size: 20, mtime: t, blocks: vec![(0, Some(chunk))] };
             let e = refused(c.commit_layout(ctx(), f, commit).await);

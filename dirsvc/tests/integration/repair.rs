@@ -319,6 +319,7 @@ async fn measure_cluster_status_on_a_million_chunks() {
                             replicas: reps,
                             epoch: 0,
                             mac: [0x4d; 32],
+                            inline: None,
                         }),
                     )
                 })

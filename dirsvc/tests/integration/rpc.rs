@@ -192,8 +192,14 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
         let pb = register(&h, 2, GIB).await;
         let (a, b) = (pa.id, pb.id);
         let f = c.create(ctx(), ROOT, n("f"), file()).await.unwrap().unwrap().ino;
-        let chunk =
-            StoredChunk { id: ChunkId::of(b"x"), len: 60, replicas: vec![a, b], epoch: 0, mac: [0x4d; 32] };
+        let chunk = StoredChunk {
+            id: ChunkId::of(b"x"),
+            len: 60,
+            replicas: vec![a, b],
+            epoch: 0,
+            mac: [0x4d; 32],
+            inline: None,
+        };
         c.commit_layout(
             ctx(),
             f,

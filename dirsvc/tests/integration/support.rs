@@ -136,7 +136,7 @@ pub const MAC: [u8; 32] = [0x4d; 32];
 
 /// A stored chunk with id derived from `k`.
 pub fn chunk(k: u8, len: u32, replicas: &[PeerId]) -> StoredChunk {
-    StoredChunk { id: ChunkId::of(&[k]), len, replicas: replicas.to_vec(), epoch: 0, mac: MAC }
+    StoredChunk { id: ChunkId::of(&[k]), len, replicas: replicas.to_vec(), epoch: 0, mac: MAC, inline: None }
 }
 
 /// The domain error of a failed store call; panics on success or on an

@@ -136,6 +136,7 @@ impl Svc {
             replicas: self.peers.clone(),
             epoch: 0,
             mac: [0x4d; 32],
+            inline: None,
         };
         let commit =
             CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] };

@@ -164,7 +164,12 @@ impl Fs {
             self.block_size,
             self.replicas,
             &layout,
-            |loc| loc.replicas.iter().filter(|p| p.live && !not_counted.contains(&p.id)).count() as u32,
+            // An inline chunk is held by dirsvc with the layout: as
+            // durable as the file's metadata, so it counts as R replicas.
+            |loc| match loc.inline {
+                Some(_) => self.replicas,
+                None => loc.replicas.iter().filter(|p| p.live && !not_counted.contains(&p.id)).count() as u32,
+            },
             local,
         ))
     }
@@ -259,6 +264,7 @@ mod tests {
             replicas,
             epoch: 0,
             mac: [1; 32],
+            inline: None,
         }
     }
 

@@ -177,7 +177,8 @@ impl Fs {
     /// `copy_file_range` piece of `piece` bytes, if that is exact: a whole
     /// block, or a partial last piece with nothing of the destination after
     /// `dst_end`. The new entry keeps the chunk's epoch and gets its own MAC
-    /// (destination inode and block). Returns whether it did.
+    /// (destination inode and block); an inline chunk is shared only as
+    /// block 0 under the newest epoch. Returns whether it did.
     ///
     /// Errors: [`Error::Integrity`] if no key of the chunk's epoch is known.
     pub(super) fn share_block(
@@ -193,6 +194,11 @@ impl Fs {
             return Ok(false);
         }
         let keys = self.keys();
+        // An inline chunk is only ever block 0, and a commit adds one only
+        // under the newest epoch: elsewhere its bytes are copied.
+        if loc.is_some_and(|l| l.inline.is_some() && (idx != 0 || l.epoch != keys.newest())) {
+            return Ok(false);
+        }
         let stored = match loc {
             Some(l) => Some(Stored {
                 loc: BlockLoc {

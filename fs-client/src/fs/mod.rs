@@ -129,6 +129,13 @@ pub struct FsConfig {
     /// R peers can take it (degraded write); dirsvc's repair adds the rest.
     /// `None` means a majority of R (`R/2 + 1`). Clamped to `1..=R`.
     pub min_replicas: Option<u32>,
+    /// Keep block 0 inline in its layout entry at dirsvc when it seals to at
+    /// most [`INLINE_MAX_LEN`] bytes (files of up to about 4 KiB), instead
+    /// of putting it on R peers (default true). Inline chunks are sealed
+    /// and verified like any other.
+    ///
+    /// [`INLINE_MAX_LEN`]: common::rpc::dir::INLINE_MAX_LEN
+    pub inline: bool,
     /// How this client names itself to dirsvc (logs, lock holders); default
     /// `fs-client pid=<pid>`.
     pub session_label: String,
@@ -150,6 +157,7 @@ impl Default for FsConfig {
             dirty_blocks_per_file: 32,
             upload_attempts: 3,
             min_replicas: None,
+            inline: true,
             commit_interval: std::time::Duration::from_secs(1),
             session_label: format!("fs-client pid={}", std::process::id()),
             identity: None,
@@ -217,6 +225,7 @@ impl Stored {
             },
             epoch: self.loc.epoch,
             mac: self.loc.mac,
+            inline: self.loc.inline.clone(),
         }
     }
 
@@ -224,6 +233,12 @@ impl Stored {
     /// earlier mount), rather than sharing another file's.
     fn stored_here(&self) -> bool {
         self.commit_replicas.as_ref().is_none_or(|r| !r.is_empty())
+    }
+
+    /// Whether the chunk lives on peers (not inline in its layout entry):
+    /// the chunks a commit must know are still held.
+    fn on_peers(&self) -> bool {
+        self.loc.inline.is_none()
     }
 }
 

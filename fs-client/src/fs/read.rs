@@ -137,6 +137,10 @@ impl Fs {
         want: Range<u64>,
     ) -> Result<Option<Vec<u8>>> {
         self.verify_entry(ino, loc).await?;
+        // An inline chunk is read whole from its entry.
+        if loc.inline.is_some() {
+            return Ok(None);
+        }
         // A length no v3 chunk of 64 KiB segments has: v1/v2 for sure.
         let Ok(layout) = SegmentLayout::from_stored_len(u64::from(loc.len), SEGMENT_SIZE) else {
             return Ok(None);
@@ -231,7 +235,31 @@ impl Fs {
         Ok(None)
     }
 
+    /// The plaintext of an inline chunk this client sealed (under a key
+    /// epoch it holds), without fetching a keyring.
+    ///
+    /// Errors: [`Error::Integrity`] when the bytes do not verify or open.
+    pub(super) fn open_own_inline(&self, loc: &BlockLoc, bytes: &[u8]) -> Result<Vec<u8>> {
+        let keys = self.keys();
+        let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
+            return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
+        };
+        open_chunk(&key, &loc.chunk, loc.epoch, bytes)
+            .map_err(|e| Error::Integrity(format!("inline chunk {}: {e}", loc.chunk.fmt_short())))
+    }
+
     pub(super) async fn fetch_from_replicas(self: Arc<Self>, loc: BlockLoc) -> Result<Block> {
+        if let Some(bytes) = &loc.inline {
+            // Kept in the layout entry (at most INLINE_MAX_LEN bytes): no
+            // peer to ask, and small enough to open here.
+            let keys = self.keys_for(loc.epoch).await?;
+            let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
+                return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
+            };
+            return open_chunk(&key, &loc.chunk, loc.epoch, bytes)
+                .map(Arc::new)
+                .map_err(|e| Error::Integrity(format!("inline chunk {}: {e}", loc.chunk.fmt_short())));
+        }
         let replicas = self.replicas_of(&loc).await?;
         let mut detail = Vec::new();
         for peer in &replicas {
@@ -250,18 +278,9 @@ impl Fs {
                 return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
             };
             let (id, want) = (loc.chunk, loc.epoch);
-            let opened = tokio::task::spawn_blocking(move || {
-                codec::verify(&id, &bytes)?;
-                let epoch = codec::epoch_of(&bytes)?;
-                if epoch != want {
-                    return Err(common::Error::Key(format!(
-                        "the chunk is sealed under key epoch {epoch}, its layout entry says {want}"
-                    )));
-                }
-                codec::open_bytes(&key, &bytes)
-            })
-            .await
-            .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
+            let opened = tokio::task::spawn_blocking(move || open_chunk(&key, &id, want, &bytes))
+                .await
+                .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
             match opened {
                 Ok(plain) => return Ok(Arc::new(plain)),
                 Err(e) => {
@@ -272,4 +291,28 @@ impl Fs {
         }
         Err(Error::ChunkUnavailable { chunk: loc.chunk.fmt_short(), detail: detail.join("; ") })
     }
+}
+
+/// Verifies sealed chunk `bytes` against the id `id` its layout entry
+/// names, checks that their header names the entry's key epoch `want`
+/// (the entry's epoch is covered by its MAC; the header by the AEAD), and
+/// opens them under that epoch's chunk `key`.
+///
+/// Errors: [`common::Error::HashMismatch`] for other bytes,
+/// [`common::Error::Key`] for another epoch, the codec's errors for bytes
+/// that do not open.
+pub(super) fn open_chunk(
+    key: &common::keys::SubKey,
+    id: &common::ChunkId,
+    want: u32,
+    bytes: &[u8],
+) -> std::result::Result<Vec<u8>, common::Error> {
+    codec::verify(id, bytes)?;
+    let epoch = codec::epoch_of(bytes)?;
+    if epoch != want {
+        return Err(common::Error::Key(format!(
+            "the chunk is sealed under key epoch {epoch}, its layout entry says {want}"
+        )));
+    }
+    codec::open_bytes(key, bytes)
 }

@@ -66,8 +66,9 @@ pub enum KeptBlock {
     Hole,
     /// The block's plaintext.
     Data(Vec<u8>),
-    /// A chunk that was stored but not committed, whose plaintext was no
-    /// longer at hand.
+    /// A chunk that was stored on peers but not committed, whose plaintext
+    /// was no longer at hand (never an inline chunk: those are kept as
+    /// their plaintext). `inline` is always `None`.
     Chunk(StoredChunk),
 }
 
@@ -111,7 +112,19 @@ struct HeaderV1 {
 enum BlockV2 {
     Hole(u64),
     Data(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    Chunk(u64, StoredChunk),
+    Chunk(u64, StoredChunkV2),
+}
+
+/// A kept chunk as format v2 writes it: the wire `StoredChunk` of
+/// protocols 9 to 11 (before inline chunks), frozen here so the file
+/// format does not follow the protocol.
+#[derive(Serialize, Deserialize)]
+struct StoredChunkV2 {
+    id: ChunkId,
+    len: u32,
+    replicas: Vec<PeerId>,
+    epoch: u32,
+    mac: [u8; 32],
 }
 
 /// Records 1..=n of a recovery file of format v1 (read only).
@@ -216,7 +229,16 @@ impl RecoveryDir {
             let rec = match b {
                 KeptBlock::Hole => BlockV2::Hole(*idx),
                 KeptBlock::Data(d) => BlockV2::Data(*idx, d.clone()),
-                KeptBlock::Chunk(c) => BlockV2::Chunk(*idx, c.clone()),
+                KeptBlock::Chunk(c) => BlockV2::Chunk(
+                    *idx,
+                    StoredChunkV2 {
+                        id: c.id,
+                        len: c.len,
+                        replicas: c.replicas.clone(),
+                        epoch: c.epoch,
+                        mac: c.mac,
+                    },
+                ),
             };
             self.push_record(&mut out, u.ino, n as u64 + 1, &rec)?;
         }
@@ -392,6 +414,7 @@ impl RecoveryDir {
                             replicas: c.replicas,
                             epoch: 0,
                             mac: [0; 32],
+                            inline: None,
                         }),
                     ),
                 })
@@ -399,7 +422,17 @@ impl RecoveryDir {
                 bincode_options().deserialize::<BlockV2>(&plain).map(|rec| match rec {
                     BlockV2::Hole(i) => (i, KeptBlock::Hole),
                     BlockV2::Data(i, d) => (i, KeptBlock::Data(d)),
-                    BlockV2::Chunk(i, c) => (i, KeptBlock::Chunk(c)),
+                    BlockV2::Chunk(i, c) => (
+                        i,
+                        KeptBlock::Chunk(StoredChunk {
+                            id: c.id,
+                            len: c.len,
+                            replicas: c.replicas,
+                            epoch: c.epoch,
+                            mac: c.mac,
+                            inline: None,
+                        }),
+                    ),
                 })
             };
             blocks.push(decoded.map_err(|e| bad(&format!("record {n}: {e}")))?);
@@ -456,9 +489,18 @@ impl Fs {
                     let b = match p {
                         Pending::Local(d) => KeptBlock::Data(d.to_vec()),
                         Pending::Hole => KeptBlock::Hole,
-                        Pending::Stored(s) => match self.cache.get(&s.loc.chunk) {
-                            Some(plain) => KeptBlock::Data(plain.to_vec()),
-                            None => KeptBlock::Chunk(s.chunk()),
+                        Pending::Stored(s) => match (self.cache.get(&s.loc.chunk), &s.loc.inline) {
+                            (Some(plain), _) => KeptBlock::Data(plain.to_vec()),
+                            // An inline chunk exists only in this commit:
+                            // kept as its plaintext.
+                            (None, Some(bytes)) => match self.open_own_inline(&s.loc, bytes) {
+                                Ok(plain) => KeptBlock::Data(plain),
+                                Err(e) => {
+                                    tracing::error!(ino = %st.ino, block = idx, error = %e, "cannot open an inline block this client sealed; it is lost");
+                                    KeptBlock::Hole
+                                }
+                            },
+                            (None, None) => KeptBlock::Chunk(s.chunk()),
                         },
                     };
                     (idx, b)
@@ -566,6 +608,7 @@ impl Fs {
                         replicas: Vec::new(),
                         epoch: c.epoch,
                         mac,
+                        inline: None,
                     };
                     Content::Stored(Stored { loc, commit_replicas: Some(c.replicas.clone()) })
                 }
@@ -621,6 +664,7 @@ mod tests {
                         replicas: vec![],
                         epoch: 0,
                         mac: [4; 32],
+                        inline: None,
                     }),
                 ),
             ],

@@ -11,7 +11,7 @@ use super::{lock, FileState, Fs, Stored, UploadResult, Uploaded, PEER_FAILURE_ME
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec;
-use common::rpc::dir::{BlockLoc, DirError, PeerState, StoredChunk};
+use common::rpc::dir::{BlockLoc, DirError, PeerState, StoredChunk, INLINE_MAX_LEN};
 use common::rpc::peer::PeerError;
 use common::rpc::PeerLoc;
 use common::InodeId;
@@ -120,6 +120,23 @@ impl Fs {
         .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
         let len = sealed.bytes.len() as u64;
         let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
+        if idx == 0 && len <= u64::from(INLINE_MAX_LEN) && self.config.inline {
+            // A small file's only block: kept in its layout entry by the
+            // commit (dirsvc holds it), so no peer put at all.
+            debug!(ino = %ino, chunk = %sealed.id, len, "block kept inline");
+            self.cache.insert(sealed.id, data);
+            return Ok(Uploaded {
+                stored: StoredChunk {
+                    id: sealed.id,
+                    len: len as u32,
+                    replicas: Vec::new(),
+                    epoch,
+                    mac,
+                    inline: Some(sealed.bytes.to_vec()),
+                },
+                locs: Vec::new(),
+            });
+        }
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;
         let mut failed: Vec<common::PeerId> = Vec::new();
@@ -231,6 +248,7 @@ impl Fs {
                 replicas: stored.iter().map(|p| p.id).collect(),
                 epoch,
                 mac,
+                inline: None,
             },
             locs: stored,
         })
@@ -319,12 +337,17 @@ impl Fs {
                         replicas: u.locs,
                         epoch: u.stored.epoch,
                         mac: u.stored.mac,
+                        inline: u.stored.inline,
                     },
                     commit_replicas: None,
                 };
+                // An inline chunk is held by the commit itself.
+                let on_peers = stored.loc.inline.is_none();
                 if st.buf.upload_finished(idx, gen, Ok(stored)) == Finished::Stored {
                     st.mark_uncommitted();
-                    st.held_since = Some(st.held_since.map_or(at, |h| h.min(at)));
+                    if on_peers {
+                        st.held_since = Some(st.held_since.map_or(at, |h| h.min(at)));
+                    }
                 }
             }
             Err(e) => {

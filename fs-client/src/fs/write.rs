@@ -244,7 +244,10 @@ impl Fs {
             // New chunks with no time they were known held (kept by an
             // earlier mount and not checked yet) count as held forever ago.
             let never_checked = held_since.is_none()
-                && plan.blocks.iter().any(|(_, s)| s.as_ref().is_some_and(Stored::stored_here));
+                && plan
+                    .blocks
+                    .iter()
+                    .any(|(_, s)| s.as_ref().is_some_and(|s| s.stored_here() && s.on_peers()));
             let r = self
                 .dir
                 .call(|c, ctx| {
@@ -400,8 +403,11 @@ impl Fs {
         let mut held: HashMap<common::ChunkId, (bool, bool)> = HashMap::new();
         // Chunks kept by an earlier mount name their replicas by id only:
         // their addresses come from dirsvc's peer list.
-        let kept =
-            st.buf.stored_pending().iter().any(|(_, _, s)| s.loc.replicas.is_empty() && s.stored_here());
+        let kept = st
+            .buf
+            .stored_pending()
+            .iter()
+            .any(|(_, _, s)| s.loc.replicas.is_empty() && s.stored_here() && s.on_peers());
         let listed: HashMap<common::PeerId, PeerLoc> = if kept {
             let peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
             peers.into_iter().map(|p| (p.loc.id, p.loc)).collect()
@@ -409,7 +415,9 @@ impl Fs {
             HashMap::new()
         };
         for (_, _, s) in st.buf.stored_pending() {
-            if !s.stored_here() {
+            // Shared chunks are dirsvc's to keep; inline ones travel in
+            // the commit.
+            if !s.stored_here() || !s.on_peers() {
                 continue;
             }
             let id = s.loc.chunk;

@@ -107,6 +107,7 @@ fn chunk() -> StoredChunk {
         replicas: vec![PeerId([1; 16]), PeerId([2; 16])],
         epoch: 1,
         mac: [0x4d; 32],
+        inline: None,
     }
 }
 
@@ -288,6 +289,7 @@ pub fn dir_response_seeds() -> Vec<Vec<u8>> {
                 replicas: vec![loc(1)],
                 epoch: 1,
                 mac: [0x4d; 32],
+                inline: None,
             }],
             eof: true,
         })),

@@ -154,8 +154,14 @@ pub fn database_seeds() -> Vec<Vec<u8>> {
             rdev: 0,
         };
         let f = s.create(InodeId::ROOT, b"f", &new)?;
-        let chunk =
-            StoredChunk { id: ChunkId([9; 32]), len: 100, replicas: vec![peer], epoch: 0, mac: [7; 32] };
+        let chunk = StoredChunk {
+            id: ChunkId([9; 32]),
+            len: 100,
+            replicas: vec![peer],
+            epoch: 0,
+            mac: [7; 32],
+            inline: None,
+        };
         let commit = common::rpc::dir::CommitLayout {
             held_ms: 0,
             size: 10,
@@ -219,6 +225,7 @@ fn sample_unstored() -> Vec<Unstored> {
                         replicas: vec![],
                         epoch: 0,
                         mac: [5; 32],
+                        inline: None,
                     }),
                 ),
             ],

@@ -247,6 +247,7 @@ pub fn layout_mac_seeds() -> Vec<Vec<u8>> {
             .collect()
     };
     let loc = |e: &LayoutEntry, mac: [u8; 32]| BlockLoc {
+        inline: None,
         index: e.index,
         chunk: e.chunk,
         len: e.len,

@@ -204,6 +204,7 @@ fn a_schema_4_database_gets_epoch_0_and_legacy_layout_entries() {
         replicas: vec![PeerId([4; 16])],
         epoch: 0,
         mac: [7; 32],
+        inline: None,
     };
     let commit = CommitLayout { held_ms: 0, size: 8000, mtime: Timestamp::now(), blocks: vec![(1, Some(c))] };
     s.commit_layout(InodeId(2), &commit).unwrap();

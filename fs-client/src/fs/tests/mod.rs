@@ -125,12 +125,20 @@ impl Cluster {
         panic!("restarted peer {i} did not register");
     }
 
+    /// A client that stores every block on peers (with these tests' 4 KiB
+    /// blocks every block 0 would otherwise be inline).
     async fn client(&self) -> Arc<Fs> {
+        self.client_inline(false).await
+    }
+
+    /// A client that keeps small blocks 0 inline (`inline`) or not.
+    async fn client_inline(&self, inline: bool) -> Arc<Fs> {
         let dir = DirClient::connect(&self.addr, client_tls()).await.unwrap();
         let (info, keys) = volume::open(&dir, &self.id).await.unwrap();
         let config = FsConfig {
             readahead_blocks: 2,
             identity: Some(self._dir.path().join("id.txt")),
+            inline,
             ..FsConfig::default()
         };
         Fs::new(dir, &info, keys, config)
@@ -715,6 +723,7 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
                     replicas: vec![],
                     epoch: b.epoch,
                     mac: b.mac,
+                    inline: None,
                 };
                 (b.index, Some(chunk))
             })
@@ -743,6 +752,7 @@ async fn a_commit_held_up_past_the_gc_grace_period_checks_its_chunks_with_the_re
         let config = FsConfig {
             commit_interval: Duration::from_secs(3600),
             identity: Some(c._dir.path().join("id.txt")),
+            inline: false,
             ..FsConfig::default()
         };
         let fs = Fs::new(dir, &info, keys, config);
@@ -767,6 +777,101 @@ async fn a_commit_held_up_past_the_gc_grace_period_checks_its_chunks_with_the_re
         fs.release(fh).await.unwrap();
         let reader = c.client().await;
         assert_eq!(read_all(&reader, attr.ino).await, data);
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_live_inline_in_their_layout_and_read_back_with_every_peer_down() {
+    within(TEST_TIMEOUT, "the test", async {
+        // 64 KiB blocks: a 1,000-byte file is inline, a 10,000-byte one not.
+        const BIG_B: usize = 64 << 10;
+        let mut c = Cluster::start(1, 1, BIG_B as u32).await;
+        let fs = c.client_inline(true).await;
+        let small = pattern(1000, 7);
+        let ino = write_file(&fs, b"small", &small, BIG_B).await;
+        assert_eq!(stored_chunk_files(&c), 0, "no peer stored the small file");
+        let raw = DirClient::connect(&c.addr, client_tls()).await.unwrap();
+        let raw = &raw;
+        let layout = |ino: InodeId| async move {
+            raw.call(|cl, ctx| async move { cl.get_layout(ctx, ino, 0, 10).await }).await.unwrap()
+        };
+        let l = layout(ino).await;
+        assert_eq!(l.blocks.len(), 1);
+        assert!(
+            l.blocks[0].inline.is_some() && l.blocks[0].replicas.is_empty(),
+            "{:?}",
+            l.blocks[0].replicas
+        );
+        assert_eq!(l.attr.stored_bytes, 1060, "1,000 bytes and one segment's sealing overhead");
+
+        // Copies: block 0 shares the inline entry; block 1 gets the bytes.
+        let (dst, out) = fs.create(InodeId::ROOT, b"copy", 0o644, 0, 0).await.unwrap();
+        let inp = fs.open(ino, false).await.unwrap();
+        assert_eq!(fs.copy_range(inp, 0, out, 0, 1000).await.unwrap(), 1000);
+        assert_eq!(fs.copy_range(inp, 0, out, BIG_B as u64, 1000).await.unwrap(), 1000);
+        fs.release(inp).await.unwrap();
+        fs.release(out).await.unwrap();
+        let mut copy = small.clone();
+        copy.resize(BIG_B, 0);
+        copy.extend_from_slice(&small);
+        let d = layout(dst.ino).await;
+        assert!(d.blocks[0].inline.is_some() && d.blocks[1].inline.is_none());
+
+        let ino2 = write_file(&fs, b"grows", &small, BIG_B).await;
+        // Growing past INLINE_MAX_LEN moves block 0 to the peers; shrinking
+        // brings it back inline and the peer chunk loses its reference.
+        let grown = pattern(10_000, 8);
+        let fh = fs.open(ino2, true).await.unwrap();
+        fs.write(fh, 0, &grown, false).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let l = layout(ino2).await;
+        assert!(l.blocks[0].inline.is_none() && l.blocks[0].replicas.len() == 1);
+        assert_eq!(read_all(&c.client_inline(true).await, ino2).await, grown);
+        let shrink = common::rpc::dir::SetAttr { size: Some(100), ..Default::default() };
+        fs.setattr(ino2, shrink).await.unwrap();
+        let l = layout(ino2).await;
+        assert!(l.blocks[0].inline.is_some(), "rewritten small again");
+        assert_eq!(read_all(&c.client_inline(true).await, ino2).await, grown[..100].to_vec());
+        // With the only peer down, a fresh client reads the inline file
+        // (verified and opened from its entry) and not the copy's block 1.
+        c.peers[0].take().unwrap().shutdown().await;
+        let cold = c.client_inline(true).await;
+        assert_eq!(read_all(&cold, ino).await, small);
+        let fh = cold.open(dst.ino, false).await.unwrap();
+        assert_eq!(cold.read(fh, 0, 1000).await.unwrap(), small);
+        assert!(cold.read(fh, BIG_B as u64, 1000).await.is_err(), "block 1 is on the stopped peer");
+        cold.release(fh).await.unwrap();
+
+        c.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mtime_set_on_a_file_with_buffered_data_lands_with_its_commit() {
+    within(TEST_TIMEOUT, "the test", async {
+        let c = Cluster::start(1, 1, B as u32).await;
+        let fs = c.client_inline(true).await;
+        let (attr, fh) = fs.create(InodeId::ROOT, b"f", 0o644, 0, 0).await.unwrap();
+        let data = pattern(3000, 4);
+        fs.write(fh, 0, &data, false).await.unwrap();
+        let when = common::time::Timestamp { secs: 1_700_000_000, nanos: 5 };
+        let set = common::rpc::dir::SetAttr { mtime: Some(when), ..Default::default() };
+        let a = fs.setattr(attr.ino, set).await.unwrap();
+        assert_eq!((a.size, a.mtime), (3000, when));
+        // Durable at dirsvc before close: another client sees both.
+        let other = c.client().await;
+        let seen = other.getattr(attr.ino).await.unwrap();
+        assert_eq!((seen.size, seen.mtime), (3000, when));
+        assert_eq!(read_all(&other, attr.ino).await, data);
+        // A write after it moves mtime on again; the close keeps that.
+        fs.write(fh, 3000, b"more", false).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let seen = c.client().await.getattr(attr.ino).await.unwrap();
+        assert_eq!(seen.size, 3004);
+        assert!(seen.mtime > when, "{:?}", seen.mtime);
         c.stop().await;
     })
     .await
