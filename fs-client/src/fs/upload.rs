@@ -132,7 +132,7 @@ impl Fs {
                     replicas: Vec::new(),
                     epoch,
                     mac,
-                    inline: Some(sealed.bytes.to_vec()),
+                    inline: Some(sealed.bytes),
                 },
                 locs: Vec::new(),
             });
