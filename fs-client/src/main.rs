@@ -194,15 +194,18 @@ enum Cmd {
     /// one summary line then one `under_r:` line per block (or run of
     /// blocks) with fewer than R live replicas; --json prints the report:
     ///   {"ino", "size", "block_size", "blocks", "stored_blocks",
-    ///    "replicas", "at_r", "under_r", "lost", "pending_upload_bytes",
+    ///    "replicas", "at_r", "under_r", "lost", "inline_blocks",
+    ///    "pending_upload_bytes",
     ///    "dirty_bytes", "uploading_bytes", "uncommitted_blocks",
     ///    "per_block", "runs": [{"first", "last", "live", "chunk"?}],
     ///    "truncated"}
     /// A replica is live when its peer is up or suspect and not draining
     /// (what dirsvc counts towards R). Files of at most 256 stored blocks
     /// list every block with its chunk id; larger ones runs of blocks with
-    /// the same live count. pending_upload_bytes: bytes written through
-    /// this mount not yet stored on peers (null if the file stayed busy).
+    /// the same live count. inline_blocks: blocks of small files kept in
+    /// their layout entry at dirsvc (on no peer; counted in at_r).
+    /// pending_upload_bytes: bytes written through this mount not yet
+    /// stored on peers (null if the file stayed busy).
     ///
     /// Exit status: 0 when the report was printed, 1 otherwise.
     #[command(verbatim_doc_comment)]

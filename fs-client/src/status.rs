@@ -301,7 +301,7 @@ pub fn read_durability(path: &Path) -> Result<DurabilityReport> {
 pub fn durability_text(path: &Path, r: &DurabilityReport) -> String {
     let pending = r.pending_upload_bytes.map_or_else(|| "unknown (file busy)".to_string(), |b| b.to_string());
     let mut out = format!(
-        "{}: ino {} size {} blocks {} stored {} R {} at_r {} under_r {} lost {} pending_upload_bytes {}\n",
+        "{}: ino {} size {} blocks {} stored {} R {} at_r {} under_r {} lost {} inline {} pending_upload_bytes {}\n",
         path.display(),
         r.ino,
         r.size,
@@ -311,6 +311,7 @@ pub fn durability_text(path: &Path, r: &DurabilityReport) -> String {
         r.at_r,
         r.under_r,
         r.lost,
+        r.inline_blocks,
         pending
     );
     for run in r.runs.iter().filter(|b| b.live < r.replicas) {

@@ -76,6 +76,10 @@ pub struct DurabilityReport {
     pub under_r: u64,
     /// Stored blocks with no live replica.
     pub lost: u64,
+    /// Stored blocks kept inline in their layout entry at dirsvc (small
+    /// files, protocol 12): on no peer, and counted in `at_r` (they are as
+    /// durable as the file's metadata).
+    pub inline_blocks: u64,
     /// Bytes written on this mount and not yet stored on peers:
     /// `dirty_bytes + uploading_bytes`. 0 once every handle flushed or
     /// closed. `null` if the file was busy (a flush under way) for 2 s.
@@ -203,6 +207,7 @@ fn build_report(
     let per_block = stored.len() <= PER_BLOCK_MAX;
     let r = replicas.max(1);
     let (mut at_r, mut under_r, mut lost) = (0u64, 0u64, 0u64);
+    let inline_blocks = stored.iter().filter(|(l, _)| l.inline.is_some()).count() as u64;
     let mut runs: Vec<BlockRun> = Vec::new();
     for (loc, n) in &stored {
         if *n >= r {
@@ -237,6 +242,7 @@ fn build_report(
         at_r,
         under_r,
         lost,
+        inline_blocks,
         pending_upload_bytes: local.map(|(d, u, _)| d + u),
         dirty_bytes: local.map(|(d, _, _)| d),
         uploading_bytes: local.map(|(_, u, _)| u),

@@ -178,7 +178,8 @@ impl Fs {
     /// block, or a partial last piece with nothing of the destination after
     /// `dst_end`. The new entry keeps the chunk's epoch and gets its own MAC
     /// (destination inode and block); an inline chunk is shared only as
-    /// block 0 under the newest epoch. Returns whether it did.
+    /// block 0 under the newest epoch, by a mount that inlines. Returns
+    /// whether it did.
     ///
     /// Errors: [`Error::Integrity`] if no key of the chunk's epoch is known.
     pub(super) fn share_block(
@@ -195,8 +196,11 @@ impl Fs {
         }
         let keys = self.keys();
         // An inline chunk is only ever block 0, and a commit adds one only
-        // under the newest epoch: elsewhere its bytes are copied.
-        if loc.is_some_and(|l| l.inline.is_some() && (idx != 0 || l.epoch != keys.newest())) {
+        // under the newest epoch: elsewhere its bytes are copied, and so on
+        // a mount that keeps nothing inline (`--no-inline`).
+        if loc.is_some_and(|l| {
+            l.inline.is_some() && (idx != 0 || l.epoch != keys.newest() || !self.config.inline)
+        }) {
             return Ok(false);
         }
         let stored = match loc {

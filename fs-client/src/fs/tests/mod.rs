@@ -818,6 +818,22 @@ async fn small_files_live_inline_in_their_layout_and_read_back_with_every_peer_d
         copy.extend_from_slice(&small);
         let d = layout(dst.ino).await;
         assert!(d.blocks[0].inline.is_some() && d.blocks[1].inline.is_none());
+        let report = fs.durability_report(dst.ino).await.unwrap();
+        assert_eq!((report.inline_blocks, report.at_r, report.stored_blocks), (1, 2, 2));
+        // A mount that keeps nothing inline copies the bytes to its peers.
+        let plain = c.client().await;
+        let (dst2, out2) = plain.create(InodeId::ROOT, b"copy-no-inline", 0o644, 0, 0).await.unwrap();
+        let inp2 = plain.open(ino, false).await.unwrap();
+        assert_eq!(plain.copy_range(inp2, 0, out2, 0, 1000).await.unwrap(), 1000);
+        plain.release(inp2).await.unwrap();
+        plain.release(out2).await.unwrap();
+        let d2 = layout(dst2.ino).await;
+        assert!(
+            d2.blocks[0].inline.is_none() && d2.blocks[0].replicas.len() == 1,
+            "{:?}",
+            d2.blocks[0].replicas
+        );
+        assert_eq!(read_all(&plain, dst2.ino).await, small);
 
         let ino2 = write_file(&fs, b"grows", &small, BIG_B).await;
         // Growing past INLINE_MAX_LEN moves block 0 to the peers; shrinking
