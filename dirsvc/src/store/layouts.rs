@@ -164,13 +164,17 @@ impl Store {
             let mut recs = t.get_many(&ids)?.into_iter();
             let mut blocks = Vec::with_capacity(entries.len());
             for (index, e) in entries {
-                let c = if e.inline.is_some() { None } else { recs.next().flatten() };
-                let replicas = match c {
-                    Some(v) => super::records::ChunkRecord::from_bytes(&v)?.replicas,
-                    None if e.inline.is_some() => Vec::new(),
-                    None => {
-                        warn!(%ino, index, chunk = %ChunkId(e.chunk), "layout names an unknown chunk");
-                        Vec::new()
+                // An inline chunk has no record (and none was read) and no
+                // replicas.
+                let replicas = if e.inline.is_some() {
+                    Vec::new()
+                } else {
+                    match recs.next().flatten() {
+                        Some(v) => super::records::ChunkRecord::from_bytes(&v)?.replicas,
+                        None => {
+                            warn!(%ino, index, chunk = %ChunkId(e.chunk), "layout names an unknown chunk");
+                            Vec::new()
+                        }
                     }
                 };
                 blocks.push(LayoutBlock {

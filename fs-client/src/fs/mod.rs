@@ -235,10 +235,11 @@ impl Stored {
         self.commit_replicas.as_ref().is_none_or(|r| !r.is_empty())
     }
 
-    /// Whether the chunk lives on peers (not inline in its layout entry):
-    /// the chunks a commit must know are still held.
-    fn on_peers(&self) -> bool {
-        self.loc.inline.is_none()
+    /// Whether this client put the chunk on peers (an upload or a chunk
+    /// kept by an earlier mount; not shared, not inline in its layout
+    /// entry): the chunks a commit must know are still held.
+    fn put_on_peers_here(&self) -> bool {
+        self.stored_here() && self.loc.inline.is_none()
     }
 }
 

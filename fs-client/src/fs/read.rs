@@ -240,12 +240,7 @@ impl Fs {
     ///
     /// Errors: [`Error::Integrity`] when the bytes do not verify or open.
     pub(super) fn open_own_inline(&self, loc: &BlockLoc, bytes: &[u8]) -> Result<Vec<u8>> {
-        let keys = self.keys();
-        let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
-            return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
-        };
-        open_chunk(&key, &loc.chunk, loc.epoch, bytes)
-            .map_err(|e| Error::Integrity(format!("inline chunk {}: {e}", loc.chunk.fmt_short())))
+        open_inline(&self.keys(), loc, bytes)
     }
 
     pub(super) async fn fetch_from_replicas(self: Arc<Self>, loc: BlockLoc) -> Result<Block> {
@@ -253,12 +248,7 @@ impl Fs {
             // Kept in the layout entry (at most INLINE_MAX_LEN bytes): no
             // peer to ask, and small enough to open here.
             let keys = self.keys_for(loc.epoch).await?;
-            let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
-                return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
-            };
-            return open_chunk(&key, &loc.chunk, loc.epoch, bytes)
-                .map(Arc::new)
-                .map_err(|e| Error::Integrity(format!("inline chunk {}: {e}", loc.chunk.fmt_short())));
+            return open_inline(&keys, &loc, bytes).map(Arc::new);
         }
         let replicas = self.replicas_of(&loc).await?;
         let mut detail = Vec::new();
@@ -291,6 +281,19 @@ impl Fs {
         }
         Err(Error::ChunkUnavailable { chunk: loc.chunk.fmt_short(), detail: detail.join("; ") })
     }
+}
+
+/// Opens the inline chunk `bytes` of `loc` under the key of its epoch in
+/// `keys` (verified as [`open_chunk`] does).
+///
+/// Errors: [`Error::Integrity`] for an epoch `keys` lacks, or bytes that
+/// do not verify or open.
+fn open_inline(keys: &common::keyring::VolumeKeys, loc: &BlockLoc, bytes: &[u8]) -> Result<Vec<u8>> {
+    let Some(key) = keys.epoch(loc.epoch).map(|k| k.chunk.clone()) else {
+        return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
+    };
+    open_chunk(&key, &loc.chunk, loc.epoch, bytes)
+        .map_err(|e| Error::Integrity(format!("inline chunk {}: {e}", loc.chunk.fmt_short())))
 }
 
 /// Verifies sealed chunk `bytes` against the id `id` its layout entry

@@ -244,10 +244,7 @@ impl Fs {
             // New chunks with no time they were known held (kept by an
             // earlier mount and not checked yet) count as held forever ago.
             let never_checked = held_since.is_none()
-                && plan
-                    .blocks
-                    .iter()
-                    .any(|(_, s)| s.as_ref().is_some_and(|s| s.stored_here() && s.on_peers()));
+                && plan.blocks.iter().any(|(_, s)| s.as_ref().is_some_and(Stored::put_on_peers_here));
             let r = self
                 .dir
                 .call(|c, ctx| {
@@ -407,7 +404,7 @@ impl Fs {
             .buf
             .stored_pending()
             .iter()
-            .any(|(_, _, s)| s.loc.replicas.is_empty() && s.stored_here() && s.on_peers());
+            .any(|(_, _, s)| s.loc.replicas.is_empty() && s.put_on_peers_here());
         let listed: HashMap<common::PeerId, PeerLoc> = if kept {
             let peers = self.dir.call(|c, ctx| async move { c.list_peers(ctx).await }).await?;
             peers.into_iter().map(|p| (p.loc.id, p.loc)).collect()
@@ -417,7 +414,7 @@ impl Fs {
         for (_, _, s) in st.buf.stored_pending() {
             // Shared chunks are dirsvc's to keep; inline ones travel in
             // the commit.
-            if !s.stored_here() || !s.on_peers() {
+            if !s.put_on_peers_here() {
                 continue;
             }
             let id = s.loc.chunk;
