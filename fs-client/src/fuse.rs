@@ -25,10 +25,11 @@ use tracing::{debug, warn};
 
 /// How long the kernel may cache entries and attributes (1 s). Changes made
 /// through other mounts reach this one sooner, through dirsvc's change feed
-/// (see `mount::watch_changes`), which drops the kernel's copy; `open`
-/// always fetches the size and layout from dirsvc (close-to-open), so the
-/// TTL only bounds how stale a `stat` can be when the feed lags or lost
-/// changes.
+/// (see `mount::watch_changes`), which drops the kernel's copy and the
+/// mount's own (`fs::known`, which answers the kernel's next asks while
+/// the feed vouches for it); `open` always fetches the size and layout
+/// from dirsvc (close-to-open), so this TTL only adds to how stale a
+/// `stat` can be when the feed lags or lost changes.
 const TTL: Duration = Duration::from_secs(1);
 
 /// Directory entries fetched per `readdir` RPC.

@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// What `fs-client mount` needs.
 #[derive(Clone, Debug)]
@@ -135,50 +135,22 @@ async fn start_metrics(listen: &str, addr_file: Option<&Path>) -> Result<common:
     Ok(server)
 }
 
-/// How long one change-feed poll waits at dirsvc, in milliseconds.
-const CHANGE_POLL_MS: u32 = 5_000;
-
-/// Follows dirsvc's change feed and drops what the kernel caches about each
-/// changed inode and entry, so changes made through other mounts show at
-/// once rather than when a cache TTL runs out. Runs until aborted.
+/// Follows dirsvc's change feed ([`Fs::follow_changes`]) and drops what
+/// the kernel caches about each changed inode and entry, so changes made
+/// through other mounts show at once rather than when a cache TTL runs
+/// out. Runs until aborted.
 async fn watch_changes(fs: std::sync::Arc<Fs>, notifier: fuser::Notifier) {
-    let mut last = 0u64;
-    loop {
-        match fs.poll_changes(last, CHANGE_POLL_MS).await {
-            Ok((changes, next, overflow)) => {
-                if overflow {
-                    debug!(after = last, "change feed overflowed or dirsvc restarted; caches expire by TTL");
-                    fs.forget_all_cached();
-                }
-                last = next;
-                if changes.is_empty() {
-                    continue;
-                }
-                for c in &changes {
-                    fs.forget_cached(c.ino);
-                }
-                let n = notifier.clone();
-                // Notifications write to /dev/fuse and may wait on the
-                // kernel: keep them off the async workers.
-                let _ = tokio::task::spawn_blocking(move || {
-                    for c in changes {
-                        // ENOENT: the kernel does not cache it; nothing to do.
-                        let _ = n.inval_inode(fuser::INodeNo(c.ino.0), 0, 0);
-                        if let Some((parent, name)) = c.entry {
-                            use std::os::unix::ffi::OsStrExt;
-                            let _ =
-                                n.inval_entry(fuser::INodeNo(parent.0), std::ffi::OsStr::from_bytes(&name));
-                        }
-                    }
-                })
-                .await;
-            }
-            Err(e) => {
-                debug!(error = %e, "change feed poll failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    fs.follow_changes(move |changes| {
+        use std::os::unix::ffi::OsStrExt;
+        for c in changes {
+            // ENOENT: the kernel does not cache it; nothing to do.
+            let _ = notifier.inval_inode(fuser::INodeNo(c.ino.0), 0, 0);
+            if let Some((parent, name)) = c.entry {
+                let _ = notifier.inval_entry(fuser::INodeNo(parent.0), std::ffi::OsStr::from_bytes(&name));
             }
         }
-    }
+    })
+    .await
 }
 
 pub fn run(config: MountConfig) -> Result<()> {

@@ -17,6 +17,9 @@ pub const PEER_REQUESTS: &str = "p2pfs_client_peer_requests_total";
 /// Latency of chunk puts and gets to peers (histogram, seconds; label
 /// `op`).
 pub const PEER_REQUEST_DURATION: &str = "p2pfs_client_peer_request_duration_seconds";
+/// Lookups answered (counter, label `from`: `cache` when this mount knew
+/// the answer while the change feed vouched for it, `dirsvc` otherwise).
+pub const LOOKUPS: &str = "p2pfs_client_lookups_total";
 /// Block reads answered by the decrypted block cache (counter).
 pub const CACHE_HITS: &str = "p2pfs_client_cache_hits_total";
 /// Block reads that had to fetch from peers (counter; concurrent readers

@@ -62,7 +62,8 @@
 //!   extended attributes;
 //! - `durability.rs`: the per-file durability report (a virtual xattr);
 //! - `names.rs`: the last known path of inodes, for messages;
-//! - `known.rs`: extended attributes known to be absent (no round trip);
+//! - `known.rs`: metadata answered without a round trip (cached attributes
+//!   and entries vouched for by the change feed, absent extended attributes);
 //! - `recovery.rs`: keeping data that could not be stored at unmount, and
 //!   storing it at the next mount;
 //! - `reencrypt.rs`: re-sealing blocks of older key epochs under the
@@ -97,6 +98,11 @@ pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_s
 /// How often data whose upload failed (peers full or unreachable) is tried
 /// again in the background while no handle flushes it (15 s).
 pub const FAILED_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Longest a change-feed poll waits at dirsvc for a change (750 ms): an
+/// idle feed answers this often, and each answer vouches for the metadata
+/// cache for `known::FEED_TRUST` (2 s) from when its poll was sent.
+pub const FEED_POLL_WAIT: std::time::Duration = std::time::Duration::from_millis(750);
 
 /// Written blocks up to this many bytes (256 KiB) are kept in the block
 /// cache after their upload, so small files read back at once need no

@@ -9,6 +9,7 @@
 //! before the inode exists. A target served for another symlink does not
 //! open: `readlink` is EIO, with an error log line.
 
+use super::known::Cached;
 use super::{lock, Entry, Fs};
 use crate::error::{Error, Result};
 use common::codec;
@@ -24,20 +25,59 @@ use tracing::warn;
 const RESERVE_BATCH: u32 = 16;
 
 impl Fs {
-    /// Looks `name` up in `parent`. Errors: `ENOENT` and friends via dirsvc.
+    /// Looks `name` up in `parent`: from what this mount knows while the
+    /// change feed vouches for it ([`super::known`]), else from dirsvc.
+    /// Errors: `ENOENT` and friends via dirsvc.
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
+        if let Some(cached) = self.known.entry(parent, name) {
+            metrics::counter!(crate::telemetry::LOOKUPS, "from" => "cache").increment(1);
+            return match cached {
+                Cached::Found(attr) => Ok(self.overlay(attr).await),
+                Cached::Absent => Err(Error::Dir(DirError::NotFound)),
+            };
+        }
+        metrics::counter!(crate::telemetry::LOOKUPS, "from" => "dirsvc").increment(1);
         let generation = self.known.generation();
-        let attr = self
+        let entry_generation = self.known.entry_generation();
+        let r = self
             .dir
             .call(|c, ctx| {
                 let s = sealed.clone();
                 async move { c.lookup(ctx, parent, s).await }
             })
-            .await?;
+            .await;
+        let attr = match r {
+            Ok(attr) => attr,
+            Err(e) => {
+                if e.is_not_found() {
+                    self.known.record_lookup(parent, name, None, entry_generation);
+                }
+                return Err(e);
+            }
+        };
         self.known.record_attr(&attr, generation);
+        self.known.record_lookup(parent, name, Some(attr.ino), entry_generation);
         self.names.record(attr.ino, parent, name);
         Ok(self.overlay(attr).await)
+    }
+
+    /// Records in the cache the outcome of this mount's call that makes
+    /// `name` in `parent`, started at `entry_generation`: the new entry
+    /// (and its attributes, an inode with no extended attributes), or —
+    /// when the call failed and may or may not have made it — nothing, and
+    /// `parent` is no longer complete.
+    fn made(&self, parent: InodeId, name: &[u8], r: &Result<Attr>, generation: u64, entry_generation: u64) {
+        match r {
+            Ok(attr) => {
+                self.known.record_bare(attr.ino, generation);
+                self.known.record_attr(attr, generation);
+                let dir = attr.kind == FileKind::Dir;
+                self.known.record_made(parent, name, attr.ino, dir, entry_generation);
+                self.names.record(attr.ino, parent, name);
+            }
+            Err(_) => self.known.forget_entry(parent, name),
+        }
     }
 
     /// Attributes of `ino`, with the local size and mtime of an open file
@@ -128,24 +168,20 @@ impl Fs {
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attr(parent);
-        let generation = self.known.generation();
-        let attr = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await?;
-        self.known.record_bare(attr.ino, generation);
-        self.known.record_attr(&attr, generation);
-        self.names.record(attr.ino, parent, name);
-        Ok(attr)
+        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let r = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await;
+        self.made(parent, name, &r, generation, entry_generation);
+        r
     }
 
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attr(parent);
-        let generation = self.known.generation();
-        let attr = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await?;
-        self.known.record_bare(attr.ino, generation);
-        self.known.record_attr(&attr, generation);
-        self.names.record(attr.ino, parent, name);
-        Ok(attr)
+        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let r = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await;
+        self.made(parent, name, &r, generation, entry_generation);
+        r
     }
 
     /// Creates and opens a regular file; returns its attributes and handle.
@@ -160,19 +196,18 @@ impl Fs {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attr(parent);
-        let generation = self.known.generation();
+        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
         // The create and the open mark in one round trip.
-        let attr = self
+        let r = self
             .mark_open_with(|session| Mutation::CreateOpen {
                 session,
                 parent,
                 name: sealed.clone(),
                 new: new.clone(),
             })
-            .await?;
-        self.known.record_bare(attr.ino, generation);
-        self.known.record_attr(&attr, generation);
-        self.names.record(attr.ino, parent, name);
+            .await;
+        self.made(parent, name, &r, generation, entry_generation);
+        let attr = r?;
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
     }
@@ -181,14 +216,28 @@ impl Fs {
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attrs();
-        self.dir.mutate(Mutation::Unlink { parent, name: sealed }).await.map(drop)
+        let r = self.dir.mutate(Mutation::Unlink { parent, name: sealed }).await.map(drop);
+        self.removed(parent, name, &r);
+        r
+    }
+
+    /// Records in the cache the outcome of this mount's call that removes
+    /// `name` from `parent`: absent, or — when the call failed and may or
+    /// may not have removed it — unknown, and `parent` no longer complete.
+    fn removed(&self, parent: InodeId, name: &[u8], r: &Result<()>) {
+        match r {
+            Ok(()) => self.known.removed_entry(parent, name),
+            Err(_) => self.known.forget_entry(parent, name),
+        }
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attrs();
-        self.dir.mutate(Mutation::Rmdir { parent, name: sealed }).await.map(drop)
+        let r = self.dir.mutate(Mutation::Rmdir { parent, name: sealed }).await.map(drop);
+        self.removed(parent, name, &r);
+        r
     }
 
     /// Renames atomically; `flags` as `renameat2` (NOREPLACE, EXCHANGE).
@@ -204,7 +253,19 @@ impl Fs {
         let to = self.seal_name(new_parent, new_name)?;
         let op = Mutation::Rename { parent, name: from, new_parent, new_name: to, flags };
         self.known.forget_attrs();
-        let moved = self.dir.mutate(op).await?.ino().map_err(Error::Dir)?;
+        let entry_generation = self.known.entry_generation();
+        let r = self.dir.mutate(op).await.and_then(|m| m.ino().map_err(Error::Dir));
+        match r {
+            // Exchanged: which inode each name now has is not all known here.
+            Ok(moved) if flags & libc::RENAME_EXCHANGE == 0 => {
+                self.known.renamed((parent, name), (new_parent, new_name), moved, entry_generation)
+            }
+            _ => {
+                self.known.forget_entry(parent, name);
+                self.known.forget_entry(new_parent, new_name);
+            }
+        }
+        let moved = r?;
         self.names.record(moved, new_parent, new_name);
         Ok(())
     }
@@ -214,7 +275,13 @@ impl Fs {
         let sealed = self.seal_name(new_parent, new_name)?;
         self.known.forget_attr(new_parent);
         self.known.forget_attr(ino);
-        let attr = self.dir.mutate_attr(Mutation::Link { ino, new_parent, new_name: sealed }).await?;
+        let entry_generation = self.known.entry_generation();
+        let r = self.dir.mutate_attr(Mutation::Link { ino, new_parent, new_name: sealed }).await;
+        match &r {
+            Ok(_) => self.known.record_made(new_parent, new_name, ino, false, entry_generation),
+            Err(_) => self.known.forget_entry(new_parent, new_name),
+        }
+        let attr = r?;
         self.names.record(ino, new_parent, new_name);
         Ok(attr)
     }
@@ -237,6 +304,7 @@ impl Fs {
         let sealed = self.seal_name(parent, name)?;
         self.known.forget_attr(parent);
         let size = target.len() as u64;
+        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
         // A reservation can be lost (dirsvc restarted, the session was
         // replaced): then reserve afresh and seal again, once.
         for attempt in 0..2 {
@@ -261,7 +329,7 @@ impl Fs {
                 .await;
             match r {
                 Ok(attr) => {
-                    self.names.record(attr.ino, parent, name);
+                    self.made(parent, name, &Ok(attr.clone()), generation, entry_generation);
                     return Ok(attr);
                 }
                 Err(Error::Dir(DirError::NotReserved(_))) if attempt == 0 => {
@@ -269,6 +337,7 @@ impl Fs {
                     lock(&self.reserved).clear();
                 }
                 Err(e) => {
+                    self.known.forget_entry(parent, name);
                     // The number stays reserved at dirsvc unless it was
                     // refused as such; keep it for the next symlink.
                     if !matches!(e, Error::Dir(DirError::NotReserved(_))) {
@@ -354,7 +423,7 @@ impl Fs {
         cookie: u64,
         limit: u32,
     ) -> Result<(Vec<(Entry, Attr)>, bool)> {
-        let generation = self.known.generation();
+        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
         let page =
             self.dir.call(|c, ctx| async move { c.readdir_plus(ctx, dir, cookie, limit).await }).await?;
         let mut out = Vec::with_capacity(page.entries.len());
@@ -362,6 +431,7 @@ impl Fs {
             match self.name_key.open(dir, &e.name) {
                 Ok(name) => {
                     self.known.record_attr(&attr, generation);
+                    self.known.record_lookup(dir, &name, Some(e.ino), entry_generation);
                     self.names.record(e.ino, dir, &name);
                     let attr = self.overlay(attr).await;
                     out.push((Entry { name, ino: e.ino, kind: e.kind, cookie: e.cookie }, attr));

@@ -350,4 +350,46 @@ impl Fs {
             .collect();
         Ok((out, batch.last, batch.overflow))
     }
+
+    /// Follows dirsvc's change feed until aborted: drops what this mount
+    /// caches about every inode and entry another mount changed, then hands
+    /// the changes to `kernel` (run off the async workers: the mount drops
+    /// the kernel's copies through `/dev/fuse`, which may wait). Each answer
+    /// vouches for the cache ([`super::known`]) for a while; a failed poll
+    /// withdraws that at once, an overflow (dirsvc restarted, or this mount
+    /// fell behind) drops every cached answer.
+    pub async fn follow_changes<K>(&self, kernel: K)
+    where
+        K: Fn(Vec<Invalidation>) + Clone + Send + 'static,
+    {
+        let mut last = 0u64;
+        loop {
+            let sent = std::time::Instant::now();
+            match self.poll_changes(last, super::FEED_POLL_WAIT.as_millis() as u32).await {
+                Ok((changes, next, overflow)) => {
+                    if overflow {
+                        debug!(after = last, "change feed overflowed or dirsvc restarted; caches dropped");
+                        self.known.forget_all();
+                    }
+                    last = next;
+                    for c in &changes {
+                        self.known.forget(c.ino);
+                        if let Some((parent, name)) = &c.entry {
+                            self.known.forget_entry(*parent, name);
+                        }
+                    }
+                    self.known.feed_answered(sent);
+                    if !changes.is_empty() {
+                        let k = kernel.clone();
+                        let _ = tokio::task::spawn_blocking(move || k(changes)).await;
+                    }
+                }
+                Err(e) => {
+                    self.known.feed_lost();
+                    debug!(error = %e, "change feed poll failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
 }

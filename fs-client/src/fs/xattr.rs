@@ -189,18 +189,6 @@ impl Fs {
         self.known.forget(ino);
         self.dir.mutate_attr(Mutation::RemoveXattr { ino, name: sealed_name }).await
     }
-
-    /// Drops what this mount caches about `ino`'s metadata because another
-    /// mount changed it (dirsvc's change feed named it).
-    pub fn forget_cached(&self, ino: InodeId) {
-        self.known.forget(ino);
-    }
-
-    /// Drops everything this mount caches about metadata (the change feed
-    /// lost changes: dirsvc restarted or this mount fell behind).
-    pub fn forget_all_cached(&self) {
-        self.known.forget_all();
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use testkit::within;
 
 mod failover;
 mod integrity;
+mod metadata_cache;
 mod segments;
 mod write_buffer;
 
