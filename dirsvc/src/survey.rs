@@ -206,7 +206,11 @@ mod tests {
             })
             .collect();
         let size = chunks.len() as u64 * 4096;
-        s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }).unwrap();
+        s.commit_layout(
+            f,
+            &CommitLayout { held_ms: 0, attrs: Default::default(), size, mtime: Timestamp::now(), blocks },
+        )
+        .unwrap();
         s
     }
 

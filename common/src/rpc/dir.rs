@@ -269,6 +269,32 @@ pub struct StoredChunk {
 /// first read.
 pub const INLINE_MAX_LEN: u32 = 4096 + 64;
 
+/// Attribute changes a [`CommitLayout`] applies in its transaction, with the
+/// layout: the `chmod`, `chown` and `utimensat` a program made on a file
+/// while its data was still buffered at the client (`tar` unpacking a
+/// file sets mtime, owner and mode before closing it), so they cost no
+/// round trips of their own and land together with that data. Applied as
+/// [`SetAttr`] applies them (`perm & 0o7777`); ctime is set as for any
+/// commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitAttrs {
+    /// New permission bits.
+    pub perm: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New access time.
+    pub atime: Option<Timestamp>,
+}
+
+impl CommitAttrs {
+    /// Whether this changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == CommitAttrs::default()
+    }
+}
+
 /// A layout update: the new content of some blocks of one file, applied in
 /// one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +304,8 @@ pub struct CommitLayout {
     pub size: u64,
     /// New modification time (ctime is set by dirsvc).
     pub mtime: Timestamp,
+    /// Other attributes set with this commit (version 13).
+    pub attrs: CommitAttrs,
     /// `(block index, new content)`; `None` makes the block a hole.
     pub blocks: Vec<(u64, Option<StoredChunk>)>,
     /// Milliseconds, when this attempt was sent, since every newly stored

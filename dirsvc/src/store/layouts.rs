@@ -47,8 +47,8 @@ impl Store {
     /// Applies a layout update to regular file `ino` in one transaction:
     /// each listed block entry is set (the new chunk gains a reference and
     /// the committing replicas, the replaced one loses a reference) or
-    /// removed (`None`); then size, mtime (from the commit) and ctime (now)
-    /// are set. Entries with index ≥ ⌈size / B⌉ are dropped right after,
+    /// removed (`None`); then size, mtime and the attributes (`attrs`, from the
+    /// commit) and ctime (now) are set. Entries with index ≥ ⌈size / B⌉ are dropped right after,
     /// in bounded transactions (a trim, see the module documentation);
     /// an unfinished trim of the file is finished before the commit.
     ///
@@ -69,12 +69,15 @@ impl Store {
     /// replicas, an unregistered replica, a stored length of 0 or over
     /// B + [`MAX_CHUNK_OVERHEAD`], a length that differs from the one
     /// already recorded for the same chunk, an all-zero MAC, an epoch past
-    /// the newest, or an mtime that is not a valid [`Timestamp`];
+    /// the newest, or an mtime or atime that is not a valid [`Timestamp`];
     /// `StaleEpoch` for a new chunk of an older epoch; `ChunkGone`;
     /// `NotInitialized`.
     pub fn commit_layout(&self, ino: InodeId, commit: &CommitLayout) -> Result<Attr, Error> {
         let vol = self.vol()?;
         check_time("mtime", &commit.mtime)?;
+        if let Some(atime) = &commit.attrs.atime {
+            check_time("atime", atime)?;
+        }
         let max = self.max_commit_entries();
         if commit.blocks.len() > max {
             return Err(invalid(format!(
@@ -464,6 +467,11 @@ impl W<'_, '_> {
         rec.stored_bytes = stored;
         rec.size = commit.size;
         rec.mtime = commit.mtime;
+        let a = &commit.attrs;
+        rec.perm = a.perm.map_or(rec.perm, |p| p & 0o7777);
+        rec.uid = a.uid.unwrap_or(rec.uid);
+        rec.gid = a.gid.unwrap_or(rec.gid);
+        rec.atime = a.atime.unwrap_or(rec.atime);
         rec.ctime = self.now;
         self.put_inode(ino, &rec)?;
         Ok(Some((to_attr(ino, &rec)?, trims)))

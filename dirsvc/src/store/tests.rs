@@ -13,8 +13,8 @@ use super::*;
 use crate::kv::redb::RedbEngine;
 use crate::kv::{Batch, Engine, Snapshot};
 use common::rpc::dir::{
-    rename_flags, xattr_flags, CommitLayout, FileKind, KeyEpoch, Keyring, Member, Mutated, NewInode,
-    PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk, INLINE_MAX_LEN,
+    rename_flags, xattr_flags, CommitAttrs, CommitLayout, FileKind, KeyEpoch, Keyring, Member, Mutated,
+    NewInode, PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk, INLINE_MAX_LEN,
 };
 use common::rpc::Role;
 use common::NodeId;
@@ -115,6 +115,7 @@ conformance!(
     hard_links_keep_the_inode_until_the_last_name,
     layouts_commit_overwrite_sparse_and_share_chunks,
     inline_block_zero_lives_in_its_entry_without_a_chunk_record,
+    a_commit_sets_the_attributes_it_carries_in_its_transaction,
     truncate_down_trims_in_bounded_steps_and_growth_waits_for_it,
     an_interrupted_trim_is_finished_at_open_or_before_growth,
     unlinking_a_large_file_frees_everything_in_bounded_transactions,
@@ -173,7 +174,13 @@ fn commit(s: &Store, ino: InodeId, size: u64, indexes: impl IntoIterator<Item = 
     let mut attr = s.getattr(ino).unwrap();
     let max = s.max_commit_entries();
     for part in blocks.chunks(max) {
-        let c = CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: part.to_vec() };
+        let c = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size,
+            mtime: Timestamp::now(),
+            blocks: part.to_vec(),
+        };
         attr = s.commit_layout(ino, &c).unwrap();
     }
     attr
@@ -355,6 +362,7 @@ fn layouts_commit_overwrite_sparse_and_share_chunks(s: &Store) {
     c.len = 200;
     let cm = CommitLayout {
         held_ms: 0,
+        attrs: Default::default(),
         size,
         mtime: Timestamp::now(),
         blocks: vec![(63, Some(c.clone())), (64, None)],
@@ -371,18 +379,41 @@ fn layouts_commit_overwrite_sparse_and_share_chunks(s: &Store) {
     let shared = StoredChunk { replicas: vec![], ..c.clone() };
     s.commit_layout(
         g,
-        &CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(shared))] },
+        &CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(shared))],
+        },
     )
     .unwrap();
     assert_eq!(s.chunk(&c.id).unwrap().unwrap().refcount, 2);
     let bad = StoredChunk { len: 300, ..c.clone() };
-    let cm = CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(bad))] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 10,
+        mtime: Timestamp::now(),
+        blocks: vec![(0, Some(bad))],
+    };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
-    let cm =
-        CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(1, Some(chunk(1)))] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 10,
+        mtime: Timestamp::now(),
+        blocks: vec![(1, Some(chunk(1)))],
+    };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
     let stale = StoredChunk { epoch: 1, ..chunk(9) };
-    let cm = CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(stale))] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 10,
+        mtime: Timestamp::now(),
+        blocks: vec![(0, Some(stale))],
+    };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::Invalid(_)));
     assert_eq!(dir_err(s.get_layout(InodeId::ROOT, 0, 1)), DirError::IsDir);
 }
@@ -405,6 +436,7 @@ fn inline_block_zero_lives_in_its_entry_without_a_chunk_record(s: &Store) {
     let f = file(s, InodeId::ROOT, b"f");
     let one = |c: StoredChunk, index: u64, size: u64| CommitLayout {
         held_ms: 0,
+        attrs: Default::default(),
         size,
         mtime: Timestamp::now(),
         blocks: vec![(index, Some(c))],
@@ -445,7 +477,13 @@ fn inline_block_zero_lives_in_its_entry_without_a_chunk_record(s: &Store) {
     let r = Reseal { index: 0, old: again.id, new: resealed.clone() };
     assert_eq!(s.reseal_blocks(f, &[r]).unwrap(), vec![true]);
     assert_eq!(s.get_layout(f, 0, 10).unwrap().blocks[0].inline, resealed.inline);
-    let cm = CommitLayout { held_ms: 0, size: 0, mtime: Timestamp::now(), blocks: vec![] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 0,
+        mtime: Timestamp::now(),
+        blocks: vec![],
+    };
     s.commit_layout(f, &cm).unwrap();
     s.finish_trim(f.0).unwrap();
     assert!(indexes(s, f).is_empty());
@@ -454,6 +492,28 @@ fn inline_block_zero_lives_in_its_entry_without_a_chunk_record(s: &Store) {
     // Unlinking a file with an inline block frees it like any other.
     s.commit_layout(f, &one(inline_chunk(9, 50), 0, 10)).unwrap();
     s.unlink(InodeId::ROOT, b"f").unwrap();
+}
+
+fn a_commit_sets_the_attributes_it_carries_in_its_transaction(s: &Store) {
+    init(s);
+    let f = file(s, InodeId::ROOT, b"f");
+    let before = s.getattr(f).unwrap();
+    let when = Timestamp { secs: 1_600_000_000, nanos: 7 };
+    let attrs = CommitAttrs { perm: Some(0o14755), uid: Some(1000), gid: None, atime: Some(when) };
+    let cm = CommitLayout { held_ms: 0, attrs, size: 0, mtime: when, blocks: vec![] };
+    let a = s.commit_layout(f, &cm).unwrap();
+    assert_eq!((a.perm, a.uid, a.gid, a.atime, a.mtime), (0o4755, 1000, before.gid, when, when));
+    assert!(a.ctime >= before.ctime);
+    assert_eq!(s.getattr(f).unwrap(), a);
+    // An empty set changes none of them; a bad atime is refused whole.
+    let cm = CommitLayout { held_ms: 0, attrs: CommitAttrs::default(), size: 5, mtime: when, blocks: vec![] };
+    let b = s.commit_layout(f, &cm).unwrap();
+    assert_eq!((b.size, b.perm, b.uid, b.atime), (5, 0o4755, 1000, when));
+    let bad = Timestamp { secs: 0, nanos: 2_000_000_000 };
+    let attrs = CommitAttrs { perm: Some(0o600), atime: Some(bad), ..CommitAttrs::default() };
+    let cm = CommitLayout { held_ms: 0, attrs, size: 9, mtime: when, blocks: vec![] };
+    assert!(matches!(s.commit_layout(f, &cm), Err(Error::Dir(DirError::Invalid(_)))), "an invalid atime");
+    assert_eq!(s.getattr(f).unwrap(), b);
 }
 
 fn truncate_down_trims_in_bounded_steps_and_growth_waits_for_it(s: &Store) {
@@ -471,7 +531,13 @@ fn truncate_down_trims_in_bounded_steps_and_growth_waits_for_it(s: &Store) {
     s.setattr(f, &SetAttr { size: Some(n * u64::from(B)), ..Default::default() }).unwrap();
     assert_eq!(indexes(s, f).len(), 11);
     // A shrinking commit trims too.
-    let cm = CommitLayout { held_ms: 0, size: 2 * u64::from(B), mtime: Timestamp::now(), blocks: vec![] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 2 * u64::from(B),
+        mtime: Timestamp::now(),
+        blocks: vec![],
+    };
     assert_eq!(s.commit_layout(f, &cm).unwrap().stored_bytes, 200);
     assert_eq!(indexes(s, f), vec![0, 1]);
 }
@@ -550,7 +616,13 @@ fn commits_larger_than_the_engine_allows_are_refused_naming_the_limit(s: &Store)
     let f = file(s, InodeId::ROOT, b"f");
     let n = max as u64 + 1;
     let blocks = (0..n).map(|i| (i * 64, Some(chunk(i)))).collect();
-    let cm = CommitLayout { held_ms: 0, size: n * 64 * u64::from(B), mtime: Timestamp::now(), blocks };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: n * 64 * u64::from(B),
+        mtime: Timestamp::now(),
+        blocks,
+    };
     match dir_err(s.commit_layout(f, &cm)) {
         DirError::Invalid(m) => assert!(m.contains(&max.to_string()), "{m}"),
         other => panic!("{other:?}"),
@@ -560,11 +632,25 @@ fn commits_larger_than_the_engine_allows_are_refused_naming_the_limit(s: &Store)
     let n = max as u64;
     let first: Vec<_> = (0..n).map(|i| (i * 64, Some(chunk(i)))).collect();
     let size = n * 64 * u64::from(B);
-    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: first }).unwrap();
+    s.commit_layout(
+        f,
+        &CommitLayout { held_ms: 0, attrs: Default::default(), size, mtime: Timestamp::now(), blocks: first },
+    )
+    .unwrap();
     // Make the first chunks unreferenced elsewhere? They are referenced
     // once; replacing them drops them to 0 (unreferenced key written).
     let second: Vec<_> = (0..n).map(|i| (i * 64, Some(chunk(100_000 + i)))).collect();
-    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks: second }).unwrap();
+    s.commit_layout(
+        f,
+        &CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size,
+            mtime: Timestamp::now(),
+            blocks: second,
+        },
+    )
+    .unwrap();
     assert_eq!(s.unreferenced_count().unwrap(), n);
 }
 
@@ -603,7 +689,13 @@ fn gc_collects_tombstones_acks_and_expires(s: &Store) {
     assert!(s.chunk(&chunk(0).id).unwrap().is_none());
     // A tombstoned chunk cannot be committed again.
     let g = file(s, InodeId::ROOT, b"g");
-    let cm = CommitLayout { held_ms: 0, size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(0)))] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 1,
+        mtime: Timestamp::now(),
+        blocks: vec![(0, Some(chunk(0)))],
+    };
     assert!(matches!(dir_err(s.commit_layout(g, &cm)), DirError::ChunkGone(_)));
     // The delete queue pages by id; acks empty it; expiry removes them.
     let first = s.pending_deletes(None, 10).unwrap();
@@ -735,10 +827,20 @@ fn keyring_members_and_epochs(s: &Store) {
     assert!(matches!(dir_err(s.remove_member(3, "bob", &e1)), DirError::Invalid(_)));
     // New chunks must be of the newest epoch now.
     let f = file(s, InodeId::ROOT, b"f");
-    let cm = CommitLayout { held_ms: 0, size: 1, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk(1)))] };
+    let cm = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 1,
+        mtime: Timestamp::now(),
+        blocks: vec![(0, Some(chunk(1)))],
+    };
     assert!(matches!(dir_err(s.commit_layout(f, &cm)), DirError::StaleEpoch { current: 1 }));
     let c = StoredChunk { epoch: 1, ..chunk(1) };
-    s.commit_layout(f, &CommitLayout { held_ms: 0, blocks: vec![(0, Some(c))], ..cm }).unwrap();
+    s.commit_layout(
+        f,
+        &CommitLayout { held_ms: 0, attrs: Default::default(), blocks: vec![(0, Some(c))], ..cm },
+    )
+    .unwrap();
 }
 
 fn join_tokens_and_revocations(s: &Store) {

@@ -260,7 +260,13 @@ async fn peers_may_not_use_the_namespace_nor_speak_for_another_peer() {
         unauthorized("getxattr", c.getxattr(ctx(), f, n("k")).await);
         unauthorized("statfs", c.statfs(ctx()).await);
         unauthorized("placement", c.placement(ctx(), 1, 1).await);
-        let commit = CommitLayout { held_ms: 0, size: 0, mtime: Timestamp::now(), blocks: vec![] };
+        let commit = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 0,
+            mtime: Timestamp::now(),
+            blocks: vec![],
+        };
         unauthorized("commit_layout", c.commit_layout(ctx(), f, commit).await);
         unauthorized("get_layout", c.get_layout(ctx(), f, 0, 10).await);
         unauthorized("chunk_locations", c.chunk_locations(ctx(), vec![ChunkId::of(&[1])]).await);

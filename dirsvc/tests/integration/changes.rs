@@ -48,7 +48,13 @@ async fn every_mutation_is_recorded_in_commit_order_and_refusals_are_not() {
         assert_eq!(refused(c.create(ctx(), d, n("f"), file()).await), DirError::Exists);
         ok(c.setattr(ctx(), f, SetAttr { perm: Some(0o600), ..Default::default() }).await);
         want.push(attr(f));
-        let commit = CommitLayout { held_ms: 0, size: 0, mtime: Timestamp::now(), blocks: vec![] };
+        let commit = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 0,
+            mtime: Timestamp::now(),
+            blocks: vec![],
+        };
         ok(c.commit_layout(ctx(), f, commit).await);
         want.push(attr(f));
         ok(c.setxattr(ctx(), f, n("k"), n("v"), xattr_flags::CREATE).await);

@@ -18,7 +18,7 @@ use tarpc::context;
 use testkit::within;
 
 fn commit(size: u64, blocks: Vec<(u64, Option<StoredChunk>)>) -> CommitLayout {
-    CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }
+    CommitLayout { held_ms: 0, attrs: Default::default(), size, mtime: Timestamp::now(), blocks }
 }
 
 fn member(name: &str, recipient: &str) -> Member {

@@ -491,7 +491,8 @@ impl Cluster {
             blocks.push((i as u64, Some(c)));
         }
         let size = chunks.len() as u64 * u64::from(B);
-        let commit = CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks };
+        let commit =
+            CommitLayout { held_ms: 0, attrs: Default::default(), size, mtime: Timestamp::now(), blocks };
         self.client.commit_layout(context::current(), f, commit).await.unwrap().unwrap();
         f
     }

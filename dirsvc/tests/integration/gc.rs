@@ -21,7 +21,13 @@ fn future() -> i64 {
 fn commit_one(s: &Store, f: InodeId, c: StoredChunk) -> Result<Attr, dirsvc::Error> {
     s.commit_layout(
         f,
-        &CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] },
+        &CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(c))],
+        },
     )
 }
 
@@ -74,6 +80,7 @@ fn a_commit_that_reuses_a_chunk_after_collection_is_refused_and_changes_nothing(
     // Other chunks in the same commit are refused with it.
     let both = CommitLayout {
         held_ms: 0,
+        attrs: Default::default(),
         size: 2 * u64::from(B),
         mtime: Timestamp::now(),
         blocks: vec![(0, Some(chunk(2, 58, &ps))), (1, Some(chunk(1, 58, &ps)))],
@@ -239,6 +246,7 @@ async fn unreferenced_chunks_are_deleted_from_peers_after_the_grace_period() {
         };
         let commit = CommitLayout {
             held_ms: 0,
+            attrs: Default::default(),
             size: 10,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(again.clone()))],
@@ -308,8 +316,13 @@ async fn orphans_older_than_the_grace_period_are_deleted() {
             mac: [0x4d; 32],
             inline: None,
         };
-        let commit =
-            CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(late))] };
+        let commit = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(late))],
+        };
         assert_eq!(
             c.client.commit_layout(context::current(), g, commit).await.unwrap(),
             Err(DirError::ChunkGone(old_orphan))
@@ -338,6 +351,7 @@ async fn a_commit_of_new_chunks_last_known_held_a_grace_period_ago_is_refused_an
         };
         let late = CommitLayout {
             held_ms: grace_ms,
+            attrs: Default::default(),
             size: 10,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk.clone()))],
@@ -360,6 +374,7 @@ async fn a_commit_of_new_chunks_last_known_held_a_grace_period_ago_is_refused_an
         let shared = StoredChunk { replicas: vec![], ..chunk };
         let again = CommitLayout {
             held_ms: u64::MAX,
+            attrs: Default::default(),
             size: u64::from(B) + 20,
             mtime: Timestamp::now(),
             blocks: vec![(1, Some(shared))],

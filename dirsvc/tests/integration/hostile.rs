@@ -300,7 +300,13 @@ async fn invalid_timestamps_are_refused_and_change_nothing() {
                 mac: [0x4d; 32],
                 inline: None,
             };
-            let commit = CommitLayout { held_ms: 0, size: 20, mtime: t, blocks: vec![(0, Some(chunk))] };
+            let commit = CommitLayout {
+                held_ms: 0,
+                attrs: Default::default(),
+                size: 20,
+                mtime: t,
+                blocks: vec![(0, Some(chunk))],
+            };
             let e = refused(c.commit_layout(ctx(), f, commit).await);
             assert!(matches!(&e, DirError::Invalid(m) if m.contains("mtime")), "{t:?}: {e:?}");
         }

@@ -13,8 +13,17 @@ fn commit(
     size: u64,
     blocks: Vec<(u64, Option<StoredChunk>)>,
 ) -> common::rpc::dir::Attr {
-    s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp { secs: 77, nanos: 1 }, blocks })
-        .unwrap()
+    s.commit_layout(
+        f,
+        &CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size,
+            mtime: Timestamp { secs: 77, nanos: 1 },
+            blocks,
+        },
+    )
+    .unwrap()
 }
 
 fn indexes(s: &Store, f: InodeId) -> Vec<u64> {
@@ -153,7 +162,7 @@ fn bad_commits_are_refused_and_change_nothing() {
 }
 
 fn layout(size: u64, blocks: Vec<(u64, Option<StoredChunk>)>) -> CommitLayout {
-    CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }
+    CommitLayout { held_ms: 0, attrs: Default::default(), size, mtime: Timestamp::now(), blocks }
 }
 
 #[test]

@@ -88,6 +88,7 @@ fn unlink_frees_the_inode_and_refuses_directories() {
         f,
         &CommitLayout {
             held_ms: 0,
+            attrs: Default::default(),
             size: 10,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk(1, 58, &[p])))],
@@ -132,6 +133,7 @@ fn rename_over_a_file_frees_the_old_target_and_its_chunks() {
         b,
         &CommitLayout {
             held_ms: 0,
+            attrs: Default::default(),
             size: 2 * u64::from(B),
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk(1, 100, &[p]))), (1, Some(chunk(2, 100, &[p])))],
@@ -329,6 +331,7 @@ fn hard_links_count_names_and_the_inode_survives_until_the_last_goes() {
         f,
         &CommitLayout {
             held_ms: 0,
+            attrs: Default::default(),
             size: 5,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk(1, 53, &[p])))],
@@ -453,6 +456,7 @@ fn everything_survives_closing_and_reopening_the_database() {
             f,
             &CommitLayout {
                 held_ms: 0,
+                attrs: Default::default(),
                 size: 100,
                 mtime: Timestamp { secs: 42, nanos: 0 },
                 blocks: vec![(0, Some(chunk(1, 148, &[p])))],

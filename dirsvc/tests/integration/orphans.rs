@@ -16,6 +16,7 @@ fn commit_chunk(s: &Store, f: InodeId, k: u8) {
     let ps = [peer(s, 1), peer(s, 2)];
     let commit = CommitLayout {
         held_ms: 0,
+        attrs: Default::default(),
         size: 10,
         mtime: Timestamp::now(),
         blocks: vec![(0, Some(chunk(k, 58, &ps)))],

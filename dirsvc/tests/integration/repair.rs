@@ -325,7 +325,17 @@ async fn measure_cluster_status_on_a_million_chunks() {
                 })
                 .collect();
             let size = (start + per_commit) * u64::from(B);
-            s.commit_layout(f, &CommitLayout { held_ms: 0, size, mtime: Timestamp::now(), blocks }).unwrap();
+            s.commit_layout(
+                f,
+                &CommitLayout {
+                    held_ms: 0,
+                    attrs: Default::default(),
+                    size,
+                    mtime: Timestamp::now(),
+                    blocks,
+                },
+            )
+            .unwrap();
         }
     }
     eprintln!("built {CHUNKS} chunks in {:?}", build.elapsed());

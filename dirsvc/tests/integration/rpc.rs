@@ -203,7 +203,13 @@ async fn silent_peers_go_down_and_replicas_list_live_ones_first() {
         c.commit_layout(
             ctx(),
             f,
-            CommitLayout { held_ms: 0, size: 12, mtime: Timestamp::now(), blocks: vec![(0, Some(chunk))] },
+            CommitLayout {
+                held_ms: 0,
+                attrs: Default::default(),
+                size: 12,
+                mtime: Timestamp::now(),
+                blocks: vec![(0, Some(chunk))],
+            },
         )
         .await
         .unwrap()

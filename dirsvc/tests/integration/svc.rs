@@ -138,8 +138,13 @@ impl Svc {
             mac: [0x4d; 32],
             inline: None,
         };
-        let commit =
-            CommitLayout { held_ms: 0, size: 10, mtime: Timestamp::now(), blocks: vec![(0, Some(c))] };
+        let commit = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: 10,
+            mtime: Timestamp::now(),
+            blocks: vec![(0, Some(c))],
+        };
         ok(self.c.commit_layout(context::current(), f, commit).await);
         f
     }

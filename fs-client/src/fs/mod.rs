@@ -76,7 +76,7 @@ use common::codec;
 use common::config::NAME_MAX;
 use common::keyring::VolumeKeys;
 use common::keys::{LayoutEntry, NameKey};
-use common::rpc::dir::{Attr, BlockLoc, FileKind, StoredChunk, VolumeInfo};
+use common::rpc::dir::{Attr, BlockLoc, CommitAttrs, FileKind, StoredChunk, VolumeInfo};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use common::{ChunkId, InodeId, VolumeId};
@@ -269,6 +269,14 @@ struct FileState {
     /// Permission bits (`mode & 0o7777`) as last seen, so a write by a caller
     /// without `CAP_FSETID` knows whether setuid/setgid must be cleared.
     perm: u32,
+    /// dirsvc's last answer about the file (open, create, commit), the
+    /// base of the attributes a folded `setattr` answers with.
+    base: Attr,
+    /// Mode, owner and atime a `setattr` set while data was buffered, for
+    /// the next commit to carry ([`Fs::setattr`]); empty otherwise.
+    pending: CommitAttrs,
+    /// When `pending` last changed (the file's ctime until it lands).
+    pending_at: Option<Timestamp>,
     /// Handles that wrote data not yet stored, each with the storage error
     /// it has been told about or must be told about (sticky until the file
     /// is stored completely: every write, fsync and close of that handle
@@ -308,6 +316,9 @@ impl FileState {
             me: std::sync::Weak::new(),
             mtime: attr.mtime,
             perm: attr.perm,
+            base: attr.clone(),
+            pending: CommitAttrs::default(),
+            pending_at: None,
             writers: HashMap::new(),
             failure: None,
             uncommitted_since: None,
@@ -352,14 +363,16 @@ impl FileState {
         }
     }
 
+    /// Whether anything of this file lives only here: buffered data, or
+    /// attributes waiting for the commit that carries them.
     fn has_local_changes(&self) -> bool {
-        self.buf.has_local_changes()
+        self.buf.has_local_changes() || !self.pending.is_empty()
     }
 
     /// Notes that the buffer may have something to commit now (for the
     /// periodic commit).
     fn mark_uncommitted(&mut self) {
-        if self.buf.has_pending_commit() {
+        if self.buf.has_pending_commit() || !self.pending.is_empty() {
             self.uncommitted_since.get_or_insert_with(std::time::Instant::now);
         }
     }

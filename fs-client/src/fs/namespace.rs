@@ -16,6 +16,7 @@ use common::codec;
 use common::config::SYMLINK_MAX;
 use common::keys::symlink_ad;
 use common::rpc::dir::{Attr, DirError, FileKind, Mutation, NewInode, NewSymlink, SetAttr, StatFs};
+use common::time::Timestamp;
 use common::InodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,48 +102,61 @@ impl Fs {
                 attr.size = st.buf.size();
                 attr.mtime = st.mtime;
                 // A write changes ctime too; dirsvc sets it at commit.
-                attr.ctime = attr.ctime.max(st.mtime);
+                attr.ctime = attr.ctime.max(st.mtime).max(st.pending_at.unwrap_or(attr.ctime));
                 attr.stored_bytes = st.stored_estimate();
+                let p = &st.pending;
+                attr.perm = p.perm.unwrap_or(attr.perm);
+                attr.uid = p.uid.unwrap_or(attr.uid);
+                attr.gid = p.gid.unwrap_or(attr.gid);
+                attr.atime = p.atime.unwrap_or(attr.atime);
             }
         }
         attr
     }
 
-    /// Changes attributes. A size change goes through [`Fs::truncate`]; an
-    /// open file is flushed first so later commits cannot undo an explicit
-    /// mtime. An mtime alone (what `tar` and `touch -m` set) on a file with
-    /// buffered data rides on the commit of that data: one dirsvc round
-    /// trip instead of two, durable when it returns all the same.
+    /// Changes attributes. A size change goes through [`Fs::truncate`].
+    /// Mode, owner, atime and mtime of a file with data buffered here
+    /// (what `tar` sets on each file it unpacks before closing it) are
+    /// kept with that data and carried by its commit (`CommitAttrs`):
+    /// no round trip of their own, durable and visible to other mounts
+    /// when the data is (close, fsync, or the periodic commit). Otherwise
+    /// an open file is flushed first, so later commits cannot undo an
+    /// explicit mtime, and the change is durable at dirsvc when this
+    /// returns.
     pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;
         }
         let rest = SetAttr { size: None, ..set };
         let file = lock(&self.files).get(&ino).cloned();
-        let mtime_only = rest.mtime.is_some() && rest == SetAttr { mtime: rest.mtime, ..SetAttr::default() };
         if let Some(f) = &file {
             let mut st = f.state.lock().await;
-            let fold = mtime_only && st.has_local_changes();
-            if let (true, Some(m)) = (fold, rest.mtime) {
-                // The commit carries the file's mtime.
-                st.mtime = m;
+            if rest != SetAttr::default() && !rest.kill_suid_sgid && st.buf.has_local_changes() {
+                let p = &mut st.pending;
+                p.perm = rest.perm.map(|m| m & 0o7777).or(p.perm);
+                p.uid = rest.uid.or(p.uid);
+                p.gid = rest.gid.or(p.gid);
+                p.atime = rest.atime.or(p.atime);
+                if let Some(m) = rest.perm {
+                    st.perm = m & 0o7777;
+                }
+                if let Some(m) = rest.mtime {
+                    st.mtime = m;
+                }
+                st.pending_at = Some(Timestamp::now());
+                st.mark_uncommitted();
+                let base = self.known.attr(ino).unwrap_or_else(|| st.base.clone());
+                drop(st);
+                return Ok(self.overlay(base).await);
             }
             // Data that cannot be stored now stays buffered (its writers are
             // told); it does not make a chmod or utime fail.
             let (mut st, r) = self.flush_locked(f, st).await;
-            let folded = match r {
-                Ok(()) => fold && !st.has_local_changes() && rest.mtime == Some(st.mtime),
-                Err(e) => {
-                    tracing::debug!(%ino, error = %e, "setattr: buffered data not stored yet");
-                    false
-                }
-            };
+            if let Err(e) = r {
+                tracing::debug!(%ino, error = %e, "setattr: buffered data not stored yet");
+            }
             if let Some(m) = rest.mtime {
                 st.mtime = m;
-            }
-            if folded {
-                drop(st);
-                return self.getattr(ino).await;
             }
         }
         if rest == SetAttr::default() {
@@ -159,7 +173,9 @@ impl Fs {
             .await?;
         self.known.record_attr(&attr, generation);
         if let Some(f) = &file {
-            f.state.lock().await.perm = attr.perm;
+            let mut st = f.state.lock().await;
+            st.perm = attr.perm;
+            st.base = attr.clone();
         }
         Ok(attr)
     }

@@ -7,7 +7,7 @@
 use super::buffer::Blocked;
 use super::{lock, FileState, Fs, Guard, OpenFile, Stored, FAILED_RETRY_INTERVAL};
 use crate::error::{Error, Result};
-use common::rpc::dir::{BlockLoc, CommitLayout, DirError, SetAttr};
+use common::rpc::dir::{BlockLoc, CommitAttrs, CommitLayout, DirError, SetAttr};
 use common::rpc::PeerLoc;
 use common::time::Timestamp;
 use std::collections::HashMap;
@@ -64,6 +64,13 @@ impl Fs {
     pub(super) async fn kill_suid(&self, st: &mut FileState) -> Result<()> {
         let has_bits = st.perm & 0o4000 != 0 || st.perm & 0o2010 == 0o2010;
         if !has_bits {
+            return Ok(());
+        }
+        if let Some(p) = st.pending.perm {
+            // The mode the next commit sets: clear the bits there.
+            let kill = if p & 0o2010 == 0o2010 { 0o6000 } else { 0o4000 };
+            st.pending.perm = Some(p & !kill);
+            st.perm = p & !kill;
             return Ok(());
         }
         let ino = st.ino;
@@ -234,6 +241,7 @@ impl Fs {
         while let Some(plan) = st.buf.commit(per_commit) {
             let commit = CommitLayout {
                 held_ms: 0,
+                attrs: st.pending.clone(),
                 size: plan.size,
                 mtime: st.mtime,
                 blocks: plan.blocks.iter().map(|(i, s)| (*i, s.as_ref().map(Stored::chunk))).collect(),
@@ -267,6 +275,12 @@ impl Fs {
                     self.known.record_attr(&attr, generation);
                     st.buf.committed(&plan);
                     st.mtime = attr.mtime;
+                    if st.pending == commit.attrs {
+                        st.pending = CommitAttrs::default();
+                        st.pending_at = None;
+                    }
+                    st.perm = attr.perm;
+                    st.base = attr;
                 }
                 Err(Error::Dir(DirError::ChunkGone(gone))) => {
                     // Garbage collection deleted a chunk this commit names (it
@@ -312,6 +326,8 @@ impl Fs {
                     st.buf.forget_uncommitted();
                     st.uncommitted_since = None;
                     st.held_since = None;
+                    st.pending = CommitAttrs::default();
+                    st.pending_at = None;
                     return (st, Ok(()));
                 }
                 Err(e) => {
@@ -320,7 +336,39 @@ impl Fs {
                 }
             }
         }
-        if !st.buf.has_pending_commit() {
+        if !st.pending.is_empty() && !st.buf.has_local_changes() {
+            // Attributes set while data was buffered, and no commit left to
+            // carry them (the data went another way: truncated, or
+            // committed by a shrink): one setattr.
+            let p = st.pending.clone();
+            let set = SetAttr { perm: p.perm, uid: p.uid, gid: p.gid, atime: p.atime, ..SetAttr::default() };
+            self.known.forget_attr(ino);
+            let generation = self.known.generation();
+            let r = self
+                .dir
+                .call(|c, ctx| {
+                    let s = set.clone();
+                    async move { c.setattr(ctx, ino, s).await }
+                })
+                .await;
+            match r {
+                Ok(attr) => {
+                    self.known.record_attr(&attr, generation);
+                    if st.pending == p {
+                        st.pending = CommitAttrs::default();
+                        st.pending_at = None;
+                    }
+                    st.perm = attr.perm;
+                    st.base = attr;
+                }
+                Err(e) if e.is_not_found() => {
+                    st.pending = CommitAttrs::default();
+                    st.pending_at = None;
+                }
+                Err(e) => return (st, Err(e)),
+            }
+        }
+        if !st.buf.has_pending_commit() && st.pending.is_empty() {
             st.uncommitted_since = None;
             st.held_since = None;
         }

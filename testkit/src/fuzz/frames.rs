@@ -194,6 +194,7 @@ pub fn dir_request_seeds() -> Vec<Vec<u8>> {
             ino: InodeId(9),
             commit: CommitLayout {
                 held_ms: 0,
+                attrs: Default::default(),
                 size: 3 << 20,
                 mtime: t(),
                 blocks: vec![(0, Some(chunk())), (1, None)],

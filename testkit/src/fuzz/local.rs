@@ -164,6 +164,7 @@ pub fn database_seeds() -> Vec<Vec<u8>> {
         };
         let commit = common::rpc::dir::CommitLayout {
             held_ms: 0,
+            attrs: Default::default(),
             size: 10,
             mtime: Timestamp::now(),
             blocks: vec![(0, Some(chunk))],

@@ -206,7 +206,13 @@ fn a_schema_4_database_gets_epoch_0_and_legacy_layout_entries() {
         mac: [7; 32],
         inline: None,
     };
-    let commit = CommitLayout { held_ms: 0, size: 8000, mtime: Timestamp::now(), blocks: vec![(1, Some(c))] };
+    let commit = CommitLayout {
+        held_ms: 0,
+        attrs: Default::default(),
+        size: 8000,
+        mtime: Timestamp::now(),
+        blocks: vec![(1, Some(c))],
+    };
     s.commit_layout(InodeId(2), &commit).unwrap();
     let l = s.get_layout(InodeId(2), 0, 10).unwrap();
     assert_eq!((l.blocks[0].mac, l.blocks[1].mac), ([0; 32], [7; 32]));

@@ -3,7 +3,6 @@
 //! another mount makes reaching them through the feed.
 
 use super::*;
-use common::rpc::dir::SetAttr;
 
 /// Follows the change feed as a mount does (without a kernel to tell).
 fn follow(fs: &Arc<Fs>) -> tokio::task::JoinHandle<()> {

@@ -4,7 +4,7 @@
 use super::*;
 use crate::identity;
 use crate::volume;
-use common::rpc::dir::Attr;
+use common::rpc::dir::{Attr, SetAttr};
 use std::time::Duration;
 use testkit::within;
 
@@ -729,7 +729,13 @@ async fn a_file_of_more_blocks_than_dirsvc_takes_per_commit_commits_in_batches()
                 (b.index, Some(chunk))
             })
             .collect();
-        let commit = CommitLayout { held_ms: 0, size: data.len() as u64, mtime: page.attr.mtime, blocks };
+        let commit = CommitLayout {
+            held_ms: 0,
+            attrs: Default::default(),
+            size: data.len() as u64,
+            mtime: page.attr.mtime,
+            blocks,
+        };
         let r = dir
             .call(|c, ctx| {
                 let cm = commit.clone();
@@ -867,28 +873,54 @@ async fn small_files_live_inline_in_their_layout_and_read_back_with_every_peer_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mtime_set_on_a_file_with_buffered_data_lands_with_its_commit() {
+async fn attributes_set_on_a_file_with_buffered_data_land_with_its_commit_and_none_before() {
     within(TEST_TIMEOUT, "the test", async {
         let c = Cluster::start(1, 1, B as u32).await;
         let fs = c.client_inline(true).await;
+        // tar: create, write, futimens, fchown, fchmod, close.
         let (attr, fh) = fs.create(InodeId::ROOT, b"f", 0o644, 0, 0).await.unwrap();
         let data = pattern(3000, 4);
         fs.write(fh, 0, &data, false).await.unwrap();
         let when = common::time::Timestamp { secs: 1_700_000_000, nanos: 5 };
-        let set = common::rpc::dir::SetAttr { mtime: Some(when), ..Default::default() };
-        let a = fs.setattr(attr.ino, set).await.unwrap();
-        assert_eq!((a.size, a.mtime), (3000, when));
-        // Durable at dirsvc before close: another client sees both.
+        let set = |s: SetAttr| fs.setattr(attr.ino, s);
+        set(SetAttr { mtime: Some(when), atime: Some(when), ..Default::default() }).await.unwrap();
+        set(SetAttr { uid: Some(1000), gid: Some(100), ..Default::default() }).await.unwrap();
+        let a = set(SetAttr { perm: Some(0o4751), ..Default::default() }).await.unwrap();
+        // This mount answers with what it holds.
+        assert_eq!((a.size, a.mtime, a.atime, a.uid, a.gid, a.perm), (3000, when, when, 1000, 100, 0o4751));
+        let seen = fs.getattr(attr.ino).await.unwrap();
+        assert_eq!((seen.size, seen.mtime, seen.uid, seen.perm), (3000, when, 1000, 0o4751));
+        // Nothing reached dirsvc yet: they travel with the data.
         let other = c.client().await;
-        let seen = other.getattr(attr.ino).await.unwrap();
-        assert_eq!((seen.size, seen.mtime), (3000, when));
-        assert_eq!(read_all(&other, attr.ino).await, data);
-        // A write after it moves mtime on again; the close keeps that.
-        fs.write(fh, 3000, b"more", false).await.unwrap();
+        let before = other.getattr(attr.ino).await.unwrap();
+        assert_eq!((before.size, before.uid, before.perm), (0, 0, 0o644));
+        // A write by a caller without CAP_FSETID clears setuid from the
+        // mode the commit will set.
+        fs.write(fh, 3000, b"more", true).await.unwrap();
+        assert_eq!(fs.getattr(attr.ino).await.unwrap().perm, 0o751);
         fs.release(fh).await.unwrap();
         let seen = c.client().await.getattr(attr.ino).await.unwrap();
-        assert_eq!(seen.size, 3004);
-        assert!(seen.mtime > when, "{:?}", seen.mtime);
+        assert_eq!((seen.size, seen.uid, seen.gid, seen.perm, seen.atime), (3004, 1000, 100, 0o751, when));
+        assert!(seen.mtime > when, "a write after the utime moves mtime on: {:?}", seen.mtime);
+        let mut all = data.clone();
+        all.extend_from_slice(b"more");
+        assert_eq!(read_all(&other, attr.ino).await, all);
+
+        // Attributes set while data is buffered that the data no longer
+        // carries (truncated away) still land, with the flush.
+        let (attr, fh) = fs.create(InodeId::ROOT, b"g", 0o644, 0, 0).await.unwrap();
+        fs.write(fh, 0, b"abc", false).await.unwrap();
+        fs.setattr(attr.ino, SetAttr { perm: Some(0o600), ..Default::default() }).await.unwrap();
+        fs.setattr(attr.ino, SetAttr { size: Some(0), ..Default::default() }).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let seen = c.client().await.getattr(attr.ino).await.unwrap();
+        assert_eq!((seen.size, seen.perm), (0, 0o600));
+
+        // With nothing buffered a setattr is durable when it returns.
+        let (attr, fh) = fs.create(InodeId::ROOT, b"h", 0o644, 0, 0).await.unwrap();
+        fs.setattr(attr.ino, SetAttr { perm: Some(0o640), ..Default::default() }).await.unwrap();
+        assert_eq!(c.client().await.getattr(attr.ino).await.unwrap().perm, 0o640);
+        fs.release(fh).await.unwrap();
         c.stop().await;
     })
     .await
