@@ -329,6 +329,15 @@ impl Known {
         g.attrs.remove(&ino);
     }
 
+    /// Takes `ino`'s cached attributes out, as [`Known::forget_attr`]
+    /// forgets them (this mount is about to change them), returning them.
+    pub(crate) fn take_attr(&self, ino: InodeId) -> Option<Attr> {
+        let mut g = self.lock();
+        g.generation += 1;
+        let vouched = g.vouched();
+        g.attrs.remove(&ino).filter(|(_, at)| vouched || at.elapsed() < ATTR_FRESH).map(|(a, _)| a)
+    }
+
     /// Forgets every cached attribute (a change of inodes this mount
     /// cannot name: unlink, rmdir, rename).
     pub(crate) fn forget_attrs(&self) {

@@ -22,6 +22,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::warn;
 
+/// What a call that makes an entry started from ([`Fs::making`]).
+struct Making {
+    /// The parent's cached attributes before the call, if any.
+    parent_before: Option<Attr>,
+    /// The cache's generations when the call started.
+    generation: u64,
+    entry_generation: u64,
+}
+
 /// How many inode numbers are reserved at once for symlinks.
 const RESERVE_BATCH: u32 = 16;
 
@@ -63,18 +72,39 @@ impl Fs {
         Ok(self.overlay(attr).await)
     }
 
+    /// Starts a call that makes an entry in `parent`: takes the parent's
+    /// cached attributes out (they change) and notes the cache's
+    /// generations, for [`Fs::made`].
+    fn making(&self, parent: InodeId) -> Making {
+        let parent_before = self.known.take_attr(parent);
+        Making {
+            parent_before,
+            generation: self.known.generation(),
+            entry_generation: self.known.entry_generation(),
+        }
+    }
+
     /// Records in the cache the outcome of this mount's call that makes
-    /// `name` in `parent`, started at `entry_generation`: the new entry
-    /// (and its attributes, an inode with no extended attributes), or —
-    /// when the call failed and may or may not have made it — nothing, and
-    /// `parent` is no longer complete.
-    fn made(&self, parent: InodeId, name: &[u8], r: &Result<Attr>, generation: u64, entry_generation: u64) {
+    /// `name` in `parent`: the new entry and its attributes (an inode with
+    /// no extended attributes), and the parent's new attributes — dirsvc
+    /// sets a directory's mtime and ctime to the new inode's crtime in the
+    /// same transaction and counts a new subdirectory's link, so they need
+    /// no `getattr` (the kernel asks for them before the next create in
+    /// that directory). When the call failed and may or may not have made
+    /// the name: nothing, and `parent` is no longer complete.
+    fn made(&self, parent: InodeId, name: &[u8], r: &Result<Attr>, m: Making) {
         match r {
             Ok(attr) => {
-                self.known.record_bare(attr.ino, generation);
-                self.known.record_attr(attr, generation);
+                self.known.record_bare(attr.ino, m.generation);
+                self.known.record_attr(attr, m.generation);
                 let dir = attr.kind == FileKind::Dir;
-                self.known.record_made(parent, name, attr.ino, dir, entry_generation);
+                if let Some(mut p) = m.parent_before {
+                    p.mtime = attr.crtime;
+                    p.ctime = attr.crtime;
+                    p.nlink += u32::from(dir);
+                    self.known.record_attr(&p, m.generation);
+                }
+                self.known.record_made(parent, name, attr.ino, dir, m.entry_generation);
                 self.names.record(attr.ino, parent, name);
             }
             Err(_) => self.known.forget_entry(parent, name),
@@ -183,20 +213,18 @@ impl Fs {
     /// Makes a directory.
     pub async fn mkdir(&self, parent: InodeId, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        self.known.forget_attr(parent);
-        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let m = self.making(parent);
         let r = self.dir.mutate_attr(Mutation::Mkdir { parent, name: sealed, perm, uid, gid }).await;
-        self.made(parent, name, &r, generation, entry_generation);
+        self.made(parent, name, &r, m);
         r
     }
 
     /// Makes a special node (FIFO, socket, device) or an empty regular file.
     pub async fn mknod(&self, parent: InodeId, name: &[u8], new: NewInode) -> Result<Attr> {
         let sealed = self.seal_name(parent, name)?;
-        self.known.forget_attr(parent);
-        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let m = self.making(parent);
         let r = self.dir.mutate_attr(Mutation::Create { parent, name: sealed, new }).await;
-        self.made(parent, name, &r, generation, entry_generation);
+        self.made(parent, name, &r, m);
         r
     }
 
@@ -211,8 +239,7 @@ impl Fs {
     ) -> Result<(Attr, u64)> {
         let new = NewInode { kind: FileKind::File, perm, uid, gid, rdev: 0 };
         let sealed = self.seal_name(parent, name)?;
-        self.known.forget_attr(parent);
-        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let m = self.making(parent);
         // The create and the open mark in one round trip.
         let r = self
             .mark_open_with(|session| Mutation::CreateOpen {
@@ -222,7 +249,7 @@ impl Fs {
                 new: new.clone(),
             })
             .await;
-        self.made(parent, name, &r, generation, entry_generation);
+        self.made(parent, name, &r, m);
         let attr = r?;
         let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
         Ok((attr, fh))
@@ -318,9 +345,8 @@ impl Fs {
             ));
         }
         let sealed = self.seal_name(parent, name)?;
-        self.known.forget_attr(parent);
         let size = target.len() as u64;
-        let (generation, entry_generation) = (self.known.generation(), self.known.entry_generation());
+        let m = self.making(parent);
         // A reservation can be lost (dirsvc restarted, the session was
         // replaced): then reserve afresh and seal again, once.
         for attempt in 0..2 {
@@ -345,7 +371,7 @@ impl Fs {
                 .await;
             match r {
                 Ok(attr) => {
-                    self.made(parent, name, &Ok(attr.clone()), generation, entry_generation);
+                    self.made(parent, name, &Ok(attr.clone()), m);
                     return Ok(attr);
                 }
                 Err(Error::Dir(DirError::NotReserved(_))) if attempt == 0 => {

@@ -48,9 +48,11 @@ pub(crate) struct SessionState {
     /// dirsvc while its count is above zero. Read by a reclaim, which may
     /// run inside a mark RPC, so it is only ever locked briefly.
     marks: std::sync::Mutex<HashMap<InodeId, usize>>,
-    /// Serializes the mark and unmark RPCs of one client so they reach
-    /// dirsvc in order.
-    mark_calls: tokio::sync::Mutex<()>,
+    /// Serializes the mark and unmark RPCs of each inode so they reach
+    /// dirsvc in order (a release still in flight must not undo the next
+    /// open's mark); calls for different inodes run side by side, so the
+    /// release of one file never delays the open or create of the next.
+    mark_calls: std::sync::Mutex<HashMap<InodeId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Locks granted to this client, as dirsvc holds them (POSIX range
     /// semantics applied locally too), for reclaim.
     pub(crate) locks: std::sync::Mutex<Vec<Lock>>,
@@ -67,7 +69,7 @@ impl SessionState {
             lease_ms: AtomicU64::new(DEFAULT_LEASE_MS),
             max_commit_entries: AtomicU64::new(COMMIT_BATCH as u64),
             marks: std::sync::Mutex::new(HashMap::new()),
-            mark_calls: tokio::sync::Mutex::new(()),
+            mark_calls: std::sync::Mutex::new(HashMap::new()),
             locks: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -238,6 +240,20 @@ impl Fs {
         }
     }
 
+    /// Waits for `ino`'s turn to send a mark or unmark RPC; the turn lasts
+    /// as long as the returned guard.
+    async fn mark_turn(&self, ino: InodeId) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut calls = lock(&self.session.mark_calls);
+            if calls.len() >= 4096 {
+                // Forget the turns nobody holds or waits for.
+                calls.retain(|_, t| std::sync::Arc::strong_count(t) > 1);
+            }
+            calls.entry(ino).or_default().clone()
+        };
+        turn.lock_owned().await
+    }
+
     /// Counts a new handle on `ino`; the first one marks it open at dirsvc
     /// (so unlinking its last name keeps the inode until the last handle
     /// here is released) and also returns the first page of its layout,
@@ -251,7 +267,7 @@ impl Fs {
         &self,
         ino: InodeId,
     ) -> Result<Option<common::rpc::dir::LayoutPage>> {
-        let _calls = self.session.mark_calls.lock().await;
+        let _turn = self.mark_turn(ino).await;
         let page = if lock(&self.session.marks).contains_key(&ino) {
             None
         } else {
@@ -278,7 +294,7 @@ impl Fs {
         &self,
         op: impl Fn(SessionId) -> common::rpc::dir::Mutation,
     ) -> Result<Attr> {
-        let _calls = self.session.mark_calls.lock().await;
+        // A new inode: no mark or release of it can be in flight.
         let request = self.dir.next_request();
         let attr = self
             .with_session(|s| {
@@ -294,7 +310,7 @@ impl Fs {
     /// frees the inode if it was unlinked meanwhile and no other client holds
     /// it open. Failures are logged: the mark then ends with the session.
     pub(crate) async fn unmark_open(&self, ino: InodeId) {
-        let _calls = self.session.mark_calls.lock().await;
+        let _turn = self.mark_turn(ino).await;
         {
             let mut marks = lock(&self.session.marks);
             let Some(n) = marks.get_mut(&ino) else { return };

@@ -28,6 +28,26 @@ pub(super) const NO_LIVE_PEER_WAIT: std::time::Duration = std::time::Duration::f
 /// How often a block waiting for a live peer asks dirsvc again (1 s).
 const NO_LIVE_PEER_STEP: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Plaintext blocks up to this many bytes (64 KiB, one segment) are sealed
+/// on the uploading task's thread: that costs less than a hand-off to the
+/// blocking pool and back. Larger ones are sealed on the blocking pool.
+const SEAL_HERE_MAX: usize = 64 << 10;
+
+/// Sealing adds at most this many bytes to a block of one segment (v3:
+/// header, segment tag and length), so a block 0 of up to
+/// `INLINE_MAX_LEN - INLINE_SEAL_SPARE` bytes is kept inline for sure and
+/// is sealed where the flush runs.
+const INLINE_SEAL_SPARE: usize = 64;
+
+/// Seals `plain` as one chunk under `key` of `epoch`: segmented (v3) so
+/// random reads fetch 64 KiB segments, not blocks; v2 only when a test
+/// asks for the older format.
+///
+/// Errors: the codec's.
+fn seal_block(key: &common::keys::SubKey, epoch: u32, plain: &[u8], v2: bool) -> Result<codec::SealedChunk> {
+    Ok(if v2 { codec::seal(key, epoch, plain)? } else { codec::seal_segmented(key, epoch, plain)? })
+}
+
 /// How the peers asked to store a block answered, for the errno.
 #[derive(Default)]
 struct Tally {
@@ -52,8 +72,21 @@ impl Fs {
         // failed.
         let backlog = crate::telemetry::BacklogGuard::new(u.data.len());
         let report = Report { tx: st.results_tx.clone(), idx: u.idx, gen: u.gen, sent: false };
-        let me = self.clone();
         let ino = st.ino;
+        if u.idx == 0 && self.config.inline && u.data.len() + INLINE_SEAL_SPARE <= INLINE_MAX_LEN as usize {
+            // A small file's block 0 goes inline: sealed right here, no
+            // task, no upload slot, no peer (the commit carries it).
+            let _ = started_tx.send(());
+            if st.buf.upload_started(u.idx, u.gen) {
+                let r = self.keep_inline(ino, u.idx, u.data);
+                drop(backlog);
+                report.send(r);
+            } else {
+                report.skip();
+            }
+            return started;
+        }
+        let me = self.clone();
         let file = st.me.clone();
         tokio::spawn(async move {
             let Ok(permit) = me.uploads.clone().acquire_owned().await else { return };
@@ -83,6 +116,61 @@ impl Fs {
         started
     }
 
+    /// Whether blocks are sealed in the older unsegmented format (a test
+    /// switch; always false in the product).
+    fn seal_v2(&self) -> bool {
+        #[cfg(test)]
+        return self.seal_v2.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        false
+    }
+
+    /// Seals block `idx` of `ino` (a small block 0) under the newest key
+    /// epoch on this thread and keeps it inline, or, if it turns out too
+    /// long for that, reports it as not stored (the caller only hands
+    /// blocks that fit).
+    ///
+    /// Errors: sealing's, or the MAC's key.
+    fn keep_inline(&self, ino: InodeId, idx: u64, data: Block) -> Result<Uploaded> {
+        let keys = self.keys();
+        let epoch = keys.newest();
+        let sealed = seal_block(&keys.newest_keys().chunk, epoch, &data, self.seal_v2())?;
+        let len = sealed.bytes.len() as u32;
+        if len > INLINE_MAX_LEN {
+            return Err(Error::Upload(format!(
+                "block of {} bytes sealed to {len}, too long to keep inline",
+                data.len()
+            )));
+        }
+        let mac = self.entry_mac(&keys, ino, idx, sealed.id, len, epoch)?;
+        Ok(self.inline_chunk(ino, data, sealed, epoch, mac))
+    }
+
+    /// The stored form of a block kept in its layout entry: the commit
+    /// carries the sealed bytes to dirsvc, no peer holds them.
+    fn inline_chunk(
+        &self,
+        ino: InodeId,
+        data: Block,
+        sealed: codec::SealedChunk,
+        epoch: u32,
+        mac: [u8; 32],
+    ) -> Uploaded {
+        debug!(ino = %ino, chunk = %sealed.id, len = sealed.bytes.len(), "block kept inline");
+        self.cache.insert(sealed.id, data);
+        Uploaded {
+            stored: StoredChunk {
+                id: sealed.id,
+                len: sealed.bytes.len() as u32,
+                replicas: Vec::new(),
+                epoch,
+                mac,
+                inline: Some(sealed.bytes),
+            },
+            locs: Vec::new(),
+        }
+    }
+
     /// Seals one block under the newest key epoch and stores it on R
     /// distinct peers (at least the degraded-write minimum); the result
     /// carries the layout entry's MAC for block `idx` of `ino`.
@@ -103,39 +191,19 @@ impl Fs {
         let keys = self.keys();
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
-        let plain = data.clone();
-        #[cfg(test)]
-        let v2 = self.seal_v2.load(std::sync::atomic::Ordering::Relaxed);
-        #[cfg(not(test))]
-        let v2 = false;
-        // Segmented (v3) so random reads fetch 64 KiB segments, not blocks.
-        let sealed = tokio::task::spawn_blocking(move || {
-            if v2 {
-                codec::seal(&key, epoch, &plain)
-            } else {
-                codec::seal_segmented(&key, epoch, &plain)
-            }
-        })
-        .await
-        .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??;
+        let v2 = self.seal_v2();
+        let sealed = if data.len() <= SEAL_HERE_MAX {
+            seal_block(&key, epoch, &data, v2)?
+        } else {
+            let plain = data.clone();
+            tokio::task::spawn_blocking(move || seal_block(&key, epoch, &plain, v2))
+                .await
+                .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??
+        };
         let len = sealed.bytes.len() as u64;
         let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
         if idx == 0 && len <= u64::from(INLINE_MAX_LEN) && self.config.inline {
-            // A small file's only block: kept in its layout entry by the
-            // commit (dirsvc holds it), so no peer put at all.
-            debug!(ino = %ino, chunk = %sealed.id, len, "block kept inline");
-            self.cache.insert(sealed.id, data);
-            return Ok(Uploaded {
-                stored: StoredChunk {
-                    id: sealed.id,
-                    len: len as u32,
-                    replicas: Vec::new(),
-                    epoch,
-                    mac,
-                    inline: Some(sealed.bytes),
-                },
-                locs: Vec::new(),
-            });
+            return Ok(self.inline_chunk(ino, data, sealed, epoch, mac));
         }
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;

@@ -42,9 +42,18 @@ async fn lookups_are_answered_locally_while_the_feed_vouches_and_see_every_chang
 
         // A directory a makes is complete: names not made in it are absent
         // without asking, the ones made are found.
+        a.getattr(InodeId::ROOT).await.unwrap();
         let d = a.mkdir(InodeId::ROOT, b"d", 0o755, 0, 0).await.unwrap();
         let (f, fh) = a.create(d.ino, b"f", 0o644, 0, 0).await.unwrap();
         a.release(fh).await.unwrap();
+        // The parent's new attributes are known without asking: exactly
+        // what dirsvc holds (mtime, ctime, and a subdirectory's link).
+        a.getattr(d.ino).await.unwrap();
+        a.mkdir(d.ino, b"sub", 0o755, 0, 0).await.unwrap();
+        let fresh = c.client().await;
+        for dir in [d.ino, InodeId::ROOT] {
+            assert_eq!(a.known.attr(dir), Some(fresh.getattr(dir).await.unwrap()), "{dir}");
+        }
         let asked = a.known.entries_answered();
         assert!(absent(&a.lookup(d.ino, b"nope").await));
         assert_eq!(a.lookup(d.ino, b"f").await.unwrap().ino, f.ino);
