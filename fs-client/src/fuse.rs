@@ -386,7 +386,8 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0 && flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        match self.rt.block_on(self.fs.open(InodeId(ino.0), truncate)) {
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.rt.block_on(self.fs.open_as(InodeId(ino.0), truncate, writable)) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno("open", &e)),
         }

@@ -265,6 +265,11 @@ pub fn run(config: MountConfig) -> Result<()> {
         // ENOENT: the kernel does not cache the inode.
         let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);
     }));
+    let notifier = session.notifier();
+    fs.set_page_store(std::sync::Arc::new(move |ino, offset, data| {
+        // ENOENT: the kernel no longer has the inode; nothing to fill.
+        notifier.store(fuser::INodeNo(ino.0), offset, data).is_ok()
+    }));
     info!(mountpoint = %mountpoint.display(), dirsvc = %config.dirsvc, "mounted");
 
     let signalled = rt.block_on(async {

@@ -360,6 +360,13 @@ impl<L: Clone> BlockBuffer<L> {
 
     // ----- queries -----------------------------------------------------------
 
+    /// A value that changes with every change of the buffer's size or
+    /// content (a write, a truncate, a reload), for callers that must know
+    /// nothing changed between two moments.
+    pub fn content_stamp(&self) -> (u64, u64, u64) {
+        (self.version, self.next, self.size)
+    }
+
     /// The file's size in bytes as this client sees it.
     pub fn size(&self) -> u64 {
         self.size

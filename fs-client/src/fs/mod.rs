@@ -408,6 +408,10 @@ impl FileState {
 
 struct OpenFile {
     opens: AtomicUsize,
+    /// Handles that may write (opened for writing, or created): while
+    /// there are any, the kernel's page cache of the file is never filled
+    /// from here ([`Fs::fill_page_cache`]).
+    writable_opens: AtomicUsize,
     state: tokio::sync::Mutex<FileState>,
 }
 
@@ -415,13 +419,19 @@ impl OpenFile {
     fn new(mut state: FileState, opens: usize) -> Arc<Self> {
         Arc::new_cyclic(|me| {
             state.me = me.clone();
-            OpenFile { opens: AtomicUsize::new(opens), state: tokio::sync::Mutex::new(state) }
+            OpenFile {
+                opens: AtomicUsize::new(opens),
+                writable_opens: AtomicUsize::new(0),
+                state: tokio::sync::Mutex::new(state),
+            }
         })
     }
 }
 
 struct Handle {
     ino: InodeId,
+    /// Whether this handle may write (counted in `OpenFile::writable_opens`).
+    writable: bool,
     /// End offset of the last read, for sequential-read detection.
     last_read_end: AtomicU64,
 }
@@ -474,6 +484,8 @@ pub struct Fs {
     /// Drops the kernel's cached attributes and pages of an inode (set by
     /// the mount; tests without FUSE have none).
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// Fills the kernel's page cache around random reads, once set.
+    page_store: std::sync::OnceLock<PageStore>,
     /// Extended attributes known to be absent, answered without dirsvc.
     known: known::Known,
     /// The last small-block placement, reused for a moment.
@@ -482,6 +494,10 @@ pub struct Fs {
 
 /// A callback that drops the kernel's caches of an inode.
 pub type Invalidator = Arc<dyn Fn(InodeId) + Send + Sync>;
+
+/// A callback that puts plaintext into the kernel's page cache of an inode
+/// at a byte offset (`FUSE_NOTIFY_STORE`); false if the kernel refused.
+pub type PageStore = Arc<dyn Fn(InodeId, u64, &[u8]) -> bool + Send + Sync>;
 
 /// Longest wait for the kernel to drop an inode's caches on a lock grant.
 /// Dropping pages may need dirty mmapped pages written back through this
@@ -523,6 +539,7 @@ impl Fs {
             kept: Mutex::new(HashMap::new()),
             session: session::SessionState::new(config.session_label.clone()),
             invalidator: std::sync::OnceLock::new(),
+            page_store: std::sync::OnceLock::new(),
             known: known::Known::default(),
             placements: upload::PlacementReuse::default(),
             config,
@@ -533,6 +550,12 @@ impl Fs {
     /// mount passes fuser's notifier). Only the first call takes effect.
     pub fn set_invalidator(&self, f: Invalidator) {
         let _ = self.invalidator.set(f);
+    }
+
+    /// Sets the callback that fills the kernel's page cache (the mount
+    /// passes fuser's notifier). Only the first call takes effect.
+    pub fn set_page_store(&self, f: PageStore) {
+        let _ = self.page_store.set(f);
     }
 
     /// Reloads size and layout of `ino` if this client has it open with no

@@ -251,7 +251,7 @@ impl Fs {
             .await;
         self.made(parent, name, &r, m);
         let attr = r?;
-        let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new());
+        let (fh, _, _) = self.open_loaded(&attr, BTreeMap::new(), true);
         Ok((attr, fh))
     }
 

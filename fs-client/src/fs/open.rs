@@ -65,6 +65,7 @@ impl Fs {
         &self,
         attr: &Attr,
         layout: BTreeMap<u64, BlockLoc>,
+        writable: bool,
     ) -> (u64, Arc<OpenFile>, bool) {
         let (file, existed) = {
             let mut files = lock(&self.files);
@@ -76,17 +77,28 @@ impl Fs {
             // Counted under the map's lock so a concurrent last release
             // cannot drop the state this handle is about to use.
             f.opens.fetch_add(1, Ordering::SeqCst);
+            if writable {
+                f.writable_opens.fetch_add(1, Ordering::SeqCst);
+            }
             (f, existed)
         };
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        lock(&self.handles).insert(fh, Arc::new(Handle { ino: attr.ino, last_read_end: AtomicU64::new(0) }));
+        let h = Handle { ino: attr.ino, writable, last_read_end: AtomicU64::new(0) };
+        lock(&self.handles).insert(fh, Arc::new(h));
         (fh, file, existed)
+    }
+
+    /// Opens a regular file for reading and writing: [`Fs::open_as`].
+    pub async fn open(self: &Arc<Self>, ino: InodeId, truncate: bool) -> Result<u64> {
+        self.open_as(ino, truncate, true).await
     }
 
     /// Opens a regular file: fetches its layout (close-to-open) and uses it
     /// unless this process holds unflushed changes to the file; `truncate`
-    /// empties it (`O_TRUNC`). Returns the handle.
-    pub async fn open(self: &Arc<Self>, ino: InodeId, truncate: bool) -> Result<u64> {
+    /// empties it (`O_TRUNC`); `writable`: the handle may write (else the
+    /// kernel's page cache of the file may be filled around random reads).
+    /// Returns the handle.
+    pub async fn open_as(self: &Arc<Self>, ino: InodeId, truncate: bool, writable: bool) -> Result<u64> {
         // One round trip for a file this mount does not hold open yet: the
         // open mark and the first layout page together.
         let loaded = match self.mark_open_loading(ino).await? {
@@ -104,7 +116,7 @@ impl Fs {
                 return Err(e);
             }
         };
-        let (fh, f, existed) = self.open_loaded(&attr, layout.clone());
+        let (fh, f, existed) = self.open_loaded(&attr, layout.clone(), writable || truncate);
         if existed {
             let mut st = f.state.lock().await;
             self.reap(&mut st);
@@ -167,6 +179,9 @@ impl Fs {
             st.writers.remove(&fh);
             let clean = !st.has_local_changes();
             let mut files = lock(&self.files);
+            if h.writable {
+                f.writable_opens.fetch_sub(1, Ordering::SeqCst);
+            }
             if f.opens.fetch_sub(1, Ordering::SeqCst) == 1 && clean {
                 files.remove(&h.ino);
             }

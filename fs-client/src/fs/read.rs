@@ -10,8 +10,15 @@
 //! the segment cache. A chunk that is not segmented (v1/v2: a peer answers
 //! `Invalid`), or whose segments no replica gives verified, is read whole
 //! as before. No byte is served before it verified (invariant 3).
+//!
+//! The kernel asks for the 4 KiB page a random read misses; the segment
+//! fetched for it is 64 KiB. When no handle of this mount may write the
+//! file, the whole segment is put into the kernel's page cache as well
+//! (`FUSE_NOTIFY_STORE`, [`Fs::fill_page_cache`]), so the next reads
+//! within it cost no round trip: a random reader of a file that fits in
+//! memory soon reads it from memory, as the readers of a local file do.
 
-use super::Fs;
+use super::{FileState, Fs, OpenFile};
 use crate::cache::Block;
 use crate::error::{Error, Result};
 use common::codec::{self, SegmentLayout, SEGMENT_SIZE};
@@ -32,13 +39,17 @@ impl Fs {
         let h = self.handle(fh)?;
         let f = self.file(h.ino)?;
         let b = self.block_size;
-        let (mut plan, ahead, sequential, end) = {
+        let (mut plan, ahead, sequential, end, fill) = {
             let mut st = f.state.lock().await;
             self.reap(&mut st);
             let end = offset.saturating_add(len as u64).min(st.buf.size());
             if offset >= end {
                 return Ok(Vec::new());
             }
+            // Segments fetched for this read may fill the kernel's page
+            // cache if nothing here may change the file meanwhile.
+            let fill = (f.writable_opens.load(Ordering::SeqCst) == 0 && !st.has_local_changes())
+                .then(|| st.buf.content_stamp());
             // Local bytes now; stored blocks are fetched below, without the
             // lock.
             let plan = st.buf.read(offset, len as u64);
@@ -52,7 +63,7 @@ impl Fs {
             } else {
                 Vec::new()
             };
-            (plan, ahead, sequential, end)
+            (plan, ahead, sequential, end, fill)
         };
         for loc in ahead {
             if self.cache.get(&loc.chunk).is_none() {
@@ -76,16 +87,74 @@ impl Fs {
                     self.read_segments(ino, &loc, want.clone()).await?
                 };
                 Ok::<_, Error>(match part {
-                    Some(bytes) => (i, want.start, Arc::new(bytes)),
-                    None => (i, 0, self.fetch_block(ino, &loc).await?),
+                    Some((bytes, fresh)) => {
+                        let fresh: Vec<_> = fresh.into_iter().map(|(at, p)| (bstart + at, p)).collect();
+                        (i, want.start, Arc::new(bytes), fresh)
+                    }
+                    None => (i, 0, self.fetch_block(ino, &loc).await?, Vec::new()),
                 })
             }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
-        for (i, at, block) in blocks {
+        let mut fresh = Vec::new();
+        for (i, at, block, segments) in blocks {
             plan.fill_at(i, at, &block);
+            fresh.extend(segments);
+        }
+        if let (Some(stamp), false) = (fill, fresh.is_empty()) {
+            self.fill_page_cache(f, stamp, fresh);
         }
         Ok(plan.into_bytes())
+    }
+
+    /// Hands the whole segments a random read fetched (`(file offset,
+    /// plaintext)`) to the kernel's page cache, in the background: the
+    /// next reads of the same 64 KiB need no round trip at all, where the
+    /// kernel alone would keep only the 4 KiB page it asked for. Done only
+    /// while no handle here may write the file and its buffer is clean and
+    /// unchanged since the read began (`stamp`), clipped to the file's size
+    /// (a store past the end would grow the kernel's idea of it). If the
+    /// file changed while the pages went in, the kernel's copy is dropped
+    /// again. Off the async workers, after this read's reply: a store waits
+    /// for pages the kernel is still reading.
+    fn fill_page_cache(
+        self: &Arc<Self>,
+        f: Arc<OpenFile>,
+        stamp: (u64, u64, u64),
+        segments: Vec<(u64, Block)>,
+    ) {
+        let Some(store) = self.page_store.get().cloned() else { return };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let unchanged = |st: &FileState| {
+                f.writable_opens.load(Ordering::SeqCst) == 0
+                    && !st.has_local_changes()
+                    && st.buf.content_stamp() == stamp
+            };
+            let ino = {
+                let st = f.state.lock().await;
+                if !unchanged(&st) {
+                    return;
+                }
+                st.ino
+            };
+            let size = stamp.2;
+            let stored = tokio::task::spawn_blocking(move || {
+                for (at, plain) in segments {
+                    let n = size.saturating_sub(at).min(plain.len() as u64) as usize;
+                    if n > 0 && !store(ino, at, &plain[..n]) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let changed = stored.is_err() || !unchanged(&*f.state.lock().await);
+            if changed {
+                if let Some(inval) = me.invalidator.get().cloned() {
+                    let _ = tokio::task::spawn_blocking(move || inval(ino)).await;
+                }
+            }
+        });
     }
 
     /// The plaintext of block `loc.index` of `ino`: its layout entry is
@@ -135,7 +204,7 @@ impl Fs {
         ino: InodeId,
         loc: &BlockLoc,
         want: Range<u64>,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<(Vec<u8>, Vec<(u64, Block)>)>> {
         self.verify_entry(ino, loc).await?;
         // An inline chunk is read whole from its entry.
         if loc.inline.is_some() {
@@ -147,26 +216,30 @@ impl Fs {
         };
         let want = want.start..want.end.min(u64::from(layout.plaintext_len()));
         if want.start >= want.end {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((Vec::new(), Vec::new())));
         }
         let Ok(segments) = layout.segments_for(want.clone()) else { return Ok(None) };
         let fetches = segments.map(|k| async move {
             if let Some(p) = self.segments.get(&loc.chunk, k) {
                 metrics::counter!(crate::telemetry::CACHE_HITS).increment(1);
-                return Ok::<_, Error>(Some((k, p)));
+                return Ok::<_, Error>(Some((k, p, false)));
             }
             metrics::counter!(crate::telemetry::CACHE_MISSES).increment(1);
             let p = self.fetch_segment(loc, &layout, k).await?;
             if let Some(p) = &p {
                 self.segments.insert(loc.chunk, k, p.clone());
             }
-            Ok(p.map(|p| (k, p)))
+            Ok(p.map(|p| (k, p, true)))
         });
         let mut out = Vec::with_capacity((want.end - want.start) as usize);
+        let mut fresh = Vec::new();
         for piece in futures::future::try_join_all(fetches).await? {
-            let Some((k, plain)) = piece else { return Ok(None) };
+            let Some((k, plain, fetched)) = piece else { return Ok(None) };
             // Both ranges are inside the block's plaintext (≤ 4 MiB).
             let seg = layout.plaintext_range(k).map_err(|e| Error::Integrity(e.to_string()))?;
+            if fetched {
+                fresh.push((seg.start, plain.clone()));
+            }
             let from = want.start.max(seg.start);
             let to = want.end.min(seg.end);
             if to > from && (to - seg.start) as usize <= plain.len() {
@@ -175,7 +248,7 @@ impl Fs {
                 return Ok(None);
             }
         }
-        Ok(Some(out))
+        Ok(Some((out, fresh)))
     }
 
     /// Segment `k` of `loc`'s segmented chunk from the first replica whose
@@ -212,19 +285,18 @@ impl Fs {
                     continue;
                 }
             };
-            let (id, want, layout, key) = (loc.chunk, loc.epoch, *layout, key.clone());
-            let opened = tokio::task::spawn_blocking(move || {
-                let seg = codec::verify_segment_proof(&id, &layout, k, &proof)?;
-                if seg.header.epoch != want {
+            // One segment (≤ 64 KiB) verifies and opens in less time than
+            // a hand-off to the blocking pool and back would take.
+            let opened = (|| {
+                let seg = codec::verify_segment_proof(&loc.chunk, layout, k, &proof)?;
+                if seg.header.epoch != loc.epoch {
                     return Err(common::Error::Key(format!(
-                        "the chunk is sealed under key epoch {}, its layout entry says {want}",
-                        seg.header.epoch
+                        "the chunk is sealed under key epoch {}, its layout entry says {}",
+                        seg.header.epoch, loc.epoch
                     )));
                 }
                 seg.open(&key)
-            })
-            .await
-            .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
+            })();
             match opened {
                 Ok(plain) => return Ok(Some(Arc::new(plain))),
                 Err(e) => {

@@ -228,6 +228,70 @@ fn map_shared_writes_are_read_on_another_mount_after_msync() {
     report("MAP_SHARED writes across mounts", &c);
 }
 
+/// Pages of `len` bytes at `offset` of `f` that are in the page cache.
+fn resident_pages(f: &File, offset: usize, len: usize) -> usize {
+    let page = 4096;
+    // SAFETY: a read-only shared mapping of an open file, unmapped below;
+    // mincore reads no byte of it.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            offset + len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mut vec = vec![0u8; len / page];
+        let r = libc::mincore(map.cast::<u8>().add(offset).cast(), len, vec.as_mut_ptr());
+        assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+        libc::munmap(map, offset + len);
+        vec.iter().filter(|v| **v & 1 == 1).count()
+    }
+}
+
+#[test]
+fn a_random_read_fills_the_page_cache_with_its_whole_segment_and_writes_stay_visible() {
+    let mut c = TestCluster::start(3, 2);
+    c.mount();
+    let path = c.mountpoint().join("random.bin");
+    let len = 2 * MIB as usize + 5000;
+    let mut want = Pattern::bytes(11, len);
+    fs::write(&path, &want).expect("write the file");
+    // A cold mount: the kernel has no page of the file.
+    c.unmount();
+    c.mount();
+    let reader = File::open(&path).expect("open read-only");
+    // SAFETY: advice on an open descriptor.
+    assert_eq!(unsafe { libc::posix_fadvise(reader.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) }, 0);
+    let seg = MIB as usize + (64 << 10);
+    let mut page = [0u8; 4096];
+    reader.read_exact_at(&mut page, (seg + 8192) as u64).expect("a 4 KiB read");
+    assert!(page[..] == want[seg + 8192..seg + 8192 + 4096]);
+    // The whole 64 KiB segment goes in, in the background; nothing else.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while resident_pages(&reader, seg, 64 << 10) < 16 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(resident_pages(&reader, seg, 64 << 10), 16, "the read's segment is cached whole");
+    assert_eq!(resident_pages(&reader, seg + (192 << 10), 64 << 10), 0, "a segment nobody read is not");
+    // The cached pages hold the file's bytes, and a write through another
+    // handle is read back through the first.
+    assert!(pread_all(&reader) == want, "the file reads back whole");
+    let writer = OpenOptions::new().write(true).open(&path).expect("open for writing");
+    let patch = Pattern::bytes(12, 300);
+    writer.write_all_at(&patch, (seg + 20_000) as u64).expect("write into the cached segment");
+    want[seg + 20_000..seg + 20_300].copy_from_slice(&patch);
+    assert!(pread_all(&reader) == want, "the write shows through the reader");
+    drop(writer);
+    drop(reader);
+    c.mount_second();
+    let other = File::open(c.second_mountpoint().join("random.bin")).expect("open on the second mount");
+    assert!(pread_all(&other) == want, "another mount reads the write");
+    report("page cache filled by segment", &c);
+}
+
 #[test]
 fn block_aligned_copy_file_range_shares_chunks_and_the_copies_stay_independent() {
     let mut c = TestCluster::start(3, 2);
