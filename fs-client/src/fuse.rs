@@ -389,6 +389,15 @@ impl Filesystem for FuseAdapter {
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         match self.rt.block_on(self.fs.open_as(InodeId(ino.0), truncate, writable)) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
+            // The inode the kernel's entry named is gone: the name was
+            // replaced (a rename over it, an editor's save) between the
+            // kernel's lookup and this open. ESTALE makes the kernel look
+            // the name up again and open what it names now, as a local
+            // file system's open would; ENOENT would fail the open.
+            Err(e) if e.is_not_found() => {
+                debug!(ino = ino.0, "open of a vanished inode; the kernel looks the name up again");
+                reply.error(Errno::ESTALE)
+            }
             Err(e) => reply.error(errno("open", &e)),
         }
     }

@@ -273,25 +273,48 @@ pub const INLINE_MAX_LEN: u32 = 4096 + 64;
 /// layout: the `chmod`, `chown` and `utimensat` a program made on a file
 /// while its data was still buffered at the client (`tar` unpacking a
 /// file sets mtime, owner and mode before closing it), so they cost no
-/// round trips of their own and land together with that data. Applied as
-/// [`SetAttr`] applies them (`perm & 0o7777`); ctime is set as for any
-/// commit.
+/// round trips of their own and land together with that data. Each is a
+/// compare-and-set ([`AttrChange`]): a value another mount changed since
+/// the client last saw it is newer than the carried change and stays.
+/// ctime is set as for any commit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitAttrs {
-    /// New permission bits.
-    pub perm: Option<u32>,
-    /// New owner.
-    pub uid: Option<u32>,
-    /// New group.
-    pub gid: Option<u32>,
-    /// New access time.
-    pub atime: Option<Timestamp>,
+    /// Permission bits (`& 0o7777`).
+    pub perm: Option<AttrChange<u32>>,
+    /// Owner.
+    pub uid: Option<AttrChange<u32>>,
+    /// Group.
+    pub gid: Option<AttrChange<u32>>,
+    /// Access time.
+    pub atime: Option<AttrChange<Timestamp>>,
 }
 
 impl CommitAttrs {
     /// Whether this changes nothing.
     pub fn is_empty(&self) -> bool {
         *self == CommitAttrs::default()
+    }
+}
+
+/// One attribute change carried by a commit: set to `to` if dirsvc still
+/// holds `from` (what the client saw before its change), else left as it
+/// is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrChange<T> {
+    /// The value the change was made over.
+    pub from: T,
+    /// The new value.
+    pub to: T,
+}
+
+impl<T: PartialEq + Copy> AttrChange<T> {
+    /// The value after this change is applied over `current`.
+    pub fn apply(&self, current: T) -> T {
+        if current == self.from {
+            self.to
+        } else {
+            current
+        }
     }
 }
 

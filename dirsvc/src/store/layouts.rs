@@ -47,8 +47,9 @@ impl Store {
     /// Applies a layout update to regular file `ino` in one transaction:
     /// each listed block entry is set (the new chunk gains a reference and
     /// the committing replicas, the replaced one loses a reference) or
-    /// removed (`None`); then size, mtime and the attributes (`attrs`, from the
-    /// commit) and ctime (now) are set. Entries with index ≥ ⌈size / B⌉ are dropped right after,
+    /// removed (`None`); then size, mtime and the attributes (`attrs`, each
+    /// only over the value its client saw) from the commit, and ctime (now)
+    /// are set. Entries with index ≥ ⌈size / B⌉ are dropped right after,
     /// in bounded transactions (a trim, see the module documentation);
     /// an unfinished trim of the file is finished before the commit.
     ///
@@ -76,7 +77,7 @@ impl Store {
         let vol = self.vol()?;
         check_time("mtime", &commit.mtime)?;
         if let Some(atime) = &commit.attrs.atime {
-            check_time("atime", atime)?;
+            check_time("atime", &atime.to)?;
         }
         let max = self.max_commit_entries();
         if commit.blocks.len() > max {
@@ -467,11 +468,13 @@ impl W<'_, '_> {
         rec.stored_bytes = stored;
         rec.size = commit.size;
         rec.mtime = commit.mtime;
+        // Each carried attribute only over the value its client saw: a
+        // change another mount made since is newer and stays.
         let a = &commit.attrs;
-        rec.perm = a.perm.map_or(rec.perm, |p| p & 0o7777);
-        rec.uid = a.uid.unwrap_or(rec.uid);
-        rec.gid = a.gid.unwrap_or(rec.gid);
-        rec.atime = a.atime.unwrap_or(rec.atime);
+        rec.perm = a.perm.map_or(rec.perm, |c| c.apply(rec.perm) & 0o7777);
+        rec.uid = a.uid.map_or(rec.uid, |c| c.apply(rec.uid));
+        rec.gid = a.gid.map_or(rec.gid, |c| c.apply(rec.gid));
+        rec.atime = a.atime.map_or(rec.atime, |c| c.apply(rec.atime));
         rec.ctime = self.now;
         self.put_inode(ino, &rec)?;
         Ok(Some((to_attr(ino, &rec)?, trims)))

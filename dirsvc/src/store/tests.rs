@@ -13,8 +13,8 @@ use super::*;
 use crate::kv::redb::RedbEngine;
 use crate::kv::{Batch, Engine, Snapshot};
 use common::rpc::dir::{
-    rename_flags, xattr_flags, CommitAttrs, CommitLayout, FileKind, KeyEpoch, Keyring, Member, Mutated,
-    NewInode, PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk, INLINE_MAX_LEN,
+    rename_flags, xattr_flags, AttrChange, CommitAttrs, CommitLayout, FileKind, KeyEpoch, Keyring, Member,
+    Mutated, NewInode, PeerLabels, PeerUsage, Reseal, SessionId, SetAttr, StoredChunk, INLINE_MAX_LEN,
 };
 use common::rpc::Role;
 use common::NodeId;
@@ -499,18 +499,35 @@ fn a_commit_sets_the_attributes_it_carries_in_its_transaction(s: &Store) {
     let f = file(s, InodeId::ROOT, b"f");
     let before = s.getattr(f).unwrap();
     let when = Timestamp { secs: 1_600_000_000, nanos: 7 };
-    let attrs = CommitAttrs { perm: Some(0o14755), uid: Some(1000), gid: None, atime: Some(when) };
+    let attrs = CommitAttrs {
+        perm: Some(AttrChange { from: before.perm, to: 0o14755 }),
+        uid: Some(AttrChange { from: before.uid, to: 1000 }),
+        gid: None,
+        atime: Some(AttrChange { from: before.atime, to: when }),
+    };
     let cm = CommitLayout { held_ms: 0, attrs, size: 0, mtime: when, blocks: vec![] };
     let a = s.commit_layout(f, &cm).unwrap();
     assert_eq!((a.perm, a.uid, a.gid, a.atime, a.mtime), (0o4755, 1000, before.gid, when, when));
     assert!(a.ctime >= before.ctime);
     assert_eq!(s.getattr(f).unwrap(), a);
-    // An empty set changes none of them; a bad atime is refused whole.
-    let cm = CommitLayout { held_ms: 0, attrs: CommitAttrs::default(), size: 5, mtime: when, blocks: vec![] };
+    // A change carried over a value that is no longer there (another
+    // mount changed it since) leaves the newer value; the others apply.
+    s.setattr(f, &SetAttr { perm: Some(0o700), ..Default::default() }).unwrap();
+    let attrs = CommitAttrs {
+        perm: Some(AttrChange { from: 0o4755, to: 0o600 }),
+        gid: Some(AttrChange { from: before.gid, to: 77 }),
+        ..CommitAttrs::default()
+    };
+    let cm = CommitLayout { held_ms: 0, attrs, size: 5, mtime: when, blocks: vec![] };
     let b = s.commit_layout(f, &cm).unwrap();
-    assert_eq!((b.size, b.perm, b.uid, b.atime), (5, 0o4755, 1000, when));
+    assert_eq!((b.size, b.perm, b.uid, b.gid, b.atime), (5, 0o700, 1000, 77, when));
+    // A bad atime is refused whole.
     let bad = Timestamp { secs: 0, nanos: 2_000_000_000 };
-    let attrs = CommitAttrs { perm: Some(0o600), atime: Some(bad), ..CommitAttrs::default() };
+    let attrs = CommitAttrs {
+        perm: Some(AttrChange { from: 0o700, to: 0o600 }),
+        atime: Some(AttrChange { from: when, to: bad }),
+        ..CommitAttrs::default()
+    };
     let cm = CommitLayout { held_ms: 0, attrs, size: 9, mtime: when, blocks: vec![] };
     assert!(matches!(s.commit_layout(f, &cm), Err(Error::Dir(DirError::Invalid(_)))), "an invalid atime");
     assert_eq!(s.getattr(f).unwrap(), b);

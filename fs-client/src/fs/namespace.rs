@@ -15,12 +15,23 @@ use crate::error::{Error, Result};
 use common::codec;
 use common::config::SYMLINK_MAX;
 use common::keys::symlink_ad;
-use common::rpc::dir::{Attr, DirError, FileKind, Mutation, NewInode, NewSymlink, SetAttr, StatFs};
+use common::rpc::dir::{
+    Attr, AttrChange, DirError, FileKind, Mutation, NewInode, NewSymlink, SetAttr, StatFs,
+};
 use common::time::Timestamp;
 use common::InodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::warn;
+
+/// Notes a carried change of one attribute to `to` (if any): over `seen`,
+/// or over what an earlier carried change of it was made over.
+fn carry<T: Copy>(change: &mut Option<AttrChange<T>>, seen: T, to: Option<T>) {
+    if let Some(to) = to {
+        let from = change.map_or(seen, |c| c.from);
+        *change = Some(AttrChange { from, to });
+    }
+}
 
 /// What a call that makes an entry started from ([`Fs::making`]).
 struct Making {
@@ -135,10 +146,10 @@ impl Fs {
                 attr.ctime = attr.ctime.max(st.mtime).max(st.pending_at.unwrap_or(attr.ctime));
                 attr.stored_bytes = st.stored_estimate();
                 let p = &st.pending;
-                attr.perm = p.perm.unwrap_or(attr.perm);
-                attr.uid = p.uid.unwrap_or(attr.uid);
-                attr.gid = p.gid.unwrap_or(attr.gid);
-                attr.atime = p.atime.unwrap_or(attr.atime);
+                attr.perm = p.perm.map_or(attr.perm, |c| c.to);
+                attr.uid = p.uid.map_or(attr.uid, |c| c.to);
+                attr.gid = p.gid.map_or(attr.gid, |c| c.to);
+                attr.atime = p.atime.map_or(attr.atime, |c| c.to);
             }
         }
         attr
@@ -162,11 +173,14 @@ impl Fs {
         if let Some(f) = &file {
             let mut st = f.state.lock().await;
             if rest != SetAttr::default() && !rest.kill_suid_sgid && st.buf.has_local_changes() {
+                // Each change over the value last seen at dirsvc: one
+                // another mount makes meanwhile is newer and stays.
+                let base = self.known.attr(ino).unwrap_or_else(|| st.base.clone());
                 let p = &mut st.pending;
-                p.perm = rest.perm.map(|m| m & 0o7777).or(p.perm);
-                p.uid = rest.uid.or(p.uid);
-                p.gid = rest.gid.or(p.gid);
-                p.atime = rest.atime.or(p.atime);
+                carry(&mut p.perm, base.perm, rest.perm.map(|m| m & 0o7777));
+                carry(&mut p.uid, base.uid, rest.uid);
+                carry(&mut p.gid, base.gid, rest.gid);
+                carry(&mut p.atime, base.atime, rest.atime);
                 if let Some(m) = rest.perm {
                     st.perm = m & 0o7777;
                 }
@@ -175,7 +189,6 @@ impl Fs {
                 }
                 st.pending_at = Some(Timestamp::now());
                 st.mark_uncommitted();
-                let base = self.known.attr(ino).unwrap_or_else(|| st.base.clone());
                 drop(st);
                 return Ok(self.overlay(base).await);
             }

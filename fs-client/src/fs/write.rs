@@ -66,11 +66,11 @@ impl Fs {
         if !has_bits {
             return Ok(());
         }
-        if let Some(p) = st.pending.perm {
+        if let Some(c) = &mut st.pending.perm {
             // The mode the next commit sets: clear the bits there.
-            let kill = if p & 0o2010 == 0o2010 { 0o6000 } else { 0o4000 };
-            st.pending.perm = Some(p & !kill);
-            st.perm = p & !kill;
+            let kill = if c.to & 0o2010 == 0o2010 { 0o6000 } else { 0o4000 };
+            c.to &= !kill;
+            st.perm = c.to;
             return Ok(());
         }
         let ino = st.ino;
@@ -341,7 +341,22 @@ impl Fs {
             // carry them (the data went another way: truncated, or
             // committed by a shrink): one setattr.
             let p = st.pending.clone();
-            let set = SetAttr { perm: p.perm, uid: p.uid, gid: p.gid, atime: p.atime, ..SetAttr::default() };
+            // As a commit would: each change only over the value it was
+            // made over (another mount's newer change stays).
+            let now = match self.dir.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await {
+                Ok(a) => a,
+                Err(e) => return (st, Err(e)),
+            };
+            let over = |c: Option<common::rpc::dir::AttrChange<u32>>, v: u32| {
+                c.filter(|c| c.from == v).map(|c| c.to)
+            };
+            let set = SetAttr {
+                perm: over(p.perm, now.perm),
+                uid: over(p.uid, now.uid),
+                gid: over(p.gid, now.gid),
+                atime: p.atime.filter(|c| c.from == now.atime).map(|c| c.to),
+                ..SetAttr::default()
+            };
             self.known.forget_attr(ino);
             let generation = self.known.generation();
             let r = self

@@ -916,6 +916,18 @@ async fn attributes_set_on_a_file_with_buffered_data_land_with_its_commit_and_no
         let seen = c.client().await.getattr(attr.ino).await.unwrap();
         assert_eq!((seen.size, seen.perm), (0, 0o600));
 
+        // A change another mount makes meanwhile is newer than the carried
+        // one and stays; the carried changes of other attributes land.
+        let (attr, fh) = fs.create(InodeId::ROOT, b"k", 0o644, 0, 0).await.unwrap();
+        fs.write(fh, 0, b"abc", false).await.unwrap();
+        fs.setattr(attr.ino, SetAttr { perm: Some(0o600), uid: Some(7), ..Default::default() })
+            .await
+            .unwrap();
+        other.setattr(attr.ino, SetAttr { perm: Some(0o755), ..Default::default() }).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let seen = c.client().await.getattr(attr.ino).await.unwrap();
+        assert_eq!((seen.size, seen.perm, seen.uid), (3, 0o755, 7));
+
         // With nothing buffered a setattr is durable when it returns.
         let (attr, fh) = fs.create(InodeId::ROOT, b"h", 0o644, 0, 0).await.unwrap();
         fs.setattr(attr.ino, SetAttr { perm: Some(0o640), ..Default::default() }).await.unwrap();
