@@ -205,21 +205,30 @@ impl Fs {
         if rest == SetAttr::default() {
             return self.getattr(ino).await;
         }
-        self.known.forget_attr(ino);
-        let generation = self.known.generation();
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let r = rest.clone();
-                async move { c.setattr(ctx, ino, r).await }
-            })
-            .await?;
-        self.known.record_attr(&attr, generation);
+        let attr = self.setattr_at_dirsvc(ino, rest).await?;
         if let Some(f) = &file {
             let mut st = f.state.lock().await;
             st.perm = attr.perm;
             st.base = attr.clone();
         }
+        Ok(attr)
+    }
+
+    /// Sets `set` on `ino` at dirsvc (durable when it returns) and keeps
+    /// the answer as the inode's cached attributes.
+    ///
+    /// Errors: dirsvc's (`ENOENT`, `EINVAL`, …) and transport errors.
+    pub(super) async fn setattr_at_dirsvc(&self, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        self.known.forget_attr(ino);
+        let generation = self.known.generation();
+        let attr = self
+            .dir
+            .call(|c, ctx| {
+                let s = set.clone();
+                async move { c.setattr(ctx, ino, s).await }
+            })
+            .await?;
+        self.known.record_attr(&attr, generation);
         Ok(attr)
     }
 

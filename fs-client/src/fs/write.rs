@@ -73,16 +73,8 @@ impl Fs {
             st.perm = c.to;
             return Ok(());
         }
-        let ino = st.ino;
-        self.known.forget_attr(ino);
         let set = SetAttr { kill_suid_sgid: true, ..SetAttr::default() };
-        let attr = self
-            .dir
-            .call(|c, ctx| {
-                let s = set.clone();
-                async move { c.setattr(ctx, ino, s).await }
-            })
-            .await?;
+        let attr = self.setattr_at_dirsvc(st.ino, set).await?;
         st.perm = attr.perm;
         Ok(())
     }
@@ -357,18 +349,8 @@ impl Fs {
                 atime: p.atime.filter(|c| c.from == now.atime).map(|c| c.to),
                 ..SetAttr::default()
             };
-            self.known.forget_attr(ino);
-            let generation = self.known.generation();
-            let r = self
-                .dir
-                .call(|c, ctx| {
-                    let s = set.clone();
-                    async move { c.setattr(ctx, ino, s).await }
-                })
-                .await;
-            match r {
+            match self.setattr_at_dirsvc(ino, set).await {
                 Ok(attr) => {
-                    self.known.record_attr(&attr, generation);
                     if st.pending == p {
                         st.pending = CommitAttrs::default();
                         st.pending_at = None;
