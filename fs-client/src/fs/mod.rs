@@ -753,11 +753,17 @@ impl Fs {
     }
 
     fn seal_name(&self, parent: InodeId, name: &[u8]) -> Result<Vec<u8>> {
-        if name.len() > NAME_MAX {
-            return Err(Error::Errno(libc::ENAMETOOLONG, format!("name of {} bytes", name.len())));
-        }
+        check_name_len(name)?;
         Ok(self.name_key.seal(parent, name))
     }
+}
+
+/// Refuses a name longer than [`NAME_MAX`] bytes with `ENAMETOOLONG`.
+fn check_name_len(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Error::Errno(libc::ENAMETOOLONG, format!("name of {} bytes", name.len())));
+    }
+    Ok(())
 }
 
 /// Whether `loc`, the layout entry of block `loc.index` of file `ino` of

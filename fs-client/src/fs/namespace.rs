@@ -50,7 +50,7 @@ impl Fs {
     /// change feed vouches for it ([`super::known`]), else from dirsvc.
     /// Errors: `ENOENT` and friends via dirsvc.
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr> {
-        let sealed = self.seal_name(parent, name)?;
+        super::check_name_len(name)?;
         if let Some(cached) = self.known.entry(parent, name) {
             metrics::counter!(crate::telemetry::LOOKUPS, "from" => "cache").increment(1);
             return match cached {
@@ -59,6 +59,7 @@ impl Fs {
             };
         }
         metrics::counter!(crate::telemetry::LOOKUPS, "from" => "dirsvc").increment(1);
+        let sealed = self.seal_name(parent, name)?;
         let generation = self.known.generation();
         let entry_generation = self.known.entry_generation();
         let r = self

@@ -33,11 +33,10 @@ const NO_LIVE_PEER_STEP: std::time::Duration = std::time::Duration::from_secs(1)
 /// blocking pool and back. Larger ones are sealed on the blocking pool.
 const SEAL_HERE_MAX: usize = 64 << 10;
 
-/// Sealing adds at most this many bytes to a block of one segment (v3:
-/// header, segment tag and length), so a block 0 of up to
-/// `INLINE_MAX_LEN - INLINE_SEAL_SPARE` bytes is kept inline for sure and
-/// is sealed where the flush runs.
-const INLINE_SEAL_SPARE: usize = 64;
+/// What sealing adds to a block of one segment (v3: header and the
+/// segment's tag, 60 bytes): a block 0 of up to `INLINE_MAX_LEN` minus this
+/// (4,100 bytes) is kept inline.
+const INLINE_SEAL_OVERHEAD: usize = codec::HEADER_LEN_V3 + codec::TAG_LEN;
 
 /// Seals `plain` as one chunk under `key` of `epoch`: segmented (v3) so
 /// random reads fetch 64 KiB segments, not blocks; v2 only when a test
@@ -73,7 +72,7 @@ impl Fs {
         let backlog = crate::telemetry::BacklogGuard::new(u.data.len());
         let report = Report { tx: st.results_tx.clone(), idx: u.idx, gen: u.gen, sent: false };
         let ino = st.ino;
-        if u.idx == 0 && self.config.inline && u.data.len() + INLINE_SEAL_SPARE <= INLINE_MAX_LEN as usize {
+        if self.goes_inline(u.idx, u.data.len()) {
             // A small file's block 0 goes inline: sealed right here, no
             // task, no upload slot, no peer (the commit carries it).
             let _ = started_tx.send(());
@@ -125,10 +124,17 @@ impl Fs {
         false
     }
 
+    /// Whether block `idx` of `len` plaintext bytes is kept in its layout
+    /// entry rather than on peers: a small file's block 0, unless the
+    /// mount was told not to (`--no-inline`).
+    fn goes_inline(&self, idx: u64, len: usize) -> bool {
+        idx == 0 && self.config.inline && len + INLINE_SEAL_OVERHEAD <= INLINE_MAX_LEN as usize
+    }
+
     /// Seals block `idx` of `ino` (a small block 0) under the newest key
     /// epoch on this thread and keeps it inline, or, if it turns out too
-    /// long for that, reports it as not stored (the caller only hands
-    /// blocks that fit).
+    /// long for that, reports it as not stored (the callers only hand
+    /// blocks that fit, [`Fs::goes_inline`]).
     ///
     /// Errors: sealing's, or the MAC's key.
     fn keep_inline(&self, ino: InodeId, idx: u64, data: Block) -> Result<Uploaded> {
@@ -188,6 +194,9 @@ impl Fs {
         data: Block,
         _permit: OwnedSemaphorePermit,
     ) -> Result<Uploaded> {
+        if self.goes_inline(idx, data.len()) {
+            return self.keep_inline(ino, idx, data);
+        }
         let keys = self.keys();
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
@@ -202,9 +211,6 @@ impl Fs {
         };
         let len = sealed.bytes.len() as u64;
         let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
-        if idx == 0 && len <= u64::from(INLINE_MAX_LEN) && self.config.inline {
-            return Ok(self.inline_chunk(ino, data, sealed, epoch, mac));
-        }
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;
         let mut failed: Vec<common::PeerId> = Vec::new();
