@@ -52,10 +52,14 @@ pub struct EtcdCluster {
     tls: bool,
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local address").port()
+/// Three distinct loopback ports nobody listens on right now. The
+/// listeners are held until all three are bound: a port bound and dropped
+/// one at a time can come back from the next `bind(0)`, and etcd then
+/// fails with "address already in use" listening twice on it.
+fn free_ports() -> [u16; 3] {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    let held = [bind(), bind(), bind()];
+    held.map(|l| l.local_addr().expect("local address").port())
 }
 
 fn etcd_binary() -> PathBuf {
@@ -130,7 +134,7 @@ impl EtcdCluster {
             let host = host.clone();
             let (ip, ports) = match &host {
                 Some(h) => (h.ip.clone(), [2379, 2380, 2381]),
-                None => ("127.0.0.1".to_string(), [free_port(), free_port(), free_port()]),
+                None => ("127.0.0.1".to_string(), free_ports()),
             };
             ms.push(Member {
                 name,
