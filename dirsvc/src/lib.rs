@@ -153,6 +153,9 @@ pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 /// Default for [`DirsvcConfig::session_lease`].
 pub const DEFAULT_SESSION_LEASE: Duration = Duration::from_secs(15);
 
+/// Default for [`DirsvcConfig::unlinked_linger`] (5 s).
+pub const DEFAULT_UNLINKED_LINGER: Duration = Duration::from_secs(5);
+
 /// How long [`DirsvcHandle::shutdown`] waits for in-flight requests to let
 /// go of the database.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -202,6 +205,14 @@ pub struct DirsvcConfig {
     /// zero = no grace period. Ends early once every such session is back;
     /// there is none if no session was alive.
     pub grace_period: Option<Duration>,
+    /// How long a file that lost its last name (unlink, or a rename over
+    /// it) while no mount held it open is kept as an orphan before it is
+    /// freed, so that an open racing the removal (the kernel opens by the
+    /// inode its lookup found a moment earlier, or a mount's cache still
+    /// names it) opens the old file, as on a local file system, instead of
+    /// failing. Zero frees it in the removing call. Default
+    /// [`DEFAULT_UNLINKED_LINGER`].
+    pub unlinked_linger: Duration,
     /// Changes kept in memory for `poll_changes`; a client further behind
     /// is told to drop its caches.
     pub change_feed_capacity: usize,
@@ -285,6 +296,7 @@ impl Default for DirsvcConfig {
             gc_grace: DEFAULT_GC_GRACE,
             session_lease: DEFAULT_SESSION_LEASE,
             grace_period: None,
+            unlinked_linger: DEFAULT_UNLINKED_LINGER,
             change_feed_capacity: changes::DEFAULT_CAPACITY,
             tls: None,
             tls_dir: None,

@@ -120,6 +120,11 @@ struct Args {
     /// lease; 0 = none. Skipped when no session was alive.
     #[arg(long)]
     grace_ms: Option<u64>,
+    /// Milliseconds a file that lost its last name while no mount held it
+    /// open stays openable before it is freed (an open racing an editor's
+    /// save then opens the old file); 0 = freed at once.
+    #[arg(long, default_value_t = dirsvc::DEFAULT_UNLINKED_LINGER.as_millis() as u64)]
+    unlinked_linger_ms: u64,
     /// Changes kept in memory for clients' cache invalidation.
     #[arg(long, default_value_t = dirsvc::changes::DEFAULT_CAPACITY)]
     change_feed_capacity: usize,
@@ -222,6 +227,7 @@ async fn run() -> anyhow::Result<()> {
         gc_grace: Duration::from_secs(args.gc_grace_secs),
         session_lease: Duration::from_millis(args.session_lease_ms.max(1)),
         grace_period: args.grace_ms.map(Duration::from_millis),
+        unlinked_linger: Duration::from_millis(args.unlinked_linger_ms),
         change_feed_capacity: args.change_feed_capacity,
         max_sessions_per_principal: args.max_sessions_per_principal,
         max_sessions: args.max_sessions,

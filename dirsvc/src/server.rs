@@ -410,7 +410,8 @@ fn apply(
             match sh.sessions.with_keep(|keep| store.unlink_once(req, parent, &name, keep))? {
                 Once::Fresh(removed) => {
                     if removed.orphaned {
-                        debug!(ino = %removed.ino, "unlinked while open: kept as an orphan");
+                        debug!(ino = %removed.ino, "unlinked: kept as an orphan");
+                        sh.sessions.linger(removed.ino);
                     }
                     sh.changes.record_from(
                         origin,
@@ -440,6 +441,9 @@ fn apply(
             })?;
             match done {
                 Once::Fresh(renamed) => {
+                    if let (true, Some(replaced)) = (renamed.orphaned, renamed.replaced) {
+                        sh.sessions.linger(replaced);
+                    }
                     let mut changes = vec![
                         Change { ino: renamed.moved, entry: Some((parent, name)) },
                         Change { ino: renamed.moved, entry: Some((new_parent, new_name)) },

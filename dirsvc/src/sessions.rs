@@ -9,6 +9,12 @@
 //!   goes while it is marked becomes an orphan (see
 //!   [`crate::store::tables`]) instead of being freed; when its last mark
 //!   goes it is freed like any unlinked file.
+//! - **Lingering orphans** ([`crate::DirsvcConfig::unlinked_linger`]): an
+//!   inode that loses its last name unmarked, or loses its last mark
+//!   nameless, stays an orphan that long, then the worker frees it unless
+//!   a session marked it meanwhile. A kernel opens by the inode its lookup
+//!   found a moment earlier; an open racing an editor's save thus opens
+//!   the old file instead of failing.
 //! - **Locks** ([`crate::locks`]): POSIX and flock byte-range locks.
 //! - **Reserved inode numbers** (`reserve_inodes`): numbers handed out
 //!   from the durable counter that only this session may use, once, for a
@@ -57,14 +63,14 @@ use common::rpc::dir::{
 };
 use common::time::Timestamp;
 use common::{InodeId, NodeId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Longest `set_lock` wait, whatever the caller asks.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_millis(10_000);
@@ -74,6 +80,12 @@ pub const MAX_LABEL_BYTES: usize = 1024;
 
 /// Shortest pause of the expiry worker.
 const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// Lingering orphans freed per hold of the open-marks mutex.
+const LINGER_FREE_BATCH: usize = 64;
+
+/// Pause before lingering orphans whose freeing failed are tried again.
+const LINGER_RETRY: Duration = Duration::from_secs(1);
 
 /// A live session.
 #[derive(Debug)]
@@ -197,6 +209,12 @@ pub(crate) struct Sessions {
     /// Wakes the worker when the last recorded session reclaimed.
     kick: Notify,
     limits: SessionLimits,
+    /// [`crate::DirsvcConfig::unlinked_linger`].
+    linger: Duration,
+    /// Inodes that lost their last name and are kept until the deadline
+    /// (oldest first); the worker frees them then unless a session marks
+    /// them.
+    lingering: Mutex<VecDeque<(Instant, InodeId)>>,
 }
 
 impl Sessions {
@@ -211,6 +229,7 @@ impl Sessions {
         lease: Duration,
         grace: Duration,
         limits: SessionLimits,
+        linger: Duration,
     ) -> Result<Self, Error> {
         let recorded = store.sessions()?;
         let orphans = store.orphans()?;
@@ -223,6 +242,8 @@ impl Sessions {
             opens: Mutex::new(Opens::default()),
             kick: Notify::new(),
             limits,
+            linger,
+            lingering: Mutex::new(VecDeque::new()),
         };
         if in_grace {
             let mut st = sessions.state();
@@ -273,10 +294,78 @@ impl Sessions {
 
     /// Runs `f` (an unlink or rename on the store) with the open-marks
     /// mutex held and a [`Keep`] answering whether an inode losing its last
-    /// link must be kept. Blocking.
+    /// link must be kept: always while files linger
+    /// ([`crate::DirsvcConfig::unlinked_linger`] not zero; the caller then
+    /// hands the orphan to [`Sessions::linger`]), else when it is marked
+    /// open or in the grace period. Blocking.
     pub(crate) fn with_keep<T>(&self, f: impl FnOnce(Keep<'_>) -> T) -> T {
         let opens = self.opens();
-        f(&|ino| self.keeps(&opens, ino))
+        f(&|ino| !self.linger.is_zero() || self.keeps(&opens, ino))
+    }
+
+    /// Keeps orphan `ino` (it just lost its last name) until the linger
+    /// time has passed; the worker then frees it unless a session marks
+    /// it. A dirsvc that stops meanwhile frees it at its next start (or
+    /// at the end of that start's grace period).
+    pub(crate) fn linger(&self, ino: InodeId) {
+        if self.linger.is_zero() {
+            return;
+        }
+        let mut q = self.lingering.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_empty = q.is_empty();
+        q.push_back((Instant::now() + self.linger, ino));
+        drop(q);
+        if was_empty {
+            self.kick.notify_one();
+        }
+    }
+
+    /// When the oldest lingering orphan is due, if any.
+    fn next_linger_deadline(&self) -> Option<Instant> {
+        self.lingering.lock().unwrap_or_else(PoisonError::into_inner).front().map(|(at, _)| *at)
+    }
+
+    /// Frees the lingering orphans whose time is up and that no session
+    /// marks, [`LINGER_FREE_BATCH`] per hold of the open-marks mutex (so
+    /// opens are not held up behind a long run of frees). Not during the
+    /// grace period (its end frees every unmarked orphan). Blocking.
+    ///
+    /// Errors: store errors; the orphans of the failed batch are queued
+    /// again, due in [`LINGER_RETRY`] (one freed meanwhile is skipped
+    /// then: it is no orphan any more).
+    pub(crate) fn free_lingering(&self, store: &Store) -> Result<(), Error> {
+        if self.in_grace() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut freed = 0usize;
+        loop {
+            let due: Vec<InodeId> = {
+                let mut q = self.lingering.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = q.iter().take(LINGER_FREE_BATCH).take_while(|(at, _)| *at <= now).count();
+                q.drain(..n).map(|(_, ino)| ino).collect()
+            };
+            if due.is_empty() {
+                break;
+            }
+            let opens = self.opens();
+            match store.free_orphans(&due, &|i| self.keeps(&opens, i)) {
+                Ok(f) => freed += f.len(),
+                Err(e) => {
+                    drop(opens);
+                    let mut q = self.lingering.lock().unwrap_or_else(PoisonError::into_inner);
+                    let retry = Instant::now() + LINGER_RETRY;
+                    for ino in due.into_iter().rev() {
+                        q.push_front((retry, ino));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if freed > 0 {
+            debug!(freed, "unlinked files freed after lingering");
+        }
+        Ok(())
     }
 
     /// `open_session` by node `owner`: opens a new session or reclaims one
@@ -673,8 +762,10 @@ impl Sessions {
         Ok(attr)
     }
 
-    /// `release_file`: drops `id`'s mark on `ino`, freeing it if it is an
-    /// orphan no one else holds (not during the grace period).
+    /// `release_file`: drops `id`'s mark on `ino`. If it is an orphan no
+    /// one else holds (and not in the grace period) it is freed: after
+    /// the linger ([`Sessions::linger`]; a kernel may still open it by
+    /// the inode an earlier lookup found), or at once with no linger.
     /// Idempotent. Blocking.
     ///
     /// Errors: store errors.
@@ -682,6 +773,13 @@ impl Sessions {
         let mut opens = self.opens();
         let had = opens.by_session.get_mut(&id).is_some_and(|set| set.remove(&ino.0));
         if had && opens.unmark(ino.0) && !self.in_grace() {
+            if !self.linger.is_zero() {
+                drop(opens);
+                if store.is_orphan(ino)? {
+                    self.linger(ino);
+                }
+                return Ok(());
+            }
             let freed = store.free_orphans(&[ino], &|i| self.keeps(&opens, i))?;
             if !freed.is_empty() {
                 info!(%ino, "unlinked file freed at its last release");
@@ -908,11 +1006,14 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let grace_deadline = sessions.grace_until;
         let in_grace = sessions.in_grace();
+        // Not during the grace period: its end frees every unmarked orphan.
+        let linger_deadline = sessions.next_linger_deadline().filter(|_| !in_grace);
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
             _ = sessions.kick.notified() => {}
             _ = tokio::time::sleep_until(grace_deadline), if in_grace => {}
+            _ = tokio::time::sleep_until(linger_deadline.unwrap_or(grace_deadline)), if linger_deadline.is_some() => {}
         }
         if sessions.grace_over() {
             let s = shared.clone();
@@ -923,6 +1024,12 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         let s = shared.clone();
         if let Err(e) = shared.blocking(move |store| s.sessions.expire(store)).await {
             error!(error = %e, "ending expired sessions failed");
+        }
+        if sessions.next_linger_deadline().is_some_and(|at| at <= Instant::now()) {
+            let s = shared.clone();
+            if let Err(e) = shared.blocking(move |store| s.sessions.free_lingering(store)).await {
+                error!(error = %e, "freeing unlinked files failed; retrying");
+            }
         }
     }
 }

@@ -190,8 +190,13 @@ impl Shared {
             config.peer_down_after,
             config.heartbeat_persist_every,
         );
-        let sessions =
-            Sessions::new(&store, config.session_lease, config.grace(), SessionLimits::of(config))?;
+        let sessions = Sessions::new(
+            &store,
+            config.session_lease,
+            config.grace(),
+            SessionLimits::of(config),
+            config.unlinked_linger,
+        )?;
         Ok(Shared {
             store,
             config: config.clone(),

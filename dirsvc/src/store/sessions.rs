@@ -46,6 +46,14 @@ impl Store {
         })
     }
 
+    /// Whether `ino` is an orphan (listed under `O`: at nlink 0, kept).
+    /// One read.
+    ///
+    /// Errors: store errors.
+    pub fn is_orphan(&self, ino: InodeId) -> Result<bool, Error> {
+        Ok(self.read(|t| t.get(&keys::orphan(ino.0)))?.is_some())
+    }
+
     /// Frees each of `inos` that is an orphan and not `keep(ino)`, as
     /// unlink would have (chunks lose their references, extended
     /// attributes go). Returns the inodes freed.

@@ -200,6 +200,9 @@ async fn gc_cluster(peers: usize) -> Cluster {
     let mut c = Cluster::start(2, |cfg| {
         cfg.gc_interval = Duration::from_millis(100);
         cfg.gc_grace = Duration::from_secs(1);
+        // Unlinked files are freed in the unlink (their chunks become
+        // unreferenced at once).
+        cfg.unlinked_linger = Duration::ZERO;
     })
     .await;
     c.add_peers(peers).await;

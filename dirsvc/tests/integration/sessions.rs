@@ -71,7 +71,7 @@ async fn a_file_replaced_by_rename_is_kept_while_open_and_unopened_ones_are_free
         assert!(!svc.exists(old).await);
         assert_eq!(svc.unreferenced().await, 1);
 
-        // Not open: freed by the rename itself, as before sessions existed.
+        // Not open: freed by the rename itself (`Svc` has no linger).
         let third = svc.file_with_chunk("other", 3).await;
         ok(c.rename(ctx(), ROOT, n("other"), ROOT, n("target"), 0).await);
         assert!(!svc.exists(new).await);
@@ -87,6 +87,66 @@ async fn a_file_replaced_by_rename_is_kept_while_open_and_unopened_ones_are_free
         let x = svc.file_with_chunk("x", 4).await;
         ok(c.rename(ctx(), ROOT, n("x"), ROOT, n("second"), rename_flags::EXCHANGE).await);
         assert_eq!(ok(c.lookup(ctx(), ROOT, n("second")).await).ino, x);
+        svc.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unopened_file_that_loses_its_name_stays_openable_for_the_linger_then_is_freed() {
+    // The kernel opens by the inode its lookup found a moment before; an
+    // editor's save (rename over the name) in between must not make that
+    // open fail.
+    within(TEST_TIMEOUT, "the test", async {
+        let linger = Duration::from_millis(600);
+        let svc = Svc::start(|cfg| cfg.unlinked_linger = linger).await;
+        let c = &svc.c;
+        let a = svc.session("a").await;
+        let old = svc.file_with_chunk("target", 1).await;
+        let new = svc.file_with_chunk("tmp", 2).await;
+        let gone = svc.file_with_chunk("gone", 3).await;
+        let held = svc.file_with_chunk("held", 4).await;
+        let replaced_at = Instant::now();
+        ok(c.rename(ctx(), ROOT, n("tmp"), ROOT, n("target"), 0).await);
+        ok(c.unlink(ctx(), ROOT, n("gone")).await);
+        ok(c.unlink(ctx(), ROOT, n("held")).await);
+        assert_eq!(ok(c.lookup(ctx(), ROOT, n("target")).await).ino, new);
+        // Within the linger: the old inodes open, with their layouts.
+        let attr = ok(c.open_file(ctx(), a, old).await);
+        assert_eq!((attr.nlink, attr.size), (0, 10));
+        assert_eq!(ok(c.get_layout(ctx(), old, 0, 10).await).blocks.len(), 1);
+        assert!(svc.exists(gone).await);
+        ok(c.open_file(ctx(), a, held).await);
+        assert_eq!(svc.unreferenced().await, 0);
+        assert!(replaced_at.elapsed() < linger, "the checks above ran within the linger");
+
+        // After it: the unopened one is freed, the opened ones wait for
+        // their release.
+        let svc_ref = &svc;
+        let wait_gone = |ino: InodeId, what: &'static str| async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while svc_ref.exists(ino).await {
+                assert!(Instant::now() < deadline, "{what} was never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        wait_gone(gone, "the unopened orphan").await;
+        assert!(replaced_at.elapsed() >= linger, "freed only after the linger");
+        assert_eq!(refused(c.open_file(ctx(), a, gone).await), DirError::NotFound);
+        assert!(svc.exists(old).await && svc.exists(held).await, "held open");
+        // The last release starts another linger: a kernel may still open
+        // the inode its lookup found before the save.
+        let released_at = Instant::now();
+        ok(c.release_file(ctx(), a, old).await);
+        ok(c.release_file(ctx(), a, held).await);
+        ok(c.open_file(ctx(), a, old).await);
+        ok(c.release_file(ctx(), a, old).await);
+        assert!(released_at.elapsed() < linger, "the checks above ran within the linger");
+        wait_gone(old, "the released orphan").await;
+        wait_gone(held, "the released orphan").await;
+        assert!(released_at.elapsed() >= linger, "freed only after the linger");
+        assert_eq!(svc.unreferenced().await, 3);
+        assert_eq!(ok(c.statfs(ctx()).await).inodes, 2, "root and the new file");
         svc.shutdown().await;
     })
     .await;
@@ -182,7 +242,9 @@ async fn an_expired_session_loses_its_orphans_and_locks_while_a_renewing_one_liv
 async fn open_file_racing_unlink_either_keeps_the_file_or_finds_it_gone() {
     // Regression guard for the race the open-marks mutex closes: an
     // open_file that checks the inode before an unlink commits and marks
-    // it after must never leave a mark on a freed inode.
+    // it after must never leave a mark on a freed inode. (With a linger
+    // every such open finds the orphan: the race needs it off, as `Svc`
+    // has it.)
     within(TEST_TIMEOUT, "the test", async {
         let svc = Svc::start(|_| {}).await;
         let a = svc.session("racer").await;

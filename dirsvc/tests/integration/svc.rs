@@ -59,8 +59,13 @@ impl Svc {
     /// settings, creates the volume (R = 2) and registers two peers.
     pub async fn start(tune: impl FnOnce(&mut DirsvcConfig)) -> Svc {
         let dir = tmp();
-        let mut config =
-            DirsvcConfig { gc_interval: Duration::from_secs(3600), ..super::support::config(dir.path()) };
+        // No linger by default: these tests check exactly when open
+        // marks free an orphan (the linger has its own test).
+        let mut config = DirsvcConfig {
+            gc_interval: Duration::from_secs(3600),
+            unlinked_linger: Duration::ZERO,
+            ..super::support::config(dir.path())
+        };
         tune(&mut config);
         let handle = dirsvc::spawn(config.clone()).await.unwrap();
         let addr = handle.addr.to_string();

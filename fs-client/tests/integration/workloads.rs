@@ -891,6 +891,72 @@ fn editor_save_by_rename_keeps_the_mode_and_an_already_open_fd_reads_the_old_con
     report("editor save", &c);
 }
 
+/// Saves by rename made while another process keeps opening the name.
+const RACED_SAVES: usize = 400;
+
+#[test]
+fn opening_a_name_while_saves_replace_it_always_opens_one_whole_version() {
+    // The kernel opens by the inode its lookup found a moment before; a
+    // rename over the name in between replaced that inode. dirsvc keeps a
+    // replaced, unopened file openable for a few seconds, so such an open
+    // gets the old version (as on ext4) instead of failing.
+    let c = mounted();
+    let dir = c.mountpoint().join("deploy");
+    fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("current");
+    let version = |i: usize| format!("version {i:05}\n").repeat(40).into_bytes();
+    fs::write(&target, version(0)).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let (opens, failures, last_seen) = thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut opens, mut failures, mut last) = (0usize, Vec::new(), 0usize);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                match fs::read(&target) {
+                    Ok(got) => {
+                        let head = String::from_utf8_lossy(&got[..got.len().min(14)]).to_string();
+                        let i: usize =
+                            head.trim_start_matches("version ").trim().parse().unwrap_or(usize::MAX);
+                        assert!(
+                            i <= RACED_SAVES && got == version(i),
+                            "read {} bytes that are no whole version (starts {head:?})",
+                            got.len()
+                        );
+                        assert!(i >= last, "went back from version {last} to {i}");
+                        last = i;
+                        opens += 1;
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (opens, failures, last)
+        });
+        for i in 1..=RACED_SAVES {
+            let tmp = dir.join(format!(".current.{i}"));
+            fs::write(&tmp, version(i)).unwrap();
+            fs::rename(&tmp, &target).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        reader.join().unwrap()
+    });
+    eprintln!(
+        "open racing saves: {opens} opens during {RACED_SAVES} saves in {:.1} s, {} failed",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} opens failed: {:?}",
+        failures.len(),
+        opens,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(opens >= 100, "the reader opened only {opens} times: no race was tried");
+    assert!(last_seen > 0, "the reader never saw a save");
+    assert_eq!(fs::read(&target).unwrap(), version(RACED_SAVES));
+    report("open racing saves", &c);
+}
+
 /// Two processes each committing this many WAL transactions.
 const WAL_COMMITS: usize = 150;
 

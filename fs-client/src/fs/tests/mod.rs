@@ -396,10 +396,23 @@ fn stored_chunk_files(c: &Cluster) -> usize {
     walk(c._dir.path())
 }
 
+/// Linger of the clusters whose tests wait for an unlinked file to go.
+const SHORT_LINGER: Duration = Duration::from_millis(200);
+
+/// Waits until dirsvc has freed `ino` (it lingers for [`SHORT_LINGER`]
+/// after it lost its last name and mark); panics after 20 s.
+async fn wait_freed(fs: &Fs, ino: InodeId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fs.getattr(ino).await.err().is_some_and(|e| e.is_not_found()) {
+        assert!(std::time::Instant::now() < deadline, "{ino} was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close() {
     within(TEST_TIMEOUT, "the test", async {
-        let c = Cluster::start(2, 2, B as u32).await;
+        let c = Cluster::start_with(2, 2, B as u32, None, |d| d.unlinked_linger = SHORT_LINGER).await;
         let a = c.client().await;
         let b = c.client().await;
         let data = pattern(3 * B + 7, 4);
@@ -414,8 +427,8 @@ async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close(
         b.flush(fh).await.unwrap();
         assert_eq!(&b.read(fh, 0, 10).await.unwrap(), b"still here");
         b.release(fh).await.unwrap();
-        // After the last close the inode is gone.
-        assert!(a.getattr(ino).await.unwrap_err().is_not_found());
+        // After the last close (and dirsvc's linger) the inode is gone.
+        wait_freed(&a, ino).await;
         c.stop().await;
     })
     .await
@@ -424,7 +437,7 @@ async fn an_unlinked_open_file_stays_readable_and_writable_until_its_last_close(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_open_file_keeps_its_old_data_for_the_open_handle() {
     within(TEST_TIMEOUT, "the test", async {
-        let c = Cluster::start(2, 2, B as u32).await;
+        let c = Cluster::start_with(2, 2, B as u32, None, |d| d.unlinked_linger = SHORT_LINGER).await;
         let fs = c.client().await;
         let old = pattern(2 * B, 1);
         let new = pattern(B + 3, 2);
@@ -436,7 +449,7 @@ async fn a_replaced_open_file_keeps_its_old_data_for_the_open_handle() {
         let now = fs.lookup(InodeId::ROOT, b"config").await.unwrap();
         assert_eq!(read_all(&fs, now.ino).await, new);
         fs.release(fh).await.unwrap();
-        assert!(fs.getattr(target).await.unwrap_err().is_not_found());
+        wait_freed(&fs, target).await;
         c.stop().await;
     })
     .await
