@@ -92,7 +92,14 @@ fn peer<'a>(st: &'a Status, id: &str) -> &'a Value {
 
 #[test]
 fn status_and_durability_follow_a_killed_peer_through_repair() {
-    let opts = ClusterOpts::fast(3, R as u32).dirsvc_args(&["--repair-bandwidth", "262144"]);
+    // No linger: the small file removed below must take its chunk with it
+    // at once, so the repair counts below are the big file's alone.
+    let opts = ClusterOpts::fast(3, R as u32).dirsvc_args(&[
+        "--repair-bandwidth",
+        "262144",
+        "--unlinked-linger-ms",
+        "0",
+    ]);
     let mut c = TestCluster::start_with(opts);
     c.mount();
     let mnt = c.mountpoint();
