@@ -303,10 +303,11 @@ impl Sessions {
         f(&|ino| !self.linger.is_zero() || self.keeps(&opens, ino))
     }
 
-    /// Keeps orphan `ino` (it just lost its last name) until the linger
-    /// time has passed; the worker then frees it unless a session marks
-    /// it. A dirsvc that stops meanwhile frees it at its next start (or
-    /// at the end of that start's grace period).
+    /// Keeps orphan `ino` (it just lost its last name, or its last open
+    /// mark) until the linger time has passed; the worker then frees it
+    /// unless a session marks it. A dirsvc that stops meanwhile frees it
+    /// at its next start (or at the end of that start's grace period,
+    /// which frees every unmarked orphan, lingering or not).
     pub(crate) fn linger(&self, ino: InodeId) {
         if self.linger.is_zero() {
             return;
