@@ -8,7 +8,8 @@
 //! mutual TLS ([`tls`]), the one framed transport and server accept loop
 //! ([`transport`]) with its frame encoding ([`wire`]) and shared limits and
 //! defaults ([`config`]); the Prometheus metrics every server records
-//! ([`telemetry`]) and the small HTTP server that exposes them ([`http`]).
+//! ([`telemetry`]) and the small HTTP server that exposes them ([`http`]);
+//! how every process keeps freed chunk buffers for reuse ([`memory`]).
 //!
 //! This crate has no I/O policy: it never decides where data goes or when to
 //! retry. The daemons and the client do.
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod join;
 pub mod keyring;
 pub mod keys;
+pub mod memory;
 pub mod net;
 pub mod panic;
 pub mod pki;

@@ -172,6 +172,8 @@ struct Args {
 /// Runs [`run`]; an error is printed as one line with its causes
 /// (`dirsvc: error: what: why: …`) and the exit status is 1.
 fn main() -> std::process::ExitCode {
+    // Chunk-sized buffers are reused, not mapped and zeroed afresh each time.
+    common::memory::retain_freed_memory();
     // `dirsvc migrate ...` (see `dirsvc migrate --help`): a one-shot
     // command, not the service.
     let mut argv = std::env::args_os().skip(1);

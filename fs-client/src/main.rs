@@ -513,6 +513,8 @@ enum MemberCmd {
 /// Runs [`run`]; an error is printed as one line with its causes
 /// (`fs-client: error: what: why: …`) and the exit status is 1.
 fn main() -> std::process::ExitCode {
+    // Chunk-sized buffers are reused, not mapped and zeroed afresh each time.
+    common::memory::retain_freed_memory();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
