@@ -36,10 +36,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
-use tarpc::serde_transport::Transport;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -47,7 +46,7 @@ use tracing::{debug, warn};
 pub type Stream = tokio_rustls::TlsStream<TcpStream>;
 
 /// A framed, bincode-encoded transport over one TLS connection.
-pub type TlsTransport<In, Out> = Transport<Activity<Stream>, In, Out, wire::Codec<In, Out>>;
+pub type TlsTransport<In, Out> = Framed<Activity<Stream>, wire::Codec<In, Out>>;
 
 /// How long [`connect`] waits for the TCP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,9 +135,7 @@ where
     In: wire::Inbound,
     Out: Serialize,
 {
-    let framed =
-        LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(Activity::new(stream));
-    tarpc::serde_transport::new(framed, wire::Codec::default())
+    Framed::new(Activity::new(stream), wire::Codec::new(MAX_FRAME_BYTES))
 }
 
 /// Connects to `addr` and runs the TLS handshake with `config`, each within

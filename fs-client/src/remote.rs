@@ -210,9 +210,8 @@ impl PeerPool {
     ///
     /// Errors: [`Error::Peer`] for the peer's refusal, [`Error::Rpc`] when
     /// it cannot be reached.
-    pub async fn put(&self, peer: &PeerLoc, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
+    pub async fn put(&self, peer: &PeerLoc, id: ChunkId, bytes: Bytes) -> Result<()> {
         let len = bytes.len() as u64;
-        let bytes = Bytes::from(bytes);
         let started = std::time::Instant::now();
         let r = self
             .call(peer, |c, ctx| {

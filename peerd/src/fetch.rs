@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::store::{ChunkStore, Verified};
 use common::config::CHUNK_DEADLINE;
 use common::net::{Pool, RetryPolicy};
-use common::rpc::peer::PeerServiceClient;
+use common::rpc::peer::{Bytes, PeerServiceClient};
 use common::rpc::{PeerLoc, Role};
 use common::tls::Expect;
 use common::ChunkId;
@@ -43,7 +43,7 @@ async fn get_chunk(
     source: &PeerLoc,
     id: ChunkId,
     deadline: Instant,
-) -> Result<Vec<u8>, String> {
+) -> Result<Bytes, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     match pool
         .call(
@@ -55,7 +55,7 @@ async fn get_chunk(
         )
         .await
     {
-        Ok(Ok(bytes)) => Ok(bytes.into_vec()),
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(format!("get refused: {e}")),
         Err(e) => {
             debug!(source = %source.addr, error = %e, "get from the source failed");

@@ -104,7 +104,7 @@ impl<S: ChunkStore> PeerService for PeerServer<S> {
     async fn put(self, _: Context, id: ChunkId, bytes: Bytes) -> Result<(), PeerError> {
         self.allow("put", READERS)?;
         metrics::counter!(crate::telemetry::RECEIVED_BYTES, "rpc" => "put").increment(bytes.len() as u64);
-        reply("put", self.store.put(id, bytes.into_vec()).await)
+        reply("put", self.store.put(id, bytes).await)
     }
 
     #[instrument(skip_all, fields(chunk = %id))]

@@ -116,6 +116,7 @@ use crate::fsutil::{fsync_dir, TempFile, TEMP_PREFIX};
 use crate::report::CorruptQueue;
 use common::codec::{self, MAX_STORED};
 use common::rpc::dir::{PeerUsage, StorageFs};
+use common::rpc::peer::Bytes;
 use common::ChunkId;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -184,7 +185,7 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Errors: [`Error::TooLarge`] over [`MAX_CHUNK_BYTES`];
     /// [`Error::HashMismatch`] if `bytes` do not hash to `id` (nothing is
     /// stored); [`Error::NoSpace`]; [`Error::Io`].
-    fn put(&self, id: ChunkId, bytes: Vec<u8>) -> impl Future<Output = Result<(), Error>> + Send;
+    fn put(&self, id: ChunkId, bytes: Bytes) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The whole chunk, verified against `id`.
     ///
@@ -350,7 +351,7 @@ impl FsChunkStore {
 }
 
 impl ChunkStore for FsChunkStore {
-    async fn put(&self, id: ChunkId, bytes: Vec<u8>) -> Result<(), Error> {
+    async fn put(&self, id: ChunkId, bytes: Bytes) -> Result<(), Error> {
         let inner = self.inner.clone();
         blocking(move || inner.put(id, &bytes)).await
     }
@@ -1083,7 +1084,7 @@ mod tests {
         let store = FsChunkStore::open(config(dir.path())).await.unwrap();
         let bytes = b"layout".to_vec();
         let id = ChunkId::of(&bytes);
-        store.put(id, bytes.clone()).await.unwrap();
+        store.put(id, bytes.clone().into()).await.unwrap();
         let hex = id.to_hex();
         let expected = dir.path().join("data").join(&hex[..2]).join(&hex);
         assert_eq!(store.chunk_path(&id), expected);
@@ -1111,12 +1112,12 @@ mod tests {
         .unwrap();
         let a = vec![1u8; 600];
         let b = vec![2u8; 600];
-        store.put(ChunkId::of(&a), a).await.unwrap();
+        store.put(ChunkId::of(&a), a.into()).await.unwrap();
         let u = store.usage().await.unwrap();
         assert_eq!((u.capacity_bytes, u.used_bytes, u.chunks), (1000, 600, 1));
         assert_eq!(u.free_bytes, 400);
         let id_b = ChunkId::of(&b);
-        assert!(matches!(store.put(id_b, b).await, Err(Error::NoSpace { needed: 600 })));
+        assert!(matches!(store.put(id_b, b.into()).await, Err(Error::NoSpace { needed: 600 })));
         assert!(!store.has(vec![id_b]).await.unwrap()[0]);
         assert_eq!(store.usage().await.unwrap().used_bytes, 600);
     }
@@ -1145,7 +1146,7 @@ mod tests {
         let puts: Vec<_> = (0..8)
             .map(|_| {
                 let (s, b) = (store.clone(), bytes.clone());
-                tokio::spawn(async move { s.put(id, b).await })
+                tokio::spawn(async move { s.put(id, b.into()).await })
             })
             .collect();
         for p in puts {

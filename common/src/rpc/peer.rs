@@ -41,8 +41,85 @@ pub enum PeerError {
     Internal(String),
 }
 
-/// A chunk's bytes on the wire (serialized as one byte string).
-pub type Bytes = serde_bytes::ByteBuf;
+/// A chunk's bytes on the wire, serialized as one byte string (as
+/// `serde_bytes::ByteBuf`, which this replaced: frames are unchanged).
+///
+/// Shared by reference count: a put sent to three replicas, and each retry
+/// of it, sends the same bytes without copying them (a `ByteBuf` was
+/// copied once per replica and once more per call attempt: 11 % of the
+/// client's CPU time in a 1 GiB write, by `perf`). Decoding copies the
+/// bytes out of the frame once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bytes(tokio_util::bytes::Bytes);
+
+impl Bytes {
+    /// The bytes as a vector: no copy when this is the only reference.
+    pub fn into_vec(self) -> Vec<u8> {
+        Vec::from(self.0)
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v.into())
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    /// Inside a frame that [`crate::wire::Codec`] decodes, the bytes stay
+    /// in the frame (a shared slice of it); elsewhere they are copied.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+                Ok(crate::wire::shared_from_frame(v).map_or_else(|| Bytes::from(v.to_vec()), Bytes))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::from(v.to_vec()))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    v.push(b);
+                }
+                Ok(Bytes::from(v))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
 
 /// The storage peer service.
 #[tarpc::service]

@@ -201,7 +201,7 @@ impl Fs {
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
         let v2 = self.seal_v2();
-        let sealed = if data.len() <= SEAL_HERE_MAX {
+        let mut sealed = if data.len() <= SEAL_HERE_MAX {
             seal_block(&key, epoch, &data, v2)?
         } else {
             let plain = data.clone();
@@ -210,6 +210,8 @@ impl Fs {
                 .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??
         };
         let len = sealed.bytes.len() as u64;
+        // One copy of the sealed chunk, shared by every replica's put.
+        let bytes = common::rpc::peer::Bytes::from(std::mem::take(&mut sealed.bytes));
         let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;
@@ -272,7 +274,7 @@ impl Fs {
                 });
                 continue;
             }
-            let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, sealed.bytes.clone()));
+            let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, bytes.clone()));
             for (p, r) in targets.iter().zip(futures::future::join_all(puts).await) {
                 match r {
                     Ok(()) => stored.push(p.clone()),

@@ -28,8 +28,8 @@ async fn flipped_byte_is_detected_moved_aside_then_not_found() {
     let store = open(dir.path()).await;
     let (id, bytes) = chunk(5000, 1);
     let (other, other_bytes) = chunk(100, 2);
-    store.put(id, bytes.clone()).await.unwrap();
-    store.put(other, other_bytes).await.unwrap();
+    store.put(id, bytes.clone().into()).await.unwrap();
+    store.put(other, other_bytes.into()).await.unwrap();
     let path = store.chunk_path(&id);
     flip_byte(&path, 1234);
 
@@ -57,7 +57,7 @@ async fn flipped_byte_is_detected_moved_aside_then_not_found() {
 
     // A fresh put of the good bytes brings it back, and the report that
     // was not sent yet is withdrawn: this replica is good again.
-    store.put(id, bytes.clone()).await.unwrap();
+    store.put(id, bytes.clone().into()).await.unwrap();
     assert_eq!(store.get(id).await.unwrap(), bytes);
     assert!(store.corrupt_queue().is_empty());
 }
@@ -67,7 +67,7 @@ async fn truncated_file_fails_range_reads_too() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let (id, bytes) = chunk(4096, 3);
-    store.put(id, bytes).await.unwrap();
+    store.put(id, bytes.into()).await.unwrap();
     let path = store.chunk_path(&id);
     fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(10).unwrap();
     assert!(matches!(store.get_range(id, 0, 5).await, Err(Error::HashMismatch { .. })));
@@ -80,10 +80,10 @@ async fn put_over_a_corrupt_copy_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let (id, bytes) = chunk(3000, 4);
-    store.put(id, bytes.clone()).await.unwrap();
+    store.put(id, bytes.clone().into()).await.unwrap();
     flip_byte(&store.chunk_path(&id), 0);
     // The put must not trust the existing file just because it exists.
-    store.put(id, bytes.clone()).await.unwrap();
+    store.put(id, bytes.clone().into()).await.unwrap();
     assert_eq!(fs::read(store.chunk_path(&id)).unwrap(), bytes);
     assert_eq!(corrupted_files(&store).len(), 1);
     let u = store.usage().await.unwrap();

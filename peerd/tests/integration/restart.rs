@@ -17,7 +17,7 @@ async fn reopen_keeps_chunks_and_usage_and_cleans_temp_files() {
     let store = open(dir.path()).await;
     let chunks: Vec<_> = (0..20).map(|i| chunk(100 + i * 997, i as u64)).collect();
     for (id, bytes) in &chunks {
-        store.put(*id, bytes.clone()).await.unwrap();
+        store.put(*id, bytes.clone().into()).await.unwrap();
     }
     let (gone, _) = chunks[3].clone();
     store.delete(gone).await.unwrap();

@@ -26,7 +26,7 @@ trait Target {
 
 impl Target for FsChunkStore {
     async fn store(&self, id: ChunkId, bytes: Vec<u8>) -> Result<(), PeerError> {
-        self.put(id, bytes).await.map_err(PeerError::from)
+        self.put(id, bytes.into()).await.map_err(PeerError::from)
     }
     async fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, PeerError> {
         self.get(id).await.map_err(PeerError::from)
