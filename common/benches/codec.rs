@@ -4,8 +4,9 @@
 //! XChaCha20-Poly1305 (RustCrypto's, which the codec uses; in place,
 //! detached tag) alone and together (the floor any seal or open can reach),
 //! ring's ChaCha20-Poly1305 for comparison, `codec::seal` / `open` / `verify`
-//! (format v2), and the segmented format v3: seal, open of the whole chunk,
-//! outboard, and the three steps of a verified one-segment read (the
+//! (format v2), the segmented formats v3 (XChaCha20-Poly1305) and v4
+//! (XAES-256-GCM, what clients write): seal, open of the whole chunk; for
+//! v4 the outboard and the three steps of a verified one-segment read (the
 //! holder's proof, the reader's check, opening the segment). Throughput is
 //! in plaintext bytes of the block, or of the one segment for the
 //! one-segment steps.
@@ -100,34 +101,45 @@ fn codec_benches(c: &mut Criterion) {
         });
         g.bench_function("v2 verify", |b| b.iter(|| codec::verify(&v2.id, black_box(&v2.bytes)).unwrap()));
 
-        // Format v3 (segmented).
-        let v3 = codec::seal_segmented(&key, 0, &plain).unwrap();
+        // Format v3 (segmented, XChaCha20-Poly1305: read, no longer written).
+        let v3 = codec::seal_segmented_v3_for_tests(&key, 0, &plain, codec::SEGMENT_SIZE).unwrap();
         g.bench_function("v3 seal", |b| {
-            b.iter(|| codec::seal_segmented(&key, 0, black_box(&plain)).unwrap())
+            b.iter(|| {
+                codec::seal_segmented_v3_for_tests(&key, 0, black_box(&plain), codec::SEGMENT_SIZE).unwrap()
+            })
         });
         g.bench_function("v3 open (verify+decrypt all)", |b| {
             b.iter(|| codec::open(&key, &v3.id, black_box(&v3.bytes)).unwrap())
         });
-        g.bench_function("v3 outboard", |b| b.iter(|| codec::outboard(black_box(&v3.bytes))));
 
-        // One segment (the middle one) of the v3 chunk, as a random read
+        // Format v4 (segmented, XAES-256-GCM: what clients write).
+        let v4 = codec::seal_segmented(&key, 0, &plain).unwrap();
+        g.bench_function("v4 seal", |b| {
+            b.iter(|| codec::seal_segmented(&key, 0, black_box(&plain)).unwrap())
+        });
+        g.bench_function("v4 open (verify+decrypt all)", |b| {
+            b.iter(|| codec::open(&key, &v4.id, black_box(&v4.bytes)).unwrap())
+        });
+        g.bench_function("v4 outboard", |b| b.iter(|| codec::outboard(black_box(&v4.bytes))));
+
+        // One segment (the middle one) of the v4 chunk, as a random read
         // fetches it.
-        let header = codec::segmented_header(&v3.bytes).unwrap();
+        let header = codec::segmented_header(&v4.bytes).unwrap();
         let layout = header.layout;
         let k = layout.segments() / 2;
         let seg = layout.segment_range(k).unwrap();
-        let stored = &v3.bytes[seg.start as usize..seg.end as usize];
-        let ob = codec::outboard(&v3.bytes);
-        let proof = codec::encode_segment_proof(&v3.id, &v3.bytes, &ob, k).unwrap();
+        let stored = &v4.bytes[seg.start as usize..seg.end as usize];
+        let ob = codec::outboard(&v4.bytes);
+        let proof = codec::encode_segment_proof(&v4.id, &v4.bytes, &ob, k).unwrap();
         let plain_seg = layout.plaintext_range(k).unwrap();
         g.throughput(Throughput::Bytes(plain_seg.end - plain_seg.start));
-        g.bench_function("v3 segment: proof", |b| {
-            b.iter(|| codec::encode_segment_proof(&v3.id, black_box(&v3.bytes), &ob, k).unwrap())
+        g.bench_function("v4 segment: proof", |b| {
+            b.iter(|| codec::encode_segment_proof(&v4.id, black_box(&v4.bytes), &ob, k).unwrap())
         });
-        g.bench_function("v3 segment: verify proof", |b| {
-            b.iter(|| codec::verify_segment_proof(&v3.id, &layout, k, black_box(&proof)).unwrap())
+        g.bench_function("v4 segment: verify proof", |b| {
+            b.iter(|| codec::verify_segment_proof(&v4.id, &layout, k, black_box(&proof)).unwrap())
         });
-        g.bench_function("v3 segment: open", |b| {
+        g.bench_function("v4 segment: open", |b| {
             b.iter(|| codec::open_segment(&key, &header, k, black_box(stored)).unwrap())
         });
         g.finish();

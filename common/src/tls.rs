@@ -37,7 +37,7 @@ pub const SERVER_NAME: &str = "p2pfs.invalid";
 
 /// The ALPN protocol both ends must speak: `p2pfs/<PROTOCOL_VERSION>`
 /// (a unit test checks they agree).
-pub const ALPN: &[u8] = b"p2pfs/13";
+pub const ALPN: &[u8] = b"p2pfs/14";
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]

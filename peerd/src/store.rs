@@ -613,7 +613,7 @@ impl Inner {
         }
         // A v3 chunk's outboard has the id as its root: computing it is
         // the verification (one tree pass instead of a hash and a tree).
-        let (actual, outboard) = if bytes.get(4) == Some(&codec::VERSION_V3) {
+        let (actual, outboard) = if bytes.get(4).is_some_and(|&v| codec::is_segmented(v)) {
             let (root, ob) = codec::outboard_with_root(bytes);
             (root, Some(ob))
         } else {
@@ -870,7 +870,7 @@ impl Inner {
         }
         let mut header = [0u8; codec::HEADER_LEN_V3];
         file.read_exact_at(&mut header, 0).ok()?;
-        if header[4] != codec::VERSION_V3 {
+        if !codec::is_segmented(header[4]) {
             return None;
         }
         let outboard = fs::read(outboard_path(&path)).ok()?;
@@ -892,8 +892,11 @@ impl Inner {
         }
         // A v1/v2 chunk has no segments. Its bytes are not hashed here: a
         // corrupt header byte found here is found by the next get or scrub.
-        if bytes.get(4) != Some(&codec::VERSION_V3) {
-            return Err(Error::NotSegmented { id, reason: "it is not in the segmented format (v3)".into() });
+        if !bytes.get(4).is_some_and(|&v| codec::is_segmented(v)) {
+            return Err(Error::NotSegmented {
+                id,
+                reason: "it is not in a segmented format (v3 or v4)".into(),
+            });
         }
         let ob_path = outboard_path(&path);
         let outboard = fs::read(&ob_path).unwrap_or_default();

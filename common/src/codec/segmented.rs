@@ -36,9 +36,28 @@ use std::ops::Range;
 
 use super::SealedChunk;
 
-/// Format version of segmented chunks.
+/// Format version of segmented chunks sealed with XChaCha20-Poly1305
+/// (read, no longer written).
 pub const VERSION_V3: u8 = 3;
-/// Header length of format v3 in bytes (magic, version, 3 reserved zero
+/// Format version of segmented chunks sealed with XAES-256-GCM: the same
+/// layout as v3, another AEAD (the one written).
+pub const VERSION_V4: u8 = 4;
+
+/// Whether format version `version` is segmented (v3 or v4): its chunks
+/// have a [`SegmentedHeader`], segments and an outboard.
+pub fn is_segmented(version: u8) -> bool {
+    version == VERSION_V3 || version == VERSION_V4
+}
+
+/// The AEAD of segmented format `version` (v3 or v4).
+fn cipher_of(version: u8) -> aead::Cipher {
+    if version == VERSION_V4 {
+        aead::Cipher::Xaes256Gcm
+    } else {
+        aead::Cipher::XChaCha20Poly1305
+    }
+}
+/// Header length of formats v3 and v4 in bytes (magic, version, 3 reserved zero
 /// bytes, epoch, segment size, plaintext length, nonce base).
 pub const HEADER_LEN_V3: usize = 44;
 /// Plaintext bytes per segment that [`seal_segmented`] uses (64 KiB, as
@@ -188,10 +207,13 @@ impl SegmentLayout {
     }
 }
 
-/// The parsed header of a segmented (v3) chunk: what a reader needs to
-/// open any of its segments (with the chunk key of `epoch`).
+/// The parsed header of a segmented (v3 or v4) chunk: what a reader needs
+/// to open any of its segments (with the chunk key of `epoch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentedHeader {
+    /// Format version: [`VERSION_V3`] (XChaCha20-Poly1305) or
+    /// [`VERSION_V4`] (XAES-256-GCM).
+    pub version: u8,
     /// Key epoch the chunk was sealed under.
     pub epoch: u32,
     /// Segment size and plaintext length, hence every segment's place.
@@ -207,7 +229,7 @@ impl SegmentedHeader {
     pub fn to_bytes(&self) -> [u8; HEADER_LEN_V3] {
         let mut h = [0u8; HEADER_LEN_V3];
         h[..4].copy_from_slice(MAGIC);
-        h[4] = VERSION_V3;
+        h[4] = self.version;
         h[8..12].copy_from_slice(&self.epoch.to_le_bytes());
         h[12..16].copy_from_slice(&self.layout.segment_size.to_le_bytes());
         h[16..20].copy_from_slice(&self.layout.plaintext_len.to_le_bytes());
@@ -215,7 +237,7 @@ impl SegmentedHeader {
         h
     }
 
-    /// The XChaCha20 nonce of segment `k` (see the module docs).
+    /// The 192-bit AEAD nonce of segment `k` (see the module docs).
     fn segment_nonce(&self, k: u32) -> [u8; NONCE_LEN] {
         let mut n = self.nonce;
         for (b, x) in n[19..23].iter_mut().zip(k.to_be_bytes()) {
@@ -232,7 +254,7 @@ impl SegmentedHeader {
 ///
 /// Errors: [`Error::Truncated`] below [`HEADER_LEN_V3`] bytes;
 /// [`Error::UnknownFormat`] for a bad magic, a non-zero reserved byte or a
-/// version other than 3 (v1 and v2 chunks have no segments);
+/// version other than 3 or 4 (v1 and v2 chunks have no segments);
 /// [`Error::MalformedHeader`] / [`Error::TooLarge`] for impossible fields
 /// (see [`SegmentLayout::new`]).
 pub fn segmented_header(bytes: &[u8]) -> Result<SegmentedHeader, Error> {
@@ -242,18 +264,18 @@ pub fn segmented_header(bytes: &[u8]) -> Result<SegmentedHeader, Error> {
     if &bytes[..4] != MAGIC {
         return Err(Error::UnknownFormat(0));
     }
-    if bytes[4] != VERSION_V3 || bytes[5..8] != [0, 0, 0] {
+    if !is_segmented(bytes[4]) || bytes[5..8] != [0, 0, 0] {
         return Err(Error::UnknownFormat(bytes[4]));
     }
     let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let layout = SegmentLayout::new(word(12), word(16) as u64)?;
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&bytes[20..HEADER_LEN_V3]);
-    Ok(SegmentedHeader { epoch: word(8), layout, nonce })
+    Ok(SegmentedHeader { version: bytes[4], epoch: word(8), layout, nonce })
 }
 
-/// Seals `plaintext` (at most [`MAX_PLAINTEXT`] bytes) as a segmented (v3)
-/// chunk of [`SEGMENT_SIZE`] segments under `key`, the chunk key of key
+/// Seals `plaintext` (at most [`MAX_PLAINTEXT`] bytes) as a segmented (v4,
+/// XAES-256-GCM) chunk of [`SEGMENT_SIZE`] segments under `key`, the chunk key of key
 /// epoch `epoch`, with a fresh random nonce base. The id is BLAKE3 of all
 /// stored bytes, as for v2 (and equals the root of [`super::outboard`]).
 ///
@@ -273,10 +295,35 @@ pub fn seal_segmented_with(
     plaintext: &[u8],
     segment_size: u32,
 ) -> Result<SealedChunk, Error> {
+    seal_segmented_as(VERSION_V4, key, epoch, plaintext, segment_size)
+}
+
+/// Seals in the v3 format (XChaCha20-Poly1305): what clients wrote before
+/// v4. Only for tests that check old data still opens.
+///
+/// Errors: as [`seal_segmented_with`].
+#[doc(hidden)]
+pub fn seal_segmented_v3_for_tests(
+    key: &SubKey,
+    epoch: u32,
+    plaintext: &[u8],
+    segment_size: u32,
+) -> Result<SealedChunk, Error> {
+    seal_segmented_as(VERSION_V3, key, epoch, plaintext, segment_size)
+}
+
+fn seal_segmented_as(
+    version: u8,
+    key: &SubKey,
+    epoch: u32,
+    plaintext: &[u8],
+    segment_size: u32,
+) -> Result<SealedChunk, Error> {
     let layout = SegmentLayout::new(segment_size, plaintext.len() as u64)?;
     let mut nonce = [0u8; NONCE_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-    let header = SegmentedHeader { epoch, layout, nonce };
+    let header = SegmentedHeader { version, epoch, layout, nonce };
+    let cipher = cipher_of(version);
     let hdr = header.to_bytes();
     let mut out = Vec::with_capacity(layout.stored_len() as usize);
     out.extend_from_slice(&hdr);
@@ -284,7 +331,8 @@ pub fn seal_segmented_with(
         let plain = layout.plaintext_range(k)?;
         let at = out.len();
         out.extend_from_slice(&plaintext[plain.start as usize..plain.end as usize]);
-        let tag = aead::seal_detached(key.as_bytes(), &header.segment_nonce(k), &hdr, &mut out[at..])?;
+        let tag =
+            aead::seal_detached(cipher, key.as_bytes(), &header.segment_nonce(k), &hdr, &mut out[at..])?;
         out.extend_from_slice(&tag);
     }
     Ok(SealedChunk { id: ChunkId::of(&out), bytes: out })
@@ -325,7 +373,14 @@ fn open_segment_ad(
     let body = stored.len() - TAG_LEN;
     let mut plain = stored[..body].to_vec();
     let tag: &[u8; TAG_LEN] = stored[body..].try_into().map_err(|_| Error::Decrypt)?;
-    aead::open_detached(key.as_bytes(), &header.segment_nonce(k), aad, &mut plain, tag)?;
+    aead::open_detached(
+        cipher_of(header.version),
+        key.as_bytes(),
+        &header.segment_nonce(k),
+        aad,
+        &mut plain,
+        tag,
+    )?;
     Ok(plain)
 }
 
@@ -351,7 +406,14 @@ pub(super) fn open_segmented(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Ve
         let at = plain.len();
         plain.extend_from_slice(&bytes[start..end - TAG_LEN]);
         let tag: &[u8; TAG_LEN] = bytes[end - TAG_LEN..end].try_into().map_err(|_| Error::Decrypt)?;
-        aead::open_detached(key.as_bytes(), &header.segment_nonce(k), &aad, &mut plain[at..], tag)?;
+        aead::open_detached(
+            cipher_of(header.version),
+            key.as_bytes(),
+            &header.segment_nonce(k),
+            &aad,
+            &mut plain[at..],
+            tag,
+        )?;
     }
     Ok(plain)
 }
@@ -400,7 +462,7 @@ mod tests {
             assert_eq!(SegmentLayout::from_stored_len(s.bytes.len() as u64, SEGMENT_SIZE).unwrap(), h.layout);
             assert_eq!(
                 header(&s.bytes).unwrap(),
-                Header { version: VERSION_V3, epoch: 5, len: HEADER_LEN_V3 }
+                Header { version: VERSION_V4, epoch: 5, len: HEADER_LEN_V3 }
             );
             assert_eq!(s.id, ChunkId::of(&s.bytes));
             assert_eq!(open(&k, &s.id, &s.bytes).unwrap(), p, "len {len}");
@@ -473,6 +535,30 @@ mod tests {
         assert_eq!(open_bytes(&k, &s.bytes).unwrap(), pattern(5000));
     }
 
+    /// v3 chunks (XChaCha20-Poly1305), written before v4, still open whole
+    /// and segment by segment; a chunk relabelled as the other version
+    /// (its header is every segment's associated data) opens as neither.
+    #[test]
+    fn v3_chunks_still_open_and_a_relabelled_chunk_does_not() {
+        let k = key();
+        for len in [0, 1, 5000, S, 3 * S + 17] {
+            let p = pattern(len);
+            let v3 = seal_segmented_v3_for_tests(&k, 2, &p, SEGMENT_SIZE).unwrap();
+            assert_eq!(segmented_header(&v3.bytes).unwrap().version, VERSION_V3);
+            assert_eq!(
+                header(&v3.bytes).unwrap(),
+                Header { version: VERSION_V3, epoch: 2, len: HEADER_LEN_V3 }
+            );
+            assert_eq!(open(&k, &v3.id, &v3.bytes).unwrap(), p, "len {len}");
+            assert_eq!(open_each_segment(&k, &v3.bytes), p, "len {len}");
+            let v4 = seal_segmented(&k, 2, &p).unwrap();
+            for (mut bytes, to) in [(v3.bytes, VERSION_V4), (v4.bytes, VERSION_V3)] {
+                bytes[4] = to;
+                assert!(matches!(open_bytes(&k, &bytes), Err(Error::Decrypt)), "len {len} as v{to}");
+            }
+        }
+    }
+
     #[test]
     fn malformed_headers_are_refused_before_any_key_is_tried() {
         let s = seal_segmented_with(&key(), 1, &pattern(9000), SMALL).unwrap();
@@ -484,7 +570,8 @@ mod tests {
         assert!(matches!(segmented_header(&s.bytes[..43]), Err(Error::Truncated(43))));
         assert!(matches!(header(&s.bytes[..59]), Err(Error::Truncated(59))));
         assert!(matches!(segmented_header(&with(0, b"P2PX")), Err(Error::UnknownFormat(0))));
-        assert!(matches!(segmented_header(&with(5, &[1])), Err(Error::UnknownFormat(3))));
+        assert!(matches!(segmented_header(&with(5, &[1])), Err(Error::UnknownFormat(VERSION_V4))));
+        assert!(matches!(segmented_header(&with(4, &[5])), Err(Error::UnknownFormat(5))));
         assert!(matches!(segmented_header(&with(4, &[2])), Err(Error::UnknownFormat(2))));
         for seg in [0u32, 1000, 1 << 23] {
             let b = with(12, &seg.to_le_bytes());

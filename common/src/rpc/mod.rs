@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the RPC protocol; bumped on any incompatible change to the
 /// types in this module. Exchanged by `DirService::hello`.
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// The role a cluster node's certificate names; what it may call is
 /// decided from it (docs/SECURITY.md has the table of RPCs and roles).
