@@ -413,7 +413,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.rt.block_on(self.fs.read(fh.0, offset, size)) {
+        match self.rt.block_on(self.fs.read_data(fh.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno("read", &e)),
         }

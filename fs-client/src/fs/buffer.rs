@@ -175,7 +175,12 @@ pub enum Pending<'a, L> {
 pub struct ReadPlan<L> {
     offset: u64,
     block_size: u64,
+    /// The result, allocated (zeros) at the first fill: a read served
+    /// whole by one fetched block may take its bytes from that block
+    /// instead ([`ReadPlan::shared`]).
     out: Vec<u8>,
+    /// Bytes in the result.
+    len: usize,
     fetch: Vec<(u64, L)>,
 }
 
@@ -183,6 +188,18 @@ impl<L> ReadPlan<L> {
     /// The stored blocks to fetch: `(block index, location)`.
     pub fn fetches(&self) -> &[(u64, L)] {
         &self.fetch
+    }
+
+    /// The whole read as `range` of `data`, the plaintext of block `idx`
+    /// from byte `at` of the block on, when nothing local is part of the
+    /// read and `data` covers all of it: the caller then needs no copy.
+    /// `None` otherwise ([`ReadPlan::fill_at`] then).
+    pub fn shared(&self, idx: u64, at: u64, data: &[u8]) -> Option<std::ops::Range<usize>> {
+        let start = idx.checked_mul(self.block_size)?.checked_add(at)?;
+        let from = usize::try_from(self.offset.checked_sub(start)?).ok()?;
+        let to = from.checked_add(self.len)?;
+        (self.out.is_empty() && self.fetch.len() == 1 && self.fetch[0].0 == idx && to <= data.len())
+            .then_some(from..to)
     }
 
     /// Copies the plaintext `data` of block `idx` into the result (the part
@@ -198,16 +215,22 @@ impl<L> ReadPlan<L> {
     pub fn fill_at(&mut self, idx: u64, at: u64, data: &[u8]) {
         let Some(start) = idx.checked_mul(self.block_size).and_then(|s| s.checked_add(at)) else { return };
         let end = start.saturating_add(data.len() as u64);
-        let (lo, hi) = (self.offset, self.offset + self.out.len() as u64);
+        let (lo, hi) = (self.offset, self.offset + self.len as u64);
         let (from, to) = (start.max(lo), end.min(hi));
         if from < to {
+            if self.out.is_empty() {
+                self.out = vec![0u8; self.len];
+            }
             self.out[(from - lo) as usize..(to - lo) as usize]
                 .copy_from_slice(&data[(from - start) as usize..(to - start) as usize]);
         }
     }
 
     /// The bytes read (short at the end of the file, empty past it).
-    pub fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        if self.out.len() < self.len {
+            self.out = vec![0u8; self.len];
+        }
         self.out
     }
 }
@@ -487,11 +510,11 @@ impl<L: Clone> BlockBuffer<L> {
     pub fn read(&self, offset: u64, len: u64) -> ReadPlan<L> {
         let end = offset.saturating_add(len).min(self.size);
         let b = self.block_size;
-        let mut plan = ReadPlan { offset, block_size: b, out: Vec::new(), fetch: Vec::new() };
+        let mut plan = ReadPlan { offset, block_size: b, out: Vec::new(), len: 0, fetch: Vec::new() };
         if offset >= end {
             return plan;
         }
-        plan.out = vec![0u8; (end - offset) as usize];
+        plan.len = (end - offset) as usize;
         for idx in offset / b..end.div_ceil(b) {
             if let Some(l) = self.local.get(&idx) {
                 let data = l.data.clone();

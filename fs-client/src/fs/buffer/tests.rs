@@ -78,11 +78,16 @@ impl Sim {
         }
     }
 
-    /// Reads `[offset, offset + len)` through the buffer.
+    /// Reads `[offset, offset + len)` through the buffer, as `Fs::read`
+    /// does: from one stored block's bytes when the plan says they serve
+    /// the whole read, else assembled.
     fn read(&self, buf: &BlockBuffer<usize>, offset: u64, len: u64) -> Vec<u8> {
         let mut plan = buf.read(offset, len);
         let fetches: Vec<(u64, usize)> = plan.fetches().to_vec();
         for (idx, id) in fetches {
+            if let Some(r) = plan.shared(idx, 0, &self.chunks[id]) {
+                return self.chunks[id][r].to_vec();
+            }
             plan.fill(idx, &self.chunks[id]);
         }
         plan.into_bytes()
@@ -465,6 +470,33 @@ fn committed_file_of(data: &[u8]) -> (Sim, BlockBuffer<usize>) {
     sim.dir_size = data.len() as u64;
     let buf = BlockBuffer::new(B, 8, data.len() as u64, layout);
     (sim, buf)
+}
+
+/// A read inside one stored block is served from that block's bytes (no
+/// copy); one that also covers local bytes, another block or a hole, or
+/// runs past what the block holds, is assembled.
+#[test]
+fn a_read_inside_one_stored_block_shares_it() {
+    let data = pattern(2 * B as usize + 5, 9);
+    let (sim, mut buf) = committed_file_of(&data);
+    let block = |i: usize| &sim.chunks[i];
+    let plan = buf.read(3, 10);
+    assert_eq!(plan.shared(0, 0, block(0)), Some(3..13));
+    // A segment's bytes: the block from byte 2 on.
+    assert_eq!(plan.shared(0, 2, &block(0)[2..]), Some(1..11));
+    assert_eq!(plan.shared(0, 4, &block(0)[4..]), None, "starts after the read");
+    assert_eq!(plan.shared(0, 0, &block(0)[..12]), None, "ends before the read's end");
+    assert_eq!(buf.read(10, 10).shared(0, 0, block(0)), None, "two blocks");
+    assert_eq!(buf.read(B, B).shared(1, 0, block(1)), Some(0..B as usize));
+    // Local bytes in the read: assembled.
+    if let Err(Blocked::Fetch(need)) = buf.write(B + 1, b"xy") {
+        sim.fill(&mut buf, &need);
+        buf.write(B + 1, b"xy").unwrap();
+    }
+    assert_eq!(buf.read(B, 4).shared(1, 0, block(1)), None);
+    let mut want = data.clone();
+    want[B as usize + 1..B as usize + 3].copy_from_slice(b"xy");
+    assert_eq!(sim.read(&buf, 0, 2 * B + 5), want);
 }
 
 /// Truncating down into a stored block and up again reads zeros, locally
