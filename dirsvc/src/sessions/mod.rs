@@ -562,34 +562,27 @@ impl Sessions {
         if count == 0 || count > RESERVE_PER_CALL_MAX {
             return Err(invalid(format!("reserve 1 to {RESERVE_PER_CALL_MAX} inode numbers, not {count}")));
         }
-        let over = |st: &State| {
-            st.reserved.get(&id).map_or(0, HashSet::len) + count as usize > RESERVED_PER_SESSION_MAX
-        };
-        {
-            let st = self.state();
+        // The session must be live and stay within its bound, before the
+        // numbers are taken and again after (the state is not held across
+        // the store's transaction).
+        let admit = |st: &State| -> Result<(), Error> {
             if !st.live.contains_key(&id) {
                 return Err(DirError::NoSession.into());
             }
-            if over(&st) {
+            if st.reserved.get(&id).map_or(0, HashSet::len) + count as usize > RESERVED_PER_SESSION_MAX {
                 return Err(DirError::Limit(format!(
                     "a session holds at most {RESERVED_PER_SESSION_MAX} reserved inode numbers"
                 ))
                 .into());
             }
-        }
+            Ok(())
+        };
+        admit(&self.state())?;
         let first = store.reserve_inodes(count)?;
         let mut st = self.state();
         // The numbers are spent either way; a session that ended or went
         // over its bound meanwhile just does not get them.
-        if !st.live.contains_key(&id) {
-            return Err(DirError::NoSession.into());
-        }
-        if over(&st) {
-            return Err(DirError::Limit(format!(
-                "a session holds at most {RESERVED_PER_SESSION_MAX} reserved inode numbers"
-            ))
-            .into());
-        }
+        admit(&st)?;
         st.reserved.entry(id).or_default().extend(first.0..first.0 + u64::from(count));
         Ok((first, count))
     }
