@@ -201,7 +201,7 @@ impl Fs {
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
         let v2 = self.seal_v2();
-        let mut sealed = if data.len() <= SEAL_HERE_MAX {
+        let sealed = if data.len() <= SEAL_HERE_MAX {
             seal_block(&key, epoch, &data, v2)?
         } else {
             let plain = data.clone();
@@ -209,10 +209,10 @@ impl Fs {
                 .await
                 .map_err(|e| Error::Upload(format!("sealing task failed: {e}")))??
         };
-        let len = sealed.bytes.len() as u64;
         // One copy of the sealed chunk, shared by every replica's put.
-        let bytes = common::rpc::peer::Bytes::from(std::mem::take(&mut sealed.bytes));
-        let mac = self.entry_mac(&keys, ino, idx, sealed.id, len as u32, epoch)?;
+        let (chunk, bytes) = (sealed.id, common::rpc::peer::Bytes::from(sealed.bytes));
+        let len = bytes.len() as u64;
+        let mac = self.entry_mac(&keys, ino, idx, chunk, len as u32, epoch)?;
         let want = self.replicas as usize;
         let min = self.min_replicas() as usize;
         let mut failed: Vec<common::PeerId> = Vec::new();
@@ -274,7 +274,7 @@ impl Fs {
                 });
                 continue;
             }
-            let puts = targets.iter().map(|p| self.peers.put(p, sealed.id, bytes.clone()));
+            let puts = targets.iter().map(|p| self.peers.put(p, chunk, bytes.clone()));
             for (p, r) in targets.iter().zip(futures::future::join_all(puts).await) {
                 match r {
                     Ok(()) => stored.push(p.clone()),
@@ -313,13 +313,13 @@ impl Fs {
         if stored.len() < want {
             info!(ino = %ino, block = idx, stored = stored.len(), want, "block stored degraded; repair will add the missing replicas");
         }
-        debug!(ino = %ino, block = idx, chunk = %sealed.id, "block stored");
+        debug!(ino = %ino, block = idx, chunk = %chunk, "block stored");
         if data.len() <= super::CACHE_WRITTEN_MAX {
-            self.cache.insert(sealed.id, data);
+            self.cache.insert(chunk, data);
         }
         Ok(Uploaded {
             stored: StoredChunk {
-                id: sealed.id,
+                id: chunk,
                 len: len as u32,
                 replicas: stored.iter().map(|p| p.id).collect(),
                 epoch,
