@@ -35,26 +35,102 @@ pub(crate) enum Cipher {
 }
 
 impl Cipher {
-    /// The ring key and 96-bit nonce this AEAD under `key` with the
-    /// 192-bit `nonce` amounts to.
-    fn derive(self, key: &[u8; 32], nonce: &[u8; 24]) -> (LessSafeKey, Nonce) {
-        let (alg, sub, tail) = match self {
+    /// How many leading nonce bytes the derived key depends on (the rest
+    /// is the bulk cipher's 96-bit nonce): 16 for XChaCha20 (HChaCha20's
+    /// input), 12 for XAES-256-GCM.
+    fn head_len(self) -> usize {
+        match self {
+            Cipher::XChaCha20Poly1305 => 16,
+            Cipher::Xaes256Gcm => 12,
+        }
+    }
+
+    /// The derived key of this AEAD under `key` for `nonce`, good for every
+    /// nonce with the same head (the segments of one chunk: their nonces
+    /// differ only in bytes 19..24).
+    pub(crate) fn derive(self, key: &[u8; 32], nonce: &[u8; 24]) -> DerivedKey {
+        let (alg, sub) = match self {
             Cipher::XChaCha20Poly1305 => {
                 let sub = chacha20::hchacha::<U10>(key.into(), nonce[..16].into());
-                let mut n = [0u8; 12];
-                n[4..].copy_from_slice(&nonce[16..]);
-                (&CHACHA20_POLY1305, <[u8; 32]>::from(sub), n)
+                (&CHACHA20_POLY1305, <[u8; 32]>::from(sub))
             }
             Cipher::Xaes256Gcm => {
-                let (mut head, mut n) = ([0u8; 12], [0u8; 12]);
+                let mut head = [0u8; 12];
                 head.copy_from_slice(&nonce[..12]);
-                n.copy_from_slice(&nonce[12..]);
-                (&AES_256_GCM, xaes_key(key, head), n)
+                (&AES_256_GCM, xaes_key(key, head))
             }
         };
         // Both bulk ciphers take 32-byte keys, which is what `sub` is.
         let unbound = UnboundKey::new(alg, &sub).unwrap_or_else(|_| unreachable!());
-        (LessSafeKey::new(unbound), Nonce::assume_unique_for_key(tail))
+        let mut head = [0u8; 16];
+        head[..self.head_len()].copy_from_slice(&nonce[..self.head_len()]);
+        DerivedKey { cipher: self, secret: *key, head, ring: LessSafeKey::new(unbound) }
+    }
+}
+
+/// A [`Cipher`]'s per-nonce key ([`Cipher::derive`]), derived once for the
+/// nonces that share its head.
+pub(crate) struct DerivedKey {
+    cipher: Cipher,
+    secret: [u8; 32],
+    head: [u8; 16],
+    ring: LessSafeKey,
+}
+
+impl DerivedKey {
+    /// The bulk cipher's 96-bit nonce for `nonce`, if `nonce` has this
+    /// key's head (else the caller derives a key for it).
+    fn tail(&self, nonce: &[u8; 24]) -> Option<Nonce> {
+        let h = self.cipher.head_len();
+        if nonce[..h] != self.head[..h] {
+            return None;
+        }
+        let mut n = [0u8; 12];
+        match self.cipher {
+            // 0⁴ ‖ nonce[16..24] (draft-irtf-cfrg-xchacha).
+            Cipher::XChaCha20Poly1305 => n[4..].copy_from_slice(&nonce[16..]),
+            Cipher::Xaes256Gcm => n.copy_from_slice(&nonce[12..]),
+        }
+        Some(Nonce::assume_unique_for_key(n))
+    }
+
+    /// Encrypts `in_out` in place under `nonce` with associated data `ad`;
+    /// returns the 16-byte tag.
+    ///
+    /// Errors: [`Error::TooLarge`] past the bulk cipher's limit per nonce
+    /// (256 GiB for ChaCha20, 64 GiB for AES-GCM; never for a chunk).
+    pub(crate) fn seal(&self, nonce: &[u8; 24], ad: &[u8], in_out: &mut [u8]) -> Result<[u8; 16], Error> {
+        let Some(n) = self.tail(nonce) else {
+            return self.cipher.derive(&self.secret, nonce).seal(nonce, ad, in_out);
+        };
+        let tag = self
+            .ring
+            .seal_in_place_separate_tag(n, Aad::from(ad), in_out)
+            .map_err(|_| Error::TooLarge { len: in_out.len(), limit: usize::MAX })?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Decrypts `in_out` in place if `tag` authenticates it and `ad` under
+    /// `nonce`.
+    ///
+    /// Errors: [`Error::Decrypt`] for a wrong key, nonce, tag, associated
+    /// data or any altered byte (`in_out` is then garbage).
+    pub(crate) fn open(
+        &self,
+        nonce: &[u8; 24],
+        ad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; 16],
+    ) -> Result<(), Error> {
+        let Some(n) = self.tail(nonce) else {
+            return self.cipher.derive(&self.secret, nonce).open(nonce, ad, in_out, tag);
+        };
+        self.ring
+            .open_in_place_separate_tag(n, Aad::from(ad), Tag::from(*tag), in_out, 0..)
+            .map(drop)
+            .map_err(|_| Error::Decrypt)
     }
 }
 
@@ -96,13 +172,7 @@ pub(crate) fn seal_detached(
     ad: &[u8],
     in_out: &mut [u8],
 ) -> Result<[u8; 16], Error> {
-    let (k, n) = cipher.derive(key, nonce);
-    let tag = k
-        .seal_in_place_separate_tag(n, Aad::from(ad), in_out)
-        .map_err(|_| Error::TooLarge { len: in_out.len(), limit: usize::MAX })?;
-    let mut out = [0u8; 16];
-    out.copy_from_slice(tag.as_ref());
-    Ok(out)
+    cipher.derive(key, nonce).seal(nonce, ad, in_out)
 }
 
 /// Decrypts `in_out` in place with `cipher` if `tag` authenticates it and
@@ -118,10 +188,7 @@ pub(crate) fn open_detached(
     in_out: &mut [u8],
     tag: &[u8; 16],
 ) -> Result<(), Error> {
-    let (k, n) = cipher.derive(key, nonce);
-    k.open_in_place_separate_tag(n, Aad::from(ad), Tag::from(*tag), in_out, 0..)
-        .map(drop)
-        .map_err(|_| Error::Decrypt)
+    cipher.derive(key, nonce).open(nonce, ad, in_out, tag)
 }
 
 #[cfg(test)]
@@ -178,6 +245,29 @@ mod tests {
             assert!(matches!(open_detached(c, &key, &nonce, b"ad", &mut flipped, &tag), Err(Error::Decrypt)));
             open_detached(c, &key, &nonce, b"ad", &mut ct, &tag).unwrap();
             assert_eq!(ct, b"some plaintext", "{c:?}");
+        }
+    }
+
+    /// A key derived once serves every nonce with its head (a chunk's
+    /// segments) exactly as a fresh derivation would, and a nonce with
+    /// another head gets its own key.
+    #[test]
+    fn a_derived_key_seals_as_a_fresh_derivation_for_any_nonce() {
+        for c in [Cipher::XChaCha20Poly1305, Cipher::Xaes256Gcm] {
+            let (key, base) = ([5u8; 32], [1u8; 24]);
+            let derived = c.derive(&key, &base);
+            // Bytes 20 and 23: a segment's index and last flag; 2 and 11:
+            // the head of either cipher.
+            for flip in [20usize, 23, 2, 11] {
+                let mut nonce = base;
+                nonce[flip] ^= 0x40;
+                let (mut ours, mut fresh) = (b"a segment".to_vec(), b"a segment".to_vec());
+                let tag = derived.seal(&nonce, b"hdr", &mut ours).unwrap();
+                let fresh_tag = seal_detached(c, &key, &nonce, b"hdr", &mut fresh).unwrap();
+                assert_eq!((&ours, tag), (&fresh, fresh_tag), "{c:?}, byte {flip}");
+                derived.open(&nonce, b"hdr", &mut ours, &tag).unwrap();
+                assert_eq!(ours, b"a segment");
+            }
         }
     }
 

@@ -323,7 +323,8 @@ fn seal_segmented_as(
     let mut nonce = [0u8; NONCE_LEN];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
     let header = SegmentedHeader { version, epoch, layout, nonce };
-    let cipher = cipher_of(version);
+    // One derived key for every segment: their nonces share its head.
+    let sealer = cipher_of(version).derive(key.as_bytes(), &nonce);
     let hdr = header.to_bytes();
     let mut out = Vec::with_capacity(layout.stored_len() as usize);
     out.extend_from_slice(&hdr);
@@ -331,8 +332,7 @@ fn seal_segmented_as(
         let plain = layout.plaintext_range(k)?;
         let at = out.len();
         out.extend_from_slice(&plaintext[plain.start as usize..plain.end as usize]);
-        let tag =
-            aead::seal_detached(cipher, key.as_bytes(), &header.segment_nonce(k), &hdr, &mut out[at..])?;
+        let tag = sealer.seal(&header.segment_nonce(k), &hdr, &mut out[at..])?;
         out.extend_from_slice(&tag);
     }
     Ok(SealedChunk { id: ChunkId::of(&out), bytes: out })
@@ -399,6 +399,7 @@ pub(super) fn open_segmented(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Ve
     let mut aad = Vec::with_capacity(HEADER_LEN_V3 + ad.len());
     aad.extend_from_slice(&bytes[..HEADER_LEN_V3]);
     aad.extend_from_slice(ad);
+    let opener = cipher_of(header.version).derive(key.as_bytes(), &header.nonce);
     let mut plain = Vec::with_capacity(layout.plaintext_len() as usize);
     for k in 0..layout.segments() {
         let r = layout.segment_range(k)?;
@@ -406,14 +407,7 @@ pub(super) fn open_segmented(key: &SubKey, bytes: &[u8], ad: &[u8]) -> Result<Ve
         let at = plain.len();
         plain.extend_from_slice(&bytes[start..end - TAG_LEN]);
         let tag: &[u8; TAG_LEN] = bytes[end - TAG_LEN..end].try_into().map_err(|_| Error::Decrypt)?;
-        aead::open_detached(
-            cipher_of(header.version),
-            key.as_bytes(),
-            &header.segment_nonce(k),
-            &aad,
-            &mut plain[at..],
-            tag,
-        )?;
+        opener.open(&header.segment_nonce(k), &aad, &mut plain[at..], tag)?;
     }
     Ok(plain)
 }
