@@ -497,9 +497,15 @@ pub fn idle_probe<In, Out>(
 
 /// Serves one tarpc service on every connection accepted from `listener`
 /// until `shutdown` is cancelled, with mutual TLS and the limits of
-/// [`serve`]. Each request runs in its own task, instrumented by
-/// [`crate::telemetry::Instrumented`] (requests, errors and latency per
-/// method).
+/// [`serve`]. A connection's requests run concurrently inside the
+/// connection's own task, instrumented by [`crate::telemetry::Instrumented`]
+/// (requests, errors and latency per method): a request read, served and
+/// answered on one thread needs no wake-up of another (a task per request
+/// cost one, measured in issue 10's closing note). So a request's
+/// synchronous work holds up the other requests of its connection only:
+/// keep it short, or move it to the blocking pool. Requests still in
+/// progress when the connection ends are dropped with it (they must be
+/// cancel-safe, as a client's cancellation already required).
 ///
 /// `$listener`: a `tokio::net::TcpListener`; `$config`: the
 /// `Arc<rustls::ServerConfig>`; `$limits`: `ServerLimits`; `$conns`:
@@ -534,9 +540,7 @@ macro_rules! serve_tarpc {
                     // Every request of every server passes here: counted,
                     // timed and its errors classified (crate::telemetry).
                     let serve = $crate::telemetry::Instrumented::new(server.serve());
-                    let work = channel.execute(serve).for_each(|fut| async {
-                        ::tokio::spawn(fut);
-                    });
+                    let work = channel.execute(serve).for_each_concurrent(None, |request| request);
                     $crate::transport::run_connection(work, &guard, idle, idle_of).await;
                 }
             },

@@ -8,10 +8,13 @@
 //!   mutating one is a durable write transaction (plus bounded follow-up
 //!   transactions where one operation frees unboundedly many keys). Key
 //!   schema: [`store::keys`]; value formats: [`store::records`].
-//! - [`server::DirServer`] implements `common::rpc::dir::DirService`. Every
-//!   handler runs its store call on tokio's blocking pool
-//!   (`spawn_blocking`), so no transaction is ever held across an `.await`
-//!   and async worker threads never block on disk. Liveness, usage, labels,
+//! - [`server::DirServer`] implements `common::rpc::dir::DirService`. A
+//!   handler's store call is one short transaction, never held across an
+//!   `.await`: on redb it runs on the runtime thread serving the request
+//!   (tens of microseconds and at most one fsync, cheaper than two thread
+//!   hand-offs), on etcd on tokio's blocking pool (`spawn_blocking`), as do
+//!   whole-table scans and the background workers' batches
+//!   (`shared::run_short`). Liveness, usage, labels,
 //!   drain flags and placement promises of peers live in an in-memory
 //!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
 //!   that is never held across an `.await`.

@@ -260,23 +260,24 @@ impl DirServer {
         }
     }
 
-    /// Runs `f` on the blocking pool with the store.
+    /// Runs `f`, one short store transaction, with the store
+    /// ([`crate::shared::run_short`]: on this thread with redb).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        self.shared.blocking(f).await
+        self.shared.short(move |sh| f(&sh.store)).await
     }
 
-    /// Runs `f` on the blocking pool with the shared state (store,
-    /// sessions, change feed). Mutations record their changes inside `f`,
-    /// right after the commit, so a cancelled request loses none.
+    /// Runs `f`, short, with the shared state (store, sessions, change
+    /// feed), as [`DirServer::blocking`]. Mutations record their changes
+    /// inside `f`, right after the commit, so a cancelled request loses
+    /// none.
     async fn with_shared<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(&shared)).await?
+        self.shared.short(f).await
     }
 }
 
@@ -791,7 +792,7 @@ impl DirService for DirServer {
         self.member("statfs")?;
         let r = async {
             let vol = self.store.volume_info()?;
-            let inodes = self.blocking(|s| s.inode_count()).await?;
+            let inodes = self.shared.blocking(|s| s.inode_count()).await?;
             let (used, free, live) = self.peers().live_totals();
             let r = u64::from(vol.replicas.max(1));
             Ok(StatFs {
@@ -1016,6 +1017,7 @@ impl DirService for DirServer {
                 ..ClusterStatus::default()
             };
             let (inodes, pending, tombstones) = self
+                .shared
                 .blocking(|s| Ok((s.inode_count()?, s.unreferenced_count()?, s.tombstone_count()?)))
                 .await?;
             st.inodes = inodes;
@@ -1031,7 +1033,7 @@ impl DirService for DirServer {
                     Some(c) => c,
                     None => {
                         let snapshot = view.clone();
-                        let s = self.blocking(move |s| survey(s, &snapshot, vol.replicas, 0)).await?;
+                        let s = self.shared.blocking(move |s| survey(s, &snapshot, vol.replicas, 0)).await?;
                         self.peers().set_survey(&view, &s.peers);
                         let f = SurveyFigures::of(inputs, &s);
                         self.shared.record_survey(f.clone());

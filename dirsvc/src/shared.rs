@@ -235,13 +235,47 @@ impl Shared {
         self.last_survey.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Runs `f` on the blocking pool with the store, so no redb
-    /// transaction lives on an async thread or across an `.await`.
+    /// Runs `f` on the blocking pool with the store, so no transaction
+    /// lives on an async thread or across an `.await`: for work of
+    /// unbounded length (scans of a whole table, the background workers'
+    /// batches).
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+
+    /// Runs `f`, one short transaction of a request (bounded: one inode,
+    /// one page of entries or blocks), with the shared state; see
+    /// [`run_short`].
+    pub(crate) async fn short<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        run_short(self, f).await
+    }
+}
+
+/// Runs `f` with `shared`: where the engine is embedded (redb), right here
+/// on the runtime thread serving the request, never across an `.await`;
+/// otherwise (etcd) on the blocking pool. A transaction on redb costs tens
+/// of microseconds and one fsync when it commits; sending it to the
+/// blocking pool and back cost two thread wake-ups per call, which on two
+/// cores made a `create` 40 % slower (issue 10's closing note has the
+/// figures). Group commit ([`crate::kv`]) bounds a writer's wait to the
+/// round in progress and its own.
+///
+/// Errors: `f`'s; `Error::Task` if the blocking task panicked.
+pub(crate) async fn run_short<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    if shared.store.embedded() {
+        f(shared)
+    } else {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared)).await?
     }
 }

@@ -135,6 +135,16 @@ pub trait Engine: Send + Sync + 'static {
         usize::MAX
     }
 
+    /// Whether the engine lives in this process and a transaction costs
+    /// only local CPU and, for a commit, one fsync (redb): short ones may
+    /// then run on the thread that serves the request. A networked
+    /// engine's reads and commits wait on other hosts and its retries
+    /// sleep (etcd), so its transactions run on the blocking pool. `false`
+    /// unless the engine says otherwise.
+    fn embedded(&self) -> bool {
+        false
+    }
+
     /// A read view of everything committed so far. Errors: the engine's.
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error>;
 
@@ -378,6 +388,11 @@ impl Kv {
     /// The engine's name (`"redb"`, `"etcd"`).
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
+    }
+
+    /// Whether the engine is embedded ([`Engine::embedded`]).
+    pub fn embedded(&self) -> bool {
+        self.engine.embedded()
     }
 
     /// The engine itself (for engine-specific operations such as

@@ -95,6 +95,10 @@ impl Engine for RedbEngine {
         "redb"
     }
 
+    fn embedded(&self) -> bool {
+        true
+    }
+
     fn max_ops(&self) -> usize {
         MAX_OPS
     }

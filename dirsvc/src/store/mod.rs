@@ -4,8 +4,10 @@
 //! POSIX semantics for each operation.
 //!
 //! [`Store`] owns the [`kv::Kv`], the only storage access of dirsvc. Its
-//! methods are synchronous (call them from `spawn_blocking` or a dedicated
-//! thread) and take and return plain wire types. Each family of keys (see
+//! methods are synchronous (the server calls short ones on its runtime
+//! thread when the engine is embedded, everything else from
+//! `spawn_blocking`; see `Store::embedded`) and take and return plain wire
+//! types. Each family of keys (see
 //! [`keys`] for the schema, [`records`] for the value formats) has its own
 //! file, and no file touches another family's keys except through that
 //! family's functions:
@@ -316,6 +318,12 @@ impl Store {
     /// The engine's name (`"redb"`, `"etcd"`), for logs and status.
     pub fn engine_name(&self) -> &'static str {
         self.kv.engine_name()
+    }
+
+    /// Whether the store's engine is embedded (redb), so a short
+    /// transaction may run on the calling thread ([`crate::kv::Engine::embedded`]).
+    pub fn embedded(&self) -> bool {
+        self.kv.embedded()
     }
 
     /// Most writes one transaction may make with this engine.
