@@ -37,7 +37,10 @@
 //! Delete and the move to `corrupted/` remove it; open deletes orphans
 //! (a sidecar whose chunk is gone). Sidecars are not counted in the used
 //! bytes (0.4% of a chunk: 4 KiB for 1 MiB). v1/v2 chunks have none
-//! (they cannot be read by segment).
+//! (they cannot be read by segment), and neither has a chunk of at most
+//! one 16 KiB group, whose outboard is empty (`codec::outboard_len` 0):
+//! a missing sidecar then reads as the empty outboard, and a small file's
+//! put writes one file, not two.
 //!
 //! # Durability protocol (put)
 //!
@@ -679,7 +682,7 @@ impl Inner {
             }
         }
         fsync_dir(&shard)?;
-        if let Some(ob) = outboard {
+        if let Some(ob) = outboard.filter(|ob| !ob.is_empty()) {
             self.write_outboard(&id, &ob);
         }
         tracing::event!(
@@ -873,7 +876,11 @@ impl Inner {
         if !codec::is_segmented(header[4]) {
             return None;
         }
-        let outboard = fs::read(outboard_path(&path)).ok()?;
+        let outboard = match fs::read(outboard_path(&path)) {
+            Ok(ob) => ob,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && codec::outboard_len(len) == 0 => Vec::new(),
+            Err(_) => return None,
+        };
         codec::encode_segment_proof_at(&id, &file, len, &header, &outboard, index).ok().flatten()
     }
 
@@ -941,6 +948,11 @@ impl Inner {
     /// fsync: it is recomputed whenever it does not match). A failure is
     /// logged only: the next segment read recomputes it.
     fn write_outboard(&self, id: &ChunkId, outboard: &[u8]) {
+        if outboard.is_empty() {
+            // A chunk of one group needs none: drop a stale one.
+            remove_outboard(&self.chunk_path(id));
+            return;
+        }
         let path = outboard_path(&self.chunk_path(id));
         let shard = shard_dir(&path);
         let r = TempFile::create(&shard, &format!("{}{OUTBOARD_SUFFIX}", id.to_hex())).and_then(

@@ -92,3 +92,34 @@ async fn segments_round_trip_and_the_sidecar_follows_the_chunk() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_chunk_of_one_group_keeps_no_sidecar_and_still_proves_its_segment() {
+    within(TEST_TIMEOUT, "the test", async {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = spawn_peer(dir.path(), &closed_port()).await;
+        let client = connect(&peer, Role::Client).await;
+        let key = VolumeSecret::from_bytes([4u8; 32]).chunk_key();
+        let plain: Vec<u8> = (0..9000u32).map(|i| (i * 13 + i / 77) as u8).collect();
+        let sealed = codec::seal_segmented(&key, 0, &plain).unwrap();
+        let id = sealed.id;
+        assert_eq!(codec::outboard_len(sealed.bytes.len() as u64), 0, "one 16 KiB group: an empty outboard");
+        client.put(deadline(CHUNK_DEADLINE), id, Bytes::from(sealed.bytes.clone())).await.unwrap().unwrap();
+        let ob = sidecar(chunk_file(dir.path(), &id));
+        assert!(!ob.exists(), "no sidecar for an empty outboard");
+
+        let layout = SegmentLayout::from_stored_len(sealed.bytes.len() as u64, SEGMENT_SIZE).unwrap();
+        let prove = || async { client.get_segment(deadline(CHUNK_DEADLINE), id, 0).await.unwrap().unwrap() };
+        let seg = codec::verify_segment_proof(&id, &layout, 0, &prove().await).unwrap();
+        assert_eq!(seg.open(&key).unwrap(), &plain[..]);
+        assert!(!ob.exists(), "a proof from the missing sidecar writes none");
+
+        // A stale sidecar left by an earlier copy is dropped, not trusted.
+        std::fs::write(&ob, vec![0u8; 64]).unwrap();
+        let seg = codec::verify_segment_proof(&id, &layout, 0, &prove().await).unwrap();
+        assert_eq!(seg.open(&key).unwrap(), &plain[..]);
+        assert!(!ob.exists(), "the stale sidecar was removed");
+        peer.shutdown().await;
+    })
+    .await;
+}
