@@ -375,9 +375,13 @@ impl Fs {
                 return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
             };
             let (id, want) = (loc.chunk, loc.epoch);
-            let opened = tokio::task::spawn_blocking(move || open_chunk(&key, &id, want, &bytes))
-                .await
-                .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?;
+            let opened = if bytes.len() <= super::upload::CRYPT_HERE_MAX {
+                open_chunk(&key, &id, want, &bytes)
+            } else {
+                tokio::task::spawn_blocking(move || open_chunk(&key, &id, want, &bytes))
+                    .await
+                    .map_err(|e| Error::Crypto(format!("open task failed: {e}")))?
+            };
             match opened {
                 Ok(plain) => return Ok(Arc::new(plain)),
                 Err(e) => {
