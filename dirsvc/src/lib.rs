@@ -14,7 +14,7 @@
 //!   (tens of microseconds and at most one fsync, cheaper than two thread
 //!   hand-offs), on etcd on tokio's blocking pool (`spawn_blocking`), as do
 //!   whole-table scans and the background workers' batches
-//!   (`shared::run_short`). Liveness, usage, labels,
+//!   (`Shared::short`). Liveness, usage, labels,
 //!   drain flags and placement promises of peers live in an in-memory
 //!   mirror of the `peers-v1` table (module `peers`), guarded by a mutex
 //!   that is never held across an `.await`.

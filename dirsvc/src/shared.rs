@@ -248,34 +248,32 @@ impl Shared {
     }
 
     /// Runs `f`, one short transaction of a request (bounded: one inode,
-    /// one page of entries or blocks), with the shared state; see
-    /// [`run_short`].
+    /// one page of entries or blocks), with the shared state: where the
+    /// engine is embedded (redb), right here on the runtime thread serving
+    /// the request, never across an `.await`; otherwise (etcd, whose calls
+    /// wait on the network and whose retries sleep) on the blocking pool.
+    ///
+    /// A transaction on redb costs tens of microseconds and one fsync when
+    /// it commits; the hop to the blocking pool and back cost two thread
+    /// wake-ups: a `create` took 175–191 µs inside dirsvc instead of
+    /// 115–130 (2 CPUs, issue 10's closing note). Group commit
+    /// ([`crate::kv`]) bounds a writer's wait to the round in progress and
+    /// its own. redb never reports its engine unavailable; only a
+    /// transaction that read a group's writes whose commit then failed (an
+    /// I/O error) runs again, after [`crate::kv::Kv::write`]'s backoff
+    /// (10 ms, doubling), which then sleeps on this thread: a failing disk
+    /// can hold a runtime thread for tens of milliseconds per call.
+    ///
+    /// Errors: `f`'s; `Error::Task` if the blocking task panicked.
     pub(crate) async fn short<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        run_short(self, f).await
-    }
-}
-
-/// Runs `f` with `shared`: where the engine is embedded (redb), right here
-/// on the runtime thread serving the request, never across an `.await`;
-/// otherwise (etcd) on the blocking pool. A transaction on redb costs tens
-/// of microseconds and one fsync when it commits; sending it to the
-/// blocking pool and back cost two thread wake-ups per call, which on two
-/// cores made a `create` 40 % slower (issue 10's closing note has the
-/// figures). Group commit ([`crate::kv`]) bounds a writer's wait to the
-/// round in progress and its own.
-///
-/// Errors: `f`'s; `Error::Task` if the blocking task panicked.
-pub(crate) async fn run_short<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    if shared.store.embedded() {
-        f(shared)
-    } else {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || f(&shared)).await?
+        if self.store.embedded() {
+            f(self)
+        } else {
+            let shared = self.clone();
+            tokio::task::spawn_blocking(move || f(&shared)).await?
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The `DirService` RPC handlers: argument checks, the call to the store
-//! (one short transaction, `shared::run_short`), the peer mirror, and the
+//! (one short transaction, `Shared::short`), the peer mirror, and the
 //! one place where errors are logged and turned into `DirError`s. What a
 //! mutation does to the store and the change feed is in [`mutations`].
 
@@ -266,7 +266,7 @@ impl DirServer {
     }
 
     /// Runs `f`, one short store transaction, with the store
-    /// ([`crate::shared::run_short`]: on this thread with redb).
+    /// ([`Shared::short`]: on this thread with redb).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,

@@ -1,7 +1,7 @@
 //! Mutations: one [`Mutation`] applied to the store (once per request id)
 //! and its changes recorded in the change feed, plus the checks a layout
 //! commit makes first. Runs inside one short store call
-//! (`shared::run_short`); the RPC handlers in the parent module call it.
+//! (`Shared::short`); the RPC handlers in the parent module call it.
 
 use crate::error::{invalid, Error};
 use crate::shared::Shared;
