@@ -91,6 +91,14 @@ use tracing::warn;
 /// lower).
 pub const COMMIT_BATCH: usize = 1024;
 
+/// Plaintext blocks up to this many bytes (64 KiB, one segment) are sealed
+/// on the uploading task's thread, and fetched chunks up to this many
+/// stored bytes are opened on the reading task's thread: that costs less
+/// than a hand-off to the blocking pool and back (about 20 µs of AES-GCM
+/// and BLAKE3 against two thread wake-ups). Larger ones go to the blocking
+/// pool.
+const CRYPT_HERE_MAX: usize = 64 << 10;
+
 /// How long a peer whose put failed is avoided by new uploads (5 s, about
 /// when dirsvc stops placing on a silent peer).
 pub const PEER_FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);

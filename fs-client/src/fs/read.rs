@@ -375,7 +375,7 @@ impl Fs {
                 return Err(Error::Integrity(format!("no key epoch {}", loc.epoch)));
             };
             let (id, want) = (loc.chunk, loc.epoch);
-            let opened = if bytes.len() <= super::upload::CRYPT_HERE_MAX {
+            let opened = if bytes.len() <= super::CRYPT_HERE_MAX {
                 open_chunk(&key, &id, want, &bytes)
             } else {
                 tokio::task::spawn_blocking(move || open_chunk(&key, &id, want, &bytes))

@@ -28,14 +28,6 @@ pub(super) const NO_LIVE_PEER_WAIT: std::time::Duration = std::time::Duration::f
 /// How often a block waiting for a live peer asks dirsvc again (1 s).
 const NO_LIVE_PEER_STEP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Plaintext blocks up to this many bytes (64 KiB, one segment) are sealed
-/// on the uploading task's thread, and fetched chunks up to this many
-/// stored bytes are opened on the reading task's thread: that costs less
-/// than a hand-off to the blocking pool and back (about 20 µs of AES-GCM
-/// and BLAKE3 against two thread wake-ups). Larger ones go to the blocking
-/// pool.
-pub(super) const CRYPT_HERE_MAX: usize = 64 << 10;
-
 /// What sealing adds to a block of one segment (v3: header and the
 /// segment's tag, 60 bytes): a block 0 of up to `INLINE_MAX_LEN` minus this
 /// (4,100 bytes) is kept inline.
@@ -204,7 +196,7 @@ impl Fs {
         let epoch = keys.newest();
         let key = keys.newest_keys().chunk.clone();
         let v2 = self.seal_v2();
-        let sealed = if data.len() <= CRYPT_HERE_MAX {
+        let sealed = if data.len() <= super::CRYPT_HERE_MAX {
             seal_block(&key, epoch, &data, v2)?
         } else {
             let plain = data.clone();
